@@ -1,0 +1,58 @@
+"""Export HRNetV2-W48 + OCR from the official checkpoint to ONNX, verified in ONNX Runtime.
+
+python3 HRNet_pth2onnx.py --pth hrnet.pth --save_path hrnet.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from hrnetseg.cli import add_alias_flags, positive_int, run_cli
+
+PRESET_NAMES = ("w48_ocr", "tiny_ocr")   # kept in step with hrnetseg.model.PRESETS (tested)
+
+
+def batch_arg(text: str):
+    return None if text == "dynamic" else positive_int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--pth", help="official checkpoint (.pth), e.g. hrnet_ocr_cs_8162_torch11.pth")
+    weights.add_argument("--random_weights", type=int, metavar="SEED",
+                         help="seeded random weights instead of --pth: for demos only, accuracy is meaningless")
+    parser.add_argument("--save_path", default="hrnet.onnx", help="output ONNX file (default: hrnet.onnx)")
+    parser.add_argument("--height", type=positive_int, default=1024, help="input height (default: 1024)")
+    parser.add_argument("--width", type=positive_int, default=2048, help="input width (default: 2048)")
+    parser.add_argument("--batch", type=batch_arg, default=None, metavar="dynamic|N",
+                        help="batch size, or 'dynamic' (default) for a dynamic batch axis")
+    parser.add_argument("--opset", type=positive_int, default=11, help="ONNX opset (default: 11, what CANN 6 atc reads)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="w48_ocr", help="model variant (default: w48_ocr)")
+    parser.add_argument("--input_format", choices=("float32", "uint8"), default="float32",
+                        help="float32: normalized input (the seed's); uint8: raw RGB, normalized inside the model")
+    add_alias_flags(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from hrnetseg.export import check_writable, export_onnx, load_model
+
+    check_writable(args.save_path)
+    if args.random_weights is not None:
+        print("warning: exporting random weights (seed {}): outputs and mIoU are meaningless; "
+              "use --pth with the official checkpoint for real use".format(args.random_weights), file=sys.stderr)
+    model = load_model(args.preset, pth=args.pth, random_weights=args.random_weights)
+    report = export_onnx(model, args.save_path, args.height, args.width, batch=args.batch, opset=args.opset,
+                         input_format=args.input_format)
+    print("wrote {}: input image {} {}, outputs output1 (aux), output2 (main), opset {}".format(
+        report.path, "x".join(map(str, report.input_shape)), args.input_format, args.opset))
+    for name, (max_abs, rel) in report.errors.items():
+        print("ONNX Runtime vs PyTorch {}: max abs error {:.3g}, relative error {:.3g}".format(name, max_abs, rel))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
