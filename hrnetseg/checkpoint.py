@@ -6,6 +6,7 @@ sometimes wrapped as {"state_dict": ...}, older ones naming the aux head `last_l
 from __future__ import annotations
 
 import pickle
+import warnings
 from typing import Dict, List, Mapping
 
 import torch
@@ -20,15 +21,15 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """torch.load with weights_only=True, unwrapped to a flat {name: tensor} dict."""
     require_file(path, "checkpoint")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError("{} is not a tensors-only PyTorch checkpoint (refused by weights_only loading: {})"
-                        .format(path, first[:160]))
-    except (RuntimeError, EOFError, ValueError, OSError, UnicodeDecodeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        .format(path, first_line(exc)))
+    except Exception as exc:  # any parse failure of a foreign, truncated or garbled file
         raise UserError("{} is not a readable PyTorch checkpoint (truncated or another format: {})"
-                        .format(path, first[:160]))
+                        .format(path, first_line(exc)))
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
@@ -38,6 +39,11 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         raise UserError("{} is not a state dict: {} entries are not tensors ({})".format(
             path, len(not_tensors), name_some(not_tensors)))
     return dict(obj)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 def official_to_model_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

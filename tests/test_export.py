@@ -1,0 +1,124 @@
+"""ONNX export: parity with PyTorch in ONNX Runtime, dynamic batch, odd sizes, atomic writes, CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import hrnetseg.export as export
+from conftest import REPO
+from hrnetseg.cli import UserError
+from hrnetseg.export import export_onnx, relative_error
+from hrnetseg.model import build_model, init_random_weights
+from hrnetseg.testing import write_official_checkpoint
+
+
+def tiny_model(seed=0):
+    return init_random_weights(build_model("tiny_ocr"), seed).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_dynamic(tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    report = export_onnx(tiny_model(), str(path), 128, 256)
+    return path, report
+
+
+def ort_run(path, image):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": image})
+
+
+def test_export_names_opset_and_verification(tiny_dynamic):
+    path, report = tiny_dynamic
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == ["output1", "output2"]
+    assert model.opset_import[0].version == 11
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 128, 256]
+    assert set(report.errors) == {"output1", "output2"}
+    assert all(rel < 1e-5 for _, rel in report.errors.values())
+
+
+def test_onnx_runtime_matches_pytorch_and_dynamic_batch_equals_single_runs(tiny_dynamic):
+    path, _ = tiny_dynamic
+    image = torch.randn(3, 3, 128, 256, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = [t.numpy() for t in tiny_model()(image)]
+    got = ort_run(path, image.numpy())
+    for g, w in zip(got, want):
+        assert g.shape == (3, 19, 32, 64)
+        assert relative_error(g, w) < 1e-5
+    singles = [ort_run(path, image[i:i + 1].numpy()) for i in range(3)]
+    for k in range(2):
+        stacked = np.concatenate([s[k] for s in singles])
+        assert relative_error(got[k], stacked) < 1e-5
+
+
+def test_odd_size_and_fixed_batch_export(tmp_path):
+    path = tmp_path / "odd.onnx"
+    export_onnx(tiny_model(), str(path), 250, 500, batch=2)
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [2, 3, 250, 500]
+    image = np.random.default_rng(0).standard_normal((2, 3, 250, 500), dtype=np.float32)
+    with torch.no_grad():
+        want = [t.numpy() for t in tiny_model()(torch.from_numpy(image))]
+    for g, w in zip(ort_run(path, image), want):
+        assert g.shape == (2, 19, 63, 125) and relative_error(g, w) < 1e-5
+
+
+def test_failed_verification_exits_1_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "verify_onnx", lambda *a: {"output1": (1.0, 0.5), "output2": (0.0, 0.0)})
+    with pytest.raises(UserError) as info:
+        export_onnx(tiny_model(), str(tmp_path / "bad.onnx"), 64, 128)
+    assert info.value.exit_code == 1 and "relative error 0.5" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(export, "verify_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(tiny_model(), str(tmp_path / "m.onnx"), 64, 128)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_relative_error_definition():
+    b = np.array([3.0, 4.0])
+    assert relative_error(b + [0.0, 0.5], b) == pytest.approx(0.1)
+    assert relative_error(b, b) == 0.0
+
+
+def test_cli_exports_an_official_w48_checkpoint(tmp_path, run):
+    pth = write_official_checkpoint(tmp_path / "hrnet.pth", "w48_ocr", seed=1, wrapped=True)
+    out = tmp_path / "hrnet.onnx"
+    result = run(["HRNet_pth2onnx.py", "--pth", pth, "--save_path", out, "--height", "64", "--width", "128",
+                  "--batch", "2"])
+    assert result.returncode == 0, result.stderr
+    assert "relative error" in result.stdout and out.exists()
+    rels = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if "relative error" in line]
+    assert len(rels) == 2 and max(rels) < 1e-5
+
+
+def test_cli_random_weights_warns(tmp_path, run):
+    result = run(["HRNet_pth2onnx.py", "--random-weights", "0", "--save-path", tmp_path / "t.onnx",
+                  "--preset", "tiny_ocr", "--height", "64", "--width", "128"])
+    assert result.returncode == 0, result.stderr
+    assert "meaningless" in result.stderr and (tmp_path / "t.onnx").exists()
+
+
+def test_help_and_argument_errors_do_not_import_torch():
+    code = ("import sys, HRNet_pth2onnx as m\n"
+            "try:\n    m.main(['--batch', 'zero', '--random_weights', '0'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 2, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "expected a positive integer" in result.stderr
