@@ -1,0 +1,95 @@
+"""Inference backends for the local runner: one module per backend, one small interface.
+
+    backend = load_backend("onnxruntime", "hrnet.onnx", device="cpu", precision="fp32")
+    backend.input          # InputSpec(name, dtype, shape): shape (N, C, H, W) with None where the model leaves it open
+    outputs = backend.run(batch)   # batch: ndarray of input.dtype, N x C x H x W -> list of float32 ndarrays
+
+Heavy imports (onnxruntime, torch) happen inside load_backend, so importing this package is cheap.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..cli import UserError
+
+BACKENDS = ("onnxruntime", "torch")
+PRECISIONS = ("fp32", "fp16", "bf16")
+MODEL_SUFFIXES = {".onnx": "onnxruntime", ".pth": "torch", ".pt": "torch"}
+
+
+@dataclass
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: Tuple[Optional[int], ...]    # N, C, H, W; None where open (a dynamic axis)
+
+    def describe(self) -> str:
+        return "{} {}".format(np.dtype(self.dtype).name, "x".join("?" if d is None else str(d) for d in self.shape))
+
+
+class Backend:
+    """What the runner needs: the input spec, the resolved device, run(batch) -> float32 outputs."""
+
+    name = ""
+    device = "cpu"
+    precision = "fp32"
+    input = None   # type: InputSpec
+    output_names = ()   # type: Sequence[str]
+
+    def run(self, batch: np.ndarray) -> List[np.ndarray]:
+        raise NotImplementedError
+
+
+def backend_for_model(path: str) -> str:
+    """The default backend from the model file's suffix: .onnx -> onnxruntime, .pth -> torch."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".om":
+        raise UserError("{} is an Ascend offline model: run it with ais_bench (python3 -m ais_bench) on the "
+                        "Atlas host; the local runner takes .onnx (onnxruntime) or .pth (torch)".format(path))
+    if suffix not in MODEL_SUFFIXES:
+        raise UserError("cannot tell the backend from {}: expected .onnx or .pth, or pass --backend".format(path))
+    return MODEL_SUFFIXES[suffix]
+
+
+def parse_device(device: Optional[str]) -> Tuple[str, int]:
+    """'cpu' -> ('cpu', 0); 'cuda' / 'cuda:N' / 'N' -> ('cuda', N); None or 'auto' -> ('auto', 0)."""
+    text = (device or "auto").strip().lower()
+    if text in ("auto", "cpu"):
+        return text, 0
+    match = re.fullmatch(r"(?:cuda:?|gpu:?)?(\d+)|cuda|gpu", text)
+    if not match:
+        raise UserError("--device must be cpu, cuda, cuda:N or a GPU number N, not {!r}".format(device))
+    return "cuda", int(match.group(1) or 0)
+
+
+def load_backend(kind: str, model: str, device: Optional[str] = None, precision: str = "fp32",
+                 preset: str = "w48_ocr", input_dtype: str = "float32") -> Backend:
+    """Open `model` with the named backend on `device` (auto: the first GPU when usable, else the CPU).
+
+    input_dtype matters for the torch backend only (an ONNX file fixes its own input type): uint8 wraps
+    the checkpoint's model in the in-graph normalization, as the uint8 export does.
+    """
+    if precision not in PRECISIONS:
+        raise UserError("--precision must be one of {}".format(", ".join(PRECISIONS)))
+    if not os.path.isfile(model):
+        raise UserError("model not found: {}".format(model))
+    device_kind, index = parse_device(device)
+    if kind == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model, device_kind, index, precision)
+    if kind == "torch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(model, device_kind, index, precision, preset, input_dtype)
+    raise UserError("unknown backend {!r}; choose one of {}".format(kind, ", ".join(BACKENDS)))
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return (text or type(exc).__name__)[:limit]

@@ -1,0 +1,59 @@
+"""ONNX Runtime backend: the CUDA provider when onnxruntime-gpu is installed and a GPU is wanted, else the CPU."""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+
+from ..cli import UserError
+from . import Backend, InputSpec, first_line
+
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
+             "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+             "tensor(double)": np.float64}
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: str, device_kind: str, index: int, precision: str) -> None:
+        import onnxruntime as ort
+
+        if precision != "fp32":
+            raise UserError("the onnxruntime backend runs the ONNX file as exported (fp32); "
+                            "for {} use --backend torch with the .pth".format(precision))
+        available = ort.get_available_providers()
+        if device_kind == "cuda" and CUDA not in available:
+            raise UserError("--device cuda: this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu); "
+                            "or use --device cpu")
+        use_cuda = CUDA in available and device_kind in ("cuda", "auto")
+        providers = [(CUDA, {"device_id": index}), CPU] if use_cuda else [CPU]
+        try:
+            self.session = ort.InferenceSession(path, providers=providers)
+        except Exception as exc:   # ORT raises its own InvalidProtobuf / Fail / NoSuchFile types
+            raise UserError("ONNX Runtime cannot load {}: {}".format(path, first_line(exc)))
+        on_gpu = self.session.get_providers()[0] == CUDA
+        if device_kind == "cuda" and not on_gpu:
+            raise UserError("ONNX Runtime could not start its CUDA provider on GPU {} (see its messages above)"
+                            .format(index))
+        self.device = "cuda:{}".format(index) if on_gpu else "cpu"
+        self.precision = precision
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise UserError("{} has {} inputs; the runner feeds models with one image input".format(path, len(inputs)))
+        spec = inputs[0]
+        if spec.type not in ORT_TYPES:
+            raise UserError("{} takes {} input, which the runner cannot feed".format(path, spec.type))
+        shape = tuple(d if isinstance(d, int) and d > 0 else None for d in spec.shape)
+        self.input = InputSpec(spec.name, np.dtype(ORT_TYPES[spec.type]), shape)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, batch: np.ndarray) -> List[np.ndarray]:
+        try:
+            outputs = self.session.run(None, {self.input.name: batch})
+        except Exception as exc:   # wrong rank/size for a model with fixed axes, out of memory, ...
+            raise UserError("ONNX Runtime failed on a {} batch: {}".format(
+                "x".join(map(str, batch.shape)), first_line(exc)))
+        return [np.asarray(out, dtype=np.float32) for out in outputs]
