@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Official checkpoint -> OUTPUT_DIR/hrnet.onnx (dynamic batch, head Resize nodes rewritten in place) ->
+# OUTPUT_DIR/hrnet_bs<N>.om, one atc run per batch size. Runs on the Atlas host (CANN's atc on PATH).
+#   bash scripts/pth2om.sh --pth hrnet.pth [--soc_version Ascend310P3] [--height 1024] [--width 2048]
+#       [--batch_sizes "1 4"] [--output_dir .] [--preset w48_ocr] [--input_format float32|uint8]
+#       [--no_rewrite] [--precision_mode MODE]
+# --soc_version defaults to the chip that `npu-smi info` reports; Python is ${PYTHON:-python3}.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+PYTHON="${PYTHON:-python3}"
+
+die() { echo "error: $*" >&2; exit 2; }
+step() { log "$*"; "$@" || { rc=$?; echo "error: command failed (exit ${rc}): $*" >&2; exit "${rc}"; }; }
+
+pth=""
+soc_version=""
+height=1024
+width=2048
+batch_sizes="1 4"
+output_dir="."
+preset="w48_ocr"
+input_format="float32"
+rewrite=1
+precision_mode=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no_rewrite) rewrite=0; shift; continue ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    --pth|--soc_version|--height|--width|--batch_sizes|--output_dir|--preset|--input_format|--precision_mode)
+      [ $# -ge 2 ] || die "$1 needs a value" ;;
+  esac
+  case "$1" in
+    --pth) pth="$2" ;;
+    --soc_version) soc_version="$2" ;;
+    --height) height="$2" ;;
+    --width) width="$2" ;;
+    --batch_sizes) batch_sizes="$2" ;;
+    --output_dir) output_dir="$2" ;;
+    --preset) preset="$2" ;;
+    --input_format) input_format="$2" ;;
+    --precision_mode) precision_mode="$2" ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+  esac
+  shift 2
+done
+
+[ -n "${pth}" ] || die "--pth FILE is required (the official checkpoint)"
+[ -f "${pth}" ] || die "checkpoint not found: ${pth}"
+for value in "${height}" "${width}"; do
+  [[ "${value}" =~ ^[1-9][0-9]*$ ]] || die "--height and --width take positive integers, not '${value}'"
+done
+read -r -a sizes <<< "${batch_sizes}"
+[ "${#sizes[@]}" -gt 0 ] || die "--batch_sizes is empty"
+for bs in "${sizes[@]}"; do
+  [[ "${bs}" =~ ^[1-9][0-9]*$ ]] || die "--batch_sizes takes space-separated positive integers, not '${batch_sizes}'"
+done
+case "${input_format}" in float32|uint8) ;; *) die "--input_format is float32 or uint8, not '${input_format}'" ;; esac
+
+# Fail before the slow export when the Ascend tools are missing.
+command -v atc >/dev/null 2>&1 ||
+  die "atc not found: source the CANN toolkit first (e.g. source /usr/local/Ascend/ascend-toolkit/set_env.sh)"
+if [ -z "${soc_version}" ]; then
+  command -v npu-smi >/dev/null 2>&1 || die "npu-smi not found: pass --soc_version (e.g. Ascend310P3)"
+  smi="$(npu-smi info 2>&1)" || die "npu-smi info failed: pass --soc_version (e.g. Ascend310P3)"
+  # The first chip row of the table: "| 0       310P3     | OK  | ...": NPU id, then the chip name.
+  chip="$(printf '%s\n' "${smi}" | awk -F'|' '$2 ~ /^ *[0-9]+ +[A-Za-z0-9]+ *$/ { split($2, f, " "); print f[2]; exit }')"
+  [ -n "${chip}" ] || die "cannot read the chip name from npu-smi info: pass --soc_version (e.g. Ascend310P3)"
+  case "${chip}" in Ascend*) soc_version="${chip}" ;; *) soc_version="Ascend${chip}" ;; esac
+  log "soc_version ${soc_version} (from npu-smi info)"
+fi
+
+mkdir -p "${output_dir}"
+onnx="${output_dir}/hrnet.onnx"
+step "${PYTHON}" "${REPO_ROOT}/HRNet_pth2onnx.py" --pth "${pth}" --save_path "${onnx}" --height "${height}" \
+  --width "${width}" --batch dynamic --preset "${preset}" --input_format "${input_format}"
+if [ "${rewrite}" = 1 ]; then
+  step "${PYTHON}" "${REPO_ROOT}/performance_optimize_resize.py" "${onnx}" "${onnx}"
+fi
+out_nodes="$("${PYTHON}" -m hrnetseg.onnx_graph out_nodes "${onnx}")" || die "cannot read the output nodes of ${onnx}"
+log "out_nodes ${out_nodes} (the producers of output1 and output2)"
+
+for bs in "${sizes[@]}"; do
+  args=(--framework=5 "--model=${onnx}" "--output=${output_dir}/hrnet_bs${bs}" --input_format=NCHW
+        "--input_shape=image:${bs},3,${height},${width}" --log=error "--soc_version=${soc_version}"
+        "--out_nodes=${out_nodes}")
+  [ -z "${precision_mode}" ] || args+=("--precision_mode=${precision_mode}")
+  step atc "${args[@]}"
+  [ -f "${output_dir}/hrnet_bs${bs}.om" ] || { echo "error: atc wrote no ${output_dir}/hrnet_bs${bs}.om" >&2; exit 1; }
+done
+log "done: ${onnx} and $(for bs in "${sizes[@]}"; do printf '%s ' "${output_dir}/hrnet_bs${bs}.om"; done)"
