@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The seed's GPU figure: TensorRT fp16 throughput of hrnet.onnx, measured by trtexec per batch size.
+#   bash scripts/perf_gpu.sh [--onnx hrnet.onnx] [--batch_sizes "1 4"] [--height 1024] [--width 2048]
+#       [--output_dir .]
+# Reads "GPU Compute Time: ... mean = X ms" by field name and reports fps = N * 1000 / X; trtexec's logs go to
+# OUTPUT_DIR/trtexec_bs<N>.log. Without trtexec on PATH it says so and exits 2.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+die() { echo "error: $*" >&2; exit 2; }
+
+onnx="hrnet.onnx"
+batch_sizes="1 4"
+height=1024
+width=2048
+output_dir="."
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --onnx|--batch_sizes|--height|--width|--output_dir) [ $# -ge 2 ] || die "$1 needs a value" ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+  esac
+  case "$1" in
+    --onnx) onnx="$2" ;;
+    --batch_sizes) batch_sizes="$2" ;;
+    --height) height="$2" ;;
+    --width) width="$2" ;;
+    --output_dir) output_dir="$2" ;;
+  esac
+  shift 2
+done
+
+read -r -a sizes <<< "${batch_sizes}"
+[ "${#sizes[@]}" -gt 0 ] || die "--batch_sizes is empty"
+for value in "${sizes[@]}" "${height}" "${width}"; do
+  [[ "${value}" =~ ^[1-9][0-9]*$ ]] || die "--batch_sizes, --height and --width take positive integers, not '${value}'"
+done
+[ -f "${onnx}" ] || die "ONNX model not found: ${onnx} (make it with HRNet_pth2onnx.py or scripts/pth2om.sh)"
+command -v trtexec >/dev/null 2>&1 ||
+  die "trtexec not found: install TensorRT and put its bin folder on PATH; nothing was measured"
+mkdir -p "${output_dir}"
+
+# The mean of the "GPU Compute Time" statistics, found by name in either of trtexec's layouts:
+#   [I] GPU Compute Time: min = 160.1 ms, max = 171.2 ms, mean = 165.3 ms, median = ...      (TensorRT 7.1+)
+#   [I] GPU Compute  /  [I] min: 160.1 ms  /  [I] max: ...  /  [I] mean: 165.3 ms            (older)
+mean_gpu_compute_ms() {
+  awk '
+    /GPU Compute Time:/ { if (match($0, /mean = [0-9.eE+-]+/)) { v = substr($0, RSTART + 7, RLENGTH - 7) } next }
+    /GPU Compute[[:space:]]*$/ { block = 1; next }
+    block && /mean:/ { if (match($0, /mean: [0-9.eE+-]+/)) { v = substr($0, RSTART + 6, RLENGTH - 6) } block = 0; next }
+    block && !/(min|max|median|percentile)/ { block = 0 }
+    END { if (v != "") print v }
+  ' "$1"
+}
+
+rows=()
+for bs in "${sizes[@]}"; do
+  log_file="${output_dir}/trtexec_bs${bs}.log"
+  cmd=(trtexec "--onnx=${onnx}" --fp16 "--shapes=image:${bs}x3x${height}x${width}")
+  log "${cmd[*]}"
+  "${cmd[@]}" > "${log_file}" 2>&1 ||
+    { rc=$?; tail -n 20 "${log_file}" >&2; echo "error: command failed (exit ${rc}): ${cmd[*]}" >&2; exit "${rc}"; }
+  mean="$(mean_gpu_compute_ms "${log_file}")"
+  [ -n "${mean}" ] || die "no GPU Compute Time mean in ${log_file}"
+  rows+=("$(awk -v b="${bs}" -v m="${mean}" 'BEGIN { printf "| %s | %.2f | %.2f |", b, m, b * 1000 / m }')")
+done
+
+echo
+echo "| batch | GPU compute mean (ms) | throughput (fps) |"
+echo "|---|---|---|"
+printf '%s\n' "${rows[@]}"
