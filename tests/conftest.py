@@ -37,3 +37,55 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
 @pytest.fixture
 def run():
     return run_script
+
+
+# --- deploy-path fixtures (issue 4): a small official-format checkpoint and its dynamic-batch export -----
+
+TINY_PRESET = "tiny_ocr"
+TINY_HEIGHT, TINY_WIDTH = 64, 128
+
+
+@pytest.fixture(scope="session")
+def tiny_pth_path(tmp_path_factory) -> Path:
+    """An official-format checkpoint (model. prefix, loss entry) of the tiny_ocr preset, seed 0."""
+    from hrnetseg.testing import write_official_checkpoint
+
+    path = tmp_path_factory.mktemp("tiny_pth") / "tiny_ocr.pth"
+    write_official_checkpoint(path, TINY_PRESET, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_path(tmp_path_factory, tiny_pth_path) -> Path:
+    """tiny_ocr exported from tiny_pth_path at TINY_HEIGHT x TINY_WIDTH, dynamic batch, float32 input, not rewritten.
+
+    Shared: copy it before changing it.
+    """
+    from hrnetseg.export import export_onnx, load_model
+
+    path = tmp_path_factory.mktemp("tiny_onnx") / "hrnet.onnx"
+    export_onnx(load_model(TINY_PRESET, pth=str(tiny_pth_path)), str(path), TINY_HEIGHT, TINY_WIDTH, batch=None)
+    return path
+
+
+TINY_IMAGES = 5   # one full batch of 4 and a short one
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """TINY_IMAGES synthetic scenes at TINY_HEIGHT x TINY_WIDTH in the seed's ./data layout (root/cityscapes/...)."""
+    from hrnetseg.sample_data import generate
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    generate(str(root), n=TINY_IMAGES, height=TINY_HEIGHT, width=TINY_WIDTH, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_prep_path(tmp_path_factory, tiny_data_root) -> Path:
+    """tiny_data_root preprocessed to float32 bins + manifest.json. Shared: do not change it."""
+    from hrnetseg.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("tiny_prep") / "prep_dataset"
+    preprocess(str(tiny_data_root), str(out), dtype="float32", workers=1, log=lambda message: None)
+    return out
