@@ -1,27 +1,76 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: export HRNetV2-W48+OCR at 1024x2048 and verify it in ONNX Runtime.
-# Without --pth it uses seeded random weights (a demo of the pipeline; accuracy is meaningless).
-#   bash scripts/demo.sh [--pth hrnet.pth] [--output_dir demo_out]
+# The main job on an embedded default: the whole pipeline on this machine, then the table of scripts/eval_acc_perf.sh.
+# No arguments: 4 synthetic 1024x2048 Cityscapes-layout scenes, HRNetV2-W48+OCR with seeded random weights
+# (mIoU meaningless), export, Resize rewrite, bs1 and bs4 through the local runner (ONNX Runtime), mIoU, fps.
+#   bash scripts/demo.sh [--pth hrnet.pth] [--datasets_path ./data] [--output_dir demo_out] [--limit N]
+#       [--preset w48_ocr] [--height 1024] [--width 2048] [--batch_sizes "1 4"] [--device D]
+# With --pth and --datasets_path it evaluates the real model on the real val set (--limit N: the first N images).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
+die() { echo "error: $*" >&2; exit 2; }
+
 pth=""
+datasets_path=""
 output_dir="demo_out"
+limit=""
+preset="w48_ocr"
+height=1024
+width=2048
+batch_sizes="1 4"
+device=""
+samples=4
 while [ $# -gt 0 ]; do
   case "$1" in
-    --pth|--output_dir) [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; } ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    --pth|--datasets_path|--output_dir|--limit|--preset|--height|--width|--batch_sizes|--device)
+      [ $# -ge 2 ] || die "$1 needs a value" ;;
+    *) die "unknown argument: $1 (see --help)" ;;
   esac
   case "$1" in
-    --pth) pth="$2"; shift 2 ;;
-    --output_dir) output_dir="$2"; shift 2 ;;
-    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
-    *) echo "error: unknown argument: $1" >&2; exit 2 ;;
+    --pth) pth="$2" ;;
+    --datasets_path) datasets_path="$2" ;;
+    --output_dir) output_dir="$2" ;;
+    --limit) limit="$2" ;;
+    --preset) preset="$2" ;;
+    --height) height="$2" ;;
+    --width) width="$2" ;;
+    --batch_sizes) batch_sizes="$2" ;;
+    --device) device="$2" ;;
   esac
+  shift 2
+done
+[ -z "${pth}" ] || [ -f "${pth}" ] || die "checkpoint not found: ${pth}"
+[ -z "${datasets_path}" ] || [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
+for value in "${height}" "${width}"; do
+  [[ "${value}" =~ ^[1-9][0-9]*$ ]] || die "--height and --width take positive integers, not '${value}'"
 done
 
 ensure_venv requirements.txt
+export PYTHON
 mkdir -p "${output_dir}"
+began="${SECONDS}"
+
+if [ -z "${datasets_path}" ]; then
+  datasets_path="${output_dir}/data"
+  log "${samples} synthetic ${height}x${width} scenes -> ${datasets_path}"
+  "${PYTHON}" -m hrnetseg.sample_data "${datasets_path}" --n "${samples}" --height "${height}" --width "${width}" --seed 0
+fi
+# Preprocess afresh: bins of another data set with the same ids and settings would otherwise be reused.
+rm -rf -- "${output_dir}/prep_dataset"
+
 weights=(--random_weights 0)
-[ -n "${pth}" ] && weights=(--pth "${pth}")
-log "export + ONNX Runtime check at 1024x2048"
-"${PYTHON}" "${REPO_ROOT}/HRNet_pth2onnx.py" "${weights[@]}" --save_path "${output_dir}/hrnet.onnx"
-log "done: ${output_dir}/hrnet.onnx"
+[ -z "${pth}" ] || weights=(--pth "${pth}")
+log "export ${preset} at ${height}x${width} (dynamic batch) + ONNX Runtime check"
+"${PYTHON}" "${REPO_ROOT}/HRNet_pth2onnx.py" "${weights[@]}" --preset "${preset}" --height "${height}" \
+  --width "${width}" --batch dynamic --save_path "${output_dir}/hrnet.onnx"
+log "rewrite the head's Resize nodes to nearest, in place (the seed's performance_optimize_resize.py step)"
+"${PYTHON}" "${REPO_ROOT}/performance_optimize_resize.py" "${output_dir}/hrnet.onnx" "${output_dir}/hrnet.onnx"
+
+eval_args=(--datasets_path "${datasets_path}" --model_dir "${output_dir}" --output_dir "${output_dir}"
+           --batch_sizes "${batch_sizes}" --backend onnxruntime --preset "${preset}")
+[ -z "${limit}" ] || eval_args+=(--limit "${limit}")
+[ -z "${device}" ] || eval_args+=(--device "${device}")
+bash "${REPO_ROOT}/scripts/eval_acc_perf.sh" "${eval_args[@]}"
+
+[ -n "${pth}" ] || echo "note: random weights (no --pth): the mIoU above is meaningless; the pipeline and the timings are real"
+log "done in $((SECONDS - began)) s; everything is under ${output_dir}/"

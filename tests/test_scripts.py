@@ -1,0 +1,270 @@
+"""The shell scripts of the deploy path, with stand-in atc / npu-smi / ais_bench / trtexec written into tmp_path.
+
+Each stand-in logs its arguments (one JSON list per call) so the tests can assert the exact command lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from conftest import REPO, TINY_PRESET, assert_user_error
+from hrnetseg import onnx_graph
+
+ASCEND_TOOLS = ("atc", "npu-smi", "trtexec", "ais_bench")
+NPU_SMI_TABLE = """\
++-------------------|-----------------|------------------------------------------------------+
+| NPU     Name      | Health          | Power(W)     Temp(C)           Hugepages-Usage(page) |
+| Chip    Device    | Bus-Id          | AICore(%)    Memory-Usage(MB)                        |
++===================+=================+======================================================+
+| 0       310P3     | OK              | 15.8         42                0    / 0              |
+| 0       0         | 0000:82:00.0    | 0            1074 / 21534                            |
++===================+=================+======================================================+
+"""
+ATC = r'''
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["STUB_LOG"], "a") as fh:
+    fh.write(json.dumps(["atc"] + args) + "\n")
+if os.environ.get("STUB_FAIL"):
+    sys.exit(3)
+for arg in args:
+    if arg.startswith("--output="):
+        open(arg[len("--output="):] + ".om", "wb").close()
+'''
+NPU_SMI = r'''
+import sys
+sys.stdout.write(open(sys.argv[0] + ".txt").read())
+'''
+AIS_BENCH = r'''
+import json, os, subprocess, sys
+args = sys.argv[1:]
+with open(os.environ["STUB_LOG"], "a") as fh:
+    fh.write(json.dumps(["ais_bench"] + args) + "\n")
+if args == ["--help"]:
+    sys.exit(0)
+flags = dict(zip(args[0::2], args[1::2]))
+# What ais_bench would do with the .om: run the same model, write <id>_<k>.bin, print its summary lines.
+sys.exit(subprocess.call([sys.executable, "-m", "hrnetseg.infer", "--model", os.environ["STUB_ONNX"],
+                          "--input", flags["--input"], "--output", flags["--output"],
+                          "--output_dirname", flags["--output_dirname"], "--batchsize", flags["--batchsize"]]))
+'''
+TRTEXEC = r'''
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["STUB_LOG"], "a") as fh:
+    fh.write(json.dumps(["trtexec"] + args) + "\n")
+batch = int(args[2].split(":")[1].split("x")[0])
+print("[I] Host Latency: min = 1 ms, max = 999 ms, mean = 999.0 ms, median = 5 ms")
+print("[01/01/2024-00:00:00] [I] GPU Compute Time: min = 100 ms, max = 300 ms, mean = %.1f ms, median = 7 ms, "
+      "percentile(99%%) = 290 ms" % (160.0 * batch))
+'''
+
+
+def write_tool(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!{}\n{}".format(sys.executable, body))
+    path.chmod(0o755)
+
+
+def clean_path(extra: Path) -> str:
+    """PATH with the stand-ins first and no real Ascend or TensorRT tool behind them."""
+    keep = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and not any(os.path.exists(os.path.join(d, tool)) for tool in ASCEND_TOOLS)]
+    return os.pathsep.join([str(extra)] + keep)
+
+
+@pytest.fixture
+def tools(tmp_path):
+    """A bin folder (empty: add stand-ins with write_tool), the environment that puts it on PATH, the call log."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    log = tmp_path / "calls.jsonl"
+    env = dict(os.environ, PATH=clean_path(folder), PYTHON=sys.executable, STUB_LOG=str(log), HRNETSEG_PROGRESS="0")
+    env.pop("AIS_BENCH", None)
+    return folder, env, log
+
+
+def calls(log: Path, tool: str) -> list:
+    if not log.exists():
+        return []
+    return [c[1:] for c in map(json.loads, log.read_text().splitlines()) if c[0] == tool]
+
+
+def bash(script: str, *args, env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "scripts" / script)] + [str(a) for a in args], env=env, cwd=str(cwd),
+                          capture_output=True, text=True, timeout=600)
+
+
+def table_rows(stdout: str) -> list:
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in stdout.splitlines()
+            if re.match(r"^\| \d+ \|", line)]
+
+
+# ----------------------------------------------------------------------------------------------- pth2om.sh
+
+def test_pth2om_calls_atc_per_batch_size_with_the_graphs_out_nodes(tools, tmp_path, tiny_pth_path):
+    folder, env, log = tools
+    write_tool(folder, "atc", ATC)
+    out = tmp_path / "om"
+    result = bash("pth2om.sh", "--pth", tiny_pth_path, "--soc_version", "Ascend310P3", "--height", 256, "--width", 512,
+                  "--preset", TINY_PRESET, "--output_dir", out, env=env)
+    assert result.returncode == 0, result.stderr
+    onnx_path = out / "hrnet.onnx"
+    model = onnx.load(str(onnx_path))
+    out_nodes = ";".join(onnx_graph.output_producers(model.graph))
+    made_by = {o: n.name for n in model.graph.node for o in n.output}
+    assert out_nodes == "{}:0;{}:0".format(made_by["output1"], made_by["output2"])
+    assert calls(log, "atc") == [
+        ["--framework=5", "--model={}".format(onnx_path), "--output={}/hrnet_bs{}".format(out, bs), "--input_format=NCHW",
+         "--input_shape=image:{},3,256,512".format(bs), "--log=error", "--soc_version=Ascend310P3",
+         "--out_nodes={}".format(out_nodes)] for bs in (1, 4)]
+    assert (out / "hrnet_bs1.om").exists() and (out / "hrnet_bs4.om").exists()
+    head = onnx_graph.head_resize_nodes(model.graph)                    # rewritten in place, as the seed does
+    modes = {n.name: onnx_graph._attr(n, "mode") for n in onnx_graph.resize_nodes(model.graph)}
+    assert sorted(k for k, v in modes.items() if v == "nearest") == sorted(n.name for n in head)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param          # one dynamic-batch export
+
+
+def test_pth2om_reads_the_chip_and_stops_at_the_first_failure(tools, tmp_path, tiny_pth_path):
+    folder, env, log = tools
+    write_tool(folder, "atc", ATC)
+    write_tool(folder, "npu-smi", NPU_SMI)
+    (folder / "npu-smi.txt").write_text(NPU_SMI_TABLE)
+    result = bash("pth2om.sh", "--pth", tiny_pth_path, "--height", 64, "--width", 128, "--preset", TINY_PRESET,
+                  "--output_dir", tmp_path / "om", "--no_rewrite", "--precision_mode", "allow_mix_precision",
+                  "--batch_sizes", "2 8", env=dict(env, STUB_FAIL="1"))
+    assert result.returncode == 3, result.stderr
+    [only] = calls(log, "atc")
+    assert "--soc_version=Ascend310P3" in only and only[-1] == "--precision_mode=allow_mix_precision"
+    assert "--input_shape=image:2,3,64,128" in only
+    assert "error: command failed (exit 3): atc --framework=5" in result.stderr.splitlines()[-1]
+    model = onnx.load(str(tmp_path / "om" / "hrnet.onnx"))                       # --no_rewrite: still linear
+    assert {onnx_graph._attr(n, "mode") for n in onnx_graph.resize_nodes(model.graph)} == {"linear"}
+
+
+def test_pth2om_refuses_before_the_export(tools, tmp_path, tiny_pth_path):
+    folder, env, _ = tools
+    out = tmp_path / "om"
+    common = ["--pth", tiny_pth_path, "--output_dir", out]
+    assert_user_error(bash("pth2om.sh", *common, env=env), "atc not found")
+    write_tool(folder, "atc", ATC)
+    assert_user_error(bash("pth2om.sh", *common, env=env), "npu-smi not found")
+    assert_user_error(bash("pth2om.sh", *common, "--batch_sizes", "1 x", env=env), "--batch_sizes")
+    assert_user_error(bash("pth2om.sh", "--output_dir", out, env=env), "--pth")
+    assert_user_error(bash("pth2om.sh", *common, "--bogus", env=env), "--bogus")
+    assert_user_error(bash("pth2om.sh", "--pth", tmp_path / "none.pth", env=env), "not found")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ eval_acc_perf.sh
+
+def test_eval_with_ais_bench_and_om_files(tools, tmp_path, tiny_onnx_path, tiny_data_root):
+    folder, env, log = tools
+    stub = tmp_path / "ais_bench_stub.py"
+    stub.write_text(AIS_BENCH)
+    models = tmp_path / "models"
+    models.mkdir()
+    for bs in (1, 4):
+        (models / "hrnet_bs{}.om".format(bs)).write_bytes(b"om")
+    out = tmp_path / "eval"
+    env = dict(env, AIS_BENCH="{} {}".format(sys.executable, stub), STUB_ONNX=str(tiny_onnx_path))
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", models, "--output_dir", out,
+                  env=env)
+    assert result.returncode == 0, result.stderr
+    runs = [c for c in calls(log, "ais_bench") if c != ["--help"]]
+    assert runs == [["--model", "{}/hrnet_bs{}.om".format(models, bs), "--input", "{}/prep_dataset".format(out),
+                     "--output", "{}/results".format(out), "--output_dirname", "bs{}".format(bs), "--batchsize", str(bs)]
+                    for bs in (1, 4)]
+    rows = table_rows(result.stdout)
+    assert [r[:3] for r in rows] == [["1", "ais_bench", "npu:0"], ["4", "ais_bench", "npu:0"]]
+    for bs, row in zip((1, 4), rows):
+        saved = json.loads((out / "result_bs{}.json".format(bs)).read_text())
+        assert row[4] == "{:.2f}%".format(100 * saved["mIoU"]) and saved["images"] == 5
+        assert float(row[3]) > 0
+    assert rows[0][4] == rows[1][4]          # bs1 and bs4 outputs agree, so the mIoU does too
+
+
+def test_eval_auto_stops_when_om_files_exist_but_ais_bench_does_not_start(tools, tmp_path, tiny_data_root):
+    _, env, _ = tools
+    (tmp_path / "hrnet_bs1.om").write_bytes(b"om")
+    (tmp_path / "hrnet.onnx").write_bytes(b"onnx")
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--batch_sizes", "1",
+                  "--output_dir", tmp_path / "eval", env=dict(env, AIS_BENCH=str(tmp_path / "no_ais_bench")))
+    assert_user_error(result, "ais_bench does not start", "--backend onnxruntime")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_eval_auto_without_om_files_runs_the_local_runner(tools, tmp_path, tiny_onnx_path, tiny_data_root):
+    _, env, _ = tools
+    shutil.copy(tiny_onnx_path, tmp_path / "hrnet.onnx")
+    out = tmp_path / "eval"
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--output_dir", out,
+                  "--batch_sizes", "2", "--limit", "3", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "backend onnxruntime (auto: no .om files" in result.stderr
+    assert [r[:3] for r in table_rows(result.stdout)] == [["2", "onnxruntime", "cpu"]]
+    assert json.loads((out / "result_bs2.json").read_text())["images"] == 3
+    assert len(list((out / "results" / "bs2").glob("*_1.bin"))) == 3
+
+
+def test_eval_torch_backend_with_uint8_bins(tools, tmp_path, tiny_pth_path, tiny_data_root):
+    _, env, _ = tools
+    out = tmp_path / "eval"
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--pth",
+                  tiny_pth_path, "--preset", TINY_PRESET, "--backend", "torch", "--input_format", "uint8",
+                  "--batch_sizes", "4", "--output_dir", out, env=env)
+    assert result.returncode == 0, result.stderr
+    assert [r[:3] for r in table_rows(result.stdout)] == [["4", "torch", "cpu"]]
+    assert json.loads((out / "prep_dataset_uint8" / "manifest.json").read_text())["dtype"] == "uint8"
+
+
+def test_eval_refuses_bad_arguments(tools, tmp_path, tiny_data_root):
+    _, env, _ = tools
+    assert_user_error(bash("eval_acc_perf.sh", env=env), "--datasets_path")
+    data = ["--datasets_path", tiny_data_root, "--model_dir", tmp_path]
+    assert_user_error(bash("eval_acc_perf.sh", *data, env=env), "nothing to run")
+    assert_user_error(bash("eval_acc_perf.sh", *data, "--backend", "tensorrt", env=env), "--backend")
+    assert_user_error(bash("eval_acc_perf.sh", *data, "--backend", "torch", env=env), "--pth")
+    assert_user_error(bash("eval_acc_perf.sh", *data, "--batch_sizes", "0", env=env), "--batch_sizes")
+    assert_user_error(bash("eval_acc_perf.sh", "--datasets_path", tmp_path / "nope", env=env), "not found")
+
+
+# ---------------------------------------------------------------------------------------------- perf_gpu.sh
+
+def test_perf_gpu_reads_the_mean_gpu_compute_time_by_name(tools, tmp_path, tiny_onnx_path):
+    folder, env, log = tools
+    write_tool(folder, "trtexec", TRTEXEC)
+    result = bash("perf_gpu.sh", "--onnx", tiny_onnx_path, "--output_dir", tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert calls(log, "trtexec") == [["--onnx={}".format(tiny_onnx_path), "--fp16",
+                                      "--shapes=image:{}x3x1024x2048".format(bs)] for bs in (1, 4)]
+    rows = table_rows(result.stdout)
+    assert rows == [["1", "160.00", "6.25"], ["4", "640.00", "6.25"]]     # fps = N * 1000 / mean
+
+
+def test_perf_gpu_without_trtexec_says_so(tools, tiny_onnx_path):
+    _, env, _ = tools
+    result = bash("perf_gpu.sh", "--onnx", tiny_onnx_path, env=env)
+    assert result.returncode != 0 and "trtexec not found" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------- demo.sh
+
+def test_demo_runs_the_whole_pipeline_small(tools, tmp_path):
+    _, env, _ = tools
+    out = tmp_path / "demo"
+    result = bash("demo.sh", "--preset", TINY_PRESET, "--height", 64, "--width", 128, "--output_dir", out,
+                  env=dict(env, HRNETSEG_VENV="none"))
+    assert result.returncode == 0, result.stderr
+    assert [r[:3] for r in table_rows(result.stdout)] == [["1", "onnxruntime", "cpu"], ["4", "onnxruntime", "cpu"]]
+    assert "meaningless" in result.stdout and "random weights" in result.stderr
+    assert "argmax agreement" in result.stdout
+    assert (out / "hrnet.onnx").exists() and (out / "result_bs1.json").exists() and (out / "result_bs4.json").exists()
