@@ -19,24 +19,15 @@ width=2048
 batch_sizes="1 4"
 device=""
 samples=4
+value_flags="pth datasets_path output_dir limit preset height width batch_sizes device"
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
-    --pth|--datasets_path|--output_dir|--limit|--preset|--height|--width|--batch_sizes|--device)
-      [ $# -ge 2 ] || die "$1 needs a value" ;;
-    *) die "unknown argument: $1 (see --help)" ;;
   esac
-  case "$1" in
-    --pth) pth="$2" ;;
-    --datasets_path) datasets_path="$2" ;;
-    --output_dir) output_dir="$2" ;;
-    --limit) limit="$2" ;;
-    --preset) preset="$2" ;;
-    --height) height="$2" ;;
-    --width) width="$2" ;;
-    --batch_sizes) batch_sizes="$2" ;;
-    --device) device="$2" ;;
-  esac
+  # --name VALUE sets the variable of the same name, for the names listed in value_flags only
+  [[ "$1" =~ ^--[a-z_]+$ && " ${value_flags} " == *" ${1#--} "* ]] || die "unknown argument: $1 (see --help)"
+  [ $# -ge 2 ] || die "$1 needs a value"
+  printf -v "${1#--}" '%s' "$2"
   shift 2
 done
 [ -z "${pth}" ] || [ -f "${pth}" ] || die "checkpoint not found: ${pth}"

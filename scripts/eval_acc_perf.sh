@@ -23,25 +23,15 @@ limit=""
 input_format="float32"
 preset="w48_ocr"
 output_dir="."
+value_flags="datasets_path model_dir pth batch_sizes backend device limit input_format preset output_dir"
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-    --datasets_path|--model_dir|--pth|--batch_sizes|--backend|--device|--limit|--input_format|--preset|--output_dir)
-      [ $# -ge 2 ] || die "$1 needs a value" ;;
-    *) die "unknown argument: $1 (see --help)" ;;
   esac
-  case "$1" in
-    --datasets_path) datasets_path="$2" ;;
-    --model_dir) model_dir="$2" ;;
-    --pth) pth="$2" ;;
-    --batch_sizes) batch_sizes="$2" ;;
-    --backend) backend="$2" ;;
-    --device) device="$2" ;;
-    --limit) limit="$2" ;;
-    --input_format) input_format="$2" ;;
-    --preset) preset="$2" ;;
-    --output_dir) output_dir="$2" ;;
-  esac
+  # --name VALUE sets the variable of the same name, for the names listed in value_flags only
+  [[ "$1" =~ ^--[a-z_]+$ && " ${value_flags} " == *" ${1#--} "* ]] || die "unknown argument: $1 (see --help)"
+  [ $# -ge 2 ] || die "$1 needs a value"
+  printf -v "${1#--}" '%s' "$2"
   shift 2
 done
 

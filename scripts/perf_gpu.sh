@@ -13,19 +13,15 @@ batch_sizes="1 4"
 height=1024
 width=2048
 output_dir="."
+value_flags="onnx batch_sizes height width output_dir"
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
-    --onnx|--batch_sizes|--height|--width|--output_dir) [ $# -ge 2 ] || die "$1 needs a value" ;;
-    *) die "unknown argument: $1 (see --help)" ;;
   esac
-  case "$1" in
-    --onnx) onnx="$2" ;;
-    --batch_sizes) batch_sizes="$2" ;;
-    --height) height="$2" ;;
-    --width) width="$2" ;;
-    --output_dir) output_dir="$2" ;;
-  esac
+  # --name VALUE sets the variable of the same name, for the names listed in value_flags only
+  [[ "$1" =~ ^--[a-z_]+$ && " ${value_flags} " == *" ${1#--} "* ]] || die "unknown argument: $1 (see --help)"
+  [ $# -ge 2 ] || die "$1 needs a value"
+  printf -v "${1#--}" '%s' "$2"
   shift 2
 done
 

@@ -21,25 +21,16 @@ preset="w48_ocr"
 input_format="float32"
 rewrite=1
 precision_mode=""
+value_flags="pth soc_version height width batch_sizes output_dir preset input_format precision_mode"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --no_rewrite) rewrite=0; shift; continue ;;
     -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
-    --pth|--soc_version|--height|--width|--batch_sizes|--output_dir|--preset|--input_format|--precision_mode)
-      [ $# -ge 2 ] || die "$1 needs a value" ;;
+    --no_rewrite) rewrite=0; shift; continue ;;
   esac
-  case "$1" in
-    --pth) pth="$2" ;;
-    --soc_version) soc_version="$2" ;;
-    --height) height="$2" ;;
-    --width) width="$2" ;;
-    --batch_sizes) batch_sizes="$2" ;;
-    --output_dir) output_dir="$2" ;;
-    --preset) preset="$2" ;;
-    --input_format) input_format="$2" ;;
-    --precision_mode) precision_mode="$2" ;;
-    *) die "unknown argument: $1 (see --help)" ;;
-  esac
+  # --name VALUE sets the variable of the same name, for the names listed in value_flags only
+  [[ "$1" =~ ^--[a-z_]+$ && " ${value_flags} " == *" ${1#--} "* ]] || die "unknown argument: $1 (see --help)"
+  [ $# -ge 2 ] || die "$1 needs a value"
+  printf -v "${1#--}" '%s' "$2"
   shift 2
 done
 
