@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_backend
-from .cli import UserError, add_alias_flags, positive_int, progress, run_cli, write_text_atomic
+from .cli import UserError, add_alias_flags, atomic_path, positive_int, progress, run_cli, write_text_atomic
 from .preprocess import read_manifest
 
 OUTFMTS = ("BIN", "NPY")
@@ -28,7 +28,10 @@ SUMMARY_SUFFIX = "_summary.json"
 
 
 def nonnegative_int(text: str) -> int:
-    value = int(text) if text.strip().lstrip("-").isdigit() else -1
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
         raise argparse.ArgumentTypeError("expected an integer >= 0, got {!r}".format(text))
     return value
@@ -136,8 +139,6 @@ def parse_indices(text: Optional[str], count: int) -> List[int]:
 # ----------------------------------------------------------------------------------------------- outputs
 
 def write_output(path: str, array: np.ndarray, outfmt: str) -> None:
-    from .cli import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             if outfmt == "NPY":

@@ -74,6 +74,7 @@ for bs in "${sizes[@]}"; do
         "--input_shape=image:${bs},3,${height},${width}" --log=error "--soc_version=${soc_version}"
         "--out_nodes=${out_nodes}")
   [ -z "${precision_mode}" ] || args+=("--precision_mode=${precision_mode}")
+  rm -f -- "${output_dir}/hrnet_bs${bs}.om"   # an earlier run's file must not pass for this run's
   step atc "${args[@]}"
   [ -f "${output_dir}/hrnet_bs${bs}.om" ] || { echo "error: atc wrote no ${output_dir}/hrnet_bs${bs}.om" >&2; exit 1; }
 done

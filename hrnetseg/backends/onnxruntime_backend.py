@@ -29,11 +29,12 @@ class OnnxRuntimeBackend(Backend):
             raise UserError("--device cuda: this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu); "
                             "or use --device cpu")
         use_cuda = CUDA in available and device_kind in ("cuda", "auto")
-        providers = [(CUDA, {"device_id": index}), CPU] if use_cuda else [CPU]
         try:
-            self.session = ort.InferenceSession(path, providers=providers)
-        except Exception as exc:   # ORT raises its own InvalidProtobuf / Fail / NoSuchFile types
-            raise UserError("ONNX Runtime cannot load {}: {}".format(path, first_line(exc)))
+            self.session = self._open(ort, path, [(CUDA, {"device_id": index}), CPU] if use_cuda else [CPU])
+        except UserError:
+            if not (use_cuda and device_kind == "auto"):
+                raise
+            self.session = self._open(ort, path, [CPU])   # auto: a CUDA provider without a usable GPU
         on_gpu = self.session.get_providers()[0] == CUDA
         if device_kind == "cuda" and not on_gpu:
             raise UserError("ONNX Runtime could not start its CUDA provider on GPU {} (see its messages above)"
@@ -49,6 +50,13 @@ class OnnxRuntimeBackend(Backend):
         shape = tuple(d if isinstance(d, int) and d > 0 else None for d in spec.shape)
         self.input = InputSpec(spec.name, np.dtype(ORT_TYPES[spec.type]), shape)
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @staticmethod
+    def _open(ort, path: str, providers: list):
+        try:
+            return ort.InferenceSession(path, providers=providers)
+        except Exception as exc:   # ORT raises its own InvalidProtobuf / Fail / NoSuchFile types
+            raise UserError("ONNX Runtime cannot load {}: {}".format(path, first_line(exc)))
 
     def run(self, batch: np.ndarray) -> List[np.ndarray]:
         try:
