@@ -38,7 +38,8 @@ def bs1_bs4(tmp_path_factory, tiny_onnx_path, tiny_prep_path):
     runs = {}
     for batch in (1, 4):
         runs[batch] = run_script(RUNNER + ["--model", tiny_onnx_path, "--input", tiny_prep_path, "--output", out,
-                                           "--output_dirname", "bs{}".format(batch), "--batchsize", str(batch)])
+                                           "--output_dirname", "bs{}".format(batch), "--batchsize", str(batch),
+                                           "--device", "cpu"])
         assert runs[batch].returncode == 0, runs[batch].stderr
     return out, runs
 
@@ -102,7 +103,7 @@ def test_without_output_nothing_is_written(run, tmp_path, tiny_onnx_path, tiny_p
 
 def test_torch_backend_matches_onnxruntime(run, tmp_path, tiny_pth_path, tiny_prep_path, bs1_bs4):
     result = run(RUNNER + ["--model", tiny_pth_path, "--preset", TINY_PRESET, "--input", tiny_prep_path,
-                           "--output", tmp_path, "--output_dirname", "t", "--batchsize", "2"])
+                           "--output", tmp_path, "--output_dirname", "t", "--batchsize", "2", "--device", "cpu"])
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "t_summary.json").read_text())
     assert summary["backend"] == "torch" and summary["device"] == "cpu"

@@ -207,7 +207,7 @@ def test_eval_auto_without_om_files_runs_the_local_runner(tools, tmp_path, tiny_
     shutil.copy(tiny_onnx_path, tmp_path / "hrnet.onnx")
     out = tmp_path / "eval"
     result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--output_dir", out,
-                  "--batch_sizes", "2", "--limit", "3", env=env)
+                  "--batch_sizes", "2", "--limit", "3", "--device", "cpu", env=env)
     assert result.returncode == 0, result.stderr
     assert "backend onnxruntime (auto: no .om files" in result.stderr
     assert [r[:3] for r in table_rows(result.stdout)] == [["2", "onnxruntime", "cpu"]]
@@ -220,7 +220,7 @@ def test_eval_torch_backend_with_uint8_bins(tools, tmp_path, tiny_pth_path, tiny
     out = tmp_path / "eval"
     result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--pth",
                   tiny_pth_path, "--preset", TINY_PRESET, "--backend", "torch", "--input_format", "uint8",
-                  "--batch_sizes", "4", "--output_dir", out, env=env)
+                  "--batch_sizes", "4", "--output_dir", out, "--device", "cpu", env=env)
     assert result.returncode == 0, result.stderr
     assert [r[:3] for r in table_rows(result.stdout)] == [["4", "torch", "cpu"]]
     assert json.loads((out / "prep_dataset_uint8" / "manifest.json").read_text())["dtype"] == "uint8"
@@ -262,7 +262,7 @@ def test_demo_runs_the_whole_pipeline_small(tools, tmp_path):
     _, env, _ = tools
     out = tmp_path / "demo"
     result = bash("demo.sh", "--preset", TINY_PRESET, "--height", 64, "--width", 128, "--output_dir", out,
-                  env=dict(env, HRNETSEG_VENV="none"))
+                  "--device", "cpu", env=dict(env, HRNETSEG_VENV="none"))
     assert result.returncode == 0, result.stderr
     assert [r[:3] for r in table_rows(result.stdout)] == [["1", "onnxruntime", "cpu"], ["4", "onnxruntime", "cpu"]]
     assert "meaningless" in result.stdout and "random weights" in result.stderr
