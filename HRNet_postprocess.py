@@ -1,0 +1,57 @@
+"""Model outputs + Cityscapes labels -> mIoU: per-class table on stdout, result.json, optional pictures.
+
+    python3 HRNet_postprocess.py --res_path results/bs1 --data_path data/cityscapes/gtFine/val/ \
+        --save_path ./result_bs1.json
+
+Runs on the Atlas host (the Python that CANN and ais_bench live in): numpy, opencv, pillow, tqdm; no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from hrnetseg.cli import add_alias_flags, positive_int, run_cli
+from hrnetseg.postprocess import evaluate_folder
+
+
+def _output_index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected an output number 0, 1, ..., got {!r}".format(text))
+    return value
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--res_path", required=True,
+                        help="folder of model outputs (ais_bench's --output/--output_dirname, e.g. results/bs1)")
+    parser.add_argument("--data_path", required=True,
+                        help="labels: the gtFine/<split> folder (as in the seed), or a cityscapes root")
+    parser.add_argument("--save_path", default=None, help="result.json to write (default: print only)")
+    parser.add_argument("--split", default="val", help="split, when --data_path is a cityscapes root (default val)")
+    parser.add_argument("--output_index", type=_output_index, default=None,
+                        help="ais_bench's 0-based output number: 0 = aux, 1 = main (default: main, or the only one)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--save_vis", default=None, metavar="DIR",
+                        help="write <id>_color.png (Cityscapes palette) and <id>_overlay.png (over the photo)")
+    parser.add_argument("--save_pred", default=None, metavar="DIR",
+                        help="write <id>_labelIds.png predictions (cityscapesScripts / benchmark server format)")
+    parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
+                        help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
+    parser.add_argument("--allow_missing", action="store_true",
+                        help="evaluate the labels that have outputs and list the others, instead of stopping")
+    add_alias_flags(parser)
+    args = parser.parse_args(argv)
+    evaluate_folder(args.res_path, args.data_path, output_index=args.output_index, split=args.split,
+                    workers=args.workers, save_path=args.save_path, save_vis=args.save_vis,
+                    save_pred=args.save_pred, save_confusion=args.save_confusion,
+                    allow_missing=args.allow_missing)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,38 @@
+"""Cityscapes images -> model input files (<id>.bin, C-order 3 x H x W) and manifest.json.
+
+    python3 HRNet_preprocess.py --src_path ./data --save_path ./prep_dataset
+
+Runs on the Atlas host (the Python that CANN and ais_bench live in): numpy, opencv, pillow, tqdm; no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from hrnetseg.cli import add_alias_flags, positive_int, run_cli
+from hrnetseg.preprocess import DTYPES, preprocess
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src_path", required=True,
+                        help="the folder holding cityscapes/ (the seed's ./data) or the cityscapes folder itself")
+    parser.add_argument("--save_path", required=True, help="output folder (created; a rerun resumes)")
+    parser.add_argument("--split", default="val", help="leftImg8bit split to convert (default val)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="float32: the upstream transform (the seed's format); float16: the same, rounded; "
+                             "uint8: raw RGB pixels for models that normalize inside (4x smaller)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--limit", type=positive_int, default=None, help="convert only the first N images (by id)")
+    parser.add_argument("--skip_bad", action="store_true",
+                        help="leave out unreadable images and list them at the end instead of stopping")
+    add_alias_flags(parser)
+    args = parser.parse_args(argv)
+    preprocess(args.src_path, args.save_path, split=args.split, dtype=args.dtype, workers=args.workers,
+               limit=args.limit, skip_bad=args.skip_bad)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

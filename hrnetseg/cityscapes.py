@@ -1,0 +1,247 @@
+"""Cityscapes facts: the label table, where images and labels live, and the model's input transform.
+
+Atlas-side module: numpy, opencv and pillow only, valid Python 3.7.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+from collections import namedtuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .cli import UserError
+
+Label = namedtuple("Label", ["name", "id", "train_id", "color"])
+
+IGNORE = 255
+NUM_CLASSES = 19
+
+# name, labelId, trainId (255 = ignored in evaluation), colour (RGB)
+LABELS = (
+    Label("unlabeled", 0, IGNORE, (0, 0, 0)),
+    Label("ego vehicle", 1, IGNORE, (0, 0, 0)),
+    Label("rectification border", 2, IGNORE, (0, 0, 0)),
+    Label("out of roi", 3, IGNORE, (0, 0, 0)),
+    Label("static", 4, IGNORE, (0, 0, 0)),
+    Label("dynamic", 5, IGNORE, (111, 74, 0)),
+    Label("ground", 6, IGNORE, (81, 0, 81)),
+    Label("road", 7, 0, (128, 64, 128)),
+    Label("sidewalk", 8, 1, (244, 35, 232)),
+    Label("parking", 9, IGNORE, (250, 170, 160)),
+    Label("rail track", 10, IGNORE, (230, 150, 140)),
+    Label("building", 11, 2, (70, 70, 70)),
+    Label("wall", 12, 3, (102, 102, 156)),
+    Label("fence", 13, 4, (190, 153, 153)),
+    Label("guard rail", 14, IGNORE, (180, 165, 180)),
+    Label("bridge", 15, IGNORE, (150, 100, 100)),
+    Label("tunnel", 16, IGNORE, (150, 120, 90)),
+    Label("pole", 17, 5, (153, 153, 153)),
+    Label("polegroup", 18, IGNORE, (153, 153, 153)),
+    Label("traffic light", 19, 6, (250, 170, 30)),
+    Label("traffic sign", 20, 7, (220, 220, 0)),
+    Label("vegetation", 21, 8, (107, 142, 35)),
+    Label("terrain", 22, 9, (152, 251, 152)),
+    Label("sky", 23, 10, (70, 130, 180)),
+    Label("person", 24, 11, (220, 20, 60)),
+    Label("rider", 25, 12, (255, 0, 0)),
+    Label("car", 26, 13, (0, 0, 142)),
+    Label("truck", 27, 14, (0, 0, 70)),
+    Label("bus", 28, 15, (0, 60, 100)),
+    Label("caravan", 29, IGNORE, (0, 0, 90)),
+    Label("trailer", 30, IGNORE, (0, 0, 110)),
+    Label("train", 31, 16, (0, 80, 100)),
+    Label("motorcycle", 32, 17, (0, 0, 230)),
+    Label("bicycle", 33, 18, (119, 11, 32)),
+    Label("license plate", -1, -1, (0, 0, 142)),
+)
+
+EVAL_LABELS = tuple(sorted((lab for lab in LABELS if 0 <= lab.train_id < NUM_CLASSES), key=lambda lab: lab.train_id))
+CLASS_NAMES = tuple(lab.name for lab in EVAL_LABELS)
+
+
+def _build_tables() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    id_to_train = np.full(256, IGNORE, dtype=np.uint8)
+    for lab in LABELS:
+        if lab.id >= 0 and 0 <= lab.train_id < NUM_CLASSES:
+            id_to_train[lab.id] = lab.train_id
+    train_to_id = np.zeros(256, dtype=np.uint8)  # predictions outside 0..18 become "unlabeled"
+    train_palette = np.zeros((256, 3), dtype=np.uint8)  # RGB; 255 (ignored) stays black
+    for lab in EVAL_LABELS:
+        train_to_id[lab.train_id] = lab.id
+        train_palette[lab.train_id] = lab.color
+    return id_to_train, train_to_id, train_palette
+
+
+ID_TO_TRAIN, TRAIN_TO_ID, TRAIN_PALETTE = _build_tables()
+
+# Normalization of the upstream input transform (ImageNet statistics, RGB order, after /255).
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+NORMALIZATION = {"mean": list(MEAN), "std": list(STD), "scale": 255.0, "channel_order": "RGB"}
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+# Stems other tools give the same image (the seed named bins after the label file).
+ID_SUFFIXES = ("_leftImg8bit", "_gtFine_labelIds", "_gtFine_labelTrainIds", "_labelIds")
+
+
+def labels_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
+    """labelId map (uint8) -> trainId map (uint8, 255 = ignored)."""
+    return ID_TO_TRAIN[label_ids]
+
+
+def image_id(stem: str) -> str:
+    """`frankfurt_000000_000294_leftImg8bit` (or the gtFine stem, or the id itself) -> the image id."""
+    for suffix in ID_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+# --- the upstream input transform -------------------------------------------------------------------
+
+def reference_transform(bgr: np.ndarray) -> np.ndarray:
+    """The upstream `input_transform`, operation for operation, then HWC -> CHW (float32, RGB).
+
+    This is the definition the fast path must match bit for bit; it is slow, use `TransformLUT`.
+    """
+    image = bgr.astype(np.float32)[:, :, ::-1]
+    image = image / 255.0
+    image -= list(MEAN)
+    image /= list(STD)
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+def transform_lut(dtype: str = "float32") -> np.ndarray:
+    """3 x 256 table: value of RGB channel c for pixel value v, made by the reference transform itself.
+
+    The transform works on each pixel value alone, so looking values up in this table gives exactly the
+    bytes of `reference_transform` (float16: the float32 result rounded, as `astype` would).
+    """
+    every_value = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1 x 256 x 3 "BGR"
+    table = reference_transform(every_value)[:, 0, :]  # 3 x 256, RGB
+    return np.ascontiguousarray(table.astype(dtype))
+
+
+# --- finding the data ----------------------------------------------------------------------------
+
+Sample = namedtuple("Sample", ["id", "image", "label"])
+
+
+def _glob_sorted(pattern: str) -> List[str]:
+    return sorted(glob.glob(pattern))
+
+
+def image_patterns(data: str, split: str) -> List[str]:
+    """Where images are looked for: DATA holding `cityscapes/` (the seed's ./data) or the cityscapes folder."""
+    return [os.path.join(data, "cityscapes", "leftImg8bit", split, "*", "*" + IMAGE_SUFFIX),
+            os.path.join(data, "leftImg8bit", split, "*", "*" + IMAGE_SUFFIX)]
+
+
+def find_images(data: str, split: str = "val") -> List[Sample]:
+    """Images of a split, sorted by id, each with its label path (None when there is no label)."""
+    if not os.path.exists(data):
+        raise UserError("data folder not found: {}".format(data))
+    if not os.path.isdir(data):
+        raise UserError("data path is not a folder: {}".format(data))
+    patterns = image_patterns(data, split)
+    for pattern in patterns:
+        paths = _glob_sorted(pattern)
+        if paths:
+            return _samples_from_images(paths, split)
+    raise UserError("no images found under {}: searched {}".format(data, " and ".join(patterns)))
+
+
+def _samples_from_images(paths: Sequence[str], split: str) -> List[Sample]:
+    samples = {}
+    for path in paths:
+        sample_id = os.path.basename(path)[: -len(IMAGE_SUFFIX)]
+        if sample_id in samples:
+            raise UserError("image id {} appears twice: {} and {}".format(sample_id, samples[sample_id].image, path))
+        city_dir = os.path.dirname(path)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(city_dir)))
+        label = os.path.join(root, "gtFine", split, os.path.basename(city_dir), sample_id + LABEL_SUFFIX)
+        samples[sample_id] = Sample(sample_id, path, label if os.path.isfile(label) else None)
+    return [samples[key] for key in sorted(samples)]
+
+
+def label_patterns(path: str, split: str = "val") -> List[str]:
+    """Where labels are looked for: the gtFine/<split> folder (the seed's --data_path), one city's folder,
+    a cityscapes root, or the folder holding `cityscapes/`."""
+    return [os.path.join(path, "*", "*" + LABEL_SUFFIX),
+            os.path.join(path, "*" + LABEL_SUFFIX),
+            os.path.join(path, "gtFine", split, "*", "*" + LABEL_SUFFIX),
+            os.path.join(path, "cityscapes", "gtFine", split, "*", "*" + LABEL_SUFFIX)]
+
+
+def find_labels(path: str, split: str = "val") -> Dict[str, str]:
+    """id -> labelIds PNG path, from the first pattern of `label_patterns` that matches."""
+    if not os.path.exists(path):
+        raise UserError("label folder not found: {}".format(path))
+    if not os.path.isdir(path):
+        raise UserError("label path is not a folder: {}".format(path))
+    patterns = label_patterns(path, split)
+    for pattern in patterns:
+        paths = _glob_sorted(pattern)
+        if paths:
+            labels = {}
+            for label in paths:
+                sample_id = os.path.basename(label)[: -len(LABEL_SUFFIX)]
+                if sample_id in labels:
+                    raise UserError("label id {} appears twice: {} and {}".format(sample_id, labels[sample_id], label))
+                labels[sample_id] = label
+            return labels
+    raise UserError("no labels found under {}: searched {}".format(path, " and ".join(patterns)))
+
+
+def image_for_label(label_path: str) -> Optional[str]:
+    """The leftImg8bit photo beside a gtFine label (`<root>/gtFine/<split>/<city>/...`), or None."""
+    city_dir = os.path.dirname(os.path.abspath(label_path))
+    split_dir = os.path.dirname(city_dir)
+    root = os.path.dirname(os.path.dirname(split_dir))
+    name = os.path.basename(label_path)[: -len(LABEL_SUFFIX)] + IMAGE_SUFFIX
+    image = os.path.join(root, "leftImg8bit", os.path.basename(split_dir), os.path.basename(city_dir), name)
+    return image if os.path.isfile(image) else None
+
+
+# --- reading images -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Hide what C libraries print on fd 2 (libpng's "Read Error" lines); our own message says it better."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # pragma: no cover - no fd 2 at all
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def read_image(path: str, flags: int) -> Optional[np.ndarray]:
+    """cv2.imread without libpng's chatter; None when the file cannot be decoded."""
+    import cv2
+
+    with _quiet_native_stderr():
+        return cv2.imread(path, flags)
+
+
+def image_size(path: str) -> Optional[Tuple[int, int]]:
+    """(height, width) from the file header only, or None when the header cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # PIL raises many types for broken files
+        return None
+    return height, width
