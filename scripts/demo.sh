@@ -7,8 +7,6 @@
 # With --pth and --datasets_path it evaluates the real model on the real val set (--limit N: the first N images).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-die() { echo "error: $*" >&2; exit 2; }
-
 pth=""
 datasets_path=""
 output_dir="demo_out"
@@ -19,22 +17,10 @@ width=2048
 batch_sizes="1 4"
 device=""
 samples=4
-value_flags="pth datasets_path output_dir limit preset height width batch_sizes device"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
-  esac
-  # --name VALUE sets the variable of the same name, for the names listed in value_flags only
-  [[ "$1" =~ ^--[a-z_]+$ && " ${value_flags} " == *" ${1#--} "* ]] || die "unknown argument: $1 (see --help)"
-  [ $# -ge 2 ] || die "$1 needs a value"
-  printf -v "${1#--}" '%s' "$2"
-  shift 2
-done
+parse_flags "pth datasets_path output_dir limit preset height width batch_sizes device" "" "$@"
 [ -z "${pth}" ] || [ -f "${pth}" ] || die "checkpoint not found: ${pth}"
 [ -z "${datasets_path}" ] || [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
-for value in "${height}" "${width}"; do
-  [[ "${value}" =~ ^[1-9][0-9]*$ ]] || die "--height and --width take positive integers, not '${value}'"
-done
+require_positive_ints "--height/--width" "${height}" "${width}"
 
 ensure_venv requirements.txt
 export PYTHON

@@ -10,8 +10,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PYTHON="${PYTHON:-python3}"
 
-die() { echo "error: $*" >&2; exit 2; }
-step() { log "$*"; "$@" || { rc=$?; echo "error: command failed (exit ${rc}): $*" >&2; exit "${rc}"; }; }
 
 datasets_path=""
 model_dir="."
@@ -23,26 +21,13 @@ limit=""
 input_format="float32"
 preset="w48_ocr"
 output_dir="."
-value_flags="datasets_path model_dir pth batch_sizes backend device limit input_format preset output_dir"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-  esac
-  # --name VALUE sets the variable of the same name, for the names listed in value_flags only
-  [[ "$1" =~ ^--[a-z_]+$ && " ${value_flags} " == *" ${1#--} "* ]] || die "unknown argument: $1 (see --help)"
-  [ $# -ge 2 ] || die "$1 needs a value"
-  printf -v "${1#--}" '%s' "$2"
-  shift 2
-done
+parse_flags "datasets_path model_dir pth batch_sizes backend device limit input_format preset output_dir" "" "$@"
 
 [ -n "${datasets_path}" ] || die "--datasets_path DATA is required (the folder holding cityscapes/)"
 [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
 read -r -a sizes <<< "${batch_sizes}"
-[ "${#sizes[@]}" -gt 0 ] || die "--batch_sizes is empty"
-for bs in "${sizes[@]}"; do
-  [[ "${bs}" =~ ^[1-9][0-9]*$ ]] || die "--batch_sizes takes space-separated positive integers, not '${batch_sizes}'"
-done
-[ -z "${limit}" ] || [[ "${limit}" =~ ^[1-9][0-9]*$ ]] || die "--limit takes a positive integer, not '${limit}'"
+require_positive_ints --batch_sizes "${sizes[@]}"
+[ -z "${limit}" ] || require_positive_ints --limit "${limit}"
 case "${input_format}" in float32|uint8) ;; *) die "--input_format is float32 or uint8, not '${input_format}'" ;; esac
 [ -z "${pth}" ] || [ -f "${pth}" ] || die "checkpoint not found: ${pth}"
 if [ -d "${datasets_path}/cityscapes" ]; then gt_dir="${datasets_path}/cityscapes/gtFine/val"; else gt_dir="${datasets_path}/gtFine/val"; fi

@@ -6,30 +6,16 @@
 # OUTPUT_DIR/trtexec_bs<N>.log. Without trtexec on PATH it says so and exits 2.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-die() { echo "error: $*" >&2; exit 2; }
-
 onnx="hrnet.onnx"
 batch_sizes="1 4"
 height=1024
 width=2048
 output_dir="."
-value_flags="onnx batch_sizes height width output_dir"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
-  esac
-  # --name VALUE sets the variable of the same name, for the names listed in value_flags only
-  [[ "$1" =~ ^--[a-z_]+$ && " ${value_flags} " == *" ${1#--} "* ]] || die "unknown argument: $1 (see --help)"
-  [ $# -ge 2 ] || die "$1 needs a value"
-  printf -v "${1#--}" '%s' "$2"
-  shift 2
-done
+parse_flags "onnx batch_sizes height width output_dir" "" "$@"
 
 read -r -a sizes <<< "${batch_sizes}"
-[ "${#sizes[@]}" -gt 0 ] || die "--batch_sizes is empty"
-for value in "${sizes[@]}" "${height}" "${width}"; do
-  [[ "${value}" =~ ^[1-9][0-9]*$ ]] || die "--batch_sizes, --height and --width take positive integers, not '${value}'"
-done
+require_positive_ints --batch_sizes "${sizes[@]}"
+require_positive_ints "--height/--width" "${height}" "${width}"
 [ -f "${onnx}" ] || die "ONNX model not found: ${onnx} (make it with HRNet_pth2onnx.py or scripts/pth2om.sh)"
 command -v trtexec >/dev/null 2>&1 ||
   die "trtexec not found: install TensorRT and put its bin folder on PATH; nothing was measured"

@@ -8,8 +8,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PYTHON="${PYTHON:-python3}"
 
-die() { echo "error: $*" >&2; exit 2; }
-step() { log "$*"; "$@" || { rc=$?; echo "error: command failed (exit ${rc}): $*" >&2; exit "${rc}"; }; }
 
 pth=""
 soc_version=""
@@ -19,31 +17,15 @@ batch_sizes="1 4"
 output_dir="."
 preset="w48_ocr"
 input_format="float32"
-rewrite=1
+no_rewrite=0
 precision_mode=""
-value_flags="pth soc_version height width batch_sizes output_dir preset input_format precision_mode"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
-    --no_rewrite) rewrite=0; shift; continue ;;
-  esac
-  # --name VALUE sets the variable of the same name, for the names listed in value_flags only
-  [[ "$1" =~ ^--[a-z_]+$ && " ${value_flags} " == *" ${1#--} "* ]] || die "unknown argument: $1 (see --help)"
-  [ $# -ge 2 ] || die "$1 needs a value"
-  printf -v "${1#--}" '%s' "$2"
-  shift 2
-done
+parse_flags "pth soc_version height width batch_sizes output_dir preset input_format precision_mode" "no_rewrite" "$@"
 
 [ -n "${pth}" ] || die "--pth FILE is required (the official checkpoint)"
 [ -f "${pth}" ] || die "checkpoint not found: ${pth}"
-for value in "${height}" "${width}"; do
-  [[ "${value}" =~ ^[1-9][0-9]*$ ]] || die "--height and --width take positive integers, not '${value}'"
-done
+require_positive_ints "--height/--width" "${height}" "${width}"
 read -r -a sizes <<< "${batch_sizes}"
-[ "${#sizes[@]}" -gt 0 ] || die "--batch_sizes is empty"
-for bs in "${sizes[@]}"; do
-  [[ "${bs}" =~ ^[1-9][0-9]*$ ]] || die "--batch_sizes takes space-separated positive integers, not '${batch_sizes}'"
-done
+require_positive_ints --batch_sizes "${sizes[@]}"
 case "${input_format}" in float32|uint8) ;; *) die "--input_format is float32 or uint8, not '${input_format}'" ;; esac
 
 # Fail before the slow export when the Ascend tools are missing.
@@ -63,7 +45,7 @@ mkdir -p "${output_dir}"
 onnx="${output_dir}/hrnet.onnx"
 step "${PYTHON}" "${REPO_ROOT}/HRNet_pth2onnx.py" --pth "${pth}" --save_path "${onnx}" --height "${height}" \
   --width "${width}" --batch dynamic --preset "${preset}" --input_format "${input_format}"
-if [ "${rewrite}" = 1 ]; then
+if [ "${no_rewrite}" != 1 ]; then
   step "${PYTHON}" "${REPO_ROOT}/performance_optimize_resize.py" "${onnx}" "${onnx}"
 fi
 out_nodes="$("${PYTHON}" -m hrnetseg.onnx_graph out_nodes "${onnx}")" || die "cannot read the output nodes of ${onnx}"
