@@ -261,3 +261,194 @@ def _blend_argmax(values, weights, tolerance) -> np.ndarray:
                             wy0[close], wy1[close])
         winner[close] = exact.argmax(axis=0)
     return winner
+
+
+# --- the confusion matrix and the scores ----------------------------------------------------------
+
+def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """num_classes x num_classes int64 counts (rows ground truth, columns prediction) over the pixels whose
+    ground truth is a class; ground truth 255 (or any value >= num_classes) is ignored."""
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError("prediction {} and ground truth {} differ in shape".format(pred.shape, gt.shape))
+    if pred.size and (int(pred.min()) < 0 or int(pred.max()) >= num_classes):
+        raise ValueError("predictions must be class indices 0..{}".format(num_classes - 1))
+    if gt.dtype != np.uint8:
+        gt = np.where((gt >= 0) & (gt < num_classes), gt, IGNORE).astype(np.uint8)
+    code = gt.astype(np.uint16) * np.uint16(num_classes) + pred.astype(np.uint16)
+    counts = np.bincount(code.ravel(), minlength=256 * num_classes)[:num_classes * num_classes]
+    return counts.reshape(num_classes, num_classes).astype(np.int64)
+
+
+class ConfusionMatrix(object):
+    """Accumulates a confusion matrix over images (update), combines shards (merge), scores it (compute).
+
+    Rows are ground truth, columns prediction, over pixels whose ground truth is one of the classes.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, class_names: Sequence[str] = CLASS_NAMES) -> None:
+        self.num_classes = num_classes
+        self.class_names = tuple(class_names)
+        self.reset()
+
+    def reset(self) -> None:
+        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self.images = 0
+        self.ids = []  # type: List[str]
+        self.skipped = []  # type: List[str]
+
+    def update(self, pred: np.ndarray, gt: np.ndarray, image_id: Optional[str] = None) -> np.ndarray:
+        """Add one image: trainId prediction and ground truth maps of one size. Returns its own matrix."""
+        counts = confusion(pred, gt, self.num_classes)
+        self.add(counts, image_id)
+        return counts
+
+    def add(self, counts: np.ndarray, image_id: Optional[str] = None) -> None:
+        """Add one image's confusion matrix (as `confusion` makes it)."""
+        self.matrix += counts
+        self.images += 1
+        if image_id is not None:
+            self.ids.append(image_id)
+
+    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        """Add another shard in place; an image in both is an error (it would count twice)."""
+        if other.num_classes != self.num_classes:
+            raise UserError("cannot merge a {}-class matrix into a {}-class one".format(other.num_classes,
+                                                                                     self.num_classes))
+        twice = sorted(set(self.ids) & set(other.ids))
+        if twice:
+            raise UserError("{} image(s) appear in two shards, e.g. {}: they would count twice".format(
+                len(twice), ", ".join(twice[:3])))
+        self.matrix += other.matrix
+        self.images += other.images
+        self.ids = sorted(self.ids + other.ids)
+        self.skipped = sorted(set(self.skipped) | set(other.skipped))
+        return self
+
+    def compute(self) -> dict:
+        """The result dict of result.json (fractions 0-1; null for a class that never occurs)."""
+        return scores(self.matrix, self.images, self.skipped, self.class_names)
+
+    def save(self, path: str) -> None:
+        """Write matrix, image count, ids and skipped ids as .npz (atomically), for `merge`."""
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, matrix=self.matrix, images=np.int64(self.images),
+                 ids=np.array(sorted(self.ids), dtype=np.str_), skipped=np.array(self.skipped, dtype=np.str_),
+                 class_names=np.array(self.class_names, dtype=np.str_))
+        write_bytes_atomic(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str) -> "ConfusionMatrix":
+        if not os.path.isfile(path):
+            raise UserError("confusion file not found: {}".format(path))
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                matrix = np.asarray(data["matrix"], dtype=np.int64)
+                images = int(data["images"])
+                ids = [str(v) for v in data["ids"]]
+                skipped = [str(v) for v in data["skipped"]]
+                names = tuple(str(v) for v in data["class_names"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError("{} is not a confusion file written by --save_confusion ({})".format(
+                path, " ".join(str(exc).split())))
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(names):
+            raise UserError("{} holds a damaged confusion matrix of shape {}".format(path, matrix.shape))
+        shard = cls(matrix.shape[0], names)
+        shard.matrix, shard.images, shard.ids, shard.skipped = matrix, images, ids, skipped
+        return shard
+
+
+def _fraction(numerator: float, denominator: float) -> Optional[float]:
+    return float(numerator) / float(denominator) if denominator > 0 else None
+
+
+def _mean(values: Sequence[float]) -> Optional[float]:
+    """Summed in order, as cityscapesScripts does (so mIoU == mean_Iou exactly when every class occurs)."""
+    return sum(values) / len(values) if values else None
+
+
+def scores(matrix: np.ndarray, images: int, skipped: Iterable[str] = (),
+           class_names: Sequence[str] = CLASS_NAMES) -> dict:
+    """IoU per class = TP / (TP + FP + FN); mIoU = mean over the classes whose union is not empty
+    (cityscapesScripts); the seed's block counts an empty class as 0 in its mean."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    tp = np.diag(matrix).astype(np.float64)
+    gt_total = matrix.sum(axis=1).astype(np.float64)
+    union = gt_total + matrix.sum(axis=0) - tp
+    iou = [_fraction(t, u) for t, u in zip(tp, union)]
+    accuracy = [_fraction(t, g) for t, g in zip(tp, gt_total)]
+    seed_array = [v if v is not None else 0.0 for v in iou]
+    return {
+        "title": TITLE,
+        "value": {"Iou_array": seed_array, "mean_Iou": _mean(seed_array) or 0.0},
+        "mIoU": _mean([v for v in iou if v is not None]),
+        "per_class": dict(zip(class_names, iou)),
+        "pixel_accuracy": _fraction(tp.sum(), matrix.sum()),
+        "mean_accuracy": _mean([v for v in accuracy if v is not None]),
+        "images": int(images),
+        "skipped": sorted(skipped),
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def _percent(value: Optional[float]) -> str:
+    return "   n/a" if value is None else "{:6.2f}".format(100.0 * value)
+
+
+def format_table(result: dict) -> str:
+    """Per-class IoU table, then the summary line, as text."""
+    width = max(len(name) for name in result["per_class"])
+    lines = ["{:<{w}}  IoU (%)".format("class", w=width)]
+    for name, value in result["per_class"].items():
+        lines.append("{:<{w}}  {}".format(name, _percent(value), w=width))
+    absent = sum(1 for v in result["per_class"].values() if v is None)
+    lines.append("{:<{w}}  {}{}".format("mIoU", _percent(result["mIoU"]), "  ({} classes absent, left out)".format(
+        absent) if absent else "", w=width))
+    lines.append("images {}, pixel accuracy {}%, mean accuracy {}%{}".format(
+        result["images"], _percent(result["pixel_accuracy"]).strip(), _percent(result["mean_accuracy"]).strip(),
+        ", skipped {}".format(len(result["skipped"])) if result["skipped"] else ""))
+    return "\n".join(lines)
+
+
+def write_result(path: str, result: dict) -> None:
+    write_text_atomic(path, json.dumps(result, indent=1) + "\n")
+
+
+# --- python -m hrnetseg.metrics merge A.npz B.npz ... --save_path result.json ------------------------
+
+def merge_files(paths: Sequence[str]) -> ConfusionMatrix:
+    total = None
+    for path in progress(paths, desc="merge", unit="file"):
+        shard = ConfusionMatrix.load(path)
+        if total is None:
+            total = shard
+            continue
+        try:
+            total.merge(shard)
+        except UserError as exc:
+            raise UserError("{}: {}".format(path, exc))
+    return total
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hrnetseg.metrics",
+                                     description="Work with the confusion files of HRNet_postprocess.py.")
+    commands = parser.add_subparsers(dest="command")
+    merge = commands.add_parser("merge", help="sum shards (--save_confusion files) into one result.json")
+    merge.add_argument("files", nargs="+", help="the .npz files of the shards")
+    merge.add_argument("--save_path", required=True, help="result.json to write")
+    add_alias_flags(merge)
+    args = parser.parse_args(argv)
+    if args.command != "merge":
+        parser.error("choose a command: merge")
+    result = merge_files(args.files).compute()
+    print(format_table(result))
+    write_result(args.save_path, result)
+    print("merged {} files ({} images) into {}".format(len(args.files), result["images"], args.save_path))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -89,3 +89,30 @@ def tiny_prep_path(tmp_path_factory, tiny_data_root) -> Path:
     out = tmp_path_factory.mktemp("tiny_prep") / "prep_dataset"
     preprocess(str(tiny_data_root), str(out), dtype="float32", workers=1, log=lambda message: None)
     return out
+
+
+# --- data-step fixtures (issue 3): synthetic Cityscapes scenes and model-like outputs ---------------------
+
+SAMPLE_IMAGES, SAMPLE_HEIGHT, SAMPLE_WIDTH = 3, 128, 256
+
+
+@pytest.fixture(scope="session")
+def sample_data_root(tmp_path_factory) -> Path:
+    """SAMPLE_IMAGES synthetic scenes at 128x256 in the seed's ./data layout (root/cityscapes/...), every
+    evaluated class in every image. Shared: do not change it."""
+    from hrnetseg.sample_data import generate
+
+    root = tmp_path_factory.mktemp("sample_data")
+    generate(str(root), n=SAMPLE_IMAGES, height=SAMPLE_HEIGHT, width=SAMPLE_WIDTH, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_results_path(tmp_path_factory, sample_data_root) -> Path:
+    """Model-like outputs for sample_data_root as ais_bench names them (results/bs1/<id>_0.bin aux,
+    <id>_1.bin main; 19 x 32 x 64 float32). Shared: do not change it."""
+    from hrnetseg.sample_data import write_fake_outputs
+
+    res = tmp_path_factory.mktemp("sample_results") / "bs1"
+    write_fake_outputs(str(sample_data_root), str(res), seed=0)
+    return res

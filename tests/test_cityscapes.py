@@ -1,0 +1,131 @@
+"""The label table, finding data, the input transform and the synthetic scenes."""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from hrnetseg import cityscapes, sample_data
+from hrnetseg.cli import UserError
+
+from conftest import SAMPLE_IMAGES, assert_user_error, run_script
+
+
+def test_label_table_matches_cityscapes_scripts():
+    from cityscapesscripts.helpers.labels import labels as official
+
+    ours = {(lab.name, lab.id, lab.train_id, tuple(lab.color)) for lab in cityscapes.LABELS}
+    theirs = {(lab.name, lab.id, lab.trainId, tuple(lab.color)) for lab in official}
+    assert ours == theirs
+
+
+def test_train_ids_and_class_names():
+    expected = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+    for label_id in range(256):
+        assert cityscapes.ID_TO_TRAIN[label_id] == expected.get(label_id, 255)
+    for label_id, train_id in expected.items():
+        assert cityscapes.TRAIN_TO_ID[train_id] == label_id
+    assert cityscapes.CLASS_NAMES[:3] == ("road", "sidewalk", "building") and len(cityscapes.CLASS_NAMES) == 19
+    assert cityscapes.CLASS_NAMES[-1] == "bicycle"
+
+
+def test_reference_transform_is_the_formula():
+    rng = np.random.RandomState(0)
+    bgr = rng.randint(0, 256, size=(8, 16, 3)).astype(np.uint8)
+    rgb = bgr[:, :, ::-1].astype(np.float64)
+    formula = (rgb / 255.0 - np.array(cityscapes.MEAN)) / np.array(cityscapes.STD)
+    ours = cityscapes.reference_transform(bgr)
+    assert ours.dtype == np.float32 and ours.shape == (3, 8, 16) and ours.flags.c_contiguous
+    assert np.abs(ours - formula.transpose(2, 0, 1)).max() <= 1e-6
+
+
+def test_transform_table_is_bit_exact():
+    every = np.stack(np.meshgrid(np.arange(256), np.arange(3), indexing="ij"), -1)[:, :, 0].astype(np.uint8)
+    image = np.repeat(every[:, :1, None], 3, axis=2)  # 256 x 1 x 3, all values in every channel
+    reference = cityscapes.reference_transform(image)[:, :, 0]
+    assert np.array_equal(cityscapes.transform_lut("float32"), reference)
+    assert np.array_equal(cityscapes.transform_lut("float16"), reference.astype(np.float16))
+
+
+@pytest.mark.parametrize("stem,expected", [
+    ("frankfurt_000000_000294", "frankfurt_000000_000294"),
+    ("frankfurt_000000_000294_leftImg8bit", "frankfurt_000000_000294"),
+    ("frankfurt_000000_000294_gtFine_labelIds", "frankfurt_000000_000294"),
+])
+def test_image_id(stem, expected):
+    assert cityscapes.image_id(stem) == expected
+
+
+def test_find_images_in_data_or_cityscapes_root(sample_data_root):
+    from_data = cityscapes.find_images(str(sample_data_root))
+    from_root = cityscapes.find_images(str(sample_data_root / "cityscapes"))
+    assert [s.id for s in from_data] == [s.id for s in from_root] == sorted(s.id for s in from_data)
+    assert len(from_data) == SAMPLE_IMAGES
+    assert all(s.label and os.path.isfile(s.label) and s.label.endswith(cityscapes.LABEL_SUFFIX) for s in from_data)
+
+
+def test_find_images_errors(tmp_path, sample_data_root):
+    with pytest.raises(UserError, match="not found"):
+        cityscapes.find_images(str(tmp_path / "nowhere"))
+    with pytest.raises(UserError) as info:
+        cityscapes.find_images(str(tmp_path))
+    message = str(info.value)
+    assert "no images" in message and os.path.join("cityscapes", "leftImg8bit", "val") in message
+    with pytest.raises(UserError, match="no images"):
+        cityscapes.find_images(str(sample_data_root), split="test")
+
+
+def test_find_labels_in_every_accepted_place(sample_data_root):
+    gt_val = sample_data_root / "cityscapes" / "gtFine" / "val"
+    expected = cityscapes.find_labels(str(gt_val))
+    assert len(expected) == SAMPLE_IMAGES
+    assert cityscapes.find_labels(str(sample_data_root / "cityscapes")) == expected
+    assert cityscapes.find_labels(str(sample_data_root)) == expected
+    city = sorted(os.listdir(str(gt_val)))[0]
+    assert set(cityscapes.find_labels(str(gt_val / city))) <= set(expected)
+    for sample_id, label in expected.items():
+        image = cityscapes.image_for_label(label)
+        assert image and os.path.basename(image) == sample_id + cityscapes.IMAGE_SUFFIX
+
+
+def test_find_labels_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        cityscapes.find_labels(str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="no labels found"):
+        cityscapes.find_labels(str(tmp_path))
+
+
+def test_sample_scenes_hold_every_class(sample_data_root):
+    for sample in cityscapes.find_images(str(sample_data_root)):
+        label = cv2.imread(sample.label, cv2.IMREAD_UNCHANGED)
+        image = cv2.imread(sample.image, cv2.IMREAD_COLOR)
+        assert label.shape == image.shape[:2] == (128, 256) and label.dtype == np.uint8
+        present = set(np.unique(cityscapes.labels_to_train_ids(label)).tolist())
+        assert set(range(19)) <= present and 255 in present
+
+
+@pytest.mark.parametrize("height,width", [(64, 128), (1024, 2048)])
+def test_scene_labels_every_class_at_extreme_sizes(height, width):
+    labels = sample_data.scene_labels(height, width, np.random.RandomState([3, 1]))
+    assert set(range(19)) <= set(np.unique(cityscapes.ID_TO_TRAIN[labels]).tolist())
+
+
+def test_sample_data_is_deterministic(tmp_path):
+    ids_a = sample_data.generate(str(tmp_path / "a"), n=2, height=64, width=128, seed=5)
+    ids_b = sample_data.generate(str(tmp_path / "b"), n=2, height=64, width=128, seed=5)
+    assert ids_a == ids_b
+    for sample in cityscapes.find_images(str(tmp_path / "a")):
+        other = str(sample.image).replace(str(tmp_path / "a"), str(tmp_path / "b"))
+        with open(sample.image, "rb") as fa, open(other, "rb") as fb:
+            assert fa.read() == fb.read()
+
+
+def test_sample_data_cli(tmp_path):
+    result = run_script(["-m", "hrnetseg.sample_data", tmp_path / "data", "--n", "2", "--height", "64",
+                         "--width", "128", "--seed", "1"])
+    assert result.returncode == 0, result.stderr
+    assert len(cityscapes.find_images(str(tmp_path / "data"))) == 2
+    assert_user_error(run_script(["-m", "hrnetseg.sample_data", tmp_path / "x", "--height", "32"]), "at least")

@@ -1,0 +1,226 @@
+"""HRNet_preprocess.py: exact bins, manifest, resume after a kill, settings guard, every error case."""
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hrnetseg import baselines, cityscapes, preprocess
+from hrnetseg.cli import UserError
+
+from conftest import SAMPLE_IMAGES, assert_user_error, run_script
+
+SCRIPT = "HRNet_preprocess.py"
+
+
+def _quiet(*_args):
+    pass
+
+
+def _bins(folder: Path) -> dict:
+    return {os.path.basename(p): Path(p).read_bytes() for p in sorted(glob.glob(str(folder / "*.bin")))}
+
+
+def _leftovers(folder: Path) -> list:
+    return [p for p in os.listdir(str(folder)) if p.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, sample_data_root) -> Path:
+    out = tmp_path_factory.mktemp("prep") / "prep_dataset"
+    result = run_script([SCRIPT, "--src_path", sample_data_root, "--save_path", out])
+    assert result.returncode == 0, result.stderr
+    assert "3 images" in result.stdout
+    return out
+
+
+def test_float32_bins_are_the_upstream_transform(clean_run, sample_data_root):
+    samples = cityscapes.find_images(str(sample_data_root))
+    assert sorted(_bins(clean_run)) == [s.id + ".bin" for s in samples]
+    for sample in samples:
+        data = np.fromfile(str(clean_run / (sample.id + ".bin")), dtype=np.float32).reshape(3, 128, 256)
+        bgr = cv2.imread(sample.image, cv2.IMREAD_COLOR).astype(np.float64)
+        formula = ((bgr[:, :, ::-1] / 255.0 - np.array(cityscapes.MEAN)) / np.array(cityscapes.STD)).transpose(2, 0, 1)
+        assert np.abs(data - formula).max() <= 1e-6
+        assert np.array_equal(data, cityscapes.reference_transform(cv2.imread(sample.image)))
+
+
+def test_same_bytes_as_the_seed_method(clean_run, sample_data_root, tmp_path):
+    written = baselines.seed_preprocess(str(sample_data_root), str(tmp_path / "seed"))
+    ours = _bins(clean_run)
+    assert len(written) == SAMPLE_IMAGES
+    for path in written:
+        sample_id = os.path.basename(path)[: -len("_gtFine_labelIds.bin")]
+        assert Path(path).read_bytes() == ours[sample_id + ".bin"]
+
+
+def test_manifest(clean_run):
+    manifest = preprocess.read_manifest(str(clean_run))
+    assert manifest["ids"] == sorted(manifest["ids"]) and len(manifest["ids"]) == SAMPLE_IMAGES
+    assert manifest["shape"] == [3, 128, 256] and manifest["dtype"] == "float32" and manifest["layout"] == "NCHW"
+    assert manifest["normalization"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                         "scale": 255.0, "channel_order": "RGB"}
+    assert manifest["split"] == "val" and manifest["complete"] is True and manifest["skipped"] == []
+
+
+@pytest.mark.parametrize("dtype", ["float16", "uint8"])
+def test_other_dtypes(dtype, sample_data_root, tmp_path):
+    manifest = preprocess.preprocess(str(sample_data_root / "cityscapes"), str(tmp_path), dtype=dtype, workers=2,
+                                     log=_quiet)
+    assert manifest["dtype"] == dtype
+    assert (manifest["normalization"] is None) == (dtype == "uint8")
+    for sample in cityscapes.find_images(str(sample_data_root)):
+        data = np.fromfile(str(tmp_path / (sample.id + ".bin")), dtype=dtype).reshape(3, 128, 256)
+        bgr = cv2.imread(sample.image, cv2.IMREAD_COLOR)
+        if dtype == "uint8":
+            expected = bgr[:, :, ::-1].transpose(2, 0, 1)
+        else:
+            expected = cityscapes.reference_transform(bgr).astype(np.float16)
+        assert np.array_equal(data, expected)
+
+
+def test_rerun_skips_finished_files_and_redoes_damaged_ones(clean_run, sample_data_root, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(str(clean_run), str(out))
+    names = sorted(_bins(out))
+    keep, damaged = out / names[0], out / names[1]
+    stamp = os.stat(str(keep)).st_mtime_ns
+    damaged.write_bytes(b"short")
+    result = run_script([SCRIPT, "--src_path", sample_data_root, "--save_path", out])
+    assert result.returncode == 0, result.stderr
+    assert "2 already there" in result.stdout
+    assert os.stat(str(keep)).st_mtime_ns == stamp
+    assert _bins(out) == _bins(clean_run)
+
+
+def test_killed_run_resumes_to_the_same_bins(clean_run, sample_data_root, tmp_path):
+    out = tmp_path / "out"
+    args = [SCRIPT, "--src_path", sample_data_root, "--save_path", out, "--workers", "1"]
+    killed = run_script(args, env={preprocess.KILL_AFTER_ENV: "1"})
+    assert killed.returncode == -signal.SIGKILL
+    assert len(_bins(out)) == 1 and _leftovers(out), "the kill comes between writing a file and renaming it"
+    with pytest.raises(UserError, match="did not finish"):
+        preprocess.read_manifest(str(out))
+    resumed = run_script(args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 already there" in resumed.stdout
+    assert _bins(out) == _bins(clean_run) and not _leftovers(out)
+    assert preprocess.read_manifest(str(out))["ids"] == preprocess.read_manifest(str(clean_run))["ids"]
+
+
+def test_limit_then_the_rest(sample_data_root, tmp_path, clean_run):
+    first = preprocess.preprocess(str(sample_data_root), str(tmp_path), limit=1, log=_quiet)
+    assert len(first["ids"]) == 1
+    rest = preprocess.preprocess(str(sample_data_root), str(tmp_path), log=_quiet)
+    assert rest["ids"] == preprocess.read_manifest(str(clean_run))["ids"]
+    assert _bins(tmp_path) == _bins(clean_run)
+
+
+def test_refuses_to_mix_settings(clean_run, sample_data_root, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(str(clean_run), str(out))
+    result = run_script([SCRIPT, "--src_path", sample_data_root, "--save_path", out, "--dtype", "uint8"])
+    assert_user_error(result, "float32", "uint8")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x.bin").write_bytes(b"1234")
+    assert_user_error(run_script([SCRIPT, "--src_path", sample_data_root, "--save_path", foreign]),
+                      "no manifest.json")
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(UserError, match="no manifest.json"):
+        preprocess.read_manifest(str(tmp_path))
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read"):
+        preprocess.read_manifest(str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"ids": []}))
+    with pytest.raises(UserError, match="not a preprocess manifest"):
+        preprocess.read_manifest(str(tmp_path))
+
+
+def test_missing_data_names_the_patterns(tmp_path):
+    assert_user_error(run_script([SCRIPT, "--src_path", tmp_path / "nope", "--save_path", tmp_path / "out"]),
+                      "not found", "nope")
+    result = run_script([SCRIPT, "--src_path", tmp_path, "--save_path", tmp_path / "out"])
+    assert_user_error(result, "no images found", os.path.join("cityscapes", "leftImg8bit", "val", "*"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def data_with_bad_image(sample_data_root, tmp_path) -> tuple:
+    data = tmp_path / "data"
+    shutil.copytree(str(sample_data_root), str(data))
+    samples = cityscapes.find_images(str(data))
+    bad = Path(samples[1].image)
+    bad.write_bytes(bad.read_bytes()[:2000])  # truncated: the header reads, the pixels do not
+    return data, samples[1]
+
+
+def test_corrupt_image_is_named(data_with_bad_image, tmp_path):
+    data, bad = data_with_bad_image
+    result = run_script([SCRIPT, "--src_path", data, "--save_path", tmp_path / "out", "--workers", "2"])
+    assert_user_error(result, bad.image, "--skip_bad")
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+    assert not _leftovers(tmp_path / "out")
+
+
+def test_skip_bad_goes_on_and_lists_them(data_with_bad_image, tmp_path):
+    data, bad = data_with_bad_image
+    result = run_script([SCRIPT, "--src_path", data, "--save_path", tmp_path / "out", "--skip_bad"])
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 unreadable image" in result.stderr and bad.image in result.stderr
+    manifest = preprocess.read_manifest(str(tmp_path / "out"))
+    assert manifest["skipped"] == [bad.id] and bad.id not in manifest["ids"] and len(manifest["ids"]) == 2
+
+
+def test_unwritable_output(sample_data_root, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(run_script([SCRIPT, "--src_path", sample_data_root, "--save_path", blocker / "out"]),
+                      "cannot create output folder")
+    assert_user_error(run_script([SCRIPT, "--src_path", sample_data_root, "--save_path", blocker]),
+                      "not a folder")
+
+
+def test_full_disk_mid_file_leaves_nothing_partial(sample_data_root, tmp_path, monkeypatch, capsys):
+    import HRNet_preprocess
+
+    real_open = open
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        if "w" in mode and str(path).endswith(".tmp") and ".bin." in str(path):
+            handle.write(b"partial")
+            handle.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return handle
+
+    monkeypatch.setattr("builtins.open", failing_open)
+    with pytest.raises(SystemExit) as info:
+        preprocess_cli = HRNet_preprocess.main
+        from hrnetseg.cli import run_cli
+
+        run_cli(preprocess_cli, ["--src_path", str(sample_data_root), "--save_path", str(tmp_path / "out"),
+                                 "--workers", "1"])
+    monkeypatch.undo()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left" in err[0]
+    assert not _bins(tmp_path / "out") and not _leftovers(tmp_path / "out")
+
+
+def test_not_enough_space_is_found_before_writing(sample_data_root, tmp_path, monkeypatch):
+    usage = shutil.disk_usage(str(tmp_path))
+    monkeypatch.setattr(preprocess.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(UserError, match="not enough disk space"):
+        preprocess.preprocess(str(sample_data_root), str(tmp_path / "out"), log=_quiet)
+    assert not _bins(tmp_path / "out")
