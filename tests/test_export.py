@@ -122,3 +122,14 @@ def test_help_and_argument_errors_do_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "expected a positive integer" in result.stderr
+
+
+def test_verification_reuses_the_trace_forward(tmp_path, monkeypatch):
+    """The export's trace runs the real forward once; the check compares ORT with those outputs."""
+    model = tiny_model()
+    calls = []
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda image: calls.append(1) or original(image))
+    report = export_onnx(model, str(tmp_path / "m.onnx"), 64, 128)
+    assert all(rel < 1e-5 for _, rel in report.errors.values())
+    assert len(calls) == 1
