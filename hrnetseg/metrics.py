@@ -322,7 +322,8 @@ class ConfusionMatrix(object):
         self.matrix += other.matrix
         self.images += other.images
         self.ids = sorted(self.ids + other.ids)
-        self.skipped = sorted(set(self.skipped) | set(other.skipped))
+        # an image one shard skipped may be in another (shards made with --allow_missing over parts)
+        self.skipped = sorted((set(self.skipped) | set(other.skipped)) - set(self.ids))
         return self
 
     def compute(self) -> dict:

@@ -1,0 +1,52 @@
+"""The Atlas-side steps run in the Python that CANN and ais_bench live in (3.7 for CANN 6), without torch."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_script
+
+ATLAS_SIDE = ["hrnetseg/__init__.py", "hrnetseg/cli.py", "hrnetseg/cityscapes.py", "hrnetseg/sample_data.py",
+              "hrnetseg/preprocess.py", "hrnetseg/metrics.py", "hrnetseg/postprocess.py", "HRNet_preprocess.py",
+              "HRNet_postprocess.py"]
+
+
+def test_atlas_side_code_is_python_37():
+    pytest.importorskip("vermin")
+    command = [sys.executable, "-c", "import sys; from vermin import main; sys.exit(main())"]
+    result = subprocess.run(command + ["--target=3.7-", "--no-tips", "--violations", "--eval-annotations",
+                                       *ATLAS_SIDE], cwd=str(REPO), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+BLOCK_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is not installed on the Atlas host")
+sys.meta_path.insert(0, NoTorch())
+import runpy
+if sys.argv[1] == "-m":
+    sys.argv = sys.argv[2:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_steps_run_without_torch(sample_data_root, sample_results_path, tmp_path):
+    prep = run_script(["-c", BLOCK_TORCH, "HRNet_preprocess.py", "--src_path", sample_data_root, "--save_path",
+                       tmp_path / "prep", "--limit", "1"])
+    assert prep.returncode == 0, prep.stderr
+    post = run_script(["-c", BLOCK_TORCH, "HRNet_postprocess.py", "--res_path", sample_results_path, "--data_path",
+                       sample_data_root / "cityscapes" / "gtFine" / "val", "--save_path", tmp_path / "r.json",
+                       "--save_vis", tmp_path / "vis", "--save_confusion", tmp_path / "c.npz"])
+    assert post.returncode == 0, post.stderr
+    merge = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.metrics", "merge", tmp_path / "c.npz", "--save_path",
+                        tmp_path / "m.json"])
+    assert merge.returncode == 0, merge.stderr
+    assert "torch" not in prep.stderr + post.stderr + merge.stderr
