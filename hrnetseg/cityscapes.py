@@ -4,11 +4,12 @@ Atlas-side module: numpy, opencv and pillow only, valid Python 3.7.
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
+import struct
+import zlib
 from collections import namedtuple
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -209,30 +210,40 @@ def image_for_label(label_path: str) -> Optional[str]:
 
 # --- reading images -------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Hide what C libraries print on fd 2 (libpng's "Read Error" lines); our own message says it better."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # pragma: no cover - no fd 2 at all
-        yield
-        return
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_intact(data: bytes) -> bool:
+    """False for a PNG with a damaged chunk (CRC) or cut short (no IEND); True for anything else.
+
+    Checked before decoding so that libpng, which prints its own complaints on stderr, only sees sound files.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        return True  # not a PNG: OpenCV decides
+    view, size, pos = memoryview(data), len(data), len(PNG_SIGNATURE)
+    while pos + 12 <= size:
+        length = struct.unpack_from(">I", data, pos)[0]
+        end = pos + 12 + length
+        if end > size or zlib.crc32(view[pos + 4:end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+            return False
+        if data[pos + 4:pos + 8] == b"IEND":
+            return True
+        pos = end
+    return False
 
 
 def read_image(path: str, flags: int) -> Optional[np.ndarray]:
-    """cv2.imread without libpng's chatter; None when the file cannot be decoded."""
+    """cv2.imread, but None (and nothing on stderr) for a missing, damaged or truncated file."""
     import cv2
 
-    with _quiet_native_stderr():
-        return cv2.imread(path, flags)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    if not png_intact(data):
+        return None
+    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
 
 
 def image_size(path: str) -> Optional[Tuple[int, int]]:

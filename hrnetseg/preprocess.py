@@ -1,6 +1,6 @@
 """Cityscapes images -> model input files: one `<id>.bin` (C-order 3 x H x W) per image plus manifest.json.
 
-Parallel (one process per core), resumable (a rerun skips finished files made with the same settings and
+Parallel (one worker per core), resumable (a rerun skips finished files made with the same settings and
 refuses to mix settings in one folder) and atomic (each file is written under a temporary name and
 renamed, so an interrupted run leaves no partial `.bin`).
 Atlas-side module: numpy, opencv, pillow and tqdm only, valid Python 3.7.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import json
 import multiprocessing
 import os
@@ -84,9 +85,9 @@ def _init_worker() -> None:
 
 @contextlib.contextmanager
 def _opencv_single_threaded() -> Iterator[None]:
-    """OpenCV on one thread while the workers are forked: its thread pool is joined first, so the children
-    inherit a consistent one-thread state (a child that reconfigures a pool whose threads it did not
-    inherit hangs forever). The parallelism is one process per core anyway."""
+    """OpenCV on one thread for a while. Before forking this also matters for correctness: OpenCV's thread
+    pool is joined first, so the children inherit a consistent one-thread state (a child that reconfigures
+    a pool whose threads it did not inherit hangs forever)."""
     import cv2
 
     threads = cv2.getNumThreads()
@@ -287,24 +288,64 @@ def _run(todo, out: str, dtype: str, shape, workers: int, skip_bad: bool) -> Lis
     return sorted(bad)
 
 
+THREADS_UP_TO = 4  # workers; beyond this, processes (the GIL would start to limit numpy-heavy work)
+
+
 @contextlib.contextmanager
-def parallel_results(func, tasks: Sequence, workers: int, desc: str) -> Iterator[Iterator]:
-    """func(task) for every task, in `workers` processes (in this one when 1), results in completion order
-    behind a progress bar. Leaving the block early (an error, Ctrl-C) stops the workers at once."""
-    pool = None
+def parallel_results(func, tasks: Sequence, workers: int, desc: str,
+                     processes: Optional[bool] = None) -> Iterator[Iterator]:
+    """func(task) for every task, results in completion order behind a progress bar.
+
+    workers == 1: in this thread. Up to THREADS_UP_TO: threads (no start-up cost; decoding, table look-ups,
+    file writes and numpy's large loops release the GIL). More: forked processes (func and tasks must
+    pickle). Leaving the block early (an error, Ctrl-C) cancels what has not started and waits for what has.
+    """
+    workers = max(1, min(workers, len(tasks)))
+    if processes is None:
+        processes = workers > THREADS_UP_TO
+    if workers == 1:
+        results = map(func, tasks)
+    elif processes:
+        results = _process_results(func, tasks, workers)
+    else:
+        results = _thread_results(func, tasks, workers)
     try:
-        if workers > 1 and len(tasks) > 1:
-            with _opencv_single_threaded():
-                pool = _pool_context().Pool(workers, initializer=_init_worker)
-            results = pool.imap_unordered(func, tasks)
-        else:
-            results = map(func, tasks)
-        yield progress(results, total=len(tasks), desc=desc)
-        if pool is not None:
-            pool.close()
-            pool.join()
-            pool = None
+        with _opencv_single_threaded():  # the parallelism is ours; OpenCV's own pool would oversubscribe
+            yield progress(results, total=len(tasks), desc=desc)
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+def _thread_results(func, tasks: Sequence, workers: int) -> Iterator:
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    executor = ThreadPoolExecutor(workers)
+    waiting = iter(tasks)
+    running = set()
+    try:
+        for task in itertools.islice(waiting, 2 * workers):
+            running.add(executor.submit(func, task))
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                for task in itertools.islice(waiting, 1):
+                    running.add(executor.submit(func, task))
+                yield future.result()
+    finally:
+        for future in running:
+            future.cancel()
+        executor.shutdown(wait=True)
+
+
+def _process_results(func, tasks: Sequence, workers: int) -> Iterator:
+    with _opencv_single_threaded():  # forked children must inherit a pool without threads
+        pool = _pool_context().Pool(workers, initializer=_init_worker)
+    try:
+        for result in pool.imap_unordered(func, tasks):
+            yield result
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
