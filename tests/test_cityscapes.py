@@ -129,3 +129,17 @@ def test_sample_data_cli(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(cityscapes.find_images(str(tmp_path / "data"))) == 2
     assert_user_error(run_script(["-m", "hrnetseg.sample_data", tmp_path / "x", "--height", "32"]), "at least")
+
+
+def test_damaged_pngs_are_refused_quietly(sample_data_root, tmp_path, capfd):
+    sample = cityscapes.find_images(str(sample_data_root))[0]
+    data = open(sample.image, "rb").read()
+    assert cityscapes.png_intact(data)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x40
+    for name, broken in (("cut.png", data[: len(data) // 2]), ("flip.png", bytes(flipped)), ("text.png", b"hello")):
+        (tmp_path / name).write_bytes(broken)
+        assert cityscapes.read_image(str(tmp_path / name), cv2.IMREAD_COLOR) is None
+    assert cityscapes.read_image(str(tmp_path / "missing.png"), cv2.IMREAD_COLOR) is None
+    assert capfd.readouterr().err == ""
+    assert np.array_equal(cityscapes.read_image(sample.image, cv2.IMREAD_COLOR), cv2.imread(sample.image))

@@ -247,3 +247,18 @@ def test_shards_merge_into_the_same_result(cli_run, sample_data_root, sample_res
     assert result.returncode == 0, result.stderr
     assert json.loads(merged.read_text()) == cli_run["result"]
     assert metrics.ConfusionMatrix.load(str(cli_run["npz"])).compute() == cli_run["result"]
+
+
+def test_process_workers_give_the_same_counts(cli_run, sample_data_root, sample_results_path):
+    """More than THREADS_UP_TO workers run as processes: tasks and results must travel between them."""
+    from hrnetseg.preprocess import parallel_results
+
+    outputs = postprocess.find_outputs(str(sample_results_path))
+    pairs, _, _ = postprocess.pair_outputs(outputs, 1, cityscapes.find_labels(str(_gt_dir(sample_data_root))))
+    total = np.zeros((19, 19), np.int64)
+    with parallel_results(postprocess._evaluate_task, [(p, None, None) for p in pairs], 2, "t",
+                          processes=True) as results:
+        for result in results:
+            assert result[0] == "ok"
+            total += result[2]
+    assert total.tolist() == cli_run["result"]["confusion_matrix"]

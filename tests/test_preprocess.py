@@ -224,3 +224,51 @@ def test_not_enough_space_is_found_before_writing(sample_data_root, tmp_path, mo
     with pytest.raises(UserError, match="not enough disk space"):
         preprocess.preprocess(str(sample_data_root), str(tmp_path / "out"), log=_quiet)
     assert not _bins(tmp_path / "out")
+
+
+def _square(x):
+    return x * x
+
+
+@pytest.mark.parametrize("workers,processes", [(1, None), (2, False), (2, True), (3, None)])
+def test_parallel_results_every_mode(workers, processes):
+    tasks = list(range(7))
+    with preprocess.parallel_results(_square, tasks, workers, "test", processes=processes) as results:
+        assert sorted(results) == [x * x for x in tasks]
+
+
+def test_parallel_results_stops_early_on_error():
+    seen = []
+
+    def record(x):
+        seen.append(x)
+        if x == 0:
+            raise ValueError("boom")
+        return x
+
+    with pytest.raises(ValueError):
+        with preprocess.parallel_results(record, list(range(100)), 2, "test") as results:
+            for _ in results:
+                pass
+    assert len(seen) < 100  # what had not started was cancelled
+
+
+FORK_AFTER_OPENCV = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from hrnetseg import preprocess, sample_data
+sample_data.generate(sys.argv[2], n=1, height=256, width=512)  # leaves OpenCV's thread pool in a state that
+with preprocess.parallel_results(preprocess._process, tasks, 2, "x", processes=True) as results:  # hung children
+    print(sorted(r[0] for r in results))
+"""
+
+
+def test_forked_workers_do_not_hang_after_opencv_ran(sample_data_root, tmp_path):
+    """Regression: forked children that reconfigured OpenCV's thread pool after the parent had generated
+    data hung forever (reproduced with this exact sequence)."""
+    samples = cityscapes.find_images(str(sample_data_root))
+    tasks = [(s.id, s.image, str(tmp_path / (s.id + ".bin")), "float32", (128, 256)) for s in samples]
+    code = "tasks = {!r}\n".format(tasks) + FORK_AFTER_OPENCV
+    result = run_script(["-c", code, Path(__file__).resolve().parents[1], tmp_path / "gen"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "['ok', 'ok', 'ok']" in result.stdout
