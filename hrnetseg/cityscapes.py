@@ -132,41 +132,46 @@ def transform_lut(dtype: str = "float32") -> np.ndarray:
 Sample = namedtuple("Sample", ["id", "image", "label"])
 
 
-def _glob_sorted(pattern: str) -> List[str]:
-    return sorted(glob.glob(pattern))
-
-
 def image_patterns(data: str, split: str) -> List[str]:
     """Where images are looked for: DATA holding `cityscapes/` (the seed's ./data) or the cityscapes folder."""
     return [os.path.join(data, "cityscapes", "leftImg8bit", split, "*", "*" + IMAGE_SUFFIX),
             os.path.join(data, "leftImg8bit", split, "*", "*" + IMAGE_SUFFIX)]
 
 
+def _first_match(path: str, patterns: Sequence[str], what: str) -> List[str]:
+    """The files of the first pattern that matches anything, sorted; UserError naming the patterns if none."""
+    if not os.path.exists(path):
+        raise UserError("{} folder not found: {}".format(what, path))
+    if not os.path.isdir(path):
+        raise UserError("{} path is not a folder: {}".format(what, path))
+    for pattern in patterns:
+        paths = sorted(glob.glob(pattern))
+        if paths:
+            return paths
+    raise UserError("no {}s found under {}: searched {}".format(
+        "image" if what == "data" else what, path, " and ".join(patterns)))
+
+
+def _by_id(paths: Sequence[str], suffix: str) -> Dict[str, str]:
+    found = {}  # type: Dict[str, str]
+    for path in paths:
+        sample_id = os.path.basename(path)[: -len(suffix)]
+        if sample_id in found:
+            raise UserError("image id {} appears twice: {} and {}".format(sample_id, found[sample_id], path))
+        found[sample_id] = path
+    return found
+
+
 def find_images(data: str, split: str = "val") -> List[Sample]:
     """Images of a split, sorted by id, each with its label path (None when there is no label)."""
-    if not os.path.exists(data):
-        raise UserError("data folder not found: {}".format(data))
-    if not os.path.isdir(data):
-        raise UserError("data path is not a folder: {}".format(data))
-    patterns = image_patterns(data, split)
-    for pattern in patterns:
-        paths = _glob_sorted(pattern)
-        if paths:
-            return _samples_from_images(paths, split)
-    raise UserError("no images found under {}: searched {}".format(data, " and ".join(patterns)))
-
-
-def _samples_from_images(paths: Sequence[str], split: str) -> List[Sample]:
-    samples = {}
-    for path in paths:
-        sample_id = os.path.basename(path)[: -len(IMAGE_SUFFIX)]
-        if sample_id in samples:
-            raise UserError("image id {} appears twice: {} and {}".format(sample_id, samples[sample_id].image, path))
-        city_dir = os.path.dirname(path)
+    images = _by_id(_first_match(data, image_patterns(data, split), "data"), IMAGE_SUFFIX)
+    samples = []
+    for sample_id in sorted(images):
+        city_dir = os.path.dirname(images[sample_id])
         root = os.path.dirname(os.path.dirname(os.path.dirname(city_dir)))
         label = os.path.join(root, "gtFine", split, os.path.basename(city_dir), sample_id + LABEL_SUFFIX)
-        samples[sample_id] = Sample(sample_id, path, label if os.path.isfile(label) else None)
-    return [samples[key] for key in sorted(samples)]
+        samples.append(Sample(sample_id, images[sample_id], label if os.path.isfile(label) else None))
+    return samples
 
 
 def label_patterns(path: str, split: str = "val") -> List[str]:
@@ -180,22 +185,7 @@ def label_patterns(path: str, split: str = "val") -> List[str]:
 
 def find_labels(path: str, split: str = "val") -> Dict[str, str]:
     """id -> labelIds PNG path, from the first pattern of `label_patterns` that matches."""
-    if not os.path.exists(path):
-        raise UserError("label folder not found: {}".format(path))
-    if not os.path.isdir(path):
-        raise UserError("label path is not a folder: {}".format(path))
-    patterns = label_patterns(path, split)
-    for pattern in patterns:
-        paths = _glob_sorted(pattern)
-        if paths:
-            labels = {}
-            for label in paths:
-                sample_id = os.path.basename(label)[: -len(LABEL_SUFFIX)]
-                if sample_id in labels:
-                    raise UserError("label id {} appears twice: {} and {}".format(sample_id, labels[sample_id], label))
-                labels[sample_id] = label
-            return labels
-    raise UserError("no labels found under {}: searched {}".format(path, " and ".join(patterns)))
+    return _by_id(_first_match(path, label_patterns(path, split), "label"), LABEL_SUFFIX)
 
 
 def image_for_label(label_path: str) -> Optional[str]:

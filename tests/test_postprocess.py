@@ -262,3 +262,19 @@ def test_process_workers_give_the_same_counts(cli_run, sample_data_root, sample_
             assert result[0] == "ok"
             total += result[2]
     assert total.tolist() == cli_run["result"]["confusion_matrix"]
+
+
+def test_float16_outputs(sample_data_root, sample_results_path, tmp_path):
+    """fp16 outputs (an .om built with fp16 outputs) are read as such and evaluated in float32."""
+    half, widened = tmp_path / "half", tmp_path / "widened"
+    half.mkdir()
+    widened.mkdir()
+    for sid in _ids(sample_results_path):
+        for index in (0, 1):
+            name = "{}_{}.bin".format(sid, index)
+            values = np.fromfile(str(sample_results_path / name), np.float32).astype(np.float16)
+            values.tofile(str(half / name))
+            values.astype(np.float32).tofile(str(widened / name))
+    data = str(_gt_dir(sample_data_root))
+    assert postprocess.evaluate_folder(str(half), data, log=_quiet) == \
+        postprocess.evaluate_folder(str(widened), data, log=_quiet)

@@ -272,3 +272,12 @@ def test_forked_workers_do_not_hang_after_opencv_ran(sample_data_root, tmp_path)
     result = run_script(["-c", code, Path(__file__).resolve().parents[1], tmp_path / "gen"], timeout=120)
     assert result.returncode == 0, result.stderr
     assert "['ok', 'ok', 'ok']" in result.stdout
+
+
+def test_image_of_another_size_is_named(sample_data_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(str(sample_data_root), str(data))
+    odd = cityscapes.find_images(str(data))[2]
+    cv2.imwrite(odd.image, cv2.resize(cv2.imread(odd.image), (128, 64)))
+    result = run_script([SCRIPT, "--src_path", data, "--save_path", tmp_path / "out"])
+    assert_user_error(result, odd.image, "64x128", "128x256")
