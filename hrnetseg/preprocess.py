@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import sys
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -42,30 +42,43 @@ def settings_for(shape, dtype: str, split: str) -> dict:
             "normalization": None if dtype == "uint8" else dict(cityscapes.NORMALIZATION), "split": split}
 
 
-def convert(bgr: np.ndarray, dtype: str = "float32") -> np.ndarray:
-    """An OpenCV BGR uint8 image -> the model input, C-order 3 x H x W RGB.
+def convert(image: np.ndarray, dtype: str = "float32", channel_order: str = "BGR") -> np.ndarray:
+    """An OpenCV uint8 image (BGR, or RGB with channel_order="RGB") -> the model input, C-order 3 x H x W RGB.
 
     float32 / float16: the upstream transform, bit for bit (a per-channel table made by the transform itself,
     applied with cv2.LUT). uint8: the raw RGB pixels, for models that normalize inside.
     """
     import cv2
 
-    height, width = bgr.shape[:2]
+    height, width = image.shape[:2]
     out = np.empty((3, height, width), dtype=dtype)
-    planes = cv2.split(bgr)  # B, G, R
+    planes = cv2.split(image)
+    if channel_order == "BGR":
+        planes = planes[::-1]
     if dtype == "uint8":
         for channel in range(3):
-            out[channel] = planes[2 - channel]
+            out[channel] = planes[channel]
         return out
     lut = _LUTS.get(dtype)
     if lut is None:
         lut = _LUTS[dtype] = cityscapes.transform_lut(dtype)
     for channel in range(3):
         if dtype == "float32":
-            cv2.LUT(planes[2 - channel], lut[channel].reshape(1, 256), dst=out[channel])
+            cv2.LUT(planes[channel], lut[channel].reshape(1, 256), dst=out[channel])
         else:  # cv2.LUT has no float16 tables
-            np.take(lut[channel], planes[2 - channel], out=out[channel])
+            np.take(lut[channel], planes[channel], out=out[channel])
     return out
+
+
+def read_rgb(path: str) -> Tuple[Optional[np.ndarray], str]:
+    """(image, channel order) of a colour image: RGB straight from the decoder where OpenCV can (>= 4.10),
+    which saves a pass; BGR otherwise. (None, ...) when the file cannot be decoded."""
+    import cv2
+
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    if rgb_flag is not None:
+        return cityscapes.read_image(path, rgb_flag), "RGB"
+    return cityscapes.read_image(path, cv2.IMREAD_COLOR), "BGR"
 
 
 def _write_array(path: str, array: np.ndarray) -> None:
@@ -108,16 +121,14 @@ def _pool_context():
 def _process(task):
     """Convert and write one image; returns ("ok", id) or ("bad", id, path, why) or ("fatal", message)."""
     sample_id, image_path, out_path, dtype, shape = task
-    import cv2
-
-    bgr = cityscapes.read_image(image_path, cv2.IMREAD_COLOR)
-    if bgr is None:
+    image, order = read_rgb(image_path)
+    if image is None:
         return ("bad", sample_id, image_path, "cannot be decoded (corrupt, truncated or not an image)")
-    if bgr.shape[:2] != tuple(shape):
+    if image.shape[:2] != tuple(shape):
         return ("bad", sample_id, image_path, "is {}x{} but the first image is {}x{} (the model takes one size)".format(
-            bgr.shape[0], bgr.shape[1], shape[0], shape[1]))
+            image.shape[0], image.shape[1], shape[0], shape[1]))
     try:
-        _write_array(out_path, convert(bgr, dtype))
+        _write_array(out_path, convert(image, dtype, order))
     except UserError as exc:
         return ("fatal", str(exc))
     return ("ok", sample_id)

@@ -281,3 +281,11 @@ def test_image_of_another_size_is_named(sample_data_root, tmp_path):
     cv2.imwrite(odd.image, cv2.resize(cv2.imread(odd.image), (128, 64)))
     result = run_script([SCRIPT, "--src_path", data, "--save_path", tmp_path / "out"])
     assert_user_error(result, odd.image, "64x128", "128x256")
+
+
+def test_older_opencv_without_rgb_decoding(clean_run, sample_data_root, tmp_path, monkeypatch):
+    monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)
+    sample = cityscapes.find_images(str(sample_data_root))[0]
+    assert preprocess.read_rgb(sample.image)[1] == "BGR"
+    preprocess.preprocess(str(sample_data_root), str(tmp_path), workers=2, log=_quiet)
+    assert _bins(tmp_path) == _bins(clean_run)
