@@ -27,8 +27,8 @@ DTYPES = ("float32", "float16", "uint8")
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "hrnetseg-preprocess"
 # What makes two runs compatible: files of one folder must agree on all of these.
-SETTINGS = ("shape", "dtype", "layout", "normalization", "split")
-REQUIRED_KEYS = ("ids",) + SETTINGS
+SETTINGS = ("shape", "dtype", "layout", "normalization", "split", "source")
+REQUIRED_KEYS = ("ids", "shape", "dtype", "layout", "normalization", "split")
 # Test hook: a process that has renamed this many files kills itself (SIGKILL) just before the next rename,
 # leaving a temporary file behind, like a power cut would. Used by the resume tests with --workers 1.
 KILL_AFTER_ENV = "HRNETSEG_TEST_KILL_AFTER"
@@ -37,9 +37,21 @@ _LUTS = {}  # type: Dict[str, np.ndarray]
 _written_here = 0
 
 
-def settings_for(shape, dtype: str, split: str) -> dict:
+def settings_for(shape, dtype: str, split: str, source: str) -> dict:
     return {"shape": [int(v) for v in shape], "dtype": dtype, "layout": "NCHW",
-            "normalization": None if dtype == "uint8" else dict(cityscapes.NORMALIZATION), "split": split}
+            "normalization": None if dtype == "uint8" else dict(cityscapes.NORMALIZATION), "split": split,
+            "source": source}
+
+
+def dataset_root(image_path: str) -> str:
+    """The cityscapes folder an image belongs to (<root>/leftImg8bit/<split>/<city>/<file>), resolved.
+
+    Recorded in the manifest: the same ids from another data set (synthetic ones reuse real ids) must not
+    be taken for finished files on a rerun."""
+    root = image_path
+    for _ in range(4):
+        root = os.path.dirname(root)
+    return os.path.realpath(root)
 
 
 def convert(image: np.ndarray, dtype: str = "float32", channel_order: str = "BGR") -> np.ndarray:
@@ -159,8 +171,8 @@ def read_manifest(folder: str, require_complete: bool = True) -> dict:
 def _describe(settings: dict) -> str:
     norm = "normalized" if settings.get("normalization") else "raw pixels"
     shape = "x".join(str(v) for v in settings.get("shape", []))
-    return "{} {} {} ({}, split {})".format(settings.get("layout"), shape, settings.get("dtype"), norm,
-                                            settings.get("split"))
+    return "{} {} {} ({}, split {}, from {})".format(settings.get("layout"), shape, settings.get("dtype"), norm,
+                                                     settings.get("split"), settings.get("source"))
 
 
 def _check_folder(out: str, settings: dict) -> Optional[dict]:
@@ -230,7 +242,7 @@ def preprocess(src_path: str, save_path: str, split: str = "val", dtype: str = "
     if limit is not None:
         samples = samples[:limit]
     height, width = _first_shape(samples, skip_bad)
-    settings = settings_for((3, height, width), dtype, split)
+    settings = settings_for((3, height, width), dtype, split, dataset_root(samples[0].image))
     file_bytes = 3 * height * width * np.dtype(dtype).itemsize
 
     _make_output_folder(save_path)
@@ -241,8 +253,7 @@ def preprocess(src_path: str, save_path: str, split: str = "val", dtype: str = "
     _check_free_space(save_path, len(todo) * file_bytes)
 
     manifest = dict(format=MANIFEST_FORMAT, version=1, complete=False, ids=sorted(done), **settings)
-    manifest.update(file_name="{id}.bin", bytes_per_file=file_bytes, skipped=[],
-                    source=os.path.abspath(os.path.dirname(os.path.dirname(samples[0].image))))
+    manifest.update(file_name="{id}.bin", bytes_per_file=file_bytes, skipped=[])
     write_text_atomic(os.path.join(save_path, MANIFEST), json.dumps(manifest, indent=1) + "\n")
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))

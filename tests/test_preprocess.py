@@ -136,6 +136,18 @@ def test_refuses_to_mix_settings(clean_run, sample_data_root, tmp_path):
                       "no manifest.json")
 
 
+def test_refuses_the_same_ids_from_another_data_set(clean_run, tmp_path):
+    """Synthetic data reuses real Cityscapes ids: a rerun from other data must not keep the old bins."""
+    from hrnetseg.sample_data import generate
+
+    other = tmp_path / "other_data"
+    generate(str(other), n=SAMPLE_IMAGES, height=128, width=256, seed=99)
+    out = tmp_path / "out"
+    shutil.copytree(str(clean_run), str(out))
+    result = run_script([SCRIPT, "--src_path", other, "--save_path", out])
+    assert_user_error(result, "from " + os.path.realpath(str(other / "cityscapes")))
+
+
 def test_read_manifest_errors(tmp_path):
     with pytest.raises(UserError, match="no manifest.json"):
         preprocess.read_manifest(str(tmp_path))
