@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: the whole pipeline on this machine, then the table of scripts/eval_acc_perf.sh.
 # No arguments: 4 synthetic 1024x2048 Cityscapes-layout scenes, HRNetV2-W48+OCR with seeded random weights
-# (mIoU meaningless), export, Resize rewrite, bs1 and bs4 through the local runner (ONNX Runtime), mIoU, fps.
+# (mIoU meaningless), export, Resize rewrite, bs1 and bs4 through the local runner (ONNX Runtime fp32), mIoU, fps.
 #   bash scripts/demo.sh [--pth hrnet.pth] [--datasets_path ./data] [--output_dir demo_out] [--limit N]
 #       [--preset w48_ocr] [--height 1024] [--width 2048] [--batch_sizes "1 4"] [--device D]
+#       [--backend onnxruntime|openvino] [--precision fp32|bf16]     (openvino bf16: about 2x faster on a CPU)
 # With --pth and --datasets_path it evaluates the real model on the real val set (--limit N: the first N images).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -16,8 +17,10 @@ height=1024
 width=2048
 batch_sizes="1 4"
 device=""
+backend="onnxruntime"
+precision="fp32"
 samples=4
-parse_flags "pth datasets_path output_dir limit preset height width batch_sizes device" "" "$@"
+parse_flags "pth datasets_path output_dir limit preset height width batch_sizes device backend precision" "" "$@"
 [ -z "${pth}" ] || [ -f "${pth}" ] || die "checkpoint not found: ${pth}"
 [ -z "${datasets_path}" ] || [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
 require_positive_ints "--height/--width" "${height}" "${width}"
@@ -44,7 +47,7 @@ log "rewrite the head's Resize nodes to nearest, in place (the seed's performanc
 "${PYTHON}" "${REPO_ROOT}/performance_optimize_resize.py" "${output_dir}/hrnet.onnx" "${output_dir}/hrnet.onnx"
 
 eval_args=(--datasets_path "${datasets_path}" --model_dir "${output_dir}" --output_dir "${output_dir}"
-           --batch_sizes "${batch_sizes}" --backend onnxruntime --preset "${preset}")
+           --batch_sizes "${batch_sizes}" --backend "${backend}" --precision "${precision}" --preset "${preset}")
 [ -z "${limit}" ] || eval_args+=(--limit "${limit}")
 [ -z "${device}" ] || eval_args+=(--device "${device}")
 bash "${REPO_ROOT}/scripts/eval_acc_perf.sh" "${eval_args[@]}"

@@ -2,7 +2,8 @@
 # Accuracy and throughput per batch size: preprocess, inference (ais_bench with hrnet_bs<N>.om, or the local
 # runner with hrnet.onnx / a .pth), postprocess, then one table (batch, backend, device, fps, mIoU).
 #   bash scripts/eval_acc_perf.sh --datasets_path ./data [--model_dir .] [--pth hrnet.pth] [--batch_sizes "1 4"]
-#       [--backend auto|ais_bench|onnxruntime|torch] [--device D] [--limit N] [--input_format float32|uint8]
+#       [--backend auto|ais_bench|onnxruntime|openvino|torch] [--precision fp32|fp16|bf16] [--device D] [--limit N]
+#       [--input_format float32|uint8]
 #       [--preset w48_ocr] [--output_dir .]
 # Writes OUTPUT_DIR/prep_dataset[_uint8]/, OUTPUT_DIR/results/bs<N>/ (replaced each run), result_bs<N>.json.
 # auto: ais_bench when MODEL_DIR holds hrnet_bs<N>.om files, else the local runner (hrnet.onnx, else --pth).
@@ -16,12 +17,13 @@ model_dir="."
 pth=""
 batch_sizes="1 4"
 backend="auto"
+precision="fp32"
 device=""
 limit=""
 input_format="float32"
 preset="w48_ocr"
 output_dir="."
-parse_flags "datasets_path model_dir pth batch_sizes backend device limit input_format preset output_dir" "" "$@"
+parse_flags "datasets_path model_dir pth batch_sizes backend precision device limit input_format preset output_dir" "" "$@"
 
 [ -n "${datasets_path}" ] || die "--datasets_path DATA is required (the folder holding cityscapes/)"
 [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
@@ -57,9 +59,9 @@ ${model_dir}/hrnet.onnx on this machine's CPU/GPU instead (hours for the full va
     log "backend ${backend} (auto: $([ "${backend}" = ais_bench ] && echo ".om files found" || echo "no .om files in ${model_dir}"))"
     ;;
   ais_bench) ais_bench_starts || die "ais_bench does not start ('${ais_bench[*]} --help' fails): source CANN's set_env.sh" ;;
-  onnxruntime) [ -f "${model_dir}/hrnet.onnx" ] || die "no ${model_dir}/hrnet.onnx (make it with scripts/pth2om.sh or HRNet_pth2onnx.py)" ;;
+  onnxruntime|openvino) [ -f "${model_dir}/hrnet.onnx" ] || die "no ${model_dir}/hrnet.onnx (make it with scripts/pth2om.sh or HRNet_pth2onnx.py)" ;;
   torch) [ -n "${pth}" ] || die "--backend torch needs --pth FILE" ;;
-  *) die "--backend is auto, ais_bench, onnxruntime or torch, not '${backend}'" ;;
+  *) die "--backend is auto, ais_bench, onnxruntime, openvino or torch, not '${backend}'" ;;
 esac
 if [ "${backend}" = ais_bench ]; then
   for bs in "${sizes[@]}"; do
@@ -105,8 +107,8 @@ for bs in "${sizes[@]}"; do
     [ -z "${device}" ] || cmd+=(--device "${device}")
   else
     model="${model_dir}/hrnet.onnx"
-    [ "${backend}" = onnxruntime ] || model="${pth}"
-    cmd=("${PYTHON}" -m hrnetseg.infer --model "${model}" --backend "${backend}" --input "${prep}"
+    [ "${backend}" != torch ] || model="${pth}"
+    cmd=("${PYTHON}" -m hrnetseg.infer --model "${model}" --backend "${backend}" --precision "${precision}" --input "${prep}"
          --output "${output_dir}/results" --output_dirname "bs${bs}" --batchsize "${bs}" --preset "${preset}")
     [ -z "${device}" ] || cmd+=(--device "${device}")
   fi

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..cli import UserError
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "torch", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODEL_SUFFIXES = {".onnx": "onnxruntime", ".pth": "torch", ".pt": "torch"}
 
@@ -87,6 +87,10 @@ def load_backend(kind: str, model: str, device: Optional[str] = None, precision:
         from .torch_backend import TorchBackend
 
         return TorchBackend(model, device_kind, index, precision, preset, input_dtype)
+    if kind == "openvino":
+        from .openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(model, device_kind, index, precision)
     raise UserError("unknown backend {!r}; choose one of {}".format(kind, ", ".join(BACKENDS)))
 
 
