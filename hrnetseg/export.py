@@ -37,7 +37,7 @@ class NormalizingInput(nn.Module):
         self.register_buffer("std", torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.model((image.float() / 255.0 - self.mean) / self.std)
+        return self.model((image.to(self.mean.dtype) / 255.0 - self.mean) / self.std)
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

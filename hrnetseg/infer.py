@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="default from the model file: .onnx -> onnxruntime, .pth -> torch")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (default); fp16 (torch on a GPU) or bf16 (torch) via autocast; outputs are float32")
+                        help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU); outputs are float32")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch backend: torch.compile the model (minutes of compile, then faster batches)")
     parser.add_argument("--preset", default="w48_ocr", help="model variant of a .pth (default: w48_ocr)")
     parser.add_argument("--output_indices", default=None,
                         help="comma-separated output indices to write (default: all; '1' writes only output2, "
@@ -99,7 +101,7 @@ def check_fit(manifest: dict, backend: Backend, folder: str, ids: Sequence[str])
         raise UserError("the bins in {} are {} but the model takes {} input ({}): preprocess with --dtype {}{}".format(
             folder, dtype.name, spec.dtype.name, spec.describe(), spec.dtype.name,
             " or export with --input_format uint8" if dtype == np.uint8 else ""))
-    if len(spec.shape) != 4 or any(want is not None and want != got for want, got in zip(spec.shape[1:], shape)):
+    if not fits_input(spec, shape):
         raise UserError("the bins in {} are {} but the model takes {}".format(
             folder, "x".join(map(str, shape)), spec.describe()))
     size = int(np.prod(shape)) * dtype.itemsize
@@ -112,6 +114,11 @@ def check_fit(manifest: dict, backend: Backend, folder: str, ids: Sequence[str])
             raise UserError("{} has {} bytes; {} {} needs {}: not a file of this preprocess run".format(
                 path, actual, dtype.name, "x".join(map(str, shape)), size))
     return dtype, shape
+
+
+def fits_input(spec, shape: Sequence[int]) -> bool:
+    """Whether one C x H x W input fits the model's N x C x H x W input spec (None = any size on that axis)."""
+    return len(spec.shape) == 4 and all(want is None or want == got for want, got in zip(spec.shape[1:], shape))
 
 
 def batch_size_for(backend: Backend, requested: Optional[int]) -> int:
@@ -164,6 +171,21 @@ def summary_lines(stats: Dict[str, float], batch: int) -> List[str]:
 
 # ------------------------------------------------------------------------------------------------ runner
 
+def pad_batch(rows: Iterable[np.ndarray], batch: int, shape: Sequence[int], dtype) -> np.ndarray:
+    """The rows (each C x H x W) as one batch of `batch`; a short last batch stays zero-padded, as ais_bench pads."""
+    data = np.zeros((batch,) + tuple(shape), dtype=dtype)
+    for row, array in enumerate(rows):
+        data[row] = array
+    return data
+
+
+def output_rows(outputs: Sequence[np.ndarray], k: int, batch: int) -> np.ndarray:
+    """Output k of one batch run (rows in input order, padding rows included); refuses a changed batch size."""
+    if outputs[k].shape[0] != batch:
+        raise UserError("model output {} has batch {} for an input batch of {}".format(k, outputs[k].shape[0], batch))
+    return outputs[k]
+
+
 def run_inference(backend: Backend, folder: str, ids: Sequence[str], dtype: np.dtype, shape: Tuple[int, ...],
                   batch: int, out_dir: Optional[str], indices: Sequence[int], outfmt: str = "BIN",
                   loop: int = 1, warmup: int = 0) -> List[float]:
@@ -173,9 +195,8 @@ def run_inference(backend: Backend, folder: str, ids: Sequence[str], dtype: np.d
     with progress(total=len(ids), desc="infer bs{}".format(batch)) as bar:
         for start in range(0, len(ids), batch):
             chunk = ids[start:start + batch]
-            data = np.zeros((batch,) + tuple(shape), dtype=dtype)   # a short last batch stays zero-padded
-            for row, sample_id in enumerate(chunk):
-                data[row] = np.fromfile(os.path.join(folder, sample_id + ".bin"), dtype=dtype).reshape(shape)
+            data = pad_batch((np.fromfile(os.path.join(folder, sample_id + ".bin"), dtype=dtype).reshape(shape)
+                              for sample_id in chunk), batch, shape, dtype)
             if start == 0:
                 for _ in range(warmup):
                     backend.run(data)
@@ -185,12 +206,8 @@ def run_inference(backend: Backend, folder: str, ids: Sequence[str], dtype: np.d
                 times.append((time.perf_counter() - began) * 1000.0)
             if out_dir is not None:
                 for k in indices:
-                    if outputs[k].shape[0] != batch:
-                        raise UserError("model output {} has batch {} for an input batch of {}".format(
-                            k, outputs[k].shape[0], batch))
-                    for row, sample_id in enumerate(chunk):
-                        write_output(os.path.join(out_dir, "{}_{}{}".format(sample_id, k, suffix)),
-                                     outputs[k][row], outfmt)
+                    for sample_id, array in zip(chunk, output_rows(outputs, k, batch)):
+                        write_output(os.path.join(out_dir, "{}_{}{}".format(sample_id, k, suffix)), array, outfmt)
             bar.update(len(chunk))
     return times
 
@@ -200,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kind = args.backend or backend_for_model(args.model)
     folder, ids, manifest = list_inputs(args.input)
     backend = load_backend(kind, args.model, device=args.device, precision=args.precision, preset=args.preset,
-                           input_dtype=manifest["dtype"])
+                           input_dtype=manifest["dtype"], compile=args.compile)
     dtype, shape = check_fit(manifest, backend, folder, ids)
     batch = batch_size_for(backend, args.batchsize)
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)

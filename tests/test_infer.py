@@ -166,3 +166,25 @@ def test_refusals_are_one_clear_line(run, tmp_path, tiny_onnx_path, tiny_pth_pat
         refused("fp16 needs a GPU", model=tiny_pth_path, extra=["--preset", TINY_PRESET, "--precision", "fp16"])
     refused("does not fit", model=tiny_pth_path)    # a tiny checkpoint is not the default w48_ocr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.bin"))
+
+
+def test_torch_backend_folds_batchnorm_and_runs_bf16_weights_on_the_cpu(tiny_pth_path):
+    """The fast CPU path (folded BN, bf16 weights, channels_last) against the plain fp32 eager model."""
+    from hrnetseg.backends import load_backend
+    from hrnetseg.export import load_model
+
+    batch = np.random.default_rng(1).standard_normal((2, 3, TINY_HEIGHT, TINY_WIDTH), dtype=np.float32)
+    with torch.no_grad():
+        want = [t.numpy() for t in load_model(TINY_PRESET, pth=str(tiny_pth_path))(torch.from_numpy(batch))]
+    fp32 = load_backend("torch", str(tiny_pth_path), device="cpu", precision="fp32", preset=TINY_PRESET)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fp32.model.modules())
+    for got, ref in zip(fp32.run(batch), want):
+        assert relative_error(got, ref) < 1e-5
+    bf16 = load_backend("torch", str(tiny_pth_path), device="cpu", precision="bf16", preset=TINY_PRESET)
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    for got, ref in zip(bf16.run(batch), want):
+        assert got.dtype == np.float32 and 1e-6 < relative_error(got, ref) < 2e-2
+    uint8 = load_backend("torch", str(tiny_pth_path), device="cpu", precision="bf16", preset=TINY_PRESET,
+                         input_dtype="uint8")
+    pixels = np.random.default_rng(2).integers(0, 256, (1, 3, TINY_HEIGHT, TINY_WIDTH), dtype=np.uint8)
+    assert all(np.isfinite(out).all() for out in uint8.run(pixels))

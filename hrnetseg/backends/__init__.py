@@ -68,17 +68,20 @@ def parse_device(device: Optional[str]) -> Tuple[str, int]:
 
 
 def load_backend(kind: str, model: str, device: Optional[str] = None, precision: str = "fp32",
-                 preset: str = "w48_ocr", input_dtype: str = "float32") -> Backend:
+                 preset: str = "w48_ocr", input_dtype: str = "float32", compile: bool = False) -> Backend:
     """Open `model` with the named backend on `device` (auto: the first GPU when usable, else the CPU).
 
     input_dtype matters for the torch backend only (an ONNX file fixes its own input type): uint8 wraps
-    the checkpoint's model in the in-graph normalization, as the uint8 export does.
+    the checkpoint's model in the in-graph normalization, as the uint8 export does. compile: torch.compile
+    (torch backend only).
     """
     if precision not in PRECISIONS:
         raise UserError("--precision must be one of {}".format(", ".join(PRECISIONS)))
     if not os.path.isfile(model):
         raise UserError("model not found: {}".format(model))
     device_kind, index = parse_device(device)
+    if compile and kind != "torch":
+        raise UserError("--compile applies to the torch backend only")
     if kind == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
 
@@ -86,7 +89,7 @@ def load_backend(kind: str, model: str, device: Optional[str] = None, precision:
     if kind == "torch":
         from .torch_backend import TorchBackend
 
-        return TorchBackend(model, device_kind, index, precision, preset, input_dtype)
+        return TorchBackend(model, device_kind, index, precision, preset, input_dtype, compile=compile)
     if kind == "openvino":
         from .openvino_backend import OpenVinoBackend
 
