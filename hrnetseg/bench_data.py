@@ -12,6 +12,7 @@ Needs torch (the seed's postprocess uses it); the steps themselves do not.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import platform
 import shutil
@@ -78,20 +79,31 @@ def make_data(root: str, n: int, height: int, width: int, seed: int = 0) -> dict
     return {"data": data, "res": res, "labels": os.path.join(data, "cityscapes", "gtFine", "val")}
 
 
+def preprocess_once(name: str, data: str, work: str, workers: Optional[int] = None):
+    """One run of one method ("seed" or "ours") into work/prep_<name>, from scratch, after an untimed sync:
+    (seconds, what it returned)."""
+    out = os.path.join(work, "prep_" + name)
+    shutil.rmtree(out, ignore_errors=True)
+    runs = {"seed": lambda: baselines.seed_preprocess(data, out),
+            "ours": lambda: preprocess.preprocess(data, out, workers=workers, log=_quiet)}
+    _settle()
+    return _timed(runs[name])
+
+
+def same_preprocess_bins(work: str) -> bool:
+    """Whether every float32 bin the seed's method wrote to work/prep_seed is byte-identical to ours."""
+    seed_paths = sorted(glob.glob(os.path.join(work, "prep_seed", "*.bin")))
+    ours_dir = os.path.join(work, "prep_ours")
+    return all(_same_bytes(path, os.path.join(ours_dir, os.path.basename(path).replace("_gtFine_labelIds", "")))
+               for path in seed_paths)
+
+
 def time_preprocess(data: str, work: str, workers: Optional[int] = None, ours_first: bool = False) -> dict:
     """Seconds of the seed's method and ours, each writing every image from scratch; same float32 bytes?"""
-    seed_dir, ours_dir = os.path.join(work, "prep_seed"), os.path.join(work, "prep_ours")
-    for folder in (seed_dir, ours_dir):
-        shutil.rmtree(folder, ignore_errors=True)
-    runs = {"seed": lambda: baselines.seed_preprocess(data, seed_dir),
-            "ours": lambda: preprocess.preprocess(data, ours_dir, workers=workers, log=_quiet)}
     times, values = {}, {}
     for name in (("ours", "seed") if ours_first else ("seed", "ours")):
-        _settle()
-        times[name], values[name] = _timed(runs[name])
-    same = all(_same_bytes(path, os.path.join(ours_dir, os.path.basename(path).replace("_gtFine_labelIds", "")))
-               for path in values["seed"])
-    return {"seed_s": times["seed"], "ours_s": times["ours"], "identical_float32_bins": same,
+        times[name], values[name] = preprocess_once(name, data, work, workers)
+    return {"seed_s": times["seed"], "ours_s": times["ours"], "identical_float32_bins": same_preprocess_bins(work),
             "images": len(values["ours"]["ids"])}
 
 
@@ -100,17 +112,26 @@ def _same_bytes(a: str, b: str) -> bool:
                                                                        np.fromfile(b, np.uint8))
 
 
-def time_postprocess(res: str, labels: str, workers: Optional[int] = None, ours_first: bool = False) -> dict:
-    """Seconds of the seed's method and ours over the same outputs; their mIoU and confusion matrices."""
+def postprocess_once(name: str, res: str, labels: str, workers: Optional[int] = None):
+    """One run of one method ("seed" or "ours") over the outputs in res: (seconds, its result dict)."""
     runs = {"seed": lambda: baselines.seed_postprocess(res, labels),
             "ours": lambda: postprocess.evaluate_folder(res, labels, workers=workers, log=_quiet)}
+    return _timed(runs[name])
+
+
+def compare_postprocess(seed: dict, ours: dict) -> dict:
+    """The seed's mean_Iou and our mIoU, their difference, and whether the confusion matrices are the same."""
+    return {"seed_mean_Iou": seed["value"]["mean_Iou"], "ours_mIoU": ours["mIoU"],
+            "abs_diff": abs(seed["value"]["mean_Iou"] - ours["mIoU"]),
+            "same_confusion": seed["confusion_matrix"] == ours["confusion_matrix"], "images": ours["images"]}
+
+
+def time_postprocess(res: str, labels: str, workers: Optional[int] = None, ours_first: bool = False) -> dict:
+    """Seconds of the seed's method and ours over the same outputs; their mIoU and confusion matrices."""
     times, values = {}, {}
     for name in (("ours", "seed") if ours_first else ("seed", "ours")):
-        times[name], values[name] = _timed(runs[name])
-    seed, ours = values["seed"], values["ours"]
-    return {"seed_s": times["seed"], "ours_s": times["ours"], "seed_mean_Iou": seed["value"]["mean_Iou"],
-            "ours_mIoU": ours["mIoU"], "abs_diff": abs(seed["value"]["mean_Iou"] - ours["mIoU"]),
-            "same_confusion": seed["confusion_matrix"] == ours["confusion_matrix"], "images": ours["images"]}
+        times[name], values[name] = postprocess_once(name, res, labels, workers)
+    return dict(seed_s=times["seed"], ours_s=times["ours"], **compare_postprocess(values["seed"], values["ours"]))
 
 
 def _summary(step: str, rounds: list, n: int, target: float) -> dict:
