@@ -38,7 +38,7 @@ from .infer import nonnegative_int
 
 STAGES = ("pre", "infer", "post")
 BASELINE_SPEC = "onnxruntime:fp32:1"
-# Cheap defaults (1024x2048 on 2 cores: ~13 s, ~20 s and ~8 s per image). Add the recommended CPU setting here.
+# Cheap defaults (1024x2048 on 2 cores: ~13 s, ~6.5 s, ~15 s and ~7.5 s per image), the recommended CPU setting second.
 DEFAULT_CASES = ("onnxruntime:fp32:1", "openvino:bf16:1", "torch:fp32:1", "torch:bf16:1")
 SECTION = "## One-command benchmark (issue 5)"
 CHILD_FLAG = "--_child"
