@@ -222,7 +222,7 @@ def _evaluate_task(task):
 
 # --- the step -------------------------------------------------------------------------------------
 
-def _writable_file(path: Optional[str], flag: str) -> None:
+def check_writable_file(path: Optional[str], flag: str) -> None:
     if path is None:
         return
     folder = os.path.dirname(os.path.abspath(path))
@@ -259,8 +259,8 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
     outputs = find_outputs(res_path)
     file_index, described = choose_file_index(outputs, output_index)
     labels = cityscapes.find_labels(data_path, split)
-    _writable_file(save_path, "--save_path")
-    _writable_file(save_confusion, "--save_confusion")
+    check_writable_file(save_path, "--save_path")
+    check_writable_file(save_confusion, "--save_confusion")
     pairs, missing, extra = pair_outputs(outputs, file_index, labels, allow_missing, want_images=bool(save_vis))
     log("found {} for {} images in {}".format(described, len(pairs), outputs.folder))
     if missing:
