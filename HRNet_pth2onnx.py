@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import add_alias_flags, positive_int, run_cli
+from hrnetseg.cli import add_alias_flags, check_writable, positive_int, run_cli
 
 PRESET_NAMES = ("w48_ocr", "tiny_ocr")   # kept in step with hrnetseg.model.PRESETS (tested)
 
@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from hrnetseg.export import check_writable, export_onnx, load_model
+    from hrnetseg.export import check_opset, export_onnx, load_model
 
     check_writable(args.save_path)
+    check_opset(args.opset)
     if args.random_weights is not None:
         print("warning: exporting random weights (seed {}): outputs and mIoU are meaningless; "
               "use --pth with the official checkpoint for real use".format(args.random_weights), file=sys.stderr)

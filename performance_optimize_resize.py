@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import UserError, add_alias_flags, atomic_path, run_cli
+from hrnetseg.cli import UserError, add_alias_flags, atomic_path, check_writable, run_cli
 from hrnetseg.onnx_graph import (DEFAULT_NEAREST_MODE, MODES, NEAREST_MODES, SELECT_HEAD, check_input,
                                  compare_outputs, load_model, resize_report, run_onnxruntime, select_resize_nodes,
                                  set_resize_mode)
@@ -49,6 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.output is None:
         parser.error("OUT is required (give IN twice to rewrite in place)")
+    check_writable(args.output)
 
     import onnx
 

@@ -137,3 +137,17 @@ def add_alias_flags(parser: argparse.ArgumentParser) -> None:
             if alias not in parser._option_string_actions:
                 parser._option_string_actions[alias] = action
                 action.option_strings.append(alias)
+
+
+def check_writable(path: Optional[str], flag: str = "") -> None:
+    """Fail before the slow part when an output file cannot be written (None: no output asked for)."""
+    if path is None:
+        return
+    what = "{} {}".format(flag, path) if flag else path
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError("cannot write {}: it is a folder; give a file name".format(what))
+    if not os.path.isdir(folder):
+        raise UserError("cannot write {}: folder {} does not exist".format(what, folder))
+    if not os.access(folder, os.W_OK):
+        raise UserError("cannot write {}: folder {} is not writable".format(what, folder))

@@ -17,6 +17,7 @@ from .model import build_model, init_random_weights
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("output1", "output2")   # aux, main: the seed's order
 MAX_RELATIVE_ERROR = 1e-4
+MIN_OPSET = 11   # bilinear Resize with align_corners needs opset 11
 EXIT_MISMATCH = 1
 
 # The upstream transform, folded into the graph for --input_format uint8 (RGB, NCHW).
@@ -79,6 +80,14 @@ class ExportReport:
     errors: Dict[str, Tuple[float, float]]   # output name -> (max abs, relative)
 
 
+def check_opset(opset: int) -> None:
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as max_opset
+
+    if not MIN_OPSET <= opset <= max_opset:
+        raise UserError("--opset {}: the model needs opset >= {} (bilinear align_corners Resize) and this torch "
+                        "exports up to {}".format(opset, MIN_OPSET, max_opset))
+
+
 def export_onnx(model: nn.Module, path: str, height: int, width: int, batch: Optional[int] = None,
                 opset: int = 11, input_format: str = "float32", verify_batch: int = 1) -> ExportReport:
     """Export, check and verify against PyTorch; the file appears only if all of that passes.
@@ -130,14 +139,3 @@ def verify_onnx(model: nn.Module, onnx_path: str, image: torch.Tensor,
         with torch.no_grad():
             expected = [t.numpy() for t in model(image)]
     return {name: (max_abs_error(g, w), relative_error(g, w)) for name, g, w in zip(OUTPUT_NAMES, got, expected)}
-
-
-def check_writable(path: str) -> None:
-    """Fail before the slow part when the output cannot be written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UserError("cannot write {}: it is a folder".format(path))
-    if not os.path.isdir(folder):
-        raise UserError("cannot write {}: folder {} does not exist".format(path, folder))
-    if not os.access(folder, os.W_OK):
-        raise UserError("cannot write {}: folder {} is not writable".format(path, folder))

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import cityscapes
 from .cityscapes import NUM_CLASSES
-from .cli import UserError, write_bytes_atomic
+from .cli import UserError, check_writable, write_bytes_atomic
 from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
 from .preprocess import parallel_results
 
@@ -222,18 +222,6 @@ def _evaluate_task(task):
 
 # --- the step -------------------------------------------------------------------------------------
 
-def check_writable_file(path: Optional[str], flag: str) -> None:
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError("{} {}: folder {} does not exist".format(flag, path, folder))
-    if os.path.isdir(path):
-        raise UserError("{} {} is a folder; give a file name".format(flag, path))
-    if not os.access(folder, os.W_OK):
-        raise UserError("{} {}: cannot write to {}".format(flag, path, folder))
-
-
 def _writable_folder(path: Optional[str], flag: str) -> None:
     if path is None:
         return
@@ -259,8 +247,8 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
     outputs = find_outputs(res_path)
     file_index, described = choose_file_index(outputs, output_index)
     labels = cityscapes.find_labels(data_path, split)
-    check_writable_file(save_path, "--save_path")
-    check_writable_file(save_confusion, "--save_confusion")
+    check_writable(save_path, "--save_path")
+    check_writable(save_confusion, "--save_confusion")
     pairs, missing, extra = pair_outputs(outputs, file_index, labels, allow_missing, want_images=bool(save_vis))
     log("found {} for {} images in {}".format(described, len(pairs), outputs.folder))
     if missing:

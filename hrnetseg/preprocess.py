@@ -248,7 +248,8 @@ def preprocess(src_path: str, save_path: str, split: str = "val", dtype: str = "
     _make_output_folder(save_path)
     old = _check_folder(save_path, settings)
     _remove_stale_temporaries(save_path)
-    done = _finished_ids(save_path, file_bytes)
+    wanted = {s.id for s in samples}   # the manifest lists this run's images, not every bin in the folder
+    done = _finished_ids(save_path, file_bytes) & wanted
     todo = [s for s in samples if s.id not in done]
     _check_free_space(save_path, len(todo) * file_bytes)
 
@@ -262,8 +263,9 @@ def preprocess(src_path: str, save_path: str, split: str = "val", dtype: str = "
         "" if workers == 1 else "s"))
     bad = _run(todo, save_path, dtype, (height, width), workers, skip_bad)
 
-    skipped = sorted(set(old.get("skipped", []) if old else []) - {s.id for s in todo} | {b[0] for b in bad})
-    manifest.update(complete=True, ids=sorted(_finished_ids(save_path, file_bytes)), skipped=skipped)
+    skipped = sorted((set(old.get("skipped", []) if old else []) & wanted) - {s.id for s in todo}
+                     | {b[0] for b in bad})
+    manifest.update(complete=True, ids=sorted(_finished_ids(save_path, file_bytes) & wanted), skipped=skipped)
     write_text_atomic(os.path.join(save_path, MANIFEST), json.dumps(manifest, indent=1) + "\n")
     log("wrote {} files to {} ({} already there); manifest {}".format(
         len(todo) - len(bad), save_path, len(samples) - len(todo), os.path.join(save_path, MANIFEST)))

@@ -73,6 +73,8 @@ fi
 mkdir -p "${output_dir}/results"
 prep="${output_dir}/prep_dataset"
 [ "${input_format}" = float32 ] || prep="${output_dir}/prep_dataset_${input_format}"
+# ais_bench reads every .bin in its --input folder: a limited run gets a folder of its own
+[ -z "${limit}" ] || prep="${prep}_limit${limit}"
 prep_args=(--src_path "${datasets_path}" --save_path "${prep}" --dtype "${input_format}")
 [ -z "${limit}" ] || prep_args+=(--limit "${limit}")
 step "${PYTHON}" "${REPO_ROOT}/HRNet_preprocess.py" "${prep_args[@]}"
@@ -115,7 +117,8 @@ for bs in "${sizes[@]}"; do
   log "${cmd[*]}"
   "${cmd[@]}" 2>&1 | tee "${output_dir}/results/bs${bs}.log" ||
     { rc=$?; echo "error: command failed (exit ${rc}): ${cmd[*]}" >&2; exit "${rc}"; }
-  fps="$(grep -E 'throughput 1000\*batchsize' "${output_dir}/results/bs${bs}.log" | tail -n 1 | sed -E 's/.*:[[:space:]]*([0-9.eE+-]+)[[:space:]]*$/\1/')"
+  fps="$( { grep -E 'throughput 1000\*batchsize' "${output_dir}/results/bs${bs}.log" || true; } | tail -n 1 |
+    sed -E 's/.*:[[:space:]]*([0-9.eE+-]+)[[:space:]]*$/\1/')"
   [ -n "${fps}" ] || die "no 'throughput 1000*batchsize...: X' line in the output of: ${cmd[*]}"
   used_device="npu:${device:-0}"
   if [ "${backend}" != ais_bench ]; then used_device="$(json_field "${output_dir}/results/bs${bs}_summary.json" device)"; fi

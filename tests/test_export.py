@@ -133,3 +133,13 @@ def test_verification_reuses_the_trace_forward(tmp_path, monkeypatch):
     report = export_onnx(model, str(tmp_path / "m.onnx"), 64, 128)
     assert all(rel < 1e-5 for _, rel in report.errors.values())
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("opset", ["10", "30"])
+def test_cli_refuses_an_opset_the_model_cannot_use(tmp_path, run, opset):
+    from conftest import assert_user_error
+
+    result = run(["HRNet_pth2onnx.py", "--random_weights", "0", "--preset", "tiny_ocr", "--height", "64",
+                  "--width", "128", "--save_path", tmp_path / "m.onnx", "--opset", opset])
+    assert_user_error(result, "--opset {}".format(opset))
+    assert not list(tmp_path.iterdir())

@@ -120,6 +120,9 @@ def test_nothing_matched_is_refused_and_nothing_written(run, tmp_path, tiny_copy
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     assert_user_error(run([SCRIPT, tmp_path / "junk.onnx", out]), "not a readable ONNX model")
     assert not out.exists()
+    unwritable = run([SCRIPT, tiny_copy, tmp_path / "absent" / "o.onnx"])
+    assert_user_error(unwritable, "does not exist")
+    assert "argmax" not in unwritable.stdout   # refused before the slow comparison, not after it
 
 
 def test_list_shows_every_resize_with_shapes_and_consumer(run, tiny_onnx_path):

@@ -122,6 +122,8 @@ def test_limit_then_the_rest(sample_data_root, tmp_path, clean_run):
     rest = preprocess.preprocess(str(sample_data_root), str(tmp_path), log=_quiet)
     assert rest["ids"] == preprocess.read_manifest(str(clean_run))["ids"]
     assert _bins(tmp_path) == _bins(clean_run)
+    again = preprocess.preprocess(str(sample_data_root), str(tmp_path), limit=1, log=_quiet)
+    assert again["ids"] == rest["ids"][:1]   # a limited rerun lists its own images, not every bin present
 
 
 def test_refuses_to_mix_settings(clean_run, sample_data_root, tmp_path):

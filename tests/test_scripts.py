@@ -268,3 +268,27 @@ def test_demo_runs_the_whole_pipeline_small(tools, tmp_path):
     assert "meaningless" in result.stdout and "random weights" in result.stderr
     assert "argmax agreement" in result.stdout
     assert (out / "hrnet.onnx").exists() and (out / "result_bs1.json").exists() and (out / "result_bs4.json").exists()
+
+
+def test_eval_without_a_throughput_line_says_so(tools, tmp_path, tiny_data_root):
+    """An ais_bench whose summary wording changed: one clear line, not a bare failed-command trace."""
+    _, env, _ = tools
+    stub = tmp_path / "quiet_ais_bench.py"
+    stub.write_text("import sys\nprint('[INFO] throughput: 1.0')\n")
+    (tmp_path / "hrnet_bs1.om").write_bytes(b"om")
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--batch_sizes", "1",
+                  "--output_dir", tmp_path / "eval", env=dict(env, AIS_BENCH="{} {}".format(sys.executable, stub)))
+    assert_user_error(result, "no 'throughput 1000*batchsize")
+
+
+def test_eval_limit_gets_its_own_prep_folder(tools, tmp_path, tiny_onnx_path, tiny_data_root):
+    """ais_bench reads every bin of its input folder: --limit N must not see an earlier full run's bins."""
+    _, env, _ = tools
+    shutil.copy(str(tiny_onnx_path), str(tmp_path / "hrnet.onnx"))
+    out = tmp_path / "eval"
+    for limit in ((), ("--limit", "2")):
+        result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path,
+                      "--batch_sizes", "1", "--output_dir", out, *limit, env=env)
+        assert result.returncode == 0, result.stderr
+    assert len(list((out / "prep_dataset_limit2").glob("*.bin"))) == 2
+    assert json.loads((out / "result_bs1.json").read_text())["images"] == 2
