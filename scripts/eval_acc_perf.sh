@@ -5,7 +5,7 @@
 #       [--backend auto|ais_bench|onnxruntime|openvino|torch] [--precision fp32|fp16|bf16] [--device D] [--limit N]
 #       [--input_format float32|uint8]
 #       [--preset w48_ocr] [--output_dir .]
-# Writes OUTPUT_DIR/prep_dataset[_uint8]/, OUTPUT_DIR/results/bs<N>/ (replaced each run), result_bs<N>.json.
+# Writes OUTPUT_DIR/prep_dataset[_uint8][_limitN]/, OUTPUT_DIR/results/bs<N>/ (replaced each run), result_bs<N>.json.
 # auto: ais_bench when MODEL_DIR holds hrnet_bs<N>.om files, else the local runner (hrnet.onnx, else --pth).
 # Python is ${PYTHON:-python3}; ais_bench is ${AIS_BENCH:-python3 -m ais_bench}.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
