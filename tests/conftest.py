@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,13 @@ def run_script(args: Sequence[str], cwd: Path = REPO, env: dict = None, timeout:
     if env:
         full_env.update(env)
     return subprocess.run([sys.executable, *map(str, args)], cwd=str(cwd), env=full_env, capture_output=True,
-                          text=True, timeout=timeout, input=input_text)
+                          text=True, timeout=timeout, input=input_text, preexec_fn=default_sigint)
+
+
+def default_sigint() -> None:
+    """Children get Ctrl-C back even when the test run itself was started with SIGINT ignored
+    (a background job of a non-interactive shell), so Python turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
