@@ -1,7 +1,6 @@
 """ONNX export that atc can read (TorchScript exporter, opset 11), verified in ONNX Runtime before it lands."""
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
