@@ -8,9 +8,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import add_alias_flags, check_writable, positive_int, run_cli
-
-PRESET_NAMES = ("w48_ocr", "tiny_ocr")   # kept in step with hrnetseg.model.PRESETS (tested)
+from hrnetseg.cli import add_alias_flags, positive_int, run_cli
+from hrnetseg.files import check_output_file
+from hrnetseg.presets import DEFAULT_PRESET, PRESET_NAMES
 
 
 def batch_arg(text: str):
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=batch_arg, default=None, metavar="dynamic|N",
                         help="batch size, or 'dynamic' (default) for a dynamic batch axis")
     parser.add_argument("--opset", type=positive_int, default=11, help="ONNX opset (default: 11, what CANN 6 atc reads)")
-    parser.add_argument("--preset", choices=PRESET_NAMES, default="w48_ocr", help="model variant (default: w48_ocr)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
+                        help="model variant (default: {})".format(DEFAULT_PRESET))
     parser.add_argument("--input_format", choices=("float32", "uint8"), default="float32",
                         help="float32: normalized input (the seed's); uint8: raw RGB, normalized inside the model")
     add_alias_flags(parser)
@@ -40,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from hrnetseg.export import check_opset, export_onnx, load_model
 
-    check_writable(args.save_path)
+    check_output_file(args.save_path)
     check_opset(args.opset)
     if args.random_weights is not None:
         print("warning: exporting random weights (seed {}): outputs and mIoU are meaningless; "

@@ -14,7 +14,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import UserError, add_alias_flags, atomic_path, check_writable, run_cli
+from hrnetseg.cli import UserError, add_alias_flags, run_cli
+from hrnetseg.files import atomic_path, check_output_file
 from hrnetseg.onnx_graph import (DEFAULT_NEAREST_MODE, MODES, NEAREST_MODES, SELECT_HEAD, check_input,
                                  compare_outputs, load_model, resize_report, run_onnxruntime, select_resize_nodes,
                                  set_resize_mode)
@@ -49,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.output is None:
         parser.error("OUT is required (give IN twice to rewrite in place)")
-    check_writable(args.output)
+    check_output_file(args.output)
 
     import onnx
 

@@ -33,7 +33,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import bench_data
-from .cli import UserError, add_alias_flags, positive_int, run_cli, write_text_atomic
+from .cli import UserError, add_alias_flags, positive_int, run_cli
+from .files import write_text_atomic
 from .infer import nonnegative_int
 
 STAGES = ("pre", "infer", "post")

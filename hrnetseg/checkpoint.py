@@ -12,7 +12,8 @@ from typing import Dict, List, Mapping
 import torch
 from torch import nn
 
-from .cli import UserError, require_file
+from .cli import UserError
+from .files import require_file
 
 SHOW_KEYS = 3
 

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .cli import UserError
+from .files import not_regular_reason
 
 Label = namedtuple("Label", ["name", "id", "train_id", "color"])
 
@@ -223,23 +224,37 @@ def png_intact(data: bytes) -> bool:
 
 
 def read_image(path: str, flags: int) -> Optional[np.ndarray]:
-    """cv2.imread, but None (and nothing on stderr) for a missing, damaged or truncated file."""
+    """cv2.imread, but None (and nothing on stderr) for a missing, empty, damaged or truncated file, and for
+    anything that is not a regular file (never opened: a FIFO would block)."""
     import cv2
 
+    if not_regular_reason(path) is not None:
+        return None
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError:
         return None
-    if not png_intact(data):
+    if not data or not png_intact(data):
         return None
-    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    try:
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error:   # some OpenCV builds raise instead of returning None for undecodable bytes
+        return None
+
+
+def unreadable_reason(path: str) -> str:
+    """Why read_image gave None, in words, for error messages."""
+    return not_regular_reason(path) or "cannot be decoded (empty, corrupt, truncated or not an image)"
 
 
 def image_size(path: str) -> Optional[Tuple[int, int]]:
-    """(height, width) from the file header only, or None when the header cannot be read."""
+    """(height, width) from the file header only, or None when the header cannot be read (or the path is not
+    a regular file)."""
     from PIL import Image
 
+    if not_regular_reason(path) is not None:
+        return None
     try:
         with Image.open(path) as image:
             width, height = image.size

@@ -1,16 +1,13 @@
-"""Shared CLI habits: one-line errors with exit code 2, atomic writes, progress bars.
+"""Shared CLI habits: one-line errors with exit code 2, progress bars, argparse types.
 
 Valid Python 3.7 and free of torch: the Atlas-side scripts use it.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import os
 import sys
-import tempfile
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -43,72 +40,6 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
     sys.exit(code or 0)
 
 
-def describe_os_error(exc: OSError, path: str) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "no space left on the device while writing {}".format(path)
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "cannot write {}: permission denied".format(path)
-    return "cannot write {}: {}".format(path, exc.strerror or exc)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path beside `path`; rename it into place only when the block succeeds.
-
-    An interrupted or failed write leaves nothing behind, so a file that exists is complete.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError("cannot write {}: folder {} does not exist".format(path, folder))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise UserError(describe_os_error(exc, path))
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        raise UserError(describe_os_error(exc, path))
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def require_file(path: str, what: str = "file") -> str:
-    if not os.path.exists(path):
-        raise UserError("{} not found: {}".format(what, path))
-    if not os.path.isfile(path):
-        raise UserError("{} is not a file: {}".format(what, path))
-    return path
-
-
 def progress(iterable=None, total: Optional[int] = None, desc: str = "", unit: str = "img", disable: Optional[bool] = None):
     """A tqdm bar on stderr; hidden when stderr is not a terminal unless HRNETSEG_PROGRESS=1."""
     from tqdm import tqdm
@@ -139,15 +70,8 @@ def add_alias_flags(parser: argparse.ArgumentParser) -> None:
                 action.option_strings.append(alias)
 
 
-def check_writable(path: Optional[str], flag: str = "") -> None:
-    """Fail before the slow part when an output file cannot be written (None: no output asked for)."""
-    if path is None:
-        return
-    what = "{} {}".format(flag, path) if flag else path
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UserError("cannot write {}: it is a folder; give a file name".format(what))
-    if not os.path.isdir(folder):
-        raise UserError("cannot write {}: folder {} does not exist".format(what, folder))
-    if not os.access(folder, os.W_OK):
-        raise UserError("cannot write {}: folder {} is not writable".format(what, folder))
+def plain_name(text: str) -> str:
+    """A folder name such as a split (`val`): no path separators, not `.` or `..`."""
+    if not text or text in (".", "..") or "/" in text or os.sep in text or (os.altsep and os.altsep in text):
+        raise argparse.ArgumentTypeError("expected a plain name such as val (no path separators), got {!r}".format(text))
+    return text

@@ -26,7 +26,8 @@ import numpy as np
 
 from . import cityscapes
 from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_backend
-from .cli import EXIT_INTERRUPTED, UserError, add_alias_flags, check_writable, positive_int, progress, run_cli
+from .cli import EXIT_INTERRUPTED, UserError, add_alias_flags, positive_int, progress, run_cli
+from .files import check_output_file
 from .infer import batch_size_for, fits_input, nonnegative_int, output_rows, pad_batch
 from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
 from .postprocess import logits_shape, read_train_ids
@@ -359,8 +360,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     size = cityscapes.image_size(samples[0].image)
     if size is None:
         raise UserError("cannot read image {} (corrupt, truncated or not an image)".format(samples[0].image))
-    check_writable(args.save_path, "--save_path")
-    check_writable(args.save_confusion, "--save_confusion")
+    check_output_file(args.save_path, "--save_path")
+    check_output_file(args.save_confusion, "--save_confusion")
 
     import cv2
 

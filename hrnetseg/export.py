@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .cli import UserError, atomic_path
+from .cli import UserError
+from .files import atomic_path
 from .model import build_model, init_random_weights
 
 INPUT_NAME = "image"

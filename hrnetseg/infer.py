@@ -20,7 +20,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_backend
-from .cli import UserError, add_alias_flags, atomic_path, positive_int, progress, run_cli, write_text_atomic
+from .cli import UserError, add_alias_flags, positive_int, progress, run_cli
+from .files import atomic_path, write_text_atomic
 from .preprocess import read_manifest
 
 OUTFMTS = ("BIN", "NPY")

@@ -18,7 +18,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .cityscapes import CLASS_NAMES, IGNORE, NUM_CLASSES
-from .cli import UserError, add_alias_flags, progress, run_cli, write_bytes_atomic, write_text_atomic
+from .cli import UserError, add_alias_flags, progress, run_cli
+from .files import write_bytes_atomic, write_text_atomic
 
 TITLE = "overall statistical evaluation"
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .presets import DEFAULT_PRESET
+
 BN_EPS = 1e-5
 
 
@@ -41,7 +43,6 @@ PRESETS: Dict[str, HRNetOCRConfig] = {
         stem_width=16, stage1_blocks=1, stage1_width=8, branch_widths=(8, 16, 32, 64),
         stage_modules=(1, 1, 1), blocks_per_branch=1, ocr_mid_channels=32, ocr_key_channels=16),
 }
-DEFAULT_PRESET = "w48_ocr"
 
 
 def resize_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

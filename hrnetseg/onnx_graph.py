@@ -17,7 +17,8 @@ import argparse
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .cli import UserError, add_alias_flags, require_file, run_cli
+from .cli import UserError, add_alias_flags, run_cli
+from .files import require_file
 
 HEAD_BRANCHES = 4            # HRNetV2 concatenates branch 1 with branches 2-4 upsampled to its size
 SELECT_HEAD = "head"

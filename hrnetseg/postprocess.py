@@ -16,7 +16,8 @@ import numpy as np
 
 from . import cityscapes
 from .cityscapes import NUM_CLASSES
-from .cli import UserError, check_writable, write_bytes_atomic
+from .cli import UserError
+from .files import check_output_file, write_bytes_atomic
 from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
 from .preprocess import parallel_results
 
@@ -247,8 +248,8 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
     outputs = find_outputs(res_path)
     file_index, described = choose_file_index(outputs, output_index)
     labels = cityscapes.find_labels(data_path, split)
-    check_writable(save_path, "--save_path")
-    check_writable(save_confusion, "--save_confusion")
+    check_output_file(save_path, "--save_path")
+    check_output_file(save_confusion, "--save_confusion")
     pairs, missing, extra = pair_outputs(outputs, file_index, labels, allow_missing, want_images=bool(save_vis))
     log("found {} for {} images in {}".format(described, len(pairs), outputs.folder))
     if missing:

@@ -21,7 +21,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import cityscapes
-from .cli import UserError, atomic_path, progress, write_text_atomic
+from .cli import UserError, progress
+from .files import atomic_path, write_text_atomic
 
 DTYPES = ("float32", "float16", "uint8")
 MANIFEST = "manifest.json"

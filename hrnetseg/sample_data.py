@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 
 from .cityscapes import ID_TO_TRAIN, IMAGE_SUFFIX, LABEL_SUFFIX, LABELS, NUM_CLASSES
-from .cli import UserError, add_alias_flags, positive_int, run_cli, write_bytes_atomic
+from .cli import UserError, add_alias_flags, positive_int, run_cli
+from .files import write_bytes_atomic
 
 CITIES = ("frankfurt", "lindau", "munster")
 MIN_HEIGHT, MIN_WIDTH = 64, 128

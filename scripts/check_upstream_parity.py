@@ -23,7 +23,8 @@ from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hrnetseg.cli import UserError, add_alias_flags, positive_int, require_file, run_cli  # noqa: E402
+from hrnetseg.cli import UserError, add_alias_flags, positive_int, run_cli  # noqa: E402
+from hrnetseg.files import require_file  # noqa: E402
 
 TOLERANCE = 1e-5
 EXIT_MISMATCH = 1

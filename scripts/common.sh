@@ -9,13 +9,63 @@ export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 log() { echo "==> $*" >&2; }
 die() { echo "error: $*" >&2; exit 2; }
 
-# step CMD...: log the command, run it, and on failure print it (expanded) and exit with its status.
+# step CMD...: log the command, run it, and on failure print it (expanded) with its run time and exit with
+# its status.
 step() {
   log "$*"
-  local rc=0
+  local rc=0 began="${SECONDS}"
   "$@" || rc=$?
-  [ "${rc}" = 0 ] || { echo "error: command failed (exit ${rc}): $*" >&2; exit "${rc}"; }
+  [ "${rc}" = 0 ] || failed "${rc}" "${began}" "$*"
 }
+
+# failed RC BEGAN COMMAND: the one-line report of a failed long step (its run time since BEGAN), then exit RC.
+failed() {
+  echo "error: command failed (exit $1): $3 (after $((SECONDS - $2)) s)" >&2
+  exit "$1"
+}
+
+# probe CMD...: a quick check (a tool's --help, npu-smi info) under a timeout, so that a hung tool cannot hang
+# the script: HRNETSEG_PROBE_TIMEOUT seconds (default 30), then one line naming the probe and exit 2.
+# Returns the command's status; its output (stdout and stderr) is left in PROBE_OUTPUT.
+PROBE_OUTPUT=""
+probe() {
+  local limit="${HRNETSEG_PROBE_TIMEOUT:-30}" rc=0 out
+  [[ "${limit}" =~ ^[1-9][0-9]*$ ]] || die "HRNETSEG_PROBE_TIMEOUT takes a whole number of seconds, not '${limit}'"
+  out="$(mktemp)"
+  timeout --kill-after=5 "${limit}" "$@" > "${out}" 2>&1 < /dev/null || rc=$?
+  PROBE_OUTPUT="$(cat "${out}")"
+  rm -f -- "${out}"
+  case "${rc}" in
+    124|137) die "'$*' did not answer within ${limit} s (a hung tool or device; HRNETSEG_PROBE_TIMEOUT=S sets the limit)" ;;
+  esac
+  return "${rc}"
+}
+
+# lock_output PATH: hold PATH's lock (PATH.lock beside it; see hrnetseg/locks.py) until this script exits, so a
+# second run writing PATH stops at once naming this one's PID; the script's children (preprocess, the runner)
+# share it. A lock an ancestor script already holds is shared, not taken again.
+LOCKED_FILES=()
+lock_output() {
+  local lock_file fd try rc answer
+  lock_file="$("${PYTHON}" -m hrnetseg.locks path "$1")" || exit $?
+  mkdir -p -- "$(dirname -- "${lock_file}")"
+  for try in 1 2 3; do
+    exec {fd}>>"${lock_file}" || die "cannot create lock file ${lock_file}"
+    rc=0
+    answer="$("${PYTHON}" -m hrnetseg.locks acquire --fd "${fd}" --owner "$$" "$1")" || rc=$?
+    [ "${rc}" = 75 ] || break   # 75: a dead owner's lock file was removed; open the new one
+    exec {fd}>&-
+  done
+  [ "${rc}" = 0 ] || exit "${rc}"
+  if [ "${answer}" = locked ]; then
+    LOCKED_FILES+=("${lock_file}")
+  else
+    exec {fd}>&-   # shared with the ancestor that holds it
+  fi
+}
+# At exit the lock files go (the descriptors, closed by the exit itself, still hold the locks while they do).
+release_outputs() { [ "${#LOCKED_FILES[@]}" = 0 ] || rm -f -- "${LOCKED_FILES[@]}"; }
+trap release_outputs EXIT
 
 # usage: the script's header comment (the lines after #!, up to the first line that is not a comment).
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }

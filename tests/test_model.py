@@ -34,9 +34,9 @@ def test_w48_ocr_has_exactly_the_official_keys_shapes_and_dtypes():
 
 
 def test_cli_preset_names_match_the_model_table():
-    import HRNet_pth2onnx
+    from hrnetseg.presets import DEFAULT_PRESET, PRESET_NAMES
 
-    assert set(HRNet_pth2onnx.PRESET_NAMES) == set(PRESETS)
+    assert set(PRESET_NAMES) == set(PRESETS) and DEFAULT_PRESET in PRESETS
 
 
 @pytest.mark.parametrize("height,width", [(128, 256), (250, 500), (97, 203)])

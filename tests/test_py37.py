@@ -8,7 +8,8 @@ import pytest
 
 from conftest import REPO, run_script
 
-ATLAS_SIDE = ["hrnetseg/__init__.py", "hrnetseg/cli.py", "hrnetseg/cityscapes.py", "hrnetseg/sample_data.py",
+ATLAS_SIDE = ["hrnetseg/__init__.py", "hrnetseg/cli.py", "hrnetseg/files.py", "hrnetseg/locks.py", "hrnetseg/presets.py",
+              "hrnetseg/cityscapes.py", "hrnetseg/sample_data.py",
               "hrnetseg/preprocess.py", "hrnetseg/metrics.py", "hrnetseg/postprocess.py", "HRNet_preprocess.py",
               "HRNet_postprocess.py"]
 

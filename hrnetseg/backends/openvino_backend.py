@@ -6,6 +6,7 @@ dynamic-batch export runs with static shapes, which OpenVINO's CPU plugin runs f
 """
 from __future__ import annotations
 
+import sys
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -46,6 +47,11 @@ class OpenVinoBackend(Backend):
         shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
         self.input = InputSpec(port.get_any_name(), np.dtype(OV_TYPES[element]), shape)
         self.output_names = [out.get_any_name() for out in self.model.outputs]
+        if precision == "bf16" and "BF16" not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            # OpenVINO would quietly run fp32: say so, and report what runs
+            print("note: this CPU has no bf16 support; OpenVINO runs fp32 (precision reported as fp32)",
+                  file=sys.stderr)
+            precision = "fp32"
         self.config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         self.device = "cpu"
         self.precision = precision

@@ -1,0 +1,228 @@
+"""File-system safety for every step: what may be read, what may be replaced, and how outputs are written.
+
+- Inputs are read only when they are regular files (a FIFO named *.png would block a reader forever).
+- A file output that exists must be a regular file, or a symbolic link to one (written through, next to
+  its target); a device, FIFO, socket or folder is refused before any work.
+- Files are written under a temporary name in the target's folder and renamed into place, so a file that
+  exists is complete. The temporary name holds the writer's PID, so the leftovers of a killed run are
+  recognised and removed by the next run into the same folder.
+
+Atlas-side module: standard library only, valid Python 3.7.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import glob
+import os
+import re
+import stat
+import tempfile
+from typing import Iterator, Optional
+
+from .cli import UserError
+
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")   # ".<name>.<pid>.<random>.tmp"
+
+
+# --- what a path is ---------------------------------------------------------------------------------------
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _missing(path: str, exc: OSError) -> str:
+    """Why stat failed, in words: a symlink loop and a broken link are not 'not found'."""
+    if exc.errno == errno.ELOOP:
+        return "is a symbolic link loop"
+    if os.path.islink(path):
+        return "is a broken symbolic link (to {})".format(os.readlink(path))
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "cannot be read: permission denied"
+    if exc.errno == errno.ENOTDIR:
+        return "not found (a part of the path is not a folder)"
+    return "not found"
+
+
+def not_regular_reason(path: str) -> Optional[str]:
+    """None for a regular file (or a symlink to one); otherwise why it cannot be read as a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return _missing(path, exc)
+    if stat.S_ISREG(mode):
+        return None
+    return "is {}, not a regular file".format(_kind(mode))
+
+
+def require_file(path: str, what: str = "file") -> str:
+    """`path` when it is a regular file; a one-line UserError saying what it is otherwise."""
+    reason = not_regular_reason(path)
+    if reason is not None:
+        if reason == "not found":
+            raise UserError("{} not found: {}".format(what, path))
+        raise UserError("{} {} {}".format(what, path, reason))
+    return path
+
+
+def require_folder(path: str, what: str = "folder") -> str:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        reason = _missing(path, exc)
+        if reason == "not found":
+            raise UserError("{} not found: {}".format(what, path))
+        raise UserError("{} {} {}".format(what, path, reason))
+    if not stat.S_ISDIR(mode):
+        raise UserError("{} {} is {}, not a folder".format(what, path, _kind(mode)))
+    return path
+
+
+# --- outputs ----------------------------------------------------------------------------------------------
+
+def write_target(path: str) -> str:
+    """Where writing `path` lands: the target of a symbolic link (written through), else the path itself."""
+    path = os.fspath(path)
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
+def check_output_file(path: Optional[str], flag: str = "") -> None:
+    """Fail before the slow part when an output file cannot be written (None: no output asked for).
+
+    It may be absent, a regular file, or a symlink to either; anything else (a device such as /dev/null,
+    a FIFO, a socket, a folder) is refused.
+    """
+    if path is None:
+        return
+    what = "{} {}".format(flag, path) if flag else path
+    target = write_target(path)
+    if os.path.islink(target):
+        raise UserError("cannot write {}: it is a symbolic link loop".format(what))
+    if os.path.lexists(target):
+        mode = os.stat(target).st_mode
+        if stat.S_ISDIR(mode):
+            raise UserError("cannot write {}: it is a folder; give a file name".format(what))
+        if not stat.S_ISREG(mode):
+            raise UserError("cannot write {}: it is {}; give a regular file's name".format(what, _kind(mode)))
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise UserError("cannot write {}: folder {} does not exist".format(what, folder))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError("cannot write {}: folder {} is not writable".format(what, folder))
+
+
+def make_output_folder(path: Optional[str], flag: str = "") -> bool:
+    """Create an output folder (parents too) or accept an existing one; True if this call created it."""
+    if path is None:
+        return False
+    what = "{} {}".format(flag, path) if flag else path
+    if os.path.lexists(path) and not os.path.isdir(path):
+        try:
+            kind = _kind(os.stat(path).st_mode)
+        except OSError as exc:
+            raise UserError("{} {}".format(what, _missing(path, exc)))
+        raise UserError("{} exists and is {}, not a folder".format(what, kind))
+    created = not os.path.isdir(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UserError("cannot create output folder {}: {}".format(what, exc.strerror or exc))
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError("cannot write to output folder {}: permission denied".format(what))
+    return created
+
+
+def describe_os_error(exc: OSError, path: str) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device while writing {}".format(path)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "cannot write {}: permission denied".format(path)
+    return "cannot write {}: {}".format(path, exc.strerror or exc)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside `path`; rename it into place only when the block succeeds.
+
+    An interrupted or failed write leaves nothing behind, so a file that exists is complete. A symlink is
+    written through (the temporary file goes next to its target); a target that exists and is not a
+    regular file is never replaced.
+    """
+    path = os.fspath(path)
+    target = write_target(path)
+    if os.path.lexists(target) and not os.path.isfile(target):
+        raise UserError("cannot write {}: it exists and is not a regular file".format(path))
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise UserError("cannot write {}: folder {} does not exist".format(path, folder))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".{}.{}.".format(os.path.basename(target), os.getpid()), suffix=".tmp",
+                                   dir=folder)
+    except OSError as exc:
+        raise UserError(describe_os_error(exc, path))
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_current_umask())
+        yield tmp
+        os.replace(tmp, target)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise UserError(describe_os_error(exc, path))
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs (on this machine, in this PID namespace)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Remove the temporary files that killed runs left in `folder` (their writer's PID is gone).
+
+    Files of a writer that is still running are kept. Returns how many were removed.
+    """
+    removed = 0
+    for path in glob.glob(os.path.join(glob.escape(folder), ".*.tmp")):
+        match = _TEMPORARY.match(os.path.basename(path))
+        if match and not pid_alive(int(match.group("pid"))) and os.path.isfile(path):
+            remove_quietly(path)
+            removed += 1
+    return removed

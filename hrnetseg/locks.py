@@ -1,0 +1,238 @@
+"""One writer per output: `<output>.lock` beside a folder or file output, held with fcntl.flock.
+
+Two runs writing the same folder would mix two models' outputs under one summary; the second run stops at
+once, naming the first's PID. The lock file sits beside the output (`results/bs1.lock`,
+`result.json.lock`), never inside it, holds the owner's PID and is removed when the owner lets go. The
+kernel releases a flock when its holder dies, so a killed run never blocks the next one; a lock still held
+after its owner died (an orphaned child kept the descriptor) is taken over.
+
+A lock is shared with the owner's descendants: a shell script that holds `results/bs1.lock` (through
+`python3 -m hrnetseg.locks acquire`) runs `hrnetseg.infer` into that folder without being refused.
+
+Atlas-side module: standard library only, valid Python 3.7 (POSIX; no locking where fcntl is missing).
+
+    python3 -m hrnetseg.locks path results/bs1                          # the lock file: .../results/bs1.lock
+    python3 -m hrnetseg.locks acquire --fd 9 --owner $$ results/bs1     # used by scripts/common.sh
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import sys
+from typing import Dict, Iterator, Optional, Sequence
+
+from .cli import UserError, run_cli
+from .files import pid_alive
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no locking
+    fcntl = None
+
+LOCK_SUFFIX = ".lock"
+EXIT_RETRY = 75          # `acquire`: the lock of a dead owner was removed; reopen the file and try again
+_TRIES = 3
+_ANCESTOR_DEPTH = 64
+
+_held = {}  # type: Dict[str, int]   lock path -> how many times this process holds it
+
+
+def lock_path_for(output: str) -> str:
+    """`<output>.lock` beside the real location of a folder or file output (symlinks and a trailing slash
+    resolved)."""
+    return os.path.realpath(os.fspath(output)) + LOCK_SUFFIX
+
+
+def _parent_of(pid: int) -> Optional[int]:
+    try:
+        with open("/proc/{}/stat".format(pid), "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def is_ancestor(pid: int) -> bool:
+    """Whether pid is this process's parent, grandparent, ... (through /proc; the parent only elsewhere)."""
+    parent = os.getppid()  # type: Optional[int]
+    for _ in range(_ANCESTOR_DEPTH):
+        if parent == pid:
+            return True
+        if parent is None or parent <= 1:
+            return False
+        parent = _parent_of(parent)
+    return False
+
+
+def read_owner(lock_path: str) -> Optional[int]:
+    try:
+        with open(lock_path, "r") as fh:
+            text = fh.read(64).strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _busy_error(output: str, owner: Optional[int]) -> UserError:
+    who = "PID {}".format(owner) if owner else "a process whose PID is not recorded yet"
+    return UserError("{} is being written by another run ({}): wait for it to finish or choose another output "
+                     "(lock {})".format(output, who, lock_path_for(output)))
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _record_owner(fd: int, owner: int) -> None:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, "{}\n".format(owner).encode("ascii"))
+
+
+def _remove_dead_owners_lock(lock_path: str, owner: Optional[int]) -> bool:
+    """Remove a lock file whose recorded owner is dead (its flock kept by an orphan); True if removed."""
+    if owner is None or pid_alive(owner):
+        return False
+    try:
+        os.remove(lock_path)
+    except OSError:
+        pass
+    print("note: took over {} from PID {}, which is no longer running".format(lock_path, owner), file=sys.stderr)
+    return True
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _open_lock_file(lock_path: str) -> int:
+    try:
+        os.makedirs(os.path.dirname(lock_path), exist_ok=True)   # a folder output's parent, made as it would be
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError("cannot create lock file {}: {}".format(lock_path, exc.strerror or exc))
+
+
+@contextlib.contextmanager
+def output_lock(output: Optional[str]) -> Iterator[None]:
+    """Hold `<output>.lock` for the block, or stop at once with a UserError naming the holder's PID.
+
+    None: nothing to lock. Re-entrant within a process; a lock held by an ancestor process counts as held.
+    """
+    if output is None or fcntl is None:
+        yield
+        return
+    lock_path = lock_path_for(output)
+    if lock_path in _held:
+        _held[lock_path] += 1
+        try:
+            yield
+        finally:
+            _held[lock_path] -= 1
+        return
+    fd = _acquire(output, lock_path)
+    _held[lock_path] = 1
+    try:
+        yield
+    finally:
+        del _held[lock_path]
+        if fd is not None:
+            if _same_file(fd, lock_path):
+                try:
+                    os.remove(lock_path)   # before closing: nobody can lock a file we are about to remove
+                except OSError:
+                    pass
+            os.close(fd)
+
+
+def _acquire(output: str, lock_path: str) -> Optional[int]:
+    """The locked descriptor, or None when an ancestor process holds the lock for us."""
+    for _ in range(_TRIES):
+        fd = _open_lock_file(lock_path)
+        if _try_lock(fd):
+            if _same_file(fd, lock_path):   # not a file the previous holder removed meanwhile
+                _record_owner(fd, os.getpid())
+                return fd
+            os.close(fd)
+            continue
+        os.close(fd)
+        owner = read_owner(lock_path)
+        if owner is not None and is_ancestor(owner):
+            return None
+        if not _remove_dead_owners_lock(lock_path, owner):
+            raise _busy_error(output, owner)
+    raise _busy_error(output, read_owner(lock_path))
+
+
+@contextlib.contextmanager
+def output_locks(*outputs: Optional[str]) -> Iterator[None]:
+    """output_lock for each output given (None entries are skipped), all held for the block."""
+    with contextlib.ExitStack() as stack:
+        for output in outputs:
+            stack.enter_context(output_lock(output))
+        yield
+
+
+# --- python3 -m hrnetseg.locks acquire: a lock for a shell script, on a descriptor the script opened ---------
+
+def acquire_on_descriptor(fd: int, output: str, owner: int) -> str:
+    """Lock the open file description behind `fd` (the script's; it keeps the lock after we exit).
+
+    Returns "locked", or "shared" when an ancestor of ours holds it; "retry" when a dead owner's lock file
+    was removed and the script should reopen it. Raises UserError when another run holds it.
+    """
+    lock_path = lock_path_for(output)
+    if not _same_file(fd, lock_path):
+        raise UserError("descriptor {} is not open on {}".format(fd, lock_path))
+    if _try_lock(fd):
+        _record_owner(fd, owner)
+        return "locked"
+    holder = read_owner(lock_path)
+    if holder is not None and is_ancestor(holder):
+        return "shared"
+    if _remove_dead_owners_lock(lock_path, holder):
+        return "retry"
+    raise _busy_error(output, holder)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python3 -m hrnetseg.locks", description=__doc__.strip().splitlines()[0])
+    commands = parser.add_subparsers(dest="command")
+    path = commands.add_parser("path", help="print the lock file of OUTPUT")
+    path.add_argument("output", help="the folder or file to protect")
+    acquire = commands.add_parser("acquire", help="lock OUTPUT.lock through descriptor FD, opened by the caller")
+    acquire.add_argument("--fd", type=int, required=True, help="descriptor open on OUTPUT.lock (kept by the caller)")
+    acquire.add_argument("--owner", type=int, required=True, help="PID to record as the owner (the caller's)")
+    acquire.add_argument("output", help="the folder or file to protect")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "path":
+        print(lock_path_for(args.output))
+        return 0
+    if args.command != "acquire":
+        parser.error("choose a command: path or acquire")
+    answer = "locked" if fcntl is None else acquire_on_descriptor(args.fd, args.output, args.owner)
+    print(answer)
+    return EXIT_RETRY if answer == "retry" else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
