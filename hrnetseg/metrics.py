@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import zipfile
 import zlib
@@ -25,6 +26,9 @@ from .locks import output_lock
 
 TITLE = "overall statistical evaluation"
 SHARD_KEYS = ("matrix", "images", "ids", "skipped", "class_names")  # the arrays of a --save_confusion file
+# more pixels than any data set has (Cityscapes val: 1e9); below it int64 sums cannot overflow and float64
+# sums are exact
+MAX_PIXELS = float(2 ** 53)
 
 # --- upsample + argmax, exactly as torch computes it -----------------------------------------------
 #
@@ -333,6 +337,8 @@ class ConfusionMatrix(object):
         if twice:
             raise UserError("{} image(s) appear in two shards, e.g. {}: they would count twice".format(
                 len(twice), ", ".join(twice[:3])))
+        if _total(self.matrix) + _total(other.matrix) > MAX_PIXELS:
+            raise UserError("the shards hold more than {:.3g} pixels together: not pixel counts".format(MAX_PIXELS))
         self.matrix += other.matrix
         self.images += other.images
         self.ids = sorted(self.ids + other.ids)
@@ -383,12 +389,12 @@ class ConfusionMatrix(object):
                     path, key, fields[key].dtype, fields[key].shape))
             texts[key] = [str(v) for v in fields[key]]
         if matrix.dtype.kind not in "iu" or matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] \
-                or matrix.shape[0] != len(texts["class_names"]):
+                or matrix.shape[0] != len(texts["class_names"]) or not matrix.size:
             raise UserError("{} holds a damaged confusion matrix: {} {} for {} class names".format(
                 path, matrix.dtype, matrix.shape, len(texts["class_names"])))
-        if matrix.size and (int(matrix.min()) < 0 or int(matrix.max()) > np.iinfo(np.int64).max):
-            raise UserError("{} holds a damaged confusion matrix: counts from {} to {}".format(
-                path, matrix.min(), matrix.max()))
+        if int(matrix.min()) < 0 or _total(matrix) > MAX_PIXELS:
+            raise UserError("{} holds a damaged confusion matrix: counts from {} to {}, {:.3g} in all".format(
+                path, matrix.min(), matrix.max(), _total(matrix)))
         if images.dtype.kind not in "iu" or images.shape != () or int(images) != len(texts["ids"]):
             raise UserError("{} holds a damaged confusion file: images {} but {} image ids".format(
                 path, images.tolist(), len(texts["ids"])))
@@ -398,6 +404,10 @@ class ConfusionMatrix(object):
         shard.matrix = matrix.astype(np.int64)
         shard.images, shard.ids, shard.skipped = int(images), texts["ids"], texts["skipped"]
         return shard
+
+
+def _total(matrix: np.ndarray) -> float:
+    return float(matrix.sum(dtype=np.float64))
 
 
 def _fraction(numerator: float, denominator: float) -> Optional[float]:
@@ -489,6 +499,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command != "merge":
         parser.error("choose a command: merge")
     check_output_file(args.save_path, "--save_path")
+    if any(os.path.realpath(path) == os.path.realpath(args.save_path) for path in args.files):
+        raise UserError("--save_path {} is one of the shards: give another name".format(args.save_path))
     with output_lock(args.save_path):
         result = merge_files(args.files).compute()
         print(format_table(result))

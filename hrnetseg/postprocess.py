@@ -181,7 +181,7 @@ def resolve_output_dtype(path: str, data_bytes: int, shape: Tuple[int, int, int]
 
 def summary_path_for(folder: str) -> str:
     """The runner's summary for an output folder OUT/DIRNAME: OUT/DIRNAME_summary.json."""
-    return os.path.normpath(os.path.abspath(folder)) + SUMMARY_SUFFIX
+    return os.path.realpath(folder) + SUMMARY_SUFFIX   # through a symlink: where the runner wrote it
 
 
 def summary_output_dtype(folder: str) -> Tuple[Optional[str], str]:
@@ -457,6 +457,7 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
     with output_locks(save_path, save_confusion, save_vis, save_pred):
         pairs, missing, extra = pair_outputs(outputs, file_index, labels, allow_missing, want_images=bool(save_vis),
                                              output_dtype_flag=output_dtype)
+        _not_an_input(pairs, (("--save_path", save_path), ("--save_confusion", save_confusion)))
         extra = [sid for sid in extra if sid not in left_out]
         missing = [sid for sid in missing if sid not in left_out]
         log("found {} for {} images in {}{}".format(described, len(pairs), outputs.folder,
@@ -477,6 +478,14 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
             write_result(save_path, result)
             log("result: {}".format(save_path))
     return result
+
+
+def _not_an_input(pairs: Sequence[Pair], files: Sequence[Tuple[str, Optional[str]]]) -> None:
+    """A result file must not replace one of the files it is computed from."""
+    inputs = {os.path.realpath(path) for pair in pairs for path in (pair.output, pair.label)}
+    for flag, path in files:
+        if path is not None and os.path.realpath(path) in inputs:
+            raise UserError("{} {} is one of the inputs: give another name".format(flag, path))
 
 
 def _report(pairs: Sequence[Pair], missing: Sequence[str], extra: Sequence[str], left_out: Dict[str, str],

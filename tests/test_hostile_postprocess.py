@@ -168,6 +168,9 @@ def test_float16_outputs_by_flag_by_summary_and_by_size(half, gt, half_reference
     notes = []
     assert evaluate(res, gt, notes=notes) == reference and notes == []
     assert evaluate(tmp_path / "results", gt) == reference   # the one subfolder holding outputs, same summary
+    (tmp_path / "latest").symlink_to(res)
+    notes = []
+    assert evaluate(tmp_path / "latest", gt, notes=notes) == reference and notes == []   # found through the link
     refused("--output_dtype says float32 but the runner summary {} says float16".format(summary), res, gt,
             output_dtype="float32")
     summary.write_text(json.dumps({"throughput": 5.0}))      # ais_bench's summary: no dtype, nothing known
@@ -364,6 +367,10 @@ def test_outputs_that_are_not_regular_files_are_refused_before_any_work(gt, samp
         assert not pred.exists()                           # refused before any work
     refused("--save_path and --save_confusion are the same file", sample_results_path, gt,
             save_path=str(tmp_path / "r.json"), save_confusion=str(tmp_path / "r.json"))
+    res = _outputs_copy(sample_results_path, tmp_path / "bs1")
+    output = res / "{}_1.bin".format(_ids(res)[0])
+    refused("--save_confusion {} is one of the inputs".format(output), res, gt, save_confusion=str(output))
+    assert output.stat().st_size == F32
     split = run_script([SCRIPT, "--res_path", sample_results_path, "--data_path", gt.parents[1], "--split", "../val"])
     assert_user_error(split, "--split", "plain name")
 
@@ -415,6 +422,9 @@ def test_merge_refuses_damaged_shards(tmp_path):
         "ids": (_npz(tmp_path / "ids.npz", images=np.int64(2)), "images 2 but 1 image ids"),
         "images array": (_npz(tmp_path / "imgs.npz", images=np.array([1, 1])), "images \\[1, 1\\]"),
         "numeric ids": (_npz(tmp_path / "numids.npz", ids=np.array([1])), "ids is int64"),
+        "no classes": (_npz(tmp_path / "none.npz", matrix=np.zeros((0, 0), np.int64), class_names=np.array([])),
+                       "damaged confusion matrix"),
+        "huge counts": (_npz(tmp_path / "huge.npz", matrix=np.full((19, 19), 2 ** 58, np.int64)), "in all"),
         "pickle": (pickled, "is not a confusion file"),
         "npy": (npy, "not an .npz archive"),
         "fifo": (tmp_path / "fifo.npz", "is a FIFO, not a regular file"),
@@ -428,10 +438,16 @@ def test_merge_refuses_damaged_shards(tmp_path):
     other = _npz(tmp_path / "other.npz", ids=np.array(["b"]), class_names=np.array(["x"] * 19))
     with pytest.raises(UserError, match="different classes"):
         metrics.merge_files([str(good), str(other)])
+    big = [_npz(tmp_path / "big{}.npz".format(i), ids=np.array([str(i)]), matrix=np.full((19, 19), 2 ** 44, np.int64))
+           for i in range(2)]
+    with pytest.raises(UserError, match="more than 9.01e\\+15 pixels together"):   # int64 sums would wrap later
+        metrics.merge_files([str(path) for path in big])
     out = tmp_path / "merged.json"
     result = run_script(["-m", "hrnetseg.metrics", "merge", good, tmp_path / "cut.npz", "--save_path", out])
     assert_user_error(result, "cut.npz is not a confusion file")
     assert not out.exists()
     fifo_out = run_script(["-m", "hrnetseg.metrics", "merge", good, "--save_path", tmp_path / "fifo.npz"])
     assert_user_error(fifo_out, "cannot write --save_path", "FIFO")
+    itself = run_script(["-m", "hrnetseg.metrics", "merge", good, "--save_path", good])
+    assert_user_error(itself, "--save_path {} is one of the shards".format(good))
     assert zipfile.is_zipfile(str(good))
