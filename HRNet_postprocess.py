@@ -11,8 +11,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import add_alias_flags, positive_int, run_cli
-from hrnetseg.postprocess import evaluate_folder
+from hrnetseg.cli import add_alias_flags, plain_name, positive_int, run_cli
+from hrnetseg.postprocess import OUTPUT_DTYPES, evaluate_folder
 
 
 def _output_index(text: str) -> int:
@@ -25,16 +25,22 @@ def _output_index(text: str) -> int:
     return value
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--res_path", required=True,
                         help="folder of model outputs (ais_bench's --output/--output_dirname, e.g. results/bs1)")
     parser.add_argument("--data_path", required=True,
-                        help="labels: the gtFine/<split> folder (as in the seed), or a cityscapes root")
+                        help="labels: the gtFine/<split> folder (as the ModelZoo scripts take it), or a cityscapes root")
     parser.add_argument("--save_path", default=None, help="result.json to write (default: print only)")
-    parser.add_argument("--split", default="val", help="split, when --data_path is a cityscapes root (default val)")
+    parser.add_argument("--split", default="val", type=plain_name,
+                        help="split, when --data_path is a cityscapes root (default val)")
     parser.add_argument("--output_index", type=_output_index, default=None,
                         help="ais_bench's 0-based output number: 0 = aux, 1 = main (default: main, or the only one)")
+    parser.add_argument("--output_dtype", choices=OUTPUT_DTYPES, default=None,
+                        help="what the output files hold: float16 for an .om built with fp16 outputs (atc "
+                             "--output_type=FP16). Default: the .npy header, else the runner's "
+                             "<res_path>_summary.json, else float32 (a .bin of exactly float16's size is read "
+                             "as float16, with a note). Sources that disagree are an error")
     parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     parser.add_argument("--save_vis", default=None, metavar="DIR",
                         help="write <id>_color.png (Cityscapes palette) and <id>_overlay.png (over the photo)")
@@ -43,13 +49,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
     parser.add_argument("--allow_missing", action="store_true",
-                        help="evaluate the labels that have outputs and list the others, instead of stopping")
+                        help="evaluate the labels that have outputs and list the others (and labels that are not "
+                             "regular files), instead of stopping")
     add_alias_flags(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     evaluate_folder(args.res_path, args.data_path, output_index=args.output_index, split=args.split,
                     workers=args.workers, save_path=args.save_path, save_vis=args.save_vis,
                     save_pred=args.save_pred, save_confusion=args.save_confusion,
-                    allow_missing=args.allow_missing)
+                    allow_missing=args.allow_missing, output_dtype=args.output_dtype)
     return 0
 
 

@@ -12,6 +12,8 @@ import argparse
 import json
 import os
 import sys
+import zipfile
+import zlib
 from functools import lru_cache
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -19,9 +21,14 @@ import numpy as np
 
 from .cityscapes import CLASS_NAMES, IGNORE, NUM_CLASSES
 from .cli import UserError, add_alias_flags, progress, run_cli
-from .files import write_bytes_atomic, write_text_atomic
+from .files import check_output_file, require_file, write_bytes_atomic, write_text_atomic
+from .locks import output_lock
 
 TITLE = "overall statistical evaluation"
+SHARD_KEYS = ("matrix", "images", "ids", "skipped", "class_names")  # the arrays of a --save_confusion file
+# more pixels than any data set has (Cityscapes val: 1e9); below it int64 sums cannot overflow and float64
+# sums are exact
+MAX_PIXELS = float(2 ** 53)
 
 # --- upsample + argmax, exactly as torch computes it -----------------------------------------------
 #
@@ -122,6 +129,15 @@ def logits_to_labels(logits: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     logits = np.ascontiguousarray(logits, dtype=np.float32)
     if logits.ndim != 3 or logits.shape[0] > 255:
         raise ValueError("expected C x h x w logits with C < 256, got shape {}".format(logits.shape))
+    if logits.size and not (np.isfinite(logits.min()) and np.isfinite(logits.max())):  # both propagate NaN
+        raise ValueError("logits contain NaN or infinite values")
+    # finite logits near float32's limits may overflow to inf in a blend or a difference (inf - inf: NaN),
+    # which only decides between classes that are all far above the rest; numpy's warnings would be noise
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _labels(logits, out_h, out_w)
+
+
+def _labels(logits: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     _, h, w = logits.shape
     y0, y1, wy0, wy1 = axis_weights(h, out_h)
     x0, x1, wx0, wx1 = axis_weights(w, out_w)
@@ -130,8 +146,6 @@ def logits_to_labels(logits: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     col_next = np.minimum(np.arange(w) + 1, w - 1) if out_w != w else np.arange(w)
 
     label, best, safe = _argmax_with_margin(logits)
-    if not np.isfinite(best).all():  # the max propagates NaN
-        raise ValueError("logits contain NaN or infinite values")
     below, right, diag = label[row_next], label[:, col_next], label[row_next][:, col_next]
     agree = (label == below) & (label == right) & (label == diag)
     agree &= safe & safe[row_next] & safe[:, col_next] & safe[row_next][:, col_next]
@@ -316,10 +330,15 @@ class ConfusionMatrix(object):
         if other.num_classes != self.num_classes:
             raise UserError("cannot merge a {}-class matrix into a {}-class one".format(other.num_classes,
                                                                                      self.num_classes))
+        if other.class_names != self.class_names:
+            raise UserError("cannot merge matrices of different classes ({} ... against {} ...)".format(
+                ", ".join(other.class_names[:3]), ", ".join(self.class_names[:3])))
         twice = sorted(set(self.ids) & set(other.ids))
         if twice:
             raise UserError("{} image(s) appear in two shards, e.g. {}: they would count twice".format(
                 len(twice), ", ".join(twice[:3])))
+        if _total(self.matrix) + _total(other.matrix) > MAX_PIXELS:
+            raise UserError("the shards hold more than {:.3g} pixels together: not pixel counts".format(MAX_PIXELS))
         self.matrix += other.matrix
         self.images += other.images
         self.ids = sorted(self.ids + other.ids)
@@ -343,23 +362,52 @@ class ConfusionMatrix(object):
 
     @classmethod
     def load(cls, path: str) -> "ConfusionMatrix":
-        if not os.path.isfile(path):
-            raise UserError("confusion file not found: {}".format(path))
+        """A shard written by `save`; any other file (not a zip, keys missing, wrong dtypes or shapes, negative
+        counts, ids that do not match the image count, pickled objects) is a one-line UserError."""
+        require_file(path, "confusion file")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                matrix = np.asarray(data["matrix"], dtype=np.int64)
-                images = int(data["images"])
-                ids = [str(v) for v in data["ids"]]
-                skipped = [str(v) for v in data["skipped"]]
-                names = tuple(str(v) for v in data["class_names"])
-        except (OSError, ValueError, KeyError) as exc:
+            with open(path, "rb") as fh:
+                data = np.load(fh, allow_pickle=False)
+                if not hasattr(data, "files"):  # an .npy: np.load gave the array itself
+                    raise ValueError("an .npy array, not an .npz archive")
+                absent = [key for key in SHARD_KEYS if key not in data.files]
+                if absent:
+                    raise ValueError("no {}".format(", ".join(absent)))
+                fields = {key: np.asarray(data[key]) for key in SHARD_KEYS}
+        except (OSError, ValueError, TypeError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise UserError("{} is not a confusion file written by --save_confusion ({})".format(
-                path, " ".join(str(exc).split())))
-        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(names):
-            raise UserError("{} holds a damaged confusion matrix of shape {}".format(path, matrix.shape))
-        shard = cls(matrix.shape[0], names)
-        shard.matrix, shard.images, shard.ids, shard.skipped = matrix, images, ids, skipped
+                path, " ".join(str(exc).split()) or type(exc).__name__))
+        return cls._from_fields(path, fields)
+
+    @classmethod
+    def _from_fields(cls, path: str, fields: dict) -> "ConfusionMatrix":
+        matrix, images = fields["matrix"], fields["images"]
+        texts = {}
+        for key in ("ids", "skipped", "class_names"):
+            if fields[key].ndim != 1 or (fields[key].size and fields[key].dtype.kind != "U"):
+                raise UserError("{} holds a damaged confusion file: {} is {} {}, expected a list of names".format(
+                    path, key, fields[key].dtype, fields[key].shape))
+            texts[key] = [str(v) for v in fields[key]]
+        if matrix.dtype.kind not in "iu" or matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] \
+                or matrix.shape[0] != len(texts["class_names"]) or not matrix.size:
+            raise UserError("{} holds a damaged confusion matrix: {} {} for {} class names".format(
+                path, matrix.dtype, matrix.shape, len(texts["class_names"])))
+        if int(matrix.min()) < 0 or _total(matrix) > MAX_PIXELS:
+            raise UserError("{} holds a damaged confusion matrix: counts from {} to {}, {:.3g} in all".format(
+                path, matrix.min(), matrix.max(), _total(matrix)))
+        if images.dtype.kind not in "iu" or images.shape != () or int(images) != len(texts["ids"]):
+            raise UserError("{} holds a damaged confusion file: images {} but {} image ids".format(
+                path, images.tolist(), len(texts["ids"])))
+        if len(set(texts["ids"])) != len(texts["ids"]):
+            raise UserError("{} lists an image twice".format(path))
+        shard = cls(matrix.shape[0], texts["class_names"])
+        shard.matrix = matrix.astype(np.int64)
+        shard.images, shard.ids, shard.skipped = int(images), texts["ids"], texts["skipped"]
         return shard
+
+
+def _total(matrix: np.ndarray) -> float:
+    return float(matrix.sum(dtype=np.float64))
 
 
 def _fraction(numerator: float, denominator: float) -> Optional[float]:
@@ -434,7 +482,7 @@ def merge_files(paths: Sequence[str]) -> ConfusionMatrix:
     return total
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hrnetseg.metrics",
                                      description="Work with the confusion files of HRNet_postprocess.py.")
     commands = parser.add_subparsers(dest="command")
@@ -442,12 +490,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     merge.add_argument("files", nargs="+", help="the .npz files of the shards")
     merge.add_argument("--save_path", required=True, help="result.json to write")
     add_alias_flags(merge)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "merge":
         parser.error("choose a command: merge")
-    result = merge_files(args.files).compute()
-    print(format_table(result))
-    write_result(args.save_path, result)
+    check_output_file(args.save_path, "--save_path")
+    if any(os.path.realpath(path) == os.path.realpath(args.save_path) for path in args.files):
+        raise UserError("--save_path {} is one of the shards: give another name".format(args.save_path))
+    with output_lock(args.save_path):
+        result = merge_files(args.files).compute()
+        print(format_table(result))
+        write_result(args.save_path, result)
     print("merged {} files ({} images) into {}".format(len(args.files), result["images"], args.save_path))
     return 0
 

@@ -136,9 +136,14 @@ def test_aux_output_and_single_output_models(cli_run, sample_data_root, sample_r
     assert "aux" in messages[0] and aux["confusion_matrix"] != cli_run["result"]["confusion_matrix"]
     only = _copy_outputs(sample_results_path, tmp_path / "one", lambda sid, index: "{}_0.bin".format(sid),
                          indices=(1,))
-    messages = []
-    single = postprocess.evaluate_folder(str(only), data, workers=1, log=messages.append)
-    assert single == cli_run["result"] and "only output" in messages[0]
+    messages, warnings = [], []
+    single = postprocess.evaluate_folder(str(only), data, workers=1, log=messages.append, warn=warnings.append)
+    assert single == cli_run["result"]  # evaluated, but said to be the aux head's: ais_bench names it _0
+    assert messages[0].endswith(": evaluating output 0, the AUX head (no main output _1 files found)")
+    assert len(warnings) == 1 and "only the auxiliary head's outputs" in warnings[0]
+    warnings = []
+    postprocess.evaluate_folder(str(only), data, output_index=0, workers=1, log=_quiet, warn=warnings.append)
+    assert warnings == []  # asked for on purpose
     with pytest.raises(UserError, match="no output 1"):
         postprocess.evaluate_folder(str(only), data, output_index=1, log=_quiet)
     with pytest.raises(UserError, match="no output 2"):
@@ -200,9 +205,9 @@ def test_unreadable_label_mid_run_leaves_nothing(sample_data_root, sample_result
     out, vis, pred = tmp_path / "result.json", tmp_path / "vis", tmp_path / "pred"
     result = run_script([SCRIPT, "--res_path", sample_results_path, "--data_path", _gt_dir(data), "--save_path", out,
                          "--save_vis", vis, "--save_pred", pred, "--workers", "1"])
-    assert_user_error(result, "cannot read label", broken)
+    assert_user_error(result, "label {} cannot be decoded".format(broken))
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
-    assert not out.exists() and os.listdir(str(vis)) == [] and os.listdir(str(pred)) == []
+    assert not out.exists() and not vis.exists() and not pred.exists()  # the folders it made went too
 
 
 def test_nan_output_is_named(sample_data_root, sample_results_path, tmp_path):
