@@ -122,7 +122,10 @@ def _init_worker(parent_pid: int) -> None:
 def _die_with_parent(parent_pid: int) -> None:
     """Have the kernel SIGKILL this worker when its parent dies (Linux), so that a killed run leaves no orphan
     that goes on writing bins from the tasks still queued in the pipe; exit now if the parent is already gone
-    (it died before the request was made)."""
+    (it died before the request was made).
+
+    The kernel's "parent" is the forking thread: the pool's thread that replaces a crashed worker ends with
+    the pool, which is when the workers are stopped anyway."""
     if sys.platform.startswith("linux"):
         import ctypes
 

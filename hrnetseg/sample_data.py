@@ -24,6 +24,7 @@ from .files import make_output_folder, remove_quietly, write_bytes_atomic
 
 CITIES = ("frankfurt", "lindau", "munster")
 MIN_HEIGHT, MIN_WIDTH = 64, 128
+MAX_HEIGHT, MAX_WIDTH = 4096, 8192   # twice Cityscapes each way; a scene takes about 40 bytes a pixel to make
 SEED_LIMIT = 2 ** 32   # numpy's RandomState takes seeds 0 .. 2**32 - 1
 
 _ID = {lab.name: lab.id for lab in LABELS}
@@ -168,6 +169,9 @@ def generate(root: str, n: int = 4, height: int = 1024, width: int = 2048, seed:
     if height < MIN_HEIGHT or width < MIN_WIDTH:
         raise UserError("sample images must be at least {}x{} (height x width), got {}x{}".format(
             MIN_HEIGHT, MIN_WIDTH, height, width))
+    if height > MAX_HEIGHT or width > MAX_WIDTH:
+        raise UserError("sample images must be at most {}x{} (height x width), got {}x{}".format(
+            MAX_HEIGHT, MAX_WIDTH, height, width))
     if n < 1:
         raise UserError("--n must be at least 1, got {}".format(n))
     check_seed(seed)

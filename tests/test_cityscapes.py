@@ -130,6 +130,9 @@ def test_sample_data_cli(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(cityscapes.find_images(str(tmp_path / "data"))) == 2
     assert_user_error(run_script(["-m", "hrnetseg.sample_data", tmp_path / "x", "--height", "32"]), "at least")
+    with pytest.raises(UserError, match="at most 4096x8192"):     # not a MemoryError traceback
+        sample_data.generate(str(tmp_path / "huge"), n=1, height=100000, width=200000)
+    assert not (tmp_path / "huge").exists()
 
 
 def test_damaged_pngs_are_refused_quietly(sample_data_root, tmp_path, capfd):
