@@ -257,7 +257,12 @@ def read_image(path: str, flags: int) -> Optional[np.ndarray]:
 
 def unreadable_reason(path: str) -> str:
     """Why read_image gave None, in words, for error messages."""
-    return not_regular_reason(path) or "cannot be decoded (empty, corrupt, truncated or not an image)"
+    reason = not_regular_reason(path)
+    if reason is not None:
+        return reason
+    if not os.access(path, os.R_OK):
+        return "cannot be read: permission denied"
+    return "cannot be decoded (empty, corrupt, truncated or not an image)"
 
 
 def image_size(path: str) -> Optional[Tuple[int, int]]:

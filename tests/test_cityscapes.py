@@ -172,3 +172,10 @@ def test_a_label_that_is_not_a_regular_file_is_found_but_never_read(sample_data_
     assert cityscapes.find_images(str(root))[0].label == label
     assert cityscapes.read_image(label, cv2.IMREAD_UNCHANGED) is None and cityscapes.image_size(label) is None
     assert cityscapes.unreadable_reason(label) == "is a FIFO, not a regular file"
+
+
+def test_unreadable_reason_says_permission_denied(sample_data_root, monkeypatch):
+    image = cityscapes.find_images(str(sample_data_root))[0].image
+    assert cityscapes.unreadable_reason(image).startswith("cannot be decoded")
+    monkeypatch.setattr(cityscapes.os, "access", lambda path, mode: False)   # as a user without read access
+    assert cityscapes.unreadable_reason(image) == "cannot be read: permission denied"
