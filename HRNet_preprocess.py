@@ -10,25 +10,34 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import add_alias_flags, positive_int, run_cli
+from hrnetseg.cli import add_alias_flags, plain_name, positive_int, run_cli
 from hrnetseg.preprocess import DTYPES, preprocess
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src_path", required=True,
-                        help="the folder holding cityscapes/ (the seed's ./data) or the cityscapes folder itself")
-    parser.add_argument("--save_path", required=True, help="output folder (created; a rerun resumes)")
-    parser.add_argument("--split", default="val", help="leftImg8bit split to convert (default val)")
+                        help="the folder holding cityscapes/ (the ModelZoo scripts' ./data) or the cityscapes "
+                             "folder itself")
+    parser.add_argument("--save_path", required=True,
+                        help="output folder (created; a rerun resumes, redoing the bins of changed images; "
+                             "locked by <save_path>.lock while the run lasts)")
+    parser.add_argument("--split", type=plain_name, default="val",
+                        help="leftImg8bit split to convert, a folder name (default val)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="float32: the upstream transform (the seed's format); float16: the same, rounded; "
-                             "uint8: raw RGB pixels for models that normalize inside (4x smaller)")
+                        help="float32: the upstream transform (the ModelZoo scripts' format); float16: the same, "
+                             "rounded; uint8: raw RGB pixels for models that normalize inside (4x smaller)")
     parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     parser.add_argument("--limit", type=positive_int, default=None, help="convert only the first N images (by id)")
     parser.add_argument("--skip_bad", action="store_true",
-                        help="leave out unreadable images and list them at the end instead of stopping")
+                        help="leave out unreadable images (and anything at an image's name that is not a regular "
+                             "file) and list them at the end instead of stopping")
     add_alias_flags(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     preprocess(args.src_path, args.save_path, split=args.split, dtype=args.dtype, workers=args.workers,
                limit=args.limit, skip_bad=args.skip_bad)
     return 0

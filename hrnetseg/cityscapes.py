@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import struct
+import warnings
 import zlib
 from collections import namedtuple
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -14,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .cli import UserError
-from .files import not_regular_reason
+from .files import not_regular_reason, require_folder
 
 Label = namedtuple("Label", ["name", "id", "train_id", "color"])
 
@@ -86,7 +87,7 @@ NORMALIZATION = {"mean": list(MEAN), "std": list(STD), "scale": 255.0, "channel_
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
-# Stems other tools give the same image (the seed named bins after the label file).
+# Stems other tools give the same image (the ModelZoo scripts named bins after the label file).
 ID_SUFFIXES = ("_leftImg8bit", "_gtFine_labelIds", "_gtFine_labelTrainIds", "_labelIds")
 
 
@@ -134,23 +135,31 @@ Sample = namedtuple("Sample", ["id", "image", "label"])
 
 
 def image_patterns(data: str, split: str) -> List[str]:
-    """Where images are looked for: DATA holding `cityscapes/` (the seed's ./data) or the cityscapes folder."""
+    """Where images are looked for: DATA holding `cityscapes/` (the ModelZoo scripts' ./data) or the cityscapes
+    folder. The given names are taken literally (a folder called `data[1]` or a split `*` is no pattern)."""
+    data, split = glob.escape(data), glob.escape(split)
     return [os.path.join(data, "cityscapes", "leftImg8bit", split, "*", "*" + IMAGE_SUFFIX),
             os.path.join(data, "leftImg8bit", split, "*", "*" + IMAGE_SUFFIX)]
 
 
-def _first_match(path: str, patterns: Sequence[str], what: str) -> List[str]:
+def _first_match(path: str, patterns: Sequence[str], what: str, hint: str = "") -> List[str]:
     """The files of the first pattern that matches anything, sorted; UserError naming the patterns if none."""
-    if not os.path.exists(path):
-        raise UserError("{} folder not found: {}".format(what, path))
-    if not os.path.isdir(path):
-        raise UserError("{} path is not a folder: {}".format(what, path))
+    require_folder(path, "{} folder".format(what))
     for pattern in patterns:
         paths = sorted(glob.glob(pattern))
         if paths:
             return paths
-    raise UserError("no {}s found under {}: searched {}".format(
-        "image" if what == "data" else what, path, " and ".join(patterns)))
+    raise UserError("no {}s found under {}: searched {}{}".format(
+        "image" if what == "data" else what, path, " and ".join(patterns), hint))
+
+
+def _labels_only_hint(data: str) -> str:
+    """For a tree with gtFine but no leftImg8bit: the photos are a download of their own."""
+    for root in (os.path.join(data, "cityscapes"), data):
+        if os.path.isdir(os.path.join(root, "gtFine")) and not os.path.isdir(os.path.join(root, "leftImg8bit")):
+            return " ({} holds gtFine labels but no leftImg8bit folder: the photos come in a separate download, " \
+                   "leftImg8bit_trainvaltest.zip)".format(root)
+    return ""
 
 
 def _by_id(paths: Sequence[str], suffix: str) -> Dict[str, str]:
@@ -165,19 +174,22 @@ def _by_id(paths: Sequence[str], suffix: str) -> Dict[str, str]:
 
 def find_images(data: str, split: str = "val") -> List[Sample]:
     """Images of a split, sorted by id, each with its label path (None when there is no label)."""
-    images = _by_id(_first_match(data, image_patterns(data, split), "data"), IMAGE_SUFFIX)
+    images = _by_id(_first_match(data, image_patterns(data, split), "data", _labels_only_hint(data)), IMAGE_SUFFIX)
     samples = []
     for sample_id in sorted(images):
         city_dir = os.path.dirname(images[sample_id])
         root = os.path.dirname(os.path.dirname(os.path.dirname(city_dir)))
         label = os.path.join(root, "gtFine", split, os.path.basename(city_dir), sample_id + LABEL_SUFFIX)
-        samples.append(Sample(sample_id, images[sample_id], label if os.path.isfile(label) else None))
+        # anything at the label's name counts as its label: a reader then names what is wrong with it (a FIFO,
+        # a broken link), where "no label" would send the user looking in the wrong place
+        samples.append(Sample(sample_id, images[sample_id], label if os.path.lexists(label) else None))
     return samples
 
 
 def label_patterns(path: str, split: str = "val") -> List[str]:
-    """Where labels are looked for: the gtFine/<split> folder (the seed's --data_path), one city's folder,
-    a cityscapes root, or the folder holding `cityscapes/`."""
+    """Where labels are looked for: the gtFine/<split> folder (the ModelZoo scripts' --data_path), one city's folder,
+    a cityscapes root, or the folder holding `cityscapes/`. The given names are taken literally."""
+    path, split = glob.escape(path), glob.escape(split)
     return [os.path.join(path, "*", "*" + LABEL_SUFFIX),
             os.path.join(path, "*" + LABEL_SUFFIX),
             os.path.join(path, "gtFine", split, "*", "*" + LABEL_SUFFIX),
@@ -245,7 +257,12 @@ def read_image(path: str, flags: int) -> Optional[np.ndarray]:
 
 def unreadable_reason(path: str) -> str:
     """Why read_image gave None, in words, for error messages."""
-    return not_regular_reason(path) or "cannot be decoded (empty, corrupt, truncated or not an image)"
+    reason = not_regular_reason(path)
+    if reason is not None:
+        return reason
+    if not os.access(path, os.R_OK):
+        return "cannot be read: permission denied"
+    return "cannot be decoded (empty, corrupt, truncated or not an image)"
 
 
 def image_size(path: str) -> Optional[Tuple[int, int]]:
@@ -256,8 +273,11 @@ def image_size(path: str) -> Optional[Tuple[int, int]]:
     if not_regular_reason(path) is not None:
         return None
     try:
-        with Image.open(path) as image:
-            width, height = image.size
+        with warnings.catch_warnings():
+            # a header claiming a huge size is answered by the decoder later, in one line, not by a warning here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
     except Exception:  # PIL raises many types for broken files
         return None
     return height, width

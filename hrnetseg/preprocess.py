@@ -1,12 +1,14 @@
 """Cityscapes images -> model input files: one `<id>.bin` (C-order 3 x H x W) per image plus manifest.json.
 
-Parallel (one worker per core), resumable (a rerun skips finished files made with the same settings and
-refuses to mix settings in one folder) and atomic (each file is written under a temporary name and
-renamed, so an interrupted run leaves no partial `.bin`).
+Parallel (one worker per core), resumable (a rerun skips finished files made with the same settings from
+an unchanged image, and refuses to mix settings in one folder), atomic (each file is written under a
+temporary name and renamed, so an interrupted run leaves no partial `.bin`) and single-writer (the run
+holds `<save_path>.lock`; a second run into the same folder stops at once).
 Atlas-side module: numpy, opencv, pillow and tqdm only, valid Python 3.7.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import itertools
@@ -22,11 +24,15 @@ import numpy as np
 
 from . import cityscapes
 from .cli import UserError, progress
-from .files import atomic_path, write_text_atomic
+from .files import (atomic_path, make_output_folder, not_regular_reason, remove_stale_temporaries,
+                    write_text_atomic)
+from .locks import output_lock
 
 DTYPES = ("float32", "float16", "uint8")
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "hrnetseg-preprocess"
+# 2: "sources" records each image's signature (see source_signature); bins of a version 1 manifest are redone
+MANIFEST_VERSION = 2
 # What makes two runs compatible: files of one folder must agree on all of these.
 SETTINGS = ("shape", "dtype", "layout", "normalization", "split", "source")
 REQUIRED_KEYS = ("ids", "shape", "dtype", "layout", "normalization", "split")
@@ -105,8 +111,30 @@ def _write_array(path: str, array: np.ndarray) -> None:
     _written_here += 1
 
 
-def _init_worker() -> None:
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+
+
+def _init_worker(parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    _die_with_parent(parent_pid)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this worker when its parent dies (Linux), so that a killed run leaves no orphan
+    that goes on writing bins from the tasks still queued in the pipe; exit now if the parent is already gone
+    (it died before the request was made).
+
+    The kernel's "parent" is the forking thread: the pool's thread that replaces a crashed worker ends with
+    the pool, which is when the workers are stopped anyway."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 @contextlib.contextmanager
@@ -131,15 +159,20 @@ def _pool_context():
     return multiprocessing.get_context()
 
 
+def _size_mismatch(image: np.ndarray, reference: str) -> str:
+    return "is {}x{} but {} (the model takes one size)".format(image.shape[0], image.shape[1], reference)
+
+
 def _process(task):
-    """Convert and write one image; returns ("ok", id) or ("bad", id, path, why) or ("fatal", message)."""
-    sample_id, image_path, out_path, dtype, shape = task
+    """Convert and write one image; returns ("ok", id) or ("bad", id, path, why) or ("fatal", message).
+
+    `reference` says which size all images must have, and why (see common_shape)."""
+    sample_id, image_path, out_path, dtype, shape, reference = task
     image, order = read_rgb(image_path)
     if image is None:
-        return ("bad", sample_id, image_path, "cannot be decoded (corrupt, truncated or not an image)")
+        return ("bad", sample_id, image_path, cityscapes.unreadable_reason(image_path))
     if image.shape[:2] != tuple(shape):
-        return ("bad", sample_id, image_path, "is {}x{} but the first image is {}x{} (the model takes one size)".format(
-            image.shape[0], image.shape[1], shape[0], shape[1]))
+        return ("bad", sample_id, image_path, _size_mismatch(image, reference))
     try:
         _write_array(out_path, convert(image, dtype, order))
     except UserError as exc:
@@ -150,23 +183,94 @@ def _process(task):
 # --- the manifest ---------------------------------------------------------------------------------
 
 def read_manifest(folder: str, require_complete: bool = True) -> dict:
-    """The manifest of a preprocessed folder; UserError when it is absent, unreadable or (by default) unfinished."""
+    """The manifest of a preprocessed folder; UserError when it is absent, unreadable, damaged or (by default)
+    unfinished."""
     path = os.path.join(folder, MANIFEST)
-    if not os.path.isfile(path):
+    reason = not_regular_reason(path)
+    if reason == "not found":
         raise UserError("no {} in {}: make the folder with HRNet_preprocess.py".format(MANIFEST, folder))
+    if reason is not None:
+        raise UserError("{} {}".format(path, reason))
     try:
         with open(path, "r", encoding="utf-8") as fh:
             manifest = json.load(fh)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:   # ValueError: not JSON, not UTF-8
         raise UserError("cannot read {}: {}".format(path, exc))
-    if not isinstance(manifest, dict) or any(key not in manifest for key in REQUIRED_KEYS):
-        raise UserError("{} is not a preprocess manifest (needs keys {})".format(path, ", ".join(REQUIRED_KEYS)))
-    if manifest["dtype"] not in DTYPES or not isinstance(manifest["ids"], list) or len(manifest["shape"]) != 3:
-        raise UserError("{} is damaged: bad dtype, ids or shape".format(path))
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise UserError("{} is not a usable preprocess manifest: {}; remake the folder with HRNet_preprocess.py "
+                        "(into an empty --save_path)".format(path, problem))
     if require_complete and not manifest.get("complete", True):
         raise UserError("the preprocess of {} did not finish: rerun HRNet_preprocess.py with the same flags".format(
             folder))
     return manifest
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_plain_id(value) -> bool:
+    """An image id is a file name stem: a bin path is made from it, so no folder parts."""
+    return (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\0" not in value
+            and os.sep not in value and not (os.altsep and os.altsep in value))
+
+
+def _id_list_problem(key: str, value) -> Optional[str]:
+    if not isinstance(value, list):
+        return "{} is not a list".format(key)
+    odd = [v for v in value if not _is_plain_id(v)]
+    if odd:
+        return "{} holds {!r}, not an image id".format(key, odd[0])
+    if len(set(value)) != len(value):
+        return "{} lists an image twice".format(key)
+    return None
+
+
+def _sources_problem(sources) -> Optional[str]:
+    if not isinstance(sources, dict):
+        return "sources is not an object"
+    for key, value in sources.items():
+        if not _is_plain_id(key):
+            return "sources holds {!r}, not an image id".format(key)
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 0 for v in value)):
+            return "sources[{!r}] is not [size, modification time in ns]".format(key)
+    return None
+
+
+def manifest_problem(manifest) -> Optional[str]:
+    """What is wrong with a parsed manifest, in words; None when the tools can rely on it."""
+    if not isinstance(manifest, dict):
+        return "it holds a JSON {} instead of an object".format(type(manifest).__name__)
+    if manifest.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+        return "format is {!r}, not {!r}".format(manifest["format"], MANIFEST_FORMAT)
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        return "key{} {} missing".format("s" if len(missing) > 1 else "", ", ".join(missing) + (
+            " are" if len(missing) > 1 else " is"))
+    shape = manifest["shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)):
+        return "shape must be 3 positive integers (C, H, W), got {}".format(json.dumps(shape))
+    if not isinstance(manifest["dtype"], str) or manifest["dtype"] not in DTYPES:
+        return "dtype must be one of {}, got {}".format(", ".join(DTYPES), json.dumps(manifest["dtype"]))
+    for key in ("layout", "split"):
+        if not isinstance(manifest[key], str):
+            return "{} is not a string".format(key)
+    if manifest["normalization"] is not None and not isinstance(manifest["normalization"], dict):
+        return "normalization is neither null nor an object"
+    if not isinstance(manifest.get("complete", True), bool):
+        return "complete is not true or false"
+    if not _is_int(manifest.get("version", 1)):
+        return "version is not an integer"
+    for key in ("ids", "skipped"):
+        problem = _id_list_problem(key, manifest.get(key, []))
+        if problem is not None:
+            return problem
+    return _sources_problem(manifest.get("sources", {}))
+
+
+def _write_manifest(out: str, manifest: dict) -> None:
+    write_text_atomic(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1) + "\n")
 
 
 def _describe(settings: dict) -> str:
@@ -179,8 +283,8 @@ def _describe(settings: dict) -> str:
 def _check_folder(out: str, settings: dict) -> Optional[dict]:
     """Refuse a folder holding bins made with other settings (or by another tool); return its manifest."""
     path = os.path.join(out, MANIFEST)
-    bins = glob.glob(os.path.join(out, "*.bin"))
-    if not os.path.exists(path):
+    bins = glob.glob(os.path.join(glob.escape(out), "*.bin"))
+    if not os.path.lexists(path):
         if bins:
             raise UserError("{} already holds {} .bin files but no {} (made by another tool?): use an empty "
                             "--save_path".format(out, len(bins), MANIFEST))
@@ -192,39 +296,93 @@ def _check_folder(out: str, settings: dict) -> Optional[dict]:
     return old
 
 
-def _remove_stale_temporaries(out: str) -> int:
-    """Temporary files of an interrupted run (the names atomic_path makes); returns how many were removed."""
-    removed = 0
-    for pattern in (".*.bin.*.tmp", "." + MANIFEST + ".*.tmp"):
-        for path in glob.glob(os.path.join(out, pattern)):
-            try:
-                os.remove(path)
-                removed += 1
-            except OSError:
-                pass
-    return removed
+# --- which bins are current -----------------------------------------------------------------------
 
+def source_signature(path: str) -> Optional[List[int]]:
+    """[size in bytes, modification time in ns] of a source image; None when it cannot be examined.
 
-def _make_output_folder(out: str) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError("--save_path {} exists and is not a folder".format(out))
+    A bin is current while its image keeps the signature recorded when the bin was made: rewriting or
+    touching the image changes it, and the next run redoes the bin."""
     try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise UserError("cannot create output folder {}: {}".format(out, exc.strerror or exc))
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError("cannot write to output folder {}: permission denied".format(out))
+        info = os.stat(path)
+    except OSError:
+        return None
+    return [int(info.st_size), int(info.st_mtime_ns)]
 
 
-def _first_shape(samples, skip_bad: bool):
-    for sample in samples:
-        size = cityscapes.image_size(sample.image)
-        if size is not None:
-            return size
-        if not skip_bad:
-            raise UserError("cannot read image {} (corrupt, truncated or not an image); --skip_bad skips such "
-                            "files".format(sample.image))
-    raise UserError("none of the {} images can be read".format(len(samples)))
+def recorded_sources(manifest: Optional[dict]) -> Dict[str, List[int]]:
+    """id -> signature the bin was made from; empty for a manifest from before signatures (version 1), whose
+    bins therefore all count as stale."""
+    if not manifest or manifest.get("version", 1) < 2:
+        return {}
+    return dict(manifest.get("sources", {}))
+
+
+def _finished_ids(out: str, file_bytes: int) -> set:
+    """Ids of the bins in `out` that are regular files of the right size."""
+    done = set()
+    for path in glob.glob(os.path.join(glob.escape(out), "*.bin")):
+        try:
+            if os.path.isfile(path) and os.path.getsize(path) == file_bytes:
+                done.add(os.path.basename(path)[:-4])
+        except OSError:
+            pass
+    return done
+
+
+def _remove_bins(out: str, ids) -> None:
+    for sample_id in sorted(ids):
+        path = os.path.join(out, sample_id + ".bin")
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise UserError("cannot remove the outdated {}: {}".format(path, exc.strerror or exc))
+
+
+# --- checks before the work -----------------------------------------------------------------------
+
+def common_shape(samples, skip_bad: bool) -> Tuple[Tuple[int, int], str]:
+    """((height, width), description) of the size the images have, from their headers (cheap), before any work.
+
+    The model takes one size: the most common one is the reference (one odd or undecodable file among the
+    first must not set it for all). Without skip_bad, an image whose header cannot be read or whose size
+    differs stops the run here; with skip_bad those are left out by the conversion, which names them.
+    """
+    sizes = [(sample, cityscapes.image_size(sample.image)) for sample in samples]
+    if not skip_bad:
+        for sample, size in sizes:
+            if size is None:
+                raise UserError("cannot use image {}: {}; --skip_bad skips such files".format(
+                    sample.image, cityscapes.unreadable_reason(sample.image)))
+    counts = collections.Counter(size for _, size in sizes if size is not None)
+    if not counts:
+        raise UserError("none of the {} images can be read (e.g. {}: {})".format(
+            len(samples), samples[0].image, cityscapes.unreadable_reason(samples[0].image)))
+    shape, count = counts.most_common(1)[0]   # ties: the size seen first
+    reference = "{} of the {} images are {}x{}".format(count, len(samples), shape[0], shape[1])
+    if not skip_bad:
+        for sample, size in sizes:
+            if size != shape:
+                raise UserError("cannot use image {}: is {}x{} but {} (the model takes one size); --skip_bad "
+                                "skips such files".format(sample.image, size[0], size[1], reference))
+    return shape, reference
+
+
+def size_text(size: float) -> str:
+    """A byte count in the largest decimal unit that keeps the figure at 1 or more: "3.1 MB", "512 bytes"."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return "{:.1f} {}".format(size / scale, unit)
+    return "{} bytes".format(int(size))
+
+
+def _check_free_space(out: str, needed: int) -> None:
+    free = shutil.disk_usage(out).free
+    if needed > free:
+        raise UserError("not enough disk space in {}: {} needed, {} free ({} short)".format(
+            out, size_text(needed), size_text(free), size_text(needed - free)))
 
 
 # --- the step -------------------------------------------------------------------------------------
@@ -234,69 +392,79 @@ def preprocess(src_path: str, save_path: str, split: str = "val", dtype: str = "
                log: Callable[[str], None] = print) -> dict:
     """Write `<id>.bin` for every image of the split (the first `limit`), then the manifest; returns it.
 
-    Files already in save_path with the right size and the same settings are kept; a different setting
-    is an error. Unreadable images are an error, or with skip_bad are left out and listed.
+    Files already in save_path with the right size, the same settings and made from the image as it is now
+    are kept; a bin whose image changed is redone; a different setting is an error. Unreadable images are
+    an error, or with skip_bad are left out and listed. The run holds `<save_path>.lock` throughout.
     """
     if dtype not in DTYPES:
         raise UserError("--dtype must be one of {}, got {}".format(", ".join(DTYPES), dtype))
+    if not save_path:
+        raise UserError("--save_path is empty")
     samples = cityscapes.find_images(src_path, split)
     if limit is not None:
         samples = samples[:limit]
-    height, width = _first_shape(samples, skip_bad)
+    (height, width), reference = common_shape(samples, skip_bad)
     settings = settings_for((3, height, width), dtype, split, dataset_root(samples[0].image))
+    make_output_folder(save_path, "--save_path")   # before the lock: its messages name a bad --save_path
+    with output_lock(save_path):
+        old = _check_folder(save_path, settings)
+        remove_stale_temporaries(save_path)
+        return _convert_all(samples, save_path, settings, old, reference, workers, skip_bad, log)
+
+
+def _convert_all(samples, out: str, settings: dict, old: Optional[dict], reference: str,
+                 workers: Optional[int], skip_bad: bool, log: Callable[[str], None]) -> dict:
+    _, height, width = settings["shape"]
+    dtype = settings["dtype"]
     file_bytes = 3 * height * width * np.dtype(dtype).itemsize
-
-    _make_output_folder(save_path)
-    old = _check_folder(save_path, settings)
-    _remove_stale_temporaries(save_path)
     wanted = {s.id for s in samples}   # the manifest lists this run's images, not every bin in the folder
-    done = _finished_ids(save_path, file_bytes) & wanted
+    signatures = {s.id: source_signature(s.image) for s in samples}
+    recorded = recorded_sources(old)
+    present = _finished_ids(out, file_bytes) & wanted
+    done = {i for i in present if signatures[i] is not None and recorded.get(i) == signatures[i]}
+    stale = present - done
     todo = [s for s in samples if s.id not in done]
-    _check_free_space(save_path, len(todo) * file_bytes)
+    _check_free_space(out, (len(todo) - len(stale)) * file_bytes)
 
-    manifest = dict(format=MANIFEST_FORMAT, version=1, complete=False, ids=sorted(done), **settings)
-    manifest.update(file_name="{id}.bin", bytes_per_file=file_bytes, skipped=[])
-    write_text_atomic(os.path.join(save_path, MANIFEST), json.dumps(manifest, indent=1) + "\n")
+    # Bins of images this run does not cover keep their record; those it keeps are known current.
+    sources = {i: sig for i, sig in recorded.items() if i not in wanted}
+    sources.update((i, signatures[i]) for i in done)
+    manifest = dict(format=MANIFEST_FORMAT, version=MANIFEST_VERSION, complete=False, ids=sorted(done), **settings)
+    manifest.update(file_name="{id}.bin", bytes_per_file=file_bytes, skipped=[], sources=sources)
+    # Order matters for a run killed at any point: first a manifest that lists only current bins and records
+    # nothing for the stale ones, then the stale bins go, and only then the signatures this run converts from
+    # (a bin written from here on is made from the image as it is now, or later: never older).
+    _write_manifest(out, manifest)
+    _remove_bins(out, stale)
+    sources.update((s.id, signatures[s.id]) for s in todo if signatures[s.id] is not None)
+    _write_manifest(out, manifest)
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    log("preprocess: {} images ({} {}x{}, {:.1f} MB each) -> {}; {} already there, {} worker{}".format(
-        len(samples), dtype, height, width, file_bytes / 1e6, save_path, len(samples) - len(todo), workers,
-        "" if workers == 1 else "s"))
-    bad = _run(todo, save_path, dtype, (height, width), workers, skip_bad)
+    if stale and not recorded:
+        log("note: {} predates source tracking: its {} bin{} are redone".format(
+            os.path.join(out, MANIFEST), len(stale), "" if len(stale) == 1 else "s"))
+    log("preprocess: {} images ({} {}x{}, {} each) -> {}; {} already there, {} redone as their image changed, "
+        "{} worker{}".format(len(samples), dtype, height, width, size_text(file_bytes), out, len(done), len(stale),
+                             workers, "" if workers == 1 else "s"))
+    bad = _run(todo, out, dtype, (height, width), reference, workers, skip_bad)
 
-    skipped = sorted((set(old.get("skipped", []) if old else []) & wanted) - {s.id for s in todo}
-                     | {b[0] for b in bad})
-    manifest.update(complete=True, ids=sorted(_finished_ids(save_path, file_bytes) & wanted), skipped=skipped)
-    write_text_atomic(os.path.join(save_path, MANIFEST), json.dumps(manifest, indent=1) + "\n")
-    log("wrote {} files to {} ({} already there); manifest {}".format(
-        len(todo) - len(bad), save_path, len(samples) - len(todo), os.path.join(save_path, MANIFEST)))
+    ids = sorted(_finished_ids(out, file_bytes) & wanted)
+    kept = {i: sig for i, sig in recorded.items() if i not in wanted}
+    kept.update((i, signatures[i]) for i in ids)
+    manifest.update(complete=True, ids=ids, skipped=sorted(b[0] for b in bad), sources=kept)
+    _write_manifest(out, manifest)
+    written = len(todo) - len(bad)
+    log("wrote {} file{} to {} ({} already there, {} redone as their image changed); manifest {}".format(
+        written, "" if written == 1 else "s", out, len(done), len(stale), os.path.join(out, MANIFEST)))
     if bad:
         print("skipped {} unreadable image{}: {}".format(len(bad), "" if len(bad) == 1 else "s", "; ".join(
             "{} {}".format(path, why) for _, path, why in bad)), file=sys.stderr)
     return manifest
 
 
-def _finished_ids(out: str, file_bytes: int) -> set:
-    done = set()
-    for path in glob.glob(os.path.join(out, "*.bin")):
-        try:
-            if os.path.getsize(path) == file_bytes:
-                done.add(os.path.basename(path)[:-4])
-        except OSError:
-            pass
-    return done
-
-
-def _check_free_space(out: str, needed: int) -> None:
-    free = shutil.disk_usage(out).free
-    if needed > free:
-        raise UserError("not enough disk space in {}: {:.2f} GB needed, {:.2f} GB free".format(
-            out, needed / 1e9, free / 1e9))
-
-
-def _run(todo, out: str, dtype: str, shape, workers: int, skip_bad: bool) -> List[tuple]:
+def _run(todo, out: str, dtype: str, shape, reference: str, workers: int, skip_bad: bool) -> List[tuple]:
     """Process `todo`; returns the bad images (id, path, why) when skip_bad, raises on the first otherwise."""
-    tasks = [(s.id, s.image, os.path.join(out, s.id + ".bin"), dtype, shape) for s in todo]
+    tasks = [(s.id, s.image, os.path.join(out, s.id + ".bin"), dtype, shape, reference) for s in todo]
     bad = []
     try:
         with parallel_results(_process, tasks, workers, "preprocess") as results:
@@ -309,7 +477,7 @@ def _run(todo, out: str, dtype: str, shape, workers: int, skip_bad: bool) -> Lis
                             result[2], result[3]))
                     bad.append(result[1:])
     finally:
-        _remove_stale_temporaries(out)
+        remove_stale_temporaries(out)   # a worker killed mid-write; the pool's workers have all exited here
     return sorted(bad)
 
 
@@ -366,7 +534,7 @@ def _thread_results(func, tasks: Sequence, workers: int) -> Iterator:
 
 def _process_results(func, tasks: Sequence, workers: int) -> Iterator:
     with _opencv_single_threaded():  # forked children must inherit a pool without threads
-        pool = _pool_context().Pool(workers, initializer=_init_worker)
+        pool = _pool_context().Pool(workers, initializer=_init_worker, initargs=(os.getpid(),))
     try:
         for result in pool.imap_unordered(func, tasks):
             yield result

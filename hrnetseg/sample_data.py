@@ -4,7 +4,8 @@
 
 writes DIR/cityscapes/leftImg8bit/<split>/<city>/<id>_leftImg8bit.png and
 DIR/cityscapes/gtFine/<split>/<city>/<id>_gtFine_labelIds.png. Every one of the 19 evaluated classes
-appears in every image, with a few ignored labels (ego vehicle, static, parking) around them.
+appears in every image, with a few ignored labels (ego vehicle, static, parking) around them. A run that
+fails (a full disk) removes the files and folders it made; files that were there before stay.
 Atlas-side module: numpy and opencv only, valid Python 3.7.
 """
 from __future__ import annotations
@@ -12,17 +13,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Set
 
 import cv2
 import numpy as np
 
 from .cityscapes import ID_TO_TRAIN, IMAGE_SUFFIX, LABEL_SUFFIX, LABELS, NUM_CLASSES
-from .cli import UserError, add_alias_flags, positive_int, run_cli
-from .files import write_bytes_atomic
+from .cli import UserError, add_alias_flags, plain_name, positive_int, run_cli
+from .files import make_output_folder, remove_quietly, write_bytes_atomic
 
 CITIES = ("frankfurt", "lindau", "munster")
 MIN_HEIGHT, MIN_WIDTH = 64, 128
+MAX_HEIGHT, MAX_WIDTH = 4096, 8192   # twice Cityscapes each way; a scene takes about 40 bytes a pixel to make
+SEED_LIMIT = 2 ** 32   # numpy's RandomState takes seeds 0 .. 2**32 - 1
 
 _ID = {lab.name: lab.id for lab in LABELS}
 
@@ -121,24 +124,77 @@ def _write_png(path: str, image: np.ndarray) -> None:
     write_bytes_atomic(path, data.tobytes())
 
 
-def _make_dir(path: str) -> None:
+def _missing_folders(path: str) -> List[str]:
+    """The folders os.makedirs(path) would create, outermost first."""
+    missing = []
+    folder = os.path.abspath(path)
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing[::-1]
+
+
+def _make_dir(path: str, created: Optional[List[str]] = None) -> None:
+    """os.makedirs; the folders it creates are appended to `created`."""
+    missing = _missing_folders(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise UserError("cannot create folder {}: {}".format(path, exc.strerror or exc))
+    if created is not None:
+        created.extend(missing)
+
+
+def check_seed(seed: int) -> int:
+    if not 0 <= seed < SEED_LIMIT:
+        raise UserError("--seed must be an integer from 0 to {}, got {}".format(SEED_LIMIT - 1, seed))
+    return seed
+
+
+def seed_value(text: str) -> int:
+    """argparse type for --seed."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, UserError):
+        raise argparse.ArgumentTypeError("expected an integer from 0 to {}, got {!r}".format(SEED_LIMIT - 1, text))
 
 
 def generate(root: str, n: int = 4, height: int = 1024, width: int = 2048, seed: int = 0,
              split: str = "val") -> List[str]:
-    """Write `n` scenes under root/cityscapes (the seed's ./data layout); return their ids, sorted.
+    """Write `n` scenes under root/cityscapes (the ModelZoo scripts' ./data layout); return their ids, sorted.
 
-    The same (n, height, width, seed) always gives the same files.
+    The same (n, height, width, seed) always gives the same files. When the run fails part-way, the files and
+    folders it created are removed again (files it replaced keep their new content).
     """
     if height < MIN_HEIGHT or width < MIN_WIDTH:
         raise UserError("sample images must be at least {}x{} (height x width), got {}x{}".format(
             MIN_HEIGHT, MIN_WIDTH, height, width))
+    if height > MAX_HEIGHT or width > MAX_WIDTH:
+        raise UserError("sample images must be at most {}x{} (height x width), got {}x{}".format(
+            MAX_HEIGHT, MAX_WIDTH, height, width))
     if n < 1:
         raise UserError("--n must be at least 1, got {}".format(n))
+    check_seed(seed)
+    split = _checked_split(split)
+    created_folders = _missing_folders(root)
+    make_output_folder(root, "DIR")
+    created_files = set()   # type: Set[str]
+    try:
+        return _write_scenes(root, n, height, width, seed, split, created_files, created_folders)
+    except BaseException:
+        _remove_created(created_files, created_folders)
+        raise
+
+
+def _checked_split(split: str) -> str:
+    try:
+        return plain_name(split)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError("--split: {}".format(exc))
+
+
+def _write_scenes(root: str, n: int, height: int, width: int, seed: int, split: str, created_files: Set[str],
+                  created_folders: List[str]) -> List[str]:
     ids = []
     for index in range(n):
         rng = np.random.RandomState([seed, index])
@@ -148,12 +204,26 @@ def generate(root: str, n: int = 4, height: int = 1024, width: int = 2048, seed:
         photo = scene_photo(labels, rng)
         image_dir = os.path.join(root, "cityscapes", "leftImg8bit", split, city)
         label_dir = os.path.join(root, "cityscapes", "gtFine", split, city)
-        _make_dir(image_dir)
-        _make_dir(label_dir)
-        _write_png(os.path.join(image_dir, sid + IMAGE_SUFFIX), photo)
-        _write_png(os.path.join(label_dir, sid + LABEL_SUFFIX), labels)
+        _make_dir(image_dir, created_folders)
+        _make_dir(label_dir, created_folders)
+        for path, image in ((os.path.join(image_dir, sid + IMAGE_SUFFIX), photo),
+                            (os.path.join(label_dir, sid + LABEL_SUFFIX), labels)):
+            if not os.path.lexists(path):
+                created_files.add(path)
+            _write_png(path, image)
         ids.append(sid)
     return sorted(ids)
+
+
+def _remove_created(files: Set[str], folders: Sequence[str]) -> None:
+    """Undo a failed run: its new files, then its new folders, innermost first (only if empty)."""
+    for path in files:
+        remove_quietly(path)
+    for folder in sorted(folders, key=lambda p: p.count(os.sep), reverse=True):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
 
 
 def fake_logits(train_ids: np.ndarray, rng: np.random.RandomState, noise: float = 1.5) -> np.ndarray:
@@ -207,16 +277,21 @@ def write_fake_outputs(root: str, res_dir: str, split: str = "val", naming: str 
     return written
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hrnetseg.sample_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", help="folder to write; the scenes go to DIR/cityscapes/...")
     parser.add_argument("--n", type=positive_int, default=4, help="number of images (default 4)")
     parser.add_argument("--height", type=positive_int, default=1024, help="image height (default 1024)")
     parser.add_argument("--width", type=positive_int, default=2048, help="image width (default 2048)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--split", default="val", help="split folder name (default val)")
+    parser.add_argument("--seed", type=seed_value, default=0,
+                        help="random seed, 0 to {} (default 0)".format(SEED_LIMIT - 1))
+    parser.add_argument("--split", type=plain_name, default="val", help="split folder name (default val)")
     add_alias_flags(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     ids = generate(args.dir, n=args.n, height=args.height, width=args.width, seed=args.seed, split=args.split)
     print("wrote {} synthetic {}x{} scenes to {} ({} ... {})".format(
         len(ids), args.height, args.width, os.path.join(args.dir, "cityscapes"), ids[0], ids[-1]))

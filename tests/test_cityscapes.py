@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -129,6 +130,9 @@ def test_sample_data_cli(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(cityscapes.find_images(str(tmp_path / "data"))) == 2
     assert_user_error(run_script(["-m", "hrnetseg.sample_data", tmp_path / "x", "--height", "32"]), "at least")
+    with pytest.raises(UserError, match="at most 4096x8192"):     # not a MemoryError traceback
+        sample_data.generate(str(tmp_path / "huge"), n=1, height=100000, width=200000)
+    assert not (tmp_path / "huge").exists()
 
 
 def test_damaged_pngs_are_refused_quietly(sample_data_root, tmp_path, capfd):
@@ -143,3 +147,35 @@ def test_damaged_pngs_are_refused_quietly(sample_data_root, tmp_path, capfd):
     assert cityscapes.read_image(str(tmp_path / "missing.png"), cv2.IMREAD_COLOR) is None
     assert capfd.readouterr().err == ""
     assert np.array_equal(cityscapes.read_image(sample.image, cv2.IMREAD_COLOR), cv2.imread(sample.image))
+
+
+def test_find_images_names_what_the_data_path_is(tmp_path, sample_data_root):
+    (tmp_path / "file").write_text("x")
+    os.symlink("loop", str(tmp_path / "loop"))
+    with pytest.raises(UserError, match="data folder .*file is a file, not a folder"):
+        cityscapes.find_images(str(tmp_path / "file"))
+    with pytest.raises(UserError, match="data folder .*loop is a symbolic link loop"):
+        cityscapes.find_images(str(tmp_path / "loop"))
+    labels_only = tmp_path / "labels_only" / "cityscapes"
+    shutil.copytree(str(sample_data_root / "cityscapes" / "gtFine"), str(labels_only / "gtFine"))
+    with pytest.raises(UserError, match="no images found .* holds gtFine labels but no leftImg8bit folder"):
+        cityscapes.find_images(str(tmp_path / "labels_only"))
+
+
+def test_a_label_that_is_not_a_regular_file_is_found_but_never_read(sample_data_root, tmp_path):
+    """Found, so that a reader names what it is (a FIFO) instead of calling the label missing."""
+    root = tmp_path / "data"
+    shutil.copytree(str(sample_data_root), str(root))
+    label = cityscapes.find_images(str(root))[0].label
+    os.remove(label)
+    os.mkfifo(label)
+    assert cityscapes.find_images(str(root))[0].label == label
+    assert cityscapes.read_image(label, cv2.IMREAD_UNCHANGED) is None and cityscapes.image_size(label) is None
+    assert cityscapes.unreadable_reason(label) == "is a FIFO, not a regular file"
+
+
+def test_unreadable_reason_says_permission_denied(sample_data_root, monkeypatch):
+    image = cityscapes.find_images(str(sample_data_root))[0].image
+    assert cityscapes.unreadable_reason(image).startswith("cannot be decoded")
+    monkeypatch.setattr(cityscapes.os, "access", lambda path, mode: False)   # as a user without read access
+    assert cityscapes.unreadable_reason(image) == "cannot be read: permission denied"

@@ -157,7 +157,7 @@ def test_read_manifest_errors(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
         preprocess.read_manifest(str(tmp_path))
     (tmp_path / "manifest.json").write_text(json.dumps({"ids": []}))
-    with pytest.raises(UserError, match="not a preprocess manifest"):
+    with pytest.raises(UserError, match="not a usable preprocess manifest: keys shape, .* missing"):
         preprocess.read_manifest(str(tmp_path))
 
 
@@ -281,7 +281,7 @@ def test_forked_workers_do_not_hang_after_opencv_ran(sample_data_root, tmp_path)
     """Regression: forked children that reconfigured OpenCV's thread pool after the parent had generated
     data hung forever (reproduced with this exact sequence)."""
     samples = cityscapes.find_images(str(sample_data_root))
-    tasks = [(s.id, s.image, str(tmp_path / (s.id + ".bin")), "float32", (128, 256)) for s in samples]
+    tasks = [(s.id, s.image, str(tmp_path / (s.id + ".bin")), "float32", (128, 256), samples[0].image) for s in samples]
     code = "tasks = {!r}\n".format(tasks) + FORK_AFTER_OPENCV
     result = run_script(["-c", code, Path(__file__).resolve().parents[1], tmp_path / "gen"], timeout=120)
     assert result.returncode == 0, result.stderr
