@@ -270,6 +270,7 @@ class RunsCode:
     ("folder", "is a folder, not a regular file"), ("empty", "is not a PyTorch checkpoint (an empty file)"),
     ("code_pickle", "refused by weights_only loading: Trying to load unsupported GLOBAL posix.system"),
     ("foreign_zip", "not a readable PyTorch checkpoint"), ("int_keys", "its keys must be names, found 1"),
+    ("non_tensor", "is not a state dict: 1 entry is not a tensor (epoch)"), ("empty_dict", "found an empty dict"),
 ])
 def test_hostile_checkpoint_files_get_one_line(tmp_path, kind, fragment):
     import pickle
@@ -292,6 +293,10 @@ def test_hostile_checkpoint_files_get_one_line(tmp_path, kind, fragment):
             archive.writestr("notes.txt", "hello")
     elif kind == "int_keys":
         torch.save({1: torch.zeros(1), "conv1.weight": torch.zeros(1)}, str(path))
+    elif kind == "non_tensor":
+        torch.save({"state_dict": {"epoch": 3, "conv1.weight": torch.zeros(1)}}, str(path))
+    elif kind == "empty_dict":
+        torch.save({"state_dict": {}}, str(path))
     with pytest.raises(UserError) as info:
         read_state_dict(str(path))
     message = str(info.value)
