@@ -100,7 +100,7 @@ def _attr(node, name: str, default=None):
             import onnx
 
             value = onnx.helper.get_attribute_value(attr)
-            return value.decode("utf-8") if isinstance(value, bytes) else value
+            return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
     return default
 
 
@@ -147,8 +147,13 @@ def _sized_like(resize, branch1: str, made_by) -> bool:
 
     (The exporter takes the batch and channel sizes from the Resize's own input, so that one is allowed.)
     """
-    sources = _ancestor_shape_sources(resize.input[1:], made_by) - {resize.input[0]}
+    sources = _ancestor_shape_sources(resize.input[1:], made_by) - {_first(resize.input)}
     return not sources or sources == {branch1}
+
+
+def _first(names: Sequence[str]) -> str:
+    """A node's first input or output name; "" for a node without any (a malformed graph)."""
+    return names[0] if len(names) else ""
 
 
 def resize_nodes(graph) -> List[object]:
@@ -257,14 +262,17 @@ def resize_report(model) -> List[str]:
     shapes = tensor_shapes(model)
     readers = consumers(graph)
     head = {id(node) for node in head_resize_nodes(graph)}
+    outputs = {output.name for output in graph.output}
     lines = []
     for node in resize_nodes(graph):
-        fed = readers.get(node.output[0], [])
+        source, result = _first(node.input), _first(node.output)
+        fed = readers.get(result, [])
         lines.append("{}  {} -> {}  mode={} coordinate_transformation_mode={} nearest_mode={}  feeds {}{}".format(
-            node.name or "(unnamed)", format_shape(shapes.get(node.input[0])), format_shape(shapes.get(node.output[0])),
+            node.name or "(unnamed)", format_shape(shapes.get(source)), format_shape(shapes.get(result)),
             _attr(node, "mode", "nearest"), _attr(node, "coordinate_transformation_mode", "half_pixel"),
             _attr(node, "nearest_mode", "round_prefer_floor"),
-            ", ".join("{} ({})".format(n.name or "(unnamed)", n.op_type) for n in fed) or "a graph output",
+            ", ".join("{} ({})".format(n.name or "(unnamed)", n.op_type) for n in fed)
+            or ("a graph output" if result in outputs else "nothing"),
             "  [head]" if id(node) in head else ""))
     return lines
 

@@ -474,13 +474,22 @@ def test_external_data_is_never_read_and_the_rewrite_refuses_it(tmp_path, capsys
     assert not out.exists()
 
 
-def test_an_input_that_fails_onnx_checker_is_bad_input(tmp_path, capsys):
-    model = onnx.load_from_string(helper.make_model(helper.make_graph(
-        [helper.make_node("NotAnOp", ["x"], ["y"], name="odd")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
-        opset_imports=[helper.make_opsetid("", 11)]).SerializeToString())
+def test_list_reports_malformed_resize_nodes_instead_of_failing(tmp_path, capsys):
+    """--list reads a graph as it is (no onnx.checker): a Resize without inputs or outputs, a mode that is not
+    UTF-8, are listed, not a traceback; the rewrite refuses the same file as failing onnx.checker."""
+    nodes = [helper.make_node("Resize", [], [], name="bare"),
+             helper.make_node("Resize", ["x"], ["r"], name="odd_mode", mode=b"\xff"),
+             helper.make_node("Identity", ["x"], ["y"], name="id")]
+    value = helper.make_tensor_value_info
+    model = helper.make_model(helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                                                [value("y", TensorProto.FLOAT, [1, 2, 4, 4])]),
+                              opset_imports=[helper.make_opsetid("", 11)])
     path = tmp_path / "odd.onnx"
     onnx.save(model, str(path))
-    assert_user_error(cli(resize_script.main, [path, tmp_path / "out.onnx"], capsys),
-                      "{} fails onnx.checker".format(path), "NotAnOp")
+    result = cli(resize_script.main, [path, "--list"], capsys)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["bare", "odd_mode"]
+    assert all(line.endswith("feeds nothing") for line in lines)
+    assert_user_error(cli(resize_script.main, [path, tmp_path / "out.onnx", "--select", "all"], capsys),
+                      "fails onnx.checker", "bare")
