@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import add_alias_flags, positive_int, run_cli
+from hrnetseg.cli import UserError, add_alias_flags, positive_int, run_cli
 from hrnetseg.files import check_output_file, remove_stale_temporaries, require_file, write_target
 from hrnetseg.locks import output_lock
 from hrnetseg.presets import DEFAULT_PRESET, PRESET_NAMES
@@ -57,6 +57,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_output_file(args.save_path, "--save_path")
     if args.pth is not None:
         require_file(args.pth, "checkpoint")
+        if os.path.exists(args.save_path) and os.path.samefile(args.pth, args.save_path):
+            raise UserError("--save_path {} is the checkpoint itself: the export would replace it; give the ONNX "
+                            "file another name".format(args.save_path))
     from hrnetseg.export import check_opset, export_onnx, load_model
 
     check_opset(args.opset)

@@ -355,6 +355,17 @@ def test_a_second_run_writing_the_same_file_stops_at_once_naming_the_first(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hrnet.onnx"]   # the holder's lock file is gone too
 
 
+def test_the_checkpoint_itself_is_refused_as_the_output(tmp_path, capsys, official_state):
+    pth = save_state(tmp_path / "hrnet.pth", official_state)
+    link = tmp_path / "hrnet.onnx"
+    link.symlink_to(pth)
+    before = (tmp_path / "hrnet.pth").read_bytes()
+    for out in (pth, link):
+        assert_user_error(cli(pth2onnx.main, ["--pth", pth, "--save_path", out] + EXPORT_ARGS, capsys),
+                          "is the checkpoint itself")
+    assert (tmp_path / "hrnet.pth").read_bytes() == before
+
+
 @pytest.mark.parametrize("script", ["export", "rewrite"])
 def test_a_fifo_as_the_output_file_is_refused_before_any_work(tmp_path, capsys, tiny_pth_path, tiny_copy, script):
     fifo = tmp_path / "out.onnx"
