@@ -79,7 +79,7 @@ def load_rewritable(path: str):
                         "models, as HRNet_pth2onnx.py writes them".format(path, len(external), external[0]))
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, ValueError) as exc:   # ValueError: a model over protobuf's 2 GB
         raise UserError("{} fails onnx.checker: {}".format(path, one_line(str(exc))[:300]))
     return model
 
