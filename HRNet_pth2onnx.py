@@ -5,23 +5,37 @@ python3 HRNet_pth2onnx.py --pth hrnet.pth --save_path hrnet.onnx
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import add_alias_flags, positive_int, run_cli
-from hrnetseg.files import check_output_file
+from hrnetseg.cli import UserError, add_alias_flags, positive_int, run_cli
+from hrnetseg.files import check_output_file, remove_stale_temporaries, require_file, write_target
+from hrnetseg.locks import output_lock
 from hrnetseg.presets import DEFAULT_PRESET, PRESET_NAMES
+
+MAX_SEED = 2 ** 64 - 1   # torch.Generator.manual_seed takes an unsigned 64-bit seed
 
 
 def batch_arg(text: str):
     return None if text == "dynamic" else positive_int(text)
 
 
+def seed_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError("expected a seed from 0 to {}, got {!r}".format(MAX_SEED, text))
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--pth", help="official checkpoint (.pth), e.g. hrnet_ocr_cs_8162_torch11.pth")
-    weights.add_argument("--random_weights", type=int, metavar="SEED",
+    weights.add_argument("--random_weights", type=seed_arg, metavar="SEED",
                          help="seeded random weights instead of --pth: for demos only, accuracy is meaningless")
     parser.add_argument("--save_path", default="hrnet.onnx", help="output ONNX file (default: hrnet.onnx)")
     parser.add_argument("--height", type=positive_int, default=1024, help="input height (default: 1024)")
@@ -32,23 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
                         help="model variant (default: {})".format(DEFAULT_PRESET))
     parser.add_argument("--input_format", choices=("float32", "uint8"), default="float32",
-                        help="float32: normalized input (the seed's); uint8: raw RGB, normalized inside the model")
+                        help="float32: normalized input (as the ModelZoo scripts feed it); uint8: raw RGB, "
+                             "normalized inside the model")
     add_alias_flags(parser)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_output_file(args.save_path, "--save_path")
+    if args.pth is not None:
+        require_file(args.pth, "checkpoint")
+        if os.path.exists(args.save_path) and os.path.samefile(args.pth, args.save_path):
+            raise UserError("--save_path {} is the checkpoint itself: the export would replace it; give the ONNX "
+                            "file another name".format(args.save_path))
     from hrnetseg.export import check_opset, export_onnx, load_model
 
-    check_output_file(args.save_path)
     check_opset(args.opset)
-    if args.random_weights is not None:
-        print("warning: exporting random weights (seed {}): outputs and mIoU are meaningless; "
-              "use --pth with the official checkpoint for real use".format(args.random_weights), file=sys.stderr)
-    model = load_model(args.preset, pth=args.pth, random_weights=args.random_weights)
-    report = export_onnx(model, args.save_path, args.height, args.width, batch=args.batch, opset=args.opset,
-                         input_format=args.input_format)
+    with output_lock(args.save_path):
+        # A killed export leaves its temporary file (hundreds of MB for w48) beside the target.
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(write_target(args.save_path))))
+        if args.random_weights is not None:
+            print("warning: exporting random weights (seed {}): outputs and mIoU are meaningless; "
+                  "use --pth with the official checkpoint for real use".format(args.random_weights), file=sys.stderr)
+        model = load_model(args.preset, pth=args.pth, random_weights=args.random_weights)
+        report = export_onnx(model, args.save_path, args.height, args.width, batch=args.batch, opset=args.opset,
+                             input_format=args.input_format)
     print("wrote {}: input image {} {}, outputs output1 (aux), output2 (main), opset {}".format(
         report.path, "x".join(map(str, report.input_shape)), args.input_format, args.opset))
     for name, (max_abs, rel) in report.errors.items():

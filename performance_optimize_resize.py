@@ -1,6 +1,6 @@
 """Switch the HRNet head's Resize nodes to nearest-neighbour, found by graph structure (not by names).
 
-    python3 performance_optimize_resize.py hrnet.onnx hrnet.onnx          # the seed's form, in place
+    python3 performance_optimize_resize.py hrnet.onnx hrnet.onnx          # the ModelZoo scripts' form, in place
     python3 performance_optimize_resize.py hrnet.onnx --list              # every Resize node
     python3 performance_optimize_resize.py in.onnx out.onnx --select all
 
@@ -11,14 +11,16 @@ reports how far the outputs moved (relative error, argmax agreement): the accura
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import UserError, add_alias_flags, run_cli
-from hrnetseg.files import atomic_path, check_output_file
-from hrnetseg.onnx_graph import (DEFAULT_NEAREST_MODE, MODES, NEAREST_MODES, SELECT_HEAD, check_input,
+from hrnetseg.cli import UserError, add_alias_flags, one_line, run_cli
+from hrnetseg.files import atomic_path, check_output_file, remove_stale_temporaries, require_file, write_target
+from hrnetseg.locks import output_lock
+from hrnetseg.onnx_graph import (DEFAULT_NEAREST_MODE, MODES, NEAREST_MODES, SELECT_HEAD, check_finite, check_input,
                                  compare_outputs, load_model, resize_report, run_onnxruntime, select_resize_nodes,
-                                 set_resize_mode)
+                                 set_resize_mode, uses_external_data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,15 +45,47 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    model = load_model(args.input)
+    require_file(args.input, "ONNX model")
     if args.list:
-        lines = resize_report(model)
+        lines = resize_report(load_model(args.input))
         print("\n".join(lines) if lines else "no Resize nodes in {}".format(args.input))
         return 0
     if args.output is None:
         parser.error("OUT is required (give IN twice to rewrite in place)")
-    check_output_file(args.output)
+    check_output_file(args.output, "OUT")
+    import onnx
 
+    with output_lock(args.output):
+        # A killed rewrite leaves its temporary file (hundreds of MB for w48) beside the target.
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(write_target(args.output))))
+        model = load_rewritable(args.input)
+        rewrite(model, args)
+        with atomic_path(args.output) as tmp:
+            onnx.save(model, tmp)
+    print("wrote {} (IR version {}, opset {})".format(
+        args.output, model.ir_version, ", ".join("{}:{}".format(o.domain or "ai.onnx", o.version)
+                                                 for o in model.opset_import)))
+    return 0
+
+
+def load_rewritable(path: str):
+    """The model in `path` when it is self-contained and passes onnx.checker; a one-line UserError otherwise."""
+    import onnx
+
+    model = load_model(path)
+    external = uses_external_data(model)
+    if external:
+        raise UserError("{} keeps {} tensor(s) in external data files ({}, ...): this tool rewrites self-contained "
+                        "models, as HRNet_pth2onnx.py writes them".format(path, len(external), external[0]))
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:   # ValueError: a model over protobuf's 2 GB
+        raise UserError("{} fails onnx.checker: {}".format(path, one_line(str(exc))[:300]))
+    return model
+
+
+def rewrite(model, args) -> None:
+    """Switch the selected Resize nodes in place; check the result and report what it costs."""
     import onnx
 
     original = model.SerializeToString() if not args.no_verify else b""
@@ -65,12 +99,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         len(nodes), args.select, ", ".join(n.name or "(unnamed)" for n in nodes), changed, args.mode))
     if changed and not args.no_verify:
         report_price(original, model)
-    with atomic_path(args.output) as tmp:
-        onnx.save(model, tmp)
-    print("wrote {} (IR version {}, opset {})".format(
-        args.output, model.ir_version, ", ".join("{}:{}".format(o.domain or "ai.onnx", o.version)
-                                                 for o in model.opset_import)))
-    return 0
 
 
 def report_price(original: bytes, model) -> None:
@@ -81,8 +109,12 @@ def report_price(original: bytes, model) -> None:
     before = run_onnxruntime(original, {name: data})
     after = run_onnxruntime(model.SerializeToString(), {name: data})
     outputs = [o.name for o in model.graph.output]
-    parts = ["{}: relative error {:.3g}, argmax agreement {:.2%}".format(out, rel, agree)
-             for out, (rel, agree) in zip(outputs, compare_outputs(before, after))]
+    check_finite(before, outputs, "the original model's", "the rewrite's price cannot be measured; --no_verify "
+                 "skips the check")
+    check_finite(after, outputs, "the rewritten model's")
+    parts = ["{}: relative error {:.3g}, argmax agreement {}".format(
+        out, rel, "n/a" if agree is None else "{:.2%}".format(agree))
+        for out, (rel, agree) in zip(outputs, compare_outputs(before, after))]
     print("rewrite vs original (random input): " + "; ".join(parts))
 
 

@@ -1,6 +1,7 @@
 """ONNX export that atc can read (TorchScript exporter, opset 11), verified in ONNX Runtime before it lands."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -13,9 +14,10 @@ from .checkpoint import load_checkpoint
 from .cli import UserError
 from .files import atomic_path
 from .model import build_model, init_random_weights
+from .onnx_graph import check_finite, relative_error
 
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("output1", "output2")   # aux, main: the seed's order
+OUTPUT_NAMES = ("output1", "output2")   # aux, main: the ModelZoo scripts' order
 MAX_RELATIVE_ERROR = 1e-4
 MIN_OPSET = 11   # bilinear Resize with align_corners needs opset 11
 EXIT_MISMATCH = 1
@@ -41,17 +43,41 @@ class NormalizingInput(nn.Module):
         return self.model((image.to(self.mean.dtype) / 255.0 - self.mean) / self.std)
 
 
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """||a - b||_2 / ||b||_2 over the whole tensor: the project's one definition."""
+def max_abs_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |a - b|; NaN when either side holds NaN or inf."""
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
-    denom = np.linalg.norm(expected.ravel())
-    diff = np.linalg.norm((actual - expected).ravel())
-    return float(diff / denom) if denom > 0 else float(diff)
+    if not (np.isfinite(actual).all() and np.isfinite(expected).all()):
+        return float("nan")
+    return float(np.max(np.abs(actual - expected))) if actual.size else 0.0
 
 
-def max_abs_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.max(np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64))))
+def output_errors(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> Dict[str, Tuple[float, float]]:
+    """{output: (max abs, relative)} of ONNX Runtime's outputs against PyTorch's on the same input.
+
+    Raises UserError (exit code 1) when an output is missing or mis-shaped, or holds NaN or inf on either
+    side: no error figure means anything then (max() over (3.5e-7, nan) is 3.5e-7).
+    """
+    if len(got) != len(OUTPUT_NAMES) or len(expected) != len(OUTPUT_NAMES):
+        raise UserError("expected outputs {}; ONNX Runtime gave {}, PyTorch {}".format(
+            ", ".join(OUTPUT_NAMES), len(got), len(expected)), exit_code=EXIT_MISMATCH)
+    for name, g, w in zip(OUTPUT_NAMES, got, expected):
+        if np.shape(g) != np.shape(w):
+            raise UserError("ONNX Runtime's {} has shape {}, PyTorch's {}".format(
+                name, np.shape(g), np.shape(w)), exit_code=EXIT_MISMATCH)
+    broken = "the weights overflow float32 or are broken"
+    check_finite(expected, OUTPUT_NAMES, "PyTorch's", broken)   # the reference first: broken weights show there
+    check_finite(got, OUTPUT_NAMES, "ONNX Runtime's", broken)
+    return {name: (max_abs_error(g, w), relative_error(g, w)) for name, g, w in zip(OUTPUT_NAMES, got, expected)}
+
+
+def check_errors(errors: Dict[str, Tuple[float, float]]) -> None:
+    """UserError (exit code 1) when an output's relative error is above MAX_RELATIVE_ERROR or NaN."""
+    failing = [(name, rel) for name, (_, rel) in errors.items() if not rel <= MAX_RELATIVE_ERROR]
+    if failing:
+        name, rel = max(failing, key=lambda item: math.inf if math.isnan(item[1]) else item[1])   # NaN first
+        raise UserError("ONNX Runtime disagrees with PyTorch on {}: relative error {:.3g} > {:g}".format(
+            name, rel, MAX_RELATIVE_ERROR), exit_code=EXIT_MISMATCH)
 
 
 def load_model(preset: str, pth: Optional[str] = None, random_weights: Optional[int] = None) -> nn.Module:
@@ -92,11 +118,32 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch: Opt
                 opset: int = 11, input_format: str = "float32", verify_batch: int = 1) -> ExportReport:
     """Export, check and verify against PyTorch; the file appears only if all of that passes.
 
-    batch None makes the batch axis dynamic. Raises UserError(exit code 1) above MAX_RELATIVE_ERROR.
+    batch None makes the batch axis dynamic. Raises UserError(exit code 1) above MAX_RELATIVE_ERROR, and
+    when either side's outputs hold NaN or inf.
     """
     if input_format == "uint8":
         model = NormalizingInput(model)
     model = model.eval()
+    try:
+        return _export_verified(model, path, height, width, batch, opset, input_format, verify_batch)
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise UserError("not enough memory to export {} at input {} x 3 x {} x {}: choose a smaller size or "
+                        "batch".format(path, batch or verify_batch, height, width)) from None
+
+
+OUT_OF_MEMORY_WORDS = ("can't allocate memory", "not enough memory", "out of memory", "bad allocation",
+                       "failed to allocate")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or any(words in text for words in OUT_OF_MEMORY_WORDS)
+
+
+def _export_verified(model: nn.Module, path: str, height: int, width: int, batch: Optional[int], opset: int,
+                     input_format: str, verify_batch: int) -> ExportReport:
     image = example_input(batch or verify_batch, height, width, input_format, seed=2)
     dynamic_axes = None
     if batch is None:
@@ -112,11 +159,11 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch: Opt
                                   do_constant_folding=True)
             hook.remove()
             expected = [t.detach().numpy() for t in traced_outputs[-1]] if traced_outputs else None
-            errors = verify_onnx(model, tmp, image, expected)
-            worst = max(rel for _, rel in errors.values())
-            if not worst <= MAX_RELATIVE_ERROR:
-                raise UserError("ONNX Runtime disagrees with PyTorch: relative error {:.3g} > {:g}; not writing {}"
-                                .format(worst, MAX_RELATIVE_ERROR, path), exit_code=EXIT_MISMATCH)
+            try:
+                errors = verify_onnx(model, tmp, image, expected)
+                check_errors(errors)
+            except UserError as exc:
+                raise UserError("{}; not writing {}".format(exc, path), exit_code=exc.exit_code) from None
     finally:
         hook.remove()
     shape = ("batch" if batch is None else batch, 3, height, width)
@@ -138,4 +185,4 @@ def verify_onnx(model: nn.Module, onnx_path: str, image: torch.Tensor,
     if expected is None:
         with torch.no_grad():
             expected = [t.numpy() for t in model(image)]
-    return {name: (max_abs_error(g, w), relative_error(g, w)) for name, g, w in zip(OUTPUT_NAMES, got, expected)}
+    return output_errors(got, expected)

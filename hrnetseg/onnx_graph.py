@@ -30,15 +30,46 @@ UNKNOWN_DIM_DEFAULT = 256    # spatial size used for a random check input when t
 
 
 def load_model(path: str):
-    """The ModelProto in `path`, or a one-line UserError for a missing or unreadable file."""
+    """The ModelProto in `path`, or a one-line UserError for a missing, non-regular or non-ONNX file.
+
+    External data files are not read: these tools need the graph, and the export writes self-contained
+    files (see uses_external_data).
+    """
     import onnx
 
     require_file(path, "ONNX model")
+    if os.path.getsize(path) == 0:
+        raise UserError("{} is not an ONNX model (an empty file)".format(path))
     try:
-        return onnx.load(path)
+        model = onnx.load(path, load_external_data=False)
     except Exception as exc:   # protobuf raises DecodeError, onnx raises ValueError/OSError: all mean "not ONNX"
-        raise UserError("{} is not a readable ONNX model ({}: {})".format(
+        raise UserError("{} is not an ONNX model (truncated or another format: {}: {})".format(
             path, type(exc).__name__, " ".join(str(exc).split())[:160]))
+    missing = missing_parts(model)
+    if missing:
+        raise UserError("{} is not an ONNX model (no {})".format(path, ", no ".join(missing)))
+    return model
+
+
+def missing_parts(model) -> List[str]:
+    """What a parsed ModelProto lacks to be a model (protobuf parses b"" and some garbage as an empty one)."""
+    graph = model.graph
+    parts = (("IR version", model.ir_version > 0), ("opset import", len(model.opset_import) > 0),
+             ("graph nodes", len(graph.node) > 0), ("graph inputs", len(graph.input) > 0),
+             ("graph outputs", len(graph.output) > 0))
+    return [name for name, present in parts if not present]
+
+
+def uses_external_data(model) -> List[str]:
+    """Names of the graph's tensors whose data lives in a separate file (not read by load_model)."""
+    import onnx
+
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        for attr in node.attribute:
+            tensors.extend([attr.t] if attr.HasField("t") else [])
+            tensors.extend(attr.tensors)
+    return [t.name or "(unnamed)" for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 # ---------------------------------------------------------------------------------------------- structure
@@ -69,7 +100,7 @@ def _attr(node, name: str, default=None):
             import onnx
 
             value = onnx.helper.get_attribute_value(attr)
-            return value.decode("utf-8") if isinstance(value, bytes) else value
+            return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
     return default
 
 
@@ -116,8 +147,13 @@ def _sized_like(resize, branch1: str, made_by) -> bool:
 
     (The exporter takes the batch and channel sizes from the Resize's own input, so that one is allowed.)
     """
-    sources = _ancestor_shape_sources(resize.input[1:], made_by) - {resize.input[0]}
+    sources = _ancestor_shape_sources(resize.input[1:], made_by) - {_first(resize.input)}
     return not sources or sources == {branch1}
+
+
+def _first(names: Sequence[str]) -> str:
+    """A node's first input or output name; "" for a node without any (a malformed graph)."""
+    return names[0] if len(names) else ""
 
 
 def resize_nodes(graph) -> List[object]:
@@ -151,8 +187,8 @@ def select_resize_nodes(graph, select: str) -> List[object]:
 def set_resize_mode(nodes: Sequence[object], mode: str, nearest_mode: str = DEFAULT_NEAREST_MODE) -> int:
     """Set `mode` (and, for nearest, `nearest_mode` unless 'keep') on the nodes in place; return how many changed.
 
-    coordinate_transformation_mode stays as exported (align_corners for this model), which the seed's
-    atc accepted with mode nearest.
+    coordinate_transformation_mode stays as exported (align_corners for this model), which atc accepts
+    with mode nearest (as in the ModelZoo scripts' rewrite).
     """
     import onnx
 
@@ -226,14 +262,17 @@ def resize_report(model) -> List[str]:
     shapes = tensor_shapes(model)
     readers = consumers(graph)
     head = {id(node) for node in head_resize_nodes(graph)}
+    outputs = {output.name for output in graph.output}
     lines = []
     for node in resize_nodes(graph):
-        fed = readers.get(node.output[0], [])
+        source, result = _first(node.input), _first(node.output)
+        fed = readers.get(result, [])
         lines.append("{}  {} -> {}  mode={} coordinate_transformation_mode={} nearest_mode={}  feeds {}{}".format(
-            node.name or "(unnamed)", format_shape(shapes.get(node.input[0])), format_shape(shapes.get(node.output[0])),
+            node.name or "(unnamed)", format_shape(shapes.get(source)), format_shape(shapes.get(result)),
             _attr(node, "mode", "nearest"), _attr(node, "coordinate_transformation_mode", "half_pixel"),
             _attr(node, "nearest_mode", "round_prefer_floor"),
-            ", ".join("{} ({})".format(n.name or "(unnamed)", n.op_type) for n in fed) or "a graph output",
+            ", ".join("{} ({})".format(n.name or "(unnamed)", n.op_type) for n in fed)
+            or ("a graph output" if result in outputs else "nothing"),
             "  [head]" if id(node) in head else ""))
     return lines
 
@@ -241,29 +280,40 @@ def resize_report(model) -> List[str]:
 # ------------------------------------------------------------------------------------ checking a rewrite
 
 def check_input(model, seed: int = 0):
-    """(input name, a random input for one image) matching the model's first input type and shape."""
+    """(input name, a random input for one image) matching the model's only input's type and shape."""
     import numpy as np
-    import onnx
 
     graph = model.graph
     initialisers = {init.name for init in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initialisers]
     if len(inputs) != 1:
-        raise UserError("expected a model with one input, found {}".format(len(inputs)))
+        raise UserError("cannot check the rewrite: the model has {} inputs ({}) and the check feeds one image; "
+                        "--no_verify skips it".format(len(inputs), ", ".join(i.name for i in inputs) or "none"))
     info = inputs[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
     shape = [1 if i == 0 and d is None else (d or UNKNOWN_DIM_DEFAULT) for i, d in enumerate(dims)]
-    elem_type = info.type.tensor_type.elem_type
-    if hasattr(onnx.helper, "tensor_dtype_to_np_dtype"):
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
-    else:   # onnx < 1.13, as on older Atlas hosts
-        dtype = onnx.mapping.TENSOR_TYPE_TO_NP_TYPE[elem_type]
+    dtype = _numpy_dtype(info.type.tensor_type.elem_type)
+    if dtype is None or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise UserError("cannot check the rewrite: input {} is not a numeric tensor ({}); --no_verify skips the "
+                        "check".format(info.name, " ".join(str(info.type).split())[:80]))
     rng = np.random.default_rng(seed)
     if np.issubdtype(dtype, np.integer):
         data = rng.integers(0, 256, size=shape).astype(dtype)
     else:
         data = rng.standard_normal(shape).astype(dtype)
     return info.name, data
+
+
+def _numpy_dtype(elem_type: int):
+    """The numpy dtype of an ONNX tensor element type, or None (undefined, string, or unknown to numpy)."""
+    import onnx
+
+    try:
+        if hasattr(onnx.helper, "tensor_dtype_to_np_dtype"):
+            return onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+        return onnx.mapping.TENSOR_TYPE_TO_NP_TYPE[elem_type]   # onnx < 1.13, as on older Atlas hosts
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def run_onnxruntime(model_bytes: bytes, feed: Dict[str, object]) -> list:
@@ -276,17 +326,64 @@ def run_onnxruntime(model_bytes: bytes, feed: Dict[str, object]) -> list:
         raise UserError("ONNX Runtime cannot run the model: {}".format(" ".join(str(exc).split())[:300]), exit_code=1)
 
 
-def compare_outputs(before: list, after: list) -> List[Tuple[float, float]]:
-    """Per output: (relative error ||a-b||/||b||, share of positions whose argmax over axis 1 agrees)."""
+def relative_error(actual, expected) -> float:
+    """||a - b||_2 / ||b||_2 over the whole tensor (||a - b||_2 where b is all zeros): the project's one
+    definition.
+
+    NaN when either side holds NaN or inf, so it never passes a `<=` bound (computed without numpy's
+    "invalid value" warnings). Shapes broadcast as in numpy: callers compare like with like.
+    """
+    import numpy as np
+
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if not (np.isfinite(actual).all() and np.isfinite(expected).all()):
+        return float("nan")
+    denom = np.linalg.norm(expected.ravel())
+    diff = np.linalg.norm((actual - expected).ravel())
+    return float(diff / denom) if denom > 0 else float(diff)
+
+
+def nonfinite_counts(array) -> Optional[str]:
+    """None when every value is finite, else e.g. "12 NaN and 3 inf of 4864 values"."""
+    import numpy as np
+
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.inexact):
+        return None
+    counts = (("NaN", int(np.isnan(array).sum())), ("inf", int(np.isinf(array).sum())))
+    found = ["{} {}".format(count, label) for label, count in counts if count]
+    return "{} of {} values".format(" and ".join(found), array.size) if found else None
+
+
+def check_finite(outputs: Sequence[object], names: Sequence[str], whose: str, hint: str = "") -> None:
+    """UserError (exit code 1) naming the first output that holds NaN or inf."""
+    for name, values in zip(names, outputs):
+        bad = nonfinite_counts(values)
+        if bad:
+            raise UserError("{} {} holds {} on the random check input{}".format(
+                whose, name, bad, " ({})".format(hint) if hint else ""), exit_code=1)
+
+
+def compare_outputs(before: list, after: list) -> List[Tuple[float, Optional[float]]]:
+    """Per output: (relative error, share of positions whose argmax over axis 1 agrees; None below 2-D).
+
+    Both sides must be finite (check_finite): the figures mean nothing otherwise. A changed shape is a
+    UserError (exit code 1): a mode change keeps every shape.
+    """
     import numpy as np
 
     result = []
-    for old, new in zip(before, after):
+    for index, (old, new) in enumerate(zip(before, after)):
         old = np.asarray(old, np.float64)
         new = np.asarray(new, np.float64)
-        scale = np.linalg.norm(old.ravel())
-        rel = float(np.linalg.norm((new - old).ravel()) / scale) if scale > 0 else float(np.abs(new - old).max())
-        agree = float((old.argmax(axis=1) == new.argmax(axis=1)).mean()) if old.ndim >= 2 else float("nan")
+        if old.shape != new.shape:
+            raise UserError("the rewrite changed output {}'s shape from {} to {}".format(
+                index, format_shape(old.shape), format_shape(new.shape)), exit_code=1)
+        rel = relative_error(new, old)
+        agree = None
+        if old.ndim >= 2:
+            agree = float((old.argmax(axis=1) == new.argmax(axis=1)).mean())
         result.append((rel, agree))
     return result
 

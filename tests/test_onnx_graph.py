@@ -93,7 +93,7 @@ def test_ir_version_and_opset_are_kept(run, tmp_path, tiny_copy):
 
 def test_select_all_and_by_name(run, tmp_path, tiny_copy):
     graph = onnx.load(str(tiny_copy)).graph
-    fuse = [n.name for n in onnx_graph.resize_nodes(graph)][:2]     # the seed's 4th node was one of these
+    fuse = [n.name for n in onnx_graph.resize_nodes(graph)][:2]     # the ModelZoo scripts' 4th node was one of these
     out = tmp_path / "named.onnx"
     result = run([SCRIPT, tiny_copy, out, "--select", ",".join(fuse)])
     assert result.returncode == 0, result.stderr
@@ -118,7 +118,7 @@ def test_nothing_matched_is_refused_and_nothing_written(run, tmp_path, tiny_copy
     assert not out.exists()
     assert_user_error(run([SCRIPT, tmp_path / "missing.onnx", out]), "not found")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    assert_user_error(run([SCRIPT, tmp_path / "junk.onnx", out]), "not a readable ONNX model")
+    assert_user_error(run([SCRIPT, tmp_path / "junk.onnx", out]), "is not an ONNX model")
     assert not out.exists()
     unwritable = run([SCRIPT, tiny_copy, tmp_path / "absent" / "o.onnx"])
     assert_user_error(unwritable, "does not exist")
