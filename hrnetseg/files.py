@@ -100,6 +100,9 @@ def check_output_file(path: Optional[str], flag: str = "") -> None:
     if path is None:
         return
     what = "{} {}".format(flag, path) if flag else path
+    if not path or path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise UserError("cannot write {}: give a file name".format(what if path else (flag or "the output") +
+                                                                     " (an empty name)"))
     target = write_target(path)
     if os.path.islink(target):
         raise UserError("cannot write {}: it is a symbolic link loop".format(what))
