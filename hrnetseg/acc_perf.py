@@ -1,7 +1,8 @@
 """The checks and the table of scripts/eval_acc_perf.sh, as subcommands (no Python inside the shell script).
 
-    python3 -m hrnetseg.acc_perf check_batch_sizes PREP 1 4
-        exit 2 when a batch size is larger than the number of images PREP's manifest lists
+    python3 -m hrnetseg.acc_perf check_batch_sizes PREP 1 4 --backend ais_bench
+        exit 2 when a batch size is larger than the number of images PREP's manifest lists; with ais_bench,
+        a note for each batch size whose padded last batch inflates the throughput
     python3 -m hrnetseg.acc_perf throughput --log results/bs4.log --command "ais_bench ..."
         the images/s of the last ais_bench (or hrnetseg.infer) throughput line; exit 2 when it is missing,
         not a number, not finite or not above 0
@@ -17,7 +18,8 @@ import argparse
 import json
 import math
 import re
-from typing import Optional, Sequence
+import sys
+from typing import List, Optional, Sequence
 
 from .cli import UserError, positive_int, run_cli
 from .files import require_file
@@ -35,9 +37,13 @@ def image_count(prep: str) -> int:
     return len(read_manifest(prep)["ids"])
 
 
-def check_batch_sizes(prep: str, sizes: Sequence[int]) -> None:
+def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = False) -> List[str]:
     """A batch larger than the data set is all padding after the images: its time would be charged to
-    images that do not exist (or, as ais_bench counts, padding counted as images)."""
+    images that do not exist (or, as ais_bench counts, padding counted as images).
+
+    Returns notes for the batch sizes that leave a padded last batch where the tool counts padding as
+    images (counts_padding: ais_bench reports 1000 * model batch size / mean time for every run).
+    """
     count = image_count(prep)
     too_big = [size for size in sizes if size > count]
     if too_big:
@@ -45,6 +51,14 @@ def check_batch_sizes(prep: str, sizes: Sequence[int]) -> None:
                         "images)".format("s" if len(too_big) > 1 else "", ", ".join(map(str, too_big)),
                                          "are" if len(too_big) > 1 else "is", count, "" if count == 1 else "s", prep,
                                          count))
+    notes = []
+    for size in sizes if counts_padding else ():
+        runs = -(-count // size)
+        if runs * size != count:
+            notes.append("note: {} images at batch size {} leave a last batch of {}, which ais_bench pads and counts "
+                         "as {}: its throughput is up to {:.1f}% above the images' own".format(
+                             count, size, count - (runs - 1) * size, size, 100.0 * (runs * size - count) / count))
+    return notes
 
 
 # --- throughput ------------------------------------------------------------------------------------------
@@ -136,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check_batch_sizes", help="refuse batch sizes larger than the preprocessed images")
     check.add_argument("prep", help="the preprocess folder (its manifest.json lists the images)")
     check.add_argument("sizes", nargs="+", type=positive_int, help="the batch sizes")
+    check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench counts "
+                       "a padded last batch as full: a note says where that happens)")
     fps = commands.add_parser("throughput", help="print the images/s of the last throughput line of a log")
     fps.add_argument("--log", required=True, help="what ais_bench or python3 -m hrnetseg.infer printed")
     fps.add_argument("--command", default="", help="the command that wrote the log (for the error message)")
@@ -154,7 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.subcommand == "check_batch_sizes":
-        check_batch_sizes(args.prep, args.sizes)
+        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=args.backend == "ais_bench"):
+            print(note, file=sys.stderr)
     elif args.subcommand == "throughput":
         print(repr(throughput(args.log, args.command)))
     elif args.subcommand == "row":

@@ -33,6 +33,7 @@ parse_flags "${flags}" "" "$@"
 
 [ -n "${datasets_path}" ] || die "--datasets_path DATA is required (the folder holding cityscapes/)"
 [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
+[ ! -e "${output_dir}" ] || [ -d "${output_dir}" ] || die "--output_dir ${output_dir} exists and is not a folder"
 read -r -a sizes <<< "${batch_sizes}"
 require_positive_ints --batch_sizes "${sizes[@]}"
 [ -z "${limit}" ] || require_positive_ints --limit "${limit}"
@@ -93,7 +94,7 @@ done
 prep_args=(--src_path "${datasets_path}" --save_path "${prep}" --dtype "${input_format}")
 [ -z "${limit}" ] || prep_args+=(--limit "${limit}")
 step "${PYTHON}" "${REPO_ROOT}/HRNet_preprocess.py" "${prep_args[@]}"
-"${PYTHON}" -m hrnetseg.acc_perf check_batch_sizes "${prep}" "${sizes[@]}" || exit $?
+"${PYTHON}" -m hrnetseg.acc_perf check_batch_sizes "${prep}" "${sizes[@]}" --backend "${backend}" || exit $?
 
 # --- inference and postprocess per batch size ------------------------------------------------------------
 [ ! -t 2 ] || export HRNETSEG_PROGRESS="${HRNETSEG_PROGRESS:-1}"   # keep the bar through tee

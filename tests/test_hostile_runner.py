@@ -303,7 +303,10 @@ def test_an_unusable_throughput_is_an_error_naming_the_log_and_the_command(tmp_p
 
 
 def test_batch_sizes_larger_than_the_images_are_refused(tiny_prep_path):
-    acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4, TINY_IMAGES])
+    assert acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4, TINY_IMAGES]) == []
+    [note] = acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4, TINY_IMAGES], counts_padding=True)
+    assert note.startswith("note: 5 images at batch size 4 leave a last batch of 1, which ais_bench pads and counts "
+                           "as 4") and note.endswith("up to 60.0% above the images' own")
     with pytest.raises(UserError, match="batch sizes 8, 16 are larger than the {} images".format(TINY_IMAGES)):
         acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 8, 16])
 

@@ -207,6 +207,7 @@ def test_eval_with_ais_bench_and_om_files(tools, tmp_path, tiny_onnx_path, tiny_
         assert row[4] == "{:.2f}%".format(100 * saved["mIoU"]) and saved["images"] == 5
         assert float(row[3]) > 0
     assert rows[0][4] == rows[1][4]          # bs1 and bs4 outputs agree, so the mIoU does too
+    assert "5 images at batch size 4 leave a last batch of 1, which ais_bench pads and counts as 4" in result.stderr
 
 
 def test_eval_auto_stops_when_om_files_exist_but_ais_bench_does_not_start(tools, tmp_path, tiny_data_root):
@@ -252,6 +253,9 @@ def test_eval_refuses_bad_arguments(tools, tmp_path, tiny_data_root):
     assert_user_error(bash("eval_acc_perf.sh", *data, "--backend", "torch", env=env), "--pth")
     assert_user_error(bash("eval_acc_perf.sh", *data, "--batch_sizes", "0", env=env), "--batch_sizes")
     assert_user_error(bash("eval_acc_perf.sh", *data, "--output_dtype", "float64", env=env), "--output_dtype")
+    (tmp_path / "a_file").write_text("")
+    assert_user_error(bash("eval_acc_perf.sh", *data, "--output_dir", tmp_path / "a_file", env=env),
+                      "--output_dir", "not a folder")
     (tmp_path / "hrnet.onnx").write_bytes(b"onnx")     # the local runner writes float32 only
     assert_user_error(bash("eval_acc_perf.sh", *data, "--output_dtype", "float16", env=env),
                       "--output_dtype float16", "onnxruntime backend writes float32")
