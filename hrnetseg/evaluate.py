@@ -26,12 +26,14 @@ import numpy as np
 
 from . import cityscapes
 from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_backend
-from .cli import EXIT_INTERRUPTED, UserError, add_alias_flags, positive_int, progress, run_cli
+from .cli import EXIT_INTERRUPTED, UserError, add_alias_flags, plain_name, positive_int, progress, run_cli
 from .files import check_output_file
+from .locks import output_locks
 from .infer import batch_size_for, fits_input, nonnegative_int, output_rows, pad_batch
 from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
 from .postprocess import logits_shape, read_train_ids
 from .preprocess import DTYPES, convert, read_rgb
+from .presets import DEFAULT_PRESET, PRESET_NAMES
 
 POLL_S = 0.1          # how often a blocked stage looks at the stop flag
 NOTICE_S = 1.0        # after Ctrl-C, how long to wait for the batch in flight before saying so
@@ -43,11 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hrnetseg.evaluate", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--datasets_path", required=True,
                         help="the folder holding cityscapes/ (the seed's ./data) or the cityscapes folder itself")
-    parser.add_argument("--split", default="val", help="split to evaluate (default val)")
+    parser.add_argument("--split", type=plain_name, default="val", help="split to evaluate (default val)")
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--onnx", help="ONNX model (default backend onnxruntime)")
     model.add_argument("--pth", help="checkpoint (default backend torch); --preset names its variant")
-    parser.add_argument("--preset", default="w48_ocr", help="model variant of a .pth (default: w48_ocr)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
+                        help="model variant of a .pth (default: {})".format(DEFAULT_PRESET))
     parser.add_argument("--input_dtype", choices=("float32", "uint8"), default="float32",
                         help="with --pth: float32 (the upstream transform, default) or uint8 (raw pixels, "
                              "normalized inside the model); an ONNX file fixes its own")
@@ -107,7 +110,7 @@ def decode(sample: cityscapes.Sample, dtype: str, size: Tuple[int, int]) -> Tupl
     """(model input C x H x W, trainIds H x W) for one image and its label, as HRNet_preprocess.py makes them."""
     image, order = read_rgb(sample.image)
     if image is None:
-        raise UserError("cannot decode image {} (corrupt, truncated or not an image)".format(sample.image))
+        raise UserError("image {} {}".format(sample.image, cityscapes.unreadable_reason(sample.image)))
     if image.shape[:2] != tuple(size):
         raise UserError("image {} is {}x{} but the first image is {}x{} (the model takes one size)".format(
             sample.image, image.shape[0], image.shape[1], size[0], size[1]))
@@ -352,17 +355,35 @@ def _report_interrupted(pipeline: StreamingEvaluation, total: int) -> None:
         os._exit(EXIT_INTERRUPTED)
 
 
+def check_outputs(save_path: Optional[str], save_confusion: Optional[str]) -> None:
+    """Refuse, before any work, output files that cannot be written, and one file asked for twice."""
+    check_output_file(save_path, "--save_path")
+    check_output_file(save_confusion, "--save_confusion")
+    if save_path and save_confusion and os.path.realpath(save_path) == os.path.realpath(save_confusion):
+        raise UserError("--save_path and --save_confusion name the same file {}: give two names".format(save_path))
+
+
+def first_image_size(samples: Sequence[cityscapes.Sample]) -> Tuple[int, int]:
+    """The size every image must have (the model takes one), from the first image's header."""
+    size = cityscapes.image_size(samples[0].image)
+    if size is None:
+        raise UserError("image {} {}".format(samples[0].image, cityscapes.unreadable_reason(samples[0].image)))
+    return size
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_outputs(args.save_path, args.save_confusion)
     model = args.onnx or args.pth
     kind = args.backend or backend_for_model(model)
     samples = _samples(args.datasets_path, args.split, args.limit)
-    size = cityscapes.image_size(samples[0].image)
-    if size is None:
-        raise UserError("cannot read image {} (corrupt, truncated or not an image)".format(samples[0].image))
-    check_output_file(args.save_path, "--save_path")
-    check_output_file(args.save_confusion, "--save_confusion")
+    size = first_image_size(samples)
+    with output_locks(args.save_path, args.save_confusion):
+        return run(args, kind, model, samples, size)
 
+
+def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscapes.Sample],
+        size: Tuple[int, int]) -> int:
     import cv2
 
     cv2.setNumThreads(1)   # the stages are the parallelism; OpenCV's own threads would only compete

@@ -3,29 +3,36 @@
     python3 -m hrnetseg.infer --model hrnet.onnx --input prep_dataset --output results --output_dirname bs4 --batchsize 4
 
 Reads a preprocess folder (its manifest.json says dtype and shape; bins that do not fit the model's
-input are refused, never reinterpreted), runs it in batches (a short last batch is padded and the
-padding dropped) and writes one float32 file per input file and model output, as ais_bench does:
-OUTPUT/OUTPUT_DIRNAME/<id>_0.bin (output1) and <id>_1.bin (output2), plus OUTPUT/<dirname>_summary.json,
-and prints ais_bench's "NPU_compute_time (ms)" and "throughput" lines, so one parser reads both tools.
+input are refused, never reinterpreted), runs it in batches (a short last batch is padded; the padding
+is neither written nor counted in the throughput) and writes one float32 file per input file and model
+output, as ais_bench does: OUTPUT/OUTPUT_DIRNAME/<id>_0.bin (output1) and <id>_1.bin (output2), plus
+OUTPUT/<dirname>_summary.json, and prints ais_bench's "NPU_compute_time (ms)" and "throughput" lines, so
+one parser reads both tools. OUTPUT/OUTPUT_DIRNAME is locked for the run (a second run into it stops at
+once), and a run that fails or is interrupted removes what it wrote.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_backend
-from .cli import UserError, add_alias_flags, positive_int, progress, run_cli
-from .files import atomic_path, write_text_atomic
+from .cli import UserError, add_alias_flags, plain_name, positive_int, progress, run_cli
+from .files import (atomic_path, check_output_file, make_output_folder, not_regular_reason, remove_quietly,
+                    remove_stale_temporaries, require_file, write_target, write_text_atomic)
+from .locks import output_lock
+from .presets import DEFAULT_PRESET, PRESET_NAMES
 from .preprocess import read_manifest
 
 OUTFMTS = ("BIN", "NPY")
 SUMMARY_SUFFIX = "_summary.json"
+OUTPUT_DTYPE = "float32"   # what the runner writes, whatever the backend computes in (recorded in the summary)
 
 
 def nonnegative_int(text: str) -> int:
@@ -44,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True,
                         help="preprocess folder (with manifest.json), or comma-separated .bin files from one")
     parser.add_argument("--output", help="folder for the results; without it nothing is written (a timing run)")
-    parser.add_argument("--output_dirname", help="subfolder of --output (default: a time stamp, as ais_bench)")
+    parser.add_argument("--output_dirname", type=plain_name,
+                        help="subfolder of --output, a plain name (default: a time stamp, as ais_bench)")
     parser.add_argument("--outfmt", type=str.upper, choices=OUTFMTS, default="BIN", help="BIN (default) or NPY")
     parser.add_argument("--loop", type=positive_int, default=1, help="runs per batch (timed; default 1)")
     parser.add_argument("--warmup_count", type=nonnegative_int, default=None,
@@ -59,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU); outputs are float32")
     parser.add_argument("--compile", action="store_true",
                         help="torch backend: torch.compile the model (minutes of compile, then faster batches)")
-    parser.add_argument("--preset", default="w48_ocr", help="model variant of a .pth (default: w48_ocr)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
+                        help="model variant of a .pth (default: {})".format(DEFAULT_PRESET))
     parser.add_argument("--output_indices", default=None,
                         help="comma-separated output indices to write (default: all; '1' writes only output2, "
                              "the main one, and halves the disk)")
@@ -74,27 +83,47 @@ def list_inputs(spec: str) -> Tuple[str, List[str], dict]:
     if os.path.isdir(spec):
         folder = spec
         manifest = read_manifest(folder)
-        ids = list(manifest["ids"])
+        ids = manifest["ids"]   # plain, distinct names: read_manifest checks them (they become file names)
     else:
         files = [f.strip() for f in spec.split(",") if f.strip()]
-        missing = [f for f in files if not os.path.isfile(f)]
-        if not files or missing:
-            raise UserError("input not found: {}".format(", ".join(missing) or spec))
+        if not files:
+            raise UserError("input not found: {}".format(spec))
+        for path in files:
+            require_file(path, "input file")
         folders = {os.path.dirname(os.path.abspath(f)) for f in files}
         if len(folders) != 1:
             raise UserError("--input files must come from one preprocess folder (its manifest describes them)")
         folder = folders.pop()
         manifest = read_manifest(folder)
         ids = [os.path.splitext(os.path.basename(f))[0] for f in files]
+        if len(set(ids)) != len(ids):
+            raise UserError("--input names a file twice: each image would be run and counted twice")
     if not ids:
         raise UserError("no input files in {} (its manifest lists none)".format(spec))
-    return folder, ids, manifest
+    return folder, list(ids), manifest
 
 
-def check_fit(manifest: dict, backend: Backend, folder: str, ids: Sequence[str]) -> Tuple[np.dtype, Tuple[int, ...]]:
-    """The bins' (dtype, C x H x W) when they fit the model's input; a UserError naming the mismatch otherwise."""
+def check_bins(manifest: dict, folder: str, ids: Sequence[str]) -> Tuple[np.dtype, Tuple[int, ...]]:
+    """The bins' (dtype, C x H x W) when every bin is a regular file of that size (checked before the model
+    loads); a UserError naming the first that is not."""
     dtype = np.dtype(manifest["dtype"])
     shape = tuple(int(v) for v in manifest["shape"])
+    size = bin_bytes(dtype, shape)
+    for sample_id in ids:
+        path = os.path.join(folder, sample_id + ".bin")
+        reason = not_regular_reason(path)
+        if reason == "not found":
+            raise UserError("input file missing: {}".format(path))
+        if reason is not None:
+            raise UserError("input file {} {}".format(path, reason))
+        actual = os.path.getsize(path)
+        if actual != size:
+            raise UserError(wrong_size(path, actual, dtype, shape))
+    return dtype, shape
+
+
+def check_fit(manifest: dict, backend: Backend, folder: str, dtype: np.dtype, shape: Tuple[int, ...]) -> None:
+    """A UserError naming the mismatch when the bins do not fit the model's input."""
     spec = backend.input
     if manifest.get("layout", "NCHW") not in ("NCHW", "CHW"):
         raise UserError("the bins in {} are laid out {}; the model takes NCHW".format(folder, manifest["layout"]))
@@ -105,16 +134,29 @@ def check_fit(manifest: dict, backend: Backend, folder: str, ids: Sequence[str])
     if not fits_input(spec, shape):
         raise UserError("the bins in {} are {} but the model takes {}".format(
             folder, "x".join(map(str, shape)), spec.describe()))
-    size = int(np.prod(shape)) * dtype.itemsize
-    for sample_id in ids:
-        path = os.path.join(folder, sample_id + ".bin")
-        if not os.path.isfile(path):
-            raise UserError("input file missing: {}".format(path))
-        actual = os.path.getsize(path)
-        if actual != size:
-            raise UserError("{} has {} bytes; {} {} needs {}: not a file of this preprocess run".format(
-                path, actual, dtype.name, "x".join(map(str, shape)), size))
-    return dtype, shape
+
+
+def bin_bytes(dtype: np.dtype, shape: Sequence[int]) -> int:
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def wrong_size(path: str, actual: int, dtype: np.dtype, shape: Sequence[int]) -> str:
+    return "{} has {} bytes; {} {} needs {}: not a file of this preprocess run".format(
+        path, actual, np.dtype(dtype).name, "x".join(map(str, shape)), bin_bytes(dtype, shape))
+
+
+def read_bin(path: str, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
+    """One input bin, checked again as it is read (it may have changed since check_fit looked at it)."""
+    reason = not_regular_reason(path)
+    if reason is not None:
+        raise UserError("input file {} {}".format(path, reason))
+    try:
+        data = np.fromfile(path, dtype=dtype)
+    except OSError as exc:
+        raise UserError("cannot read input file {}: {}".format(path, exc.strerror or exc))
+    if data.size * data.itemsize != bin_bytes(dtype, shape):
+        raise UserError(wrong_size(path, data.size * data.itemsize, dtype, shape))
+    return data.reshape(shape)
 
 
 def fits_input(spec, shape: Sequence[int]) -> bool:
@@ -131,28 +173,124 @@ def batch_size_for(backend: Backend, requested: Optional[int]) -> int:
     return fixed
 
 
-def parse_indices(text: Optional[str], count: int) -> List[int]:
+def parse_index_list(text: Optional[str]) -> Optional[List[int]]:
+    """--output_indices as sorted integers (None: all outputs); the count is checked once the model is loaded."""
     if text is None or text.strip().lower() == "all":
-        return list(range(count))
+        return None
     try:
         indices = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise UserError("--output_indices takes comma-separated integers, not {!r}".format(text))
-    bad = [i for i in indices if not 0 <= i < count]
-    if not indices or bad:
+    if not indices:
+        raise UserError("--output_indices takes comma-separated integers, not {!r}".format(text))
+    return indices
+
+
+def parse_indices(text: Optional[str], count: int) -> List[int]:
+    indices = parse_index_list(text)
+    if indices is None:
+        return list(range(count))
+    if any(not 0 <= i < count for i in indices):
         raise UserError("--output_indices {} does not fit a model with {} outputs (0..{})".format(text, count, count - 1))
     return indices
 
 
+def check_model_file(model: str) -> None:
+    """The model is a regular file, and not an Ascend .om (whatever --backend says: no local backend runs it)."""
+    if os.path.splitext(model)[1].lower() == ".om":
+        backend_for_model(model)   # its one-line "run it with ais_bench" refusal
+    require_file(model, "model")
+
+
 # ----------------------------------------------------------------------------------------------- outputs
 
+class RunOutputs(object):
+    """OUTPUT/DIRNAME and OUTPUT/DIRNAME_summary.json for one run, under the folder's lock.
+
+    What a failed or interrupted run wrote is removed on the way out: the files it wrote, the summary, and
+    the folders it created; files that were there before stay. A summary of an earlier run is removed when
+    the run starts, since this run's files replace some of the ones it described.
+    """
+
+    def __init__(self, output: str, dirname: str, outfmt: str) -> None:
+        self.output, self.folder = output, os.path.join(output, dirname)
+        self.summary = os.path.join(output, dirname + SUMMARY_SUFFIX)
+        self.suffix = ".npy" if outfmt == "NPY" else ".bin"
+        self.outfmt = outfmt
+        self.written = []  # type: List[str]
+        self._created_folder = False
+
+    def check(self, input_folder: str) -> None:
+        """Refusals before the lock and the model load: outputs that cannot be written."""
+        for path, flag in ((self.output, "--output"), (self.folder, "--output_dirname")):
+            if os.path.lexists(path) and not os.path.isdir(path):
+                make_output_folder(path, flag)   # its one-line "exists and is ..., not a folder"
+        if os.path.isdir(self.folder) and os.path.samefile(self.folder, input_folder):
+            raise UserError("the output folder {} is the input folder: choose another --output or --output_dirname"
+                            .format(self.folder))
+        if os.path.isdir(self.output):   # else it is made, empty, after the lock
+            check_output_file(self.summary, "summary")
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator["RunOutputs"]:
+        output_existed = os.path.isdir(self.output)   # the lock file, beside the folder, may create --output
+        try:
+            with output_lock(self.folder):
+                try:
+                    self._prepare()
+                    yield self
+                except BaseException:
+                    self._remove_partial()
+                    raise
+        except BaseException:
+            if not output_existed:
+                _remove_empty_folder(self.output)
+            raise
+
+    def _prepare(self) -> None:
+        make_output_folder(self.output, "--output")
+        self._created_folder = make_output_folder(self.folder, "--output_dirname")
+        remove_stale_temporaries(self.folder)
+        remove_quietly(write_target(self.summary))
+
+    def path_for(self, sample_id: str, k: int) -> str:
+        return os.path.join(self.folder, "{}_{}{}".format(sample_id, k, self.suffix))
+
+    def write(self, sample_id: str, k: int, array: np.ndarray) -> None:
+        path = self.path_for(sample_id, k)
+        write_output(path, array, self.outfmt)
+        self.written.append(path)
+
+    def write_summary(self, summary: dict) -> None:
+        write_text_atomic(self.summary, json.dumps(summary, indent=1) + "\n")
+
+    def _remove_partial(self) -> None:
+        for path in self.written:
+            remove_quietly(path)
+        remove_quietly(write_target(self.summary))
+        if self._created_folder:
+            _remove_empty_folder(self.folder)
+
+
+def _remove_empty_folder(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass   # not empty (files that were there before stay) or already gone
+
+
 def write_output(path: str, array: np.ndarray, outfmt: str) -> None:
+    array = np.ascontiguousarray(array, dtype=OUTPUT_DTYPE)   # the summary says float32: make it so
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             if outfmt == "NPY":
                 np.save(fh, array)
             else:
-                fh.write(np.ascontiguousarray(array).data)
+                _write_array(fh, array)
+
+
+def _write_array(fh, array: np.ndarray) -> None:
+    fh.write(array.data)
 
 
 def timing_stats(times_ms: Sequence[float]) -> Dict[str, float]:
@@ -161,13 +299,22 @@ def timing_stats(times_ms: Sequence[float]) -> Dict[str, float]:
             "median": float(np.median(times)), "p99": float(np.percentile(times, 99))}
 
 
-def summary_lines(stats: Dict[str, float], batch: int) -> List[str]:
+def format_count(value: float) -> str:
+    """A mean count as ais_bench prints a batch size: 4, or 2.5 when the runs differ."""
+    return "{:.3f}".format(value).rstrip("0").rstrip(".")
+
+
+def throughput(images_per_run: float, mean_ms: float) -> float:
+    """Images per second: 1000 * (real images per timed run) / (mean ms per run); padding rows do not count."""
+    return 1000.0 * images_per_run / mean_ms if mean_ms > 0 else float("inf")
+
+
+def summary_lines(stats: Dict[str, float], images_per_run: float) -> List[str]:
     """ais_bench's two summary lines, same wording, so the same parsing reads both tools."""
-    throughput = 1000.0 * batch / stats["mean"] if stats["mean"] > 0 else float("inf")
     return ["[INFO] NPU_compute_time (ms): min = {:.3f}, max = {:.3f}, mean = {:.3f}, median = {:.3f}, "
             "percentile(99%) = {:.3f}".format(stats["min"], stats["max"], stats["mean"], stats["median"], stats["p99"]),
             "[INFO] throughput 1000*batchsize.mean({})/NPU_compute_time.mean({:.3f}): {:.3f}".format(
-                batch, stats["mean"], throughput)]
+                format_count(images_per_run), stats["mean"], throughput(images_per_run, stats["mean"]))]
 
 
 # ------------------------------------------------------------------------------------------------ runner
@@ -187,75 +334,95 @@ def output_rows(outputs: Sequence[np.ndarray], k: int, batch: int) -> np.ndarray
     return outputs[k]
 
 
+class Timings(object):
+    """Per timed run: its time (ms) and how many real images it carried (a padded last batch carries fewer)."""
+
+    def __init__(self) -> None:
+        self.times_ms = []  # type: List[float]
+        self.images = []  # type: List[int]
+
+    def add(self, ms: float, images: int) -> None:
+        self.times_ms.append(ms)
+        self.images.append(images)
+
+    @property
+    def images_per_run(self) -> float:
+        return float(np.mean(self.images))
+
+
 def run_inference(backend: Backend, folder: str, ids: Sequence[str], dtype: np.dtype, shape: Tuple[int, ...],
-                  batch: int, out_dir: Optional[str], indices: Sequence[int], outfmt: str = "BIN",
-                  loop: int = 1, warmup: int = 0) -> List[float]:
-    """Run every input in batches; write <id>_<k>.bin per output index k when out_dir is set; return ms per run."""
-    suffix = ".npy" if outfmt == "NPY" else ".bin"
-    times = []
+                  batch: int, outputs: Optional[RunOutputs], indices: Sequence[int], loop: int = 1,
+                  warmup: int = 0) -> Timings:
+    """Run every input in batches; write <id>_<k>.bin per output index k when outputs is set."""
+    timings = Timings()
     with progress(total=len(ids), desc="infer bs{}".format(batch)) as bar:
         for start in range(0, len(ids), batch):
             chunk = ids[start:start + batch]
-            data = pad_batch((np.fromfile(os.path.join(folder, sample_id + ".bin"), dtype=dtype).reshape(shape)
-                              for sample_id in chunk), batch, shape, dtype)
+            data = pad_batch((read_bin(os.path.join(folder, sample_id + ".bin"), dtype, shape) for sample_id in chunk),
+                             batch, shape, dtype)
             if start == 0:
                 for _ in range(warmup):
                     backend.run(data)
             for _ in range(loop):
                 began = time.perf_counter()
-                outputs = backend.run(data)
-                times.append((time.perf_counter() - began) * 1000.0)
-            if out_dir is not None:
+                results = backend.run(data)
+                timings.add((time.perf_counter() - began) * 1000.0, len(chunk))
+            if outputs is not None:
                 for k in indices:
-                    for sample_id, array in zip(chunk, output_rows(outputs, k, batch)):
-                        write_output(os.path.join(out_dir, "{}_{}{}".format(sample_id, k, suffix)), array, outfmt)
+                    for sample_id, array in zip(chunk, output_rows(results, k, batch)):
+                        outputs.write(sample_id, k, array)
             bar.update(len(chunk))
-    return times
+    return timings
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_model_file(args.model)
     kind = args.backend or backend_for_model(args.model)
+    parse_index_list(args.output_indices)
     folder, ids, manifest = list_inputs(args.input)
+    bins = check_bins(manifest, folder, ids)
+    outputs = None
+    if args.output is not None:
+        outputs = RunOutputs(args.output, args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S"), args.outfmt)
+        outputs.check(folder)
+    with outputs.open() if outputs is not None else contextlib.nullcontext():
+        run_model(args, kind, folder, ids, manifest, bins, outputs)
+    return 0
+
+
+def run_model(args: argparse.Namespace, kind: str, folder: str, ids: List[str], manifest: dict,
+              bins: Tuple[np.dtype, Tuple[int, ...]], outputs: Optional[RunOutputs]) -> None:
+    dtype, shape = bins
     backend = load_backend(kind, args.model, device=args.device, precision=args.precision, preset=args.preset,
                            input_dtype=manifest["dtype"], compile=args.compile)
-    dtype, shape = check_fit(manifest, backend, folder, ids)
+    check_fit(manifest, backend, folder, dtype, shape)
     batch = batch_size_for(backend, args.batchsize)
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
     indices = parse_indices(args.output_indices, len(backend.output_names))
-
-    out_dir = None
-    dirname = args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
-    if args.output is not None:
-        out_dir = os.path.join(args.output, dirname)
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as exc:
-            raise UserError("cannot create output folder {}: {}".format(out_dir, exc.strerror or exc))
     print("[INFO] {} on {} ({}), batch size {}, {} images, {} {}, warm-up {}, loop {}".format(
         backend.name, backend.device, backend.precision, batch, len(ids), dtype.name, "x".join(map(str, shape)),
         warmup, args.loop), flush=True)
     began = time.perf_counter()
-    times = run_inference(backend, folder, ids, dtype, shape, batch, out_dir, indices, args.outfmt, args.loop, warmup)
+    timings = run_inference(backend, folder, ids, dtype, shape, batch, outputs, indices, args.loop, warmup)
     wall = time.perf_counter() - began
-    stats = timing_stats(times)
-    lines = summary_lines(stats, batch)
-    print("\n".join(lines))
-    if out_dir is not None:
-        summary = {
-            "backend": backend.name, "device": backend.device, "precision": backend.precision,
-            "batchsize": batch, "images": len(ids), "throughput": 1000.0 * batch / stats["mean"],
-            "compute_time_ms": stats, "wall_time_s": wall, "loop": args.loop, "warmup_count": warmup,
-            "model": os.path.abspath(args.model), "input": os.path.abspath(folder), "output": os.path.abspath(out_dir),
-            "outfmt": args.outfmt, "output_indices": indices,
-            "NPU_compute_time": {"min": stats["min"], "max": stats["max"], "mean": stats["mean"],
-                                 "median": stats["median"], "percentile(99%)": stats["p99"]},
-        }
-        path = os.path.join(args.output, dirname + SUMMARY_SUFFIX)
-        write_text_atomic(path, json.dumps(summary, indent=1) + "\n")
-        print("[INFO] wrote {} files to {}; summary {}".format(
-            len(ids) * len(indices), out_dir, path), file=sys.stderr)
-    return 0
+    stats = timing_stats(timings.times_ms)
+    print("\n".join(summary_lines(stats, timings.images_per_run)))
+    if outputs is None:
+        return
+    outputs.write_summary({
+        "backend": backend.name, "device": backend.device, "precision": backend.precision,
+        "batchsize": batch, "batchsize_mean": timings.images_per_run, "images": len(ids),
+        "throughput": throughput(timings.images_per_run, stats["mean"]),
+        "compute_time_ms": stats, "wall_time_s": wall, "loop": args.loop, "warmup_count": warmup,
+        "model": os.path.abspath(args.model), "input": os.path.abspath(folder),
+        "output": os.path.abspath(outputs.folder), "outfmt": args.outfmt, "output_indices": indices,
+        "output_dtype": OUTPUT_DTYPE,
+        "NPU_compute_time": {"min": stats["min"], "max": stats["max"], "mean": stats["mean"],
+                             "median": stats["median"], "percentile(99%)": stats["p99"]},
+    })
+    print("[INFO] wrote {} files to {}; summary {}".format(len(outputs.written), outputs.folder, outputs.summary),
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

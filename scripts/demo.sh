@@ -24,33 +24,40 @@ parse_flags "pth datasets_path output_dir limit preset height width batch_sizes 
 [ -z "${pth}" ] || [ -f "${pth}" ] || die "checkpoint not found: ${pth}"
 [ -z "${datasets_path}" ] || [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
 require_positive_ints "--height/--width" "${height}" "${width}"
+[ ! -e "${output_dir}" ] || [ -d "${output_dir}" ] || die "--output_dir ${output_dir} exists and is not a folder"
 
 ensure_venv requirements.txt
 export PYTHON
 mkdir -p "${output_dir}"
 began="${SECONDS}"
 
+# The preprocess folder eval_acc_perf.sh will use, held (its run shares the lock) and made afresh: bins of
+# another data set with the same ids and settings would otherwise be reused.
+prep="${output_dir}/prep_dataset"
+[ -z "${limit}" ] || prep="${prep}_limit${limit}"
+lock_output "${prep}"
+rm -rf -- "${prep}"
+
 if [ -z "${datasets_path}" ]; then
   datasets_path="${output_dir}/data"
   log "${samples} synthetic ${height}x${width} scenes -> ${datasets_path}"
-  "${PYTHON}" -m hrnetseg.sample_data "${datasets_path}" --n "${samples}" --height "${height}" --width "${width}" --seed 0
+  step "${PYTHON}" -m hrnetseg.sample_data "${datasets_path}" --n "${samples}" --height "${height}" --width "${width}" \
+    --seed 0
 fi
-# Preprocess afresh: bins of another data set with the same ids and settings would otherwise be reused.
-rm -rf -- "${output_dir}/prep_dataset"
 
 weights=(--random_weights 0)
 [ -z "${pth}" ] || weights=(--pth "${pth}")
 log "export ${preset} at ${height}x${width} (dynamic batch) + ONNX Runtime check"
-"${PYTHON}" "${REPO_ROOT}/HRNet_pth2onnx.py" "${weights[@]}" --preset "${preset}" --height "${height}" \
+step "${PYTHON}" "${REPO_ROOT}/HRNet_pth2onnx.py" "${weights[@]}" --preset "${preset}" --height "${height}" \
   --width "${width}" --batch dynamic --save_path "${output_dir}/hrnet.onnx"
-log "rewrite the head's Resize nodes to nearest, in place (the seed's performance_optimize_resize.py step)"
-"${PYTHON}" "${REPO_ROOT}/performance_optimize_resize.py" "${output_dir}/hrnet.onnx" "${output_dir}/hrnet.onnx"
+log "rewrite the head's Resize nodes to nearest, in place (the ModelZoo scripts' performance_optimize_resize.py step)"
+step "${PYTHON}" "${REPO_ROOT}/performance_optimize_resize.py" "${output_dir}/hrnet.onnx" "${output_dir}/hrnet.onnx"
 
 eval_args=(--datasets_path "${datasets_path}" --model_dir "${output_dir}" --output_dir "${output_dir}"
            --batch_sizes "${batch_sizes}" --backend "${backend}" --precision "${precision}" --preset "${preset}")
 [ -z "${limit}" ] || eval_args+=(--limit "${limit}")
 [ -z "${device}" ] || eval_args+=(--device "${device}")
-bash "${REPO_ROOT}/scripts/eval_acc_perf.sh" "${eval_args[@]}"
+step bash "${REPO_ROOT}/scripts/eval_acc_perf.sh" "${eval_args[@]}"
 
 [ -n "${pth}" ] || echo "note: random weights (no --pth): the mIoU above is meaningless; the pipeline and the timings are real"
 log "done in $((SECONDS - began)) s; everything is under ${output_dir}/"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's GPU figure: TensorRT fp16 throughput of hrnet.onnx, measured by trtexec per batch size.
+# The ModelZoo scripts' GPU figure: TensorRT fp16 throughput of hrnet.onnx, measured by trtexec per batch size.
 #   bash scripts/perf_gpu.sh [--onnx hrnet.onnx] [--batch_sizes "1 4"] [--height 1024] [--width 2048]
 #       [--output_dir .]
 # Reads "GPU Compute Time: ... mean = X ms" by field name and reports fps = N * 1000 / X; trtexec's logs go to
@@ -39,8 +39,8 @@ for bs in "${sizes[@]}"; do
   log_file="${output_dir}/trtexec_bs${bs}.log"
   cmd=(trtexec "--onnx=${onnx}" --fp16 "--shapes=image:${bs}x3x${height}x${width}")
   log "${cmd[*]}"
-  "${cmd[@]}" > "${log_file}" 2>&1 ||
-    { rc=$?; tail -n 20 "${log_file}" >&2; echo "error: command failed (exit ${rc}): ${cmd[*]}" >&2; exit "${rc}"; }
+  began="${SECONDS}"
+  "${cmd[@]}" > "${log_file}" 2>&1 || { rc=$?; tail -n 20 "${log_file}" >&2; failed "${rc}" "${began}" "${cmd[*]}"; }
   mean="$(mean_gpu_compute_ms "${log_file}")"
   [ -n "${mean}" ] || die "no GPU Compute Time mean in ${log_file}"
   rows+=("$(awk -v b="${bs}" -v m="${mean}" 'BEGIN { printf "| %s | %.2f | %.2f |", b, m, b * 1000 / m }')")

@@ -4,7 +4,8 @@
 #   bash scripts/pth2om.sh --pth hrnet.pth [--soc_version Ascend310P3] [--height 1024] [--width 2048]
 #       [--batch_sizes "1 4"] [--output_dir .] [--preset w48_ocr] [--input_format float32|uint8]
 #       [--no_rewrite] [--precision_mode MODE]
-# --soc_version defaults to the chip that `npu-smi info` reports; Python is ${PYTHON:-python3}.
+# --soc_version defaults to the chip that `npu-smi info` reports (given up after HRNETSEG_PROBE_TIMEOUT seconds,
+# 30 by default); Python is ${PYTHON:-python3}.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PYTHON="${PYTHON:-python3}"
 
@@ -33,7 +34,8 @@ command -v atc >/dev/null 2>&1 ||
   die "atc not found: source the CANN toolkit first (e.g. source /usr/local/Ascend/ascend-toolkit/set_env.sh)"
 if [ -z "${soc_version}" ]; then
   command -v npu-smi >/dev/null 2>&1 || die "npu-smi not found: pass --soc_version (e.g. Ascend310P3)"
-  smi="$(npu-smi info 2>&1)" || die "npu-smi info failed: pass --soc_version (e.g. Ascend310P3)"
+  probe npu-smi info || die "npu-smi info failed: pass --soc_version (e.g. Ascend310P3)"   # hung: exit 2
+  smi="${PROBE_OUTPUT}"
   # The first chip row of the table: "| 0       310P3     | OK  | ...": NPU id, then the chip name.
   chip="$(printf '%s\n' "${smi}" | awk -F'|' '$2 ~ /^ *[0-9]+ +[A-Za-z0-9]+ *$/ { split($2, f, " "); print f[2]; exit }')"
   [ -n "${chip}" ] || die "cannot read the chip name from npu-smi info: pass --soc_version (e.g. Ascend310P3)"

@@ -124,7 +124,7 @@ def test_refusals_are_one_clear_line(tmp_path, tiny_data_root, tiny_onnx_path, t
     shutil.copytree(tiny_data_root, broken)
     victim = sorted(broken.rglob("*" + cityscapes.IMAGE_SUFFIX))[2]
     victim.write_bytes(victim.read_bytes()[:200])
-    refused("cannot decode image", victim.name, data=broken, extra=["--batchsize", "1"])
+    refused("cannot be decoded", victim.name, data=broken, extra=["--batchsize", "1"])
     victim.unlink()
     label = sorted(broken.rglob("*" + cityscapes.LABEL_SUFFIX))[0]
     label.unlink()

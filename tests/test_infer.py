@@ -15,7 +15,7 @@ from hrnetseg.export import relative_error
 RUNNER = ["-m", "hrnetseg.infer"]
 OUT_SHAPE = (19, TINY_HEIGHT // 4, TINY_WIDTH // 4)
 # The parsing scripts/eval_acc_perf.sh applies to ais_bench's output and to ours.
-THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\((\d+)\)/NPU_compute_time\.mean\(([\d.]+)\):\s*([\d.]+)\s*$",
+THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\(([\d.]+)\)/NPU_compute_time\.mean\(([\d.]+)\):\s*([\d.]+)\s*$",
                         re.M)
 COMPUTE = re.compile(r"NPU_compute_time \(ms\): min = [\d.]+, max = [\d.]+, mean = [\d.]+, median = [\d.]+, "
                      r"percentile\(99%\) = [\d.]+")
@@ -67,16 +67,19 @@ def test_bs1_and_bs4_agree_and_padding_is_dropped(bs1_bs4, tiny_prep_path):
 
 def test_summary_lines_and_json(bs1_bs4):
     out, runs = bs1_bs4
-    for batch, result in runs.items():
+    # real images per timed run: bs1 carries 1 every run; bs4 carries 4, then 1 padded to 4: 2.5, not 4
+    for batch, images_per_run, printed in ((1, 1.0, "1"), (4, 2.5, "2.5")):
+        result = runs[batch]
         assert COMPUTE.search(result.stdout), result.stdout
         match = THROUGHPUT.search(result.stdout)
-        assert match and int(match.group(1)) == batch, result.stdout
+        assert match and match.group(1) == printed, result.stdout
         summary = json.loads((out / "bs{}_summary.json".format(batch)).read_text())
         assert summary["backend"] == "onnxruntime" and summary["device"] == "cpu" and summary["precision"] == "fp32"
         assert summary["batchsize"] == batch and summary["images"] == TINY_IMAGES
+        assert summary["batchsize_mean"] == images_per_run and summary["output_dtype"] == "float32"
         times = summary["compute_time_ms"]
         assert times["min"] <= times["median"] <= times["max"] and times["min"] <= times["p99"] <= times["max"]
-        assert summary["throughput"] == pytest.approx(1000 * batch / times["mean"])
+        assert summary["throughput"] == pytest.approx(1000 * images_per_run / times["mean"])
         assert float(match.group(3)) == pytest.approx(summary["throughput"], rel=1e-3)
         assert summary["warmup_count"] == 0              # no warm-up on the CPU by default
 
@@ -147,13 +150,21 @@ def test_refusals_are_one_clear_line(run, tmp_path, tiny_onnx_path, tiny_pth_pat
     refused("missing", victim.name)
     edit_manifest(prep_copy, ids=[])
     refused("no input files")
-    edit_manifest(prep_copy, ids=ids[:2], dtype="uint8")
+    originals = {i: np.fromfile(str(prep_copy / "{}.bin".format(i)), np.float32) for i in ids[:2]}
+
+    def bins_as(dtype, **changes):   # bins that match their manifest, of a dtype or shape the model does not take
+        edit_manifest(prep_copy, ids=ids[:2], dtype=dtype, **changes)
+        size = int(np.prod(changes.get("shape", (3, TINY_HEIGHT, TINY_WIDTH))))
+        for sample_id, values in originals.items():
+            np.resize(values, size).astype(dtype).tofile(str(prep_copy / "{}.bin".format(sample_id)))
+
+    bins_as("uint8")
     refused("uint8", "float32")
-    edit_manifest(prep_copy, dtype="float16")
+    bins_as("float16")
     refused("float16", "float32")
-    edit_manifest(prep_copy, dtype="float32", shape=[3, TINY_HEIGHT * 2, TINY_WIDTH * 2])
-    refused("3x{}x{}".format(TINY_HEIGHT * 2, TINY_WIDTH * 2))
-    edit_manifest(prep_copy, shape=[3, TINY_HEIGHT, TINY_WIDTH])
+    bins_as("float32", shape=[3, TINY_HEIGHT * 2, TINY_WIDTH * 2])
+    refused("3x{}x{}".format(TINY_HEIGHT * 2, TINY_WIDTH * 2), "the model takes")
+    bins_as("float32", shape=[3, TINY_HEIGHT, TINY_WIDTH])
 
     refused("ais_bench", model=tmp_path / "hrnet_bs1.om")
     (tmp_path / "junk.onnx").write_bytes(b"junk")

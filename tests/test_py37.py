@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO, run_script
 
 ATLAS_SIDE = ["hrnetseg/__init__.py", "hrnetseg/cli.py", "hrnetseg/files.py", "hrnetseg/locks.py", "hrnetseg/presets.py",
+              "hrnetseg/acc_perf.py",
               "hrnetseg/cityscapes.py", "hrnetseg/sample_data.py",
               "hrnetseg/preprocess.py", "hrnetseg/metrics.py", "hrnetseg/postprocess.py", "HRNet_preprocess.py",
               "HRNet_postprocess.py"]
@@ -50,4 +51,6 @@ def test_steps_run_without_torch(sample_data_root, sample_results_path, tmp_path
     merge = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.metrics", "merge", tmp_path / "c.npz", "--save_path",
                         tmp_path / "m.json"])
     assert merge.returncode == 0, merge.stderr
-    assert "torch" not in prep.stderr + post.stderr + merge.stderr
+    check = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.acc_perf", "check_batch_sizes", tmp_path / "prep", "1"])
+    assert check.returncode == 0, check.stderr
+    assert "torch" not in prep.stderr + post.stderr + merge.stderr + check.stderr

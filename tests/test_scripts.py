@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -44,17 +45,33 @@ import sys
 sys.stdout.write(open(sys.argv[0] + ".txt").read())
 '''
 AIS_BENCH = r'''
-import json, os, subprocess, sys
+import glob, json, os, subprocess, sys, time
+import numpy as np
 args = sys.argv[1:]
 with open(os.environ["STUB_LOG"], "a") as fh:
     fh.write(json.dumps(["ais_bench"] + args) + "\n")
 if args == ["--help"]:
     sys.exit(0)
 flags = dict(zip(args[0::2], args[1::2]))
+gate = os.environ.get("STUB_GATE")
+if gate:   # say that this run has started, then wait for the test to let it go on
+    open(gate + ".started", "w").close()
+    while not os.path.exists(gate + ".go"):
+        time.sleep(0.02)
 # What ais_bench would do with the .om: run the same model, write <id>_<k>.bin, print its summary lines.
-sys.exit(subprocess.call([sys.executable, "-m", "hrnetseg.infer", "--model", os.environ["STUB_ONNX"],
-                          "--input", flags["--input"], "--output", flags["--output"],
-                          "--output_dirname", flags["--output_dirname"], "--batchsize", flags["--batchsize"]]))
+code = subprocess.call([sys.executable, "-m", "hrnetseg.infer", "--model", os.environ["STUB_ONNX"],
+                        "--input", flags["--input"], "--output", flags["--output"],
+                        "--output_dirname", flags["--output_dirname"], "--batchsize", flags["--batchsize"]])
+folder = os.path.join(flags["--output"], flags["--output_dirname"])
+if os.environ.get("STUB_FLOAT16"):   # an .om made with atc --output_type=FP16; ais_bench's summary names no dtype
+    for path in glob.glob(os.path.join(folder, "*.bin")):
+        np.fromfile(path, dtype=np.float32).astype(np.float16).tofile(path)
+    with open(folder + "_summary.json") as fh:
+        summary = json.load(fh)
+    summary.pop("output_dtype")
+    with open(folder + "_summary.json", "w") as fh:
+        json.dump(summary, fh)
+sys.exit(code)
 '''
 TRTEXEC = r'''
 import json, os, sys
@@ -190,6 +207,7 @@ def test_eval_with_ais_bench_and_om_files(tools, tmp_path, tiny_onnx_path, tiny_
         assert row[4] == "{:.2f}%".format(100 * saved["mIoU"]) and saved["images"] == 5
         assert float(row[3]) > 0
     assert rows[0][4] == rows[1][4]          # bs1 and bs4 outputs agree, so the mIoU does too
+    assert "5 images at batch size 4 leave a last batch of 1, which ais_bench pads and counts as 4" in result.stderr
 
 
 def test_eval_auto_stops_when_om_files_exist_but_ais_bench_does_not_start(tools, tmp_path, tiny_data_root):
@@ -234,6 +252,13 @@ def test_eval_refuses_bad_arguments(tools, tmp_path, tiny_data_root):
     assert_user_error(bash("eval_acc_perf.sh", *data, "--backend", "tensorrt", env=env), "--backend")
     assert_user_error(bash("eval_acc_perf.sh", *data, "--backend", "torch", env=env), "--pth")
     assert_user_error(bash("eval_acc_perf.sh", *data, "--batch_sizes", "0", env=env), "--batch_sizes")
+    assert_user_error(bash("eval_acc_perf.sh", *data, "--output_dtype", "float64", env=env), "--output_dtype")
+    (tmp_path / "a_file").write_text("")
+    assert_user_error(bash("eval_acc_perf.sh", *data, "--output_dir", tmp_path / "a_file", env=env),
+                      "--output_dir", "not a folder")
+    (tmp_path / "hrnet.onnx").write_bytes(b"onnx")     # the local runner writes float32 only
+    assert_user_error(bash("eval_acc_perf.sh", *data, "--output_dtype", "float16", env=env),
+                      "--output_dtype float16", "onnxruntime backend writes float32")
     assert_user_error(bash("eval_acc_perf.sh", "--datasets_path", tmp_path / "nope", env=env), "not found")
 
 
@@ -248,6 +273,15 @@ def test_perf_gpu_reads_the_mean_gpu_compute_time_by_name(tools, tmp_path, tiny_
                                       "--shapes=image:{}x3x1024x2048".format(bs)] for bs in (1, 4)]
     rows = table_rows(result.stdout)
     assert rows == [["1", "160.00", "6.25"], ["4", "640.00", "6.25"]]     # fps = N * 1000 / mean
+
+
+def test_perf_gpu_names_a_failed_trtexec_run_and_its_time(tools, tmp_path, tiny_onnx_path):
+    folder, env, _ = tools
+    write_tool(folder, "trtexec", "import sys\nprint('[E] engine build failed')\nsys.exit(4)\n")
+    result = bash("perf_gpu.sh", "--onnx", tiny_onnx_path, "--output_dir", tmp_path, env=env)
+    assert result.returncode == 4 and "engine build failed" in result.stderr
+    assert re.match(r"error: command failed \(exit 4\): trtexec --onnx=\S+ --fp16 --shapes=image:1x3x1024x2048 "
+                    r"\(after \d+ s\)$", result.stderr.splitlines()[-1]), result.stderr
 
 
 def test_perf_gpu_without_trtexec_says_so(tools, tiny_onnx_path):
@@ -270,15 +304,25 @@ def test_demo_runs_the_whole_pipeline_small(tools, tmp_path):
     assert (out / "hrnet.onnx").exists() and (out / "result_bs1.json").exists() and (out / "result_bs4.json").exists()
 
 
-def test_eval_without_a_throughput_line_says_so(tools, tmp_path, tiny_data_root):
-    """An ais_bench whose summary wording changed: one clear line, not a bare failed-command trace."""
+def test_demo_refuses_an_output_dir_that_is_a_file(tools, tmp_path):
+    _, env, _ = tools
+    (tmp_path / "a_file").write_text("")
+    result = bash("demo.sh", "--output_dir", tmp_path / "a_file", env=dict(env, HRNETSEG_VENV="none"))
+    assert_user_error(result, "--output_dir", "not a folder")
+
+
+def test_eval_without_a_usable_throughput_says_so(tools, tmp_path, tiny_data_root):
+    """One clear line naming the log and the command, never a bare failed-command trace or 0.00 in the table
+    (python3 -m hrnetseg.acc_perf throughput; its cases are in test_hostile_runner.py)."""
     _, env, _ = tools
     stub = tmp_path / "quiet_ais_bench.py"
-    stub.write_text("import sys\nprint('[INFO] throughput: 1.0')\n")
+    stub.write_text("print('[INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(1.000): 0.000')\n")
     (tmp_path / "hrnet_bs1.om").write_bytes(b"om")
     result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--batch_sizes", "1",
-                  "--output_dir", tmp_path / "eval", env=dict(env, AIS_BENCH="{} {}".format(sys.executable, stub)))
-    assert_user_error(result, "no 'throughput 1000*batchsize")
+                  "--limit", "1", "--output_dir", tmp_path / "eval",
+                  env=dict(env, AIS_BENCH="{} {}".format(sys.executable, stub)))
+    assert_user_error(result, "'0.000'", "not a positive", "{}/eval/results/bs1.log".format(tmp_path), str(stub))
+    assert "| 1 |" not in result.stdout
 
 
 def test_eval_limit_gets_its_own_prep_folder(tools, tmp_path, tiny_onnx_path, tiny_data_root):
@@ -292,3 +336,109 @@ def test_eval_limit_gets_its_own_prep_folder(tools, tmp_path, tiny_onnx_path, ti
         assert result.returncode == 0, result.stderr
     assert len(list((out / "prep_dataset_limit2").glob("*.bin"))) == 2
     assert json.loads((out / "result_bs1.json").read_text())["images"] == 2
+
+
+# ------------------------------------------------------------------- hostile runs: locks, batch sizes, hung tools
+
+def eval_with_ais_bench_stub(tmp_path, env, tiny_onnx_path, batch_sizes=(1,), **extra_env):
+    """(the environment, models folder) for eval_acc_perf.sh with the ais_bench stand-in and .om files."""
+    stub = tmp_path / "ais_bench_stub.py"
+    stub.write_text(AIS_BENCH)
+    models = tmp_path / "models"
+    models.mkdir()
+    for bs in batch_sizes:
+        (models / "hrnet_bs{}.om".format(bs)).write_bytes(b"om")
+    return dict(env, AIS_BENCH="{} {}".format(sys.executable, stub), STUB_ONNX=str(tiny_onnx_path), **extra_env), models
+
+
+def test_a_second_eval_into_the_same_output_dir_stops_at_once(tools, tmp_path, tiny_onnx_path, tiny_data_root):
+    _, env, _ = tools
+    gate = tmp_path / "gate"
+    env, models = eval_with_ais_bench_stub(tmp_path, env, tiny_onnx_path, STUB_GATE=str(gate))
+    out = tmp_path / "eval"
+    args = ["--datasets_path", tiny_data_root, "--model_dir", models, "--batch_sizes", "1", "--limit", "2",
+            "--output_dir", out]
+    first = subprocess.Popen(["bash", str(REPO / "scripts" / "eval_acc_perf.sh")] + [str(a) for a in args], env=env,
+                             cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (tmp_path / "gate.started").exists():   # the first run is inside ais_bench, holding its locks
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.02)
+        began = time.monotonic()
+        second = bash("eval_acc_perf.sh", *args, env=env)
+        assert_user_error(second, "being written by another run (PID {})".format(first.pid))
+        assert time.monotonic() - began < 10 and "HRNet_preprocess.py" not in second.stderr   # before any work
+    finally:
+        (tmp_path / "gate.go").touch()
+        stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert [r[:3] for r in table_rows(stdout)] == [["1", "ais_bench", "npu:0"]]
+    assert json.loads((out / "result_bs1.json").read_text())["images"] == 2
+    assert len(list((out / "results" / "bs1").glob("*_1.bin"))) == 2
+    assert not list(out.rglob("*.lock"))                                  # released when the first run ended
+
+
+def test_eval_refuses_a_batch_size_larger_than_the_images(tools, tmp_path, tiny_onnx_path, tiny_data_root):
+    """Its padding would be timed as images (ais_bench counts a padded batch as full)."""
+    _, env, log = tools
+    env, models = eval_with_ais_bench_stub(tmp_path, env, tiny_onnx_path, batch_sizes=(1, 4))
+    out = tmp_path / "eval"
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", models, "--batch_sizes", "1 4",
+                  "--limit", "3", "--output_dir", out, env=env)
+    assert_user_error(result, "batch size 4 is larger than the 3 images in {}/prep_dataset_limit3".format(out))
+    assert [c for c in calls(log, "ais_bench") if c != ["--help"]] == []    # refused before any inference
+
+
+def test_eval_passes_output_dtype_float16_for_an_fp16_om(tools, tmp_path, tiny_onnx_path, tiny_data_root):
+    _, env, _ = tools
+    env, models = eval_with_ais_bench_stub(tmp_path, env, tiny_onnx_path, STUB_FLOAT16="1")
+    out = tmp_path / "eval"
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", models, "--batch_sizes", "1",
+                  "--limit", "1", "--output_dtype", "float16", "--output_dir", out, env=env)
+    assert result.returncode == 0, result.stderr
+    outputs = sorted((out / "results" / "bs1").glob("*_1.bin"))
+    assert len(outputs) == 1 and outputs[0].stat().st_size == 2 * 19 * (64 // 4) * (128 // 4)    # float16 files
+    assert json.loads((out / "result_bs1.json").read_text())["images"] == 1
+    assert [r[:3] for r in table_rows(result.stdout)] == [["1", "ais_bench", "npu:0"]]
+
+
+HANG = "import time\ntime.sleep(120)\n"
+
+
+def test_hung_probes_stop_the_scripts_with_one_line(tools, tmp_path, tiny_pth_path, tiny_data_root):
+    folder, env, _ = tools
+    write_tool(folder, "atc", ATC)
+    write_tool(folder, "npu-smi", HANG)
+    hung = tmp_path / "hung_ais_bench.py"
+    hung.write_text(HANG)
+    (tmp_path / "hrnet_bs1.om").write_bytes(b"om")
+    env = dict(env, HRNETSEG_PROBE_TIMEOUT="1", AIS_BENCH="{} {}".format(sys.executable, hung))
+    commands = {"pth2om.sh": ["--pth", tiny_pth_path, "--output_dir", tmp_path / "om"],
+                "eval_acc_perf.sh": ["--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--batch_sizes", "1",
+                                     "--output_dir", tmp_path / "eval"]}
+    began = time.monotonic()
+    running = {name: subprocess.Popen(["bash", str(REPO / "scripts" / name)] + [str(a) for a in args], env=env,
+                                      cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name, args in commands.items()}
+    results = {name: subprocess.CompletedProcess(p.args, 0, *p.communicate(timeout=60)) for name, p in running.items()}
+    for name, process in running.items():
+        results[name].returncode = process.returncode
+    assert time.monotonic() - began < 30
+    assert_user_error(results["pth2om.sh"], "'npu-smi info' did not answer within 1 s", "HRNETSEG_PROBE_TIMEOUT")
+    assert_user_error(results["eval_acc_perf.sh"], "--help' did not answer within 1 s")
+    assert not (tmp_path / "om").exists() and not (tmp_path / "eval").exists()
+
+
+def test_a_failed_long_step_names_the_command_and_its_time(tools, tmp_path, tiny_data_root):
+    """The inference through tee fails: the command and how long it ran, not just an exit status."""
+    _, env, _ = tools
+    stub = tmp_path / "failing_ais_bench.py"
+    stub.write_text("import sys\nif sys.argv[1:] != ['--help']:\n    sys.exit(5)\n")
+    (tmp_path / "hrnet_bs1.om").write_bytes(b"om")
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--batch_sizes", "1",
+                  "--limit", "1", "--output_dir", tmp_path / "eval",
+                  env=dict(env, AIS_BENCH="{} {}".format(sys.executable, stub)))
+    assert result.returncode == 5, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert re.match(r"error: command failed \(exit 5\): \S+ {} --model .*hrnet_bs1.om .* \(after \d+ s\)$".format(
+        re.escape(str(stub))), last), last

@@ -1,0 +1,186 @@
+"""The checks and the table of scripts/eval_acc_perf.sh, as subcommands (no Python inside the shell script).
+
+    python3 -m hrnetseg.acc_perf check_batch_sizes PREP 1 4 --backend ais_bench
+        exit 2 when a batch size is larger than the number of images PREP's manifest lists; with ais_bench,
+        a note for each batch size whose padded last batch inflates the throughput
+    python3 -m hrnetseg.acc_perf throughput --log results/bs4.log --command "ais_bench ..."
+        the images/s of the last ais_bench (or hrnetseg.infer) throughput line; exit 2 when it is missing,
+        not a number, not finite or not above 0
+    python3 -m hrnetseg.acc_perf row --batch 4 --backend ais_bench --device npu:0 --fps 12.5 --result result_bs4.json
+        one row of the table: | batch | backend | device | throughput (fps) | mIoU |
+        (--summary results/bs4_summary.json instead of --device: the device the local runner used)
+
+Atlas-side module: standard library only (the manifest is read through hrnetseg.preprocess), valid Python 3.7.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from typing import List, Optional, Sequence
+
+from .cli import UserError, positive_int, run_cli
+from .files import require_file
+
+# ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
+THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
+_THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\([^)]*\)/NPU_compute_time\.mean\([^)]*\):[ \t]*(\S*)")
+
+
+# --- check_batch_sizes ---------------------------------------------------------------------------------
+
+def image_count(prep: str) -> int:
+    from .preprocess import read_manifest   # numpy and the manifest rules; only this subcommand needs them
+
+    return len(read_manifest(prep)["ids"])
+
+
+def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = False) -> List[str]:
+    """A batch larger than the data set is all padding after the images: its time would be charged to
+    images that do not exist (or, as ais_bench counts, padding counted as images).
+
+    Returns notes for the batch sizes that leave a padded last batch where the tool counts padding as
+    images (counts_padding: ais_bench reports 1000 * model batch size / mean time for every run).
+    """
+    count = image_count(prep)
+    too_big = [size for size in sizes if size > count]
+    if too_big:
+        raise UserError("batch size{} {} {} larger than the {} image{} in {}: use --batch_sizes up to {} (or more "
+                        "images)".format("s" if len(too_big) > 1 else "", ", ".join(map(str, too_big)),
+                                         "are" if len(too_big) > 1 else "is", count, "" if count == 1 else "s", prep,
+                                         count))
+    notes = []
+    for size in sizes if counts_padding else ():
+        runs = -(-count // size)
+        if runs * size != count:
+            notes.append("note: {} images at batch size {} leave a last batch of {}, which ais_bench pads and counts "
+                         "as {}: its throughput is up to {:.1f}% above the images' own".format(
+                             count, size, count - (runs - 1) * size, size, 100.0 * (runs * size - count) / count))
+    return notes
+
+
+# --- throughput ------------------------------------------------------------------------------------------
+
+def read_text(path: str, what: str) -> str:
+    require_file(path, what)
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise UserError("cannot read {} {}: {}".format(what, path, exc.strerror or exc))
+
+
+def parse_throughput(text: str) -> Optional[str]:
+    """The X of the last throughput line, as written (None when there is no such line)."""
+    found = _THROUGHPUT.findall(text)
+    return found[-1] if found else None
+
+
+def throughput(log: str, command: str) -> float:
+    """The images/s the run reported; a UserError naming the log and the command when there is none usable."""
+    source = "{} (the output of: {})".format(log, command) if command else log
+    text = parse_throughput(read_text(log, "log"))
+    if text is None:
+        raise UserError("no '{}' line in {}".format(THROUGHPUT_LINE, source))
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise UserError("the throughput {!r} in {} is not a positive number: the run measured nothing usable"
+                        .format(text, source))
+    return value
+
+
+def format_fps(fps: float) -> str:
+    """Two decimals, or three significant digits below 1 fps (a slow CPU run must not show as 0.00)."""
+    return "{:.2f}".format(fps) if fps >= 1 else "{:.3g}".format(fps)
+
+
+# --- row -------------------------------------------------------------------------------------------------
+
+def read_json(path: str, what: str) -> dict:
+    try:
+        data = json.loads(read_text(path, what))
+    except ValueError as exc:
+        raise UserError("{} {} is not JSON: {}".format(what, path, exc))
+    if not isinstance(data, dict):
+        raise UserError("{} {} holds no JSON object".format(what, path))
+    return data
+
+
+def miou(result_path: str) -> float:
+    """The mIoU fraction (0..1, as cityscapesScripts) of HRNet_postprocess.py's result file."""
+    value = read_json(result_path, "result").get("mIoU")
+    if value is None:
+        raise UserError("no mIoU in {}".format(result_path))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise UserError("{} holds mIoU {!r}, not a fraction from 0 to 1".format(result_path, value))
+    return float(value)
+
+
+def summary_device(summary_path: str) -> str:
+    device = read_json(summary_path, "runner summary").get("device")
+    if not isinstance(device, str) or not device:
+        raise UserError("runner summary {} names no device".format(summary_path))
+    return device
+
+
+def table_row(batch: int, backend: str, device: str, fps: float, miou_fraction: float) -> str:
+    return "| {} | {} | {} | {} | {:.2f}% |".format(batch, backend, device, format_fps(fps), 100.0 * miou_fraction)
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("expected a positive number, got {!r}".format(text))
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python3 -m hrnetseg.acc_perf", description=__doc__.strip().splitlines()[0])
+    commands = parser.add_subparsers(dest="subcommand")
+    check = commands.add_parser("check_batch_sizes", help="refuse batch sizes larger than the preprocessed images")
+    check.add_argument("prep", help="the preprocess folder (its manifest.json lists the images)")
+    check.add_argument("sizes", nargs="+", type=positive_int, help="the batch sizes")
+    check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench counts "
+                       "a padded last batch as full: a note says where that happens)")
+    fps = commands.add_parser("throughput", help="print the images/s of the last throughput line of a log")
+    fps.add_argument("--log", required=True, help="what ais_bench or python3 -m hrnetseg.infer printed")
+    fps.add_argument("--command", default="", help="the command that wrote the log (for the error message)")
+    row = commands.add_parser("row", help="print one row of the table")
+    row.add_argument("--batch", required=True, type=positive_int)
+    row.add_argument("--backend", required=True)
+    where = row.add_mutually_exclusive_group(required=True)
+    where.add_argument("--device", help="the device, as the table shows it (npu:0)")
+    where.add_argument("--summary", help="the runner's OUTPUT/<dirname>_summary.json, which names the device")
+    row.add_argument("--fps", required=True, type=positive_number, help="images/s (from the throughput command)")
+    row.add_argument("--result", required=True, help="HRNet_postprocess.py's result JSON (its mIoU)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.subcommand == "check_batch_sizes":
+        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=args.backend == "ais_bench"):
+            print(note, file=sys.stderr)
+    elif args.subcommand == "throughput":
+        print(repr(throughput(args.log, args.command)))
+    elif args.subcommand == "row":
+        device = args.device if args.device is not None else summary_device(args.summary)
+        print(table_row(args.batch, args.backend, device, args.fps, miou(args.result)))
+    else:
+        parser.error("choose a command: check_batch_sizes, throughput or row")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
