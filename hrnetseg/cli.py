@@ -71,7 +71,7 @@ def add_alias_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def plain_name(text: str) -> str:
-    """A folder name such as a split (`val`): no path separators, not `.` or `..`."""
+    """A folder name such as a split (`val`) or an output dirname: no path separators, not `.` or `..`."""
     if not text or text in (".", "..") or "/" in text or os.sep in text or (os.altsep and os.altsep in text):
-        raise argparse.ArgumentTypeError("expected a plain name such as val (no path separators), got {!r}".format(text))
+        raise argparse.ArgumentTypeError("expected a plain name (no path separators, not . or ..), got {!r}".format(text))
     return text

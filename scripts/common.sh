@@ -48,7 +48,7 @@ LOCKED_FILES=()
 lock_output() {
   local lock_file fd try rc answer
   lock_file="$("${PYTHON}" -m hrnetseg.locks path "$1")" || exit $?
-  mkdir -p -- "$(dirname -- "${lock_file}")"
+  mkdir -p -- "$(dirname -- "${lock_file}")" 2>/dev/null || die "cannot create the folder of lock file ${lock_file}"
   for try in 1 2 3; do
     exec {fd}>>"${lock_file}" || die "cannot create lock file ${lock_file}"
     rc=0
@@ -90,6 +90,15 @@ parse_flags() {
     printf -v "${name}" '%s' "$2"
     shift 2
   done
+}
+
+# require_file WHAT PATH: die unless PATH is a regular file (or a symlink to one), saying what it is instead.
+require_file() {
+  local what="$1" path="$2"
+  if [ -f "${path}" ]; then return 0; fi
+  if [ -L "${path}" ]; then die "${what} ${path} is a broken symbolic link or a symbolic link loop"; fi
+  if [ -e "${path}" ]; then die "${what} ${path} is not a regular file"; fi
+  die "${what} not found: ${path}"
 }
 
 # require_positive_ints FLAG VALUE...: die unless every value is a positive integer.

@@ -8,7 +8,8 @@
 # Writes OUTPUT_DIR/prep_dataset[_uint8][_limitN]/, OUTPUT_DIR/results/bs<N>/ (replaced each run), result_bs<N>.json;
 # they are locked while it runs (a second run into the same OUTPUT_DIR stops at once, naming this one's PID).
 # auto: ais_bench when MODEL_DIR holds hrnet_bs<N>.om files, else the local runner (hrnet.onnx, else --pth).
-# --output_dtype float16: the .om files were made with atc --output_type=FP16 (ais_bench then writes float16).
+# --output_dtype float16: the .om files were made with atc --output_type=FP16 (ais_bench then writes float16);
+# passed to HRNet_postprocess.py (without it: the runner summary says, else float32, else float16 by size).
 # A batch size larger than the number of images is refused (its padding would be timed as images).
 # Python is ${PYTHON:-python3}; ais_bench is ${AIS_BENCH:-python3 -m ais_bench}; its --help check gives up after
 # HRNETSEG_PROBE_TIMEOUT seconds (30).
@@ -25,7 +26,7 @@ precision="fp32"
 device=""
 limit=""
 input_format="float32"
-output_dtype="float32"
+output_dtype=""
 preset="w48_ocr"
 output_dir="."
 flags="datasets_path model_dir pth batch_sizes backend precision device limit input_format output_dtype preset output_dir"
@@ -38,8 +39,8 @@ read -r -a sizes <<< "${batch_sizes}"
 require_positive_ints --batch_sizes "${sizes[@]}"
 [ -z "${limit}" ] || require_positive_ints --limit "${limit}"
 case "${input_format}" in float32|uint8) ;; *) die "--input_format is float32 or uint8, not '${input_format}'" ;; esac
-case "${output_dtype}" in float32|float16) ;; *) die "--output_dtype is float32 or float16, not '${output_dtype}'" ;; esac
-[ -z "${pth}" ] || [ -f "${pth}" ] || die "checkpoint not found: ${pth}"
+case "${output_dtype}" in ""|float32|float16) ;; *) die "--output_dtype is float32 or float16, not '${output_dtype}'" ;; esac
+[ -z "${pth}" ] || require_file checkpoint "${pth}"
 if [ -d "${datasets_path}/cityscapes" ]; then gt_dir="${datasets_path}/cityscapes/gtFine/val"; else gt_dir="${datasets_path}/gtFine/val"; fi
 [ -d "${gt_dir}" ] || die "no labels folder ${gt_dir} (expected DATA/cityscapes/gtFine/val/<city>/*_gtFine_labelIds.png)"
 read -r -a ais_bench <<< "${AIS_BENCH:-python3 -m ais_bench}"
@@ -123,7 +124,8 @@ for bs in "${sizes[@]}"; do
   "${cmd[@]}" 2>&1 | tee "${run_log}" || failed "$?" "${began}" "${cmd[*]}"
   fps="$("${PYTHON}" -m hrnetseg.acc_perf throughput --log "${run_log}" --command "${cmd[*]}")" || exit $?
 
-  post_args=(--res_path "${res}" --data_path "${gt_dir}" --save_path "${result}" --output_dtype "${output_dtype}")
+  post_args=(--res_path "${res}" --data_path "${gt_dir}" --save_path "${result}")
+  [ -z "${output_dtype}" ] || post_args+=(--output_dtype "${output_dtype}")   # else: the runner summary, then float32
   [ -z "${limit}" ] || post_args+=(--allow_missing)   # --limit N: only the first N labels have outputs
   step "${PYTHON}" "${REPO_ROOT}/HRNet_postprocess.py" "${post_args[@]}"
   row="$("${PYTHON}" -m hrnetseg.acc_perf row --batch "${bs}" --backend "${backend}" "${where[@]}" --fps "${fps}" \

@@ -16,7 +16,7 @@ parse_flags "onnx batch_sizes height width output_dir" "" "$@"
 read -r -a sizes <<< "${batch_sizes}"
 require_positive_ints --batch_sizes "${sizes[@]}"
 require_positive_ints "--height/--width" "${height}" "${width}"
-[ -f "${onnx}" ] || die "ONNX model not found: ${onnx} (make it with HRNet_pth2onnx.py or scripts/pth2om.sh)"
+require_file "ONNX model" "${onnx}"   # HRNet_pth2onnx.py or scripts/pth2om.sh makes it
 command -v trtexec >/dev/null 2>&1 ||
   die "trtexec not found: install TensorRT and put its bin folder on PATH; nothing was measured"
 mkdir -p "${output_dir}"

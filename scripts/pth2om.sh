@@ -23,7 +23,7 @@ precision_mode=""
 parse_flags "pth soc_version height width batch_sizes output_dir preset input_format precision_mode" "no_rewrite" "$@"
 
 [ -n "${pth}" ] || die "--pth FILE is required (the official checkpoint)"
-[ -f "${pth}" ] || die "checkpoint not found: ${pth}"
+require_file checkpoint "${pth}"
 require_positive_ints "--height/--width" "${height}" "${width}"
 read -r -a sizes <<< "${batch_sizes}"
 require_positive_ints --batch_sizes "${sizes[@]}"
