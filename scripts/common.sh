@@ -72,6 +72,7 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 
 # parse_flags "VALUE NAMES" "SWITCH NAMES" "$@": `--name VALUE` sets the variable `name` for each value
 # name, `--name` sets `name=1` for each switch name; hyphens work as underscores; -h/--help prints usage.
+# A value may not be empty (leave the flag out to keep its default).
 parse_flags() {
   local values=" $1 " switches=" $2 " name
   shift 2
@@ -87,6 +88,8 @@ parse_flags() {
     fi
     [[ "${values}" == *" ${name} "* ]] || die "unknown argument: $1 (see --help)"
     [ $# -ge 2 ] || die "$1 needs a value"
+    # an empty value is refused, never taken as "not given": --output_dir "" would put the outputs under /
+    [ -n "$2" ] || die "$1 needs a value, not an empty string"
     printf -v "${name}" '%s' "$2"
     shift 2
   done
@@ -99,6 +102,11 @@ require_file() {
   if [ -L "${path}" ]; then die "${what} ${path} is a broken symbolic link or a symbolic link loop"; fi
   if [ -e "${path}" ]; then die "${what} ${path} is not a regular file"; fi
   die "${what} not found: ${path}"
+}
+
+# require_output_folder FLAG PATH: die unless PATH is a folder or does not exist yet (the script makes it).
+require_output_folder() {
+  [ ! -e "$2" ] || [ -d "$2" ] || die "$1 $2 exists and is not a folder"
 }
 
 # require_positive_ints FLAG VALUE...: die unless every value is a positive integer.

@@ -34,7 +34,7 @@ parse_flags "${flags}" "" "$@"
 
 [ -n "${datasets_path}" ] || die "--datasets_path DATA is required (the folder holding cityscapes/)"
 [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
-[ ! -e "${output_dir}" ] || [ -d "${output_dir}" ] || die "--output_dir ${output_dir} exists and is not a folder"
+require_output_folder --output_dir "${output_dir}"
 read -r -a sizes <<< "${batch_sizes}"
 require_positive_ints --batch_sizes "${sizes[@]}"
 [ -z "${limit}" ] || require_positive_ints --limit "${limit}"
