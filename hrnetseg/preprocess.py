@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import stat
 import sys
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -319,15 +320,23 @@ def recorded_sources(manifest: Optional[dict]) -> Dict[str, List[int]]:
 
 
 def _finished_ids(out: str, file_bytes: int) -> set:
-    """Ids of the bins in `out` that are regular files of the right size."""
+    """Ids of the bins in `out` that are regular files of the right size (not symbolic links: see _linked_ids)."""
     done = set()
     for path in glob.glob(os.path.join(glob.escape(out), "*.bin")):
         try:
-            if os.path.isfile(path) and os.path.getsize(path) == file_bytes:
-                done.add(os.path.basename(path)[:-4])
+            info = os.lstat(path)
         except OSError:
-            pass
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_size == file_bytes:
+            done.add(os.path.basename(path)[:-4])
     return done
+
+
+def _linked_ids(out: str, ids) -> set:
+    """Ids whose bin is a symbolic link. This tool writes regular files, so a link is not its work (it may
+    point at another image's bin), and writing a bin through it would change a file outside the folder:
+    such bins are removed and made afresh."""
+    return {sample_id for sample_id in ids if os.path.islink(os.path.join(out, sample_id + ".bin"))}
 
 
 def _remove_bins(out: str, ids) -> None:
@@ -423,6 +432,7 @@ def _convert_all(samples, out: str, settings: dict, old: Optional[dict], referen
     present = _finished_ids(out, file_bytes) & wanted
     done = {i for i in present if signatures[i] is not None and recorded.get(i) == signatures[i]}
     stale = present - done
+    linked = _linked_ids(out, wanted)
     todo = [s for s in samples if s.id not in done]
     _check_free_space(out, (len(todo) - len(stale)) * file_bytes)
 
@@ -435,7 +445,7 @@ def _convert_all(samples, out: str, settings: dict, old: Optional[dict], referen
     # nothing for the stale ones, then the stale bins go, and only then the signatures this run converts from
     # (a bin written from here on is made from the image as it is now, or later: never older).
     _write_manifest(out, manifest)
-    _remove_bins(out, stale)
+    _remove_bins(out, stale | linked)
     sources.update((s.id, signatures[s.id]) for s in todo if signatures[s.id] is not None)
     _write_manifest(out, manifest)
 
