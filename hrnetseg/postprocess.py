@@ -417,7 +417,10 @@ def _evaluate_task(task):
 # --- the step -------------------------------------------------------------------------------------
 
 def _folder_output(path: Optional[str], flag: str) -> None:
-    """Refuse, before any work, a picture folder that exists and is not a folder (it is made later)."""
+    """Refuse, before any work, an empty picture folder name or one that exists and is not a folder (it is
+    made later)."""
+    if path == "":
+        raise UserError("{} is empty: give a folder name".format(flag))
     if path is not None and os.path.lexists(path) and not os.path.isdir(path):
         make_output_folder(path, flag)  # raises, saying what it is
 
@@ -430,6 +433,12 @@ def _check_outputs(save_path: Optional[str], save_confusion: Optional[str], save
         raise UserError("--save_path and --save_confusion are the same file {}: give two names".format(save_path))
     _folder_output(save_vis, "--save_vis")
     _folder_output(save_pred, "--save_pred")
+    # a result file where a picture folder will be made (or the other way round) would fail after all the work
+    for file_flag, file_path in (("--save_path", save_path), ("--save_confusion", save_confusion)):
+        for folder_flag, folder in (("--save_vis", save_vis), ("--save_pred", save_pred)):
+            if file_path and folder and os.path.realpath(file_path) == os.path.realpath(folder):
+                raise UserError("{} and {} are the same path {}: one is a file, the other a folder; give two "
+                                "names".format(file_flag, folder_flag, file_path))
 
 
 def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] = None, split: str = "val",
