@@ -60,8 +60,14 @@ def not_regular_reason(path: str) -> Optional[str]:
     return "is {}, not a regular file".format(_kind(mode))
 
 
+def _require_a_path(path: str, what: str) -> None:
+    if not path:   # os.stat("") says "not found", which reads as if a file had been named
+        raise UserError("no {} given (an empty path)".format(what))
+
+
 def require_file(path: str, what: str = "file") -> str:
     """`path` when it is a regular file; a one-line UserError saying what it is otherwise."""
+    _require_a_path(path, what)
     reason = not_regular_reason(path)
     if reason is not None:
         if reason == "not found":
@@ -71,6 +77,7 @@ def require_file(path: str, what: str = "file") -> str:
 
 
 def require_folder(path: str, what: str = "folder") -> str:
+    _require_a_path(path, what)
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -123,6 +130,8 @@ def make_output_folder(path: Optional[str], flag: str = "") -> bool:
     """Create an output folder (parents too) or accept an existing one; True if this call created it."""
     if path is None:
         return False
+    if not path:
+        raise UserError("{} is empty: give a folder name".format(flag or "the output folder"))
     what = "{} {}".format(flag, path) if flag else path
     if os.path.lexists(path) and not os.path.isdir(path):
         try:
