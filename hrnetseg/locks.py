@@ -20,11 +20,12 @@ import argparse
 import contextlib
 import errno
 import os
+import stat
 import sys
 from typing import Dict, Iterator, Optional, Sequence
 
 from .cli import UserError, run_cli
-from .files import pid_alive
+from .files import not_regular_reason, pid_alive
 
 try:
     import fcntl
@@ -119,12 +120,40 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+def check_lock_file(lock_path: str) -> str:
+    """`lock_path` when nothing or a regular file is there; a UserError otherwise.
+
+    A lock file is only ever a regular file made by these tools. Opening anything else would go wrong: a FIFO
+    blocks the opener (the shell's `exec {fd}>>`), and recording the owner through a symbolic link would
+    overwrite its target (a device, or somebody's file)."""
+    try:
+        mode = os.lstat(lock_path).st_mode
+    except OSError:
+        return lock_path   # absent (or unreachable: opening it says why)
+    if stat.S_ISLNK(mode):
+        raise UserError("lock file {} is a symbolic link (to {}); these tools never make one: remove it".format(
+            lock_path, os.readlink(lock_path)))
+    reason = not_regular_reason(lock_path)
+    if reason is not None:
+        raise UserError("lock file {} {}; these tools never make one: remove it".format(lock_path, reason))
+    return lock_path
+
+
 def _open_lock_file(lock_path: str) -> int:
     try:
         os.makedirs(os.path.dirname(lock_path), exist_ok=True)   # a folder output's parent, made as it would be
-        return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        check_lock_file(lock_path)
+        # O_NOFOLLOW and O_NONBLOCK: something swapped in since the check fails here instead of being written
+        # through or blocking
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            check_lock_file(lock_path)
         raise UserError("cannot create lock file {}: {}".format(lock_path, exc.strerror or exc))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        check_lock_file(lock_path)
+    return fd
 
 
 @contextlib.contextmanager
@@ -195,7 +224,7 @@ def acquire_on_descriptor(fd: int, output: str, owner: int) -> str:
     Returns "locked", or "shared" when an ancestor of ours holds it; "retry" when a dead owner's lock file
     was removed and the script should reopen it. Raises UserError when another run holds it.
     """
-    lock_path = lock_path_for(output)
+    lock_path = check_lock_file(lock_path_for(output))
     if not _same_file(fd, lock_path):
         raise UserError("descriptor {} is not open on {}".format(fd, lock_path))
     if _try_lock(fd):
@@ -212,7 +241,8 @@ def acquire_on_descriptor(fd: int, output: str, owner: int) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python3 -m hrnetseg.locks", description=__doc__.strip().splitlines()[0])
     commands = parser.add_subparsers(dest="command")
-    path = commands.add_parser("path", help="print the lock file of OUTPUT")
+    path = commands.add_parser("path", help="print the lock file of OUTPUT (exit 2 when something other than a "
+                                             "regular file is at its name)")
     path.add_argument("output", help="the folder or file to protect")
     acquire = commands.add_parser("acquire", help="lock OUTPUT.lock through descriptor FD, opened by the caller")
     acquire.add_argument("--fd", type=int, required=True, help="descriptor open on OUTPUT.lock (kept by the caller)")
@@ -225,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "path":
-        print(lock_path_for(args.output))
+        print(check_lock_file(lock_path_for(args.output)))
         return 0
     if args.command != "acquire":
         parser.error("choose a command: path or acquire")
