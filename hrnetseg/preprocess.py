@@ -234,7 +234,8 @@ def _sources_problem(sources) -> Optional[str]:
     for key, value in sources.items():
         if not _is_plain_id(key):
             return "sources holds {!r}, not an image id".format(key)
-        if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 0 for v in value)):
+        # a modification time may be negative: files dated before 1970 (archives keep odd dates)
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value) and value[0] >= 0):
             return "sources[{!r}] is not [size, modification time in ns]".format(key)
     return None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hrnetseg import acc_perf, locks, preprocess
+from hrnetseg import acc_perf, cityscapes, locks, preprocess
 from hrnetseg.cli import UserError
 from hrnetseg.files import make_output_folder, require_file, require_folder
 from hrnetseg.postprocess import evaluate_folder
@@ -132,6 +132,23 @@ def test_a_symlinked_bin_is_replaced_never_written_through(tiny_data_root, tiny_
     for sample_id in ids[:3]:
         path = out / (sample_id + ".bin")
         assert not path.is_symlink() and path.read_bytes() == (tiny_prep_path / (sample_id + ".bin")).read_bytes()
+
+
+def test_an_image_dated_before_1970_gives_a_manifest_the_tools_accept(tiny_data_root, tmp_path):
+    """Its modification time is negative: the manifest recorded it and then refused itself as damaged, on the
+    rerun and in the runner."""
+    data = tmp_path / "data"
+    shutil.copytree(str(tiny_data_root), str(data))
+    samples = cityscapes.find_images(str(data))
+    os.utime(samples[0].image, ns=(-86400 * 10 ** 9, -86400 * 10 ** 9))
+    out = str(tmp_path / "prep")
+    first = preprocess.preprocess(str(data), out, workers=1, log=_quiet)
+    assert first["sources"][samples[0].id][1] < 0
+    assert preprocess.read_manifest(out)["ids"] == first["ids"]
+    os.utime(samples[0].image, ns=(-2 * 86400 * 10 ** 9, -2 * 86400 * 10 ** 9))
+    logged = []
+    preprocess.preprocess(str(data), out, workers=1, log=logged.append)
+    assert "4 already there, 1 redone as their image changed" in logged[-1]
 
 
 # --- postprocess -----------------------------------------------------------------------------------------
