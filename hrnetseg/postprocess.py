@@ -26,7 +26,7 @@ from .files import (check_output_file, make_output_folder, not_regular_reason, r
                     require_file, require_folder, write_bytes_atomic)
 from .locks import output_locks
 from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
-from .preprocess import parallel_results
+from .preprocess import MANIFEST, parallel_results
 
 OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)\.(?P<ext>bin|npy)$")
 FEW = 5  # ids quoted in an error message
@@ -90,13 +90,23 @@ def _index_sets(files: Dict[str, Dict[int, str]], folder: str) -> None:
             folder, "; ".join(examples)))
 
 
+def _is_preprocess_folder(folder: str) -> bool:
+    """A folder of model inputs: its `<id>.bin` names read as outputs (`frankfurt_000000_000294.bin`: output 294 of
+    `frankfurt_000000`), so it is recognised by its manifest instead."""
+    return os.path.lexists(os.path.join(folder, MANIFEST))
+
+
 def find_outputs(res_path: str) -> Outputs:
     """The output files under res_path (or the one subfolder holding them, e.g. ais_bench's results/bs1)."""
     require_folder(res_path, "result folder")
+    if _is_preprocess_folder(res_path):
+        raise UserError("{} is a preprocess folder (it holds {}), not model outputs: pass the folder ais_bench or "
+                        "the runner wrote (--output/--output_dirname, e.g. results/bs1) as --res_path".format(
+                            res_path, MANIFEST))
     folder, found = res_path, _scan(res_path)
     if not found:
         holders = [d for d in sorted(glob.glob(os.path.join(glob.escape(res_path), "*")))
-                   if os.path.isdir(d) and _scan(d)]
+                   if os.path.isdir(d) and not _is_preprocess_folder(d) and _scan(d)]
         if len(holders) > 1:
             raise UserError("{} holds no outputs but several folders with outputs ({}): pass one of them as "
                             "--res_path".format(res_path, ", ".join(os.path.basename(d) for d in holders)))

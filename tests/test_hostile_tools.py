@@ -167,6 +167,17 @@ def test_a_result_file_and_a_picture_folder_of_one_name_are_refused_before_any_w
             evaluate_folder(str(sample_results_path), labels, log=_quiet, warn=_quiet, **{flag: ""})
 
 
+def test_a_preprocess_folder_as_res_path_is_named_for_what_it_is(tiny_prep_path, tiny_data_root, tmp_path):
+    """Its bins read as outputs (frankfurt_000000_000294.bin: output 294 of frankfurt_000000): the message was
+    'mixes output sets'."""
+    labels = str(tiny_data_root / "cityscapes" / "gtFine" / "val")
+    with pytest.raises(UserError, match="prep_dataset is a preprocess folder .*not model outputs"):
+        evaluate_folder(str(tiny_prep_path), labels, log=_quiet, warn=_quiet)
+    shutil.copytree(str(tiny_prep_path), str(tmp_path / "prep"))       # beside it, never taken for the outputs
+    with pytest.raises(UserError, match="no model outputs in"):
+        evaluate_folder(str(tmp_path), labels, log=_quiet, warn=_quiet)
+
+
 # --- files and locks -------------------------------------------------------------------------------------
 
 def test_an_empty_path_is_named_as_such_not_as_not_found():
