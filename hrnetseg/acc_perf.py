@@ -31,7 +31,7 @@ THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X
 _THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\([^)]*\)/NPU_compute_time\.mean\([^)]*\):[ \t]*(\S*)")
 # a plain decimal number as the tools print it; float() alone would also take "1_000", "infinity" or other
 # scripts' digits
-_DECIMAL = re.compile(r"^([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$")
+_DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
 
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def throughput(log: str, command: str) -> float:
 
 def decimal_value(text: str) -> float:
     """The value of a plain decimal number (digits, point, exponent), NaN for anything else."""
-    return float(text) if _DECIMAL.match(text) else float("nan")
+    return float(text) if _DECIMAL.fullmatch(text) else float("nan")
 
 
 def format_fps(fps: float) -> str:

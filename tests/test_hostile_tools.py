@@ -205,6 +205,19 @@ def test_a_preprocess_folder_as_res_path_is_named_for_what_it_is(tiny_prep_path,
         evaluate_folder(str(tmp_path), labels, log=_quiet, warn=_quiet)
 
 
+def test_output_index_is_digits_only(capsys):
+    """int() reads "1_0" as 10 and Arabic-Indic digits as digits."""
+    import HRNet_postprocess
+
+    parser = HRNet_postprocess.build_parser()
+    required = ["--res_path", "r", "--data_path", "d"]
+    for text in ("1_0", "\u0663", " 1", "1\n", "-1", ""):
+        with pytest.raises(SystemExit):
+            parser.parse_args(required + ["--output_index", text])
+        assert "expected an output number 0, 1, ..., got {!r}".format(text) in capsys.readouterr().err
+    assert parser.parse_args(required + ["--output_index", "0"]).output_index == 0
+
+
 # --- files and locks -------------------------------------------------------------------------------------
 
 def test_an_empty_path_is_named_as_such_not_as_not_found():
