@@ -9,7 +9,8 @@
         not a number, not finite or not above 0
     python3 -m hrnetseg.acc_perf row --batch 4 --backend ais_bench --device npu:0 --fps 12.5 --result result_bs4.json
         one row of the table: | batch | backend | device | throughput (fps) | mIoU |
-        (--summary results/bs4_summary.json instead of --device: the device the local runner used)
+        (--summary results/bs4_summary.json instead of --device: the device the local runner used;
+        --prep PREP: exit 2 unless the result counts every image PREP's manifest lists)
 
 Atlas-side module: standard library only (the manifest is read through hrnetseg.preprocess), valid Python 3.7.
 """
@@ -149,6 +150,20 @@ def miou(result_path: str) -> float:
     return float(value)
 
 
+def check_every_image_counted(result_path: str, prep: str) -> None:
+    """The mIoU must cover every preprocessed image: with --limit the postprocess allows labels without output
+    (those past the limit), which would hide an image the inference tool left out; an image without a label
+    is only logged by the postprocess."""
+    images = read_json(result_path, "result").get("images")
+    listed = len(listed_ids(prep))
+    if isinstance(images, bool) or not isinstance(images, int):
+        raise UserError("{} holds images {!r}, not a count".format(result_path, images))
+    if images != listed:
+        raise UserError("{} counts {} image{} but {} lists {}: the mIoU would not cover the data set (outputs "
+                        "missing from the run, or labels missing; the postprocess log names them)".format(
+                            result_path, images, "" if images == 1 else "s", prep, listed))
+
+
 def summary_device(summary_path: str) -> str:
     device = read_json(summary_path, "runner summary").get("device")
     if not isinstance(device, str) or not device:
@@ -188,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--summary", help="the runner's OUTPUT/<dirname>_summary.json, which names the device")
     row.add_argument("--fps", required=True, type=positive_number, help="images/s (from the throughput command)")
     row.add_argument("--result", required=True, help="HRNet_postprocess.py's result JSON (its mIoU)")
+    row.add_argument("--prep", default=None, help="the preprocess folder: the result must count every image its "
+                     "manifest lists")
     return parser
 
 
@@ -202,6 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(repr(throughput(args.log, args.command)))
     elif args.subcommand == "row":
         device = args.device if args.device is not None else summary_device(args.summary)
+        if args.prep is not None:
+            check_every_image_counted(args.result, args.prep)
         print(table_row(args.batch, args.backend, device, args.fps, miou(args.result)))
     else:
         parser.error("choose a command: check_batch_sizes, throughput or row")

@@ -10,7 +10,8 @@
 # auto: ais_bench when MODEL_DIR holds hrnet_bs<N>.om files, else the local runner (hrnet.onnx, else --pth).
 # --output_dtype float16: the .om files were made with atc --output_type=FP16 (ais_bench then writes float16);
 # passed to HRNet_postprocess.py (without it: the runner summary says, else float32, else float16 by size).
-# A batch size larger than the number of images is refused (its padding would be timed as images).
+# A batch size larger than the number of images is refused (its padding would be timed as images), and so is a
+# result that does not count every preprocessed image.
 # Python is ${PYTHON:-python3}; ais_bench is ${AIS_BENCH:-python3 -m ais_bench}; its --help check gives up after
 # HRNETSEG_PROBE_TIMEOUT seconds (30).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -129,7 +130,7 @@ for bs in "${sizes[@]}"; do
   [ -z "${limit}" ] || post_args+=(--allow_missing)   # --limit N: only the first N labels have outputs
   step "${PYTHON}" "${REPO_ROOT}/HRNet_postprocess.py" "${post_args[@]}"
   row="$("${PYTHON}" -m hrnetseg.acc_perf row --batch "${bs}" --backend "${backend}" "${where[@]}" --fps "${fps}" \
-    --result "${result}")" || exit $?
+    --result "${result}" --prep "${prep}")" || exit $?
   rows+=("${row}")
 done
 

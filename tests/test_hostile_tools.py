@@ -3,6 +3,7 @@ where the tools write, special files as lock files, bins ais_bench would read th
 throughput figures that are not plain numbers."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -96,6 +97,22 @@ def test_ais_bench_is_never_given_bins_the_manifest_does_not_list(tiny_prep_path
     (prep / "x.bin").write_bytes(b"")
     assert_user_error(run_script(["-m", "hrnetseg.acc_perf", "check_batch_sizes", prep, "1", "--backend",
                                   "ais_bench"]), "does not list (x.bin)", "ais_bench reads every .bin")
+
+
+def test_a_result_that_does_not_count_every_preprocessed_image_gives_no_row(tiny_prep_path, tmp_path):
+    """With --limit the postprocess allows labels without output, which hid an image the run left out; an image
+    without a label was only logged. The table's mIoU must cover the preprocessed images."""
+    result = tmp_path / "result_bs1.json"
+    listed = len(preprocess.read_manifest(str(tiny_prep_path))["ids"])
+    result.write_text(json.dumps({"mIoU": 0.5, "images": listed}))
+    acc_perf.check_every_image_counted(str(result), str(tiny_prep_path))
+    for images, words in ((listed - 1, "counts {} images but .* lists {}".format(listed - 1, listed)),
+                          (None, "holds images None, not a count"), (True, "not a count")):
+        result.write_text(json.dumps({"mIoU": 0.5, "images": images}))
+        with pytest.raises(UserError, match=words):
+            acc_perf.check_every_image_counted(str(result), str(tiny_prep_path))
+    assert_user_error(run_script(["-m", "hrnetseg.acc_perf", "row", "--batch", "1", "--backend", "x", "--device", "d",
+                                  "--fps", "5", "--result", result, "--prep", tiny_prep_path]), "not a count")
 
 
 LINE = "[INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(2): {}\n"
