@@ -90,6 +90,23 @@ def require_folder(path: str, what: str = "folder") -> str:
     return path
 
 
+def not_a_folder_above(path: str) -> Optional[str]:
+    """Why `path` can never be a folder: the nearest part of it that exists (path itself included) is not a
+    folder, in words ("/data/x.txt is a file, not a folder"); None when that part is a folder."""
+    part = os.path.abspath(path)
+    while not os.path.lexists(part):
+        parent = os.path.dirname(part)
+        if parent == part:
+            return None
+        part = parent
+    if os.path.isdir(part):
+        return None
+    try:
+        return "{} is {}, not a folder".format(part, _kind(os.stat(part).st_mode))
+    except OSError as exc:
+        return "{} {}, not a folder".format(part, _missing(part, exc))
+
+
 # --- outputs ----------------------------------------------------------------------------------------------
 
 def write_target(path: str) -> str:
@@ -121,6 +138,9 @@ def check_output_file(path: Optional[str], flag: str = "") -> None:
             raise UserError("cannot write {}: it is {}; give a regular file's name".format(what, _kind(mode)))
     folder = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(folder):
+        blocked = not_a_folder_above(folder)
+        if blocked is not None:
+            raise UserError("cannot write {}: {}".format(what, blocked))
         raise UserError("cannot write {}: folder {} does not exist".format(what, folder))
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError("cannot write {}: folder {} is not writable".format(what, folder))
@@ -143,7 +163,8 @@ def make_output_folder(path: Optional[str], flag: str = "") -> bool:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise UserError("cannot create output folder {}: {}".format(what, exc.strerror or exc))
+        raise UserError("cannot create output folder {}: {}".format(what, not_a_folder_above(path) or exc.strerror
+                                                                       or exc))
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError("cannot write to output folder {}: permission denied".format(what))
     return created

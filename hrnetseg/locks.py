@@ -25,7 +25,7 @@ import sys
 from typing import Dict, Iterator, Optional, Sequence
 
 from .cli import UserError, run_cli
-from .files import not_regular_reason, pid_alive
+from .files import not_a_folder_above, not_regular_reason, pid_alive
 
 try:
     import fcntl
@@ -149,7 +149,8 @@ def _open_lock_file(lock_path: str) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             check_lock_file(lock_path)
-        raise UserError("cannot create lock file {}: {}".format(lock_path, exc.strerror or exc))
+        raise UserError("cannot create lock file {}: {}".format(
+            lock_path, not_a_folder_above(os.path.dirname(lock_path)) or exc.strerror or exc))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         check_lock_file(lock_path)

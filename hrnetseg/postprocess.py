@@ -22,8 +22,8 @@ import numpy as np
 from . import cityscapes
 from .cityscapes import NUM_CLASSES
 from .cli import UserError
-from .files import (check_output_file, make_output_folder, not_regular_reason, remove_stale_temporaries,
-                    require_file, require_folder, write_bytes_atomic)
+from .files import (check_output_file, make_output_folder, not_a_folder_above, not_regular_reason,
+                    remove_stale_temporaries, require_file, require_folder, write_bytes_atomic)
 from .locks import output_locks
 from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
 from .preprocess import MANIFEST, parallel_results
@@ -433,6 +433,9 @@ def _folder_output(path: Optional[str], flag: str) -> None:
         raise UserError("{} is empty: give a folder name".format(flag))
     if path is not None and os.path.lexists(path) and not os.path.isdir(path):
         make_output_folder(path, flag)  # raises, saying what it is
+    blocked = not_a_folder_above(path) if path is not None else None
+    if blocked is not None:
+        raise UserError("cannot create output folder {} {}: {}".format(flag, path, blocked))
 
 
 def _check_outputs(save_path: Optional[str], save_confusion: Optional[str], save_vis: Optional[str],

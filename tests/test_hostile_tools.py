@@ -246,6 +246,23 @@ def test_an_empty_path_is_named_as_such_not_as_not_found():
     assert_user_error(run_script(["HRNet_preprocess.py", "--src_path", "", "--save_path", "x"]), "no data folder given")
 
 
+def test_an_output_under_a_file_names_the_file_not_a_missing_folder(sample_results_path, sample_data_root, tmp_path):
+    """'folder x.txt does not exist' (it does), 'cannot create lock file ...: File exists', 'Not a directory'."""
+    (tmp_path / "x.txt").write_text("precious")
+    blocked = "{} is a file, not a folder".format(tmp_path / "x.txt")
+    labels = str(sample_data_root / "cityscapes" / "gtFine" / "val")
+    for flag in ("save_path", "save_confusion", "save_vis", "save_pred"):
+        with pytest.raises(UserError, match="--{} .*: {}$".format(flag, blocked)):
+            evaluate_folder(str(sample_results_path), labels, log=_quiet, warn=_quiet,
+                            **{flag: str(tmp_path / "x.txt" / "sub" / "out")})
+    with pytest.raises(UserError, match="cannot create output folder DIR .*: {}$".format(blocked)):
+        make_output_folder(str(tmp_path / "x.txt" / "data"), "DIR")
+    with pytest.raises(UserError, match="cannot create lock file .*: {}$".format(blocked)):
+        with locks.output_lock(str(tmp_path / "x.txt" / "out")):
+            pass
+    assert (tmp_path / "x.txt").read_text() == "precious"
+
+
 def test_a_lock_file_that_is_not_a_regular_file_is_refused_never_written_through(tmp_path):
     precious = tmp_path / "precious.txt"
     precious.write_text("precious")
