@@ -106,8 +106,8 @@ def _write_array(path: str, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(array.data)
-        kill_after = os.environ.get(KILL_AFTER_ENV)
-        if kill_after is not None and _written_here >= int(kill_after):
+        kill_after = os.environ.get(KILL_AFTER_ENV, "")
+        if kill_after.isdigit() and _written_here >= int(kill_after):   # anything else: no test is running
             os.kill(os.getpid(), signal.SIGKILL)
     _written_here += 1
 

@@ -152,6 +152,12 @@ def test_a_symlinked_bin_is_replaced_never_written_through(tiny_data_root, tiny_
         assert not path.is_symlink() and path.read_bytes() == (tiny_prep_path / (sample_id + ".bin")).read_bytes()
 
 
+def test_a_stray_test_hook_value_is_ignored(tiny_data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv(preprocess.KILL_AFTER_ENV, "x")      # was a ValueError traceback from the first write
+    manifest = preprocess.preprocess(str(tiny_data_root), str(tmp_path / "prep"), workers=1, log=_quiet)
+    assert manifest["complete"] and len(manifest["ids"]) == len(cityscapes.find_images(str(tiny_data_root)))
+
+
 def test_an_image_dated_before_1970_gives_a_manifest_the_tools_accept(tiny_data_root, tmp_path):
     """Its modification time is negative: the manifest recorded it and then refused itself as damaged, on the
     rerun and in the runner."""
