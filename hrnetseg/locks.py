@@ -13,6 +13,7 @@ Atlas-side module: standard library only, valid Python 3.7 (POSIX; no locking wh
 
     python3 -m hrnetseg.locks path results/bs1                          # the lock file: .../results/bs1.lock
     python3 -m hrnetseg.locks acquire --fd 9 --owner $$ results/bs1     # used by scripts/common.sh
+    python3 -m hrnetseg.locks run -- CMD ARGS...                        # CMD dies with the calling script
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import argparse
 import contextlib
 import errno
 import os
+import signal
 import stat
 import sys
 from typing import Dict, Iterator, Optional, Sequence
@@ -239,6 +241,40 @@ def acquire_on_descriptor(fd: int, output: str, owner: int) -> str:
     raise _busy_error(output, holder)
 
 
+# --- python3 -m hrnetseg.locks run -- CMD: a script's child that dies with the script --------------------------
+
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; kept across exec), and exit now if the
+    parent is already gone (it died before the request was made).
+
+    The lock of a killed owner is taken over by the next run; a child of the owner that went on writing would
+    then write into the same output as that run. The kernel's "parent" is the forking thread."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def run_dying_with_parent(command: Sequence[str]) -> None:
+    """Become `command` (exec), which the kernel kills when the calling script dies: a script that holds output
+    locks runs its long steps so, and a SIGKILL of the script leaves none of them writing."""
+    if not command:
+        raise UserError("run: give the command to run after --")
+    die_with_parent(os.getppid())
+    try:
+        os.execvp(command[0], list(command))
+    except OSError as exc:
+        raise UserError("cannot run {}: {}".format(command[0], exc.strerror or exc), exit_code=127)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python3 -m hrnetseg.locks", description=__doc__.strip().splitlines()[0])
     commands = parser.add_subparsers(dest="command")
@@ -249,10 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     acquire.add_argument("--fd", type=int, required=True, help="descriptor open on OUTPUT.lock (kept by the caller)")
     acquire.add_argument("--owner", type=int, required=True, help="PID to record as the owner (the caller's)")
     acquire.add_argument("output", help="the folder or file to protect")
+    commands.add_parser("run", help="run -- CMD ARGS...: become CMD, which dies with the calling script")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:   # taken literally: CMD's own flags are not this parser's
+        run_dying_with_parent(argv[2:] if argv[1:2] == ["--"] else argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "path":

@@ -27,7 +27,7 @@ from . import cityscapes
 from .cli import UserError, progress
 from .files import (atomic_path, make_output_folder, not_regular_reason, remove_stale_temporaries,
                     write_text_atomic)
-from .locks import output_lock
+from .locks import die_with_parent, output_lock
 
 DTYPES = ("float32", "float16", "uint8")
 MANIFEST = "manifest.json"
@@ -112,30 +112,12 @@ def _write_array(path: str, array: np.ndarray) -> None:
     _written_here += 1
 
 
-PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
-
-
 def _init_worker(parent_pid: int) -> None:
+    """A killed run leaves no orphan worker that goes on writing bins from the tasks still queued in the pipe.
+    (The pool's thread that replaces a crashed worker, its kernel "parent", ends with the pool, which is when
+    the workers are stopped anyway.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    _die_with_parent(parent_pid)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this worker when its parent dies (Linux), so that a killed run leaves no orphan
-    that goes on writing bins from the tasks still queued in the pipe; exit now if the parent is already gone
-    (it died before the request was made).
-
-    The kernel's "parent" is the forking thread: the pool's thread that replaces a crashed worker ends with
-    the pool, which is when the workers are stopped anyway."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
+    die_with_parent(parent_pid)
 
 
 @contextlib.contextmanager

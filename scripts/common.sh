@@ -14,8 +14,20 @@ die() { echo "error: $*" >&2; exit 2; }
 step() {
   log "$*"
   local rc=0 began="${SECONDS}"
-  "$@" || rc=$?
+  guard "$@"
+  "${GUARDED[@]}" || rc=$?
   [ "${rc}" = 0 ] || failed "${rc}" "${began}" "$*"
+}
+
+# guard CMD...: set GUARDED to the command line that runs CMD. Once this script holds or shares an output lock
+# (lock_output), that is CMD run so that the kernel kills it when the script dies: the next run takes over the
+# lock of a script killed with SIGKILL, and a child left running would write into that run's outputs.
+# Run "${GUARDED[@]}" as a command of this shell (in a pipeline too), not inside a function or subshell: the
+# kill follows the parent process.
+HOLDS_LOCKS=0
+GUARDED=()
+guard() {
+  if [ "${HOLDS_LOCKS}" = 1 ]; then GUARDED=("${PYTHON}" -m hrnetseg.locks run -- "$@"); else GUARDED=("$@"); fi
 }
 
 # failed RC BEGAN COMMAND: the one-line report of a failed long step (its run time since BEGAN), then exit RC.
@@ -57,6 +69,7 @@ lock_output() {
     exec {fd}>&-
   done
   [ "${rc}" = 0 ] || exit "${rc}"
+  HOLDS_LOCKS=1
   if [ "${answer}" = locked ]; then
     LOCKED_FILES+=("${lock_file}")
   else

@@ -122,7 +122,8 @@ for bs in "${sizes[@]}"; do
   fi
   log "${cmd[*]}"
   began="${SECONDS}"
-  "${cmd[@]}" 2>&1 | tee "${run_log}" || failed "$?" "${began}" "${cmd[*]}"
+  guard "${cmd[@]}"
+  "${GUARDED[@]}" 2>&1 | tee "${run_log}" || failed "$?" "${began}" "${cmd[*]}"
   fps="$("${PYTHON}" -m hrnetseg.acc_perf throughput --log "${run_log}" --command "${cmd[*]}")" || exit $?
 
   post_args=(--res_path "${res}" --data_path "${gt_dir}" --save_path "${result}")

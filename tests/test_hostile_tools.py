@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,43 @@ def test_an_empty_flag_value_is_refused_not_taken_as_the_root(tmp_path, script, 
     result = _bash(script, *args, cwd=tmp_path)
     assert_user_error(result, "needs a value, not an empty string")
     assert os.listdir(str(tmp_path)) == []
+
+
+GUARDED_SCRIPT = """
+source "{common}"
+PYTHON="{python}"
+lock_output "$1"
+{run}
+"""
+CHILD = """sh -c 'echo "$$"; exec sleep 60'"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open("/proc/{}/stat".format(pid)) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="Linux: the kernel kills the children")
+@pytest.mark.parametrize("run", ["step " + CHILD, 'guard {}\n"${{GUARDED[@]}}" | cat'.format(CHILD)])
+def test_a_script_killed_with_sigkill_leaves_no_child_writing(tmp_path, run):
+    """The next run takes over a killed script's locks; its step (the runner, ais_bench) must not go on writing
+    into that run's outputs."""
+    script = tmp_path / "writer.sh"
+    script.write_text(GUARDED_SCRIPT.format(common=REPO / "scripts" / "common.sh", python=sys.executable, run=run))
+    writer = subprocess.Popen(["bash", str(script), str(tmp_path / "results" / "bs1")], stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    child = int(writer.stdout.readline())
+    writer.kill()
+    writer.wait()
+    deadline = time.monotonic() + 5
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not _gone(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the script's child {} outlived it".format(child))
 
 
 def test_an_output_dir_that_is_a_file_is_one_line_before_any_work(tmp_path):
