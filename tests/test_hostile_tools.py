@@ -83,6 +83,35 @@ def test_a_script_killed_with_sigkill_leaves_no_child_writing(tmp_path, run):
         pytest.fail("the script's child {} outlived it".format(child))
 
 
+FLAGS_SCRIPT = """
+source "{common}"
+limit=""; no_rewrite=0
+parse_flags "output_dir limit" "no_rewrite" "$@"
+echo "output_dir=${{output_dir-}} limit=${{limit}} no_rewrite=${{no_rewrite}}"
+"""
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--output_dir=a b", "--limit=5", "--no-rewrite"], "output_dir=a b limit=5 no_rewrite=1"),
+    (["--output-dir", "x", "--limit", "-5"], "output_dir=x limit=-5 no_rewrite=0"),   # the script checks -5
+    (["--output_dir=--limit"], "output_dir=--limit limit= no_rewrite=0"),                 # said with =, meant
+    (["--output_dir", "--limit", "5"], "error: --output_dir needs a value, not the flag --limit"),
+    (["--output_dir", "--no_rewrite"], "error: --output_dir needs a value, not the flag --no_rewrite"),
+    (["--output_dir="], "error: --output_dir needs a value, not an empty string"),
+    (["--no_rewrite=1"], "error: --no_rewrite takes no value"),
+    (["--bogus=1"], "error: unknown argument: --bogus (see --help)"),
+])
+def test_flags_as_users_write_them(tmp_path, args, said):
+    """--name=VALUE was 'unknown argument'; a forgotten value took the next flag as a folder name."""
+    script = tmp_path / "flags.sh"
+    script.write_text(FLAGS_SCRIPT.format(common=REPO / "scripts" / "common.sh"))
+    result = subprocess.run(["bash", str(script)] + args, capture_output=True, text=True, timeout=30)
+    if said.startswith("error"):
+        assert_user_error(result, said)
+    else:
+        assert result.returncode == 0 and result.stdout.strip() == said, result
+
+
 def test_an_output_dir_that_is_a_file_is_one_line_before_any_work(tmp_path):
     (tmp_path / "a_file").write_text("")
     (tmp_path / "x.pth").write_bytes(b"pth")
