@@ -8,6 +8,7 @@ Runs on the Atlas host (the Python that CANN and ais_bench live in): numpy, open
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -16,13 +17,10 @@ from hrnetseg.postprocess import OUTPUT_DTYPES, evaluate_folder
 
 
 def _output_index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
+    # digits only: int() would also read "1_0" as 10 and other scripts' digits
+    if not re.fullmatch(r"[0-9]+", text):
         raise argparse.ArgumentTypeError("expected an output number 0, 1, ..., got {!r}".format(text))
-    return value
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

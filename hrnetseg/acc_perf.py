@@ -2,13 +2,15 @@
 
     python3 -m hrnetseg.acc_perf check_batch_sizes PREP 1 4 --backend ais_bench
         exit 2 when a batch size is larger than the number of images PREP's manifest lists; with ais_bench,
-        a note for each batch size whose padded last batch inflates the throughput
+        exit 2 when PREP holds a .bin its manifest does not list (ais_bench would run it too), and a note for
+        each batch size whose padded last batch inflates the throughput
     python3 -m hrnetseg.acc_perf throughput --log results/bs4.log --command "ais_bench ..."
         the images/s of the last ais_bench (or hrnetseg.infer) throughput line; exit 2 when it is missing,
         not a number, not finite or not above 0
     python3 -m hrnetseg.acc_perf row --batch 4 --backend ais_bench --device npu:0 --fps 12.5 --result result_bs4.json
         one row of the table: | batch | backend | device | throughput (fps) | mIoU |
-        (--summary results/bs4_summary.json instead of --device: the device the local runner used)
+        (--summary results/bs4_summary.json instead of --device: the device the local runner used;
+        --prep PREP: exit 2 unless the result counts every image PREP's manifest lists)
 
 Atlas-side module: standard library only (the manifest is read through hrnetseg.preprocess), valid Python 3.7.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from typing import List, Optional, Sequence
@@ -27,24 +30,48 @@ from .files import require_file
 # ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
 THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
 _THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\([^)]*\)/NPU_compute_time\.mean\([^)]*\):[ \t]*(\S*)")
+# a plain decimal number as the tools print it; float() alone would also take "1_000", "infinity" or other
+# scripts' digits
+_DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
 
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
 
-def image_count(prep: str) -> int:
+def listed_ids(prep: str) -> List[str]:
     from .preprocess import read_manifest   # numpy and the manifest rules; only this subcommand needs them
 
-    return len(read_manifest(prep)["ids"])
+    return list(read_manifest(prep)["ids"])
 
 
-def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = False) -> List[str]:
+def check_only_listed_bins(prep: str, ids: Sequence[str]) -> None:
+    """ais_bench reads every .bin in its --input folder, not the manifest: a bin the manifest does not list
+    (an image since removed from the data set, or one that a changed --limit no longer covers) would be run
+    and, where its label is there, counted in the mIoU."""
+    listed = set(ids)
+    unlisted = sorted(name[:-len(".bin")] for name in os.listdir(prep)   # hidden names too: ais_bench lists all
+                      if name.endswith(".bin") and name[:-len(".bin")] not in listed)
+    if unlisted:
+        raise UserError("{} holds {} .bin file{} its manifest does not list ({}.bin{}): ais_bench reads every .bin "
+                        "in its --input folder and would evaluate {}; remove {} or use another --output_dir".format(
+                            prep, len(unlisted), "" if len(unlisted) == 1 else "s", unlisted[0],
+                            ", ..." if len(unlisted) > 1 else "", "it" if len(unlisted) == 1 else "them",
+                            "it" if len(unlisted) == 1 else "them"))
+
+
+def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = False,
+                      reads_every_bin: bool = False) -> List[str]:
     """A batch larger than the data set is all padding after the images: its time would be charged to
     images that do not exist (or, as ais_bench counts, padding counted as images).
 
     Returns notes for the batch sizes that leave a padded last batch where the tool counts padding as
     images (counts_padding: ais_bench reports 1000 * model batch size / mean time for every run).
+    reads_every_bin: the tool runs every .bin of the folder (ais_bench): bins the manifest does not list are
+    an error.
     """
-    count = image_count(prep)
+    ids = listed_ids(prep)
+    if reads_every_bin:
+        check_only_listed_bins(prep, ids)
+    count = len(ids)
     too_big = [size for size in sizes if size > count]
     if too_big:
         raise UserError("batch size{} {} {} larger than the {} image{} in {}: use --batch_sizes up to {} (or more "
@@ -84,14 +111,16 @@ def throughput(log: str, command: str) -> float:
     text = parse_throughput(read_text(log, "log"))
     if text is None:
         raise UserError("no '{}' line in {}".format(THROUGHPUT_LINE, source))
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
+    value = decimal_value(text)
     if not (math.isfinite(value) and value > 0):
         raise UserError("the throughput {!r} in {} is not a positive number: the run measured nothing usable"
                         .format(text, source))
     return value
+
+
+def decimal_value(text: str) -> float:
+    """The value of a plain decimal number (digits, point, exponent), NaN for anything else."""
+    return float(text) if _DECIMAL.fullmatch(text) else float("nan")
 
 
 def format_fps(fps: float) -> str:
@@ -121,6 +150,20 @@ def miou(result_path: str) -> float:
     return float(value)
 
 
+def check_every_image_counted(result_path: str, prep: str) -> None:
+    """The mIoU must cover every preprocessed image: with --limit the postprocess allows labels without output
+    (those past the limit), which would hide an image the inference tool left out; an image without a label
+    is only logged by the postprocess."""
+    images = read_json(result_path, "result").get("images")
+    listed = len(listed_ids(prep))
+    if isinstance(images, bool) or not isinstance(images, int):
+        raise UserError("{} holds images {!r}, not a count".format(result_path, images))
+    if images != listed:
+        raise UserError("{} counts {} image{} but {} lists {}: the mIoU would not cover the data set (outputs "
+                        "missing from the run, or labels missing; the postprocess log names them)".format(
+                            result_path, images, "" if images == 1 else "s", prep, listed))
+
+
 def summary_device(summary_path: str) -> str:
     device = read_json(summary_path, "runner summary").get("device")
     if not isinstance(device, str) or not device:
@@ -135,10 +178,7 @@ def table_row(batch: int, backend: str, device: str, fps: float, miou_fraction: 
 # --- the command line -----------------------------------------------------------------------------------
 
 def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
+    value = decimal_value(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError("expected a positive number, got {!r}".format(text))
     return value
@@ -150,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check_batch_sizes", help="refuse batch sizes larger than the preprocessed images")
     check.add_argument("prep", help="the preprocess folder (its manifest.json lists the images)")
     check.add_argument("sizes", nargs="+", type=positive_int, help="the batch sizes")
-    check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench counts "
-                       "a padded last batch as full: a note says where that happens)")
+    check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench runs every "
+                       ".bin of the folder, and counts a padded last batch as full: a note says where that happens)")
     fps = commands.add_parser("throughput", help="print the images/s of the last throughput line of a log")
     fps.add_argument("--log", required=True, help="what ais_bench or python3 -m hrnetseg.infer printed")
     fps.add_argument("--command", default="", help="the command that wrote the log (for the error message)")
@@ -163,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--summary", help="the runner's OUTPUT/<dirname>_summary.json, which names the device")
     row.add_argument("--fps", required=True, type=positive_number, help="images/s (from the throughput command)")
     row.add_argument("--result", required=True, help="HRNet_postprocess.py's result JSON (its mIoU)")
+    row.add_argument("--prep", default=None, help="the preprocess folder: the result must count every image its "
+                     "manifest lists")
     return parser
 
 
@@ -170,12 +212,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.subcommand == "check_batch_sizes":
-        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=args.backend == "ais_bench"):
+        ais_bench = args.backend == "ais_bench"
+        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=ais_bench, reads_every_bin=ais_bench):
             print(note, file=sys.stderr)
     elif args.subcommand == "throughput":
         print(repr(throughput(args.log, args.command)))
     elif args.subcommand == "row":
         device = args.device if args.device is not None else summary_device(args.summary)
+        if args.prep is not None:
+            check_every_image_counted(args.result, args.prep)
         print(table_row(args.batch, args.backend, device, args.fps, miou(args.result)))
     else:
         parser.error("choose a command: check_batch_sizes, throughput or row")

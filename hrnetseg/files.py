@@ -60,8 +60,14 @@ def not_regular_reason(path: str) -> Optional[str]:
     return "is {}, not a regular file".format(_kind(mode))
 
 
+def _require_a_path(path: str, what: str) -> None:
+    if not path:   # os.stat("") says "not found", which reads as if a file had been named
+        raise UserError("no {} given (an empty path)".format(what))
+
+
 def require_file(path: str, what: str = "file") -> str:
     """`path` when it is a regular file; a one-line UserError saying what it is otherwise."""
+    _require_a_path(path, what)
     reason = not_regular_reason(path)
     if reason is not None:
         if reason == "not found":
@@ -71,6 +77,7 @@ def require_file(path: str, what: str = "file") -> str:
 
 
 def require_folder(path: str, what: str = "folder") -> str:
+    _require_a_path(path, what)
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -81,6 +88,23 @@ def require_folder(path: str, what: str = "folder") -> str:
     if not stat.S_ISDIR(mode):
         raise UserError("{} {} is {}, not a folder".format(what, path, _kind(mode)))
     return path
+
+
+def not_a_folder_above(path: str) -> Optional[str]:
+    """Why `path` can never be a folder: the nearest part of it that exists (path itself included) is not a
+    folder, in words ("/data/x.txt is a file, not a folder"); None when that part is a folder."""
+    part = os.path.abspath(path)
+    while not os.path.lexists(part):
+        parent = os.path.dirname(part)
+        if parent == part:
+            return None
+        part = parent
+    if os.path.isdir(part):
+        return None
+    try:
+        return "{} is {}, not a folder".format(part, _kind(os.stat(part).st_mode))
+    except OSError as exc:
+        return "{} {}, not a folder".format(part, _missing(part, exc))
 
 
 # --- outputs ----------------------------------------------------------------------------------------------
@@ -114,6 +138,9 @@ def check_output_file(path: Optional[str], flag: str = "") -> None:
             raise UserError("cannot write {}: it is {}; give a regular file's name".format(what, _kind(mode)))
     folder = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(folder):
+        blocked = not_a_folder_above(folder)
+        if blocked is not None:
+            raise UserError("cannot write {}: {}".format(what, blocked))
         raise UserError("cannot write {}: folder {} does not exist".format(what, folder))
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError("cannot write {}: folder {} is not writable".format(what, folder))
@@ -123,6 +150,8 @@ def make_output_folder(path: Optional[str], flag: str = "") -> bool:
     """Create an output folder (parents too) or accept an existing one; True if this call created it."""
     if path is None:
         return False
+    if not path:
+        raise UserError("{} is empty: give a folder name".format(flag or "the output folder"))
     what = "{} {}".format(flag, path) if flag else path
     if os.path.lexists(path) and not os.path.isdir(path):
         try:
@@ -134,7 +163,8 @@ def make_output_folder(path: Optional[str], flag: str = "") -> bool:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise UserError("cannot create output folder {}: {}".format(what, exc.strerror or exc))
+        raise UserError("cannot create output folder {}: {}".format(what, not_a_folder_above(path) or exc.strerror
+                                                                       or exc))
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError("cannot write to output folder {}: permission denied".format(what))
     return created

@@ -13,6 +13,7 @@ Atlas-side module: standard library only, valid Python 3.7 (POSIX; no locking wh
 
     python3 -m hrnetseg.locks path results/bs1                          # the lock file: .../results/bs1.lock
     python3 -m hrnetseg.locks acquire --fd 9 --owner $$ results/bs1     # used by scripts/common.sh
+    python3 -m hrnetseg.locks run -- CMD ARGS...                        # CMD dies with the calling script
 """
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ import argparse
 import contextlib
 import errno
 import os
+import signal
+import stat
 import sys
 from typing import Dict, Iterator, Optional, Sequence
 
 from .cli import UserError, run_cli
-from .files import pid_alive
+from .files import not_a_folder_above, not_regular_reason, pid_alive
 
 try:
     import fcntl
@@ -119,12 +122,41 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+def check_lock_file(lock_path: str) -> str:
+    """`lock_path` when nothing or a regular file is there; a UserError otherwise.
+
+    A lock file is only ever a regular file made by these tools. Opening anything else would go wrong: a FIFO
+    blocks the opener (the shell's `exec {fd}>>`), and recording the owner through a symbolic link would
+    overwrite its target (a device, or somebody's file)."""
+    try:
+        mode = os.lstat(lock_path).st_mode
+    except OSError:
+        return lock_path   # absent (or unreachable: opening it says why)
+    if stat.S_ISLNK(mode):
+        raise UserError("lock file {} is a symbolic link (to {}); these tools never make one: remove it".format(
+            lock_path, os.readlink(lock_path)))
+    reason = not_regular_reason(lock_path)
+    if reason is not None:
+        raise UserError("lock file {} {}; these tools never make one: remove it".format(lock_path, reason))
+    return lock_path
+
+
 def _open_lock_file(lock_path: str) -> int:
     try:
         os.makedirs(os.path.dirname(lock_path), exist_ok=True)   # a folder output's parent, made as it would be
-        return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        check_lock_file(lock_path)
+        # O_NOFOLLOW and O_NONBLOCK: something swapped in since the check fails here instead of being written
+        # through or blocking
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
     except OSError as exc:
-        raise UserError("cannot create lock file {}: {}".format(lock_path, exc.strerror or exc))
+        if exc.errno == errno.ELOOP:
+            check_lock_file(lock_path)
+        raise UserError("cannot create lock file {}: {}".format(
+            lock_path, not_a_folder_above(os.path.dirname(lock_path)) or exc.strerror or exc))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        check_lock_file(lock_path)
+    return fd
 
 
 @contextlib.contextmanager
@@ -195,7 +227,7 @@ def acquire_on_descriptor(fd: int, output: str, owner: int) -> str:
     Returns "locked", or "shared" when an ancestor of ours holds it; "retry" when a dead owner's lock file
     was removed and the script should reopen it. Raises UserError when another run holds it.
     """
-    lock_path = lock_path_for(output)
+    lock_path = check_lock_file(lock_path_for(output))
     if not _same_file(fd, lock_path):
         raise UserError("descriptor {} is not open on {}".format(fd, lock_path))
     if _try_lock(fd):
@@ -209,23 +241,62 @@ def acquire_on_descriptor(fd: int, output: str, owner: int) -> str:
     raise _busy_error(output, holder)
 
 
+# --- python3 -m hrnetseg.locks run -- CMD: a script's child that dies with the script --------------------------
+
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; kept across exec), and exit now if the
+    parent is already gone (it died before the request was made).
+
+    The lock of a killed owner is taken over by the next run; a child of the owner that went on writing would
+    then write into the same output as that run. The kernel's "parent" is the forking thread."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def run_dying_with_parent(command: Sequence[str]) -> None:
+    """Become `command` (exec), which the kernel kills when the calling script dies: a script that holds output
+    locks runs its long steps so, and a SIGKILL of the script leaves none of them writing."""
+    if not command:
+        raise UserError("run: give the command to run after --")
+    die_with_parent(os.getppid())
+    try:
+        os.execvp(command[0], list(command))
+    except OSError as exc:
+        raise UserError("cannot run {}: {}".format(command[0], exc.strerror or exc), exit_code=127)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python3 -m hrnetseg.locks", description=__doc__.strip().splitlines()[0])
     commands = parser.add_subparsers(dest="command")
-    path = commands.add_parser("path", help="print the lock file of OUTPUT")
+    path = commands.add_parser("path", help="print the lock file of OUTPUT (exit 2 when something other than a "
+                                             "regular file is at its name)")
     path.add_argument("output", help="the folder or file to protect")
     acquire = commands.add_parser("acquire", help="lock OUTPUT.lock through descriptor FD, opened by the caller")
     acquire.add_argument("--fd", type=int, required=True, help="descriptor open on OUTPUT.lock (kept by the caller)")
     acquire.add_argument("--owner", type=int, required=True, help="PID to record as the owner (the caller's)")
     acquire.add_argument("output", help="the folder or file to protect")
+    commands.add_parser("run", help="run -- CMD ARGS...: become CMD, which dies with the calling script")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:   # taken literally: CMD's own flags are not this parser's
+        run_dying_with_parent(argv[2:] if argv[1:2] == ["--"] else argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "path":
-        print(lock_path_for(args.output))
+        print(check_lock_file(lock_path_for(args.output)))
         return 0
     if args.command != "acquire":
         parser.error("choose a command: path or acquire")

@@ -22,11 +22,11 @@ import numpy as np
 from . import cityscapes
 from .cityscapes import NUM_CLASSES
 from .cli import UserError
-from .files import (check_output_file, make_output_folder, not_regular_reason, remove_stale_temporaries,
-                    require_file, require_folder, write_bytes_atomic)
+from .files import (check_output_file, make_output_folder, not_a_folder_above, not_regular_reason,
+                    remove_stale_temporaries, require_file, require_folder, write_bytes_atomic)
 from .locks import output_locks
 from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
-from .preprocess import parallel_results
+from .preprocess import MANIFEST, parallel_results
 
 OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)\.(?P<ext>bin|npy)$")
 FEW = 5  # ids quoted in an error message
@@ -90,13 +90,23 @@ def _index_sets(files: Dict[str, Dict[int, str]], folder: str) -> None:
             folder, "; ".join(examples)))
 
 
+def _is_preprocess_folder(folder: str) -> bool:
+    """A folder of model inputs: its `<id>.bin` names read as outputs (`frankfurt_000000_000294.bin`: output 294 of
+    `frankfurt_000000`), so it is recognised by its manifest instead."""
+    return os.path.lexists(os.path.join(folder, MANIFEST))
+
+
 def find_outputs(res_path: str) -> Outputs:
     """The output files under res_path (or the one subfolder holding them, e.g. ais_bench's results/bs1)."""
     require_folder(res_path, "result folder")
+    if _is_preprocess_folder(res_path):
+        raise UserError("{} is a preprocess folder (it holds {}), not model outputs: pass the folder ais_bench or "
+                        "the runner wrote (--output/--output_dirname, e.g. results/bs1) as --res_path".format(
+                            res_path, MANIFEST))
     folder, found = res_path, _scan(res_path)
     if not found:
         holders = [d for d in sorted(glob.glob(os.path.join(glob.escape(res_path), "*")))
-                   if os.path.isdir(d) and _scan(d)]
+                   if os.path.isdir(d) and not _is_preprocess_folder(d) and _scan(d)]
         if len(holders) > 1:
             raise UserError("{} holds no outputs but several folders with outputs ({}): pass one of them as "
                             "--res_path".format(res_path, ", ".join(os.path.basename(d) for d in holders)))
@@ -417,9 +427,15 @@ def _evaluate_task(task):
 # --- the step -------------------------------------------------------------------------------------
 
 def _folder_output(path: Optional[str], flag: str) -> None:
-    """Refuse, before any work, a picture folder that exists and is not a folder (it is made later)."""
+    """Refuse, before any work, an empty picture folder name or one that exists and is not a folder (it is
+    made later)."""
+    if path == "":
+        raise UserError("{} is empty: give a folder name".format(flag))
     if path is not None and os.path.lexists(path) and not os.path.isdir(path):
         make_output_folder(path, flag)  # raises, saying what it is
+    blocked = not_a_folder_above(path) if path is not None else None
+    if blocked is not None:
+        raise UserError("cannot create output folder {} {}: {}".format(flag, path, blocked))
 
 
 def _check_outputs(save_path: Optional[str], save_confusion: Optional[str], save_vis: Optional[str],
@@ -430,6 +446,12 @@ def _check_outputs(save_path: Optional[str], save_confusion: Optional[str], save
         raise UserError("--save_path and --save_confusion are the same file {}: give two names".format(save_path))
     _folder_output(save_vis, "--save_vis")
     _folder_output(save_pred, "--save_pred")
+    # a result file where a picture folder will be made (or the other way round) would fail after all the work
+    for file_flag, file_path in (("--save_path", save_path), ("--save_confusion", save_confusion)):
+        for folder_flag, folder in (("--save_vis", save_vis), ("--save_pred", save_pred)):
+            if file_path and folder and os.path.realpath(file_path) == os.path.realpath(folder):
+                raise UserError("{} and {} are the same path {}: one is a file, the other a folder; give two "
+                                "names".format(file_flag, folder_flag, file_path))
 
 
 def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] = None, split: str = "val",

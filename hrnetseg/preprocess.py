@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import stat
 import sys
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -26,7 +27,7 @@ from . import cityscapes
 from .cli import UserError, progress
 from .files import (atomic_path, make_output_folder, not_regular_reason, remove_stale_temporaries,
                     write_text_atomic)
-from .locks import output_lock
+from .locks import die_with_parent, output_lock
 
 DTYPES = ("float32", "float16", "uint8")
 MANIFEST = "manifest.json"
@@ -105,36 +106,18 @@ def _write_array(path: str, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(array.data)
-        kill_after = os.environ.get(KILL_AFTER_ENV)
-        if kill_after is not None and _written_here >= int(kill_after):
+        kill_after = os.environ.get(KILL_AFTER_ENV, "")
+        if kill_after.isdigit() and _written_here >= int(kill_after):   # anything else: no test is running
             os.kill(os.getpid(), signal.SIGKILL)
     _written_here += 1
 
 
-PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
-
-
 def _init_worker(parent_pid: int) -> None:
+    """A killed run leaves no orphan worker that goes on writing bins from the tasks still queued in the pipe.
+    (The pool's thread that replaces a crashed worker, its kernel "parent", ends with the pool, which is when
+    the workers are stopped anyway.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    _die_with_parent(parent_pid)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this worker when its parent dies (Linux), so that a killed run leaves no orphan
-    that goes on writing bins from the tasks still queued in the pipe; exit now if the parent is already gone
-    (it died before the request was made).
-
-    The kernel's "parent" is the forking thread: the pool's thread that replaces a crashed worker ends with
-    the pool, which is when the workers are stopped anyway."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
+    die_with_parent(parent_pid)
 
 
 @contextlib.contextmanager
@@ -233,7 +216,8 @@ def _sources_problem(sources) -> Optional[str]:
     for key, value in sources.items():
         if not _is_plain_id(key):
             return "sources holds {!r}, not an image id".format(key)
-        if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 0 for v in value)):
+        # a modification time may be negative: files dated before 1970 (archives keep odd dates)
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value) and value[0] >= 0):
             return "sources[{!r}] is not [size, modification time in ns]".format(key)
     return None
 
@@ -319,15 +303,23 @@ def recorded_sources(manifest: Optional[dict]) -> Dict[str, List[int]]:
 
 
 def _finished_ids(out: str, file_bytes: int) -> set:
-    """Ids of the bins in `out` that are regular files of the right size."""
+    """Ids of the bins in `out` that are regular files of the right size (not symbolic links: see _linked_ids)."""
     done = set()
     for path in glob.glob(os.path.join(glob.escape(out), "*.bin")):
         try:
-            if os.path.isfile(path) and os.path.getsize(path) == file_bytes:
-                done.add(os.path.basename(path)[:-4])
+            info = os.lstat(path)
         except OSError:
-            pass
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_size == file_bytes:
+            done.add(os.path.basename(path)[:-4])
     return done
+
+
+def _linked_ids(out: str, ids) -> set:
+    """Ids whose bin is a symbolic link. This tool writes regular files, so a link is not its work (it may
+    point at another image's bin), and writing a bin through it would change a file outside the folder:
+    such bins are removed and made afresh."""
+    return {sample_id for sample_id in ids if os.path.islink(os.path.join(out, sample_id + ".bin"))}
 
 
 def _remove_bins(out: str, ids) -> None:
@@ -423,6 +415,7 @@ def _convert_all(samples, out: str, settings: dict, old: Optional[dict], referen
     present = _finished_ids(out, file_bytes) & wanted
     done = {i for i in present if signatures[i] is not None and recorded.get(i) == signatures[i]}
     stale = present - done
+    linked = _linked_ids(out, wanted)
     todo = [s for s in samples if s.id not in done]
     _check_free_space(out, (len(todo) - len(stale)) * file_bytes)
 
@@ -435,7 +428,7 @@ def _convert_all(samples, out: str, settings: dict, old: Optional[dict], referen
     # nothing for the stale ones, then the stale bins go, and only then the signatures this run converts from
     # (a bin written from here on is made from the image as it is now, or later: never older).
     _write_manifest(out, manifest)
-    _remove_bins(out, stale)
+    _remove_bins(out, stale | linked)
     sources.update((s.id, signatures[s.id]) for s in todo if signatures[s.id] is not None)
     _write_manifest(out, manifest)
 

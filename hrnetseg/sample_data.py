@@ -5,7 +5,8 @@
 writes DIR/cityscapes/leftImg8bit/<split>/<city>/<id>_leftImg8bit.png and
 DIR/cityscapes/gtFine/<split>/<city>/<id>_gtFine_labelIds.png. Every one of the 19 evaluated classes
 appears in every image, with a few ignored labels (ego vehicle, static, parking) around them. A run that
-fails (a full disk) removes the files and folders it made; files that were there before stay.
+fails (a full disk) removes the files and folders it made; files that were there before stay. The run
+holds DIR.lock: a second run into DIR stops at once.
 Atlas-side module: numpy and opencv only, valid Python 3.7.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from .cityscapes import ID_TO_TRAIN, IMAGE_SUFFIX, LABEL_SUFFIX, LABELS, NUM_CLASSES
 from .cli import UserError, add_alias_flags, plain_name, positive_int, run_cli
 from .files import make_output_folder, remove_quietly, write_bytes_atomic
+from .locks import output_lock
 
 CITIES = ("frankfurt", "lindau", "munster")
 MIN_HEIGHT, MIN_WIDTH = 64, 128
@@ -180,9 +182,11 @@ def generate(root: str, n: int = 4, height: int = 1024, width: int = 2048, seed:
     make_output_folder(root, "DIR")
     created_files = set()   # type: Set[str]
     try:
-        return _write_scenes(root, n, height, width, seed, split, created_files, created_folders)
+        # one writer: two runs with other seeds or sizes would pair one run's photo with the other's label
+        with output_lock(root):
+            return _write_scenes(root, n, height, width, seed, split, created_files, created_folders)
     except BaseException:
-        _remove_created(created_files, created_folders)
+        _remove_created(created_files, created_folders)   # after the lock file beside root is gone
         raise
 
 

@@ -14,8 +14,20 @@ die() { echo "error: $*" >&2; exit 2; }
 step() {
   log "$*"
   local rc=0 began="${SECONDS}"
-  "$@" || rc=$?
+  guard "$@"
+  "${GUARDED[@]}" || rc=$?
   [ "${rc}" = 0 ] || failed "${rc}" "${began}" "$*"
+}
+
+# guard CMD...: set GUARDED to the command line that runs CMD. Once this script holds or shares an output lock
+# (lock_output), that is CMD run so that the kernel kills it when the script dies: the next run takes over the
+# lock of a script killed with SIGKILL, and a child left running would write into that run's outputs.
+# Run "${GUARDED[@]}" as a command of this shell (in a pipeline too), not inside a function or subshell: the
+# kill follows the parent process.
+HOLDS_LOCKS=0
+GUARDED=()
+guard() {
+  if [ "${HOLDS_LOCKS}" = 1 ]; then GUARDED=("${PYTHON}" -m hrnetseg.locks run -- "$@"); else GUARDED=("$@"); fi
 }
 
 # failed RC BEGAN COMMAND: the one-line report of a failed long step (its run time since BEGAN), then exit RC.
@@ -57,6 +69,7 @@ lock_output() {
     exec {fd}>&-
   done
   [ "${rc}" = 0 ] || exit "${rc}"
+  HOLDS_LOCKS=1
   if [ "${answer}" = locked ]; then
     LOCKED_FILES+=("${lock_file}")
   else
@@ -70,25 +83,42 @@ trap release_outputs EXIT
 # usage: the script's header comment (the lines after #!, up to the first line that is not a comment).
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
-# parse_flags "VALUE NAMES" "SWITCH NAMES" "$@": `--name VALUE` sets the variable `name` for each value
-# name, `--name` sets `name=1` for each switch name; hyphens work as underscores; -h/--help prints usage.
+# parse_flags "VALUE NAMES" "SWITCH NAMES" "$@": `--name VALUE` (or `--name=VALUE`) sets the variable `name` for
+# each value name, `--name` sets `name=1` for each switch name; hyphens work as underscores; -h/--help prints usage.
+# A value may not be empty (leave the flag out to keep its default), nor one of the flags after `--name ` (a
+# forgotten value: `--output_dir --limit 5` would make a folder called --limit).
 parse_flags() {
-  local values=" $1 " switches=" $2 " name
+  local values=" $1 " switches=" $2 " flag name value given other
   shift 2
   while [ $# -gt 0 ]; do
     case "$1" in -h|--help) usage; exit 0 ;; esac
-    [[ "$1" =~ ^--[a-z][a-z_-]*$ ]] || die "unknown argument: $1 (see --help)"
-    name="${1#--}"
+    given=1
+    if [[ "$1" =~ ^(--[a-z][a-z_-]*)=(.*)$ ]]; then
+      flag="${BASH_REMATCH[1]}" value="${BASH_REMATCH[2]}" given=0
+    else
+      [[ "$1" =~ ^--[a-z][a-z_-]*$ ]] || die "unknown argument: $1 (see --help)"
+      flag="$1" value="${2-}"
+    fi
+    name="${flag#--}"
     name="${name//-/_}"
     if [[ "${switches}" == *" ${name} "* ]]; then
+      [ "${given}" = 1 ] || die "${flag} takes no value"
       printf -v "${name}" '%s' 1
       shift
       continue
     fi
-    [[ "${values}" == *" ${name} "* ]] || die "unknown argument: $1 (see --help)"
-    [ $# -ge 2 ] || die "$1 needs a value"
-    printf -v "${name}" '%s' "$2"
-    shift 2
+    [[ "${values}" == *" ${name} "* ]] || die "unknown argument: ${flag} (see --help)"
+    [ "${given}" = 0 ] || [ $# -ge 2 ] || die "${flag} needs a value"
+    # an empty value is refused, never taken as "not given": --output_dir "" would put the outputs under /
+    [ -n "${value}" ] || die "${flag} needs a value, not an empty string"
+    if [ "${given}" = 1 ] && [[ "${value}" =~ ^--[a-z][a-z_-]*(=.*)?$ ]]; then   # --name=--x is taken as said
+      other="${value%%=*}"
+      other="${other#--}"
+      other="${other//-/_}"
+      [[ "${values}${switches}" != *" ${other} "* ]] || die "${flag} needs a value, not the flag ${value%%=*}"
+    fi
+    printf -v "${name}" '%s' "${value}"
+    shift "$((1 + given))"   # --name VALUE: two words; --name=VALUE: one
   done
 }
 
@@ -99,6 +129,11 @@ require_file() {
   if [ -L "${path}" ]; then die "${what} ${path} is a broken symbolic link or a symbolic link loop"; fi
   if [ -e "${path}" ]; then die "${what} ${path} is not a regular file"; fi
   die "${what} not found: ${path}"
+}
+
+# require_output_folder FLAG PATH: die unless PATH is a folder or does not exist yet (the script makes it).
+require_output_folder() {
+  [ ! -e "$2" ] || [ -d "$2" ] || die "$1 $2 exists and is not a folder"
 }
 
 # require_positive_ints FLAG VALUE...: die unless every value is a positive integer.

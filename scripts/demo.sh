@@ -24,7 +24,7 @@ parse_flags "pth datasets_path output_dir limit preset height width batch_sizes 
 [ -z "${pth}" ] || require_file checkpoint "${pth}"
 [ -z "${datasets_path}" ] || [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
 require_positive_ints "--height/--width" "${height}" "${width}"
-[ ! -e "${output_dir}" ] || [ -d "${output_dir}" ] || die "--output_dir ${output_dir} exists and is not a folder"
+require_output_folder --output_dir "${output_dir}"
 
 ensure_venv requirements.txt
 export PYTHON

@@ -10,7 +10,8 @@
 # auto: ais_bench when MODEL_DIR holds hrnet_bs<N>.om files, else the local runner (hrnet.onnx, else --pth).
 # --output_dtype float16: the .om files were made with atc --output_type=FP16 (ais_bench then writes float16);
 # passed to HRNet_postprocess.py (without it: the runner summary says, else float32, else float16 by size).
-# A batch size larger than the number of images is refused (its padding would be timed as images).
+# A batch size larger than the number of images is refused (its padding would be timed as images), and so is a
+# result that does not count every preprocessed image.
 # Python is ${PYTHON:-python3}; ais_bench is ${AIS_BENCH:-python3 -m ais_bench}; its --help check gives up after
 # HRNETSEG_PROBE_TIMEOUT seconds (30).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -34,7 +35,7 @@ parse_flags "${flags}" "" "$@"
 
 [ -n "${datasets_path}" ] || die "--datasets_path DATA is required (the folder holding cityscapes/)"
 [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
-[ ! -e "${output_dir}" ] || [ -d "${output_dir}" ] || die "--output_dir ${output_dir} exists and is not a folder"
+require_output_folder --output_dir "${output_dir}"
 read -r -a sizes <<< "${batch_sizes}"
 require_positive_ints --batch_sizes "${sizes[@]}"
 [ -z "${limit}" ] || require_positive_ints --limit "${limit}"
@@ -121,7 +122,8 @@ for bs in "${sizes[@]}"; do
   fi
   log "${cmd[*]}"
   began="${SECONDS}"
-  "${cmd[@]}" 2>&1 | tee "${run_log}" || failed "$?" "${began}" "${cmd[*]}"
+  guard "${cmd[@]}"
+  "${GUARDED[@]}" 2>&1 | tee "${run_log}" || failed "$?" "${began}" "${cmd[*]}"
   fps="$("${PYTHON}" -m hrnetseg.acc_perf throughput --log "${run_log}" --command "${cmd[*]}")" || exit $?
 
   post_args=(--res_path "${res}" --data_path "${gt_dir}" --save_path "${result}")
@@ -129,7 +131,7 @@ for bs in "${sizes[@]}"; do
   [ -z "${limit}" ] || post_args+=(--allow_missing)   # --limit N: only the first N labels have outputs
   step "${PYTHON}" "${REPO_ROOT}/HRNet_postprocess.py" "${post_args[@]}"
   row="$("${PYTHON}" -m hrnetseg.acc_perf row --batch "${bs}" --backend "${backend}" "${where[@]}" --fps "${fps}" \
-    --result "${result}")" || exit $?
+    --result "${result}" --prep "${prep}")" || exit $?
   rows+=("${row}")
 done
 

@@ -16,6 +16,7 @@ parse_flags "onnx batch_sizes height width output_dir" "" "$@"
 read -r -a sizes <<< "${batch_sizes}"
 require_positive_ints --batch_sizes "${sizes[@]}"
 require_positive_ints "--height/--width" "${height}" "${width}"
+require_output_folder --output_dir "${output_dir}"
 require_file "ONNX model" "${onnx}"   # HRNet_pth2onnx.py or scripts/pth2om.sh makes it
 command -v trtexec >/dev/null 2>&1 ||
   die "trtexec not found: install TensorRT and put its bin folder on PATH; nothing was measured"
@@ -34,6 +35,20 @@ mean_gpu_compute_ms() {
   ' "$1"
 }
 
+# table_row BATCH MEAN_MS: "| batch | mean | fps |", fps = BATCH * 1000 / MEAN_MS; fails (prints nothing) unless
+# MEAN_MS is a positive decimal number that gives a finite fps. Figures below 1 keep three significant digits
+# (a slow run must not show as 0.00).
+table_row() {
+  awk -v b="$1" -v m="$2" '
+    function shown(x) { return x >= 1 ? sprintf("%.2f", x) : sprintf("%.3g", x) }
+    BEGIN {
+      if (m !~ /^([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$/ || m + 0 <= 0) exit 1
+      fps = b * 1000 / m
+      if (shown(fps) ~ /inf|nan/) exit 1
+      printf "| %s | %s | %s |", b, shown(m + 0), shown(fps)
+    }'
+}
+
 rows=()
 for bs in "${sizes[@]}"; do
   log_file="${output_dir}/trtexec_bs${bs}.log"
@@ -43,7 +58,9 @@ for bs in "${sizes[@]}"; do
   "${cmd[@]}" > "${log_file}" 2>&1 || { rc=$?; tail -n 20 "${log_file}" >&2; failed "${rc}" "${began}" "${cmd[*]}"; }
   mean="$(mean_gpu_compute_ms "${log_file}")"
   [ -n "${mean}" ] || die "no GPU Compute Time mean in ${log_file}"
-  rows+=("$(awk -v b="${bs}" -v m="${mean}" 'BEGIN { printf "| %s | %.2f | %.2f |", b, m, b * 1000 / m }')")
+  row="$(table_row "${bs}" "${mean}")" ||
+    die "the GPU Compute Time mean '${mean}' ms in ${log_file} is not a usable time (a positive number of ms): trtexec measured nothing usable"
+  rows+=("${row}")
 done
 
 echo

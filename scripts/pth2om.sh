@@ -28,6 +28,7 @@ require_positive_ints "--height/--width" "${height}" "${width}"
 read -r -a sizes <<< "${batch_sizes}"
 require_positive_ints --batch_sizes "${sizes[@]}"
 case "${input_format}" in float32|uint8) ;; *) die "--input_format is float32 or uint8, not '${input_format}'" ;; esac
+require_output_folder --output_dir "${output_dir}"
 
 # Fail before the slow export when the Ascend tools are missing.
 command -v atc >/dev/null 2>&1 ||
