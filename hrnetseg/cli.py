@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -51,17 +52,14 @@ def progress(iterable=None, total: Optional[int] = None, desc: str = "", unit: s
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
+    # ASCII digits only: int() also reads "1_0" as 10 and other scripts' digits
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
         raise argparse.ArgumentTypeError("expected a positive integer, got {!r}".format(text))
-    if value < 1:
-        raise argparse.ArgumentTypeError("expected a positive integer, got {!r}".format(text))
-    return value
+    return int(text)
 
 
 def add_alias_flags(parser: argparse.ArgumentParser) -> None:
-    """Accept --some-flag for every --some_flag (the seed uses underscores; hyphens are common too)."""
+    """Accept --some-flag for every --some_flag (the ModelZoo scripts use underscores; hyphens are common too)."""
     for action in list(parser._actions):
         extra = [s.replace("_", "-") for s in action.option_strings if s.startswith("--") and "_" in s]
         for alias in extra:
