@@ -353,3 +353,14 @@ def test_a_lock_file_that_is_not_a_regular_file_is_refused_never_written_through
     with locks.output_lock(str(tmp_path / "plain_out")):
         assert (tmp_path / "plain_out.lock").read_text().strip() == str(os.getpid())
     assert not (tmp_path / "plain_out.lock").exists()
+
+
+def test_positive_int_takes_ascii_digits_only():
+    import argparse
+
+    from hrnetseg.cli import positive_int
+
+    assert positive_int("12") == 12
+    for bad in ("1_0", "\u0663", "0", "-1", " 1", "", "1.0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(bad)
