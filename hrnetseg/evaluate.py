@@ -29,7 +29,7 @@ from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_bac
 from .cli import EXIT_INTERRUPTED, UserError, add_alias_flags, plain_name, positive_int, progress, run_cli
 from .files import check_output_file
 from .locks import output_locks
-from .infer import batch_size_for, fits_input, nonnegative_int, output_rows, pad_batch
+from .infer import batch_size_for, check_model_file, fits_input, nonnegative_int, output_rows, pad_batch
 from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
 from .postprocess import logits_shape, read_train_ids
 from .preprocess import DTYPES, convert, read_rgb
@@ -392,6 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kind = args.backend or backend_for_model(model)
     samples = _samples(args.datasets_path, args.split, args.limit)
     size = first_image_size(samples)
+    check_model_file(model)
     with output_locks(args.save_path, args.save_confusion):
         return run(args, kind, model, samples, size)
 

@@ -103,7 +103,8 @@ def list_inputs(spec: str) -> Tuple[str, List[str], dict]:
         ids = [os.path.basename(f)[:-len(BIN_SUFFIX)] for f in files]
         if len(set(ids)) != len(ids):
             raise UserError("--input names a file twice: each image would be run and counted twice")
-        unlisted = [f for f, sample_id in zip(files, ids) if sample_id not in set(manifest["ids"])]
+        listed = set(manifest["ids"])
+        unlisted = [f for f, sample_id in zip(files, ids) if sample_id not in listed]
         if unlisted:   # a bin left from an earlier run (stale) or copied in: not what the manifest describes
             raise UserError("--input file {} is not listed in {}'s manifest (a stale or foreign file): rerun "
                             "HRNet_preprocess.py for it".format(unlisted[0], folder))

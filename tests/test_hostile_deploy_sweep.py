@@ -162,6 +162,17 @@ def test_evaluate_never_writes_its_result_over_the_model(tmp_path, tiny_onnx_pat
     assert model.read_bytes() == tiny_onnx_path.read_bytes()
 
 
+def test_evaluate_says_what_a_model_path_is(tmp_path, tiny_data_root):
+    """A FIFO, a folder or a link loop given as the model was 'model not found' (and the FIFO never opened)."""
+    os.mkfifo(str(tmp_path / "fifo.onnx"))
+    (tmp_path / "folder.onnx").mkdir()
+    os.symlink("loop.onnx", str(tmp_path / "loop.onnx"))
+    for name, what in (("fifo.onnx", "is a FIFO, not a regular file"), ("folder.onnx", "is a folder, not a regular"),
+                       ("loop.onnx", "is a symbolic link loop")):
+        with pytest.raises(UserError, match="model {} {}".format(tmp_path / name, what)):
+            evaluate.main(["--datasets_path", str(tiny_data_root), "--onnx", str(tmp_path / name)])
+
+
 def test_evaluate_test_hook_value_that_is_not_a_count_is_one_line(tmp_path, tiny_onnx_path, monkeypatch):
     monkeypatch.setenv(evaluate.INTERRUPT_AFTER_ENV, "two")
     with pytest.raises(UserError, match="HRNETSEG_TEST_INTERRUPT_AFTER='two': expected a number of images"):
