@@ -230,9 +230,14 @@ CHILD_JOBS = {"prepare": _child_prepare, "infer": _child_infer, "pre": _child_da
 
 
 def child_main(job_path: str) -> int:
-    with open(job_path) as fh:
-        job = json.load(fh)
-    result = CHILD_JOBS[job["job"]](job)
+    require_file(job_path, "benchmark job")   # never open a FIFO: the child would wait for ever
+    try:
+        with open(job_path) as fh:
+            job = json.load(fh)
+        job_kind = CHILD_JOBS[job["job"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError("{} is not a benchmark job the parent wrote ({})".format(job_path, exc))
+    result = job_kind(job)
     result["peak_rss_mib"] = peak_rss_mib()
     write_text_atomic(job["result"], json.dumps(result))
     return 0
@@ -567,6 +572,8 @@ def record(path: str, block: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [CHILD_FLAG]:
+        if len(argv) != 2:
+            raise UserError("{} takes one JOB.json (the benchmark starts its measurements with it)".format(CHILD_FLAG))
         return child_main(argv[1])
     args = build_parser().parse_args(argv)
     stages = parse_stages(args.stages)

@@ -196,3 +196,13 @@ def test_bench_flags_refused_before_the_benchmark_runs(tmp_path):
         with pytest.raises(UserError, match=fragment):
             bench.main(flags + ["--stages", "infer", "--preset", "tiny_ocr"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.md", "file"]
+
+
+def test_bench_child_flag_without_a_job_file_is_one_line(tmp_path):
+    """The internal --_child flag: a traceback without its argument, a wait for ever on a FIFO."""
+    os.mkfifo(str(tmp_path / "job.json"))
+    (tmp_path / "other.json").write_text('{"job": "train"}')
+    for argv, fragment in (([], "takes one JOB.json"), ([str(tmp_path / "job.json")], "is a FIFO"),
+                           ([str(tmp_path / "other.json")], "is not a benchmark job the parent wrote")):
+        with pytest.raises(UserError, match=fragment):
+            bench.main([bench.CHILD_FLAG] + argv)
