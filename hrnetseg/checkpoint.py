@@ -88,8 +88,10 @@ def unpickler_reason(exc: BaseException) -> str:
 
 
 def first_line(exc: BaseException) -> str:
+    """The error's first sentence (torch's zip reader goes on with "This is an internal miniz error. If you
+    are seeing this error, there is a high ...", which cut at a length read as a broken message)."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+    return (text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__)[:160]
 
 
 def official_to_model_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -400,8 +400,8 @@ def run_inference(backend: Backend, folder: str, ids: Sequence[str], dtype: np.d
     with progress(total=len(ids), desc="infer bs{}".format(batch)) as bar:
         for start in range(0, len(ids), batch):
             chunk = ids[start:start + batch]
-            data = pad_batch((read_bin(os.path.join(folder, sample_id + BIN_SUFFIX), dtype, shape) for sample_id in chunk),
-                             batch, shape, dtype)
+            rows = (read_bin(os.path.join(folder, sample_id + BIN_SUFFIX), dtype, shape) for sample_id in chunk)
+            data = pad_batch(rows, batch, shape, dtype)
             if start == 0:
                 for _ in range(warmup):
                     backend.run(data)

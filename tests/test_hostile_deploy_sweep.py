@@ -52,6 +52,17 @@ def test_files_torch_save_never_writes_are_not_called_python_objects(tmp_path, c
     assert "Python objects" not in str(info.value)
 
 
+def test_a_truncated_checkpoint_gets_the_readers_first_sentence(tmp_path):
+    """torch's zip reader adds advice that the 160-character cut left as "... there is a high)"."""
+    path = tmp_path / "cut.pth"
+    torch.save({"model.conv1.weight": torch.zeros(64, 3, 3, 3)}, str(path))
+    path.write_bytes(path.read_bytes()[:1000])   # the zip directory at the end is gone
+    with pytest.raises(UserError) as info:
+        read_state_dict(str(path))
+    assert str(info.value).endswith("(truncated or another format: PytorchStreamReader failed reading zip archive: "
+                                    "failed finding central directory)"), str(info.value)
+
+
 # --- the export's flags ----------------------------------------------------------------------------------------
 
 def test_batch_flag_takes_dynamic_in_any_case_and_says_so_when_refused(capsys):
