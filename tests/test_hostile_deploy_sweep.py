@@ -184,6 +184,15 @@ def test_evaluate_says_what_a_model_path_is(tmp_path, tiny_data_root):
             evaluate.main(["--datasets_path", str(tiny_data_root), "--onnx", str(tmp_path / name)])
 
 
+def test_an_empty_onnx_file_is_not_an_onnx_model_for_the_runner_backends(tmp_path):
+    from hrnetseg.backends import load_backend
+
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    for kind in ("onnxruntime", "openvino"):
+        with pytest.raises(UserError, match="empty.onnx is not an ONNX model \\(an empty file\\)"):
+            load_backend(kind, str(tmp_path / "empty.onnx"), device="cpu")
+
+
 def test_evaluate_test_hook_value_that_is_not_a_count_is_one_line(tmp_path, tiny_onnx_path, monkeypatch):
     monkeypatch.setenv(evaluate.INTERRUPT_AFTER_ENV, "two")
     with pytest.raises(UserError, match="HRNETSEG_TEST_INTERRUPT_AFTER='two': expected a number of images"):
