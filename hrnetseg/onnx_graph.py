@@ -414,10 +414,15 @@ def compare_outputs(before: list, after: list) -> List[Tuple[float, Optional[flo
 
 # ------------------------------------------------------------------------------------------------- CLI
 
+def underscored(text: str) -> str:
+    """`out-nodes` as `out_nodes`: the hyphenated spelling the flags accept too (add_alias_flags)."""
+    return text.replace("-", "_")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hrnetseg.onnx_graph",
                                      description="Graph facts for the Ascend steps, found by structure.")
-    parser.add_argument("command", choices=("out_nodes", "list"),
+    parser.add_argument("command", choices=("out_nodes", "list"), type=underscored,
                         help="out_nodes: atc's --out_nodes value (output producers, output1 first); "
                              "list: every Resize node with shapes, mode and consumer")
     parser.add_argument("model", help="ONNX file")

@@ -98,6 +98,10 @@ def test_out_nodes_refuses_names_atc_cannot_tell_apart():
         onnx_graph.output_producers(graph_with_names("aux;main:0", "main"))
 
 
+def test_graph_commands_take_the_hyphenated_spelling_too():
+    assert onnx_graph.build_parser().parse_args(["out-nodes", "m.onnx"]).command == "out_nodes"
+
+
 def test_select_refuses_a_resize_name_two_nodes_share():
     """Only the last of the two used to change, silently."""
     graph = graph_with_names("aux", "main", resize_names=("up", "up"))
