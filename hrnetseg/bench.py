@@ -591,6 +591,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_record:   # before the benchmark: a folder, FIFO or device here would fail (or hang) at its end
         check_output_file(args.benchmarks_md, "--benchmarks_md")
     own = args.workdir is None
+    if args.workdir == "":
+        raise UserError("--workdir is an empty name: give a folder (or leave it out for a temporary one)")
     if not own and os.path.lexists(args.workdir) and not os.path.isdir(args.workdir):
         make_output_folder(args.workdir, "--workdir")   # its one-line "exists and is ..., not a folder"
     workdir = tempfile.mkdtemp(prefix="hrnetseg-bench-") if own else os.path.abspath(args.workdir)

@@ -213,6 +213,7 @@ def test_bench_flags_refused_before_the_benchmark_runs(tmp_path):
     cases = [(["--benchmarks_md", str(tmp_path / "fifo.md")], "cannot write --benchmarks_md .*fifo.md: it is a FIFO"),
              (["--benchmarks_md", str(tmp_path)], "cannot write --benchmarks_md .*: it is a folder"),
              (["--workdir", str(tmp_path / "file"), "--no_record"], "--workdir .*file exists and is a file"),
+             (["--workdir", "", "--no_record"], "--workdir is an empty name"),
              (["--pth", str(tmp_path), "--no_record"], "checkpoint .* is a folder, not a regular file"),
              (["--cases", "torch:fp32:\u00b2", "--no_record"], "the batch size must be a positive integer"),
              (["--device", "gpu-1", "--no_record"], "--device must be cpu, cuda")]
