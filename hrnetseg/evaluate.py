@@ -386,7 +386,10 @@ def first_image_size(samples: Sequence[cityscapes.Sample]) -> Tuple[int, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    model = args.onnx or args.pth
+    model = args.onnx if args.onnx is not None else args.pth   # "" is a (bad) name, not "no model"
+    if not model:
+        raise UserError("{} is an empty name: give the model file".format("--onnx" if args.onnx is not None
+                                                                          else "--pth"))
     check_outputs(args.save_path, args.save_confusion, model)
     interrupt_after_count()
     kind = args.backend or backend_for_model(model)

@@ -207,6 +207,8 @@ def parse_indices(text: Optional[str], count: int) -> List[int]:
 
 def check_model_file(model: str) -> None:
     """The model is a regular file, and not an Ascend .om (whatever --backend says: no local backend runs it)."""
+    if not model:
+        raise UserError("--model is an empty name: give the model file")
     if os.path.splitext(model)[1].lower() == ".om":
         backend_for_model(model)   # its one-line "run it with ais_bench" refusal
     require_file(model, "model")

@@ -197,6 +197,16 @@ def test_an_empty_onnx_file_is_not_an_onnx_model_for_the_runner_backends(tmp_pat
             load_backend(kind, str(tmp_path / "empty.onnx"), device="cpu")
 
 
+def test_an_empty_model_name_is_one_line(tmp_path, tiny_prep_path, stub):  # noqa: F811
+    """evaluate --onnx '' was a traceback (the empty name taken for no model at all)."""
+    for flag in ("--onnx", "--pth"):
+        with pytest.raises(UserError, match="{} is an empty name: give the model file".format(flag)):
+            evaluate.main(["--datasets_path", str(tmp_path), flag, ""])
+    with pytest.raises(UserError, match="--model is an empty name"):
+        run_infer("", tiny_prep_path)
+    assert not stub.loaded
+
+
 def test_evaluate_test_hook_value_that_is_not_a_count_is_one_line(tmp_path, tiny_onnx_path, monkeypatch):
     monkeypatch.setenv(evaluate.INTERRUPT_AFTER_ENV, "two")
     with pytest.raises(UserError, match="HRNETSEG_TEST_INTERRUPT_AFTER='two': expected a number of images"):
