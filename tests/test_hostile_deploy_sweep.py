@@ -52,6 +52,14 @@ def test_files_torch_save_never_writes_are_not_called_python_objects(tmp_path, c
     assert "Python objects" not in str(info.value)
 
 
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy pickle"])
+def test_both_formats_torch_save_writes_still_load(tmp_path, zip_format):
+    """The header check refuses other formats only: the official torch 1.1 files are legacy pickles."""
+    path = tmp_path / "m.pth"
+    torch.save({"model.conv1.weight": torch.ones(2)}, str(path), _use_new_zipfile_serialization=zip_format)
+    assert torch.equal(read_state_dict(str(path))["model.conv1.weight"], torch.ones(2))
+
+
 def test_a_truncated_checkpoint_gets_the_readers_first_sentence(tmp_path):
     """torch's zip reader adds advice that the 160-character cut left as "... there is a high)"."""
     path = tmp_path / "cut.pth"
