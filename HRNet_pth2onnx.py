@@ -18,7 +18,12 @@ MAX_SEED = 2 ** 64 - 1   # torch.Generator.manual_seed takes an unsigned 64-bit 
 
 
 def batch_arg(text: str):
-    return None if text == "dynamic" else positive_int(text)
+    if text.strip().lower() == "dynamic":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError("expected 'dynamic' or a positive integer, got {!r}".format(text))
 
 
 def seed_arg(text: str) -> int:

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import bench_data
 from .cli import UserError, add_alias_flags, positive_int, run_cli
-from .files import write_text_atomic
+from .files import check_output_file, make_output_folder, require_file, write_text_atomic
 from .infer import nonnegative_int
 
 STAGES = ("pre", "infer", "post")
@@ -78,7 +78,7 @@ def parse_case(text: str) -> Case:
     if precision not in PRECISIONS:
         raise UserError("--cases {!r}: unknown precision {!r}; choose one of {}".format(
             text, precision, ", ".join(PRECISIONS)))
-    if not batch.isdigit() or int(batch) < 1:
+    if not (batch.isascii() and batch.isdigit()) or int(batch) < 1:   # isdigit alone takes '²', int() does not
         raise UserError("--cases {!r}: the batch size must be a positive integer, not {!r}".format(text, batch))
     bad = [o for o in parts[3:] if o not in CASE_OPTIONS]
     if bad:
@@ -230,9 +230,14 @@ CHILD_JOBS = {"prepare": _child_prepare, "infer": _child_infer, "pre": _child_da
 
 
 def child_main(job_path: str) -> int:
-    with open(job_path) as fh:
-        job = json.load(fh)
-    result = CHILD_JOBS[job["job"]](job)
+    require_file(job_path, "benchmark job")   # never open a FIFO: the child would wait for ever
+    try:
+        with open(job_path) as fh:
+            job = json.load(fh)
+        job_kind = CHILD_JOBS[job["job"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError("{} is not a benchmark job the parent wrote ({})".format(job_path, exc))
+    result = job_kind(job)
     result["peak_rss_mib"] = peak_rss_mib()
     write_text_atomic(job["result"], json.dumps(result))
     return 0
@@ -567,6 +572,8 @@ def record(path: str, block: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [CHILD_FLAG]:
+        if len(argv) != 2:
+            raise UserError("{} takes one JOB.json (the benchmark starts its measurements with it)".format(CHILD_FLAG))
         return child_main(argv[1])
     args = build_parser().parse_args(argv)
     stages = parse_stages(args.stages)
@@ -576,13 +583,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if args.preset not in PRESETS:
             raise UserError("--preset must be one of {}, not {!r}".format(", ".join(PRESETS), args.preset))
-    if args.pth is not None and not os.path.isfile(args.pth):
-        raise UserError("checkpoint not found: {}".format(args.pth))
-    if not args.no_record and not os.path.isdir(os.path.dirname(os.path.abspath(args.benchmarks_md))):
-        raise UserError("cannot write {}: its folder does not exist".format(args.benchmarks_md))
+    if args.pth is not None:
+        require_file(args.pth, "checkpoint")
+    from .backends import parse_device
+
+    parse_device(args.device)   # a bad --device is one line now, not a failed row per case after the export
+    if not args.no_record:   # before the benchmark: a folder, FIFO or device here would fail (or hang) at its end
+        check_output_file(args.benchmarks_md, "--benchmarks_md")
     own = args.workdir is None
+    if args.workdir == "":
+        raise UserError("--workdir is an empty name: give a folder (or leave it out for a temporary one)")
+    if not own and os.path.lexists(args.workdir) and not os.path.isdir(args.workdir):
+        make_output_folder(args.workdir, "--workdir")   # its one-line "exists and is ..., not a folder"
     workdir = tempfile.mkdtemp(prefix="hrnetseg-bench-") if own else os.path.abspath(args.workdir)
-    os.makedirs(workdir, exist_ok=True)
+    make_output_folder(workdir, "--workdir")
     started = datetime.datetime.now(datetime.timezone.utc)
     load_start = bench_data.load_average()
     try:

@@ -28,6 +28,9 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     require_file(path, "checkpoint")
     if os.path.getsize(path) == 0:
         raise UserError("{} is not a PyTorch checkpoint (an empty file)".format(path))
+    if not has_checkpoint_header(path):
+        raise UserError("{} is not a readable PyTorch checkpoint (another format: neither a zip archive nor a "
+                        "pickle, as torch.save writes them)".format(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -55,6 +58,23 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return dict(obj)
 
 
+# What torch.load reads: a zip archive (torch >= 1.6), a pickle of protocol 2 or later (older torch.save, as the
+# official torch 1.1 checkpoints), or the tar files of torch < 0.4 ("ustar" at offset 257).
+ZIP_MAGIC, PICKLE_PROTO, TAR_MAGIC, TAR_MAGIC_AT = b"PK\x03\x04", b"\x80", b"ustar", 257
+
+
+def has_checkpoint_header(path: str) -> bool:
+    """Whether the file starts as torch.save writes it; without this an ONNX file or random bytes reach the
+    weights_only unpickler, whose refusal would call them Python objects."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(TAR_MAGIC_AT + len(TAR_MAGIC))
+    except OSError as exc:
+        raise UserError("cannot read checkpoint {}: {}".format(path, exc.strerror or exc))
+    return (head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTO)
+            or head[TAR_MAGIC_AT:TAR_MAGIC_AT + len(TAR_MAGIC)] == TAR_MAGIC)
+
+
 def unpickler_reason(exc: BaseException) -> str:
     """The weights_only unpickler's own reason (e.g. "Unsupported global: GLOBAL posix.system ..."), without
     torch's advice around it, which suggests weights_only=False: exactly what must not happen here."""
@@ -68,14 +88,22 @@ def unpickler_reason(exc: BaseException) -> str:
 
 
 def first_line(exc: BaseException) -> str:
+    """The error's first sentence (torch's zip reader goes on with "This is an internal miniz error. If you
+    are seeing this error, there is a high ...", which cut at a length read as a broken message)."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+    return (text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__)[:160]
 
 
 def official_to_model_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Strip `model.`/`module.` prefixes, drop `loss.*`, rename `last_layer` to `aux_head`."""
+    """Strip `model.`/`module.` prefixes, drop `loss.*`, rename `last_layer` to `aux_head`.
+
+    Two entries that become one key (`model.conv1.weight` and `conv1.weight`, `last_layer.*` and
+    `aux_head.*`) are refused: whichever came last would win, and which one is right cannot be told.
+    """
     out: Dict[str, torch.Tensor] = {}
-    for key, value in state.items():
+    source: Dict[str, str] = {}
+    for original, value in state.items():
+        key = original
         for prefix in ("module.", "model."):
             if key.startswith(prefix):
                 key = key[len(prefix):]
@@ -83,6 +111,10 @@ def official_to_model_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch
             continue
         if key.startswith("last_layer."):
             key = "aux_head." + key[len("last_layer."):]
+        if key in source:
+            raise UserError("checkpoint entries {} and {} both name the model's {}: which one holds the weights "
+                            "cannot be told".format(source[key], original, key))
+        source[key] = original
         out[key] = value
     return out
 

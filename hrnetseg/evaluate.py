@@ -29,7 +29,7 @@ from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_bac
 from .cli import EXIT_INTERRUPTED, UserError, add_alias_flags, plain_name, positive_int, progress, run_cli
 from .files import check_output_file
 from .locks import output_locks
-from .infer import batch_size_for, fits_input, nonnegative_int, output_rows, pad_batch
+from .infer import batch_size_for, check_model_file, fits_input, nonnegative_int, output_rows, pad_batch
 from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
 from .postprocess import logits_shape, read_train_ids
 from .preprocess import DTYPES, convert, read_rgb
@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
     add_alias_flags(parser)
     return parser
+
+
+def interrupt_after_count() -> int:
+    """The test hook's image count (0: off); a value that is not a count is a one-line error."""
+    text = os.environ.get(INTERRUPT_AFTER_ENV, "").strip() or "0"
+    if not text.isdigit() or not text.isascii():
+        raise UserError("{}={!r}: expected a number of images (0 or unset: off)".format(INTERRUPT_AFTER_ENV, text))
+    return int(text)
 
 
 # ------------------------------------------------------------------------------------------- the stages
@@ -218,7 +226,7 @@ class StreamingEvaluation(object):
 
     def _evaluate(self) -> None:
         stage = self.stages[2]
-        interrupt_after = int(os.environ.get(INTERRUPT_AFTER_ENV, "0") or 0)
+        interrupt_after = interrupt_after_count()
         while True:
             item = self._get(self.inferred)
             if item is None:
@@ -355,12 +363,17 @@ def _report_interrupted(pipeline: StreamingEvaluation, total: int) -> None:
         os._exit(EXIT_INTERRUPTED)
 
 
-def check_outputs(save_path: Optional[str], save_confusion: Optional[str]) -> None:
-    """Refuse, before any work, output files that cannot be written, and one file asked for twice."""
+def check_outputs(save_path: Optional[str], save_confusion: Optional[str], model: Optional[str] = None) -> None:
+    """Refuse, before any work, output files that cannot be written, one file asked for twice, and the model
+    file as an output (the result would replace it)."""
     check_output_file(save_path, "--save_path")
     check_output_file(save_confusion, "--save_confusion")
     if save_path and save_confusion and os.path.realpath(save_path) == os.path.realpath(save_confusion):
         raise UserError("--save_path and --save_confusion name the same file {}: give two names".format(save_path))
+    for flag, path in (("--save_path", save_path), ("--save_confusion", save_confusion)):
+        if path and model and os.path.isfile(path) and os.path.isfile(model) and os.path.samefile(path, model):
+            raise UserError("{} {} is the model file itself: the result would replace it; give another name"
+                            .format(flag, path))
 
 
 def first_image_size(samples: Sequence[cityscapes.Sample]) -> Tuple[int, int]:
@@ -373,11 +386,16 @@ def first_image_size(samples: Sequence[cityscapes.Sample]) -> Tuple[int, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    check_outputs(args.save_path, args.save_confusion)
-    model = args.onnx or args.pth
+    model = args.onnx if args.onnx is not None else args.pth   # "" is a (bad) name, not "no model"
+    if not model:
+        raise UserError("{} is an empty name: give the model file".format("--onnx" if args.onnx is not None
+                                                                          else "--pth"))
+    check_outputs(args.save_path, args.save_confusion, model)
+    interrupt_after_count()
     kind = args.backend or backend_for_model(model)
     samples = _samples(args.datasets_path, args.split, args.limit)
     size = first_image_size(samples)
+    check_model_file(model)
     with output_locks(args.save_path, args.save_confusion):
         return run(args, kind, model, samples, size)
 
@@ -398,7 +416,7 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
     index = _output_index(args.output_index, len(backend.output_names))
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
     for _ in range(warmup):
-        backend.run(np.zeros((batch, 3) + size, dtype=dtype))
+        backend.run(pad_batch((), batch, (3,) + size, dtype))
     load_s = time.perf_counter() - began
     queue_size = args.queue_size or max(4, 2 * batch)
     workers = 1 if backend.device == "cpu" else max(1, min(4, (os.cpu_count() or 1) // 4))

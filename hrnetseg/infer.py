@@ -28,9 +28,11 @@ from .files import (atomic_path, check_output_file, make_output_folder, not_regu
                     remove_stale_temporaries, require_file, write_target, write_text_atomic)
 from .locks import output_lock
 from .presets import DEFAULT_PRESET, PRESET_NAMES
+from .postprocess import OUTPUT_NAME
 from .preprocess import read_manifest
 
 OUTFMTS = ("BIN", "NPY")
+BIN_SUFFIX = ".bin"   # the preprocess folder's input files: <id>.bin
 SUMMARY_SUFFIX = "_summary.json"
 OUTPUT_DTYPE = "float32"   # what the runner writes, whatever the backend computes in (recorded in the summary)
 
@@ -93,11 +95,19 @@ def list_inputs(spec: str) -> Tuple[str, List[str], dict]:
         folders = {os.path.dirname(os.path.abspath(f)) for f in files}
         if len(folders) != 1:
             raise UserError("--input files must come from one preprocess folder (its manifest describes them)")
+        not_bins = [f for f in files if not f.endswith(BIN_SUFFIX)]
+        if not_bins:   # <id>.bin is what gets read: x.txt would run the x.bin beside it
+            raise UserError("--input file {} is not a .bin file of a preprocess folder".format(not_bins[0]))
         folder = folders.pop()
         manifest = read_manifest(folder)
-        ids = [os.path.splitext(os.path.basename(f))[0] for f in files]
+        ids = [os.path.basename(f)[:-len(BIN_SUFFIX)] for f in files]
         if len(set(ids)) != len(ids):
             raise UserError("--input names a file twice: each image would be run and counted twice")
+        listed = set(manifest["ids"])
+        unlisted = [f for f, sample_id in zip(files, ids) if sample_id not in listed]
+        if unlisted:   # a bin left from an earlier run (stale) or copied in: not what the manifest describes
+            raise UserError("--input file {} is not listed in {}'s manifest (a stale or foreign file): rerun "
+                            "HRNet_preprocess.py for it".format(unlisted[0], folder))
     if not ids:
         raise UserError("no input files in {} (its manifest lists none)".format(spec))
     return folder, list(ids), manifest
@@ -110,7 +120,7 @@ def check_bins(manifest: dict, folder: str, ids: Sequence[str]) -> Tuple[np.dtyp
     shape = tuple(int(v) for v in manifest["shape"])
     size = bin_bytes(dtype, shape)
     for sample_id in ids:
-        path = os.path.join(folder, sample_id + ".bin")
+        path = os.path.join(folder, sample_id + BIN_SUFFIX)
         reason = not_regular_reason(path)
         if reason == "not found":
             raise UserError("input file missing: {}".format(path))
@@ -197,6 +207,8 @@ def parse_indices(text: Optional[str], count: int) -> List[int]:
 
 def check_model_file(model: str) -> None:
     """The model is a regular file, and not an Ascend .om (whatever --backend says: no local backend runs it)."""
+    if not model:
+        raise UserError("--model is an empty name: give the model file")
     if os.path.splitext(model)[1].lower() == ".om":
         backend_for_model(model)   # its one-line "run it with ais_bench" refusal
     require_file(model, "model")
@@ -208,8 +220,9 @@ class RunOutputs(object):
     """OUTPUT/DIRNAME and OUTPUT/DIRNAME_summary.json for one run, under the folder's lock.
 
     What a failed or interrupted run wrote is removed on the way out: the files it wrote, the summary, and
-    the folders it created; files that were there before stay. A summary of an earlier run is removed when
-    the run starts, since this run's files replace some of the ones it described.
+    the folders it created; files that were there before stay. A summary of an earlier run is removed just
+    before the first write, since this run's files replace the ones it described; output files this run would
+    not replace are refused then (see refuse_leftovers).
     """
 
     def __init__(self, output: str, dirname: str, outfmt: str) -> None:
@@ -219,9 +232,12 @@ class RunOutputs(object):
         self.outfmt = outfmt
         self.written = []  # type: List[str]
         self._created_folder = False
+        self._begun = False   # the earlier summary was removed: this run now replaces what it described
 
     def check(self, input_folder: str) -> None:
         """Refusals before the lock and the model load: outputs that cannot be written."""
+        if not self.output:
+            raise UserError("--output is an empty name: give a folder")
         for path, flag in ((self.output, "--output"), (self.folder, "--output_dirname")):
             if os.path.lexists(path) and not os.path.isdir(path):
                 make_output_folder(path, flag)   # its one-line "exists and is ..., not a folder"
@@ -251,7 +267,29 @@ class RunOutputs(object):
         make_output_folder(self.output, "--output")
         self._created_folder = make_output_folder(self.folder, "--output_dirname")
         remove_stale_temporaries(self.folder)
+
+    def begin(self, ids: Sequence[str], indices: Sequence[int]) -> None:
+        """Just before the first write: refuse leftovers (see refuse_leftovers), then remove the summary of an
+        earlier run, since this run's files replace the ones it described. A run refused before this point
+        leaves the earlier run's files and summary as they were."""
+        self.refuse_leftovers(ids, indices)
+        self._begun = True
         remove_quietly(write_target(self.summary))
+
+    def refuse_leftovers(self, ids: Sequence[str], indices: Sequence[int]) -> None:
+        """Refuse, before anything is written, output files in the folder that this run would not replace.
+
+        They would sit under this run's summary, and the postprocess, which pairs every <id>_<n> file in the
+        folder with its label, would evaluate them as this run's: an earlier run on more images or another
+        model would silently mix into the mIoU.
+        """
+        mine = {os.path.basename(self.path_for(sample_id, k)) for sample_id in ids for k in indices}
+        others = sorted(name for name in os.listdir(self.folder) if OUTPUT_NAME.match(name) and name not in mine)
+        if others:
+            raise UserError("{} holds {} output file{} that this run would not replace (e.g. {}), from an earlier "
+                            "run: the postprocess would evaluate them as this run's; remove them or choose another "
+                            "--output_dirname".format(self.folder, len(others), "" if len(others) == 1 else "s",
+                                                      others[0]))
 
     def path_for(self, sample_id: str, k: int) -> str:
         return os.path.join(self.folder, "{}_{}{}".format(sample_id, k, self.suffix))
@@ -267,7 +305,8 @@ class RunOutputs(object):
     def _remove_partial(self) -> None:
         for path in self.written:
             remove_quietly(path)
-        remove_quietly(write_target(self.summary))
+        if self._begun:
+            remove_quietly(write_target(self.summary))
         if self._created_folder:
             _remove_empty_folder(self.folder)
 
@@ -321,7 +360,12 @@ def summary_lines(stats: Dict[str, float], images_per_run: float) -> List[str]:
 
 def pad_batch(rows: Iterable[np.ndarray], batch: int, shape: Sequence[int], dtype) -> np.ndarray:
     """The rows (each C x H x W) as one batch of `batch`; a short last batch stays zero-padded, as ais_bench pads."""
-    data = np.zeros((batch,) + tuple(shape), dtype=dtype)
+    try:
+        data = np.zeros((batch,) + tuple(shape), dtype=dtype)
+    except MemoryError:
+        raise UserError("not enough memory for a batch of {} x {} {} ({:.3g} GB): choose a smaller --batchsize"
+                        .format(batch, "x".join(map(str, shape)), np.dtype(dtype).name,
+                                batch * bin_bytes(dtype, shape) / 1e9)) from None
     for row, array in enumerate(rows):
         data[row] = array
     return data
@@ -358,8 +402,8 @@ def run_inference(backend: Backend, folder: str, ids: Sequence[str], dtype: np.d
     with progress(total=len(ids), desc="infer bs{}".format(batch)) as bar:
         for start in range(0, len(ids), batch):
             chunk = ids[start:start + batch]
-            data = pad_batch((read_bin(os.path.join(folder, sample_id + ".bin"), dtype, shape) for sample_id in chunk),
-                             batch, shape, dtype)
+            rows = (read_bin(os.path.join(folder, sample_id + BIN_SUFFIX), dtype, shape) for sample_id in chunk)
+            data = pad_batch(rows, batch, shape, dtype)
             if start == 0:
                 for _ in range(warmup):
                     backend.run(data)
@@ -400,6 +444,8 @@ def run_model(args: argparse.Namespace, kind: str, folder: str, ids: List[str], 
     batch = batch_size_for(backend, args.batchsize)
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
     indices = parse_indices(args.output_indices, len(backend.output_names))
+    if outputs is not None:
+        outputs.begin(ids, indices)
     print("[INFO] {} on {} ({}), batch size {}, {} images, {} {}, warm-up {}, loop {}".format(
         backend.name, backend.device, backend.precision, batch, len(ids), dtype.name, "x".join(map(str, shape)),
         warmup, args.loop), flush=True)

@@ -27,6 +27,7 @@ MODES = ("nearest", "linear")
 NEAREST_MODES = ("keep", "round_prefer_ceil", "round_prefer_floor", "floor", "ceil")
 DEFAULT_NEAREST_MODE = "round_prefer_ceil"
 UNKNOWN_DIM_DEFAULT = 256    # spatial size used for a random check input when the graph leaves it open
+OUT_NODES_SEPARATOR = ";"    # atc --out_nodes "<node>:<index>;<node>:<index>"
 
 
 def load_model(path: str):
@@ -177,10 +178,16 @@ def select_resize_nodes(graph, select: str) -> List[object]:
     wanted = [name.strip() for name in select.split(",") if name.strip()]
     if not wanted:
         raise UserError("--select needs 'head', 'all' or comma-separated Resize node names")
-    by_name = {node.name: node for node in resize_nodes(graph)}
+    resizes = resize_nodes(graph)
+    by_name = {node.name: node for node in resizes}
     missing = [name for name in wanted if name not in by_name]
     if missing:
         raise UserError("no Resize node named {} (see the Resize nodes with --list)".format(", ".join(missing)))
+    named = {name: sum(node.name == name for node in resizes) for name in wanted}
+    shared = [name for name in wanted if named[name] > 1]
+    if shared:   # only one of them would change, and which one is chance
+        raise UserError("{} Resize nodes are named {}: --select cannot tell them apart; use 'head' or 'all'".format(
+            named[shared[0]], shared[0]))
     return [by_name[name] for name in dict.fromkeys(wanted)]
 
 
@@ -212,6 +219,7 @@ def set_resize_mode(nodes: Sequence[object], mode: str, nearest_mode: str = DEFA
 def output_producers(graph) -> List[str]:
     """'<node>:<index>' for each graph output, in graph output order (output1 first for our export)."""
     made_by = producers(graph)
+    named = name_counts(graph)
     result = []
     for output in graph.output:
         if output.name not in made_by:
@@ -220,8 +228,24 @@ def output_producers(graph) -> List[str]:
         if not node.name:
             raise UserError("the node producing graph output {} has no name; atc --out_nodes needs one"
                             .format(output.name))
+        if named[node.name] > 1:   # atc would take whichever node of that name it finds first
+            raise UserError("the node producing graph output {} is named {}, a name {} nodes share: atc "
+                            "--out_nodes names nodes, so it would be ambiguous".format(
+                                output.name, node.name, named[node.name]))
+        if OUT_NODES_SEPARATOR in node.name:
+            raise UserError("the node producing graph output {} is named {!r}: atc --out_nodes separates nodes "
+                            "with {!r}, so it cannot name this one".format(output.name, node.name,
+                                                                         OUT_NODES_SEPARATOR))
         result.append("{}:{}".format(node.name, index))
     return result
+
+
+def name_counts(graph) -> Dict[str, int]:
+    """node name -> how many of the graph's nodes carry it."""
+    counts = {}   # type: Dict[str, int]
+    for node in graph.node:
+        counts[node.name] = counts.get(node.name, 0) + 1
+    return counts
 
 
 # ----------------------------------------------------------------------------------------------- listing
@@ -390,10 +414,15 @@ def compare_outputs(before: list, after: list) -> List[Tuple[float, Optional[flo
 
 # ------------------------------------------------------------------------------------------------- CLI
 
+def underscored(text: str) -> str:
+    """`out-nodes` as `out_nodes`: the hyphenated spelling the flags accept too (add_alias_flags)."""
+    return text.replace("-", "_")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hrnetseg.onnx_graph",
                                      description="Graph facts for the Ascend steps, found by structure.")
-    parser.add_argument("command", choices=("out_nodes", "list"),
+    parser.add_argument("command", choices=("out_nodes", "list"), type=underscored,
                         help="out_nodes: atc's --out_nodes value (output producers, output1 first); "
                              "list: every Resize node with shapes, mode and consumer")
     parser.add_argument("model", help="ONNX file")

@@ -309,7 +309,7 @@ def test_hostile_checkpoint_files_get_one_line(tmp_path, kind, fragment):
 
 @pytest.mark.parametrize("flags,fragment", [
     (["--height", "0"], "--height: expected a positive integer"), (["--width", "x"], "--width: expected a positive"),
-    (["--batch", "0"], "--batch: expected a positive integer"), (["--opset", "-1"], "--opset"),
+    (["--batch", "0"], "--batch: expected 'dynamic' or a positive integer"), (["--opset", "-1"], "--opset"),
     (["--random_weights", str(2 ** 70)], "expected a seed from 0 to 18446744073709551615"),
     (["--random_weights", "-1"], "expected a seed from 0 to"),
     (["--preset", "w96"], "--preset: invalid choice"),

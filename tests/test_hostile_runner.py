@@ -132,11 +132,11 @@ def test_a_failed_run_removes_what_it_wrote(tmp_path, monkeypatch, tiny_onnx_pat
     stub.calls = 0
     kept = tmp_path / "kept"                     # a folder with earlier files: they stay, this run's go
     (kept / "bs").mkdir(parents=True)
-    (kept / "bs" / "earlier_run_0.bin").write_bytes(b"earlier")
+    (kept / "bs" / "earlier_notes.txt").write_bytes(b"earlier")   # (earlier outputs it would not replace: refused)
     (kept / "bs_summary.json").write_text('{"images": 500}')   # describes files this run replaces: removed
     with pytest.raises(expected[0], match=expected[1]):
         run_infer(tiny_onnx_path, tiny_prep_path, kept, "--batchsize", 2)
-    assert sorted(p.name for p in kept.rglob("*")) == ["bs", "earlier_run_0.bin"]
+    assert sorted(p.name for p in kept.rglob("*")) == ["bs", "earlier_notes.txt"]
 
 
 def test_a_second_run_into_the_same_folder_stops_at_once(tmp_path, tiny_onnx_path, tiny_prep_path, stub):

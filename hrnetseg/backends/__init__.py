@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..cli import UserError
+from ..files import require_file
 
 BACKENDS = ("onnxruntime", "torch", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -77,8 +78,9 @@ def load_backend(kind: str, model: str, device: Optional[str] = None, precision:
     """
     if precision not in PRECISIONS:
         raise UserError("--precision must be one of {}".format(", ".join(PRECISIONS)))
-    if not os.path.isfile(model):
-        raise UserError("model not found: {}".format(model))
+    require_file(model, "model")   # a FIFO, folder or link loop named as such, not "not found"
+    if kind in ("onnxruntime", "openvino") and os.path.getsize(model) == 0:
+        raise UserError("{} is not an ONNX model (an empty file)".format(model))   # as the ONNX tools say it
     device_kind, index = parse_device(device)
     if compile and kind != "torch":
         raise UserError("--compile applies to the torch backend only")
