@@ -124,7 +124,8 @@ def check_output_file(path: Optional[str], flag: str = "") -> None:
     if path is None:
         return
     what = "{} {}".format(flag, path) if flag else path
-    if not path or path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+    if not path or path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)) or \
+            os.path.basename(path) in (".", ".."):
         raise UserError("cannot write {}: give a file name".format(what if path else (flag or "the output") +
                                                                      " (an empty name)"))
     target = write_target(path)

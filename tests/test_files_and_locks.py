@@ -44,7 +44,8 @@ def test_outputs_that_are_not_regular_files_are_refused_before_any_work(tmp_path
             write_text_atomic(str(path), "x")
         assert not stat.S_ISREG(os.lstat(str(path)).st_mode), kind     # never replaced by a regular file
     check_output_file(str(tmp_path / "new.json"))
-    for name in ("", str(tmp_path / "newdir") + "/"):
+    (tmp_path / "x.onnx").write_bytes(b"")
+    for name in ("", str(tmp_path / "newdir") + "/", str(tmp_path / "x.onnx") + "/.", str(tmp_path / "..")):
         with pytest.raises(UserError, match="give a file name"):
             check_output_file(name, "--save_path")
     with pytest.raises(UserError, match="does not exist"):
