@@ -438,6 +438,7 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
             raise
     matrix = pipeline.matrix
     matrix.ids.sort()
+    matrix.output_index = index
     result = matrix.compute()
     print(format_table(result))
     print("\n".join(stage_report(pipeline.stages, pipeline.wall_s, matrix.images)))

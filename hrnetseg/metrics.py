@@ -26,6 +26,9 @@ from .locks import output_lock
 
 TITLE = "overall statistical evaluation"
 SHARD_KEYS = ("matrix", "images", "ids", "skipped", "class_names")  # the arrays of a --save_confusion file
+# Optional array: the model output the shard evaluated (0-based, ais_bench's numbering: 0 aux, 1 main); shards
+# of different outputs must not be summed into one mIoU. Files written before it was recorded lack it.
+OUTPUT_INDEX_KEY = "output_index"
 # more pixels than any data set has (Cityscapes val: 1e9); below it int64 sums cannot overflow and float64
 # sums are exact
 MAX_PIXELS = float(2 ** 53)
@@ -311,6 +314,7 @@ class ConfusionMatrix(object):
         self.images = 0
         self.ids = []  # type: List[str]
         self.skipped = []  # type: List[str]
+        self.output_index = None  # type: Optional[int]   # the model output evaluated, when known
 
     def update(self, pred: np.ndarray, gt: np.ndarray, image_id: Optional[str] = None) -> np.ndarray:
         """Add one image: trainId prediction and ground truth maps of one size. Returns its own matrix."""
@@ -333,6 +337,9 @@ class ConfusionMatrix(object):
         if other.class_names != self.class_names:
             raise UserError("cannot merge matrices of different classes ({} ... against {} ...)".format(
                 ", ".join(other.class_names[:3]), ", ".join(self.class_names[:3])))
+        if None not in (self.output_index, other.output_index) and self.output_index != other.output_index:
+            raise UserError("the shards evaluate different model outputs ({} and {}; 0 = aux, 1 = main): their sum "
+                            "would be no model's mIoU".format(self.output_index, other.output_index))
         twice = sorted(set(self.ids) & set(other.ids))
         if twice:
             raise UserError("{} image(s) appear in two shards, e.g. {}: they would count twice".format(
@@ -344,6 +351,8 @@ class ConfusionMatrix(object):
         self.ids = sorted(self.ids + other.ids)
         # an image one shard skipped may be in another (shards made with --allow_missing over parts)
         self.skipped = sorted((set(self.skipped) | set(other.skipped)) - set(self.ids))
+        if self.output_index is None:
+            self.output_index = other.output_index
         return self
 
     def compute(self) -> dict:
@@ -355,9 +364,10 @@ class ConfusionMatrix(object):
         import io
 
         buffer = io.BytesIO()
+        extra = {} if self.output_index is None else {OUTPUT_INDEX_KEY: np.int64(self.output_index)}
         np.savez(buffer, matrix=self.matrix, images=np.int64(self.images),
                  ids=np.array(sorted(self.ids), dtype=np.str_), skipped=np.array(self.skipped, dtype=np.str_),
-                 class_names=np.array(self.class_names, dtype=np.str_))
+                 class_names=np.array(self.class_names, dtype=np.str_), **extra)
         write_bytes_atomic(path, buffer.getvalue())
 
     @classmethod
@@ -373,7 +383,8 @@ class ConfusionMatrix(object):
                 absent = [key for key in SHARD_KEYS if key not in data.files]
                 if absent:
                     raise ValueError("no {}".format(", ".join(absent)))
-                fields = {key: np.asarray(data[key]) for key in SHARD_KEYS}
+                fields = {key: np.asarray(data[key]) for key in SHARD_KEYS + (OUTPUT_INDEX_KEY,)
+                          if key in data.files}
         except (OSError, ValueError, TypeError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise UserError("{} is not a confusion file written by --save_confusion ({})".format(
                 path, " ".join(str(exc).split()) or type(exc).__name__))
@@ -403,6 +414,11 @@ class ConfusionMatrix(object):
         shard = cls(matrix.shape[0], texts["class_names"])
         shard.matrix = matrix.astype(np.int64)
         shard.images, shard.ids, shard.skipped = int(images), texts["ids"], texts["skipped"]
+        if OUTPUT_INDEX_KEY in fields:
+            index = fields[OUTPUT_INDEX_KEY]
+            if index.dtype.kind not in "iu" or index.shape != () or int(index) < 0:
+                raise UserError("{} holds a damaged confusion file: output_index {}".format(path, index.tolist()))
+            shard.output_index = int(index)
         return shard
 
 

@@ -492,6 +492,7 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
                    if make_output_folder(path, flag)]
         matrix = _evaluate(pairs, workers, save_vis, save_pred, created, warn)
         matrix.skipped = sorted(missing + list(left_out))
+        matrix.output_index = file_index - (0 if outputs.naming == AIS_BENCH else 1)   # ais_bench's numbering
         result = matrix.compute()
         log(format_table(result))
         if save_confusion:

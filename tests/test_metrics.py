@@ -10,6 +10,7 @@ import pytest
 from hrnetseg import metrics, sample_data
 from hrnetseg.cityscapes import CLASS_NAMES, ID_TO_TRAIN
 from hrnetseg.cli import UserError
+from hrnetseg.metrics import ConfusionMatrix
 
 from conftest import assert_user_error, run_script
 
@@ -187,3 +188,23 @@ def test_merge_cli_errors(tmp_path):
     assert_user_error(run_script(base + [tmp_path / "a.npz", tmp_path / "a.npz", "--save_path", out]),
                       "two shards")
     assert not out.exists()
+
+
+def test_shards_of_different_model_outputs_are_not_summed(tmp_path, sample_data_root, sample_results_path):
+    """An aux-output shard summed with main-output shards would be no model's mIoU: merge refuses it."""
+    from hrnetseg.metrics import merge_files
+    from hrnetseg.postprocess import evaluate_folder
+
+    labels = str(sample_data_root / "cityscapes" / "gtFine" / "val")
+    shards = {}
+    for index in (0, 1):
+        shards[index] = str(tmp_path / "out{}.npz".format(index))
+        evaluate_folder(str(sample_results_path), labels, output_index=index, save_confusion=shards[index],
+                        log=lambda message: None)
+        assert ConfusionMatrix.load(shards[index]).output_index == index
+    with pytest.raises(UserError, match="different model outputs"):
+        merge_files([shards[0], shards[1]])
+    old = ConfusionMatrix.load(shards[0])       # a shard written before the output was recorded merges as before
+    old.output_index, old.ids = None, ["other_{}".format(i) for i in range(old.images)]
+    old.save(str(tmp_path / "old.npz"))
+    assert merge_files([str(tmp_path / "old.npz"), shards[1]]).output_index == 1
