@@ -8,19 +8,11 @@ Runs on the Atlas host (the Python that CANN and ais_bench live in): numpy, open
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import add_alias_flags, plain_name, positive_int, run_cli
+from hrnetseg.cli import add_alias_flags, output_index, plain_name, positive_int, run_cli
 from hrnetseg.postprocess import OUTPUT_DTYPES, evaluate_folder
-
-
-def _output_index(text: str) -> int:
-    # digits only: int() would also read "1_0" as 10 and other scripts' digits
-    if not re.fullmatch(r"[0-9]+", text):
-        raise argparse.ArgumentTypeError("expected an output number 0, 1, ..., got {!r}".format(text))
-    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_path", default=None, help="result.json to write (default: print only)")
     parser.add_argument("--split", default="val", type=plain_name,
                         help="split, when --data_path is a cityscapes root (default val)")
-    parser.add_argument("--output_index", type=_output_index, default=None,
+    parser.add_argument("--output_index", type=output_index, default=None,
                         help="ais_bench's 0-based output number: 0 = aux, 1 = main (default: main, or the only one)")
     parser.add_argument("--output_dtype", choices=OUTPUT_DTYPES, default=None,
                         help="what the output files hold: float16 for an .om built with fp16 outputs (atc "

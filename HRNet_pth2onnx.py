@@ -9,8 +9,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import UserError, add_alias_flags, positive_int, run_cli
-from hrnetseg.files import check_output_file, remove_stale_temporaries, require_file, write_target
+from hrnetseg.cli import UserError, add_alias_flags, positive_int, run_cli, whole_number
+from hrnetseg.files import check_output_file, remove_stale_temporaries_beside, require_file
 from hrnetseg.locks import output_lock
 from hrnetseg.presets import DEFAULT_PRESET, PRESET_NAMES
 
@@ -27,13 +27,7 @@ def batch_arg(text: str):
 
 
 def seed_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError("expected a seed from 0 to {}, got {!r}".format(MAX_SEED, text))
-    return value
+    return whole_number(text, 0, MAX_SEED, "a seed from 0 to {}".format(MAX_SEED))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_opset(args.opset)
     with output_lock(args.save_path):
         # A killed export leaves its temporary file (hundreds of MB for w48) beside the target.
-        remove_stale_temporaries(os.path.dirname(os.path.abspath(write_target(args.save_path))))
+        remove_stale_temporaries_beside(args.save_path)
         if args.random_weights is not None:
             print("warning: exporting random weights (seed {}): outputs and mIoU are meaningless; "
                   "use --pth with the official checkpoint for real use".format(args.random_weights), file=sys.stderr)

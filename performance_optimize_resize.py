@@ -11,12 +11,11 @@ reports how far the outputs moved (relative error, argmax agreement): the accura
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
 from hrnetseg.cli import UserError, add_alias_flags, one_line, run_cli
-from hrnetseg.files import atomic_path, check_output_file, remove_stale_temporaries, require_file, write_target
+from hrnetseg.files import atomic_path, check_output_file, remove_stale_temporaries_beside, require_file
 from hrnetseg.locks import output_lock
 from hrnetseg.onnx_graph import (DEFAULT_NEAREST_MODE, MODES, NEAREST_MODES, SELECT_HEAD, check_finite, check_input,
                                  compare_outputs, load_model, resize_report, run_onnxruntime, select_resize_nodes,
@@ -57,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     with output_lock(args.output):
         # A killed rewrite leaves its temporary file (hundreds of MB for w48) beside the target.
-        remove_stale_temporaries(os.path.dirname(os.path.abspath(write_target(args.output))))
+        remove_stale_temporaries_beside(args.output)
         model = load_rewritable(args.input)
         rewrite(model, args)
         with atomic_path(args.output) as tmp:

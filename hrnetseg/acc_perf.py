@@ -10,7 +10,8 @@
     python3 -m hrnetseg.acc_perf row --batch 4 --backend ais_bench --device npu:0 --fps 12.5 --result result_bs4.json
         one row of the table: | batch | backend | device | throughput (fps) | mIoU |
         (--summary results/bs4_summary.json instead of --device: the device the local runner used;
-        --prep PREP: exit 2 unless the result counts every image PREP's manifest lists)
+        --prep PREP: exit 2 unless the result counts every image PREP's manifest lists; with ais_bench, whose
+        figure counts a padded last batch as full, the fps of PREP's images)
 
 Atlas-side module: standard library only (the manifest is read through hrnetseg.preprocess), valid Python 3.7.
 """
@@ -80,12 +81,23 @@ def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = Fa
                                          count))
     notes = []
     for size in sizes if counts_padding else ():
-        runs = -(-count // size)
-        if runs * size != count:
+        if padded_images(count, size) != count:
             notes.append("note: {} images at batch size {} leave a last batch of {}, which ais_bench pads and counts "
-                         "as {}: its throughput is up to {:.1f}% above the images' own".format(
-                             count, size, count - (runs - 1) * size, size, 100.0 * (runs * size - count) / count))
+                         "as {}: the table's throughput is its figure x {}/{} (the images' own)".format(
+                             count, size, count - (padded_images(count, size) - size), size, count,
+                             padded_images(count, size)))
     return notes
+
+
+def padded_images(count: int, batch: int) -> int:
+    """How many images a tool that pads the last batch runs: every batch full."""
+    return -(-count // batch) * batch
+
+
+def real_images_fps(fps: float, count: int, batch: int) -> float:
+    """The images/s of `count` real images from a tool's figure that counted a padded last batch as full:
+    runs x mean time is the total time, whoever counts the images."""
+    return fps * count / padded_images(count, batch)
 
 
 # --- throughput ------------------------------------------------------------------------------------------
@@ -204,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     row.add_argument("--fps", required=True, type=positive_number, help="images/s (from the throughput command)")
     row.add_argument("--result", required=True, help="HRNet_postprocess.py's result JSON (its mIoU)")
     row.add_argument("--prep", default=None, help="the preprocess folder: the result must count every image its "
-                     "manifest lists")
+                     "manifest lists (and, for ais_bench, the fps counts them, not its padding)")
     return parser
 
 
@@ -219,9 +231,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(repr(throughput(args.log, args.command)))
     elif args.subcommand == "row":
         device = args.device if args.device is not None else summary_device(args.summary)
+        fps = args.fps
         if args.prep is not None:
             check_every_image_counted(args.result, args.prep)
-        print(table_row(args.batch, args.backend, device, args.fps, miou(args.result)))
+            if args.backend == "ais_bench":   # it counts its padding as images; the local runner does not
+                fps = real_images_fps(fps, len(listed_ids(args.prep)), args.batch)
+        print(table_row(args.batch, args.backend, device, fps, miou(args.result)))
     else:
         parser.error("choose a command: check_batch_sizes, throughput or row")
     return 0

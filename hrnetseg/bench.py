@@ -33,9 +33,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import bench_data
-from .cli import UserError, add_alias_flags, positive_int, run_cli
+from .cli import UserError, add_alias_flags, nonnegative_int, positive_int, run_cli
 from .files import check_output_file, make_output_folder, require_file, write_text_atomic
-from .infer import nonnegative_int
+from .presets import DEFAULT_PRESET, PRESET_NAMES
 
 STAGES = ("pre", "infer", "post")
 BASELINE_SPEC = "onnxruntime:fp32:1"
@@ -78,12 +78,14 @@ def parse_case(text: str) -> Case:
     if precision not in PRECISIONS:
         raise UserError("--cases {!r}: unknown precision {!r}; choose one of {}".format(
             text, precision, ", ".join(PRECISIONS)))
-    if not (batch.isascii() and batch.isdigit()) or int(batch) < 1:   # isdigit alone takes '²', int() does not
+    try:
+        size = positive_int(batch)
+    except argparse.ArgumentTypeError:
         raise UserError("--cases {!r}: the batch size must be a positive integer, not {!r}".format(text, batch))
     bad = [o for o in parts[3:] if o not in CASE_OPTIONS]
     if bad:
         raise UserError("--cases {!r}: unknown option {!r}; options: {}".format(text, bad[0], ", ".join(CASE_OPTIONS)))
-    return Case(backend, precision, int(batch), tuple(sorted(set(parts[3:]))))
+    return Case(backend, precision, size, tuple(sorted(set(parts[3:]))))
 
 
 def parse_cases(text: str) -> List[Case]:
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=positive_int, default=1024, help="image height (default 1024)")
     parser.add_argument("--width", type=positive_int, default=2048, help="image width (default 2048)")
     parser.add_argument("--images", type=positive_int, default=8, help="data images for pre/post (default 8)")
-    parser.add_argument("--preset", default="w48_ocr", help="model variant (default w48_ocr; tiny_ocr for tests)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
+                        help="model variant (default {}; tiny_ocr for tests)".format(DEFAULT_PRESET))
     parser.add_argument("--pth", default=None,
                         help="official checkpoint (default: random weights, seed 0: speeds hold, errors are on random weights)")
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
@@ -578,11 +581,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     stages = parse_stages(args.stages)
     cases = parse_cases(args.cases)
-    if "infer" in stages:
-        from .model import PRESETS
-
-        if args.preset not in PRESETS:
-            raise UserError("--preset must be one of {}, not {!r}".format(", ".join(PRESETS), args.preset))
     if args.pth is not None:
         require_file(args.pth, "checkpoint")
     from .backends import parse_device

@@ -51,11 +51,27 @@ def progress(iterable=None, total: Optional[int] = None, desc: str = "", unit: s
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True)
 
 
-def positive_int(text: str) -> int:
-    # ASCII digits only: int() also reads "1_0" as 10 and other scripts' digits
-    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
-        raise argparse.ArgumentTypeError("expected a positive integer, got {!r}".format(text))
+def whole_number(text: str, minimum: int = 0, maximum: Optional[int] = None, what: str = "") -> int:
+    """argparse type body: a whole number written in ASCII digits within [minimum, maximum]. int() alone also
+    reads "1_0" as 10, " 1" as 1 and other scripts' digits."""
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < minimum or (maximum is not None and int(text) > maximum):
+        raise argparse.ArgumentTypeError("expected {}, got {!r}".format(
+            what or ("an integer >= {}".format(minimum) if maximum is None else
+                     "an integer from {} to {}".format(minimum, maximum)), text))
     return int(text)
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1, what="a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    return whole_number(text, 0, what="an integer >= 0")
+
+
+def output_index(text: str) -> int:
+    """A model output number, ais_bench's 0-based numbering (0 = aux, 1 = main for HRNet-OCR)."""
+    return whole_number(text, 0, what="an output number 0, 1, ...")
 
 
 def add_alias_flags(parser: argparse.ArgumentParser) -> None:

@@ -26,10 +26,11 @@ import numpy as np
 
 from . import cityscapes
 from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_backend
-from .cli import EXIT_INTERRUPTED, UserError, add_alias_flags, plain_name, positive_int, progress, run_cli
+from .cli import (EXIT_INTERRUPTED, UserError, add_alias_flags, nonnegative_int, output_index, plain_name, positive_int,
+                  progress, run_cli)
 from .files import check_output_file
 from .locks import output_locks
-from .infer import batch_size_for, check_model_file, fits_input, nonnegative_int, output_rows, pad_batch
+from .infer import batch_size_for, check_model_file, fits_input, output_rows, pad_batch
 from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
 from .postprocess import logits_shape, read_train_ids
 from .preprocess import DTYPES, convert, read_rgb
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batchsize", type=positive_int, default=None,
                         help="batch size for a model with a dynamic batch axis (default 1); must match a fixed one")
     parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images (by id)")
-    parser.add_argument("--output_index", type=int, default=None,
+    parser.add_argument("--output_index", type=output_index, default=None,
                         help="0-based model output to evaluate: 0 = aux, 1 = main (default: main, or the only one)")
     parser.add_argument("--queue_size", type=positive_int, default=None,
                         help="images each queue between stages holds (default: 2 x batch size, at least 4)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import glob
 import os
 import re
@@ -22,7 +23,7 @@ from typing import Iterator, Optional
 
 from .cli import UserError
 
-_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")   # ".<name>.<pid>.<random>.tmp"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")   # ".<name>.<pid>.<random>.tmp"
 
 
 # --- what a path is ---------------------------------------------------------------------------------------
@@ -248,15 +249,26 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str) -> int:
+def remove_stale_temporaries(folder: str, names: str = "*") -> int:
     """Remove the temporary files that killed runs left in `folder` (their writer's PID is gone).
 
-    Files of a writer that is still running are kept. Returns how many were removed.
+    names: a glob of the files whose temporaries go (`*`: every one, for folders the tools own). Files of a
+    writer that is still running are kept. Returns how many were removed.
     """
     removed = 0
     for path in glob.glob(os.path.join(glob.escape(folder), ".*.tmp")):
         match = _TEMPORARY.match(os.path.basename(path))
-        if match and not pid_alive(int(match.group("pid"))) and os.path.isfile(path):
+        if match and fnmatch.fnmatchcase(match.group("name"), names) and not pid_alive(int(match.group("pid"))) \
+                and os.path.isfile(path):
             remove_quietly(path)
             removed += 1
     return removed
+
+
+def remove_stale_temporaries_beside(path: str) -> int:
+    """The killed runs' temporaries of files like `path` (same extension) in its target's folder: a file output
+    may sit in a folder the tools do not own (the current one), where other programs' `.x.123.y.tmp` stay."""
+    target = os.path.abspath(write_target(path))
+    extension = os.path.splitext(target)[1]
+    return remove_stale_temporaries(os.path.dirname(target), "*" + extension if extension else
+                                    glob.escape(os.path.basename(target)))

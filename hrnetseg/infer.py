@@ -23,28 +23,17 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_backend
-from .cli import UserError, add_alias_flags, plain_name, positive_int, progress, run_cli
+from .cli import UserError, add_alias_flags, nonnegative_int, plain_name, positive_int, progress, run_cli
 from .files import (atomic_path, check_output_file, make_output_folder, not_regular_reason, remove_quietly,
                     remove_stale_temporaries, require_file, write_target, write_text_atomic)
 from .locks import output_lock
 from .presets import DEFAULT_PRESET, PRESET_NAMES
-from .postprocess import OUTPUT_NAME
+from .postprocess import OUTPUT_NAME, summary_path_for
 from .preprocess import read_manifest
 
 OUTFMTS = ("BIN", "NPY")
 BIN_SUFFIX = ".bin"   # the preprocess folder's input files: <id>.bin
-SUMMARY_SUFFIX = "_summary.json"
 OUTPUT_DTYPE = "float32"   # what the runner writes, whatever the backend computes in (recorded in the summary)
-
-
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError("expected an integer >= 0, got {!r}".format(text))
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,7 +216,7 @@ class RunOutputs(object):
 
     def __init__(self, output: str, dirname: str, outfmt: str) -> None:
         self.output, self.folder = output, os.path.join(output, dirname)
-        self.summary = os.path.join(output, dirname + SUMMARY_SUFFIX)
+        self.summary = summary_path_for(self.folder)
         self.suffix = ".npy" if outfmt == "NPY" else ".bin"
         self.outfmt = outfmt
         self.written = []  # type: List[str]

@@ -13,7 +13,7 @@ Atlas-side module: standard library only, valid Python 3.7 (POSIX; no locking wh
 
     python3 -m hrnetseg.locks path results/bs1                          # the lock file: .../results/bs1.lock
     python3 -m hrnetseg.locks acquire --fd 9 --owner $$ results/bs1     # used by scripts/common.sh
-    python3 -m hrnetseg.locks run -- CMD ARGS...                        # CMD dies with the calling script
+    python3 -m hrnetseg.locks run [--parent PID] -- CMD ARGS...         # CMD dies with the calling script
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import os
 import signal
 import stat
 import sys
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from .cli import UserError, run_cli
 from .files import not_a_folder_above, not_regular_reason, pid_alive
@@ -100,15 +100,27 @@ def _record_owner(fd: int, owner: int) -> None:
     os.write(fd, "{}\n".format(owner).encode("ascii"))
 
 
-def _remove_dead_owners_lock(lock_path: str, owner: Optional[int]) -> bool:
-    """Remove a lock file whose recorded owner is dead (its flock kept by an orphan); True if removed."""
+def _identity(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _remove_dead_owners_lock(lock_path: str, owner: Optional[int], seen: Optional[Tuple[int, int]]) -> bool:
+    """Remove a lock file whose recorded owner is dead (its flock kept by an orphan); True if removed.
+
+    `seen`: the file whose owner was read; a file that replaced it since (a new, live owner's) stays."""
     if owner is None or pid_alive(owner):
         return False
-    try:
-        os.remove(lock_path)
-    except OSError:
-        pass
-    print("note: took over {} from PID {}, which is no longer running".format(lock_path, owner), file=sys.stderr)
+    if seen is not None and _identity(lock_path) == seen:
+        try:
+            os.remove(lock_path)
+        except OSError:
+            pass
+        print("note: took over {} from PID {}, which is no longer running".format(lock_path, owner),
+              file=sys.stderr)
     return True
 
 
@@ -141,6 +153,10 @@ def check_lock_file(lock_path: str) -> str:
     return lock_path
 
 
+class _NoPlaceForLock(Exception):
+    """The lock file cannot be made where it belongs: the output's parent folder is not writable to us."""
+
+
 def _open_lock_file(lock_path: str) -> int:
     try:
         os.makedirs(os.path.dirname(lock_path), exist_ok=True)   # a folder output's parent, made as it would be
@@ -151,6 +167,8 @@ def _open_lock_file(lock_path: str) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             check_lock_file(lock_path)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and not os.path.lexists(lock_path):
+            raise _NoPlaceForLock()
         raise UserError("cannot create lock file {}: {}".format(
             lock_path, not_a_folder_above(os.path.dirname(lock_path)) or exc.strerror or exc))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -176,7 +194,14 @@ def output_lock(output: Optional[str]) -> Iterator[None]:
         finally:
             _held[lock_path] -= 1
         return
-    fd = _acquire(output, lock_path)
+    try:
+        fd = _acquire(output, lock_path)
+    except _NoPlaceForLock:
+        # a folder output in a folder we may not write to (an output folder on a mount point, `.` in a home
+        # folder): the output itself is writable, so run, unprotected, and say so
+        print("note: {} is not locked against a second run: cannot create {} (its folder is not writable)".format(
+            output, lock_path), file=sys.stderr)
+        fd = None
     _held[lock_path] = 1
     try:
         yield
@@ -201,11 +226,12 @@ def _acquire(output: str, lock_path: str) -> Optional[int]:
                 return fd
             os.close(fd)
             continue
+        seen = _identity(lock_path)
         os.close(fd)
         owner = read_owner(lock_path)
         if owner is not None and is_ancestor(owner):
             return None
-        if not _remove_dead_owners_lock(lock_path, owner):
+        if not _remove_dead_owners_lock(lock_path, owner, seen):
             raise _busy_error(output, owner)
     raise _busy_error(output, read_owner(lock_path))
 
@@ -228,15 +254,18 @@ def acquire_on_descriptor(fd: int, output: str, owner: int) -> str:
     was removed and the script should reopen it. Raises UserError when another run holds it.
     """
     lock_path = check_lock_file(lock_path_for(output))
-    if not _same_file(fd, lock_path):
-        raise UserError("descriptor {} is not open on {}".format(fd, lock_path))
+    if not _same_file(fd, lock_path):   # the previous owner removed it since the script opened it
+        return "retry"
     if _try_lock(fd):
+        if not _same_file(fd, lock_path):   # removed between the check and the lock: not the lock any more
+            return "retry"
         _record_owner(fd, owner)
         return "locked"
+    seen = _identity(lock_path)
     holder = read_owner(lock_path)
     if holder is not None and is_ancestor(holder):
         return "shared"
-    if _remove_dead_owners_lock(lock_path, holder):
+    if _remove_dead_owners_lock(lock_path, holder, seen):
         return "retry"
     raise _busy_error(output, holder)
 
@@ -263,12 +292,14 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def run_dying_with_parent(command: Sequence[str]) -> None:
+def run_dying_with_parent(command: Sequence[str], parent: Optional[int] = None) -> None:
     """Become `command` (exec), which the kernel kills when the calling script dies: a script that holds output
-    locks runs its long steps so, and a SIGKILL of the script leaves none of them writing."""
+    locks runs its long steps so, and a SIGKILL of the script leaves none of them writing.
+
+    parent: the script's PID as it knows it (`$$`): a script that died before we asked is noticed then."""
     if not command:
         raise UserError("run: give the command to run after --")
-    die_with_parent(os.getppid())
+    die_with_parent(os.getppid() if parent is None else parent)
     try:
         os.execvp(command[0], list(command))
     except OSError as exc:
@@ -285,14 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     acquire.add_argument("--fd", type=int, required=True, help="descriptor open on OUTPUT.lock (kept by the caller)")
     acquire.add_argument("--owner", type=int, required=True, help="PID to record as the owner (the caller's)")
     acquire.add_argument("output", help="the folder or file to protect")
-    commands.add_parser("run", help="run -- CMD ARGS...: become CMD, which dies with the calling script")
+    commands.add_parser("run", help="run [--parent PID] -- CMD ARGS...: become CMD, which dies with the calling "
+                                    "script (PID: the script's own, to notice one that is already gone)")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:   # taken literally: CMD's own flags are not this parser's
-        run_dying_with_parent(argv[2:] if argv[1:2] == ["--"] else argv[1:])
+        rest, parent = argv[1:], None
+        if rest[:1] == ["--parent"] and len(rest) > 1 and rest[1].isdigit():
+            rest, parent = rest[2:], int(rest[1])
+        run_dying_with_parent(rest[1:] if rest[:1] == ["--"] else rest, parent)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "path":

@@ -190,8 +190,19 @@ def resolve_output_dtype(path: str, data_bytes: int, shape: Tuple[int, int, int]
 
 
 def summary_path_for(folder: str) -> str:
-    """The runner's summary for an output folder OUT/DIRNAME: OUT/DIRNAME_summary.json."""
-    return os.path.realpath(folder) + SUMMARY_SUFFIX   # through a symlink: where the runner wrote it
+    """The summary ais_bench and the runner write for an output folder OUT/DIRNAME: OUT/DIRNAME_summary.json,
+    beside the folder's name as they were given it."""
+    return os.path.normpath(folder) + SUMMARY_SUFFIX
+
+
+def find_summary(folder: str) -> str:
+    """The summary of an output folder: beside the name given, else beside the folder it links to (a
+    `--res_path` that is a link to results/bs1); the first name when neither is there."""
+    given = summary_path_for(folder)
+    if os.path.lexists(given):
+        return given
+    resolved = summary_path_for(os.path.realpath(folder))
+    return resolved if os.path.lexists(resolved) else given
 
 
 def summary_output_dtype(folder: str) -> Tuple[Optional[str], str]:
@@ -200,7 +211,7 @@ def summary_output_dtype(folder: str) -> Tuple[Optional[str], str]:
     `python3 -m hrnetseg.infer` records it; ais_bench's summary has no such key (None: not known). A summary
     that is there but cannot be read is an error: it may be the one place that knows the dtype.
     """
-    path = summary_path_for(folder)
+    path = find_summary(folder)
     if not os.path.lexists(path):
         return None, path
     reason = not_regular_reason(path)

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from .cityscapes import ID_TO_TRAIN, IMAGE_SUFFIX, LABEL_SUFFIX, LABELS, NUM_CLASSES
-from .cli import UserError, add_alias_flags, plain_name, positive_int, run_cli
+from .cli import UserError, add_alias_flags, plain_name, positive_int, run_cli, whole_number
 from .files import make_output_folder, remove_quietly, write_bytes_atomic
 from .locks import output_lock
 
@@ -155,10 +155,7 @@ def check_seed(seed: int) -> int:
 
 def seed_value(text: str) -> int:
     """argparse type for --seed."""
-    try:
-        return check_seed(int(text))
-    except (ValueError, UserError):
-        raise argparse.ArgumentTypeError("expected an integer from 0 to {}, got {!r}".format(SEED_LIMIT - 1, text))
+    return whole_number(text, 0, SEED_LIMIT - 1)
 
 
 def generate(root: str, n: int = 4, height: int = 1024, width: int = 2048, seed: int = 0,

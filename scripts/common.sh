@@ -27,7 +27,7 @@ step() {
 HOLDS_LOCKS=0
 GUARDED=()
 guard() {
-  if [ "${HOLDS_LOCKS}" = 1 ]; then GUARDED=("${PYTHON}" -m hrnetseg.locks run -- "$@"); else GUARDED=("$@"); fi
+  if [ "${HOLDS_LOCKS}" = 1 ]; then GUARDED=("${PYTHON}" -m hrnetseg.locks run --parent "$$" -- "$@"); else GUARDED=("$@"); fi
 }
 
 # failed RC BEGAN COMMAND: the one-line report of a failed long step (its run time since BEGAN), then exit RC.
@@ -61,13 +61,19 @@ lock_output() {
   local lock_file fd try rc answer
   lock_file="$("${PYTHON}" -m hrnetseg.locks path "$1")" || exit $?
   mkdir -p -- "$(dirname -- "${lock_file}")" 2>/dev/null || die "cannot create the folder of lock file ${lock_file}"
-  for try in 1 2 3; do
+  if [ ! -e "${lock_file}" ] && [ ! -w "$(dirname -- "${lock_file}")" ]; then
+    # a folder output in a folder we may not write to (a mount point): run, unprotected, and say so
+    log "note: $1 is not locked against a second run: cannot create ${lock_file} (its folder is not writable)"
+    return 0
+  fi
+  for try in 1 2 3 4 5; do
     exec {fd}>>"${lock_file}" || die "cannot create lock file ${lock_file}"
     rc=0
     answer="$("${PYTHON}" -m hrnetseg.locks acquire --fd "${fd}" --owner "$$" "$1")" || rc=$?
-    [ "${rc}" = 75 ] || break   # 75: a dead owner's lock file was removed; open the new one
+    [ "${rc}" = 75 ] || break   # 75: the file was removed (by a finishing or dead owner) since it was opened
     exec {fd}>&-
   done
+  [ "${rc}" != 75 ] || die "cannot take the lock ${lock_file}: it keeps being replaced (another run is starting?)"
   [ "${rc}" = 0 ] || exit "${rc}"
   HOLDS_LOCKS=1
   if [ "${answer}" = locked ]; then

@@ -13,9 +13,10 @@ import pytest
 
 from conftest import REPO, assert_user_error, run_script
 from hrnetseg.cli import UserError
+from hrnetseg import locks
 from hrnetseg.files import (atomic_path, check_output_file, make_output_folder, remove_stale_temporaries,
-                            require_file, write_text_atomic)
-from hrnetseg.locks import lock_path_for, output_lock, read_owner
+                            remove_stale_temporaries_beside, require_file, write_text_atomic)
+from hrnetseg.locks import acquire_on_descriptor, lock_path_for, output_lock, read_owner
 
 
 def special_files(folder):
@@ -93,8 +94,14 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     other = tmp_path / ".notes.tmp"
     for path in (stale, live, other):
         path.write_bytes(b"partial")
-    assert remove_stale_temporaries(str(tmp_path)) == 1
-    assert not stale.exists() and live.exists() and other.exists()
+    foreign = tmp_path / ".vimswap.{}.abc123_x.tmp".format(int(dead.stdout))   # another program's, same shape
+    older = tmp_path / ".other.onnx.{}.abc123_x.tmp".format(int(dead.stdout))
+    for path in (foreign, older):
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries_beside(str(tmp_path / "hrnet.onnx")) == 2    # .onnx files' only
+    assert not stale.exists() and not older.exists() and foreign.exists() and live.exists()
+    assert remove_stale_temporaries(str(tmp_path)) == 1                          # a folder the tools own: all
+    assert not foreign.exists() and live.exists() and other.exists()
     with pytest.raises(RuntimeError):
         with atomic_path(str(tmp_path / "x.bin")) as tmp:
             assert ".x.bin.{}.".format(os.getpid()) in tmp
@@ -206,3 +213,31 @@ def test_probes_run_under_a_timeout(tmp_path):
 def test_cli_lock_path_command(tmp_path):
     result = run_script(["-m", "hrnetseg.locks", "path", tmp_path / "results" / "bs1"])
     assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "results" / "bs1.lock")
+
+
+def test_an_output_whose_folder_we_may_not_write_runs_unlocked_and_says_so(tmp_path, monkeypatch, capsys):
+    real_open = os.open
+
+    def refuse_lock_files(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(locks.os, "open", refuse_lock_files)
+    with output_lock(str(tmp_path / "mount")):
+        pass
+    assert "is not locked against a second run" in capsys.readouterr().err
+
+
+def test_a_lock_file_removed_after_the_script_opened_it_is_opened_again(tmp_path):
+    """The previous owner finishing between the script's open and its lock: retry (exit 75), never an error,
+    and never a lock on a file that is no longer the lock."""
+    out = tmp_path / "results" / "bs1"
+    lock = lock_path_for(str(out))
+    os.makedirs(os.path.dirname(lock))
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        os.remove(lock)
+        assert acquire_on_descriptor(fd, str(out), os.getpid()) == "retry"
+    finally:
+        os.close(fd)

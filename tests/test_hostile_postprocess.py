@@ -4,7 +4,6 @@ note, or one line with exit 2, and never a numpy warning before it."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -451,3 +450,21 @@ def test_merge_refuses_damaged_shards(tmp_path):
     itself = run_script(["-m", "hrnetseg.metrics", "merge", good, "--save_path", good])
     assert_user_error(itself, "--save_path {} is one of the shards".format(good))
     assert zipfile.is_zipfile(str(good))
+
+
+def test_the_runner_summary_is_found_beside_a_symlinked_output_folder(tmp_path):
+    """ais_bench and the runner write OUT/DIRNAME_summary.json beside the name they were given, also when
+    OUT/DIRNAME is a link to a folder elsewhere; a --res_path that links to OUT/DIRNAME finds it too."""
+    from hrnetseg.postprocess import summary_output_dtype
+
+    store = tmp_path / "store" / "x"
+    store.mkdir(parents=True)
+    (tmp_path / "o3").mkdir()
+    (tmp_path / "o3" / "bs1").symlink_to(store)
+    (tmp_path / "o3" / "bs1_summary.json").write_text(json.dumps({"output_dtype": "float16"}))
+    assert summary_output_dtype(str(tmp_path / "o3" / "bs1")) == ("float16", str(tmp_path / "o3" / "bs1_summary.json"))
+    real = tmp_path / "results" / "bs4"
+    real.mkdir(parents=True)
+    (tmp_path / "results" / "bs4_summary.json").write_text(json.dumps({"output_dtype": "float32"}))
+    (tmp_path / "latest").symlink_to(real)
+    assert summary_output_dtype(str(tmp_path / "latest")) == ("float32", str(tmp_path / "results" / "bs4_summary.json"))

@@ -306,7 +306,9 @@ def test_batch_sizes_larger_than_the_images_are_refused(tiny_prep_path):
     assert acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4, TINY_IMAGES]) == []
     [note] = acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4, TINY_IMAGES], counts_padding=True)
     assert note.startswith("note: 5 images at batch size 4 leave a last batch of 1, which ais_bench pads and counts "
-                           "as 4") and note.endswith("up to 60.0% above the images' own")
+                           "as 4") and note.endswith("the table's throughput is its figure x 5/8 (the images' own)")
+    # 2 runs of 4 in 1 s: ais_bench says 8 images/s, the 5 real images ran at 5 images/s
+    assert acc_perf.real_images_fps(8.0, 5, 4) == 5.0 and acc_perf.real_images_fps(8.0, 8, 4) == 8.0
     with pytest.raises(UserError, match="batch sizes 8, 16 are larger than the {} images".format(TINY_IMAGES)):
         acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 8, 16])
 
@@ -323,3 +325,18 @@ def test_table_row_never_shows_a_zero_throughput_or_a_bad_miou(tmp_path):
             acc_perf.miou(str(result))
     assert_user_error(run_script(["-m", "hrnetseg.acc_perf", "row", "--batch", "1", "--backend", "x", "--device", "d",
                                   "--fps", "nan", "--result", result]), "--fps")
+
+
+def test_the_ais_bench_row_counts_real_images_not_its_padding(tmp_path, tiny_prep_path):
+    """ais_bench reports 1000 x batch size / mean time for a padded last batch too; the table's fps is the
+    images' own, as the local runner's is."""
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"mIoU": 0.5, "images": TINY_IMAGES}))
+    rows = {}
+    for backend in ("ais_bench", "onnxruntime"):
+        out = run_script(["-m", "hrnetseg.acc_perf", "row", "--batch", "4", "--backend", backend, "--device", "d",
+                          "--fps", "8.0", "--result", result, "--prep", tiny_prep_path])
+        assert out.returncode == 0, out.stderr
+        rows[backend] = out.stdout.strip()
+    assert rows == {"ais_bench": "| 4 | ais_bench | d | 5.00 | 50.00% |",       # 5 images, padded to 8
+                    "onnxruntime": "| 4 | onnxruntime | d | 8.00 | 50.00% |"}
