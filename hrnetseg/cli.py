@@ -26,6 +26,17 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def exception_line(exc: BaseException, limit: int = 300) -> str:
+    """A library's exception as a short part of a one-line error: its text on one line (or its type's name
+    when it has none), at most `limit` characters."""
+    return (one_line(str(exc)) or type(exc).__name__)[:limit]
+
+
+def default_workers(requested: Optional[int], tasks: int) -> int:
+    """Parallel workers for `tasks` items: as requested, else one per core; never more than the items."""
+    return max(1, min(requested or os.cpu_count() or 1, tasks or 1))
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
             argv: Optional[Sequence[str]] = None) -> None:
     """Run a script's main(); user errors become one line on stderr, never a traceback."""
