@@ -25,8 +25,9 @@ from .cli import UserError
 from .files import (check_output_file, make_output_folder, not_a_folder_above, not_regular_reason,
                     remove_stale_temporaries, require_file, require_folder, write_bytes_atomic)
 from .locks import output_locks
-from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
+from .metrics import ConfusionMatrix, confusion, format_table, write_result
 from .preprocess import MANIFEST, parallel_results
+from .upsample_argmax import logits_to_labels
 
 OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)\.(?P<ext>bin|npy)$")
 FEW = 5  # ids quoted in an error message
