@@ -21,13 +21,14 @@ import numpy as np
 
 from . import cityscapes
 from .cityscapes import NUM_CLASSES
-from .cli import UserError
+from .cli import UserError, default_workers
 from .files import (check_output_file, make_output_folder, not_a_folder_above, not_regular_reason,
                     remove_stale_temporaries, require_file, require_folder, write_bytes_atomic)
 from .locks import output_locks
 from .metrics import ConfusionMatrix, confusion, format_table, write_result
-from .preprocess import MANIFEST, parallel_results
+from .manifest import MANIFEST
 from .upsample_argmax import logits_to_labels
+from .workers import parallel_results
 
 OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)\.(?P<ext>bin|npy)$")
 FEW = 5  # ids quoted in an error message
@@ -546,7 +547,7 @@ def _evaluate(pairs: Sequence[Pair], workers: Optional[int], save_vis: Optional[
         if folder:
             remove_stale_temporaries(folder)  # of a killed run into this folder
     matrix = ConfusionMatrix()
-    workers = max(1, min(workers or os.cpu_count() or 1, len(pairs)))
+    workers = default_workers(workers, len(pairs))
     written = []  # type: List[str]
     no_overlay = []  # type: List[str]
     existed = {path for path in _pictures(pairs, save_vis, save_pred) if os.path.exists(path)}

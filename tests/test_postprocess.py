@@ -256,7 +256,7 @@ def test_shards_merge_into_the_same_result(cli_run, sample_data_root, sample_res
 
 def test_process_workers_give_the_same_counts(cli_run, sample_data_root, sample_results_path):
     """More than THREADS_UP_TO workers run as processes: tasks and results must travel between them."""
-    from hrnetseg.preprocess import parallel_results
+    from hrnetseg.workers import parallel_results
 
     outputs = postprocess.find_outputs(str(sample_results_path))
     pairs, _, _ = postprocess.pair_outputs(outputs, 1, cityscapes.find_labels(str(_gt_dir(sample_data_root))))
