@@ -22,7 +22,7 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 
 from .cityscapes import CLASS_NAMES, IGNORE, NUM_CLASSES
-from .cli import UserError, add_alias_flags, progress, run_cli
+from .cli import UserError, add_alias_flags, exception_line, progress, run_cli
 from .files import check_output_file, require_file, write_bytes_atomic, write_text_atomic
 from .locks import output_lock
 from .upsample_argmax import logits_to_labels  # noqa: F401  moved to hrnetseg.upsample_argmax (evaluate, bench)
@@ -140,7 +140,7 @@ class ConfusionMatrix(object):
                           if key in data.files}
         except (OSError, ValueError, TypeError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise UserError("{} is not a confusion file written by --save_confusion ({})".format(
-                path, " ".join(str(exc).split()) or type(exc).__name__))
+                path, exception_line(exc)))
         return cls._from_fields(path, fields)
 
     @classmethod

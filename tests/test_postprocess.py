@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg import baselines, cityscapes, metrics, postprocess, upsample_argmax
+from hrnetseg import baselines, cityscapes, metrics, model_outputs, postprocess, upsample_argmax
 from hrnetseg.cli import UserError
 
 from conftest import SAMPLE_IMAGES, assert_user_error, run_script
@@ -258,7 +258,7 @@ def test_process_workers_give_the_same_counts(cli_run, sample_data_root, sample_
     """More than THREADS_UP_TO workers run as processes: tasks and results must travel between them."""
     from hrnetseg.workers import parallel_results
 
-    outputs = postprocess.find_outputs(str(sample_results_path))
+    outputs = model_outputs.find_outputs(str(sample_results_path))
     pairs, _, _ = postprocess.pair_outputs(outputs, 1, cityscapes.find_labels(str(_gt_dir(sample_data_root))))
     total = np.zeros((19, 19), np.int64)
     with parallel_results(postprocess._evaluate_task, [(p, None, None) for p in pairs], 2, "t",
