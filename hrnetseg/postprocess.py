@@ -67,25 +67,25 @@ def pair_outputs(outputs: Outputs, file_index: int, labels: Dict[str, str], allo
                  want_images: bool = False, output_dtype_flag: Optional[str] = None
                  ) -> Tuple[List[Pair], List[str], List[str]]:
     """Pairs (sorted by id), the label ids without output, the output ids without label; checks every file."""
-    have = {sid: by_index[file_index] for sid, by_index in outputs.files.items() if file_index in by_index}
-    missing = sorted(set(labels) - set(have))
-    extra = sorted(set(have) - set(labels))
-    if not set(have) & set(labels):
+    output_of = {sid: by_index[file_index] for sid, by_index in outputs.files.items() if file_index in by_index}
+    missing = sorted(set(labels) - set(output_of))
+    extra = sorted(set(output_of) - set(labels))
+    if not set(output_of) & set(labels):
         raise UserError("no output in {} matches a label (outputs e.g. {}; labels e.g. {})".format(
-            outputs.folder, _quote_ids(sorted(have)), _quote_ids(sorted(labels))))
+            outputs.folder, _quote_ids(sorted(output_of)), _quote_ids(sorted(labels))))
     if missing and not allow_missing:
         raise UserError("{} of {} labels have no output in {}: {}; --allow_missing evaluates the rest".format(
             len(missing), len(labels), outputs.folder, _quote_ids(missing)))
     summary = summary_output_dtype(outputs.folder)
     pairs = []
-    for sid in sorted(set(have) & set(labels)):
+    for sid in sorted(set(output_of) & set(labels)):
         size = cityscapes.image_size(labels[sid])
         if size is None:
             raise UserError("label {} {}".format(labels[sid], cityscapes.unreadable_reason(labels[sid])))
-        dtype, source = output_file_dtype(have[sid], outputs.ext, logits_shape(*size), labels[sid],
+        dtype, source = output_file_dtype(output_of[sid], outputs.ext, logits_shape(*size), labels[sid],
                                           output_dtype_flag, summary)
         image = cityscapes.image_for_label(labels[sid]) if want_images else None
-        pairs.append(Pair(sid, have[sid], labels[sid], image, dtype, size, source))
+        pairs.append(Pair(sid, output_of[sid], labels[sid], image, dtype, size, source))
     _one_dtype_by_size(pairs)
     return pairs, missing, extra
 

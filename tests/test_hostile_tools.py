@@ -1,4 +1,4 @@
-"""The data-side tools and the shell scripts under hostile input, second pass: empty flag values, symbolic links
+"""The data-side tools and the shell scripts under hostile input: empty flag values, symbolic links
 where the tools write, special files as lock files, bins ais_bench would read that the manifest does not list,
 throughput figures that are not plain numbers."""
 from __future__ import annotations
