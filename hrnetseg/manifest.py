@@ -120,10 +120,11 @@ def manifest_problem(manifest) -> Optional[str]:
 # --- writing, and the settings of a folder --------------------------------------------------------
 
 def write_manifest(out: str, manifest: dict) -> None:
+    """Replace the manifest of folder `out` atomically: a reader sees the old one or the new one, whole."""
     write_text_atomic(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1) + "\n")
 
 
-def describe_settings(settings: dict) -> str:
+def _describe_settings(settings: dict) -> str:
     """The settings of a folder in words, for the message that refuses to mix them."""
     norm = "normalized" if settings.get("normalization") else "raw pixels"
     shape = "x".join(str(v) for v in settings.get("shape", []))
@@ -143,7 +144,7 @@ def check_folder_settings(out: str, settings: dict) -> Optional[dict]:
     old = read_manifest(out, require_complete=False)
     if any(old.get(key) != settings[key] for key in SETTINGS):
         raise UserError("{} holds files made as {}; this run makes {}: use another --save_path or empty it".format(
-            out, describe_settings(old), describe_settings(settings)))
+            out, _describe_settings(old), _describe_settings(settings)))
     return old
 
 
