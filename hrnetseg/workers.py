@@ -4,7 +4,7 @@ processes, results in completion order behind a progress bar.
 The preprocess (image -> bin) and the postprocess (output + label -> confusion matrix) run through it. Forked
 workers ignore Ctrl-C (the parent's business) and die with the parent, and OpenCV runs on one thread while
 the pool works (the parallelism is ours).
-Atlas-side module: standard library (and OpenCV when it runs), valid Python 3.7.
+Atlas-side module: standard library, tqdm (the bar) and OpenCV (its thread count), valid Python 3.7.
 """
 from __future__ import annotations
 
