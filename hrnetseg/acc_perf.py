@@ -13,7 +13,7 @@
         --prep PREP: exit 2 unless the result counts every image PREP's manifest lists; with ais_bench, whose
         figure counts a padded last batch as full, the fps of PREP's images)
 
-Atlas-side module: standard library only (the manifest is read through hrnetseg.preprocess), valid Python 3.7.
+Atlas-side module: standard library only (the manifest is read through hrnetseg.manifest), valid Python 3.7.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence
 
 from .cli import UserError, positive_int, run_cli
 from .files import require_file
+from .manifest import read_manifest
 
 # ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
 THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
@@ -39,8 +40,6 @@ _DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
 # --- check_batch_sizes ---------------------------------------------------------------------------------
 
 def listed_ids(prep: str) -> List[str]:
-    from .preprocess import read_manifest   # numpy and the manifest rules; only this subcommand needs them
-
     return list(read_manifest(prep)["ids"])
 
 

@@ -1,4 +1,5 @@
-"""Cityscapes facts: the label table, where images and labels live, and the model's input transform.
+"""Cityscapes facts: the label table, where images and labels live, the model's input transform, and
+reading images and labelIds PNGs.
 
 Atlas-side module: numpy, opencv and pillow only, valid Python 3.7.
 """
@@ -79,6 +80,8 @@ def _build_tables() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 ID_TO_TRAIN, TRAIN_TO_ID, TRAIN_PALETTE = _build_tables()
+# cityscapesScripts stops with "Unknown label with id N" for a labelIds value it does not know
+LAST_LABEL_ID = max(label.id for label in LABELS)
 
 # Normalization of the upstream input transform (ImageNet statistics, RGB order, after /255).
 MEAN = (0.485, 0.456, 0.406)
@@ -263,6 +266,23 @@ def unreadable_reason(path: str) -> str:
     if not os.access(path, os.R_OK):
         return "cannot be read: permission denied"
     return "cannot be decoded (empty, corrupt, truncated or not an image)"
+
+
+def read_train_ids(label_path: str) -> np.ndarray:
+    """A gtFine labelIds PNG as trainIds (uint8, 255 ignored); UserError when it is not one."""
+    import cv2
+
+    label = read_image(label_path, cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise UserError("label {} {}".format(label_path, unreadable_reason(label_path)))
+    if label.ndim != 2 or label.dtype != np.uint8:
+        raise UserError("label {} is not a labelIds image (8-bit, one channel)".format(label_path))
+    top = int(label.max())
+    if top > LAST_LABEL_ID:  # a trainIds PNG holds 255; cityscapesScripts stops on such ids too
+        raise UserError("label {} holds the value {}, which is not a Cityscapes label id (0-{}; "
+                        "cityscapesScripts: 'Unknown label with id {}'): pass *_gtFine_labelIds.png files, not "
+                        "trainIds or colour PNGs".format(label_path, top, LAST_LABEL_ID, top))
+    return cv2.LUT(label, ID_TO_TRAIN)
 
 
 def image_size(path: str) -> Optional[Tuple[int, int]]:

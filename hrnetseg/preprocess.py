@@ -1,51 +1,44 @@
 """Cityscapes images -> model input files: one `<id>.bin` (C-order 3 x H x W) per image plus manifest.json.
 
-Parallel (one worker per core), resumable (a rerun skips finished files made with the same settings from
-an unchanged image, and refuses to mix settings in one folder), atomic (each file is written under a
-temporary name and renamed, so an interrupted run leaves no partial `.bin`) and single-writer (the run
-holds `<save_path>.lock`; a second run into the same folder stops at once).
+Parallel (one worker per core, through hrnetseg.workers), resumable (a rerun skips finished files made with
+the same settings from an unchanged image, and refuses to mix settings in one folder; the manifest's rules
+are hrnetseg.manifest), atomic (each file is written under a temporary name and renamed, so an interrupted
+run leaves no partial `.bin`) and single-writer (the run holds `<save_path>.lock`; a second run into the same
+folder stops at once).
 Atlas-side module: numpy, opencv, pillow and tqdm only, valid Python 3.7.
 """
 from __future__ import annotations
 
 import collections
-import contextlib
 import glob
-import itertools
-import json
-import multiprocessing
 import os
 import shutil
 import signal
 import stat
 import sys
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import cityscapes
-from .cli import UserError, progress
-from .files import (atomic_path, make_output_folder, not_regular_reason, remove_stale_temporaries,
-                    write_text_atomic)
-from .locks import die_with_parent, output_lock
+from .cli import UserError, default_workers
+from .files import atomic_path, make_output_folder, remove_stale_temporaries
+from .locks import output_lock
+from .manifest import (DTYPES, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, check_folder_settings, recorded_sources,
+                       source_signature, write_manifest)
+from .manifest import read_manifest  # noqa: F401  moved to hrnetseg.manifest (infer)
+from .workers import parallel_results
 
-DTYPES = ("float32", "float16", "uint8")
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "hrnetseg-preprocess"
-# 2: "sources" records each image's signature (see source_signature); bins of a version 1 manifest are redone
-MANIFEST_VERSION = 2
-# What makes two runs compatible: files of one folder must agree on all of these.
-SETTINGS = ("shape", "dtype", "layout", "normalization", "split", "source")
-REQUIRED_KEYS = ("ids", "shape", "dtype", "layout", "normalization", "split")
 # Test hook: a process that has renamed this many files kills itself (SIGKILL) just before the next rename,
 # leaving a temporary file behind, like a power cut would. Used by the resume tests with --workers 1.
 KILL_AFTER_ENV = "HRNETSEG_TEST_KILL_AFTER"
 
-_LUTS = {}  # type: Dict[str, np.ndarray]
-_written_here = 0
+_TRANSFORM_TABLES = {}  # type: Dict[str, np.ndarray]   # dtype -> transform_lut(dtype), made once
+_files_written_here = 0   # by this process, for the test hook
 
 
 def settings_for(shape, dtype: str, split: str, source: str) -> dict:
+    """The settings a run records in the manifest (manifest.SETTINGS): bins of one folder share them."""
     return {"shape": [int(v) for v in shape], "dtype": dtype, "layout": "NCHW",
             "normalization": None if dtype == "uint8" else dict(cityscapes.NORMALIZATION), "split": split,
             "source": source}
@@ -79,9 +72,9 @@ def convert(image: np.ndarray, dtype: str = "float32", channel_order: str = "BGR
         for channel in range(3):
             out[channel] = planes[channel]
         return out
-    lut = _LUTS.get(dtype)
+    lut = _TRANSFORM_TABLES.get(dtype)
     if lut is None:
-        lut = _LUTS[dtype] = cityscapes.transform_lut(dtype)
+        lut = _TRANSFORM_TABLES[dtype] = cityscapes.transform_lut(dtype)
     for channel in range(3):
         if dtype == "float32":
             cv2.LUT(planes[channel], lut[channel].reshape(1, 256), dst=out[channel])
@@ -101,52 +94,22 @@ def read_rgb(path: str) -> Tuple[Optional[np.ndarray], str]:
     return cityscapes.read_image(path, cv2.IMREAD_COLOR), "BGR"
 
 
-def _write_array(path: str, array: np.ndarray) -> None:
-    global _written_here
+def _write_bin(path: str, array: np.ndarray) -> None:
+    global _files_written_here
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(array.data)
         kill_after = os.environ.get(KILL_AFTER_ENV, "")
-        if kill_after.isdigit() and _written_here >= int(kill_after):   # anything else: no test is running
+        if kill_after.isdigit() and _files_written_here >= int(kill_after):   # anything else: no test is running
             os.kill(os.getpid(), signal.SIGKILL)
-    _written_here += 1
-
-
-def _init_worker(parent_pid: int) -> None:
-    """A killed run leaves no orphan worker that goes on writing bins from the tasks still queued in the pipe.
-    (The pool's thread that replaces a crashed worker, its kernel "parent", ends with the pool, which is when
-    the workers are stopped anyway.)"""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    die_with_parent(parent_pid)
-
-
-@contextlib.contextmanager
-def _opencv_single_threaded() -> Iterator[None]:
-    """OpenCV on one thread for a while. Before forking this also matters for correctness: OpenCV's thread
-    pool is joined first, so the children inherit a consistent one-thread state (a child that reconfigures
-    a pool whose threads it did not inherit hangs forever)."""
-    import cv2
-
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(threads)
-
-
-def _pool_context():
-    # fork: workers start in milliseconds and share the parent's imports; elsewhere the platform's default
-    if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context()
+    _files_written_here += 1
 
 
 def _size_mismatch(image: np.ndarray, reference: str) -> str:
     return "is {}x{} but {} (the model takes one size)".format(image.shape[0], image.shape[1], reference)
 
 
-def _process(task):
+def _convert_one(task):
     """Convert and write one image; returns ("ok", id) or ("bad", id, path, why) or ("fatal", message).
 
     `reference` says which size all images must have, and why (see common_shape)."""
@@ -157,150 +120,13 @@ def _process(task):
     if image.shape[:2] != tuple(shape):
         return ("bad", sample_id, image_path, _size_mismatch(image, reference))
     try:
-        _write_array(out_path, convert(image, dtype, order))
+        _write_bin(out_path, convert(image, dtype, order))
     except UserError as exc:
         return ("fatal", str(exc))
     return ("ok", sample_id)
 
 
-# --- the manifest ---------------------------------------------------------------------------------
-
-def read_manifest(folder: str, require_complete: bool = True) -> dict:
-    """The manifest of a preprocessed folder; UserError when it is absent, unreadable, damaged or (by default)
-    unfinished."""
-    path = os.path.join(folder, MANIFEST)
-    reason = not_regular_reason(path)
-    if reason == "not found":
-        raise UserError("no {} in {}: make the folder with HRNet_preprocess.py".format(MANIFEST, folder))
-    if reason is not None:
-        raise UserError("{} {}".format(path, reason))
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError, RecursionError) as exc:   # ValueError: not JSON, not UTF-8
-        raise UserError("cannot read {}: {}".format(path, exc))
-    problem = manifest_problem(manifest)
-    if problem is not None:
-        raise UserError("{} is not a usable preprocess manifest: {}; remake the folder with HRNet_preprocess.py "
-                        "(into an empty --save_path)".format(path, problem))
-    if require_complete and not manifest.get("complete", True):
-        raise UserError("the preprocess of {} did not finish: rerun HRNet_preprocess.py with the same flags".format(
-            folder))
-    return manifest
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_plain_id(value) -> bool:
-    """An image id is a file name stem: a bin path is made from it, so no folder parts."""
-    return (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\0" not in value
-            and os.sep not in value and not (os.altsep and os.altsep in value))
-
-
-def _id_list_problem(key: str, value) -> Optional[str]:
-    if not isinstance(value, list):
-        return "{} is not a list".format(key)
-    odd = [v for v in value if not _is_plain_id(v)]
-    if odd:
-        return "{} holds {!r}, not an image id".format(key, odd[0])
-    if len(set(value)) != len(value):
-        return "{} lists an image twice".format(key)
-    return None
-
-
-def _sources_problem(sources) -> Optional[str]:
-    if not isinstance(sources, dict):
-        return "sources is not an object"
-    for key, value in sources.items():
-        if not _is_plain_id(key):
-            return "sources holds {!r}, not an image id".format(key)
-        # a modification time may be negative: files dated before 1970 (archives keep odd dates)
-        if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value) and value[0] >= 0):
-            return "sources[{!r}] is not [size, modification time in ns]".format(key)
-    return None
-
-
-def manifest_problem(manifest) -> Optional[str]:
-    """What is wrong with a parsed manifest, in words; None when the tools can rely on it."""
-    if not isinstance(manifest, dict):
-        return "it holds a JSON {} instead of an object".format(type(manifest).__name__)
-    if manifest.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
-        return "format is {!r}, not {!r}".format(manifest["format"], MANIFEST_FORMAT)
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
-    if missing:
-        return "key{} {} missing".format("s" if len(missing) > 1 else "", ", ".join(missing) + (
-            " are" if len(missing) > 1 else " is"))
-    shape = manifest["shape"]
-    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)):
-        return "shape must be 3 positive integers (C, H, W), got {}".format(json.dumps(shape))
-    if not isinstance(manifest["dtype"], str) or manifest["dtype"] not in DTYPES:
-        return "dtype must be one of {}, got {}".format(", ".join(DTYPES), json.dumps(manifest["dtype"]))
-    for key in ("layout", "split"):
-        if not isinstance(manifest[key], str):
-            return "{} is not a string".format(key)
-    if manifest["normalization"] is not None and not isinstance(manifest["normalization"], dict):
-        return "normalization is neither null nor an object"
-    if not isinstance(manifest.get("complete", True), bool):
-        return "complete is not true or false"
-    if not _is_int(manifest.get("version", 1)):
-        return "version is not an integer"
-    for key in ("ids", "skipped"):
-        problem = _id_list_problem(key, manifest.get(key, []))
-        if problem is not None:
-            return problem
-    return _sources_problem(manifest.get("sources", {}))
-
-
-def _write_manifest(out: str, manifest: dict) -> None:
-    write_text_atomic(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1) + "\n")
-
-
-def _describe(settings: dict) -> str:
-    norm = "normalized" if settings.get("normalization") else "raw pixels"
-    shape = "x".join(str(v) for v in settings.get("shape", []))
-    return "{} {} {} ({}, split {}, from {})".format(settings.get("layout"), shape, settings.get("dtype"), norm,
-                                                     settings.get("split"), settings.get("source"))
-
-
-def _check_folder(out: str, settings: dict) -> Optional[dict]:
-    """Refuse a folder holding bins made with other settings (or by another tool); return its manifest."""
-    path = os.path.join(out, MANIFEST)
-    bins = glob.glob(os.path.join(glob.escape(out), "*.bin"))
-    if not os.path.lexists(path):
-        if bins:
-            raise UserError("{} already holds {} .bin files but no {} (made by another tool?): use an empty "
-                            "--save_path".format(out, len(bins), MANIFEST))
-        return None
-    old = read_manifest(out, require_complete=False)
-    if any(old.get(key) != settings[key] for key in SETTINGS):
-        raise UserError("{} holds files made as {}; this run makes {}: use another --save_path or empty it".format(
-            out, _describe(old), _describe(settings)))
-    return old
-
-
-# --- which bins are current -----------------------------------------------------------------------
-
-def source_signature(path: str) -> Optional[List[int]]:
-    """[size in bytes, modification time in ns] of a source image; None when it cannot be examined.
-
-    A bin is current while its image keeps the signature recorded when the bin was made: rewriting or
-    touching the image changes it, and the next run redoes the bin."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return [int(info.st_size), int(info.st_mtime_ns)]
-
-
-def recorded_sources(manifest: Optional[dict]) -> Dict[str, List[int]]:
-    """id -> signature the bin was made from; empty for a manifest from before signatures (version 1), whose
-    bins therefore all count as stale."""
-    if not manifest or manifest.get("version", 1) < 2:
-        return {}
-    return dict(manifest.get("sources", {}))
-
+# --- the bins already in the folder --------------------------------------------------------------
 
 def _finished_ids(out: str, file_bytes: int) -> set:
     """Ids of the bins in `out` that are regular files of the right size (not symbolic links: see _linked_ids)."""
@@ -399,7 +225,7 @@ def preprocess(src_path: str, save_path: str, split: str = "val", dtype: str = "
     settings = settings_for((3, height, width), dtype, split, dataset_root(samples[0].image))
     make_output_folder(save_path, "--save_path")   # before the lock: its messages name a bad --save_path
     with output_lock(save_path):
-        old = _check_folder(save_path, settings)
+        old = check_folder_settings(save_path, settings)
         remove_stale_temporaries(save_path)
         return _convert_all(samples, save_path, settings, old, reference, workers, skip_bad, log)
 
@@ -427,25 +253,25 @@ def _convert_all(samples, out: str, settings: dict, old: Optional[dict], referen
     # Order matters for a run killed at any point: first a manifest that lists only current bins and records
     # nothing for the stale ones, then the stale bins go, and only then the signatures this run converts from
     # (a bin written from here on is made from the image as it is now, or later: never older).
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     _remove_bins(out, stale | linked)
     sources.update((s.id, signatures[s.id]) for s in todo if signatures[s.id] is not None)
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
 
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    workers = default_workers(workers, len(todo))
     if stale and not recorded:
         log("note: {} predates source tracking: its {} bin{} are redone".format(
             os.path.join(out, MANIFEST), len(stale), "" if len(stale) == 1 else "s"))
     log("preprocess: {} images ({} {}x{}, {} each) -> {}; {} already there, {} redone as their image changed, "
         "{} worker{}".format(len(samples), dtype, height, width, size_text(file_bytes), out, len(done), len(stale),
                              workers, "" if workers == 1 else "s"))
-    bad = _run(todo, out, dtype, (height, width), reference, workers, skip_bad)
+    bad = _convert_in_parallel(todo, out, dtype, (height, width), reference, workers, skip_bad)
 
     ids = sorted(_finished_ids(out, file_bytes) & wanted)
     kept = {i: sig for i, sig in recorded.items() if i not in wanted}
     kept.update((i, signatures[i]) for i in ids)
     manifest.update(complete=True, ids=ids, skipped=sorted(b[0] for b in bad), sources=kept)
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     written = len(todo) - len(bad)
     log("wrote {} file{} to {} ({} already there, {} redone as their image changed); manifest {}".format(
         written, "" if written == 1 else "s", out, len(done), len(stale), os.path.join(out, MANIFEST)))
@@ -455,12 +281,13 @@ def _convert_all(samples, out: str, settings: dict, old: Optional[dict], referen
     return manifest
 
 
-def _run(todo, out: str, dtype: str, shape, reference: str, workers: int, skip_bad: bool) -> List[tuple]:
+def _convert_in_parallel(todo, out: str, dtype: str, shape, reference: str, workers: int,
+                         skip_bad: bool) -> List[tuple]:
     """Process `todo`; returns the bad images (id, path, why) when skip_bad, raises on the first otherwise."""
     tasks = [(s.id, s.image, os.path.join(out, s.id + ".bin"), dtype, shape, reference) for s in todo]
     bad = []
     try:
-        with parallel_results(_process, tasks, workers, "preprocess") as results:
+        with parallel_results(_convert_one, tasks, workers, "preprocess") as results:
             for result in results:
                 if result[0] == "fatal":
                     raise UserError(result[1])
@@ -472,66 +299,3 @@ def _run(todo, out: str, dtype: str, shape, reference: str, workers: int, skip_b
     finally:
         remove_stale_temporaries(out)   # a worker killed mid-write; the pool's workers have all exited here
     return sorted(bad)
-
-
-THREADS_UP_TO = 4  # workers; beyond this, processes (the GIL would start to limit numpy-heavy work)
-
-
-@contextlib.contextmanager
-def parallel_results(func, tasks: Sequence, workers: int, desc: str,
-                     processes: Optional[bool] = None) -> Iterator[Iterator]:
-    """func(task) for every task, results in completion order behind a progress bar.
-
-    workers == 1: in this thread. Up to THREADS_UP_TO: threads (no start-up cost; decoding, table look-ups,
-    file writes and numpy's large loops release the GIL). More: forked processes (func and tasks must
-    pickle). Leaving the block early (an error, Ctrl-C) cancels what has not started and waits for what has.
-    """
-    workers = max(1, min(workers, len(tasks)))
-    if processes is None:
-        processes = workers > THREADS_UP_TO
-    if workers == 1:
-        results = map(func, tasks)
-    elif processes:
-        results = _process_results(func, tasks, workers)
-    else:
-        results = _thread_results(func, tasks, workers)
-    try:
-        with _opencv_single_threaded():  # the parallelism is ours; OpenCV's own pool would oversubscribe
-            yield progress(results, total=len(tasks), desc=desc)
-    finally:
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()
-
-
-def _thread_results(func, tasks: Sequence, workers: int) -> Iterator:
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    executor = ThreadPoolExecutor(workers)
-    waiting = iter(tasks)
-    running = set()
-    try:
-        for task in itertools.islice(waiting, 2 * workers):
-            running.add(executor.submit(func, task))
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                for task in itertools.islice(waiting, 1):
-                    running.add(executor.submit(func, task))
-                yield future.result()
-    finally:
-        for future in running:
-            future.cancel()
-        executor.shutdown(wait=True)
-
-
-def _process_results(func, tasks: Sequence, workers: int) -> Iterator:
-    with _opencv_single_threaded():  # forked children must inherit a pool without threads
-        pool = _pool_context().Pool(workers, initializer=_init_worker, initargs=(os.getpid(),))
-    try:
-        for result in pool.imap_unordered(func, tasks):
-            yield result
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()

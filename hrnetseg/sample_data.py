@@ -12,6 +12,8 @@ Atlas-side module: numpy and opencv only, valid Python 3.7.
 from __future__ import annotations
 
 import argparse
+import glob
+import io
 import os
 import sys
 from typing import List, Optional, Sequence, Set
@@ -60,45 +62,51 @@ def _ellipse(canvas: np.ndarray, name: str, cx: float, cy: float, rx: float, ry:
 def scene_labels(height: int, width: int, rng: np.random.RandomState) -> np.ndarray:
     """A labelIds map: sky, buildings, trees, road and sidewalks, street furniture, vehicles, people."""
     canvas = np.zeros((height, width), dtype=np.uint8)
-    j = lambda scale=0.02: float(rng.uniform(-scale, scale))  # noqa: E731 - jitter
-    hz = 0.42 + j(0.04)  # horizon
-    _rect(canvas, "sky", 0, 0, 1, hz + 0.01)
+
+    def jitter(scale: float = 0.02) -> float:
+        """A random shift of a position, within +-scale (of the image's size)."""
+        return float(rng.uniform(-scale, scale))
+
+    horizon = 0.42 + jitter(0.04)
+    _rect(canvas, "sky", 0, 0, 1, horizon + 0.01)
     for x0, x1 in ((0.0, 0.14), (0.14, 0.33), (0.66, 0.84), (0.84, 1.0)):  # building blocks, stepped skyline
-        _rect(canvas, "building", x0, 0.05 + rng.uniform(0, 0.2), x1, hz + 0.02)
-    for cx in (0.31 + j(), 0.69 + j()):  # trees
-        _ellipse(canvas, "vegetation", cx, hz - 0.06 + j(0.01), 0.045, 0.1)
-    _poly(canvas, "sidewalk", [(0, hz), (0.47, hz), (0.12, 1), (0, 1)], width, height)
-    _poly(canvas, "sidewalk", [(0.53, hz), (1, hz), (1, 1), (0.88, 1)], width, height)
-    _poly(canvas, "road", [(0.45, hz), (0.55, hz), (0.93, 1), (0.07, 1)], width, height)
-    _poly(canvas, "terrain", [(0.86, hz + 0.03), (1, hz + 0.03), (1, hz + 0.14), (0.93, hz + 0.14)], width, height)
-    _poly(canvas, "parking", [(0.02, hz + 0.2), (0.08, hz + 0.2), (0.06, hz + 0.3), (0, hz + 0.3)], width, height)
-    _rect(canvas, "wall", 0.02 + j(0.01), hz - 0.1, 0.12, hz + 0.05)
-    _rect(canvas, "fence", 0.74 + j(0.01), hz - 0.03, 0.84, hz + 0.05)
-    _rect(canvas, "static", 0.28, hz + 0.01, 0.31, hz + 0.05, min_w=2, min_h=2)
+        _rect(canvas, "building", x0, 0.05 + rng.uniform(0, 0.2), x1, horizon + 0.02)
+    for cx in (0.31 + jitter(), 0.69 + jitter()):  # trees
+        _ellipse(canvas, "vegetation", cx, horizon - 0.06 + jitter(0.01), 0.045, 0.1)
+    _poly(canvas, "sidewalk", [(0, horizon), (0.47, horizon), (0.12, 1), (0, 1)], width, height)
+    _poly(canvas, "sidewalk", [(0.53, horizon), (1, horizon), (1, 1), (0.88, 1)], width, height)
+    _poly(canvas, "road", [(0.45, horizon), (0.55, horizon), (0.93, 1), (0.07, 1)], width, height)
+    _poly(canvas, "terrain", [(0.86, horizon + 0.03), (1, horizon + 0.03), (1, horizon + 0.14), (0.93, horizon + 0.14)],
+          width, height)
+    _poly(canvas, "parking", [(0.02, horizon + 0.2), (0.08, horizon + 0.2), (0.06, horizon + 0.3), (0, horizon + 0.3)],
+          width, height)
+    _rect(canvas, "wall", 0.02 + jitter(0.01), horizon - 0.1, 0.12, horizon + 0.05)
+    _rect(canvas, "fence", 0.74 + jitter(0.01), horizon - 0.03, 0.84, horizon + 0.05)
+    _rect(canvas, "static", 0.28, horizon + 0.01, 0.31, horizon + 0.05, min_w=2, min_h=2)
     # street furniture: two poles, a traffic light on one, a sign on the other
-    for px, thing in ((0.2 + j(0.01), "traffic light"), (0.9 + j(0.01), "traffic sign")):
-        _rect(canvas, "pole", px, 0.16, px + 0.004, hz + 0.16, min_w=1)
+    for px, thing in ((0.2 + jitter(0.01), "traffic light"), (0.9 + jitter(0.01), "traffic sign")):
+        _rect(canvas, "pole", px, 0.16, px + 0.004, horizon + 0.16, min_w=1)
         if thing == "traffic light":
             _rect(canvas, thing, px - 0.004, 0.14, px + 0.008, 0.2, min_w=3, min_h=4)
         else:
             _rect(canvas, thing, px - 0.012, 0.2, px + 0.016, 0.25, min_w=4, min_h=3)
     # vehicles, far to near
-    _rect(canvas, "train", 0.36 + j(0.01), hz - 0.09, 0.46, hz + 0.05)
-    _rect(canvas, "bus", 0.5 + j(0.01), hz - 0.08, 0.58, hz + 0.06)
-    _rect(canvas, "truck", 0.6 + j(0.01), hz - 0.05, 0.66, hz + 0.08)
-    car_x = 0.4 + j()
-    _rect(canvas, "car", car_x, hz + 0.1, car_x + 0.16, hz + 0.24)
-    _ellipse(canvas, "car", car_x + 0.08, hz + 0.1, 0.06, 0.05)
-    moto_x = 0.64 + j(0.01)
-    _ellipse(canvas, "motorcycle", moto_x, hz + 0.22, 0.025, 0.04)
+    _rect(canvas, "train", 0.36 + jitter(0.01), horizon - 0.09, 0.46, horizon + 0.05)
+    _rect(canvas, "bus", 0.5 + jitter(0.01), horizon - 0.08, 0.58, horizon + 0.06)
+    _rect(canvas, "truck", 0.6 + jitter(0.01), horizon - 0.05, 0.66, horizon + 0.08)
+    car_x = 0.4 + jitter()
+    _rect(canvas, "car", car_x, horizon + 0.1, car_x + 0.16, horizon + 0.24)
+    _ellipse(canvas, "car", car_x + 0.08, horizon + 0.1, 0.06, 0.05)
+    moto_x = 0.64 + jitter(0.01)
+    _ellipse(canvas, "motorcycle", moto_x, horizon + 0.22, 0.025, 0.04)
     # people: a pedestrian on the left, a cyclist on the right
-    walk_x = 0.1 + j(0.01)
-    _ellipse(canvas, "person", walk_x, hz + 0.12, 0.012, 0.09)
-    _ellipse(canvas, "person", walk_x, hz + 0.01, 0.008, 0.025)
-    bike_x = 0.78 + j(0.01)
-    _ellipse(canvas, "bicycle", bike_x - 0.02, hz + 0.3, 0.015, 0.035)
-    _ellipse(canvas, "bicycle", bike_x + 0.02, hz + 0.3, 0.015, 0.035)
-    _ellipse(canvas, "rider", bike_x, hz + 0.18, 0.012, 0.08)
+    walk_x = 0.1 + jitter(0.01)
+    _ellipse(canvas, "person", walk_x, horizon + 0.12, 0.012, 0.09)
+    _ellipse(canvas, "person", walk_x, horizon + 0.01, 0.008, 0.025)
+    bike_x = 0.78 + jitter(0.01)
+    _ellipse(canvas, "bicycle", bike_x - 0.02, horizon + 0.3, 0.015, 0.035)
+    _ellipse(canvas, "bicycle", bike_x + 0.02, horizon + 0.3, 0.015, 0.035)
+    _ellipse(canvas, "rider", bike_x, horizon + 0.18, 0.012, 0.08)
     _poly(canvas, "ego vehicle", [(0, 0.93), (0.25, 0.9), (0.75, 0.9), (1, 0.93), (1, 1), (0, 1)], width, height)
     return canvas
 
@@ -136,15 +144,11 @@ def _missing_folders(path: str) -> List[str]:
     return missing[::-1]
 
 
-def _make_dir(path: str, created: Optional[List[str]] = None) -> None:
-    """os.makedirs; the folders it creates are appended to `created`."""
+def _make_folder(path: str, created: List[str]) -> None:
+    """make_output_folder; the folders it creates are appended to `created` (removed again if the run fails)."""
     missing = _missing_folders(path)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise UserError("cannot create folder {}: {}".format(path, exc.strerror or exc))
-    if created is not None:
-        created.extend(missing)
+    make_output_folder(path)
+    created.extend(missing)
 
 
 def check_seed(seed: int) -> int:
@@ -205,8 +209,8 @@ def _write_scenes(root: str, n: int, height: int, width: int, seed: int, split: 
         photo = scene_photo(labels, rng)
         image_dir = os.path.join(root, "cityscapes", "leftImg8bit", split, city)
         label_dir = os.path.join(root, "cityscapes", "gtFine", split, city)
-        _make_dir(image_dir, created_folders)
-        _make_dir(label_dir, created_folders)
+        _make_folder(image_dir, created_folders)
+        _make_folder(label_dir, created_folders)
         for path, image in ((os.path.join(image_dir, sid + IMAGE_SUFFIX), photo),
                             (os.path.join(label_dir, sid + LABEL_SUFFIX), labels)):
             if not os.path.lexists(path):
@@ -247,14 +251,12 @@ def write_fake_outputs(root: str, res_dir: str, split: str = "val", naming: str 
                        fmt: str = "bin", seed: int = 0, ids: Optional[Sequence[str]] = None) -> List[str]:
     """Model outputs for the labels of `generate`, as ais_bench writes them: `<id>_0.<fmt>` (aux) and
     `<id>_1.<fmt>` (main), or with naming="benchmark" the old tool's `_1` / `_2`. Returns the ids written."""
-    import glob
-
     first = {"ais_bench": 0, "benchmark": 1}[naming]
     pattern = os.path.join(root, "cityscapes", "gtFine", split, "*", "*" + LABEL_SUFFIX)
     labels = sorted(glob.glob(pattern))
     if not labels:
         raise UserError("no labels found: searched {}".format(pattern))
-    _make_dir(res_dir)
+    make_output_folder(res_dir)
     written = []
     for label_path in labels:
         sid = os.path.basename(label_path)[: -len(LABEL_SUFFIX)]
@@ -267,8 +269,6 @@ def write_fake_outputs(root: str, res_dir: str, split: str = "val", naming: str 
         for index, array in ((first, aux_out), (first + 1, main_out)):
             path = os.path.join(res_dir, "{}_{}.{}".format(sid, index, fmt))
             if fmt == "npy":
-                import io
-
                 buffer = io.BytesIO()
                 np.save(buffer, array[None])  # ais_bench keeps the batch axis: 1 x 19 x h x w
                 write_bytes_atomic(path, buffer.getvalue())

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg import cityscapes, metrics, postprocess
+from hrnetseg import cityscapes, metrics, model_outputs, postprocess
 from hrnetseg.cli import UserError
 from hrnetseg.locks import lock_path_for
 
@@ -119,7 +119,7 @@ def sources(header=None, flag=None, summary=None):
 
 
 def test_dtype_rule_known_sources_win_in_order_and_must_agree():
-    resolve = postprocess.resolve_output_dtype
+    resolve = model_outputs.resolve_output_dtype
     assert resolve("o.npy", F16, SHAPE, sources(header="float16")) == ("float16", "its NPY header")
     assert resolve("o.bin", F16, SHAPE, sources(flag="float16", summary="float16")) == ("float16", "--output_dtype")
     assert resolve("o.bin", F16, SHAPE, sources(summary="float16")) == ("float16", "the runner summary s.json")
@@ -135,15 +135,15 @@ def test_dtype_rule_size_must_fit_the_known_dtype():
     # float16 data as large as the float32 output (e.g. twice the values): with the dtype known, refused
     with pytest.raises(UserError, match="o.bin has 155648 bytes of data, not 77824 as float16 \\(--output_dtype "
                                         "says so\\).*it fits float32"):
-        postprocess.resolve_output_dtype("o.bin", F32, SHAPE, sources(flag="float16"))
+        model_outputs.resolve_output_dtype("o.bin", F32, SHAPE, sources(flag="float16"))
     with pytest.raises(UserError, match="not 155648 as float32 \\(the runner summary s.json says so\\)"):
-        postprocess.resolve_output_dtype("o.bin", F16, SHAPE, sources(summary="float32"))
+        model_outputs.resolve_output_dtype("o.bin", F16, SHAPE, sources(summary="float32"))
 
 
 def test_dtype_rule_when_nothing_is_known_float32_then_float16_by_size():
-    resolve = postprocess.resolve_output_dtype
-    assert resolve("o.bin", F32, SHAPE, sources()) == ("float32", postprocess.DEFAULT)
-    assert resolve("o.bin", F16, SHAPE, sources()) == ("float16", postprocess.BY_SIZE)
+    resolve = model_outputs.resolve_output_dtype
+    assert resolve("o.bin", F32, SHAPE, sources()) == ("float32", model_outputs.DEFAULT)
+    assert resolve("o.bin", F16, SHAPE, sources()) == ("float16", model_outputs.BY_SIZE)
     for size in (0, F32 - 4, F16 + 2, 2 * F32):
         with pytest.raises(UserError, match="o.bin has {} bytes of data, expected 155648 \\(float32\\) or 77824 "
                                             "\\(float16\\)".format(size)):
@@ -314,7 +314,7 @@ def test_labels_that_are_not_labelids_are_refused(gt, sample_results_path, tmp_p
         refused("label {} {}".format(target, match), sample_results_path, data)
     _write_label(target, cityscapes.ID_TO_TRAIN[original])
     with pytest.raises(UserError, match="value 255"):          # evaluate.py's streaming path reads labels here too
-        postprocess.read_train_ids(str(target))
+        cityscapes.read_train_ids(str(target))
 
 
 def test_a_label_that_is_a_fifo_is_never_opened(gt, sample_results_path, reference, tmp_path):
@@ -455,7 +455,7 @@ def test_merge_refuses_damaged_shards(tmp_path):
 def test_the_runner_summary_is_found_beside_a_symlinked_output_folder(tmp_path):
     """ais_bench and the runner write OUT/DIRNAME_summary.json beside the name they were given, also when
     OUT/DIRNAME is a link to a folder elsewhere; a --res_path that links to OUT/DIRNAME finds it too."""
-    from hrnetseg.postprocess import summary_output_dtype
+    from hrnetseg.model_outputs import summary_output_dtype
 
     store = tmp_path / "store" / "x"
     store.mkdir(parents=True)

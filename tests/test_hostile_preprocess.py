@@ -19,6 +19,7 @@ import pytest
 from hrnetseg import cityscapes, preprocess, sample_data
 from hrnetseg.cli import UserError
 from hrnetseg.locks import lock_path_for
+from hrnetseg.manifest import MANIFEST, MANIFEST_VERSION, read_manifest, source_signature
 
 from conftest import REPO, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, run_script
 
@@ -94,18 +95,18 @@ def test_a_changed_or_touched_image_has_its_bin_redone(data, tmp_path):
     assert redone == {changed.id + ".bin", touched.id + ".bin"}
     assert after[changed.id + ".bin"] != before[changed.id + ".bin"]
     assert after[changed.id + ".bin"] == _expected_bin(changed.image)
-    assert manifest["sources"][changed.id] == preprocess.source_signature(changed.image)
-    assert preprocess.read_manifest(str(out))["sources"] == manifest["sources"]
-    assert len(manifest["ids"]) == TINY_IMAGES and manifest["version"] == preprocess.MANIFEST_VERSION
+    assert manifest["sources"][changed.id] == source_signature(changed.image)
+    assert read_manifest(str(out))["sources"] == manifest["sources"]
+    assert len(manifest["ids"]) == TINY_IMAGES and manifest["version"] == MANIFEST_VERSION
 
 
 def test_bins_of_a_manifest_without_sources_are_all_redone(tiny_prep_path, tiny_data_root, tmp_path):
     out = tmp_path / "prep"
     shutil.copytree(str(tiny_prep_path), str(out))
-    manifest = json.loads((out / preprocess.MANIFEST).read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     manifest["version"] = 1
     del manifest["sources"]
-    (out / preprocess.MANIFEST).write_text(json.dumps(manifest))
+    (out / MANIFEST).write_text(json.dumps(manifest))
     stamps = _stamps(out)
     lines = []
     rerun = preprocess.preprocess(str(tiny_data_root), str(out), workers=1, log=lines.append)
@@ -128,20 +129,20 @@ def test_a_rerun_killed_at_any_point_never_lists_a_stale_bin(data, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         preprocess.preprocess(str(data), str(out), workers=1, log=_quiet)
     monkeypatch.undo()
-    manifest = preprocess.read_manifest(str(out), require_complete=False)
+    manifest = read_manifest(str(out), require_complete=False)
     assert changed.id not in manifest["ids"] and changed.id not in manifest["sources"]
     assert len(manifest["ids"]) == TINY_IMAGES - 1 and manifest["complete"] is False
 
     args = [SCRIPT, "--src_path", data, "--save_path", out, "--workers", "1"]
     killed_run = run_script(args, env={preprocess.KILL_AFTER_ENV: "0"})   # killed before its first bin lands
     assert killed_run.returncode == -signal.SIGKILL, killed_run.stderr
-    manifest = preprocess.read_manifest(str(out), require_complete=False)
+    manifest = read_manifest(str(out), require_complete=False)
     assert changed.id not in manifest["ids"] and not (out / (changed.id + ".bin")).exists()
     resumed = run_script(args)
     assert resumed.returncode == 0, resumed.stderr
     assert "4 already there, 0 redone" in resumed.stdout
     assert _bins(out)[changed.id + ".bin"] == _expected_bin(changed.image)
-    assert len(preprocess.read_manifest(str(out))["ids"]) == TINY_IMAGES
+    assert len(read_manifest(str(out))["ids"]) == TINY_IMAGES
 
 
 # ------------------------------------------------------------------ damaged and special input files
@@ -179,7 +180,7 @@ def test_special_files_among_the_images_are_never_opened(data, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "skipped 2 unreadable images" in result.stderr
     assert "{} is a FIFO".format(first) in result.stderr and "{} is a FIFO".format(later) in result.stderr
-    manifest = preprocess.read_manifest(str(tmp_path / "b"))
+    manifest = read_manifest(str(tmp_path / "b"))
     assert manifest["skipped"] == sorted([first.name[:-len(cityscapes.IMAGE_SUFFIX)],
                                           later.name[:-len(cityscapes.IMAGE_SUFFIX)]])
     assert len(manifest["ids"]) == TINY_IMAGES - 1
@@ -273,16 +274,16 @@ def test_16_bit_grey_and_rgba_images_convert_as_upstream_reads_them(data, tmp_pa
 ])
 def test_damaged_manifest_is_one_line_naming_the_file(content, fragment, tiny_prep_path, tmp_path):
     """Text is written as it is; a dict replaces keys of a sound manifest."""
-    path = tmp_path / preprocess.MANIFEST
+    path = tmp_path / MANIFEST
     if isinstance(content, dict):
-        manifest = json.loads((tiny_prep_path / preprocess.MANIFEST).read_text())
+        manifest = json.loads((tiny_prep_path / MANIFEST).read_text())
         manifest.update(content)
         content = json.dumps(manifest)
     elif isinstance(content, list):
         content = json.dumps(content)
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(UserError) as info:
-        preprocess.read_manifest(str(tmp_path))
+        read_manifest(str(tmp_path))
     message = str(info.value)
     assert str(path) in message and fragment in message and "\n" not in message
 
@@ -290,17 +291,17 @@ def test_damaged_manifest_is_one_line_naming_the_file(content, fragment, tiny_pr
 @pytest.mark.parametrize("kind,fragment", [("FIFO", "is a FIFO, not a regular file"),
                                            ("folder", "is a folder, not a regular file")])
 def test_manifest_that_is_not_a_file_is_never_opened(kind, fragment, tmp_path):
-    _special(tmp_path / preprocess.MANIFEST, kind)
+    _special(tmp_path / MANIFEST, kind)
     with pytest.raises(UserError, match=fragment):
-        preprocess.read_manifest(str(tmp_path))
+        read_manifest(str(tmp_path))
 
 
 def test_damaged_manifest_stops_a_rerun_in_one_line(tiny_prep_path, tiny_data_root, tmp_path):
     out = tmp_path / "prep"
     shutil.copytree(str(tiny_prep_path), str(out))
-    (out / preprocess.MANIFEST).write_text(json.dumps({"ids": 5}))
+    (out / MANIFEST).write_text(json.dumps({"ids": 5}))
     result = run_script([SCRIPT, "--src_path", tiny_data_root, "--save_path", out])
-    assert_user_error(result, str(out / preprocess.MANIFEST), "keys")
+    assert_user_error(result, str(out / MANIFEST), "keys")
     assert _bins(out) == _bins(tiny_prep_path)
 
 

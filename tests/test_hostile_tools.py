@@ -1,4 +1,4 @@
-"""The data-side tools and the shell scripts under hostile input, second pass: empty flag values, symbolic links
+"""The data-side tools and the shell scripts under hostile input: empty flag values, symbolic links
 where the tools write, special files as lock files, bins ais_bench would read that the manifest does not list,
 throughput figures that are not plain numbers."""
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 from hrnetseg import acc_perf, cityscapes, locks, preprocess, sample_data
 from hrnetseg.cli import UserError
 from hrnetseg.files import make_output_folder, require_file, require_folder
+from hrnetseg.manifest import read_manifest
 from hrnetseg.postprocess import evaluate_folder
 
 from conftest import REPO, assert_user_error, run_script
@@ -171,7 +172,7 @@ def test_a_result_that_does_not_count_every_preprocessed_image_gives_no_row(tiny
     """With --limit the postprocess allows labels without output, which hid an image the run left out; an image
     without a label was only logged. The table's mIoU must cover the preprocessed images."""
     result = tmp_path / "result_bs1.json"
-    listed = len(preprocess.read_manifest(str(tiny_prep_path))["ids"])
+    listed = len(read_manifest(str(tiny_prep_path))["ids"])
     result.write_text(json.dumps({"mIoU": 0.5, "images": listed}))
     acc_perf.check_every_image_counted(str(result), str(tiny_prep_path))
     for images, words in ((listed - 1, "counts {} images but .* lists {}".format(listed - 1, listed)),
@@ -202,7 +203,7 @@ def test_a_throughput_is_a_plain_decimal_number(tmp_path, text):
 def test_a_symlinked_bin_is_replaced_never_written_through(tiny_data_root, tiny_prep_path, tmp_path):
     out = tmp_path / "prep"
     shutil.copytree(str(tiny_prep_path), str(out))
-    ids = preprocess.read_manifest(str(out))["ids"]
+    ids = read_manifest(str(out))["ids"]
     precious = tmp_path / "precious.txt"
     precious.write_text("precious")
     other = tmp_path / "other.bin"
@@ -236,7 +237,7 @@ def test_an_image_dated_before_1970_gives_a_manifest_the_tools_accept(tiny_data_
     out = str(tmp_path / "prep")
     first = preprocess.preprocess(str(data), out, workers=1, log=_quiet)
     assert first["sources"][samples[0].id][1] < 0
-    assert preprocess.read_manifest(out)["ids"] == first["ids"]
+    assert read_manifest(out)["ids"] == first["ids"]
     os.utime(samples[0].image, ns=(-2 * 86400 * 10 ** 9, -2 * 86400 * 10 ** 9))
     logged = []
     preprocess.preprocess(str(data), out, workers=1, log=logged.append)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg import baselines, cityscapes, metrics, postprocess
+from hrnetseg import baselines, cityscapes, metrics, model_outputs, postprocess, upsample_argmax
 from hrnetseg.cli import UserError
 
 from conftest import SAMPLE_IMAGES, assert_user_error, run_script
@@ -81,17 +81,18 @@ def test_miou_equals_cityscapes_scripts(cli_run, sample_data_root):
         assert abs(theirs["classScores"][name] - value) <= 1e-12
 
 
-def test_equals_the_seed_method(cli_run, sample_data_root, sample_results_path):
-    seed = baselines.seed_postprocess(str(sample_results_path), str(_gt_dir(sample_data_root)))
-    assert seed["confusion_matrix"] == cli_run["result"]["confusion_matrix"]
-    assert abs(seed["value"]["mean_Iou"] - cli_run["result"]["mIoU"]) <= 1e-6
+def test_equals_the_reference_method(cli_run, sample_data_root, sample_results_path):
+    """The ModelZoo scripts' postprocess, restated in hrnetseg.baselines, gives the same matrix and mean."""
+    reference = baselines.seed_postprocess(str(sample_results_path), str(_gt_dir(sample_data_root)))
+    assert reference["confusion_matrix"] == cli_run["result"]["confusion_matrix"]
+    assert abs(reference["value"]["mean_Iou"] - cli_run["result"]["mIoU"]) <= 1e-6
 
 
 def test_pictures(cli_run, sample_data_root, sample_results_path):
     for sid in _ids(sample_results_path):
         pred = cv2.imread(str(cli_run["pred"] / (sid + "_labelIds.png")), cv2.IMREAD_UNCHANGED)
         logits = np.fromfile(str(sample_results_path / (sid + "_1.bin")), np.float32).reshape(19, 32, 64)
-        train_ids = metrics.logits_to_labels(logits, 128, 256)
+        train_ids = upsample_argmax.logits_to_labels(logits, 128, 256)
         assert np.array_equal(pred, cityscapes.TRAIN_TO_ID[train_ids])
         color = cv2.imread(str(cli_run["vis"] / (sid + "_color.png")), cv2.IMREAD_COLOR)[:, :, ::-1]
         assert np.array_equal(color, cityscapes.TRAIN_PALETTE[train_ids])
@@ -111,7 +112,7 @@ def test_other_namings_and_places_give_the_same_result(variant, cli_run, sample_
             for index in (0, 1):
                 array = np.fromfile(str(sample_results_path / "{}_{}.bin".format(sid, index)), np.float32)
                 np.save(str(res / "{}_{}.npy".format(sid, index)), array.reshape(1, 19, 32, 64))
-    elif variant == "label_stem":  # bins named after the label file, as the seed's preprocess did
+    elif variant == "label_stem":  # bins named after the label file, as the ModelZoo scripts' preprocess did
         _copy_outputs(sample_results_path, res, lambda sid, index: "{}_gtFine_labelIds_{}.bin".format(sid, index))
     elif variant == "parent_folder":
         _copy_outputs(sample_results_path, res)
@@ -256,9 +257,9 @@ def test_shards_merge_into_the_same_result(cli_run, sample_data_root, sample_res
 
 def test_process_workers_give_the_same_counts(cli_run, sample_data_root, sample_results_path):
     """More than THREADS_UP_TO workers run as processes: tasks and results must travel between them."""
-    from hrnetseg.preprocess import parallel_results
+    from hrnetseg.workers import parallel_results
 
-    outputs = postprocess.find_outputs(str(sample_results_path))
+    outputs = model_outputs.find_outputs(str(sample_results_path))
     pairs, _, _ = postprocess.pair_outputs(outputs, 1, cityscapes.find_labels(str(_gt_dir(sample_data_root))))
     total = np.zeros((19, 19), np.int64)
     with parallel_results(postprocess._evaluate_task, [(p, None, None) for p in pairs], 2, "t",

@@ -15,6 +15,7 @@ import pytest
 
 from hrnetseg import baselines, cityscapes, preprocess
 from hrnetseg.cli import UserError
+from hrnetseg.manifest import read_manifest
 
 from conftest import SAMPLE_IMAGES, assert_user_error, run_script
 
@@ -53,8 +54,9 @@ def test_float32_bins_are_the_upstream_transform(clean_run, sample_data_root):
         assert np.array_equal(data, cityscapes.reference_transform(cv2.imread(sample.image)))
 
 
-def test_same_bytes_as_the_seed_method(clean_run, sample_data_root, tmp_path):
-    written = baselines.seed_preprocess(str(sample_data_root), str(tmp_path / "seed"))
+def test_same_bytes_as_the_reference_method(clean_run, sample_data_root, tmp_path):
+    """The ModelZoo scripts' preprocess, restated in hrnetseg.baselines, writes the same bytes."""
+    written = baselines.seed_preprocess(str(sample_data_root), str(tmp_path / "reference"))
     ours = _bins(clean_run)
     assert len(written) == SAMPLE_IMAGES
     for path in written:
@@ -63,7 +65,7 @@ def test_same_bytes_as_the_seed_method(clean_run, sample_data_root, tmp_path):
 
 
 def test_manifest(clean_run):
-    manifest = preprocess.read_manifest(str(clean_run))
+    manifest = read_manifest(str(clean_run))
     assert manifest["ids"] == sorted(manifest["ids"]) and len(manifest["ids"]) == SAMPLE_IMAGES
     assert manifest["shape"] == [3, 128, 256] and manifest["dtype"] == "float32" and manifest["layout"] == "NCHW"
     assert manifest["normalization"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
@@ -108,19 +110,19 @@ def test_killed_run_resumes_to_the_same_bins(clean_run, sample_data_root, tmp_pa
     assert killed.returncode == -signal.SIGKILL
     assert len(_bins(out)) == 1 and _leftovers(out), "the kill comes between writing a file and renaming it"
     with pytest.raises(UserError, match="did not finish"):
-        preprocess.read_manifest(str(out))
+        read_manifest(str(out))
     resumed = run_script(args)
     assert resumed.returncode == 0, resumed.stderr
     assert "1 already there" in resumed.stdout
     assert _bins(out) == _bins(clean_run) and not _leftovers(out)
-    assert preprocess.read_manifest(str(out))["ids"] == preprocess.read_manifest(str(clean_run))["ids"]
+    assert read_manifest(str(out))["ids"] == read_manifest(str(clean_run))["ids"]
 
 
 def test_limit_then_the_rest(sample_data_root, tmp_path, clean_run):
     first = preprocess.preprocess(str(sample_data_root), str(tmp_path), limit=1, log=_quiet)
     assert len(first["ids"]) == 1
     rest = preprocess.preprocess(str(sample_data_root), str(tmp_path), log=_quiet)
-    assert rest["ids"] == preprocess.read_manifest(str(clean_run))["ids"]
+    assert rest["ids"] == read_manifest(str(clean_run))["ids"]
     assert _bins(tmp_path) == _bins(clean_run)
     again = preprocess.preprocess(str(sample_data_root), str(tmp_path), limit=1, log=_quiet)
     assert again["ids"] == rest["ids"][:1]   # a limited rerun lists its own images, not every bin present
@@ -152,13 +154,13 @@ def test_refuses_the_same_ids_from_another_data_set(clean_run, tmp_path):
 
 def test_read_manifest_errors(tmp_path):
     with pytest.raises(UserError, match="no manifest.json"):
-        preprocess.read_manifest(str(tmp_path))
+        read_manifest(str(tmp_path))
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="cannot read"):
-        preprocess.read_manifest(str(tmp_path))
+        read_manifest(str(tmp_path))
     (tmp_path / "manifest.json").write_text(json.dumps({"ids": []}))
     with pytest.raises(UserError, match="not a usable preprocess manifest: keys shape, .* missing"):
-        preprocess.read_manifest(str(tmp_path))
+        read_manifest(str(tmp_path))
 
 
 def test_missing_data_names_the_patterns(tmp_path):
@@ -192,7 +194,7 @@ def test_skip_bad_goes_on_and_lists_them(data_with_bad_image, tmp_path):
     result = run_script([SCRIPT, "--src_path", data, "--save_path", tmp_path / "out", "--skip_bad"])
     assert result.returncode == 0, result.stderr
     assert "skipped 1 unreadable image" in result.stderr and bad.image in result.stderr
-    manifest = preprocess.read_manifest(str(tmp_path / "out"))
+    manifest = read_manifest(str(tmp_path / "out"))
     assert manifest["skipped"] == [bad.id] and bad.id not in manifest["ids"] and len(manifest["ids"]) == 2
 
 
@@ -238,54 +240,6 @@ def test_not_enough_space_is_found_before_writing(sample_data_root, tmp_path, mo
     with pytest.raises(UserError, match="not enough disk space"):
         preprocess.preprocess(str(sample_data_root), str(tmp_path / "out"), log=_quiet)
     assert not _bins(tmp_path / "out")
-
-
-def _square(x):
-    return x * x
-
-
-@pytest.mark.parametrize("workers,processes", [(1, None), (2, False), (2, True), (3, None)])
-def test_parallel_results_every_mode(workers, processes):
-    tasks = list(range(7))
-    with preprocess.parallel_results(_square, tasks, workers, "test", processes=processes) as results:
-        assert sorted(results) == [x * x for x in tasks]
-
-
-def test_parallel_results_stops_early_on_error():
-    seen = []
-
-    def record(x):
-        seen.append(x)
-        if x == 0:
-            raise ValueError("boom")
-        return x
-
-    with pytest.raises(ValueError):
-        with preprocess.parallel_results(record, list(range(100)), 2, "test") as results:
-            for _ in results:
-                pass
-    assert len(seen) < 100  # what had not started was cancelled
-
-
-FORK_AFTER_OPENCV = """
-import sys
-sys.path.insert(0, sys.argv[1])
-from hrnetseg import preprocess, sample_data
-sample_data.generate(sys.argv[2], n=1, height=256, width=512)  # leaves OpenCV's thread pool in a state that
-with preprocess.parallel_results(preprocess._process, tasks, 2, "x", processes=True) as results:  # hung children
-    print(sorted(r[0] for r in results))
-"""
-
-
-def test_forked_workers_do_not_hang_after_opencv_ran(sample_data_root, tmp_path):
-    """Regression: forked children that reconfigured OpenCV's thread pool after the parent had generated
-    data hung forever (reproduced with this exact sequence)."""
-    samples = cityscapes.find_images(str(sample_data_root))
-    tasks = [(s.id, s.image, str(tmp_path / (s.id + ".bin")), "float32", (128, 256), samples[0].image) for s in samples]
-    code = "tasks = {!r}\n".format(tasks) + FORK_AFTER_OPENCV
-    result = run_script(["-c", code, Path(__file__).resolve().parents[1], tmp_path / "gen"], timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "['ok', 'ok', 'ok']" in result.stdout
 
 
 def test_image_of_another_size_is_named(sample_data_root, tmp_path):

@@ -1,0 +1,60 @@
+"""workers: the pool of the data steps in every mode, early stops, and forked workers after OpenCV ran."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hrnetseg import cityscapes
+from hrnetseg.workers import parallel_results
+
+from conftest import run_script
+
+
+def _square(x):
+    return x * x
+
+
+@pytest.mark.parametrize("workers,processes", [(1, None), (2, False), (2, True), (3, None)])
+def test_parallel_results_every_mode(workers, processes):
+    tasks = list(range(7))
+    with parallel_results(_square, tasks, workers, "test", processes=processes) as results:
+        assert sorted(results) == [x * x for x in tasks]
+
+
+def test_parallel_results_stops_early_on_error():
+    seen = []
+
+    def record(x):
+        seen.append(x)
+        if x == 0:
+            raise ValueError("boom")
+        return x
+
+    with pytest.raises(ValueError):
+        with parallel_results(record, list(range(100)), 2, "test") as results:
+            for _ in results:
+                pass
+    assert len(seen) < 100  # what had not started was cancelled
+
+
+FORK_AFTER_OPENCV = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from hrnetseg import preprocess, sample_data
+from hrnetseg.workers import parallel_results
+sample_data.generate(sys.argv[2], n=1, height=256, width=512)  # leaves OpenCV's thread pool in a state that
+with parallel_results(preprocess._convert_one, tasks, 2, "x", processes=True) as results:  # hung children
+    print(sorted(r[0] for r in results))
+"""
+
+
+def test_forked_workers_do_not_hang_after_opencv_ran(sample_data_root, tmp_path):
+    """Regression: forked children that reconfigured OpenCV's thread pool after the parent had generated
+    data hung forever (reproduced with this exact sequence)."""
+    samples = cityscapes.find_images(str(sample_data_root))
+    tasks = [(s.id, s.image, str(tmp_path / (s.id + ".bin")), "float32", (128, 256), samples[0].image) for s in samples]
+    code = "tasks = {!r}\n".format(tasks) + FORK_AFTER_OPENCV
+    result = run_script(["-c", code, Path(__file__).resolve().parents[1], tmp_path / "gen"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "['ok', 'ok', 'ok']" in result.stdout
