@@ -16,7 +16,7 @@ from torch import nn
 
 from .cli import UserError
 from .files import require_file
-from .onnx_graph import nonfinite_counts
+from .numerics import nonfinite_counts
 
 SHOW_KEYS = 3
 # Lines of torch's weights_only refusal that are advice, not the reason (one suggests weights_only=False).
