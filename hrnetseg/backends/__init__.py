@@ -97,8 +97,3 @@ def load_backend(kind: str, model: str, device: Optional[str] = None, precision:
 
         return OpenVinoBackend(model, device_kind, index, precision)
     raise UserError("unknown backend {!r}; choose one of {}".format(kind, ", ".join(BACKENDS)))
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return (text or type(exc).__name__)[:limit]
