@@ -167,6 +167,9 @@ def test_infer_refusals_before_the_model_loads(tmp_path, tiny_onnx_path, tiny_pr
     om.write_bytes(b"om")
     refused("Ascend offline model: run it with ais_bench", model=om, extra=["--backend", "onnxruntime"])
     refused("--output_indices takes comma-separated integers", extra=["--output_indices", ","])
+    for entry in ("-1", "1_0", " 0,x"):   # each entry read as --output_index reads one, before the model loads
+        refused("--output_indices takes comma-separated integers.*expected an output number",
+                extra=["--output_indices", entry])
     with pytest.raises(UserError, match="is the input folder"):
         infer.main(["--model", str(tiny_onnx_path), "--input", str(tiny_prep_path), "--output",
                     str(tiny_prep_path.parent), "--output_dirname", tiny_prep_path.name])
