@@ -17,9 +17,10 @@ from typing import Optional, Sequence
 from hrnetseg.cli import UserError, add_alias_flags, one_line, run_cli
 from hrnetseg.files import atomic_path, check_output_file, remove_stale_temporaries_beside, require_file
 from hrnetseg.locks import output_lock
-from hrnetseg.onnx_graph import (DEFAULT_NEAREST_MODE, MODES, NEAREST_MODES, SELECT_HEAD, check_finite, check_input,
-                                 compare_outputs, load_model, resize_report, run_onnxruntime, select_resize_nodes,
-                                 set_resize_mode, uses_external_data)
+from hrnetseg.numerics import check_outputs_finite
+from hrnetseg.onnx_graph import (DEFAULT_NEAREST_MODE, MODES, NEAREST_MODES, SELECT_HEAD, load_onnx, resize_report,
+                                 select_resize_nodes, set_resize_mode, uses_external_data)
+from hrnetseg.rewrite_check import check_input, compare_outputs, run_onnxruntime
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     require_file(args.input, "ONNX model")
     if args.list:
-        lines = resize_report(load_model(args.input))
+        lines = resize_report(load_onnx(args.input))
         print("\n".join(lines) if lines else "no Resize nodes in {}".format(args.input))
         return 0
     if args.output is None:
@@ -71,7 +72,7 @@ def load_rewritable(path: str):
     """The model in `path` when it is self-contained and passes onnx.checker; a one-line UserError otherwise."""
     import onnx
 
-    model = load_model(path)
+    model = load_onnx(path)
     external = uses_external_data(model)
     if external:
         raise UserError("{} keeps {} tensor(s) in external data files ({}, ...): this tool rewrites self-contained "
@@ -108,9 +109,9 @@ def report_price(original: bytes, model) -> None:
     before = run_onnxruntime(original, {name: data})
     after = run_onnxruntime(model.SerializeToString(), {name: data})
     outputs = [o.name for o in model.graph.output]
-    check_finite(before, outputs, "the original model's", "the rewrite's price cannot be measured; --no_verify "
-                 "skips the check")
-    check_finite(after, outputs, "the rewritten model's")
+    check_outputs_finite(before, outputs, "the original model's", "the rewrite's price cannot be measured; "
+                         "--no_verify skips the check")
+    check_outputs_finite(after, outputs, "the rewritten model's")
     parts = ["{}: relative error {:.3g}, argmax agreement {}".format(
         out, rel, "n/a" if agree is None else "{:.2%}".format(agree))
         for out, (rel, agree) in zip(outputs, compare_outputs(before, after))]

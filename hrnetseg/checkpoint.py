@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cli import UserError
+from .cli import UserError, exception_line, one_line
 from .files import require_file
-from .onnx_graph import nonfinite_counts
+from .numerics import nonfinite_counts
 
 SHOW_KEYS = 3
+TORCH_REASON_LIMIT = 160   # characters of torch's own reason in a one-line refusal
 # Lines of torch's weights_only refusal that are advice, not the reason (one suggests weights_only=False).
 TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "(")
 
@@ -41,7 +42,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
                         .format(path, unpickler_reason(exc)))
     except Exception as exc:  # any parse failure of a foreign, truncated or garbled file
         raise UserError("{} is not a readable PyTorch checkpoint (truncated or another format: {})"
-                        .format(path, first_line(exc)))
+                        .format(path, torch_error_line(exc)))
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
@@ -84,14 +85,20 @@ def unpickler_reason(exc: BaseException) -> str:
         text = text.split(marker, 1)[1]
     lines = [line.strip() for line in text.splitlines()]
     reasons = [line for line in lines if line and not line.startswith(TORCH_ADVICE)]
-    return reasons[0].split(". ")[0].rstrip(".")[:160] if reasons else first_line(exc)
+    return first_sentence(reasons[0])[:TORCH_REASON_LIMIT] if reasons else torch_error_line(exc)
 
 
-def first_line(exc: BaseException) -> str:
-    """The error's first sentence (torch's zip reader goes on with "This is an internal miniz error. If you
-    are seeing this error, there is a high ...", which cut at a length read as a broken message)."""
-    text = str(exc).strip()
-    return (text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__)[:160]
+def torch_error_line(exc: BaseException) -> str:
+    """cli.exception_line cut to the first sentence of the error's first line: torch's zip reader goes on with
+    "This is an internal miniz error. If you are seeing this error, there is a high ...", which cut at a
+    length read as a broken message."""
+    lines = str(exc).strip().splitlines()
+    sentence = one_line(first_sentence(lines[0])) if lines else ""
+    return sentence[:TORCH_REASON_LIMIT] or exception_line(exc, TORCH_REASON_LIMIT)
+
+
+def first_sentence(text: str) -> str:
+    return text.split(". ")[0].rstrip(".")
 
 
 def official_to_model_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -124,7 +131,7 @@ def name_some(keys: List[str]) -> str:
     return shown + (", ..." if len(keys) > SHOW_KEYS else "")
 
 
-def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], preset: str = "") -> None:
+def check_checkpoint_fits_preset(model: nn.Module, state: Mapping[str, torch.Tensor], preset: str = "") -> None:
     """Refuse a checkpoint with missing, unexpected or mis-shaped keys, naming them."""
     expected = model.state_dict()
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
@@ -193,10 +200,10 @@ def check_values(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 def load_checkpoint(model: nn.Module, path: str, preset: str = "") -> nn.Module:
     """Load an official-format checkpoint into `model` strictly; raise UserError if it does not fit."""
     state = official_to_model_keys(read_state_dict(path))
-    check_fits(model, state, preset)
+    check_checkpoint_fits_preset(model, state, preset)
     check_values(model, state)
     full = dict(state)
     for key, value in model.state_dict().items():
-        full.setdefault(key, value)   # only num_batches_tracked can be absent after check_fits
+        full.setdefault(key, value)   # only num_batches_tracked can be absent after the fit check
     model.load_state_dict(full, strict=True)
     return model

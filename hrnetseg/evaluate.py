@@ -2,12 +2,11 @@
 
     python -m hrnetseg.evaluate --datasets_path ./data --onnx hrnet.onnx --batchsize 4 --save_path result.json
 
-Three stages run at the same time, joined by bounded queues (numpy, OpenCV, ONNX Runtime and torch release
-the GIL, so threads overlap): decode (PNG image and label -> the model input, with the transform of
-HRNet_preprocess.py, and trainIds), infer (batches of --batchsize in id order, a short last batch zero-padded
-and the padding dropped, as python -m hrnetseg.infer does) and evaluate (the upsample + argmax and the
-confusion matrix of HRNet_postprocess.py). Same model, backend, precision and batch size: the same
-confusion matrix as the bin pipeline, without its 25 MB per image on disk.
+Three stages run at the same time, joined by bounded queues (streaming.py): decode (PNG image and label ->
+the model input, with the transform of HRNet_preprocess.py, and trainIds), infer (batches of --batchsize in
+id order, a short last batch zero-padded and the padding dropped, as python -m hrnetseg.infer does) and
+evaluate (the upsample + argmax and the confusion matrix of HRNet_postprocess.py). Same model, backend,
+precision and batch size: the same confusion matrix as the bin pipeline, without its 25 MB per image on disk.
 Prints the mIoU table, each stage's busy time (time spent working on items; model loading excluded) and the
 wall time; Ctrl-C stops and prints what was evaluated so far.
 """
@@ -15,54 +14,43 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
-import signal
 import sys
-import threading
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import cityscapes
-from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_backend
-from .cli import (EXIT_INTERRUPTED, UserError, add_alias_flags, nonnegative_int, output_index, plain_name, positive_int,
-                  progress, run_cli)
+from .backends import Backend, backend_for_model, check_model_file, load_backend
+from .backends.batching import batch_size_for, pad_batch, shape_fits_input_spec
+from .backends.flags import backend_flags
+from .cli import EXIT_INTERRUPTED, UserError, add_alias_flags, output_index, plain_name, positive_int, progress, run_cli
 from .files import check_output_file
 from .locks import output_locks
-from .infer import batch_size_for, check_model_file, fits_input, output_rows, pad_batch
-from .metrics import ConfusionMatrix, confusion, format_table, logits_to_labels, write_result
-from .postprocess import logits_shape, read_train_ids
-from .preprocess import DTYPES, convert, read_rgb
-from .presets import DEFAULT_PRESET, PRESET_NAMES
+from .metrics import format_table, write_result
+from .preprocess import DTYPES
+from .streaming import StreamingEvaluation, interrupt_after_count, stage_report
 
-POLL_S = 0.1          # how often a blocked stage looks at the stop flag
 NOTICE_S = 1.0        # after Ctrl-C, how long to wait for the batch in flight before saying so
-# Test hook: after this many evaluated images the process sends itself SIGINT (a Ctrl-C at a known point).
-INTERRUPT_AFTER_ENV = "HRNETSEG_TEST_INTERRUPT_AFTER"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hrnetseg.evaluate", description=__doc__.strip().splitlines()[0])
+    shared = backend_flags(
+        backend_help="default from the model: --onnx -> onnxruntime, --pth -> torch",
+        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU), as the bin runner",
+        warmup_help="untimed runs before the stages start (default: 1 on a GPU, 0 on the CPU)")
+    parser = argparse.ArgumentParser(prog="python -m hrnetseg.evaluate", description=__doc__.strip().splitlines()[0],
+                                     parents=[shared])
     parser.add_argument("--datasets_path", required=True,
-                        help="the folder holding cityscapes/ (the seed's ./data) or the cityscapes folder itself")
+                        help="the folder holding cityscapes/ (the ModelZoo scripts' ./data) or the cityscapes "
+                             "folder itself")
     parser.add_argument("--split", type=plain_name, default="val", help="split to evaluate (default val)")
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--onnx", help="ONNX model (default backend onnxruntime)")
     model.add_argument("--pth", help="checkpoint (default backend torch); --preset names its variant")
-    parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
-                        help="model variant of a .pth (default: {})".format(DEFAULT_PRESET))
     parser.add_argument("--input_dtype", choices=("float32", "uint8"), default="float32",
                         help="with --pth: float32 (the upstream transform, default) or uint8 (raw pixels, "
                              "normalized inside the model); an ONNX file fixes its own")
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="default from the model: --onnx -> onnxruntime, --pth -> torch")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:N or a GPU number N (default: the first GPU if usable, else cpu)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU), as the bin runner")
-    parser.add_argument("--batchsize", type=positive_int, default=None,
-                        help="batch size for a model with a dynamic batch axis (default 1); must match a fixed one")
     parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images (by id)")
     parser.add_argument("--output_index", type=output_index, default=None,
                         help="0-based model output to evaluate: 0 = aux, 1 = main (default: main, or the only one)")
@@ -73,8 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "a quarter of the cores, 1 to 4)")
     parser.add_argument("--eval_workers", type=positive_int, default=None,
                         help="evaluate threads (default: as --decode_workers)")
-    parser.add_argument("--warmup_count", type=nonnegative_int, default=None,
-                        help="untimed runs before the stages start (default: 1 on a GPU, 0 on the CPU)")
     parser.add_argument("--save_path", default=None, help="result.json to write (HRNet_postprocess.py's format)")
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
@@ -82,242 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def interrupt_after_count() -> int:
-    """The test hook's image count (0: off); a value that is not a count is a one-line error."""
-    text = os.environ.get(INTERRUPT_AFTER_ENV, "").strip() or "0"
-    if not text.isdigit() or not text.isascii():
-        raise UserError("{}={!r}: expected a number of images (0 or unset: off)".format(INTERRUPT_AFTER_ENV, text))
-    return int(text)
-
-
-# ------------------------------------------------------------------------------------------- the stages
-
-class Stopped(Exception):
-    """The run is stopping (an error in another stage, or Ctrl-C): leave quietly."""
-
-
-class Stage(object):
-    """A stage's account: its busy time (summed over its workers) and the items it finished."""
-
-    def __init__(self, name: str, workers: int) -> None:
-        self.name, self.workers = name, workers
-        self.busy_s = 0.0
-        self.items = 0
-        self._lock = threading.Lock()
-
-    def add(self, seconds: float, items: int = 1) -> None:
-        with self._lock:
-            self.busy_s += seconds
-            self.items += items
-
-    @property
-    def busy_per_worker_s(self) -> float:
-        return self.busy_s / self.workers
-
-
-def decode(sample: cityscapes.Sample, dtype: str, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-    """(model input C x H x W, trainIds H x W) for one image and its label, as HRNet_preprocess.py makes them."""
-    image, order = read_rgb(sample.image)
-    if image is None:
-        raise UserError("image {} {}".format(sample.image, cityscapes.unreadable_reason(sample.image)))
-    if image.shape[:2] != tuple(size):
-        raise UserError("image {} is {}x{} but the first image is {}x{} (the model takes one size)".format(
-            sample.image, image.shape[0], image.shape[1], size[0], size[1]))
-    gt = read_train_ids(sample.label)
-    if gt.shape != tuple(size):
-        raise UserError("label {} is {}x{} but its image is {}x{}".format(
-            sample.label, gt.shape[0], gt.shape[1], size[0], size[1]))
-    return convert(image, dtype, order), gt
-
-
-class StreamingEvaluation(object):
-    """decode -> infer -> evaluate over `samples`, in threads joined by bounded queues.
-
-    Decode worker w takes images w, w + W, w + 2W, ... and has its own queue, so the infer stage reads them
-    back in id order and makes the same batches as the bin runner. Every blocking step polls a stop flag:
-    an exception in any stage stops the others and is raised again in the calling thread by run().
-    """
-
-    def __init__(self, backend: Backend, samples: Sequence[cityscapes.Sample], dtype: str, size: Tuple[int, int],
-                 batch: int, output_index: int, queue_size: int, decode_workers: int = 1, eval_workers: int = 1,
-                 on_evaluated: Optional[Callable[[int], None]] = None) -> None:
-        self.backend, self.samples, self.dtype, self.size = backend, list(samples), dtype, tuple(size)
-        self.batch, self.output_index = batch, output_index
-        self.decode_workers, self.eval_workers = decode_workers, eval_workers
-        self.on_evaluated = on_evaluated
-        per_worker = max(1, -(-queue_size // decode_workers))
-        self.decoded = [queue.Queue(maxsize=per_worker) for _ in range(decode_workers)]
-        self.inferred = queue.Queue(maxsize=queue_size)
-        self.stages = [Stage("decode", decode_workers), Stage("infer", 1), Stage("evaluate", eval_workers)]
-        self.matrix = ConfusionMatrix()
-        self.stop = threading.Event()
-        self.error = None  # type: Optional[BaseException]
-        self.wall_s = 0.0
-        self.finished = threading.Event()   # set when every stage thread has returned
-        self._running = 0
-        self._lock = threading.Lock()
-        self._began = 0.0
-
-    # --- blocking steps that give way to a stop -------------------------------------------------------
-    def _put(self, q: queue.Queue, item) -> None:
-        while not self.stop.is_set():
-            try:
-                q.put(item, timeout=POLL_S)
-                return
-            except queue.Full:
-                pass
-        raise Stopped()
-
-    def _get(self, q: queue.Queue):
-        while not self.stop.is_set():
-            try:
-                return q.get(timeout=POLL_S)
-            except queue.Empty:
-                pass
-        raise Stopped()
-
-    def _guard(self, work: Callable[..., None], *args) -> None:
-        try:
-            work(*args)
-        except Stopped:
-            pass
-        except BaseException as exc:  # noqa: B902 - handed to the main thread, which raises it again
-            with self._lock:
-                if self.error is None:
-                    self.error = exc
-            self.stop.set()
-        finally:
-            with self._lock:
-                self._running -= 1
-                if self._running == 0:
-                    self.finished.set()
-
-    # --- the stages -------------------------------------------------------------------------------------
-    def _decode(self, worker: int) -> None:
-        stage, out = self.stages[0], self.decoded[worker]
-        for index in range(worker, len(self.samples), self.decode_workers):
-            sample = self.samples[index]
-            began = time.perf_counter()
-            image, gt = decode(sample, self.dtype, self.size)
-            stage.add(time.perf_counter() - began)
-            self._put(out, (sample.id, image, gt))
-
-    def _infer(self) -> None:
-        stage, count = self.stages[1], len(self.samples)
-        shape = (3,) + self.size
-        expected = logits_shape(*self.size)
-        for start in range(0, count, self.batch):
-            items = [self._get(self.decoded[index % self.decode_workers])
-                     for index in range(start, min(start + self.batch, count))]
-            began = time.perf_counter()
-            data = pad_batch((image for _, image, _ in items), self.batch, shape, self.dtype)
-            outputs = self.backend.run(data)
-            logits = output_rows(outputs, self.output_index, self.batch)
-            if tuple(logits.shape[1:]) != expected:
-                raise UserError("model output {} is {} per image; {}x{} labels need {} (19 classes at 1/4 "
-                                "size)".format(self.output_index, "x".join(map(str, logits.shape[1:])),
-                                               self.size[0], self.size[1], "x".join(map(str, expected))))
-            stage.add(time.perf_counter() - began, len(items))
-            done = [(sample_id, gt) for sample_id, _, gt in items]
-            del items, data, outputs   # the inputs are no longer needed while we wait on the queue
-            for row, (sample_id, gt) in enumerate(done):
-                self._put(self.inferred, (sample_id, logits[row], gt))
-        for _ in range(self.eval_workers):
-            self._put(self.inferred, None)
-
-    def _evaluate(self) -> None:
-        stage = self.stages[2]
-        interrupt_after = interrupt_after_count()
-        while True:
-            item = self._get(self.inferred)
-            if item is None:
-                return
-            sample_id, logits, gt = item
-            began = time.perf_counter()
-            try:
-                pred = logits_to_labels(logits, gt.shape[0], gt.shape[1])
-            except ValueError as exc:
-                raise UserError("model output for {}: {}".format(sample_id, exc))
-            counts = confusion(pred, gt)
-            with self._lock:
-                self.matrix.add(counts, sample_id)
-                images = self.matrix.images
-                self.wall_s = time.perf_counter() - self._began
-                if self.on_evaluated is not None:
-                    self.on_evaluated(1)
-            stage.add(time.perf_counter() - began)
-            if interrupt_after and images == interrupt_after:
-                os.kill(os.getpid(), signal.SIGINT)
-                self.stop.wait(60.0)   # as if Ctrl-C came right now: evaluate nothing more
-
-    # --- the run ------------------------------------------------------------------------------------------
-    def run(self) -> ConfusionMatrix:
-        """Run every stage to the end; returns the confusion matrix. Raises the first stage error, or
-        KeyboardInterrupt after stopping the stages (the matrix then holds what was evaluated so far)."""
-        threads = [threading.Thread(target=self._guard, args=(self._decode, w), name="decode-{}".format(w))
-                   for w in range(self.decode_workers)]
-        threads.append(threading.Thread(target=self._guard, args=(self._infer,), name="infer"))
-        threads += [threading.Thread(target=self._guard, args=(self._evaluate,), name="evaluate-{}".format(w))
-                    for w in range(self.eval_workers)]
-        for thread in threads:
-            thread.daemon = True   # a stage stuck in native code must not keep the process alive
-        self._running = len(threads)
-        self._began = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        # Wait on an Event, never on Thread.join: a Ctrl-C that interrupts join() on a running thread makes
-        # Python 3.11 mark that thread finished (bpo-45274's fix), and the process could then exit while a
-        # stage is inside ONNX Runtime, which aborts it.
-        try:
-            while not self.finished.wait(POLL_S):
-                pass
-        except KeyboardInterrupt:
-            self.stop.set()
-            with self._lock:
-                self.wall_s = time.perf_counter() - self._began
-            raise
-        if self.error is not None:
-            raise self.error
-        return self.matrix
-
-    def wait_stopped(self, timeout: Optional[float] = None) -> bool:
-        """After a stop: wait for the stage threads (the batch in flight finishes); False on a timeout."""
-        self.stop.set()
-        return self.finished.wait(timeout)
-
-    def snapshot(self) -> ConfusionMatrix:
-        """A copy of the matrix so far (safe while the stages run)."""
-        with self._lock:
-            copy = ConfusionMatrix(self.matrix.num_classes, self.matrix.class_names)
-            copy.matrix = self.matrix.matrix.copy()
-            copy.images = self.matrix.images
-            copy.ids = sorted(self.matrix.ids)
-            return copy
-
-
-# ---------------------------------------------------------------------------------------------- the report
-
-def stage_report(stages: Sequence[Stage], wall_s: float, images: int) -> List[str]:
-    """One line per stage (busy time, per image, share of the wall time), then wall time and the overlap ratio."""
-    lines = ["{:<9} {:>7} {:>7} {:>9} {:>10} {:>10}".format("stage", "workers", "images", "busy (s)", "ms/image",
-                                                             "busy/wall")]
-    for stage in stages:
-        lines.append("{:<9} {:>7} {:>7} {:>9.3f} {:>10.1f} {:>9.0f}%".format(
-            stage.name, stage.workers, stage.items, stage.busy_per_worker_s,
-            1000.0 * stage.busy_s / stage.items if stage.items else 0.0,
-            100.0 * stage.busy_per_worker_s / wall_s if wall_s > 0 else 0.0))
-    slowest = max(stages, key=lambda s: s.busy_per_worker_s)
-    lines.append("wall {:.2f} s for {} images (first image to last, model load excluded): {:.2f} images/s".format(
-        wall_s, images, images / wall_s if wall_s > 0 else 0.0))
-    if slowest.busy_per_worker_s > 0:
-        lines.append("wall / slowest stage busy ({}) = {:.3f}".format(
-            slowest.name, wall_s / slowest.busy_per_worker_s))
-    return lines
-
-
 # ------------------------------------------------------------------------------------------------- the CLI
 
-def _samples(datasets_path: str, split: str, limit: Optional[int]) -> List[cityscapes.Sample]:
+def labelled_samples(datasets_path: str, split: str, limit: Optional[int]) -> List[cityscapes.Sample]:
+    """The split's images (the first `limit` by id), each with its label; refused when a label is missing."""
     samples = cityscapes.find_images(datasets_path, split)
     if limit is not None:
         samples = samples[:limit]
@@ -328,7 +82,8 @@ def _samples(datasets_path: str, split: str, limit: Optional[int]) -> List[citys
     return samples
 
 
-def _input_dtype(backend: Backend) -> str:
+def model_input_dtype(backend: Backend) -> str:
+    """The model's input type, when it is one the decode stage makes."""
     name = np.dtype(backend.input.dtype).name
     if name not in DTYPES:
         raise UserError("the model takes {} input; the streaming evaluator feeds {}".format(
@@ -336,7 +91,8 @@ def _input_dtype(backend: Backend) -> str:
     return name
 
 
-def _output_index(requested: Optional[int], outputs: int) -> int:
+def evaluated_output_index(requested: Optional[int], outputs: int) -> int:
+    """--output_index, or by default the main output (1 of 2) or the only one; refused when the model lacks it."""
     index = (1 if outputs > 1 else 0) if requested is None else requested
     if not 0 <= index < outputs:
         raise UserError("--output_index {} does not fit a model with {} output{} (0..{})".format(
@@ -344,7 +100,7 @@ def _output_index(requested: Optional[int], outputs: int) -> int:
     return index
 
 
-def _report_interrupted(pipeline: StreamingEvaluation, total: int) -> None:
+def report_interrupted(pipeline: StreamingEvaluation, total: int) -> None:
     """Print what was evaluated before Ctrl-C, then let the batch in flight finish (a second Ctrl-C quits at
     once): leaving while a stage is inside the model's native code would abort the process."""
     partial = pipeline.snapshot()
@@ -394,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_outputs(args.save_path, args.save_confusion, model)
     interrupt_after_count()
     kind = args.backend or backend_for_model(model)
-    samples = _samples(args.datasets_path, args.split, args.limit)
+    samples = labelled_samples(args.datasets_path, args.split, args.limit)
     size = first_image_size(samples)
     check_model_file(model)
     with output_locks(args.save_path, args.save_confusion):
@@ -409,12 +165,12 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
     began = time.perf_counter()
     backend = load_backend(kind, model, device=args.device, precision=args.precision, preset=args.preset,
                            input_dtype=args.input_dtype)
-    dtype = _input_dtype(backend)
-    if not fits_input(backend.input, (3,) + size):
+    dtype = model_input_dtype(backend)
+    if not shape_fits_input_spec(backend.input, (3,) + size):
         raise UserError("the images are {}x{} but the model takes {}: export it at this size or with open axes"
                         .format(size[0], size[1], backend.input.describe()))
     batch = batch_size_for(backend, args.batchsize)
-    index = _output_index(args.output_index, len(backend.output_names))
+    index = evaluated_output_index(args.output_index, len(backend.output_names))
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
     for _ in range(warmup):
         backend.run(pad_batch((), batch, (3,) + size, dtype))
@@ -435,7 +191,7 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
             pipeline.run()
         except KeyboardInterrupt:
             bar.close()
-            _report_interrupted(pipeline, len(samples))
+            report_interrupted(pipeline, len(samples))
             raise
     matrix = pipeline.matrix
     matrix.ids.sort()

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
+from .cityscapes import MEAN, STD
 from .cli import UserError
 from .files import atomic_path
 from .model import build_model, init_random_weights
-from .onnx_graph import check_finite, relative_error
+from .numerics import check_outputs_finite, max_abs_error, relative_error
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("output1", "output2")   # aux, main: the ModelZoo scripts' order
@@ -22,13 +23,10 @@ MAX_RELATIVE_ERROR = 1e-4
 MIN_OPSET = 11   # bilinear Resize with align_corners needs opset 11
 EXIT_MISMATCH = 1
 
-# The upstream transform, folded into the graph for --input_format uint8 (RGB, NCHW).
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
 
 class NormalizingInput(nn.Module):
-    """Takes raw RGB uint8 NCHW and applies the upstream normalization inside the graph.
+    """Takes raw RGB uint8 NCHW and applies the upstream normalization (cityscapes.MEAN / STD after /255, as
+    the float32 transform does) inside the graph: the export's --input_format uint8.
 
     With it the preprocessed bins are 4x smaller and the host does no float work.
     """
@@ -41,15 +39,6 @@ class NormalizingInput(nn.Module):
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.model((image.to(self.mean.dtype) / 255.0 - self.mean) / self.std)
-
-
-def max_abs_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """max |a - b|; NaN when either side holds NaN or inf."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    if not (np.isfinite(actual).all() and np.isfinite(expected).all()):
-        return float("nan")
-    return float(np.max(np.abs(actual - expected))) if actual.size else 0.0
 
 
 def output_errors(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> Dict[str, Tuple[float, float]]:
@@ -66,8 +55,9 @@ def output_errors(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> 
             raise UserError("ONNX Runtime's {} has shape {}, PyTorch's {}".format(
                 name, np.shape(g), np.shape(w)), exit_code=EXIT_MISMATCH)
     broken = "the weights overflow float32 or are broken"
-    check_finite(expected, OUTPUT_NAMES, "PyTorch's", broken)   # the reference first: broken weights show there
-    check_finite(got, OUTPUT_NAMES, "ONNX Runtime's", broken)
+    # The reference first: broken weights show there.
+    check_outputs_finite(expected, OUTPUT_NAMES, "PyTorch's", broken)
+    check_outputs_finite(got, OUTPUT_NAMES, "ONNX Runtime's", broken)
     return {name: (max_abs_error(g, w), relative_error(g, w)) for name, g, w in zip(OUTPUT_NAMES, got, expected)}
 
 

@@ -14,30 +14,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .backends import BACKENDS, PRECISIONS, Backend, backend_for_model, load_backend
-from .cli import UserError, add_alias_flags, nonnegative_int, plain_name, positive_int, progress, run_cli
-from .files import (atomic_path, check_output_file, make_output_folder, not_regular_reason, remove_quietly,
-                    remove_stale_temporaries, require_file, write_target, write_text_atomic)
-from .locks import output_lock
-from .presets import DEFAULT_PRESET, PRESET_NAMES
-from .postprocess import OUTPUT_NAME, summary_path_for
+from .backends import Backend, backend_for_model, check_model_file, load_backend
+from .backends.batching import array_bytes, batch_size_for, output_rows, pad_batch, shape_fits_input_spec
+from .backends.flags import backend_flags
+from .cli import UserError, add_alias_flags, output_index, plain_name, positive_int, progress, run_cli
+from .files import not_regular_reason, require_file
 from .preprocess import read_manifest
+from .run_outputs import OUTFMTS, OUTPUT_DTYPE, RunOutputs
 
-OUTFMTS = ("BIN", "NPY")
 BIN_SUFFIX = ".bin"   # the preprocess folder's input files: <id>.bin
-OUTPUT_DTYPE = "float32"   # what the runner writes, whatever the backend computes in (recorded in the summary)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python3 -m hrnetseg.infer", description=__doc__.strip().splitlines()[0])
+    shared = backend_flags(
+        backend_help="default from the model file: .onnx -> onnxruntime, .pth -> torch",
+        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU); outputs are float32",
+        warmup_help="untimed runs of the first batch before timing (default: 1 on a GPU, 0 on the CPU)")
+    parser = argparse.ArgumentParser(prog="python3 -m hrnetseg.infer", description=__doc__.strip().splitlines()[0],
+                                     parents=[shared])
     parser.add_argument("--model", required=True, help=".onnx (onnxruntime backend) or .pth (torch backend)")
     parser.add_argument("--input", required=True,
                         help="preprocess folder (with manifest.json), or comma-separated .bin files from one")
@@ -46,20 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="subfolder of --output, a plain name (default: a time stamp, as ais_bench)")
     parser.add_argument("--outfmt", type=str.upper, choices=OUTFMTS, default="BIN", help="BIN (default) or NPY")
     parser.add_argument("--loop", type=positive_int, default=1, help="runs per batch (timed; default 1)")
-    parser.add_argument("--warmup_count", type=nonnegative_int, default=None,
-                        help="untimed runs of the first batch before timing (default: 1 on a GPU, 0 on the CPU)")
-    parser.add_argument("--batchsize", type=positive_int, default=None,
-                        help="batch size for a model with a dynamic batch axis (default 1); must match a fixed one")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:N or a GPU number N (default: the first GPU if usable, else cpu)")
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="default from the model file: .onnx -> onnxruntime, .pth -> torch")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU); outputs are float32")
     parser.add_argument("--compile", action="store_true",
                         help="torch backend: torch.compile the model (minutes of compile, then faster batches)")
-    parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
-                        help="model variant of a .pth (default: {})".format(DEFAULT_PRESET))
     parser.add_argument("--output_indices", default=None,
                         help="comma-separated output indices to write (default: all; '1' writes only output2, "
                              "the main one, and halves the disk)")
@@ -107,7 +96,7 @@ def check_bins(manifest: dict, folder: str, ids: Sequence[str]) -> Tuple[np.dtyp
     loads); a UserError naming the first that is not."""
     dtype = np.dtype(manifest["dtype"])
     shape = tuple(int(v) for v in manifest["shape"])
-    size = bin_bytes(dtype, shape)
+    size = array_bytes(dtype, shape)
     for sample_id in ids:
         path = os.path.join(folder, sample_id + BIN_SUFFIX)
         reason = not_regular_reason(path)
@@ -121,7 +110,8 @@ def check_bins(manifest: dict, folder: str, ids: Sequence[str]) -> Tuple[np.dtyp
     return dtype, shape
 
 
-def check_fit(manifest: dict, backend: Backend, folder: str, dtype: np.dtype, shape: Tuple[int, ...]) -> None:
+def check_bins_fit_model(manifest: dict, backend: Backend, folder: str, dtype: np.dtype,
+                         shape: Tuple[int, ...]) -> None:
     """A UserError naming the mismatch when the bins do not fit the model's input."""
     spec = backend.input
     if manifest.get("layout", "NCHW") not in ("NCHW", "CHW"):
@@ -130,22 +120,18 @@ def check_fit(manifest: dict, backend: Backend, folder: str, dtype: np.dtype, sh
         raise UserError("the bins in {} are {} but the model takes {} input ({}): preprocess with --dtype {}{}".format(
             folder, dtype.name, spec.dtype.name, spec.describe(), spec.dtype.name,
             " or export with --input_format uint8" if dtype == np.uint8 else ""))
-    if not fits_input(spec, shape):
+    if not shape_fits_input_spec(spec, shape):
         raise UserError("the bins in {} are {} but the model takes {}".format(
             folder, "x".join(map(str, shape)), spec.describe()))
 
 
-def bin_bytes(dtype: np.dtype, shape: Sequence[int]) -> int:
-    return int(np.prod(shape)) * np.dtype(dtype).itemsize
-
-
 def wrong_size(path: str, actual: int, dtype: np.dtype, shape: Sequence[int]) -> str:
     return "{} has {} bytes; {} {} needs {}: not a file of this preprocess run".format(
-        path, actual, np.dtype(dtype).name, "x".join(map(str, shape)), bin_bytes(dtype, shape))
+        path, actual, np.dtype(dtype).name, "x".join(map(str, shape)), array_bytes(dtype, shape))
 
 
 def read_bin(path: str, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
-    """One input bin, checked again as it is read (it may have changed since check_fit looked at it)."""
+    """One input bin, checked again as it is read (it may have changed since check_bins looked at it)."""
     reason = not_regular_reason(path)
     if reason is not None:
         raise UserError("input file {} {}".format(path, reason))
@@ -153,33 +139,20 @@ def read_bin(path: str, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
         data = np.fromfile(path, dtype=dtype)
     except OSError as exc:
         raise UserError("cannot read input file {}: {}".format(path, exc.strerror or exc))
-    if data.size * data.itemsize != bin_bytes(dtype, shape):
+    if data.size * data.itemsize != array_bytes(dtype, shape):
         raise UserError(wrong_size(path, data.size * data.itemsize, dtype, shape))
     return data.reshape(shape)
 
 
-def fits_input(spec, shape: Sequence[int]) -> bool:
-    """Whether one C x H x W input fits the model's N x C x H x W input spec (None = any size on that axis)."""
-    return len(spec.shape) == 4 and all(want is None or want == got for want, got in zip(spec.shape[1:], shape))
-
-
-def batch_size_for(backend: Backend, requested: Optional[int]) -> int:
-    fixed = backend.input.shape[0]
-    if fixed is None:
-        return requested or 1
-    if requested is not None and requested != fixed:
-        raise UserError("the model has a fixed batch size of {}; --batchsize {} does not fit".format(fixed, requested))
-    return fixed
-
-
 def parse_index_list(text: Optional[str]) -> Optional[List[int]]:
-    """--output_indices as sorted integers (None: all outputs); the count is checked once the model is loaded."""
+    """--output_indices as sorted integers (None: all outputs), each read as --output_index reads one; the count
+    is checked once the model is loaded."""
     if text is None or text.strip().lower() == "all":
         return None
     try:
-        indices = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise UserError("--output_indices takes comma-separated integers, not {!r}".format(text))
+        indices = sorted({output_index(part.strip()) for part in text.split(",") if part.strip()})
+    except argparse.ArgumentTypeError as exc:
+        raise UserError("--output_indices takes comma-separated integers, not {!r} ({})".format(text, exc))
     if not indices:
         raise UserError("--output_indices takes comma-separated integers, not {!r}".format(text))
     return indices
@@ -194,132 +167,7 @@ def parse_indices(text: Optional[str], count: int) -> List[int]:
     return indices
 
 
-def check_model_file(model: str) -> None:
-    """The model is a regular file, and not an Ascend .om (whatever --backend says: no local backend runs it)."""
-    if not model:
-        raise UserError("--model is an empty name: give the model file")
-    if os.path.splitext(model)[1].lower() == ".om":
-        backend_for_model(model)   # its one-line "run it with ais_bench" refusal
-    require_file(model, "model")
-
-
-# ----------------------------------------------------------------------------------------------- outputs
-
-class RunOutputs(object):
-    """OUTPUT/DIRNAME and OUTPUT/DIRNAME_summary.json for one run, under the folder's lock.
-
-    What a failed or interrupted run wrote is removed on the way out: the files it wrote, the summary, and
-    the folders it created; files that were there before stay. A summary of an earlier run is removed just
-    before the first write, since this run's files replace the ones it described; output files this run would
-    not replace are refused then (see refuse_leftovers).
-    """
-
-    def __init__(self, output: str, dirname: str, outfmt: str) -> None:
-        self.output, self.folder = output, os.path.join(output, dirname)
-        self.summary = summary_path_for(self.folder)
-        self.suffix = ".npy" if outfmt == "NPY" else ".bin"
-        self.outfmt = outfmt
-        self.written = []  # type: List[str]
-        self._created_folder = False
-        self._begun = False   # the earlier summary was removed: this run now replaces what it described
-
-    def check(self, input_folder: str) -> None:
-        """Refusals before the lock and the model load: outputs that cannot be written."""
-        if not self.output:
-            raise UserError("--output is an empty name: give a folder")
-        for path, flag in ((self.output, "--output"), (self.folder, "--output_dirname")):
-            if os.path.lexists(path) and not os.path.isdir(path):
-                make_output_folder(path, flag)   # its one-line "exists and is ..., not a folder"
-        if os.path.isdir(self.folder) and os.path.samefile(self.folder, input_folder):
-            raise UserError("the output folder {} is the input folder: choose another --output or --output_dirname"
-                            .format(self.folder))
-        if os.path.isdir(self.output):   # else it is made, empty, after the lock
-            check_output_file(self.summary, "summary")
-
-    @contextlib.contextmanager
-    def open(self) -> Iterator["RunOutputs"]:
-        output_existed = os.path.isdir(self.output)   # the lock file, beside the folder, may create --output
-        try:
-            with output_lock(self.folder):
-                try:
-                    self._prepare()
-                    yield self
-                except BaseException:
-                    self._remove_partial()
-                    raise
-        except BaseException:
-            if not output_existed:
-                _remove_empty_folder(self.output)
-            raise
-
-    def _prepare(self) -> None:
-        make_output_folder(self.output, "--output")
-        self._created_folder = make_output_folder(self.folder, "--output_dirname")
-        remove_stale_temporaries(self.folder)
-
-    def begin(self, ids: Sequence[str], indices: Sequence[int]) -> None:
-        """Just before the first write: refuse leftovers (see refuse_leftovers), then remove the summary of an
-        earlier run, since this run's files replace the ones it described. A run refused before this point
-        leaves the earlier run's files and summary as they were."""
-        self.refuse_leftovers(ids, indices)
-        self._begun = True
-        remove_quietly(write_target(self.summary))
-
-    def refuse_leftovers(self, ids: Sequence[str], indices: Sequence[int]) -> None:
-        """Refuse, before anything is written, output files in the folder that this run would not replace.
-
-        They would sit under this run's summary, and the postprocess, which pairs every <id>_<n> file in the
-        folder with its label, would evaluate them as this run's: an earlier run on more images or another
-        model would silently mix into the mIoU.
-        """
-        mine = {os.path.basename(self.path_for(sample_id, k)) for sample_id in ids for k in indices}
-        others = sorted(name for name in os.listdir(self.folder) if OUTPUT_NAME.match(name) and name not in mine)
-        if others:
-            raise UserError("{} holds {} output file{} that this run would not replace (e.g. {}), from an earlier "
-                            "run: the postprocess would evaluate them as this run's; remove them or choose another "
-                            "--output_dirname".format(self.folder, len(others), "" if len(others) == 1 else "s",
-                                                      others[0]))
-
-    def path_for(self, sample_id: str, k: int) -> str:
-        return os.path.join(self.folder, "{}_{}{}".format(sample_id, k, self.suffix))
-
-    def write(self, sample_id: str, k: int, array: np.ndarray) -> None:
-        path = self.path_for(sample_id, k)
-        write_output(path, array, self.outfmt)
-        self.written.append(path)
-
-    def write_summary(self, summary: dict) -> None:
-        write_text_atomic(self.summary, json.dumps(summary, indent=1) + "\n")
-
-    def _remove_partial(self) -> None:
-        for path in self.written:
-            remove_quietly(path)
-        if self._begun:
-            remove_quietly(write_target(self.summary))
-        if self._created_folder:
-            _remove_empty_folder(self.folder)
-
-
-def _remove_empty_folder(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass   # not empty (files that were there before stay) or already gone
-
-
-def write_output(path: str, array: np.ndarray, outfmt: str) -> None:
-    array = np.ascontiguousarray(array, dtype=OUTPUT_DTYPE)   # the summary says float32: make it so
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            if outfmt == "NPY":
-                np.save(fh, array)
-            else:
-                _write_array(fh, array)
-
-
-def _write_array(fh, array: np.ndarray) -> None:
-    fh.write(array.data)
-
+# ----------------------------------------------------------------------------------------------- summary
 
 def timing_stats(times_ms: Sequence[float]) -> Dict[str, float]:
     times = np.asarray(times_ms, dtype=np.float64)
@@ -346,26 +194,6 @@ def summary_lines(stats: Dict[str, float], images_per_run: float) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------------ runner
-
-def pad_batch(rows: Iterable[np.ndarray], batch: int, shape: Sequence[int], dtype) -> np.ndarray:
-    """The rows (each C x H x W) as one batch of `batch`; a short last batch stays zero-padded, as ais_bench pads."""
-    try:
-        data = np.zeros((batch,) + tuple(shape), dtype=dtype)
-    except MemoryError:
-        raise UserError("not enough memory for a batch of {} x {} {} ({:.3g} GB): choose a smaller --batchsize"
-                        .format(batch, "x".join(map(str, shape)), np.dtype(dtype).name,
-                                batch * bin_bytes(dtype, shape) / 1e9)) from None
-    for row, array in enumerate(rows):
-        data[row] = array
-    return data
-
-
-def output_rows(outputs: Sequence[np.ndarray], k: int, batch: int) -> np.ndarray:
-    """Output k of one batch run (rows in input order, padding rows included); refuses a changed batch size."""
-    if outputs[k].shape[0] != batch:
-        raise UserError("model output {} has batch {} for an input batch of {}".format(k, outputs[k].shape[0], batch))
-    return outputs[k]
-
 
 class Timings(object):
     """Per timed run: its time (ms) and how many real images it carried (a padded last batch carries fewer)."""
@@ -429,7 +257,7 @@ def run_model(args: argparse.Namespace, kind: str, folder: str, ids: List[str], 
     dtype, shape = bins
     backend = load_backend(kind, args.model, device=args.device, precision=args.precision, preset=args.preset,
                            input_dtype=manifest["dtype"], compile=args.compile)
-    check_fit(manifest, backend, folder, dtype, shape)
+    check_bins_fit_model(manifest, backend, folder, dtype, shape)
     batch = batch_size_for(backend, args.batchsize)
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
     indices = parse_indices(args.output_indices, len(backend.output_names))

@@ -1,9 +1,9 @@
 """HRNetV2 backbone + OCR head, written to export cleanly and to load the official Cityscapes weights.
 
-The module tree mirrors the official checkpoint's state-dict keys exactly (see
-shared/reference/hrnet_w48_ocr_cityscapes.keys.tsv), so loading is strict. Unlike the 2020 upstream
-code it uses plain BatchNorm2d, no global state, no numpy, and resizes every feature map to the exact
-size of the tensor it joins, so any input size exports and runs (not only multiples of 32).
+The module tree mirrors the official checkpoint's state-dict keys exactly (listed with their shapes in
+tests/data/hrnet_w48_ocr_cityscapes.keys.tsv), so loading is strict. Unlike upstream HRNet-OCR at 0bbb288
+it uses plain BatchNorm2d, no global state, no numpy, and resizes every feature map to the exact size of
+the tensor it joins, so any input size exports and runs (not only multiples of 32).
 """
 from __future__ import annotations
 

@@ -4,7 +4,10 @@
   (branches 2-4 upsampled to branch-1 size), whatever the exporter called them;
 - switching Resize nodes to another mode by editing their attributes in place (IR version, opset and
   everything else in the file stay as they were: CANN 6's atc reads IR 6 / opset 11);
-- the nodes that produce the graph outputs, for atc's --out_nodes ("<node>:<index>;...", output1 first).
+- the nodes that produce the graph outputs, for atc's --out_nodes ("<node>:<index>;...", output1 first);
+- a listing of every Resize node (shapes, mode, consumer), to choose what to rewrite.
+
+What a rewrite costs in ONNX Runtime is measured in rewrite_check.py.
 
 Valid Python 3.7, no torch: it runs wherever the export runs, the Atlas host included.
 
@@ -17,7 +20,7 @@ import argparse
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .cli import UserError, add_alias_flags, run_cli
+from .cli import UserError, add_alias_flags, exception_line, run_cli
 from .files import require_file
 
 HEAD_BRANCHES = 4            # HRNetV2 concatenates branch 1 with branches 2-4 upsampled to its size
@@ -26,11 +29,10 @@ SELECT_ALL = "all"
 MODES = ("nearest", "linear")
 NEAREST_MODES = ("keep", "round_prefer_ceil", "round_prefer_floor", "floor", "ceil")
 DEFAULT_NEAREST_MODE = "round_prefer_ceil"
-UNKNOWN_DIM_DEFAULT = 256    # spatial size used for a random check input when the graph leaves it open
 OUT_NODES_SEPARATOR = ";"    # atc --out_nodes "<node>:<index>;<node>:<index>"
 
 
-def load_model(path: str):
+def load_onnx(path: str):
     """The ModelProto in `path`, or a one-line UserError for a missing, non-regular or non-ONNX file.
 
     External data files are not read: these tools need the graph, and the export writes self-contained
@@ -45,7 +47,7 @@ def load_model(path: str):
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:   # protobuf raises DecodeError, onnx raises ValueError/OSError: all mean "not ONNX"
         raise UserError("{} is not an ONNX model (truncated or another format: {}: {})".format(
-            path, type(exc).__name__, " ".join(str(exc).split())[:160]))
+            path, type(exc).__name__, exception_line(exc, 160)))
     missing = missing_parts(model)
     if missing:
         raise UserError("{} is not an ONNX model (no {})".format(path, ", no ".join(missing)))
@@ -62,7 +64,7 @@ def missing_parts(model) -> List[str]:
 
 
 def uses_external_data(model) -> List[str]:
-    """Names of the graph's tensors whose data lives in a separate file (not read by load_model)."""
+    """Names of the graph's tensors whose data lives in a separate file (not read by load_onnx)."""
     import onnx
 
     tensors = list(model.graph.initializer)
@@ -95,7 +97,8 @@ def consumers(graph) -> Dict[str, List[object]]:
     return found
 
 
-def _attr(node, name: str, default=None):
+def attribute_value(node, name: str, default=None):
+    """A node attribute's value (strings decoded), or `default` when the node does not set it."""
     for attr in node.attribute:
         if attr.name == name:
             import onnx
@@ -103,6 +106,9 @@ def _attr(node, name: str, default=None):
             value = onnx.helper.get_attribute_value(attr)
             return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
     return default
+
+
+_attr = attribute_value   # renamed to attribute_value; tests/test_scripts.py still reads this name
 
 
 def _ancestor_shape_sources(tensors: Iterable[str], made_by: Dict[str, Tuple[object, int]]) -> set:
@@ -148,11 +154,11 @@ def _sized_like(resize, branch1: str, made_by) -> bool:
 
     (The exporter takes the batch and channel sizes from the Resize's own input, so that one is allowed.)
     """
-    sources = _ancestor_shape_sources(resize.input[1:], made_by) - {_first(resize.input)}
+    sources = _ancestor_shape_sources(resize.input[1:], made_by) - {first_name(resize.input)}
     return not sources or sources == {branch1}
 
 
-def _first(names: Sequence[str]) -> str:
+def first_name(names: Sequence[str]) -> str:
     """A node's first input or output name; "" for a node without any (a malformed graph)."""
     return names[0] if len(names) else ""
 
@@ -289,127 +295,17 @@ def resize_report(model) -> List[str]:
     outputs = {output.name for output in graph.output}
     lines = []
     for node in resize_nodes(graph):
-        source, result = _first(node.input), _first(node.output)
+        source, result = first_name(node.input), first_name(node.output)
         fed = readers.get(result, [])
         lines.append("{}  {} -> {}  mode={} coordinate_transformation_mode={} nearest_mode={}  feeds {}{}".format(
             node.name or "(unnamed)", format_shape(shapes.get(source)), format_shape(shapes.get(result)),
-            _attr(node, "mode", "nearest"), _attr(node, "coordinate_transformation_mode", "half_pixel"),
-            _attr(node, "nearest_mode", "round_prefer_floor"),
+            attribute_value(node, "mode", "nearest"),
+            attribute_value(node, "coordinate_transformation_mode", "half_pixel"),
+            attribute_value(node, "nearest_mode", "round_prefer_floor"),
             ", ".join("{} ({})".format(n.name or "(unnamed)", n.op_type) for n in fed)
             or ("a graph output" if result in outputs else "nothing"),
             "  [head]" if id(node) in head else ""))
     return lines
-
-
-# ------------------------------------------------------------------------------------ checking a rewrite
-
-def check_input(model, seed: int = 0):
-    """(input name, a random input for one image) matching the model's only input's type and shape."""
-    import numpy as np
-
-    graph = model.graph
-    initialisers = {init.name for init in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initialisers]
-    if len(inputs) != 1:
-        raise UserError("cannot check the rewrite: the model has {} inputs ({}) and the check feeds one image; "
-                        "--no_verify skips it".format(len(inputs), ", ".join(i.name for i in inputs) or "none"))
-    info = inputs[0]
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
-    shape = [1 if i == 0 and d is None else (d or UNKNOWN_DIM_DEFAULT) for i, d in enumerate(dims)]
-    dtype = _numpy_dtype(info.type.tensor_type.elem_type)
-    if dtype is None or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-        raise UserError("cannot check the rewrite: input {} is not a numeric tensor ({}); --no_verify skips the "
-                        "check".format(info.name, " ".join(str(info.type).split())[:80]))
-    rng = np.random.default_rng(seed)
-    if np.issubdtype(dtype, np.integer):
-        data = rng.integers(0, 256, size=shape).astype(dtype)
-    else:
-        data = rng.standard_normal(shape).astype(dtype)
-    return info.name, data
-
-
-def _numpy_dtype(elem_type: int):
-    """The numpy dtype of an ONNX tensor element type, or None (undefined, string, or unknown to numpy)."""
-    import onnx
-
-    try:
-        if hasattr(onnx.helper, "tensor_dtype_to_np_dtype"):
-            return onnx.helper.tensor_dtype_to_np_dtype(elem_type)
-        return onnx.mapping.TENSOR_TYPE_TO_NP_TYPE[elem_type]   # onnx < 1.13, as on older Atlas hosts
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
-def run_onnxruntime(model_bytes: bytes, feed: Dict[str, object]) -> list:
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-        return session.run(None, feed)
-    except Exception as exc:   # ORT raises its own Fail/InvalidGraph/RuntimeException types
-        raise UserError("ONNX Runtime cannot run the model: {}".format(" ".join(str(exc).split())[:300]), exit_code=1)
-
-
-def relative_error(actual, expected) -> float:
-    """||a - b||_2 / ||b||_2 over the whole tensor (||a - b||_2 where b is all zeros): the project's one
-    definition.
-
-    NaN when either side holds NaN or inf, so it never passes a `<=` bound (computed without numpy's
-    "invalid value" warnings). Shapes broadcast as in numpy: callers compare like with like.
-    """
-    import numpy as np
-
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    if not (np.isfinite(actual).all() and np.isfinite(expected).all()):
-        return float("nan")
-    denom = np.linalg.norm(expected.ravel())
-    diff = np.linalg.norm((actual - expected).ravel())
-    return float(diff / denom) if denom > 0 else float(diff)
-
-
-def nonfinite_counts(array) -> Optional[str]:
-    """None when every value is finite, else e.g. "12 NaN and 3 inf of 4864 values"."""
-    import numpy as np
-
-    array = np.asarray(array)
-    if not np.issubdtype(array.dtype, np.inexact):
-        return None
-    counts = (("NaN", int(np.isnan(array).sum())), ("inf", int(np.isinf(array).sum())))
-    found = ["{} {}".format(count, label) for label, count in counts if count]
-    return "{} of {} values".format(" and ".join(found), array.size) if found else None
-
-
-def check_finite(outputs: Sequence[object], names: Sequence[str], whose: str, hint: str = "") -> None:
-    """UserError (exit code 1) naming the first output that holds NaN or inf."""
-    for name, values in zip(names, outputs):
-        bad = nonfinite_counts(values)
-        if bad:
-            raise UserError("{} {} holds {} on the random check input{}".format(
-                whose, name, bad, " ({})".format(hint) if hint else ""), exit_code=1)
-
-
-def compare_outputs(before: list, after: list) -> List[Tuple[float, Optional[float]]]:
-    """Per output: (relative error, share of positions whose argmax over axis 1 agrees; None below 2-D).
-
-    Both sides must be finite (check_finite): the figures mean nothing otherwise. A changed shape is a
-    UserError (exit code 1): a mode change keeps every shape.
-    """
-    import numpy as np
-
-    result = []
-    for index, (old, new) in enumerate(zip(before, after)):
-        old = np.asarray(old, np.float64)
-        new = np.asarray(new, np.float64)
-        if old.shape != new.shape:
-            raise UserError("the rewrite changed output {}'s shape from {} to {}".format(
-                index, format_shape(old.shape), format_shape(new.shape)), exit_code=1)
-        rel = relative_error(new, old)
-        agree = None
-        if old.ndim >= 2:
-            agree = float((old.argmax(axis=1) == new.argmax(axis=1)).mean())
-        result.append((rel, agree))
-    return result
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -432,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    model = load_model(args.model)
+    model = load_onnx(args.model)
     if args.command == "out_nodes":
         print(";".join(output_producers(model.graph)))
     else:

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hrnetseg.cli import UserError, add_alias_flags, positive_int, run_cli  # noqa: E402
+from hrnetseg.cli import UserError, add_alias_flags, exception_line, positive_int, run_cli  # noqa: E402
 from hrnetseg.files import require_file  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -133,7 +133,7 @@ def random_image(batch: int, height: int, width: int, seed: int):
     """A seeded random RGB uint8 image and its upstream normalization (float32 NCHW)."""
     import torch
 
-    from hrnetseg.export import MEAN, STD
+    from hrnetseg.cityscapes import MEAN, STD
 
     gen = torch.Generator().manual_seed(seed)
     raw = torch.randint(0, 256, (batch, 3, height, width), generator=gen, dtype=torch.uint8)
@@ -150,7 +150,7 @@ def run_onnx(path: str, raw, image) -> List:
     try:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise UserError("{} is not a loadable ONNX model: {}".format(path, str(exc).splitlines()[0][:200]))
+        raise UserError("{} is not a loadable ONNX model: {}".format(path, exception_line(exc, 200)))
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise UserError("{} has {} inputs; expected one image input".format(path, len(inputs)))
@@ -178,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     from hrnetseg.checkpoint import load_checkpoint
-    from hrnetseg.export import max_abs_error, relative_error
+    from hrnetseg.numerics import max_abs_error, relative_error
     from hrnetseg.model import build_model
 
     upstream = build_upstream_model(folder)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_script
-from hrnetseg import cityscapes, evaluate
+from hrnetseg import cityscapes, streaming
 from hrnetseg.backends import Backend, InputSpec
 
 EVALUATE = ["-m", "hrnetseg.evaluate"]
@@ -36,7 +36,7 @@ def bin_pipeline(tmp, data, model, batch, extra=()):
     return tmp / "bins.npz", tmp / "bins.json"
 
 
-def streaming(tmp, data, model_flags, batch, extra=()):
+def run_streaming(tmp, data, model_flags, batch, extra=()):
     result = run_script(EVALUATE + ["--datasets_path", data, "--batchsize", str(batch), "--save_path",
                                     tmp / "stream.json", "--save_confusion", tmp / "stream.npz"]
                         + list(model_flags) + list(extra))
@@ -60,7 +60,7 @@ def test_same_confusion_matrix_as_the_bin_pipeline(tmp_path, tiny_data_root, tin
     else:
         batch, model, flags, extra = 2, tiny_pth_path, ["--pth", tiny_pth_path], ["--preset", TINY_PRESET]
     bins_npz, bins_json = bin_pipeline(tmp_path, tiny_data_root, model, batch, extra)
-    stream_npz, stream_json, result = streaming(tmp_path, tiny_data_root, flags, batch, extra)
+    stream_npz, stream_json, result = run_streaming(tmp_path, tiny_data_root, flags, batch, extra)
     same_matrix(bins_npz, stream_npz)
     assert json.loads(stream_json.read_text()) == json.loads(bins_json.read_text())   # same result.json, same mIoU
 
@@ -90,7 +90,7 @@ def test_ctrl_c_stops_and_reports_what_was_evaluated(tmp_path, tiny_data_root, t
     # the hook sends the process a real SIGINT once 2 images are evaluated
     result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "1",
                                     "--save_path", tmp_path / "r.json"],
-                        env={evaluate.INTERRUPT_AFTER_ENV: "2"}, timeout=60)
+                        env={streaming.INTERRUPT_AFTER_ENV: "2"}, timeout=60)
     assert result.returncode == 130, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     assert "interrupted: 2 of {} images evaluated".format(TINY_IMAGES) in result.stdout, result.stdout
@@ -161,7 +161,7 @@ def test_stages_overlap(tiny_data_root, monkeypatch):
     # every stage made to take 20 ms per image (sleeping), 30 images: run one after the other they would
     # take 3 x 0.6 s; overlapped, the wall time is the slowest stage's busy time plus filling and draining
     step = 0.02
-    real_decode, real_labels = evaluate.decode, evaluate.logits_to_labels
+    real_decode, real_labels = streaming.decode, streaming.logits_to_labels
 
     def slow_decode(*args):
         time.sleep(step)
@@ -171,10 +171,10 @@ def test_stages_overlap(tiny_data_root, monkeypatch):
         time.sleep(step)
         return real_labels(*args)
 
-    monkeypatch.setattr(evaluate, "decode", slow_decode)
-    monkeypatch.setattr(evaluate, "logits_to_labels", slow_labels)
+    monkeypatch.setattr(streaming, "decode", slow_decode)
+    monkeypatch.setattr(streaming, "logits_to_labels", slow_labels)
     samples = many_samples(tiny_data_root, 30)
-    pipeline = evaluate.StreamingEvaluation(SleepyBackend(step), samples, "float32", (TINY_HEIGHT, TINY_WIDTH),
+    pipeline = streaming.StreamingEvaluation(SleepyBackend(step), samples, "float32", (TINY_HEIGHT, TINY_WIDTH),
                                             batch=1, output_index=1, queue_size=4)
     matrix = pipeline.run()
     assert matrix.images == 30 and len(set(matrix.ids)) == 30
@@ -187,7 +187,7 @@ def test_stages_overlap(tiny_data_root, monkeypatch):
 
 def test_an_error_in_a_stage_reaches_the_caller_and_stops_the_others(tiny_data_root):
     samples = many_samples(tiny_data_root, 12)
-    pipeline = evaluate.StreamingEvaluation(SleepyBackend(0.0, fail_at=3), samples, "float32",
+    pipeline = streaming.StreamingEvaluation(SleepyBackend(0.0, fail_at=3), samples, "float32",
                                             (TINY_HEIGHT, TINY_WIDTH), batch=2, output_index=1, queue_size=2)
     before = threading.active_count()
     with pytest.raises(RuntimeError, match="stand-in model failure"):
@@ -206,7 +206,7 @@ def test_two_workers_per_stage_keep_the_batches(tiny_data_root, tiny_onnx_path):
     samples = cityscapes.find_images(str(tiny_data_root))
 
     def matrix(decode_workers, eval_workers):
-        return evaluate.StreamingEvaluation(backend, samples, "float32", (TINY_HEIGHT, TINY_WIDTH), batch=2,
+        return streaming.StreamingEvaluation(backend, samples, "float32", (TINY_HEIGHT, TINY_WIDTH), batch=2,
                                             output_index=1, queue_size=3, decode_workers=decode_workers,
                                             eval_workers=eval_workers).run()
 

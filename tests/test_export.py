@@ -13,8 +13,9 @@ import torch
 import hrnetseg.export as export
 from conftest import REPO
 from hrnetseg.cli import UserError
-from hrnetseg.export import export_onnx, relative_error
+from hrnetseg.export import export_onnx
 from hrnetseg.model import build_model, init_random_weights
+from hrnetseg.numerics import relative_error
 from hrnetseg.testing import write_official_checkpoint
 
 

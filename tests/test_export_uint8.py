@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from conftest import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, run_script
-from hrnetseg.export import MEAN, STD, relative_error
+from hrnetseg.cityscapes import MEAN, STD
+from hrnetseg.numerics import relative_error
 
 
 @pytest.fixture(scope="module")

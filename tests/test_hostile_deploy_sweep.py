@@ -11,14 +11,14 @@ import os
 import shutil
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
 
 import HRNet_pth2onnx as pth2onnx
 from conftest import TINY_HEIGHT, TINY_WIDTH
-from hrnetseg import bench, evaluate, infer, onnx_graph
+from hrnetseg import bench, evaluate, onnx_graph, streaming
+from hrnetseg.backends import batching
 from hrnetseg.checkpoint import official_to_model_keys, read_state_dict
 from hrnetseg.cli import UserError
 from test_hostile_runner import run_infer, stub  # noqa: F401  (stub: the stand-in model fixture)
@@ -31,7 +31,7 @@ from test_hostile_runner import run_infer, stub  # noqa: F401  (stub: the stand-
     ("model.aux_head.0.weight", "model.last_layer.0.weight", "aux_head.0.weight"),   # the old and the new name
 ])
 def test_two_checkpoint_entries_for_one_weight_are_refused(first, second, key):
-    """Whichever came last used to win: zeros under `conv1.weight` replaced the real weights, exit 0."""
+    """Unrefused, whichever came last would win: zeros under `conv1.weight` would replace the real weights, exit 0."""
     state = {first: torch.ones(2), second: torch.zeros(2), "loss.criterion.weight": torch.ones(19)}
     with pytest.raises(UserError, match="checkpoint entries {} and {} both name the model's {}".format(
             first, second, key).replace(".", r"\.")):
@@ -111,7 +111,7 @@ def test_graph_commands_take_the_hyphenated_spelling_too():
 
 
 def test_select_refuses_a_resize_name_two_nodes_share():
-    """Only the last of the two used to change, silently."""
+    """Unrefused, only the last of the two would change, silently."""
     graph = graph_with_names("aux", "main", resize_names=("up", "up"))
     with pytest.raises(UserError, match="2 Resize nodes are named up: --select cannot tell them apart"):
         onnx_graph.select_resize_nodes(graph, "up")
@@ -162,7 +162,7 @@ def test_outputs_of_an_earlier_run_that_would_stay_are_refused(tmp_path, tiny_on
 def test_a_batch_too_large_for_memory_is_one_line():
     with pytest.raises(UserError, match=r"not enough memory for a batch of 10000000000000 x 3x{}x{} float32 "
                                         r"\(.* GB\): choose a smaller --batchsize".format(TINY_HEIGHT, TINY_WIDTH)):
-        infer.pad_batch([], 10 ** 13, (3, TINY_HEIGHT, TINY_WIDTH), np.float32)
+        batching.pad_batch([], 10 ** 13, (3, TINY_HEIGHT, TINY_WIDTH), np.float32)
 
 
 def test_an_empty_output_name_is_refused(tmp_path, tiny_onnx_path, tiny_prep_path, stub):  # noqa: F811
@@ -216,7 +216,7 @@ def test_an_empty_model_name_is_one_line(tmp_path, tiny_prep_path, stub):  # noq
 
 
 def test_evaluate_test_hook_value_that_is_not_a_count_is_one_line(tmp_path, tiny_onnx_path, monkeypatch):
-    monkeypatch.setenv(evaluate.INTERRUPT_AFTER_ENV, "two")
+    monkeypatch.setenv(streaming.INTERRUPT_AFTER_ENV, "two")
     with pytest.raises(UserError, match="HRNETSEG_TEST_INTERRUPT_AFTER='two': expected a number of images"):
         evaluate.main(["--datasets_path", str(tmp_path), "--onnx", str(tiny_onnx_path)])
 

@@ -27,8 +27,9 @@ from conftest import REPO, TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_err
 from hrnetseg import onnx_graph
 from hrnetseg.checkpoint import load_checkpoint, read_state_dict
 from hrnetseg.cli import UserError, run_cli
-from hrnetseg.export import MAX_RELATIVE_ERROR, check_errors, output_errors, relative_error
+from hrnetseg.export import MAX_RELATIVE_ERROR, check_errors, output_errors
 from hrnetseg.model import build_model
+from hrnetseg.numerics import relative_error
 from hrnetseg.testing import official_state_dict
 
 EXPORT_ARGS = ["--preset", TINY_PRESET, "--height", str(TINY_HEIGHT), "--width", str(TINY_WIDTH)]
@@ -397,7 +398,7 @@ def test_a_symlinked_output_is_written_through_and_dead_runs_temporaries_beside_
     assert result.returncode == 0, result.stderr
     assert link.is_symlink() and os.readlink(str(link)) == str(tiny_copy)
     graph = onnx.load(str(tiny_copy)).graph
-    modes = {onnx_graph._attr(node, "mode") for node in onnx_graph.head_resize_nodes(graph)}
+    modes = {onnx_graph.attribute_value(node, "mode") for node in onnx_graph.head_resize_nodes(graph)}
     assert modes == ({"linear"} if script == "export" else {"nearest"})
     assert not dead.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["elsewhere", "hrnet.onnx", live.name])
@@ -461,7 +462,7 @@ def test_a_model_with_two_inputs_cannot_be_checked_but_can_be_rewritten_unchecke
     assert not out.exists()
     result = cli(resize_script.main, [model, out, "--select", "all", "--no_verify"], capsys)
     assert result.returncode == 0, result.stderr
-    assert [onnx_graph._attr(n, "mode") for n in onnx.load(str(out)).graph.node if n.op_type == "Resize"] == ["nearest"]
+    assert [onnx_graph.attribute_value(n, "mode") for n in onnx.load(str(out)).graph.node if n.op_type == "Resize"] == ["nearest"]
 
 
 def test_a_model_whose_outputs_are_nan_fails_the_rewrite_check_without_warnings(tmp_path, capsys):

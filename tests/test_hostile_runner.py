@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, run_script
-from hrnetseg import acc_perf, cityscapes, evaluate, infer
+from hrnetseg import acc_perf, cityscapes, evaluate, infer, run_outputs, streaming
 from hrnetseg.backends import Backend, InputSpec
 from hrnetseg.cli import UserError
 
@@ -109,7 +109,7 @@ def test_outputs_are_float32_whatever_the_backend_returns(tmp_path, monkeypatch,
 def test_a_failed_run_removes_what_it_wrote(tmp_path, monkeypatch, tiny_onnx_path, tiny_prep_path, stub, failure):
     writes = []
     if failure == "full disk":   # the third output file of each run hits ENOSPC half-way
-        real_write = infer._write_array
+        real_write = run_outputs._write_array
 
         def write(fh, array):
             writes.append(1)
@@ -118,7 +118,7 @@ def test_a_failed_run_removes_what_it_wrote(tmp_path, monkeypatch, tiny_onnx_pat
                 raise OSError(errno.ENOSPC, "No space left on device")
             real_write(fh, array)
 
-        monkeypatch.setattr(infer, "_write_array", write)
+        monkeypatch.setattr(run_outputs, "_write_array", write)
         expected = (UserError, "no space left on the device while writing")
     else:                        # Ctrl-C in the second batch, after the first batch's files were written
         stub.fail_at, stub.error = 2, KeyboardInterrupt()
@@ -167,6 +167,9 @@ def test_infer_refusals_before_the_model_loads(tmp_path, tiny_onnx_path, tiny_pr
     om.write_bytes(b"om")
     refused("Ascend offline model: run it with ais_bench", model=om, extra=["--backend", "onnxruntime"])
     refused("--output_indices takes comma-separated integers", extra=["--output_indices", ","])
+    for entry in ("-1", "1_0", " 0,x"):   # each entry read as --output_index reads one, before the model loads
+        refused("--output_indices takes comma-separated integers.*expected an output number",
+                extra=["--output_indices", entry])
     with pytest.raises(UserError, match="is the input folder"):
         infer.main(["--model", str(tiny_onnx_path), "--input", str(tiny_prep_path), "--output",
                     str(tiny_prep_path.parent), "--output_dirname", tiny_prep_path.name])
@@ -251,11 +254,11 @@ def test_evaluate_names_an_empty_image_or_label(tmp_path, tiny_data_root):
     size = (TINY_HEIGHT, TINY_WIDTH)
     Path(samples[1].label).write_bytes(Path(samples[1].label).read_bytes()[:60])   # truncated label
     with pytest.raises(UserError, match="label {}".format(re.escape(samples[1].label))):
-        evaluate.decode(samples[1], "float32", size)
+        streaming.decode(samples[1], "float32", size)
     os.remove(samples[2].image)
     os.mkfifo(samples[2].image)                  # never opened
     with pytest.raises(UserError, match="image {} is a FIFO, not a regular file".format(samples[2].image)):
-        evaluate.decode(samples[2], "float32", size)
+        streaming.decode(samples[2], "float32", size)
 
 
 def test_evaluate_locks_its_output_files(tmp_path, tiny_data_root, tiny_onnx_path, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error
-from hrnetseg.export import relative_error
+from hrnetseg.numerics import relative_error
 
 RUNNER = ["-m", "hrnetseg.infer"]
 OUT_SHAPE = (19, TINY_HEIGHT // 4, TINY_WIDTH // 4)

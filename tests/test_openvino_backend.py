@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY_HEIGHT, TINY_WIDTH, assert_user_error
 from hrnetseg.backends import load_backend
 from hrnetseg.cli import UserError
-from hrnetseg.export import relative_error
+from hrnetseg.numerics import relative_error
 
 pytest.importorskip("openvino")
 

@@ -5,6 +5,7 @@
     outputs = backend.run(batch)   # batch: ndarray of input.dtype, N x C x H x W -> list of float32 ndarrays
 
 Heavy imports (onnxruntime, torch) happen inside load_backend, so importing this package is cheap.
+batching.py feeds a backend in batches as ais_bench does; flags.py holds the flags that choose and feed one.
 """
 from __future__ import annotations
 
@@ -57,6 +58,15 @@ def backend_for_model(path: str) -> str:
     return MODEL_SUFFIXES[suffix]
 
 
+def check_model_file(model: str) -> None:
+    """The model is a regular file, and not an Ascend .om (whatever --backend says: no local backend runs it)."""
+    if not model:
+        raise UserError("--model is an empty name: give the model file")
+    if os.path.splitext(model)[1].lower() == ".om":
+        backend_for_model(model)   # its one-line "run it with ais_bench" refusal
+    require_file(model, "model")
+
+
 def parse_device(device: Optional[str]) -> Tuple[str, int]:
     """'cpu' -> ('cpu', 0); 'cuda' / 'cuda:N' / 'N' -> ('cuda', N); None or 'auto' -> ('auto', 0)."""
     text = (device or "auto").strip().lower()
@@ -97,8 +107,3 @@ def load_backend(kind: str, model: str, device: Optional[str] = None, precision:
 
         return OpenVinoBackend(model, device_kind, index, precision)
     raise UserError("unknown backend {!r}; choose one of {}".format(kind, ", ".join(BACKENDS)))
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return (text or type(exc).__name__)[:limit]

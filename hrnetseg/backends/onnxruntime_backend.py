@@ -5,8 +5,8 @@ from typing import List
 
 import numpy as np
 
-from ..cli import UserError
-from . import Backend, InputSpec, first_line
+from ..cli import UserError, exception_line
+from . import Backend, InputSpec
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
              "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
@@ -56,12 +56,12 @@ class OnnxRuntimeBackend(Backend):
         try:
             return ort.InferenceSession(path, providers=providers)
         except Exception as exc:   # ORT raises its own InvalidProtobuf / Fail / NoSuchFile types
-            raise UserError("ONNX Runtime cannot load {}: {}".format(path, first_line(exc)))
+            raise UserError("ONNX Runtime cannot load {}: {}".format(path, exception_line(exc)))
 
     def run(self, batch: np.ndarray) -> List[np.ndarray]:
         try:
             outputs = self.session.run(None, {self.input.name: batch})
         except Exception as exc:   # wrong rank/size for a model with fixed axes, out of memory, ...
             raise UserError("ONNX Runtime failed on a {} batch: {}".format(
-                "x".join(map(str, batch.shape)), first_line(exc)))
+                "x".join(map(str, batch.shape)), exception_line(exc)))
         return [np.asarray(out, dtype=np.float32) for out in outputs]

@@ -11,8 +11,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from ..cli import UserError
-from . import Backend, InputSpec, first_line
+from ..cli import UserError, exception_line
+from . import Backend, InputSpec
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 OV_TYPES = {"f32": np.float32, "f16": np.float16, "u8": np.uint8}
@@ -36,7 +36,7 @@ class OpenVinoBackend(Backend):
         try:
             self.model = self.core.read_model(path)
         except Exception as exc:   # OpenVINO raises its own exception types for unreadable files
-            raise UserError("OpenVINO cannot read {}: {}".format(path, first_line(exc)))
+            raise UserError("OpenVINO cannot read {}: {}".format(path, exception_line(exc)))
         if len(self.model.inputs) != 1:
             raise UserError("{} has {} inputs; the runner feeds models with one image input".format(
                 path, len(self.model.inputs)))
@@ -65,7 +65,8 @@ class OpenVinoBackend(Backend):
                 model.reshape({0: list(shape)})
                 compiled = self.core.compile_model(model, "CPU", self.config)
             except Exception as exc:   # a shape the model cannot take
-                raise UserError("OpenVINO cannot run a {} input: {}".format("x".join(map(str, shape)), first_line(exc)))
+                raise UserError("OpenVINO cannot run a {} input: {}".format("x".join(map(str, shape)),
+                                                                          exception_line(exc)))
             self._compiled[shape] = (compiled, compiled.create_infer_request())
         return self._compiled[shape]
 
@@ -74,5 +75,6 @@ class OpenVinoBackend(Backend):
         try:
             results = request.infer({0: np.ascontiguousarray(batch)})
         except Exception as exc:
-            raise UserError("OpenVINO failed on a {} batch: {}".format("x".join(map(str, batch.shape)), first_line(exc)))
+            raise UserError("OpenVINO failed on a {} batch: {}".format("x".join(map(str, batch.shape)),
+                                                                      exception_line(exc)))
         return [np.array(results[out], dtype=np.float32, copy=True) for out in compiled.outputs]

@@ -10,8 +10,8 @@ from typing import List
 
 import numpy as np
 
-from ..cli import UserError
-from . import Backend, InputSpec, first_line
+from ..cli import UserError, exception_line
+from . import Backend, InputSpec
 
 
 def fold_batchnorm(model):
@@ -71,5 +71,6 @@ class TorchBackend(Backend):
                                                  enabled=self.autocast_dtype is not None):
                 outputs = self.model(image)
         except RuntimeError as exc:   # shape mismatch or out of memory: say so on one line
-            raise UserError("torch failed on a {} batch: {}".format("x".join(map(str, batch.shape)), first_line(exc)))
+            raise UserError("torch failed on a {} batch: {}".format("x".join(map(str, batch.shape)),
+                                                                   exception_line(exc)))
         return [out.float().cpu().numpy() for out in outputs]

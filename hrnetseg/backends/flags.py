@@ -1,0 +1,32 @@
+"""The flags that choose and feed a backend, shared by the bin runner (python3 -m hrnetseg.infer) and the
+streaming evaluator (python -m hrnetseg.evaluate) through argparse's parents=[...].
+
+Both tools spell, type and default these flags alike; where a help text differs (what the tool does with
+the outputs, when its warm-up runs) the tool passes its own.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..cli import nonnegative_int, positive_int
+from ..presets import DEFAULT_PRESET, PRESET_NAMES
+from . import BACKENDS, PRECISIONS
+
+
+def backend_flags(backend_help: str, precision_help: str, warmup_help: str) -> argparse.ArgumentParser:
+    """A parent parser with --backend, --device, --precision, --preset, --batchsize and --warmup_count.
+
+    They form their own section of --help ("backend"), after the tool's own flags.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("backend")
+    group.add_argument("--backend", choices=BACKENDS, default=None, help=backend_help)
+    group.add_argument("--device", default=None,
+                       help="cpu, cuda, cuda:N or a GPU number N (default: the first GPU if usable, else cpu)")
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help=precision_help)
+    group.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
+                       help="model variant of a .pth (default: {})".format(DEFAULT_PRESET))
+    group.add_argument("--batchsize", type=positive_int, default=None,
+                       help="batch size for a model with a dynamic batch axis (default 1); must match a fixed one")
+    group.add_argument("--warmup_count", type=nonnegative_int, default=None, help=warmup_help)
+    return parser
