@@ -1,4 +1,4 @@
-"""The benchmark, `python -m hrnetseg.bench`: the speed of every stage on this machine, against its baseline.
+"""The benchmark, `python -m hrnetseg.bench`: the speed of every stage on this machine, against the baselines.
 
 Modules, in the order a run uses them:
 - __main__: the flags and the run (the stages in order, the tables printed and recorded); `--_child JOB.json`

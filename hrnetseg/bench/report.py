@@ -43,7 +43,8 @@ def format_infer(args, infer: dict) -> str:
     model = infer["model"]
     weights = "checkpoint {}".format(os.path.basename(args.pth)) if args.pth else \
         "random weights (seed 0): speeds hold, errors are on random weights"
-    exported = "reused from the workdir" if model.get("cached") else "export {} s".format(three_figures(model["export_s"]))
+    exported = "reused from the workdir" if model.get("cached") else \
+        "export {} s".format(three_figures(model["export_s"]))
     lines = ["**Inference**, {} at {}x{}, {}; input: synthetic scene(s) through our float32 transform; "
              "{} timed run(s) per case after {} warm-up; baseline ONNX Runtime fp32 on the plain export ({}), run "
              "first and last, pooled: {} images/s. Errors: ||out - ref|| / ||ref|| of row 0 against fp32 PyTorch "
