@@ -6,7 +6,8 @@ import re
 import pytest
 
 from conftest import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error
-from hrnetseg import bench
+from hrnetseg.bench import report
+from hrnetseg.bench.cases import BASELINE_SPEC, DEFAULT_CASES, parse_case, parse_cases
 
 BENCH = ["-m", "hrnetseg.bench"]
 TINY = ["--preset", TINY_PRESET, "--height", TINY_HEIGHT, "--width", TINY_WIDTH, "--images", "2", "--repeats", "1"]
@@ -36,7 +37,7 @@ def tiny_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("bench")
     md = tmp / "BENCHMARKS.md"
-    md.write_text("# Benchmarks\n\n## One-command benchmark (issue 5)\n\nIntro.\n\n## Later section\n\nKept.\n")
+    md.write_text("# Benchmarks\n\n{}\n\nIntro.\n\n## Later section\n\nKept.\n".format(report.SECTION))
     args = TINY + ["--cases", "onnxruntime:fp32:1,torch:fp32:2", "--benchmarks_md", md, "--workdir", tmp / "work"]
     result = run_script(BENCH + args, timeout=300)
     assert result.returncode == 0, (result.stdout, result.stderr)
@@ -63,8 +64,8 @@ def test_inference_table(tiny_run):
 def test_data_table(tiny_run):
     result, _, _ = tiny_run
     rows = table(result.stdout, "step")
-    assert [(r[0], r[1]) for r in rows] == [("preprocess", "seed"), ("preprocess", "ours"),
-                                            ("postprocess", "seed"), ("postprocess", "ours")]
+    assert [(r[0], r[1]) for r in rows] == [("preprocess", "reference"), ("preprocess", "ours"),
+                                            ("postprocess", "reference"), ("postprocess", "ours")]
     for row in rows:
         assert 0 < float(row[2]) <= float(row[3]) and float(row[5]) > 0
     for row in (rows[1], rows[3]):
@@ -76,7 +77,7 @@ def test_data_table(tiny_run):
 def test_recorded_in_its_section(tiny_run):
     result, md, args = tiny_run
     text = md.read_text()
-    section, later = text.index("## One-command benchmark (issue 5)"), text.index("## Later section")
+    section, later = text.index(report.SECTION), text.index("## Later section")
     command = "python -m hrnetseg.bench " + " ".join(str(a) for a in args)
     assert section < text.index(command) < later        # appended at the end of its own section
     assert text.index("Intro.") < text.index("| case |") < text.index("| step |") < later
@@ -90,17 +91,28 @@ def test_stage_selection_and_no_record(run, tmp_path):
     result = run(BENCH + TINY + ["--stages", "pre", "--benchmarks_md", md, "--no_record"], timeout=120)
     assert result.returncode == 0, result.stderr
     assert "| case |" not in result.stdout
-    assert [(r[0], r[1]) for r in table(result.stdout, "step")] == [("preprocess", "seed"), ("preprocess", "ours")]
+    assert [(r[0], r[1]) for r in table(result.stdout, "step")] == [("preprocess", "reference"), ("preprocess", "ours")]
     assert not md.exists()
 
 
 def test_record_creates_the_section(tmp_path):
     md = tmp_path / "B.md"
     md.write_text("# Benchmarks\n")
-    bench.record(str(md), "### block one")
-    bench.record(str(md), "### block two")
+    report.record(str(md), "### block one")
+    report.record(str(md), "### block two")
     text = md.read_text()
-    assert text.index("# Benchmarks") < text.index(bench.SECTION) < text.index("block one") < text.index("block two")
+    assert text.index("# Benchmarks") < text.index(report.SECTION) < text.index("block one") < text.index("block two")
+
+
+def test_record_finds_the_section_under_an_older_heading(tmp_path):
+    """Earlier versions wrote the section's heading with a note in parentheses: blocks go on under it."""
+    md = tmp_path / "B.md"
+    older = report.SECTION + " (an older note)"
+    md.write_text("# Benchmarks\n\n{}\n\n### old block\n\n## Later section\n".format(older))
+    report.record(str(md), "### new block")
+    text = md.read_text()
+    assert text.count(report.SECTION) == 1
+    assert text.index(older) < text.index("old block") < text.index("new block") < text.index("## Later section")
 
 
 def test_failed_case_is_a_row_not_a_crash(run, tmp_path):
@@ -131,8 +143,8 @@ def test_bad_flags_one_line_exit_2(run, tmp_path, flags, fragment):
 
 
 def test_case_spec_round_trip():
-    case = bench.parse_case("torch:bf16:4:compile")
+    case = parse_case("torch:bf16:4:compile")
     assert (case.backend, case.precision, case.batch, case.options) == ("torch", "bf16", 4, ("compile",))
-    assert bench.parse_case(case.spec) == case and case.label == "torch bf16 bs4 compile"
-    assert [c.spec for c in bench.parse_cases(",".join(bench.DEFAULT_CASES))] == list(bench.DEFAULT_CASES)
-    assert bench.DEFAULT_CASES[0] == bench.BASELINE_SPEC
+    assert parse_case(case.spec) == case and case.label == "torch bf16 bs4 compile"
+    assert [c.spec for c in parse_cases(",".join(DEFAULT_CASES))] == list(DEFAULT_CASES)
+    assert DEFAULT_CASES[0] == BASELINE_SPEC

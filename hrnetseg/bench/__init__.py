@@ -1,0 +1,31 @@
+"""The benchmark, `python -m hrnetseg.bench`: the speed of every stage on this machine, against the baselines.
+
+Modules, in the order a run uses them:
+- __main__: the flags and the run (the stages in order, the tables printed and recorded); `--_child JOB.json`
+  runs one measurement.
+- cases: the inference cases (backend:precision:batch[:compile]) and the baseline case.
+- jobs: one child process per measurement: the parent's runner and the child's side.
+- infer_stage: the plain export and the fp32 PyTorch reference outputs, then every case against the baseline.
+- data_stages: preprocess and postprocess, the reference method against ours, with the exactness checks.
+- reference: the reference methods (the ModelZoo scripts' preprocess and postprocess, restated).
+- machine: what the machine is and how loaded it is; the peak memory of a child.
+- report: the tables, the block's heading and its place in BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import os
+
+# The repository root: children import hrnetseg from it, the commit is read from it, BENCHMARKS.md lives in it.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def __getattr__(name: str):
+    """Moved: main to hrnetseg.bench.__main__, CHILD_FLAG to hrnetseg.bench.jobs; kept here for callers of the old
+    names. Imported on use: importing __main__ here would make `python -m hrnetseg.bench` import it twice."""
+    if name == "main":
+        from .__main__ import main
+        return main
+    if name == "CHILD_FLAG":
+        from .jobs import CHILD_FLAG
+        return CHILD_FLAG
+    raise AttributeError("module {!r} has no attribute {!r}".format(__name__, name))

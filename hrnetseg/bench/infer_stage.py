@@ -1,0 +1,169 @@
+"""The inference stage: images/s and latency of every backend:precision:batch case against the baseline.
+
+A child makes the plain export and the fp32 PyTorch reference outputs once per (preset, size, weights); then
+each case runs in its own child on the same synthetic input rows, the baseline first and last (the two rows show
+the drift), and both outputs are compared with the reference.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from ..cli import UserError
+from ..files import write_text_atomic
+from .cases import BASELINE_SPEC, Case, parse_case
+from .report import progress_note, three_figures
+
+
+# ------------------------------------------------------------------------------------- child side: the jobs
+
+def prepare_job(job: dict) -> dict:
+    """Checkpoint (random weights unless --pth), the fp32 PyTorch reference on row 0, the plain export."""
+    import torch
+
+    from ..export import export_onnx, load_model
+    from ..testing import write_official_checkpoint
+
+    result = {}
+    pth = job["pth"]
+    if not os.path.isfile(pth):
+        began = time.perf_counter()
+        write_official_checkpoint(pth + ".tmp", job["preset"], seed=0)
+        os.replace(pth + ".tmp", pth)
+        result["checkpoint_s"] = time.perf_counter() - began
+    model = load_model(job["preset"], pth=pth)
+    image = torch.from_numpy(np.load(job["row0"]))[None]
+    began = time.perf_counter()
+    with torch.no_grad():
+        reference = model(image)
+    result["reference_s"] = time.perf_counter() - began
+    for k, out in enumerate(reference):
+        np.save(os.path.join(job["folder"], "reference_{}.npy".format(k)), out[0].numpy())
+    began = time.perf_counter()
+    report = export_onnx(model, job["onnx"], job["height"], job["width"], batch=None)
+    result["export_s"] = time.perf_counter() - began
+    result["export_errors"] = {name: rel for name, (_, rel) in report.errors.items()}
+    return result
+
+
+def infer_job(job: dict) -> dict:
+    """One case: load the backend, `warmup` untimed runs, `repeats` timed runs; row 0's outputs saved."""
+    from ..backends import load_backend
+
+    extra = {"compile": True} if "compile" in job["options"] else {}   # only when asked: older load_backend lacks it
+    began = time.perf_counter()
+    backend = load_backend(job["backend"], job["model"], device=job["device"], precision=job["precision"],
+                           preset=job["preset"], **extra)
+    load_s = time.perf_counter() - began
+    if np.dtype(backend.input.dtype) != np.float32:
+        raise UserError("{} takes {} input; the benchmark feeds float32".format(job["model"], backend.input.dtype))
+    batch = np.ascontiguousarray(np.stack([np.load(path) for path in job["rows"]]))
+    warmup_s, times_ms = [], []
+    for _ in range(job["warmup"]):
+        began = time.perf_counter()
+        backend.run(batch)
+        warmup_s.append(time.perf_counter() - began)
+    outputs = None
+    for _ in range(job["repeats"]):
+        began = time.perf_counter()
+        outputs = backend.run(batch)
+        times_ms.append((time.perf_counter() - began) * 1000.0)
+    for k, out in enumerate(outputs):
+        np.save("{}_{}.npy".format(job["out_prefix"], k), np.asarray(out[0], dtype=np.float32))
+    return {"device": backend.device, "load_s": load_s, "warmup_s": warmup_s, "times_ms": times_ms,
+            "outputs": len(outputs)}
+
+
+# ------------------------------------------------------------------------------------------ parent side
+
+def input_rows(workdir: str, count: int, height: int, width: int) -> List[str]:
+    """Model inputs: row i is synthetic scene i (as sample_data draws it), through our float32 transform."""
+    from ..preprocess import convert
+    from ..sample_data import scene_labels, scene_photo
+
+    folder = os.path.join(workdir, "inputs_{}x{}".format(height, width))
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = os.path.join(folder, "row{}.npy".format(index))
+        if not os.path.isfile(path):
+            rng = np.random.RandomState([0, index])
+            np.save(path + ".tmp.npy", convert(scene_photo(scene_labels(height, width, rng), rng), "float32", "BGR"))
+            os.replace(path + ".tmp.npy", path)
+        paths.append(path)
+    return paths
+
+
+def _weights_tag(pth: Optional[str]) -> str:
+    if pth is None:
+        return "random0"
+    stat = os.stat(pth)
+    key = "{}|{}|{}".format(os.path.abspath(pth), stat.st_size, stat.st_mtime_ns)
+    return hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
+def prepare_model(args, run: Callable[[dict], dict], workdir: str, row0: str) -> dict:
+    """The plain export and the fp32 reference, made by a child once per (preset, size, weights) and kept."""
+    folder = os.path.join(workdir, "model_{}_{}x{}_{}".format(args.preset, args.height, args.width,
+                                                              _weights_tag(args.pth)))
+    os.makedirs(folder, exist_ok=True)
+    done = os.path.join(folder, "prepared.json")
+    pth = os.path.abspath(args.pth) if args.pth else os.path.join(workdir, "{}_random_seed0.pth".format(args.preset))
+    paths = {"folder": folder, "onnx": os.path.join(folder, "plain.onnx"), "pth": pth,
+             "reference": [os.path.join(folder, "reference_{}.npy".format(k)) for k in range(2)]}
+    if os.path.isfile(done):
+        with open(done) as fh:
+            return dict(json.load(fh), cached=True, **paths)
+    progress_note("exporting {} at {}x{} and computing the fp32 PyTorch reference (once per workdir)".format(
+        args.preset, args.height, args.width))
+    result = run({"job": "prepare", "preset": args.preset, "pth": pth, "row0": row0, "folder": folder,
+                  "onnx": paths["onnx"], "height": args.height, "width": args.width})
+    if "error" in result:
+        raise UserError("export / reference failed: {}".format(result["error"]))
+    write_text_atomic(done, json.dumps(result))
+    return dict(result, cached=False, **paths)
+
+
+def infer_stage(args, cases: Sequence[Case], run: Callable[[dict], dict], workdir: str) -> dict:
+    """Every case in its own child, the baseline first and last; speeds against the pooled baseline runs."""
+    from ..export import relative_error
+
+    baseline = parse_case(BASELINE_SPEC)
+    others = [c for c in cases if c != baseline]
+    order = [(baseline, "first")] + [(c, "") for c in others] + ([(baseline, "last")] if others else [])
+    rows = input_rows(workdir, max(c.batch for c in [baseline] + others), args.height, args.width)
+    model = prepare_model(args, run, workdir, rows[0])
+    references = [np.load(path) for path in model["reference"]]
+    results = []
+    for index, (case, tag) in enumerate(order):
+        progress_note("inference {}{} ...".format(case.label, " (baseline, {})".format(tag) if tag else ""))
+        out_prefix = os.path.join(workdir, "outputs", "{:02d}_{}".format(index, case.spec.replace(":", "_")))
+        os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
+        result = run({"job": "infer", "backend": case.backend, "precision": case.precision, "options": case.options,
+                      "preset": args.preset,
+                      "model": model["pth"] if case.backend == "torch" else model["onnx"], "device": args.device,
+                      "rows": rows[:case.batch], "warmup": args.warmup, "repeats": args.repeats,
+                      "out_prefix": out_prefix})
+        result.update(case=case, tag=tag)
+        if "error" not in result:
+            times = np.asarray(result["times_ms"])
+            result["min_ms"], result["median_ms"] = float(times.min()), float(np.median(times))
+            result["images_per_s"] = 1000.0 * case.batch / result["median_ms"]
+            result["errors"] = [relative_error(np.load("{}_{}.npy".format(out_prefix, k)), ref)
+                                for k, ref in enumerate(references)]
+            progress_note("  {} ms/batch median, {} images/s".format(three_figures(result["median_ms"]),
+                                                                     three_figures(result["images_per_s"])))
+        else:
+            progress_note("  failed: " + result["error"])
+        results.append(result)
+    base_times = [t for r in results if r["case"] == baseline and "error" not in r for t in r["times_ms"]]
+    base_ips = 1000.0 * baseline.batch / float(np.median(base_times)) if base_times else float("nan")
+    for result in results:
+        if "error" not in result:
+            result["ratio"] = result["images_per_s"] / base_ips
+    return {"results": results, "baseline_images_per_s": base_ips, "model": model}

@@ -1,0 +1,93 @@
+"""What the machine is and how loaded it is, for the benchmark's block; the peak memory of a child process."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Optional
+
+import numpy as np
+
+
+def _proc_status_mib(field: str) -> Optional[float]:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0   # kB
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss where /proc is missing)."""
+    value = _proc_status_mib("VmHWM")
+    if value is None:   # pragma: no cover - not Linux
+        import resource
+
+        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+    return value
+
+
+def one_minute_load() -> float:
+    """The 1-minute load average (NaN where the system has none): the noise around one measurement."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):   # pragma: no cover
+        return float("nan")
+
+
+def load_average_text() -> str:
+    """The 1, 5 and 15-minute load averages, as "load average 1.33 1.64 2.17"."""
+    try:
+        return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    except (AttributeError, OSError):  # pragma: no cover
+        return "load average n/a"
+
+
+def cpu_description() -> str:
+    """The CPU's model name (Linux; the platform's name elsewhere) and the number of cores."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return "{}, {} cores".format(model, os.cpu_count())
+
+
+def cpu_features() -> str:
+    """The matrix-relevant instruction sets the CPU reports (Linux), e.g. " (avx512f, avx512_bf16)"."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags]
+    return " ({})".format(", ".join(found)) if found else ""
+
+
+def machine_line() -> str:
+    """CPU, RAM, GPU, operating system and the versions of Python and the inference libraries."""
+    import importlib
+
+    cpu = cpu_description() + cpu_features()
+    try:
+        ram = "{:.1f} GiB RAM".format(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024.0 ** 3)
+    except (AttributeError, ValueError, OSError):   # pragma: no cover
+        ram = "RAM n/a"
+    versions = ["Python " + platform.python_version(), "numpy " + np.__version__]
+    gpu = "no GPU"
+    for name in ("torch", "onnxruntime", "openvino"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        versions.append("{} {}".format(name, getattr(module, "__version__", "?")))
+        if name == "torch" and module.cuda.is_available():
+            gpu = "GPU " + module.cuda.get_device_name(0)
+    return "{}, {}, {}; {}; {}".format(cpu, ram, gpu, platform.platform(terse=True), ", ".join(versions))
