@@ -1,4 +1,5 @@
-"""Shared CLI habits: one-line errors with exit code 2, progress bars, argparse types.
+"""Shared CLI habits: one-line errors with exit code 2, progress bars, argparse types, and the ArgumentParser
+every command line is built with (`--some-flag` accepted for every `--some_flag`).
 
 Valid Python 3.7 and free of torch: the Atlas-side scripts use it.
 """
