@@ -8,15 +8,14 @@ Runs on the Atlas host (the Python that CANN and ais_bench live in): numpy, open
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import add_alias_flags, output_index, plain_name, positive_int, run_cli
+from hrnetseg.cli import ArgumentParser, output_index, plain_name, positive_int, run_cli
 from hrnetseg.postprocess import OUTPUT_DTYPES, evaluate_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--res_path", required=True,
                         help="folder of model outputs (ais_bench's --output/--output_dirname, e.g. results/bs1)")
     parser.add_argument("--data_path", required=True,
@@ -41,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow_missing", action="store_true",
                         help="evaluate the labels that have outputs and list the others (and labels that are not "
                              "regular files), instead of stopping")
-    add_alias_flags(parser)
     return parser
 
 
@@ -55,4 +53,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    run_cli(main)

@@ -7,15 +7,14 @@ Runs on the Atlas host (the Python that CANN and ais_bench live in): numpy, open
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import add_alias_flags, plain_name, positive_int, run_cli
+from hrnetseg.cli import ArgumentParser, plain_name, positive_int, run_cli
 from hrnetseg.preprocess import DTYPES, preprocess
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src_path", required=True,
                         help="the folder holding cityscapes/ (the ModelZoo scripts' ./data) or the cityscapes "
                              "folder itself")
@@ -32,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip_bad", action="store_true",
                         help="leave out unreadable images (and anything at an image's name that is not a regular "
                              "file) and list them at the end instead of stopping")
-    add_alias_flags(parser)
     return parser
 
 
@@ -44,4 +42,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    run_cli(main)

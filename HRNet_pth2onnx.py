@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import UserError, add_alias_flags, positive_int, run_cli, whole_number
+from hrnetseg.cli import ArgumentParser, UserError, positive_int, run_cli, whole_number
 from hrnetseg.files import check_output_file, remove_stale_temporaries_beside, require_file
 from hrnetseg.locks import output_lock
 from hrnetseg.presets import DEFAULT_PRESET, PRESET_NAMES
@@ -17,7 +17,8 @@ from hrnetseg.presets import DEFAULT_PRESET, PRESET_NAMES
 MAX_SEED = 2 ** 64 - 1   # torch.Generator.manual_seed takes an unsigned 64-bit seed
 
 
-def batch_arg(text: str):
+def batch_size_or_dynamic(text: str) -> Optional[int]:
+    """argparse type of --batch: None for 'dynamic' (any case), else a positive integer."""
     if text.strip().lower() == "dynamic":
         return None
     try:
@@ -26,20 +27,20 @@ def batch_arg(text: str):
         raise argparse.ArgumentTypeError("expected 'dynamic' or a positive integer, got {!r}".format(text))
 
 
-def seed_arg(text: str) -> int:
+def random_seed(text: str) -> int:
     return whole_number(text, 0, MAX_SEED, "a seed from 0 to {}".format(MAX_SEED))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--pth", help="official checkpoint (.pth), e.g. hrnet_ocr_cs_8162_torch11.pth")
-    weights.add_argument("--random_weights", type=seed_arg, metavar="SEED",
+    weights.add_argument("--random_weights", type=random_seed, metavar="SEED",
                          help="seeded random weights instead of --pth: for demos only, accuracy is meaningless")
     parser.add_argument("--save_path", default="hrnet.onnx", help="output ONNX file (default: hrnet.onnx)")
     parser.add_argument("--height", type=positive_int, default=1024, help="input height (default: 1024)")
     parser.add_argument("--width", type=positive_int, default=2048, help="input width (default: 2048)")
-    parser.add_argument("--batch", type=batch_arg, default=None, metavar="dynamic|N",
+    parser.add_argument("--batch", type=batch_size_or_dynamic, default=None, metavar="dynamic|N",
                         help="batch size, or 'dynamic' (default) for a dynamic batch axis")
     parser.add_argument("--opset", type=positive_int, default=11, help="ONNX opset (default: 11, what CANN 6 atc reads)")
     parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
@@ -47,7 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input_format", choices=("float32", "uint8"), default="float32",
                         help="float32: normalized input (as the ModelZoo scripts feed it); uint8: raw RGB, "
                              "normalized inside the model")
-    add_alias_flags(parser)
     return parser
 
 

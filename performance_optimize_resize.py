@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import UserError, add_alias_flags, one_line, run_cli
+from hrnetseg.cli import ArgumentParser, UserError, exception_line, run_cli
 from hrnetseg.files import atomic_path, check_output_file, remove_stale_temporaries_beside, require_file
 from hrnetseg.locks import output_lock
 from hrnetseg.numerics import check_outputs_finite
@@ -24,7 +24,7 @@ from hrnetseg.rewrite_check import check_input, compare_outputs, run_onnxruntime
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("input", metavar="IN", help="ONNX model to rewrite")
     parser.add_argument("output", metavar="OUT", nargs="?", help="where to write the result (may equal IN)")
     parser.add_argument("--select", default=SELECT_HEAD,
@@ -38,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print every Resize node (shapes, mode, the node it feeds) and exit")
     parser.add_argument("--no_verify", action="store_true",
                         help="skip the ONNX Runtime comparison (onnx.checker still runs)")
-    add_alias_flags(parser)
     return parser
 
 
@@ -80,7 +79,7 @@ def load_rewritable(path: str):
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:   # ValueError: a model over protobuf's 2 GB
-        raise UserError("{} fails onnx.checker: {}".format(path, one_line(str(exc))[:300]))
+        raise UserError("{} fails onnx.checker: {}".format(path, exception_line(exc)))
     return model
 
 

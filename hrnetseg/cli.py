@@ -1,4 +1,5 @@
-"""Shared CLI habits: one-line errors with exit code 2, progress bars, argparse types.
+"""Shared CLI habits: one-line errors with exit code 2, progress bars, argparse types, and the ArgumentParser
+every command line is built with (`--some-flag` accepted for every `--some_flag`).
 
 Valid Python 3.7 and free of torch: the Atlas-side scripts use it.
 """
@@ -8,7 +9,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -85,8 +86,60 @@ def output_index(text: str) -> int:
     return whole_number(text, 0, what="an output number 0, 1, ...")
 
 
+def with_hyphenated_spellings(names: Sequence[str]) -> Tuple[str, ...]:
+    """An argument's option strings, each `--some_flag` followed by its `--some-flag` spelling."""
+    aliases = [name.replace("_", "-") for name in names if name.startswith("--") and "_" in name]
+    return tuple(names) + tuple(alias for alias in aliases if alias not in names)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser that accepts `--some-flag` (and `--some-flag=VALUE`) for every `--some_flag`: the
+    ModelZoo scripts spell their flags with underscores, hyphens are common too.
+
+    The hyphenated spelling is a second option string of the same argument, given to argparse's add_argument:
+    usage lines show the underscore spelling, help and error messages name both (`--save_path/--save-path`).
+    Argument groups, mutually exclusive groups and subcommands (add_subparsers makes them of this class) get the
+    same; parents=[...] copies the parents' arguments with the spellings they have.
+    """
+
+    def add_argument(self, *names: str, **kwargs):
+        return super().add_argument(*with_hyphenated_spellings(names), **kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        return _adding_hyphenated_spellings(super().add_argument_group(*args, **kwargs))
+
+    def add_mutually_exclusive_group(self, **kwargs):
+        return _adding_hyphenated_spellings(super().add_mutually_exclusive_group(**kwargs))
+
+
+def _adding_hyphenated_spellings(group):
+    """`group` (an argument group of an ArgumentParser) with its add_argument and group makers wrapped so that
+    they add the hyphenated spellings too. argparse creates groups itself, so a subclass cannot reach them."""
+    add_argument = group.add_argument
+    add_argument_group = group.add_argument_group
+    add_mutually_exclusive_group = group.add_mutually_exclusive_group
+
+    def add_argument_with_spellings(*names: str, **kwargs):
+        return add_argument(*with_hyphenated_spellings(names), **kwargs)
+
+    def add_argument_group_with_spellings(*args, **kwargs):
+        return _adding_hyphenated_spellings(add_argument_group(*args, **kwargs))
+
+    def add_mutually_exclusive_group_with_spellings(**kwargs):
+        return _adding_hyphenated_spellings(add_mutually_exclusive_group(**kwargs))
+
+    group.add_argument = add_argument_with_spellings
+    group.add_argument_group = add_argument_group_with_spellings
+    group.add_mutually_exclusive_group = add_mutually_exclusive_group_with_spellings
+    return group
+
+
 def add_alias_flags(parser: argparse.ArgumentParser) -> None:
-    """Accept --some-flag for every --some_flag (the ModelZoo scripts use underscores; hyphens are common too)."""
+    """Compatibility for parsers still made with argparse.ArgumentParser: add the `--some-flag` spelling of every
+    `--some_flag` after the fact, through argparse's private tables. Nothing to do for a cli.ArgumentParser.
+    Moved to cli.ArgumentParser: remove this once every parser of the project is one."""
+    if isinstance(parser, ArgumentParser):
+        return
     for action in list(parser._actions):
         extra = [s.replace("_", "-") for s in action.option_strings if s.startswith("--") and "_" in s]
         for alias in extra:

@@ -26,7 +26,7 @@ import stat
 import sys
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
-from .cli import UserError, run_cli
+from .cli import ArgumentParser, UserError, run_cli
 from .files import not_a_folder_above, not_regular_reason, pid_alive
 
 try:
@@ -51,11 +51,11 @@ def lock_path_for(output: str) -> str:
 def _parent_of(pid: int) -> Optional[int]:
     try:
         with open("/proc/{}/stat".format(pid), "rb") as fh:
-            stat = fh.read()
+            line = fh.read()
     except OSError:
         return None
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it
-    fields = stat[stat.rfind(b")") + 2:].split()
+    fields = line[line.rfind(b")") + 2:].split()
     return int(fields[1]) if len(fields) > 1 else None
 
 
@@ -307,7 +307,7 @@ def run_dying_with_parent(command: Sequence[str], parent: Optional[int] = None) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python3 -m hrnetseg.locks", description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(prog="python3 -m hrnetseg.locks", description=__doc__.strip().splitlines()[0])
     commands = parser.add_subparsers(dest="command")
     path = commands.add_parser("path", help="print the lock file of OUTPUT (exit 2 when something other than a "
                                              "regular file is at its name)")

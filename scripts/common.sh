@@ -1,5 +1,11 @@
 # Shared shell habits for scripts/*.sh; source it, do not run it.
-# Strict mode, a message naming the command that failed, flag parsing, and the project's virtual environment.
+# Strict mode, a message naming the command that failed, flag parsing, the checks of arguments and tools, and the
+# project's virtual environment.
+# A failure ends a script with one line on stderr: `error: ...` from die (exit 2, a problem the user can fix),
+# `error: command failed (exit N): COMMAND` for any other command (the ERR trap, or step with its run time), or
+# the one-line error of one of the project's own Python tools (python3 -m hrnetseg.X), which names the problem
+# better than its command line: those run as `CMD || exit $?` (or `VAR="$(CMD)" || exit $?`), so that no
+# "command failed" line follows theirs.
 set -eEuo pipefail
 trap 'rc=$?; echo "error: command failed (exit ${rc}): ${BASH_COMMAND}" >&2; exit "${rc}"' ERR
 
@@ -45,6 +51,7 @@ probe() {
   [[ "${limit}" =~ ^[1-9][0-9]*$ ]] || die "HRNETSEG_PROBE_TIMEOUT takes a whole number of seconds, not '${limit}'"
   out="$(mktemp)"
   timeout --kill-after=5 "${limit}" "$@" > "${out}" 2>&1 < /dev/null || rc=$?
+  # shellcheck disable=SC2034  # read by the script that called probe
   PROBE_OUTPUT="$(cat "${out}")"
   rm -f -- "${out}"
   case "${rc}" in
@@ -58,7 +65,7 @@ probe() {
 # share it. A lock an ancestor script already holds is shared, not taken again.
 LOCKED_FILES=()
 lock_output() {
-  local lock_file fd try rc answer
+  local lock_file fd rc answer
   lock_file="$("${PYTHON}" -m hrnetseg.locks path "$1")" || exit $?
   mkdir -p -- "$(dirname -- "${lock_file}")" 2>/dev/null || die "cannot create the folder of lock file ${lock_file}"
   if [ ! -e "${lock_file}" ] && [ ! -w "$(dirname -- "${lock_file}")" ]; then
@@ -66,7 +73,7 @@ lock_output() {
     log "note: $1 is not locked against a second run: cannot create ${lock_file} (its folder is not writable)"
     return 0
   fi
-  for try in 1 2 3 4 5; do
+  for _ in 1 2 3 4 5; do
     exec {fd}>>"${lock_file}" || die "cannot create lock file ${lock_file}"
     rc=0
     answer="$("${PYTHON}" -m hrnetseg.locks acquire --fd "${fd}" --owner "$$" "$1")" || rc=$?
@@ -137,6 +144,35 @@ require_file() {
   die "${what} not found: ${path}"
 }
 
+# require_given "FLAG ARG" VALUE WHAT: die unless VALUE is set ("--pth FILE is required (the official checkpoint)").
+require_given() {
+  [ -n "$2" ] || die "$1 is required ($3)"
+}
+
+# require_folder WHAT PATH: die unless PATH is a folder (or a symlink to one).
+require_folder() {
+  [ -d "$2" ] || die "$1 not found: $2"
+}
+
+# require_choice FLAG VALUE CHOICE...: die unless VALUE is one of the CHOICEs ("--input_format is float32 or
+# uint8, not 'x'").
+require_choice() {
+  local flag="$1" value="$2" choice listed="" i
+  shift 2
+  for choice in "$@"; do
+    [ "${value}" != "${choice}" ] || return 0
+  done
+  for (( i = 1; i <= $#; i++ )); do
+    if [ "${i}" = 1 ]; then listed="${!i}"; elif [ "${i}" = $# ]; then listed+=" or ${!i}"; else listed+=", ${!i}"; fi
+  done
+  die "${flag} is ${listed}, not '${value}'"
+}
+
+# require_command NAME HINT: die unless the command NAME is on PATH ("atc not found: HINT").
+require_command() {
+  command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"
+}
+
 # require_output_folder FLAG PATH: die unless PATH is a folder or does not exist yet (the script makes it).
 require_output_folder() {
   [ ! -e "$2" ] || [ -d "$2" ] || die "$1 $2 exists and is not a folder"
@@ -161,8 +197,8 @@ ensure_venv() {
     PYTHON="${PYTHON:-python3}"
     return 0
   fi
-  local stamp="${venv}/.hrnetseg-stamp-$(echo "$*" | tr ' /' '__')"
-  local want
+  local stamp want
+  stamp="${venv}/.hrnetseg-stamp-$(echo "$*" | tr ' /' '__')"
   want="$(cd "${REPO_ROOT}" && cat "$@" requirements.txt | sha256sum | cut -d' ' -f1)"
   if [ ! -x "${venv}/bin/python" ] || [ "$(cat "${stamp}" 2>/dev/null || true)" != "${want}" ]; then
     log "setting up ${venv} from $* (first run only; torch is the large part)"

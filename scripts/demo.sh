@@ -22,7 +22,7 @@ precision="fp32"
 samples=4
 parse_flags "pth datasets_path output_dir limit preset height width batch_sizes device backend precision" "" "$@"
 [ -z "${pth}" ] || require_file checkpoint "${pth}"
-[ -z "${datasets_path}" ] || [ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
+[ -z "${datasets_path}" ] || require_folder "dataset folder" "${datasets_path}"
 require_positive_ints "--height/--width" "${height}" "${width}"
 require_output_folder --output_dir "${output_dir}"
 

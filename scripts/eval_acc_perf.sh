@@ -17,7 +17,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PYTHON="${PYTHON:-python3}"
 
-
 datasets_path=""
 model_dir="."
 pth=""
@@ -33,14 +32,14 @@ output_dir="."
 flags="datasets_path model_dir pth batch_sizes backend precision device limit input_format output_dtype preset output_dir"
 parse_flags "${flags}" "" "$@"
 
-[ -n "${datasets_path}" ] || die "--datasets_path DATA is required (the folder holding cityscapes/)"
-[ -d "${datasets_path}" ] || die "dataset folder not found: ${datasets_path}"
+require_given "--datasets_path DATA" "${datasets_path}" "the folder holding cityscapes/"
+require_folder "dataset folder" "${datasets_path}"
 require_output_folder --output_dir "${output_dir}"
 read -r -a sizes <<< "${batch_sizes}"
 require_positive_ints --batch_sizes "${sizes[@]}"
 [ -z "${limit}" ] || require_positive_ints --limit "${limit}"
-case "${input_format}" in float32|uint8) ;; *) die "--input_format is float32 or uint8, not '${input_format}'" ;; esac
-case "${output_dtype}" in ""|float32|float16) ;; *) die "--output_dtype is float32 or float16, not '${output_dtype}'" ;; esac
+require_choice --input_format "${input_format}" float32 uint8
+[ -z "${output_dtype}" ] || require_choice --output_dtype "${output_dtype}" float32 float16
 [ -z "${pth}" ] || require_file checkpoint "${pth}"
 if [ -d "${datasets_path}/cityscapes" ]; then gt_dir="${datasets_path}/cityscapes/gtFine/val"; else gt_dir="${datasets_path}/gtFine/val"; fi
 [ -d "${gt_dir}" ] || die "no labels folder ${gt_dir} (expected DATA/cityscapes/gtFine/val/<city>/*_gtFine_labelIds.png)"
@@ -52,6 +51,7 @@ for bs in "${sizes[@]}"; do
   [ ! -f "${model_dir}/hrnet_bs${bs}.om" ] || om_files+=("${model_dir}/hrnet_bs${bs}.om")
 done
 ais_bench_starts() { probe "${ais_bench[@]}" --help; }   # a hung ais_bench stops the script (exit 2)
+require_choice --backend "${backend}" auto ais_bench onnxruntime openvino torch
 case "${backend}" in
   auto)
     if [ "${#om_files[@]}" -gt 0 ]; then
@@ -71,7 +71,6 @@ ${model_dir}/hrnet.onnx on this machine's CPU/GPU instead (hours for the full va
   ais_bench) ais_bench_starts || die "ais_bench does not start ('${ais_bench[*]} --help' fails): source CANN's set_env.sh" ;;
   onnxruntime|openvino) [ -f "${model_dir}/hrnet.onnx" ] || die "no ${model_dir}/hrnet.onnx (make it with scripts/pth2om.sh or HRNet_pth2onnx.py)" ;;
   torch) [ -n "${pth}" ] || die "--backend torch needs --pth FILE" ;;
-  *) die "--backend is auto, ais_bench, onnxruntime, openvino or torch, not '${backend}'" ;;
 esac
 if [ "${backend}" = ais_bench ]; then
   for bs in "${sizes[@]}"; do

@@ -18,8 +18,7 @@ require_positive_ints --batch_sizes "${sizes[@]}"
 require_positive_ints "--height/--width" "${height}" "${width}"
 require_output_folder --output_dir "${output_dir}"
 require_file "ONNX model" "${onnx}"   # HRNet_pth2onnx.py or scripts/pth2om.sh makes it
-command -v trtexec >/dev/null 2>&1 ||
-  die "trtexec not found: install TensorRT and put its bin folder on PATH; nothing was measured"
+require_command trtexec "install TensorRT and put its bin folder on PATH; nothing was measured"
 mkdir -p "${output_dir}"
 
 # The mean of the "GPU Compute Time" statistics, found by name in either of trtexec's layouts:

@@ -9,7 +9,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PYTHON="${PYTHON:-python3}"
 
-
 pth=""
 soc_version=""
 height=1024
@@ -22,19 +21,18 @@ no_rewrite=0
 precision_mode=""
 parse_flags "pth soc_version height width batch_sizes output_dir preset input_format precision_mode" "no_rewrite" "$@"
 
-[ -n "${pth}" ] || die "--pth FILE is required (the official checkpoint)"
+require_given "--pth FILE" "${pth}" "the official checkpoint"
 require_file checkpoint "${pth}"
 require_positive_ints "--height/--width" "${height}" "${width}"
 read -r -a sizes <<< "${batch_sizes}"
 require_positive_ints --batch_sizes "${sizes[@]}"
-case "${input_format}" in float32|uint8) ;; *) die "--input_format is float32 or uint8, not '${input_format}'" ;; esac
+require_choice --input_format "${input_format}" float32 uint8
 require_output_folder --output_dir "${output_dir}"
 
 # Fail before the slow export when the Ascend tools are missing.
-command -v atc >/dev/null 2>&1 ||
-  die "atc not found: source the CANN toolkit first (e.g. source /usr/local/Ascend/ascend-toolkit/set_env.sh)"
+require_command atc "source the CANN toolkit first (e.g. source /usr/local/Ascend/ascend-toolkit/set_env.sh)"
 if [ -z "${soc_version}" ]; then
-  command -v npu-smi >/dev/null 2>&1 || die "npu-smi not found: pass --soc_version (e.g. Ascend310P3)"
+  require_command npu-smi "pass --soc_version (e.g. Ascend310P3)"
   probe npu-smi info || die "npu-smi info failed: pass --soc_version (e.g. Ascend310P3)"   # hung: exit 2
   smi="${PROBE_OUTPUT}"
   # The first chip row of the table: "| 0       310P3     | OK  | ...": NPU id, then the chip name.

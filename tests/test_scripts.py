@@ -120,6 +120,11 @@ def bash(script: str, *args, env: dict, cwd: Path = REPO) -> subprocess.Complete
                           capture_output=True, text=True, timeout=600)
 
 
+def resize_mode(node) -> str:
+    """A Resize node's mode attribute ("" when the node does not set it)."""
+    return "".join(onnx.helper.get_attribute_value(a).decode() for a in node.attribute if a.name == "mode")
+
+
 def table_rows(stdout: str) -> list:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in stdout.splitlines()
             if re.match(r"^\| \d+ \|", line)]
@@ -144,8 +149,8 @@ def test_pth2om_calls_atc_per_batch_size_with_the_graphs_out_nodes(tools, tmp_pa
          "--input_shape=image:{},3,256,512".format(bs), "--log=error", "--soc_version=Ascend310P3",
          "--out_nodes={}".format(out_nodes)] for bs in (1, 4)]
     assert (out / "hrnet_bs1.om").exists() and (out / "hrnet_bs4.om").exists()
-    head = onnx_graph.head_resize_nodes(model.graph)                    # rewritten in place, as the seed does
-    modes = {n.name: onnx_graph._attr(n, "mode") for n in onnx_graph.resize_nodes(model.graph)}
+    head = onnx_graph.head_resize_nodes(model.graph)         # rewritten in place, as the ModelZoo scripts do
+    modes = {n.name: resize_mode(n) for n in onnx_graph.resize_nodes(model.graph)}
     assert sorted(k for k, v in modes.items() if v == "nearest") == sorted(n.name for n in head)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param          # one dynamic-batch export
 
@@ -164,7 +169,7 @@ def test_pth2om_reads_the_chip_and_stops_at_the_first_failure(tools, tmp_path, t
     assert "--input_shape=image:2,3,64,128" in only
     assert "error: command failed (exit 3): atc --framework=5" in result.stderr.splitlines()[-1]
     model = onnx.load(str(tmp_path / "om" / "hrnet.onnx"))                       # --no_rewrite: still linear
-    assert {onnx_graph._attr(n, "mode") for n in onnx_graph.resize_nodes(model.graph)} == {"linear"}
+    assert {resize_mode(n) for n in onnx_graph.resize_nodes(model.graph)} == {"linear"}
 
 
 def test_pth2om_refuses_before_the_export(tools, tmp_path, tiny_pth_path):
