@@ -25,7 +25,7 @@ import re
 import sys
 from typing import List, Optional, Sequence
 
-from .cli import UserError, positive_int, run_cli
+from .cli import ArgumentParser, UserError, positive_int, run_cli
 from .files import require_file
 from .manifest import read_manifest
 
@@ -196,7 +196,7 @@ def positive_number(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python3 -m hrnetseg.acc_perf", description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(prog="python3 -m hrnetseg.acc_perf", description=__doc__.strip().splitlines()[0])
     commands = parser.add_subparsers(dest="subcommand")
     check = commands.add_parser("check_batch_sizes", help="refuse batch sizes larger than the preprocessed images")
     check.add_argument("prep", help="the preprocess folder (its manifest.json lists the images)")

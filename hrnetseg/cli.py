@@ -134,20 +134,6 @@ def _adding_hyphenated_spellings(group):
     return group
 
 
-def add_alias_flags(parser: argparse.ArgumentParser) -> None:
-    """Compatibility for parsers still made with argparse.ArgumentParser: add the `--some-flag` spelling of every
-    `--some_flag` after the fact, through argparse's private tables. Nothing to do for a cli.ArgumentParser.
-    Moved to cli.ArgumentParser: remove this once every parser of the project is one."""
-    if isinstance(parser, ArgumentParser):
-        return
-    for action in list(parser._actions):
-        extra = [s.replace("_", "-") for s in action.option_strings if s.startswith("--") and "_" in s]
-        for alias in extra:
-            if alias not in parser._option_string_actions:
-                parser._option_string_actions[alias] = action
-                action.option_strings.append(alias)
-
-
 def plain_name(text: str) -> str:
     """A folder name such as a split (`val`) or an output dirname: no path separators, not `.` or `..`."""
     if not text or text in (".", "..") or "/" in text or os.sep in text or (os.altsep and os.altsep in text):

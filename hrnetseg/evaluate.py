@@ -24,7 +24,8 @@ from . import cityscapes
 from .backends import Backend, backend_for_model, check_model_file, load_backend
 from .backends.batching import batch_size_for, pad_batch, shape_fits_input_spec
 from .backends.flags import backend_flags
-from .cli import EXIT_INTERRUPTED, UserError, add_alias_flags, output_index, plain_name, positive_int, progress, run_cli
+from .cli import (EXIT_INTERRUPTED, ArgumentParser, UserError, output_index, plain_name, positive_int, progress,
+                  run_cli)
 from .files import check_output_file
 from .locks import output_locks
 from .metrics import format_table, write_result
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         backend_help="default from the model: --onnx -> onnxruntime, --pth -> torch",
         precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU), as the bin runner",
         warmup_help="untimed runs before the stages start (default: 1 on a GPU, 0 on the CPU)")
-    parser = argparse.ArgumentParser(prog="python -m hrnetseg.evaluate", description=__doc__.strip().splitlines()[0],
+    parser = ArgumentParser(prog="python -m hrnetseg.evaluate", description=__doc__.strip().splitlines()[0],
                                      parents=[shared])
     parser.add_argument("--datasets_path", required=True,
                         help="the folder holding cityscapes/ (the ModelZoo scripts' ./data) or the cityscapes "
@@ -64,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_path", default=None, help="result.json to write (HRNet_postprocess.py's format)")
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
-    add_alias_flags(parser)
     return parser
 
 

@@ -24,9 +24,9 @@ import numpy as np
 from .backends import Backend, backend_for_model, check_model_file, load_backend
 from .backends.batching import array_bytes, batch_size_for, output_rows, pad_batch, shape_fits_input_spec
 from .backends.flags import backend_flags
-from .cli import UserError, add_alias_flags, output_index, plain_name, positive_int, progress, run_cli
+from .cli import ArgumentParser, UserError, output_index, plain_name, positive_int, progress, run_cli
 from .files import not_regular_reason, require_file
-from .preprocess import read_manifest
+from .manifest import read_manifest
 from .run_outputs import OUTFMTS, OUTPUT_DTYPE, RunOutputs
 
 BIN_SUFFIX = ".bin"   # the preprocess folder's input files: <id>.bin
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         backend_help="default from the model file: .onnx -> onnxruntime, .pth -> torch",
         precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU); outputs are float32",
         warmup_help="untimed runs of the first batch before timing (default: 1 on a GPU, 0 on the CPU)")
-    parser = argparse.ArgumentParser(prog="python3 -m hrnetseg.infer", description=__doc__.strip().splitlines()[0],
+    parser = ArgumentParser(prog="python3 -m hrnetseg.infer", description=__doc__.strip().splitlines()[0],
                                      parents=[shared])
     parser.add_argument("--model", required=True, help=".onnx (onnxruntime backend) or .pth (torch backend)")
     parser.add_argument("--input", required=True,
@@ -52,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_indices", default=None,
                         help="comma-separated output indices to write (default: all; '1' writes only output2, "
                              "the main one, and halves the disk)")
-    add_alias_flags(parser)
     return parser
 
 

@@ -22,10 +22,9 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 
 from .cityscapes import CLASS_NAMES, IGNORE, NUM_CLASSES
-from .cli import UserError, add_alias_flags, exception_line, progress, run_cli
+from .cli import ArgumentParser, UserError, exception_line, progress, run_cli
 from .files import check_output_file, require_file, write_bytes_atomic, write_text_atomic
 from .locks import output_lock
-from .upsample_argmax import logits_to_labels  # noqa: F401  moved to hrnetseg.upsample_argmax (evaluate, bench)
 
 TITLE = "overall statistical evaluation"
 SHARD_KEYS = ("matrix", "images", "ids", "skipped", "class_names")  # the arrays of a --save_confusion file
@@ -252,13 +251,12 @@ def merge_files(paths: Sequence[str]) -> ConfusionMatrix:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hrnetseg.metrics",
+    parser = ArgumentParser(prog="python -m hrnetseg.metrics",
                                      description="Work with the confusion files of HRNet_postprocess.py.")
     commands = parser.add_subparsers(dest="command")
     merge = commands.add_parser("merge", help="sum shards (--save_confusion files) into one result.json")
     merge.add_argument("files", nargs="+", help="the .npz files of the shards")
     merge.add_argument("--save_path", required=True, help="result.json to write")
-    add_alias_flags(merge)
     return parser
 
 

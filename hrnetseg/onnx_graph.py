@@ -20,7 +20,7 @@ import argparse
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .cli import UserError, add_alias_flags, exception_line, run_cli
+from .cli import ArgumentParser, UserError, exception_line, run_cli
 from .files import require_file
 
 HEAD_BRANCHES = 4            # HRNetV2 concatenates branch 1 with branches 2-4 upsampled to its size
@@ -108,7 +108,6 @@ def attribute_value(node, name: str, default=None):
     return default
 
 
-_attr = attribute_value   # renamed to attribute_value; tests/test_scripts.py still reads this name
 
 
 def _ancestor_shape_sources(tensors: Iterable[str], made_by: Dict[str, Tuple[object, int]]) -> set:
@@ -311,18 +310,17 @@ def resize_report(model) -> List[str]:
 # ------------------------------------------------------------------------------------------------- CLI
 
 def underscored(text: str) -> str:
-    """`out-nodes` as `out_nodes`: the hyphenated spelling the flags accept too (add_alias_flags)."""
+    """`out-nodes` as `out_nodes`: the hyphenated spelling the flags accept too (cli.ArgumentParser)."""
     return text.replace("-", "_")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hrnetseg.onnx_graph",
+    parser = ArgumentParser(prog="python -m hrnetseg.onnx_graph",
                                      description="Graph facts for the Ascend steps, found by structure.")
     parser.add_argument("command", choices=("out_nodes", "list"), type=underscored,
                         help="out_nodes: atc's --out_nodes value (output producers, output1 first); "
                              "list: every Resize node with shapes, mode and consumer")
     parser.add_argument("model", help="ONNX file")
-    add_alias_flags(parser)
     return parser
 
 

@@ -24,7 +24,6 @@ from .locks import output_locks
 from .metrics import ConfusionMatrix, confusion, format_table, write_result
 from .model_outputs import (AIS_BENCH, BY_SIZE, DEFAULT, OUTPUT_DTYPES, Outputs, choose_file_index, find_outputs,
                             load_logits, logits_shape, output_file_dtype, summary_output_dtype)
-from .model_outputs import OUTPUT_NAME, summary_path_for  # noqa: F401  moved to hrnetseg.model_outputs (infer)
 from .pictures import picture_paths, remove_pictures, save_pictures
 from .upsample_argmax import logits_to_labels
 from .workers import parallel_results

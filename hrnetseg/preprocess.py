@@ -26,7 +26,6 @@ from .files import atomic_path, make_output_folder, remove_stale_temporaries
 from .locks import output_lock
 from .manifest import (DTYPES, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, check_folder_settings, recorded_sources,
                        source_signature, write_manifest)
-from .manifest import read_manifest  # noqa: F401  moved to hrnetseg.manifest (infer)
 from .workers import parallel_results
 
 # Test hook: a process that has renamed this many files kills itself (SIGKILL) just before the next rename,

@@ -17,7 +17,7 @@ from .cli import UserError
 from .files import (atomic_path, check_output_file, make_output_folder, remove_quietly, remove_stale_temporaries,
                     write_target, write_text_atomic)
 from .locks import output_lock
-from .postprocess import OUTPUT_NAME, summary_path_for
+from .model_outputs import OUTPUT_NAME, summary_path_for
 
 OUTFMTS = ("BIN", "NPY")
 OUTPUT_DTYPE = "float32"   # what the runner writes, whatever the backend computes in (recorded in the summary)

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from .cityscapes import ID_TO_TRAIN, IMAGE_SUFFIX, LABEL_SUFFIX, LABELS, NUM_CLASSES
-from .cli import UserError, add_alias_flags, plain_name, positive_int, run_cli, whole_number
+from .cli import ArgumentParser, UserError, plain_name, positive_int, run_cli, whole_number
 from .files import make_output_folder, remove_quietly, write_bytes_atomic
 from .locks import output_lock
 
@@ -279,7 +279,7 @@ def write_fake_outputs(root: str, res_dir: str, split: str = "val", naming: str 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hrnetseg.sample_data", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m hrnetseg.sample_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", help="folder to write; the scenes go to DIR/cityscapes/...")
     parser.add_argument("--n", type=positive_int, default=4, help="number of images (default 4)")
     parser.add_argument("--height", type=positive_int, default=1024, help="image height (default 1024)")
@@ -287,7 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=seed_value, default=0,
                         help="random seed, 0 to {} (default 0)".format(SEED_LIMIT - 1))
     parser.add_argument("--split", type=plain_name, default="val", help="split folder name (default val)")
-    add_alias_flags(parser)
     return parser
 
 

@@ -22,7 +22,8 @@ from . import cityscapes
 from .backends import Backend
 from .backends.batching import output_rows, pad_batch
 from .cli import UserError
-from .metrics import ConfusionMatrix, confusion, logits_to_labels
+from .metrics import ConfusionMatrix, confusion
+from .upsample_argmax import logits_to_labels
 from .postprocess import logits_shape, read_train_ids
 from .preprocess import convert, read_rgb
 

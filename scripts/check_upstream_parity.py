@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hrnetseg.cli import UserError, add_alias_flags, exception_line, positive_int, run_cli  # noqa: E402
+from hrnetseg.cli import ArgumentParser, UserError, exception_line, positive_int, run_cli  # noqa: E402
 from hrnetseg.files import require_file  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -37,7 +37,7 @@ OUTPUTS = (("output1", "aux"), ("output2", "main"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Compare our HRNet-OCR model (and an ONNX export of it) with the patched upstream code "
                     "on the same checkpoint; exit 1 if a relative error is >= {:g}.".format(TOLERANCE))
     parser.add_argument("--upstream", required=True, metavar="DIR",
@@ -51,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", metavar="FILE",
                         help="also run this ONNX export of ours in ONNX Runtime on the same input and compare")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input image (default: 0)")
-    add_alias_flags(parser)
     return parser
 
 

@@ -17,8 +17,10 @@ from onnx import TensorProto, helper
 
 import HRNet_pth2onnx as pth2onnx
 from conftest import TINY_HEIGHT, TINY_WIDTH
-from hrnetseg import bench, evaluate, onnx_graph, streaming
+from hrnetseg import evaluate, onnx_graph, streaming
 from hrnetseg.backends import batching
+from hrnetseg.bench.__main__ import main as bench_main
+from hrnetseg.bench.jobs import CHILD_FLAG
 from hrnetseg.checkpoint import official_to_model_keys, read_state_dict
 from hrnetseg.cli import UserError
 from test_hostile_runner import run_infer, stub  # noqa: F401  (stub: the stand-in model fixture)
@@ -237,7 +239,7 @@ def test_bench_flags_refused_before_the_benchmark_runs(tmp_path):
              (["--device", "gpu-1", "--no_record"], "--device must be cpu, cuda")]
     for flags, fragment in cases:
         with pytest.raises(UserError, match=fragment):
-            bench.main(flags + ["--stages", "infer", "--preset", "tiny_ocr"])
+            bench_main(flags + ["--stages", "infer", "--preset", "tiny_ocr"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.md", "file"]
 
 
@@ -248,4 +250,4 @@ def test_bench_child_flag_without_a_job_file_is_one_line(tmp_path):
     for argv, fragment in (([], "takes one JOB.json"), ([str(tmp_path / "job.json")], "is a FIFO"),
                            ([str(tmp_path / "other.json")], "is not a benchmark job the parent wrote")):
         with pytest.raises(UserError, match=fragment):
-            bench.main([bench.CHILD_FLAG] + argv)
+            bench_main([CHILD_FLAG] + argv)

@@ -1,4 +1,4 @@
-"""HRNet_postprocess.py: pairing by id, namings, exact mIoU (cityscapesScripts, seed), pictures, shards, errors."""
+"""HRNet_postprocess.py: pairing by id, namings, exact mIoU (cityscapesScripts, the ModelZoo scripts' method), pictures, shards, errors."""
 from __future__ import annotations
 
 import glob
@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg import baselines, cityscapes, metrics, model_outputs, postprocess, upsample_argmax
+from hrnetseg import cityscapes, metrics, model_outputs, postprocess, upsample_argmax
+from hrnetseg.bench.reference import reference_postprocess
 from hrnetseg.cli import UserError
 
 from conftest import SAMPLE_IMAGES, assert_user_error, run_script
@@ -83,7 +84,7 @@ def test_miou_equals_cityscapes_scripts(cli_run, sample_data_root):
 
 def test_equals_the_reference_method(cli_run, sample_data_root, sample_results_path):
     """The ModelZoo scripts' postprocess, restated in hrnetseg.baselines, gives the same matrix and mean."""
-    reference = baselines.seed_postprocess(str(sample_results_path), str(_gt_dir(sample_data_root)))
+    reference = reference_postprocess(str(sample_results_path), str(_gt_dir(sample_data_root)))
     assert reference["confusion_matrix"] == cli_run["result"]["confusion_matrix"]
     assert abs(reference["value"]["mean_Iou"] - cli_run["result"]["mIoU"]) <= 1e-6
 

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg import baselines, cityscapes, preprocess
+from hrnetseg import cityscapes, preprocess
+from hrnetseg.bench.reference import reference_preprocess
 from hrnetseg.cli import UserError
 from hrnetseg.manifest import read_manifest
 
@@ -56,7 +57,7 @@ def test_float32_bins_are_the_upstream_transform(clean_run, sample_data_root):
 
 def test_same_bytes_as_the_reference_method(clean_run, sample_data_root, tmp_path):
     """The ModelZoo scripts' preprocess, restated in hrnetseg.baselines, writes the same bytes."""
-    written = baselines.seed_preprocess(str(sample_data_root), str(tmp_path / "reference"))
+    written = reference_preprocess(str(sample_data_root), str(tmp_path / "reference"))
     ours = _bins(clean_run)
     assert len(written) == SAMPLE_IMAGES
     for path in written:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import nonnegative_int, positive_int
+from ..cli import ArgumentParser, nonnegative_int, positive_int
 from ..presets import DEFAULT_PRESET, PRESET_NAMES
 from . import BACKENDS, PRECISIONS
 
@@ -18,7 +18,7 @@ def backend_flags(backend_help: str, precision_help: str, warmup_help: str) -> a
 
     They form their own section of --help ("backend"), after the tool's own flags.
     """
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = ArgumentParser(add_help=False)
     group = parser.add_argument_group("backend")
     group.add_argument("--backend", choices=BACKENDS, default=None, help=backend_help)
     group.add_argument("--device", default=None,

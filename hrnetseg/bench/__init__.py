@@ -18,14 +18,3 @@ import os
 # The repository root: children import hrnetseg from it, the commit is read from it, BENCHMARKS.md lives in it.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def __getattr__(name: str):
-    """Moved: main to hrnetseg.bench.__main__, CHILD_FLAG to hrnetseg.bench.jobs; kept here for callers of the old
-    names. Imported on use: importing __main__ here would make `python -m hrnetseg.bench` import it twice."""
-    if name == "main":
-        from .__main__ import main
-        return main
-    if name == "CHILD_FLAG":
-        from .jobs import CHILD_FLAG
-        return CHILD_FLAG
-    raise AttributeError("module {!r} has no attribute {!r}".format(__name__, name))

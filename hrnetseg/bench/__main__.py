@@ -24,7 +24,7 @@ import tempfile
 from typing import List, Optional, Sequence
 
 from . import REPO
-from ..cli import UserError, add_alias_flags, nonnegative_int, positive_int, run_cli
+from ..cli import ArgumentParser, UserError, nonnegative_int, positive_int, run_cli
 from ..files import check_output_file, make_output_folder, require_file
 from ..presets import DEFAULT_PRESET, PRESET_NAMES
 from .cases import BASELINE_SPEC, DEFAULT_CASES, parse_cases
@@ -47,7 +47,7 @@ def parse_stages(text: str) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hrnetseg.bench", description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(prog="python -m hrnetseg.bench", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of pre,infer,post (default all)")
     parser.add_argument("--height", type=positive_int, default=1024, help="image height (default 1024)")
     parser.add_argument("--width", type=positive_int, default=2048, help="image width (default 2048)")
@@ -71,7 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_record", action="store_true", help="print only; do not append to BENCHMARKS.md")
     parser.add_argument("--benchmarks_md", default=os.path.join(REPO, "BENCHMARKS.md"),
                         help="the file the tables are appended to (default: BENCHMARKS.md in the repository root)")
-    add_alias_flags(parser)
     return parser
 
 

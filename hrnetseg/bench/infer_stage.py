@@ -131,7 +131,7 @@ def prepare_model(args, run: Callable[[dict], dict], workdir: str, row0: str) ->
 
 def infer_stage(args, cases: Sequence[Case], run: Callable[[dict], dict], workdir: str) -> dict:
     """Every case in its own child, the baseline first and last; speeds against the pooled baseline runs."""
-    from ..export import relative_error
+    from ..numerics import relative_error
 
     baseline = parse_case(BASELINE_SPEC)
     others = [c for c in cases if c != baseline]
