@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error
 from hrnetseg.bench import report
 from hrnetseg.bench.cases import BASELINE_SPEC, DEFAULT_CASES, parse_case, parse_cases
 
@@ -33,7 +33,7 @@ def ratio(cell: str) -> float:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from conftest import run_script
+    from helpers import run_script
 
     tmp = tmp_path_factory.mktemp("bench")
     md = tmp / "BENCHMARKS.md"

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import assert_user_error
+from helpers import assert_user_error
 from hrnetseg.checkpoint import load_checkpoint, read_state_dict
 from hrnetseg.cli import UserError
 from hrnetseg.model import build_model, init_random_weights

@@ -11,7 +11,7 @@ import pytest
 from hrnetseg import cityscapes, sample_data
 from hrnetseg.cli import UserError
 
-from conftest import SAMPLE_IMAGES, assert_user_error, run_script
+from helpers import SAMPLE_IMAGES, assert_user_error, run_script
 
 
 def test_label_table_matches_cityscapes_scripts():

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from hrnetseg.cli import ArgumentParser, positive_int
 
 TOP_LEVEL_SCRIPTS = ("HRNet_preprocess.py", "HRNet_pth2onnx.py", "performance_optimize_resize.py",

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_script
+from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_script
 from hrnetseg import cityscapes, streaming
 from hrnetseg.backends import Backend, InputSpec
 

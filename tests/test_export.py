@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hrnetseg.export as export
-from conftest import REPO
+from helpers import REPO
 from hrnetseg.cli import UserError
 from hrnetseg.export import export_onnx
 from hrnetseg.model import build_model, init_random_weights
@@ -138,7 +138,7 @@ def test_verification_reuses_the_trace_forward(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("opset", ["10", "30"])
 def test_cli_refuses_an_opset_the_model_cannot_use(tmp_path, run, opset):
-    from conftest import assert_user_error
+    from helpers import assert_user_error
 
     result = run(["HRNet_pth2onnx.py", "--random_weights", "0", "--preset", "tiny_ocr", "--height", "64",
                   "--width", "128", "--save_path", tmp_path / "m.onnx", "--opset", opset])

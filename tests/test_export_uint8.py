@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, run_script
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, run_script
 from hrnetseg.cityscapes import MEAN, STD
 from hrnetseg.numerics import relative_error
 

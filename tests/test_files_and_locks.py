@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, assert_user_error, run_script
+from helpers import REPO, assert_user_error, lock_held_elsewhere, run_script
 from hrnetseg.cli import UserError
 from hrnetseg import locks
 from hrnetseg.files import (atomic_path, check_output_file, make_output_folder, remove_stale_temporaries,
@@ -111,36 +110,9 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
 
 # --------------------------------------------------------------------------------------------- locks
 
-HOLD = """
-import os, sys, time
-from hrnetseg.locks import output_lock
-with output_lock(sys.argv[1]):
-    if sys.argv[3] == "orphan":          # a worker that outlives its parent keeps the lock's descriptor
-        child = os.fork()
-        if child:
-            print("held", child, flush=True)
-            os._exit(0)
-    else:
-        print("held", os.getpid(), flush=True)
-    time.sleep(float(sys.argv[2]))
-"""
-
-
-def start_holder(path, seconds=30.0, orphan=False):
-    """(process, PID holding path's lock), once it holds it. orphan: the lock is kept by a forked child of a
-    process that has exited."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds), "orphan" if orphan else "-"],
-                            stdout=subprocess.PIPE, text=True, env=env)
-    line = proc.stdout.readline().split()
-    assert line and line[0] == "held"
-    return proc, int(line[1])
-
-
 def test_a_second_writer_stops_at_once_naming_the_first(tmp_path):
     out = tmp_path / "results" / "bs1"
-    holder, pid = start_holder(out)
-    try:
+    with lock_held_elsewhere(out, kill=True) as pid:
         assert read_owner(lock_path_for(str(out))) == pid
         assert lock_path_for(str(out) + "/") == str(tmp_path / "results" / "bs1.lock")   # beside, not inside
         began = time.monotonic()
@@ -148,9 +120,6 @@ def test_a_second_writer_stops_at_once_naming_the_first(tmp_path):
             with output_lock(str(out)):
                 pass
         assert time.monotonic() - began < 2
-    finally:
-        holder.kill()
-        holder.wait()
     with output_lock(str(out)):          # the kernel released the killed holder's lock
         with output_lock(str(out)):      # re-entrant in one process
             assert read_owner(lock_path_for(str(out))) == os.getpid()
@@ -159,14 +128,10 @@ def test_a_second_writer_stops_at_once_naming_the_first(tmp_path):
 
 def test_a_lock_kept_by_an_orphan_of_a_dead_owner_is_taken_over(tmp_path, capsys):
     out = tmp_path / "prep"
-    parent, child = start_holder(out, orphan=True)
-    parent.wait()
-    try:
+    with lock_held_elsewhere(out, orphan=True):
         with output_lock(str(out)):
             assert read_owner(lock_path_for(str(out))) == os.getpid()
         assert "took over" in capsys.readouterr().err
-    finally:
-        os.kill(child, signal.SIGKILL)
 
 
 SCRIPT = """

@@ -16,14 +16,13 @@ import torch
 from onnx import TensorProto, helper
 
 import HRNet_pth2onnx as pth2onnx
-from conftest import TINY_HEIGHT, TINY_WIDTH
+from helpers import TINY_HEIGHT, TINY_WIDTH, run_infer
 from hrnetseg import evaluate, onnx_graph, streaming
 from hrnetseg.backends import batching
 from hrnetseg.bench.__main__ import main as bench_main
 from hrnetseg.bench.jobs import CHILD_FLAG
 from hrnetseg.checkpoint import official_to_model_keys, read_state_dict
 from hrnetseg.cli import UserError
-from test_hostile_runner import run_infer, stub  # noqa: F401  (stub: the stand-in model fixture)
 
 
 # --- checkpoint ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 
 import HRNet_pth2onnx as pth2onnx
 import performance_optimize_resize as resize_script
-from conftest import REPO, TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, run_script
+from helpers import REPO, TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, run_script
 from hrnetseg import onnx_graph
 from hrnetseg.checkpoint import load_checkpoint, read_state_dict
 from hrnetseg.cli import UserError, run_cli

@@ -21,8 +21,7 @@ from hrnetseg import cityscapes, metrics, model_outputs, postprocess
 from hrnetseg.cli import UserError
 from hrnetseg.locks import lock_path_for
 
-from conftest import SAMPLE_IMAGES, assert_user_error, run_script
-from test_files_and_locks import start_holder
+from helpers import SAMPLE_IMAGES, assert_user_error, lock_held_elsewhere, run_script
 
 SCRIPT = "HRNet_postprocess.py"
 SHAPE = (19, 32, 64)          # the outputs for the 128 x 256 sample labels
@@ -376,15 +375,11 @@ def test_outputs_that_are_not_regular_files_are_refused_before_any_work(gt, samp
 
 def test_a_second_run_on_the_same_result_stops_at_once(gt, sample_results_path, tmp_path):
     out = tmp_path / "result.json"
-    holder, pid = start_holder(out)
-    try:
+    with lock_held_elsewhere(out, kill=True) as pid:
         result = run_script([SCRIPT, "--res_path", sample_results_path, "--data_path", gt, "--save_path", out])
         assert_user_error(result, "{} is being written by another run (PID {})".format(out, pid))
         merge = run_script(["-m", "hrnetseg.metrics", "merge", tmp_path / "none.npz", "--save_path", out])
         assert_user_error(merge, "another run (PID {})".format(pid))
-    finally:
-        holder.kill()
-        holder.wait()
     assert not out.exists()
     evaluate(sample_results_path, gt, save_path=str(out), save_vis=str(tmp_path / "vis"))
     assert out.exists() and not os.path.exists(lock_path_for(str(out)))

@@ -21,7 +21,7 @@ from hrnetseg.cli import UserError
 from hrnetseg.locks import lock_path_for
 from hrnetseg.manifest import MANIFEST, MANIFEST_VERSION, read_manifest, source_signature
 
-from conftest import REPO, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, run_script
+from helpers import REPO, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_script
 
 SCRIPT = "HRNet_preprocess.py"
 FIRST_CITY = "aachen"        # sorts before the synthetic cities: its images come first, where the size is probed
@@ -364,31 +364,16 @@ def test_not_enough_space_says_the_real_figures(tiny_data_root, tmp_path, monkey
 
 # ------------------------------------------------------------------ one writer; workers die with the run
 
-HOLD = """
-import sys
-from hrnetseg.locks import output_lock
-with output_lock(sys.argv[1]):
-    print("held", flush=True)
-    sys.stdin.readline()
-"""
-
-
 def test_a_second_preprocess_into_the_folder_stops_at_once(tiny_prep_path, tiny_data_root, tmp_path):
     out = tmp_path / "prep"
     shutil.copytree(str(tiny_prep_path), str(out))
     before = _tree(out)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out) as pid:
         began = time.monotonic()
-        with pytest.raises(UserError, match=r"is being written by another run \(PID {}\)".format(holder.pid)):
+        with pytest.raises(UserError, match=r"is being written by another run \(PID {}\)".format(pid)):
             preprocess.preprocess(str(tiny_data_root), str(out), log=_quiet)
         assert time.monotonic() - began < 2
         assert _tree(out) == before
-    finally:
-        holder.stdin.close()
-        holder.wait()
     preprocess.preprocess(str(tiny_data_root), str(out), log=_quiet)
     assert _tree(out) == before and not os.path.exists(lock_path_for(str(out)))   # nothing inside, none left
 

@@ -13,70 +13,15 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, run_script
+from helpers import (OUT_SHAPE, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_infer,
+                      run_script)
 from hrnetseg import acc_perf, cityscapes, evaluate, infer, run_outputs, streaming
-from hrnetseg.backends import Backend, InputSpec
 from hrnetseg.cli import UserError
-
-OUT_SHAPE = (19, TINY_HEIGHT // 4, TINY_WIDTH // 4)
-
-
-class StubBackend(Backend):
-    """Constant logits for any batch; raises `error` on run number `fail_at` (1-based)."""
-
-    name, device, precision = "stub", "cpu", "fp32"
-
-    def __init__(self, fail_at: int = 0, error: BaseException = None) -> None:
-        self.input = InputSpec("image", np.dtype("float32"), (None, 3, TINY_HEIGHT, TINY_WIDTH))
-        self.output_names = ["output1", "output2"]
-        self.fail_at, self.error, self.calls, self.batches = fail_at, error, 0, []
-
-    def run(self, batch):
-        self.calls += 1
-        if self.calls == self.fail_at:
-            raise self.error
-        self.batches.append(batch.shape[0])
-        logits = np.ones((batch.shape[0],) + OUT_SHAPE, np.float32)
-        return [logits, logits]
-
-
-@pytest.fixture
-def stub(monkeypatch):
-    """infer.main loads this stand-in instead of the model; `stub.loaded` says whether it got that far."""
-    backend = StubBackend()
-    backend.loaded = False
-
-    def load(*args, **kwargs):
-        backend.loaded = True
-        return backend
-
-    monkeypatch.setattr(infer, "load_backend", load)
-    return backend
-
-
-def run_infer(model, prep, out=None, *extra):
-    args = ["--model", str(model), "--input", str(prep)] + list(map(str, extra))
-    if out is not None:
-        args += ["--output", str(out), "--output_dirname", "bs"]
-    return infer.main(args)
-
-
-def lock_holder(path: Path) -> subprocess.Popen:
-    """Another process holding `path`'s output lock until its stdin closes."""
-    code = ("import sys\nfrom hrnetseg.locks import output_lock\nwith output_lock(sys.argv[1]):\n"
-            "    print('held', flush=True)\n    sys.stdin.read()\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=str(REPO), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert holder.stdout.readline().strip() == "held"
-    return holder
-
 
 # ------------------------------------------------------------------------------------- infer: throughput
 
@@ -140,12 +85,9 @@ def test_a_failed_run_removes_what_it_wrote(tmp_path, monkeypatch, tiny_onnx_pat
 
 
 def test_a_second_run_into_the_same_folder_stops_at_once(tmp_path, tiny_onnx_path, tiny_prep_path, stub):
-    holder = lock_holder(tmp_path / "bs")
-    try:
-        with pytest.raises(UserError, match=r"bs is being written by another run \(PID {}\)".format(holder.pid)):
+    with lock_held_elsewhere(tmp_path / "bs") as pid:
+        with pytest.raises(UserError, match=r"bs is being written by another run \(PID {}\)".format(pid)):
             run_infer(tiny_onnx_path, tiny_prep_path, tmp_path)
-    finally:
-        holder.communicate("")
     assert not stub.loaded and not (tmp_path / "bs").exists()   # before the model load and any write
 
 
@@ -264,13 +206,10 @@ def test_evaluate_names_an_empty_image_or_label(tmp_path, tiny_data_root):
 def test_evaluate_locks_its_output_files(tmp_path, tiny_data_root, tiny_onnx_path, monkeypatch):
     loaded = []
     monkeypatch.setattr(evaluate, "load_backend", lambda *a, **k: loaded.append(1))
-    holder = lock_holder(tmp_path / "c.npz")
-    try:
-        with pytest.raises(UserError, match=r"c.npz is being written by another run \(PID {}\)".format(holder.pid)):
+    with lock_held_elsewhere(tmp_path / "c.npz") as pid:
+        with pytest.raises(UserError, match=r"c.npz is being written by another run \(PID {}\)".format(pid)):
             evaluate.main(["--datasets_path", str(tiny_data_root), "--onnx", str(tiny_onnx_path), "--save_path",
                            str(tmp_path / "r.json"), "--save_confusion", str(tmp_path / "c.npz")])
-    finally:
-        holder.communicate("")
     assert not loaded and sorted(p.name for p in tmp_path.iterdir()) == []
 
 

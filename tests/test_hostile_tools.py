@@ -20,7 +20,7 @@ from hrnetseg.files import make_output_folder, require_file, require_folder
 from hrnetseg.manifest import read_manifest
 from hrnetseg.postprocess import evaluate_folder
 
-from conftest import REPO, assert_user_error, run_script
+from helpers import REPO, assert_user_error, lock_held_elsewhere, run_script
 
 
 def _quiet(*_args):
@@ -244,28 +244,13 @@ def test_an_image_dated_before_1970_gives_a_manifest_the_tools_accept(tiny_data_
     assert "4 already there, 1 redone as their image changed" in logged[-1]
 
 
-HOLD = """
-import sys
-from hrnetseg.locks import output_lock
-with output_lock(sys.argv[1]):
-    print("held", flush=True)
-    sys.stdin.read()
-"""
-
-
 def test_a_second_sample_data_run_into_the_folder_stops_at_once(tmp_path):
     """Two runs with other seeds would pair one run's photo with the other's label."""
     root = tmp_path / "data"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(UserError, match=r"is being written by another run \(PID {}\)".format(holder.pid)):
+    with lock_held_elsewhere(root) as pid:
+        with pytest.raises(UserError, match=r"is being written by another run \(PID {}\)".format(pid)):
             sample_data.generate(str(root), n=1, height=64, width=128)
         assert not root.exists()
-    finally:
-        holder.stdin.close()
-        holder.wait()
     assert sample_data.generate(str(root), n=1, height=64, width=128) == [sample_data.sample_id(0)]
     assert not os.path.exists(locks.lock_path_for(str(root)))
 

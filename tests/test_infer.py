@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error
+from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error
 from hrnetseg.numerics import relative_error
 
 RUNNER = ["-m", "hrnetseg.infer"]
@@ -32,7 +32,7 @@ def read_out(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def bs1_bs4(tmp_path_factory, tiny_onnx_path, tiny_prep_path):
     """The runner at bs1 and bs4 over the 5 tiny images: (results folder, {batch: completed process})."""
-    from conftest import run_script
+    from helpers import run_script
 
     out = tmp_path_factory.mktemp("infer") / "results"
     runs = {}

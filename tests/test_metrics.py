@@ -11,7 +11,7 @@ from hrnetseg.cityscapes import CLASS_NAMES
 from hrnetseg.cli import UserError
 from hrnetseg.metrics import ConfusionMatrix
 
-from conftest import assert_user_error, run_script
+from helpers import assert_user_error, run_script
 
 
 def test_confusion_rows_are_ground_truth():

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from hrnetseg import onnx_graph, rewrite_check
-from conftest import assert_user_error
+from helpers import assert_user_error
 
 SCRIPT = "performance_optimize_resize.py"
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_HEIGHT, TINY_WIDTH, assert_user_error
+from helpers import TINY_HEIGHT, TINY_WIDTH, assert_user_error
 from hrnetseg.backends import load_backend
 from hrnetseg.cli import UserError
 from hrnetseg.numerics import relative_error

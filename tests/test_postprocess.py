@@ -15,7 +15,7 @@ from hrnetseg import cityscapes, metrics, model_outputs, postprocess, upsample_a
 from hrnetseg.bench.reference import reference_postprocess
 from hrnetseg.cli import UserError
 
-from conftest import SAMPLE_IMAGES, assert_user_error, run_script
+from helpers import SAMPLE_IMAGES, assert_user_error, run_script
 
 SCRIPT = "HRNet_postprocess.py"
 

@@ -18,7 +18,7 @@ from hrnetseg.bench.reference import reference_preprocess
 from hrnetseg.cli import UserError
 from hrnetseg.manifest import read_manifest
 
-from conftest import SAMPLE_IMAGES, assert_user_error, run_script
+from helpers import SAMPLE_IMAGES, assert_user_error, run_script
 
 SCRIPT = "HRNet_preprocess.py"
 

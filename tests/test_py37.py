@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 
 ATLAS_SIDE = ["hrnetseg/__init__.py", "hrnetseg/cli.py", "hrnetseg/files.py", "hrnetseg/locks.py",
               "hrnetseg/presets.py", "hrnetseg/acc_perf.py", "hrnetseg/onnx_graph.py", "performance_optimize_resize.py",

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from conftest import REPO, TINY_PRESET, assert_user_error
+from helpers import REPO, TINY_PRESET, assert_user_error
 from hrnetseg import onnx_graph
 
 ASCEND_TOOLS = ("atc", "npu-smi", "trtexec", "ais_bench")

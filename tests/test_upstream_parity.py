@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_user_error, run_script
+from helpers import REPO, assert_user_error, run_script
 
 SCRIPT = "scripts/check_upstream_parity.py"
 PATCH = REPO / "HRNet.patch"

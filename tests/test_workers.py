@@ -8,7 +8,7 @@ import pytest
 from hrnetseg import cityscapes
 from hrnetseg.workers import parallel_results
 
-from conftest import run_script
+from helpers import run_script
 
 
 def _square(x):
