@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU), as the bin runner",
         warmup_help="untimed runs before the stages start (default: 1 on a GPU, 0 on the CPU)")
     parser = ArgumentParser(prog="python -m hrnetseg.evaluate", description=__doc__.strip().splitlines()[0],
-                                     parents=[shared])
+                            parents=[shared])
     parser.add_argument("--datasets_path", required=True,
                         help="the folder holding cityscapes/ (the ModelZoo scripts' ./data) or the cityscapes "
                              "folder itself")

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU); outputs are float32",
         warmup_help="untimed runs of the first batch before timing (default: 1 on a GPU, 0 on the CPU)")
     parser = ArgumentParser(prog="python3 -m hrnetseg.infer", description=__doc__.strip().splitlines()[0],
-                                     parents=[shared])
+                            parents=[shared])
     parser.add_argument("--model", required=True, help=".onnx (onnxruntime backend) or .pth (torch backend)")
     parser.add_argument("--input", required=True,
                         help="preprocess folder (with manifest.json), or comma-separated .bin files from one")

@@ -252,7 +252,7 @@ def merge_files(paths: Sequence[str]) -> ConfusionMatrix:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m hrnetseg.metrics",
-                                     description="Work with the confusion files of HRNet_postprocess.py.")
+                            description="Work with the confusion files of HRNet_postprocess.py.")
     commands = parser.add_subparsers(dest="command")
     merge = commands.add_parser("merge", help="sum shards (--save_confusion files) into one result.json")
     merge.add_argument("files", nargs="+", help="the .npz files of the shards")

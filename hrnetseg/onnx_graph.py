@@ -316,7 +316,7 @@ def underscored(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m hrnetseg.onnx_graph",
-                                     description="Graph facts for the Ascend steps, found by structure.")
+                            description="Graph facts for the Ascend steps, found by structure.")
     parser.add_argument("command", choices=("out_nodes", "list"), type=underscored,
                         help="out_nodes: atc's --out_nodes value (output producers, output1 first); "
                              "list: every Resize node with shapes, mode and consumer")

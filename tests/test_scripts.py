@@ -125,6 +125,17 @@ def resize_mode(node) -> str:
     return "".join(onnx.helper.get_attribute_value(a).decode() for a in node.attribute if a.name == "mode")
 
 
+def eval_with_ais_bench(program: str, tmp_path: Path, data: Path, env: dict) -> subprocess.CompletedProcess:
+    """eval_acc_perf.sh at batch size 1 on one image, with `program` (Python source) standing in for ais_bench
+    and an hrnet_bs1.om in tmp_path; outputs under tmp_path/eval."""
+    stub = tmp_path / "ais_bench_stand_in.py"
+    stub.write_text(program)
+    (tmp_path / "hrnet_bs1.om").write_bytes(b"om")
+    return bash("eval_acc_perf.sh", "--datasets_path", data, "--model_dir", tmp_path, "--batch_sizes", "1",
+                "--limit", "1", "--output_dir", tmp_path / "eval",
+                env=dict(env, AIS_BENCH="{} {}".format(sys.executable, stub)))
+
+
 def table_rows(stdout: str) -> list:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in stdout.splitlines()
             if re.match(r"^\| \d+ \|", line)]
@@ -320,13 +331,10 @@ def test_eval_without_a_usable_throughput_says_so(tools, tmp_path, tiny_data_roo
     """One clear line naming the log and the command, never a bare failed-command trace or 0.00 in the table
     (python3 -m hrnetseg.acc_perf throughput; its cases are in test_hostile_runner.py)."""
     _, env, _ = tools
-    stub = tmp_path / "quiet_ais_bench.py"
-    stub.write_text("print('[INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(1.000): 0.000')\n")
-    (tmp_path / "hrnet_bs1.om").write_bytes(b"om")
-    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--batch_sizes", "1",
-                  "--limit", "1", "--output_dir", tmp_path / "eval",
-                  env=dict(env, AIS_BENCH="{} {}".format(sys.executable, stub)))
-    assert_user_error(result, "'0.000'", "not a positive", "{}/eval/results/bs1.log".format(tmp_path), str(stub))
+    result = eval_with_ais_bench("print('[INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(1.000): "
+                                 "0.000')\n", tmp_path, tiny_data_root, env)
+    assert_user_error(result, "'0.000'", "not a positive", "{}/eval/results/bs1.log".format(tmp_path),
+                      str(tmp_path / "ais_bench_stand_in.py"))
     assert "| 1 |" not in result.stdout
 
 
@@ -437,12 +445,9 @@ def test_hung_probes_stop_the_scripts_with_one_line(tools, tmp_path, tiny_pth_pa
 def test_a_failed_long_step_names_the_command_and_its_time(tools, tmp_path, tiny_data_root):
     """The inference through tee fails: the command and how long it ran, not just an exit status."""
     _, env, _ = tools
-    stub = tmp_path / "failing_ais_bench.py"
-    stub.write_text("import sys\nif sys.argv[1:] != ['--help']:\n    sys.exit(5)\n")
-    (tmp_path / "hrnet_bs1.om").write_bytes(b"om")
-    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--batch_sizes", "1",
-                  "--limit", "1", "--output_dir", tmp_path / "eval",
-                  env=dict(env, AIS_BENCH="{} {}".format(sys.executable, stub)))
+    result = eval_with_ais_bench("import sys\nif sys.argv[1:] != ['--help']:\n    sys.exit(5)\n", tmp_path,
+                                 tiny_data_root, env)
+    stub = tmp_path / "ais_bench_stand_in.py"
     assert result.returncode == 5, result.stderr
     last = result.stderr.splitlines()[-1]
     assert re.match(r"error: command failed \(exit 5\): \S+ {} --model .*hrnet_bs1.om .* \(after \d+ s\)$".format(
