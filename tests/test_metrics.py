@@ -119,3 +119,15 @@ def test_shards_of_different_model_outputs_are_not_summed(tmp_path, sample_data_
     old.output_index, old.ids = None, ["other_{}".format(i) for i in range(old.images)]
     old.save(str(tmp_path / "old.npz"))
     assert merge_files([str(tmp_path / "old.npz"), shards[1]]).output_index == 1
+
+
+def test_a_damaged_output_index_in_a_shard_is_refused(tmp_path):
+    shard = ConfusionMatrix()
+    shard.add(np.eye(19, dtype=np.int64), "a")
+    shard.save(str(tmp_path / "good.npz"))
+    with np.load(str(tmp_path / "good.npz")) as data:
+        fields = {key: data[key] for key in data.files}
+    for bad in (np.int64(-1), np.array("1"), np.array([1, 0]), np.float64(1.0)):
+        np.savez(str(tmp_path / "bad.npz"), output_index=bad, **fields)
+        with pytest.raises(UserError, match="output_index"):
+            ConfusionMatrix.load(str(tmp_path / "bad.npz"))
