@@ -18,19 +18,17 @@ import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from . import cityscapes
-from .backends import Backend, backend_for_model, check_model_file, load_backend
-from .backends.batching import batch_size_for, pad_batch, shape_fits_input_spec
+from .backends import backend_for_model, check_model_file, load_backend
+from .backends.batching import batch_size_for, pad_batch
 from .backends.flags import backend_flags
 from .cli import (EXIT_INTERRUPTED, ArgumentParser, UserError, output_index, plain_name, positive_int, progress,
                   run_cli)
 from .files import check_output_file
 from .locks import output_locks
-from .metrics import format_table, write_result
-from .preprocess import DTYPES
-from .streaming import StreamingEvaluation, interrupt_after_count, stage_report
+from .metrics import ConfusionMatrix, format_table, write_result
+from .scaleout.driver import add_ray_flags, check_ray_flags
+from .streaming import StreamingEvaluation, check_backend, interrupt_after_count, stage_report
 
 NOTICE_S = 1.0        # after Ctrl-C, how long to wait for the batch in flight before saying so
 
@@ -65,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_path", default=None, help="result.json to write (HRNet_postprocess.py's format)")
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
+    add_ray_flags(parser)
     return parser
 
 
@@ -80,24 +79,6 @@ def labelled_samples(datasets_path: str, split: str, limit: Optional[int]) -> Li
         raise UserError("{} of {} images have no gtFine label (e.g. {}): evaluation needs every label".format(
             len(unlabelled), len(samples), ", ".join(unlabelled[:5])))
     return samples
-
-
-def model_input_dtype(backend: Backend) -> str:
-    """The model's input type, when it is one the decode stage makes."""
-    name = np.dtype(backend.input.dtype).name
-    if name not in DTYPES:
-        raise UserError("the model takes {} input; the streaming evaluator feeds {}".format(
-            backend.input.describe(), ", ".join(DTYPES)))
-    return name
-
-
-def evaluated_output_index(requested: Optional[int], outputs: int) -> int:
-    """--output_index, or by default the main output (1 of 2) or the only one; refused when the model lacks it."""
-    index = (1 if outputs > 1 else 0) if requested is None else requested
-    if not 0 <= index < outputs:
-        raise UserError("--output_index {} does not fit a model with {} output{} (0..{})".format(
-            requested, outputs, "" if outputs == 1 else "s", outputs - 1))
-    return index
 
 
 def report_interrupted(pipeline: StreamingEvaluation, total: int) -> None:
@@ -147,6 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not model:
         raise UserError("{} is an empty name: give the model file".format("--onnx" if args.onnx is not None
                                                                           else "--pth"))
+    check_ray_flags(args)
     check_outputs(args.save_path, args.save_confusion, model)
     interrupt_after_count()
     kind = args.backend or backend_for_model(model)
@@ -154,6 +136,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     size = first_image_size(samples)
     check_model_file(model)
     with output_locks(args.save_path, args.save_confusion):
+        if args.ray is not None:
+            return run_on_ray(args, kind, model, samples, size)
         return run(args, kind, model, samples, size)
 
 
@@ -165,12 +149,8 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
     began = time.perf_counter()
     backend = load_backend(kind, model, device=args.device, precision=args.precision, preset=args.preset,
                            input_dtype=args.input_dtype)
-    dtype = model_input_dtype(backend)
-    if not shape_fits_input_spec(backend.input, (3,) + size):
-        raise UserError("the images are {}x{} but the model takes {}: export it at this size or with open axes"
-                        .format(size[0], size[1], backend.input.describe()))
+    dtype, index = check_backend(backend, size, args.output_index)
     batch = batch_size_for(backend, args.batchsize)
-    index = evaluated_output_index(args.output_index, len(backend.output_names))
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
     for _ in range(warmup):
         backend.run(pad_batch((), batch, (3,) + size, dtype))
@@ -193,18 +173,38 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
             bar.close()
             report_interrupted(pipeline, len(samples))
             raise
-    matrix = pipeline.matrix
+    report_and_save(args, pipeline.matrix, index, stage_report(pipeline.stages, pipeline.wall_s,
+                                                               pipeline.matrix.images))
+    return 0
+
+
+def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[cityscapes.Sample],
+               size: Tuple[int, int]) -> int:
+    """The same evaluation on a Ray cluster (hrnetseg.scaleout): the same table and result.json, plus the
+    result's "engine" entry (workers, nodes, retried batches, per-worker images and busy time)."""
+    from .scaleout.driver import evaluate_on_ray, worker_report
+
+    ledger, engine, evaluation = evaluate_on_ray(args, kind, model, samples, size)
+    report_and_save(args, ledger.matrix, evaluation.loaded["output_index"], worker_report(evaluation),
+                    engine=engine)
+    return 0
+
+
+def report_and_save(args: argparse.Namespace, matrix: ConfusionMatrix, index: int, timing: List[str],
+                    engine: Optional[dict] = None) -> None:
+    """Print the mIoU table and the timing lines; write --save_confusion and --save_path."""
     matrix.ids.sort()
     matrix.output_index = index
     result = matrix.compute()
     print(format_table(result))
-    print("\n".join(stage_report(pipeline.stages, pipeline.wall_s, matrix.images)))
+    print("\n".join(timing))
+    if engine is not None:
+        result["engine"] = engine
     if args.save_confusion:
         matrix.save(args.save_confusion)
     if args.save_path:
         write_result(args.save_path, result)
         print("result: {}".format(args.save_path))
-    return 0
 
 
 if __name__ == "__main__":

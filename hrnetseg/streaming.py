@@ -20,12 +20,12 @@ import numpy as np
 
 from . import cityscapes
 from .backends import Backend
-from .backends.batching import output_rows, pad_batch
+from .backends.batching import output_rows, pad_batch, shape_fits_input_spec
 from .cli import UserError
 from .metrics import ConfusionMatrix, confusion
 from .upsample_argmax import logits_to_labels
 from .postprocess import logits_shape, read_train_ids
-from .preprocess import convert, read_rgb
+from .preprocess import DTYPES, convert, read_rgb
 
 POLL_S = 0.1          # how often a blocked stage looks at the stop flag
 # Test hook: after this many evaluated images the process sends itself SIGINT (a Ctrl-C at a known point).
@@ -38,6 +38,35 @@ def interrupt_after_count() -> int:
     if not text.isdigit() or not text.isascii():
         raise UserError("{}={!r}: expected a number of images (0 or unset: off)".format(INTERRUPT_AFTER_ENV, text))
     return int(text)
+
+
+# ------------------------------------------------------------------------------- the model, checked once
+
+def model_input_dtype(backend: Backend) -> str:
+    """The model's input type, when it is one the decode stage makes."""
+    name = np.dtype(backend.input.dtype).name
+    if name not in DTYPES:
+        raise UserError("the model takes {} input; the streaming evaluator feeds {}".format(
+            backend.input.describe(), ", ".join(DTYPES)))
+    return name
+
+
+def evaluated_output_index(requested: Optional[int], outputs: int) -> int:
+    """--output_index, or by default the main output (1 of 2) or the only one; refused when the model lacks it."""
+    index = (1 if outputs > 1 else 0) if requested is None else requested
+    if not 0 <= index < outputs:
+        raise UserError("--output_index {} does not fit a model with {} output{} (0..{})".format(
+            requested, outputs, "" if outputs == 1 else "s", outputs - 1))
+    return index
+
+
+def check_backend(backend: Backend, size: Tuple[int, int], requested_index: Optional[int]) -> Tuple[str, int]:
+    """(input dtype, evaluated output index) of a loaded model, refused when it cannot take `size` images."""
+    dtype = model_input_dtype(backend)
+    if not shape_fits_input_spec(backend.input, (3,) + tuple(size)):
+        raise UserError("the images are {}x{} but the model takes {}: export it at this size or with open axes"
+                        .format(size[0], size[1], backend.input.describe()))
+    return dtype, evaluated_output_index(requested_index, len(backend.output_names))
 
 
 # ------------------------------------------------------------------------------------------- the stages

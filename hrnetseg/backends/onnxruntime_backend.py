@@ -1,6 +1,7 @@
 """ONNX Runtime backend: the CUDA provider when onnxruntime-gpu is installed and a GPU is wanted, else the CPU."""
 from __future__ import annotations
 
+import os
 from typing import List
 
 import numpy as np
@@ -53,8 +54,14 @@ class OnnxRuntimeBackend(Backend):
 
     @staticmethod
     def _open(ort, path: str, providers: list):
+        options = ort.SessionOptions()
+        # ONNX Runtime sizes its own thread pool (one thread per core) and ignores OMP_NUM_THREADS; honour it
+        # here so that a process given N cores (a Ray worker, a benchmark with one inference thread) uses N.
+        threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if threads.isdigit() and int(threads) > 0:
+            options.intra_op_num_threads = int(threads)
         try:
-            return ort.InferenceSession(path, providers=providers)
+            return ort.InferenceSession(path, sess_options=options, providers=providers)
         except Exception as exc:   # ORT raises its own InvalidProtobuf / Fail / NoSuchFile types
             raise UserError("ONNX Runtime cannot load {}: {}".format(path, exception_line(exc)))
 

@@ -1,0 +1,319 @@
+"""The driver of python -m hrnetseg.evaluate --ray ADDRESS: workers, batches, retries, the report.
+
+It connects to Ray (or starts a loopback-only instance for `local`), starts the worker actors (each prints
+`ray worker <i> pid <PID> node <NODE>` once it has loaded the model), keeps at most IN_FLIGHT batches queued
+on each live worker and adds each returned confusion matrix to the ledger once. A worker that dies (its
+process killed, its node lost) fails its unfinished batches: they go back to the queue and run on whichever
+worker is live, the restarted one included, and are counted as retried. A batch failing MAX_ATTEMPTS times, or
+no live worker left, stops the run (exit 1); an error text from a worker (a file it cannot read) stops it
+at once (exit 2). Ctrl-C stops the workers and writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections import deque
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..cityscapes import NUM_CLASSES, Sample
+from ..cli import UserError, exception_line, progress
+from . import import_ray
+from .batches import Ledger, plan_batches
+from .worker import EvaluationWorker, WorkerConfig
+
+IN_FLIGHT = 2          # batches queued per worker: the next one is there when the current one ends
+POLL_S = 0.5           # how often the driver looks at the clock while waiting (Ctrl-C, restart deadlines)
+RESTART_S = 600.0      # a dead worker not back by then (no node can host it) counts as lost
+MAX_RESTARTS = 3       # how often Ray restarts a worker whose process died
+# Test hook: each batch sleeps this long first on the worker, so that a test can kill a worker mid-run.
+BATCH_DELAY_ENV = "HRNETSEG_TEST_RAY_BATCH_DELAY_S"
+
+
+def batch_delay_s() -> float:
+    text = os.environ.get(BATCH_DELAY_ENV, "").strip() or "0"
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        raise UserError("{}={!r}: expected seconds".format(BATCH_DELAY_ENV, text))
+
+
+def connect(ray, address: str) -> None:
+    """Join the Ray cluster at `address`, or for `local` start one on this machine, bound to 127.0.0.1."""
+    options = dict(logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        if address == "local":
+            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **options)
+        else:
+            ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        raise UserError("cannot {} Ray at {}: {}".format("start" if address == "local" else "connect to",
+                                                         address, exception_line(exc)))
+
+
+def worker_count(ray, requested: Optional[int], cpus: float, gpus: float) -> int:
+    """--ray_workers, or as many workers as the cluster's CPUs (and GPUs) hold; refused when it has too few."""
+    resources = ray.cluster_resources()
+    have_cpus, have_gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    fits = int(have_cpus // cpus) if cpus else 10 ** 6
+    if gpus:
+        fits = min(fits, int(have_gpus // gpus))
+    workers = requested or fits
+    if workers < 1 or workers > fits:
+        raise UserError("{} Ray worker{} of {:g} CPU{} need {:g} CPUs{}; the cluster has {:g} CPUs and {:g} GPUs "
+                        "(lower --ray_workers, --ray_cpus_per_worker or --ray_gpus_per_worker)".format(
+                            max(workers, 1), "" if workers == 1 else "s", cpus, "" if cpus == 1 else "s",
+                            max(workers, 1) * cpus, " and {:g} GPUs".format(max(workers, 1) * gpus) if gpus else "",
+                            have_cpus, have_gpus))
+    return workers
+
+
+class Worker(object):
+    """The driver's view of one actor: its handle, where it runs, what it did."""
+
+    def __init__(self, index: int, handle) -> None:
+        self.index, self.handle = index, handle
+        self.info: dict = {}
+        self.live = False         # loaded and taking batches
+        self.lost = False         # dead for good
+        self.in_flight = 0
+        self.images = 0
+        self.busy_s = 0.0
+        self.restarting_since: Optional[float] = None
+
+    def summary(self) -> dict:
+        return {"node": self.info.get("node"), "pid": self.info.get("pid"), "images": self.images,
+                "busy_s": round(self.busy_s, 3)}
+
+
+class RayEvaluation(object):
+    """One evaluation on Ray: run() returns the ledger (every batch added once) or raises."""
+
+    def __init__(self, ray, config: WorkerConfig, samples: Sequence[Sample], workers: int, cpus: float,
+                 gpus: float, images_per_batch: int) -> None:
+        self.ray, self.config, self.samples = ray, config, list(samples)
+        self.batches = plan_batches([s.id for s in samples], images_per_batch, config.batchsize or 1)
+        self.ledger = Ledger(self.batches, NUM_CLASSES)
+        actor = ray.remote(EvaluationWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS,
+                                                     max_task_retries=0)
+        listing = ray.put(self.samples)   # one copy in the object store, shared by every worker
+        self.workers = [Worker(i, actor.remote(i, config, listing)) for i in range(workers)]
+        for worker in self.workers:
+            worker.restarting_since = time.monotonic()   # starting counts as restarting: same deadline
+        self.pending = deque(self.batches)
+        self.running: Dict[object, Tuple[object, Worker]] = {}  # ref -> (batch, worker)
+        self.pings: Dict[object, Worker] = {}  # ref of ready() -> worker
+        self.loaded: Optional[dict] = None  # the first worker's ready() answer
+        self.starting = workers   # batches go out once every worker has loaded the model (or failed to)
+        self.wall_s = 0.0
+        self._began: Optional[float] = None
+
+    @property
+    def retried_batches(self) -> int:
+        return len(self.ledger.retried)
+
+    @property
+    def nodes(self) -> int:
+        return len({w.info.get("node_id") for w in self.workers if w.info.get("node_id")})
+
+    def stop(self) -> None:
+        """Kill every worker (no restart)."""
+        for worker in self.workers:
+            try:
+                self.ray.kill(worker.handle, no_restart=True)
+            except Exception:   # noqa: B902 - already gone, or the cluster with it
+                pass
+
+    def run(self, on_images) -> Ledger:
+        for worker in self.workers:
+            self.pings[worker.handle.ready.remote()] = worker
+        while not self.ledger.complete:
+            self._dispatch()
+            if not self.running and not self.pings:
+                raise UserError("no live Ray worker left ({} of {} batches done)".format(
+                    len(self.ledger.added), len(self.batches)), exit_code=1)
+            ready, _ = self.ray.wait(list(self.running) + list(self.pings), num_returns=1, timeout=POLL_S)
+            for ref in ready:
+                if ref in self.pings:
+                    self._answered(ref, self.pings.pop(ref))
+                else:
+                    self._finished(ref, on_images)
+            self._give_up_on_restarts()
+        self.wall_s = time.perf_counter() - (self._began or time.perf_counter())
+        return self.ledger
+
+    # --- steps of the loop ---------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        if self.starting:
+            return
+        for worker in self.workers:
+            while worker.live and worker.in_flight < IN_FLIGHT and self.pending:
+                batch = self.pending.popleft()
+                if batch.id in self.ledger.added:
+                    continue
+                if self._began is None:
+                    self._began = time.perf_counter()
+                self.running[worker.handle.evaluate.remote(batch.id, batch.image_ids)] = (batch, worker)
+                worker.in_flight += 1
+
+    def _answered(self, ref, worker: Worker) -> None:
+        """A ready() ping came back: the worker (re)started and loaded the model, or it is gone."""
+        try:
+            info = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as exc:
+            if not worker.info:   # it never started: its process failed before loading the model
+                raise UserError("ray worker {} could not start: {}".format(worker.index, exception_line(exc)))
+            worker.lost, worker.restarting_since = True, None
+            print("ray worker {} lost: {}".format(worker.index, exception_line(exc, 200)), flush=True)
+            return
+        if info["error"]:
+            raise UserError(info["error"])
+        restarted = bool(worker.info)
+        if not restarted:
+            self.starting -= 1
+        worker.info, worker.live, worker.restarting_since = info, True, None
+        self.loaded = self.loaded or info
+        print("ray worker {} pid {} node {}{}".format(worker.index, info["pid"], info["node"],
+                                                      " (restarted)" if restarted else ""), flush=True)
+
+    def _finished(self, ref, on_images) -> None:
+        batch, worker = self.running.pop(ref)
+        worker.in_flight -= 1
+        try:
+            result = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as exc:
+            self.ledger.failed(batch.id, "ray worker {} died: {}".format(worker.index, exception_line(exc, 200)))
+            self.pending.appendleft(batch)
+            if worker.live:   # ask the (restarting) actor to report back; no batches for it until then
+                worker.live, worker.restarting_since = False, time.monotonic()
+                self.pings[worker.handle.ready.remote()] = worker
+            return
+        except self.ray.exceptions.RayTaskError as exc:   # the model or the pipeline raised: try again
+            self.ledger.failed(batch.id, "ray worker {}: {}".format(worker.index, exception_line(exc, 200)))
+            self.pending.appendleft(batch)
+            return
+        if result.get("error"):
+            raise UserError(result["error"])
+        if self.ledger.add(batch.id, result["matrix"], result["ids"]):
+            worker.images += len(result["ids"])
+            worker.busy_s += result["busy_s"]
+            worker.info["pid"] = result.get("pid", worker.info.get("pid"))
+            on_images(len(result["ids"]))
+
+    def _give_up_on_restarts(self) -> None:
+        now = time.monotonic()
+        for ref, worker in list(self.pings.items()):
+            if worker.restarting_since is not None and now - worker.restarting_since > RESTART_S:
+                if not worker.info:
+                    raise UserError("ray worker {} did not start within {:.0f} s (no node with the CPUs and "
+                                    "GPUs it needs?)".format(worker.index, RESTART_S), exit_code=1)
+                del self.pings[ref]
+                worker.lost = True
+                print("ray worker {} lost: not restarted within {:.0f} s".format(worker.index, RESTART_S),
+                      flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI hook
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """--ray and its options, for python -m hrnetseg.evaluate."""
+    from ..cli import positive_int
+
+    group = parser.add_argument_group("scale out on Ray (pip install -r requirements-ray.txt)")
+    group.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="run on Ray: local (start one on this machine, loopback only), auto (the cluster this "
+                            "node belongs to), HOST:PORT or ray://HOST:PORT; the data and the model must be at "
+                            "the same path on every node")
+    group.add_argument("--ray_cpus_per_worker", type=positive_float, default=1.0,
+                       help="CPUs per worker, the model's threads (default 1)")
+    group.add_argument("--ray_gpus_per_worker", type=nonnegative_float, default=0.0,
+                       help="GPUs per worker (default 0); a worker with a GPU runs its model there")
+    group.add_argument("--ray_workers", type=positive_int, default=None,
+                       help="workers (default: the cluster's CPUs / CPUs per worker)")
+    group.add_argument("--ray_batch_images", type=positive_int, default=8,
+                       help="images per unit of work (default 8; rounded up to whole --batchsize batches)")
+
+
+def positive_float(text: str) -> float:
+    value = nonnegative_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, got {!r}".format(text))
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("expected a number >= 0, got {!r}".format(text))
+    return value
+
+
+def check_ray_flags(args: argparse.Namespace) -> None:
+    """The --ray_* options only with --ray; an empty address refused (before any work)."""
+    if args.ray is None:
+        given = [flag for flag, value, default in (("--ray_cpus_per_worker", args.ray_cpus_per_worker, 1.0),
+                                                   ("--ray_gpus_per_worker", args.ray_gpus_per_worker, 0.0),
+                                                   ("--ray_workers", args.ray_workers, None),
+                                                   ("--ray_batch_images", args.ray_batch_images, 8))
+                 if value != default]
+        if given:
+            raise UserError("{} applies only with --ray ADDRESS".format(given[0]))
+    elif not args.ray.strip():
+        raise UserError("--ray is empty: give local, auto, HOST:PORT or ray://HOST:PORT")
+
+
+def evaluate_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[Sample],
+                    size: Tuple[int, int]):
+    """Evaluate `samples` on Ray; returns (ledger, engine dict, first worker's ready() answer) or raises."""
+    ray = import_ray(loopback=args.ray == "local")
+    config = WorkerConfig(kind=kind, model=os.path.abspath(model), device=args.device, precision=args.precision,
+                          preset=args.preset, input_dtype=args.input_dtype, size=tuple(size),
+                          batchsize=args.batchsize, output_index=args.output_index, warmup=args.warmup_count,
+                          threads=max(1, int(round(args.ray_cpus_per_worker))), batch_delay_s=batch_delay_s())
+    connect(ray, args.ray)
+    evaluation = None
+    try:
+        workers = worker_count(ray, args.ray_workers, args.ray_cpus_per_worker, args.ray_gpus_per_worker)
+        evaluation = RayEvaluation(ray, config, samples, workers, args.ray_cpus_per_worker,
+                                   args.ray_gpus_per_worker, args.ray_batch_images)
+        print("evaluate: {} images ({}x{}) from {} on Ray at {}: {} workers of {:g} CPU{}{}, {} batches of up to "
+              "{} images".format(len(samples), size[0], size[1], args.datasets_path, args.ray, workers,
+                                 args.ray_cpus_per_worker, "" if args.ray_cpus_per_worker == 1 else "s",
+                                 " and {:g} GPU".format(args.ray_gpus_per_worker) if args.ray_gpus_per_worker
+                                 else "", len(evaluation.batches), len(evaluation.batches[0].image_ids)),
+              flush=True)
+        with progress(total=len(samples), desc="evaluate (ray)") as bar:
+            try:
+                ledger = evaluation.run(bar.update)
+            except KeyboardInterrupt:
+                bar.close()
+                print("interrupted: {} of {} images evaluated; workers stopped; nothing written".format(
+                    evaluation.ledger.matrix.images, len(samples)), flush=True)
+                raise
+        engine = {"name": "ray", "workers": len(evaluation.workers), "nodes": evaluation.nodes,
+                  "retried_batches": evaluation.retried_batches,
+                  "per_worker": [w.summary() for w in evaluation.workers]}
+        return ledger, engine, evaluation
+    finally:
+        if evaluation is not None:
+            evaluation.stop()
+        ray.shutdown()   # stops the instance this process started; a joined cluster keeps running
+
+
+def worker_report(evaluation: RayEvaluation) -> List[str]:
+    """One line per worker (node, pid, images, busy time), then the wall time and the retried batches."""
+    lines = ["{:<7} {:<16} {:>8} {:>7} {:>9} {:>10}".format("worker", "node", "pid", "images", "busy (s)",
+                                                          "busy/wall")]
+    for worker in evaluation.workers:
+        lines.append("{:<7} {:<16} {:>8} {:>7} {:>9.3f} {:>9.0f}%".format(
+            worker.index, str(worker.info.get("node", "-")), str(worker.info.get("pid", "-")), worker.images,
+            worker.busy_s, 100.0 * worker.busy_s / evaluation.wall_s if evaluation.wall_s > 0 else 0.0))
+    images = evaluation.ledger.matrix.images
+    lines.append("wall {:.2f} s for {} images (first batch out to last result back, model load excluded): {:.2f} "
+                 "images/s".format(evaluation.wall_s, images, images / evaluation.wall_s if evaluation.wall_s else 0.0))
+    lines.append("retried batches: {}".format(evaluation.retried_batches))
+    return lines

@@ -1,0 +1,110 @@
+"""The Ray actor of a scaled-out evaluation: loads the model once, then evaluates batches of image ids.
+
+Each batch runs through the streaming evaluation of one process (streaming.StreamingEvaluation: the same
+decode, model batches, upsample + argmax and confusion matrix), reading the images from the data set path
+the driver listed, which must be the same on every node. Only the batch's 19 x 19 int64 confusion matrix and
+its ids go back to the driver. A problem with the data or the model (a file that cannot be read) comes back
+as an error text naming the node, so that the driver stops with one line instead of re-running the batch.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections import namedtuple
+from typing import Dict, Optional, Sequence
+
+from ..backends import load_backend
+from ..backends.batching import batch_size_for, pad_batch
+from ..cityscapes import Sample
+from ..cli import UserError, one_line
+from ..streaming import INTERRUPT_AFTER_ENV, StreamingEvaluation, check_backend
+
+# What a worker needs to load and run the model the way the local evaluation would.
+WorkerConfig = namedtuple("WorkerConfig", ["kind", "model", "device", "precision", "preset", "input_dtype",
+                                           "size", "batchsize", "output_index", "warmup", "threads",
+                                           "batch_delay_s"])
+
+
+def node_address() -> str:
+    """This node's address in the Ray cluster (127.0.0.1 for every node of a loopback instance)."""
+    import ray
+
+    try:
+        return ray.util.get_node_ip_address()
+    except Exception:   # noqa: B902 - outside a Ray worker (unit tests): the host name still names the node
+        return socket.gethostname()
+
+
+def limit_threads(threads: int) -> None:
+    """Give the model `threads` threads (the CPUs Ray reserved for this worker) and OpenCV one: the batch
+    pipeline's stages are the other parallelism. Runs before the backend is imported."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)   # torch reads it on import; the ONNX Runtime backend too
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+class EvaluationWorker(object):
+    """One worker: `ready()` says where it runs (and why it cannot, if so); `evaluate()` does one batch."""
+
+    def __init__(self, index: int, config: WorkerConfig, samples: Sequence[Sample]) -> None:
+        os.environ.pop(INTERRUPT_AFTER_ENV, None)   # the local Ctrl-C test hook is the driver's, not ours
+        self.index, self.config = index, config
+        self.samples: Dict[str, Sample] = {sample.id: sample for sample in samples}
+        self.node = node_address()
+        self.error: Optional[str] = None
+        self.busy_s = 0.0
+        began = time.perf_counter()
+        try:
+            limit_threads(config.threads)
+            self.backend = load_backend(config.kind, config.model, device=config.device,
+                                        precision=config.precision, preset=config.preset,
+                                        input_dtype=config.input_dtype)
+            if "torch" in sys.modules:
+                import torch
+
+                torch.set_num_threads(config.threads)
+            self.dtype, self.output_index = check_backend(self.backend, config.size, config.output_index)
+            self.batch = batch_size_for(self.backend, config.batchsize)
+            for _ in range(config.warmup if config.warmup is not None else (0 if self.backend.device == "cpu" else 1)):
+                self.backend.run(pad_batch((), self.batch, (3,) + tuple(config.size), self.dtype))
+        except UserError as exc:
+            self.error = "ray worker {} on node {}: {}".format(index, self.node, one_line(str(exc)))
+        self.load_s = time.perf_counter() - began
+
+    def ready(self) -> dict:
+        """Where this worker runs and what it loaded, or the error that stopped it."""
+        import ray
+
+        info = {"index": self.index, "pid": os.getpid(), "node": self.node,
+                "node_id": ray.get_runtime_context().get_node_id(), "error": self.error, "load_s": self.load_s}
+        if self.error is None:
+            info.update(backend=self.backend.name, device=self.backend.device, precision=self.backend.precision,
+                        batch=self.batch, output_index=self.output_index,
+                        output_name=self.backend.output_names[self.output_index], dtype=self.dtype)
+        return info
+
+    def evaluate(self, batch_id: int, image_ids: Sequence[str]) -> dict:
+        """The batch's confusion matrix (19 x 19 int64), its ids and the seconds spent; or {"error": ...}."""
+        if self.error is not None:
+            return {"batch": batch_id, "error": self.error}
+        if self.config.batch_delay_s:
+            time.sleep(self.config.batch_delay_s)   # test hook: a batch that takes a while (see driver.py)
+        began = time.perf_counter()
+        size = tuple(self.config.size)
+        try:
+            missing = [image_id for image_id in image_ids if image_id not in self.samples]
+            if missing:
+                raise UserError("image id {} is not in the listing the driver sent".format(missing[0]))
+            pipeline = StreamingEvaluation(self.backend, [self.samples[i] for i in image_ids], self.dtype, size,
+                                           self.batch, self.output_index, max(4, 2 * self.batch))
+            matrix = pipeline.run()
+        except UserError as exc:
+            return {"batch": batch_id, "error": "ray worker {} on node {}: {}".format(
+                self.index, self.node, one_line(str(exc)))}
+        seconds = time.perf_counter() - began
+        self.busy_s += seconds
+        return {"batch": batch_id, "matrix": matrix.matrix, "ids": list(matrix.ids), "busy_s": seconds,
+                "pid": os.getpid()}
