@@ -1,0 +1,263 @@
+"""Scale-out on Ray (python -m hrnetseg.evaluate --ray): the local confusion matrix exactly under --ray local, on a
+two-node cluster and with a worker killed mid-run; an image deleted after the listing; Ctrl-C; no Ray installed.
+
+Every Ray instance here is bound to 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) and keeps its files under a
+short temporary folder (Ray's socket paths must fit 107 bytes). One two-node cluster serves the module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from helpers import REPO, TINY_IMAGES, assert_user_error, default_sigint, run_script
+from hrnetseg import cityscapes
+from hrnetseg.cli import UserError
+from hrnetseg.scaleout import LOOPBACK_ENV, REQUIREMENTS, import_ray
+from hrnetseg.scaleout.batches import MAX_ATTEMPTS, Ledger, plan_batches
+from hrnetseg.scaleout.driver import BATCH_DELAY_ENV
+
+EVALUATE = ["-m", "hrnetseg.evaluate"]
+WORKER_LINE = re.compile(r"^ray worker (\d+) pid (\d+) node (\S+)", re.M)
+
+
+# --- the ledger and the plan, without Ray -------------------------------------------------------------------
+
+def test_batches_are_whole_model_batches_in_id_order():
+    ids = ["a{}".format(i) for i in range(11)]
+    batches = plan_batches(ids, images_per_batch=3, model_batch=2)   # 3 rounds up to 4: 4 + 4 + 3
+    assert [len(b.image_ids) for b in batches] == [4, 4, 3]
+    assert [i for b in batches for i in b.image_ids] == ids and [b.id for b in batches] == [0, 1, 2]
+    assert [len(b.image_ids) for b in plan_batches(ids, 8, 1)] == [8, 3]
+
+
+def test_the_ledger_adds_each_batch_once_and_gives_up_after_three_failures():
+    batches = plan_batches(["a", "b", "c"], 2, 1)
+    ledger = Ledger(batches, 19)
+    one = np.arange(19 * 19, dtype=np.int64).reshape(19, 19)
+    assert ledger.add(0, one, ["b", "a"]) and not ledger.add(0, one, ["a", "b"])   # a re-run counts once
+    assert not ledger.complete and ledger.matrix.images == 2
+    np.testing.assert_array_equal(ledger.matrix.matrix, one)
+    with pytest.raises(UserError, match="batch 1 for 2 images; it holds 1"):
+        ledger.add(1, one, ["c", "d"])
+    with pytest.raises(UserError, match="float64"):
+        ledger.add(1, one.astype(np.float64), ["c"])
+    with pytest.raises(UserError, match="never sent"):
+        ledger.add(7, one, ["c"])
+    for _ in range(1, MAX_ATTEMPTS):
+        ledger.failed(1, "worker died")
+    assert ledger.retried == {1}
+    with pytest.raises(UserError, match="batch 1 .*failed 3 times; last: worker died") as caught:
+        ledger.failed(1, "worker died")
+    assert caught.value.exit_code == 1
+    assert ledger.add(1, one, ["c"]) and ledger.complete and ledger.matrix.images == 3
+
+
+def test_without_ray_one_line_says_what_to_install(monkeypatch, tiny_data_root, tiny_onnx_path):
+    from hrnetseg import evaluate
+
+    monkeypatch.setitem(sys.modules, "ray", None)   # "import ray" now raises ImportError
+    monkeypatch.setenv(LOOPBACK_ENV, "1")            # restored afterwards; import_ray sets it for local
+    with pytest.raises(UserError, match=REQUIREMENTS):
+        import_ray()
+    with pytest.raises(UserError, match="pip install -r " + REQUIREMENTS):
+        evaluate.main(["--datasets_path", str(tiny_data_root), "--onnx", str(tiny_onnx_path), "--ray", "local"])
+
+
+def test_ray_flags_are_refused_in_one_line(capsys, tiny_data_root, tiny_onnx_path):
+    from hrnetseg import evaluate
+
+    base = ["--datasets_path", str(tiny_data_root), "--onnx", str(tiny_onnx_path)]
+    with pytest.raises(UserError, match="--ray_workers applies only with --ray"):
+        evaluate.main(base + ["--ray_workers", "2"])
+    with pytest.raises(UserError, match="--ray is empty"):
+        evaluate.main(base + ["--ray", " "])
+    for flag, value in (("--ray_workers", "0"), ("--ray_cpus_per_worker", "0"), ("--ray_gpus_per_worker", "nan"),
+                        ("--ray_batch_images", "-1")):
+        with pytest.raises(SystemExit) as caught:
+            evaluate.main(base + ["--ray", "local", flag, value])
+        assert caught.value.code == 2 and flag in capsys.readouterr().err
+
+
+# --- real Ray instances ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_env():
+    """The environment of every Ray process here: loopback only, no token file in $HOME, files under /tmp/rayXXX."""
+    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = {LOOPBACK_ENV: "0", "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": folder}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)   # before Ray is imported: it reads LOOPBACK_ENV once, on import
+    pytest.importorskip("ray")
+    from ray._private import ray_constants
+
+    assert not ray_constants.ENABLE_RAY_CLUSTER, "Ray was imported before {} was set".format(LOOPBACK_ENV)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_env):
+    """A real two-node Ray cluster on this machine (Ray's own test cluster), one CPU per node."""
+    from ray.cluster_utils import Cluster
+
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": ray_env["RAY_TMPDIR"]})
+    nodes.add_node(num_cpus=1, temp_dir=ray_env["RAY_TMPDIR"])
+    nodes.wait_for_nodes()
+    yield nodes
+    nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_npz(tmp_path_factory, tiny_data_root, tiny_onnx_path):
+    """The local streaming evaluation's confusion file at --batchsize 1 (the reference for every Ray run)."""
+    out = tmp_path_factory.mktemp("ray_ref") / "local.npz"
+    result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "1",
+                                    "--save_confusion", out])
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def same_as_local(local, npz, images=TINY_IMAGES):
+    with np.load(str(local)) as one, np.load(str(npz)) as two:
+        assert one["matrix"].sum() > 0
+        np.testing.assert_array_equal(one["matrix"], two["matrix"])
+        assert int(one["images"]) == int(two["images"]) == images and list(one["ids"]) == list(two["ids"])
+        assert int(one["output_index"]) == int(two["output_index"])
+
+
+def start_driver(args, env):
+    """python -m hrnetseg.evaluate ARGS in the background, its stdout readable line by line."""
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), HRNETSEG_PROGRESS="0", **env)
+    return subprocess.Popen([sys.executable] + EVALUATE + [str(a) for a in args], cwd=str(REPO), env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+
+
+def read_worker_lines(driver, count, timeout=120.0):
+    """The first `count` `ray worker <i> pid <PID> node <NODE>` lines: {i: pid}, and all stdout read so far."""
+    seen, text, deadline = {}, "", time.monotonic() + timeout
+    while len(seen) < count and time.monotonic() < deadline:
+        line = driver.stdout.readline()
+        if not line:
+            break
+        text += line
+        match = WORKER_LINE.match(line)
+        if match:
+            seen[int(match.group(1))] = int(match.group(2))
+    assert len(seen) == count, (text, driver.stderr.read() if driver.poll() is not None else "")
+    return seen, text
+
+
+def finish(driver, timeout=120.0):
+    out, err = driver.communicate(timeout=timeout)
+    return driver.returncode, out, err
+
+
+def test_ray_local_gives_the_local_confusion_matrix(tmp_path, ray_env, tiny_data_root, tiny_onnx_path):
+    # batch size 2 and 3 images per unit of work (rounded up to 4): batches of 4 + 1 images, as one process
+    # makes them; compared with the local run at the same batch size, table and result.json included
+    local = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "2",
+                                   "--save_confusion", tmp_path / "local.npz", "--save_path", tmp_path / "local.json"])
+    assert local.returncode == 0, local.stderr
+    result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "2",
+                                    "--ray", "local", "--ray_workers", "2", "--ray_batch_images", "3",
+                                    "--save_confusion", tmp_path / "ray.npz", "--save_path", tmp_path / "ray.json"],
+                        env=ray_env, timeout=300)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    same_as_local(tmp_path / "local.npz", tmp_path / "ray.npz")
+    ray_result = json.loads((tmp_path / "ray.json").read_text())
+    engine = ray_result.pop("engine")
+    assert ray_result == json.loads((tmp_path / "local.json").read_text())
+    assert "engine" not in json.loads((tmp_path / "local.json").read_text())
+    assert engine["name"] == "ray" and engine["workers"] == 2 and engine["nodes"] == 1
+    assert engine["retried_batches"] == 0 and sum(w["images"] for w in engine["per_worker"]) == TINY_IMAGES
+    assert {w["node"] for w in engine["per_worker"]} == {"127.0.0.1"}   # loopback only
+    pids = {int(pid) for _, pid, _ in WORKER_LINE.findall(result.stdout)}
+    assert pids == {w["pid"] for w in engine["per_worker"]} and len(pids) == 2
+    table = local.stdout[local.stdout.index("class"):local.stdout.index("stage")]
+    assert table in result.stdout and "retried batches: 0" in result.stdout and "2 batches of up to 4" in result.stdout
+
+
+def test_a_two_node_cluster_gives_the_local_confusion_matrix(tmp_path, ray_env, cluster, local_npz, tiny_data_root,
+                                                             tiny_onnx_path):
+    result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "1",
+                                    "--ray", cluster.address, "--ray_batch_images", "1",
+                                    "--save_confusion", tmp_path / "ray.npz", "--save_path", tmp_path / "ray.json"],
+                        env=ray_env, timeout=300)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    same_as_local(local_npz, tmp_path / "ray.npz")
+    engine = json.loads((tmp_path / "ray.json").read_text())["engine"]
+    assert engine["workers"] == 2 and engine["nodes"] == 2, engine   # default: the cluster's 2 CPUs / 1 per worker
+    assert all(w["images"] >= 0 for w in engine["per_worker"]) and engine["retried_batches"] == 0
+
+
+def test_a_worker_killed_mid_run_changes_nothing(tmp_path, ray_env, cluster, local_npz, tiny_data_root,
+                                                 tiny_onnx_path):
+    # every batch (one image) first waits 0.5 s on its worker: the kill lands while worker 0 holds two batches
+    driver = start_driver(["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "1",
+                           "--ray", cluster.address, "--ray_batch_images", "1", "--save_confusion",
+                           tmp_path / "ray.npz", "--save_path", tmp_path / "ray.json"],
+                          dict(ray_env, **{BATCH_DELAY_ENV: "0.5"}))
+    pids, _ = read_worker_lines(driver, 2)
+    time.sleep(0.3)
+    os.kill(pids[0], signal.SIGKILL)
+    code, out, err = finish(driver)
+    assert code == 0, (out, err)
+    same_as_local(local_npz, tmp_path / "ray.npz")
+    engine = json.loads((tmp_path / "ray.json").read_text())["engine"]
+    assert engine["retried_batches"] >= 1 and "retried batches: {}".format(engine["retried_batches"]) in out
+    assert sum(w["images"] for w in engine["per_worker"]) == TINY_IMAGES
+
+
+def test_an_image_deleted_after_the_listing_is_one_line_naming_node_and_path(tmp_path, ray_env, cluster,
+                                                                             tiny_data_root, tiny_onnx_path):
+    data = tmp_path / "data"
+    shutil.copytree(str(tiny_data_root), str(data))
+    victim = sorted(data.rglob("*" + cityscapes.IMAGE_SUFFIX))[-1]
+    driver = start_driver(["--datasets_path", data, "--onnx", tiny_onnx_path, "--batchsize", "1", "--ray",
+                           cluster.address, "--ray_batch_images", "1", "--save_path", tmp_path / "r.json"],
+                          dict(ray_env, **{BATCH_DELAY_ENV: "0.5"}))
+    read_worker_lines(driver, 1)   # the driver listed the images before it started the workers
+    victim.unlink()
+    code, out, err = finish(driver)
+    result = subprocess.CompletedProcess(driver.args, code, out, err)
+    assert_user_error(result, "node 127.0.0.1", str(victim), "not found")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path, ray_env, cluster, tiny_data_root, tiny_onnx_path):
+    driver = start_driver(["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "1", "--ray",
+                           cluster.address, "--ray_batch_images", "1", "--save_path", tmp_path / "r.json"],
+                          dict(ray_env, **{BATCH_DELAY_ENV: "0.5"}))
+    pids, _ = read_worker_lines(driver, 2)
+    driver.send_signal(signal.SIGINT)
+    code, out, err = finish(driver)
+    assert code == 130 and "Traceback" not in err, (code, out, err)
+    assert "nothing written" in out and not (tmp_path / "r.json").exists()
+    deadline = time.monotonic() + 20
+    while any(pid_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(pid_alive(pid) for pid in pids.values())
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open("/proc/{}/stat".format(pid)) as fh:   # a zombie has exited
+        return fh.read().split(")")[-1].split()[0] != "Z"
