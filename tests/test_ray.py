@@ -81,11 +81,78 @@ def test_ray_flags_are_refused_in_one_line(capsys, tiny_data_root, tiny_onnx_pat
         evaluate.main(base + ["--ray_workers", "2"])
     with pytest.raises(UserError, match="--ray is empty"):
         evaluate.main(base + ["--ray", " "])
+    for address in ("nohost", "host:99999", ":6379", "host:"):
+        with pytest.raises(UserError, match="expected local, auto, HOST:PORT"):
+            evaluate.main(base + ["--ray", address])
     for flag, value in (("--ray_workers", "0"), ("--ray_cpus_per_worker", "0"), ("--ray_gpus_per_worker", "nan"),
                         ("--ray_batch_images", "-1")):
         with pytest.raises(SystemExit) as caught:
             evaluate.main(base + ["--ray", "local", flag, value])
         assert caught.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_an_unreachable_head_is_one_line_at_once(tiny_data_root, tiny_onnx_path):
+    began = time.monotonic()   # port 1 of the loopback refuses: no waiting on Ray's minutes of retries
+    result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--ray",
+                                    "127.0.0.1:1"], timeout=120)
+    assert_user_error(result, "cannot connect to Ray at 127.0.0.1:1", "ray start --head")
+    assert time.monotonic() - began < 30
+
+
+# --- the worker's code in this process (no Ray): batches sum to the one-process matrix ----------------------
+
+def worker_config(model, **changes):
+    from helpers import TINY_HEIGHT, TINY_WIDTH
+    from hrnetseg.scaleout.worker import WorkerConfig
+
+    fields = dict(kind="onnxruntime", model=str(model), device=None, precision="fp32", preset="w48_ocr",
+                  input_dtype="float32", size=(TINY_HEIGHT, TINY_WIDTH), batchsize=1, output_index=None, warmup=None,
+                  threads=1, batch_delay_s=0.0)
+    fields.update(changes)
+    return WorkerConfig(**fields)
+
+
+@pytest.fixture
+def quiet_worker_env(monkeypatch):
+    """What a worker changes in its process, restored after the test."""
+    from hrnetseg.streaming import INTERRUPT_AFTER_ENV
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    monkeypatch.delenv(INTERRUPT_AFTER_ENV, raising=False)
+
+
+def test_worker_batches_sum_to_the_local_matrix(quiet_worker_env, tmp_path, local_npz, tiny_data_root, tiny_onnx_path):
+    from hrnetseg.metrics import ConfusionMatrix
+    from hrnetseg.scaleout.worker import EvaluationWorker
+
+    data = tmp_path / "data"
+    shutil.copytree(str(tiny_data_root), str(data))
+    samples = cityscapes.find_images(str(data))
+    worker = EvaluationWorker(3, worker_config(tiny_onnx_path), samples)
+    assert worker.error is None
+    ids = [s.id for s in samples]
+    first, second = worker.evaluate(0, ids[:3]), worker.evaluate(1, ids[3:])
+    assert first["matrix"].dtype == np.int64 and first["matrix"].shape == (19, 19) and set(first) >= {"ids", "busy_s"}
+    local = ConfusionMatrix.load(str(local_npz))
+    np.testing.assert_array_equal(first["matrix"] + second["matrix"], local.matrix)
+    assert sorted(first["ids"] + second["ids"]) == sorted(local.ids)
+
+    assert "not in the listing" in worker.evaluate(2, ["nowhere_000000_000000"])["error"]
+    label = samples[1].label
+    os.unlink(label)
+    error = worker.evaluate(4, ids[:2])["error"]
+    assert error.startswith("ray worker 3 on node ") and label in error and "not found" in error
+    open(samples[0].image, "wb").close()   # an empty PNG
+    assert samples[0].image in worker.evaluate(5, ids[:1])["error"]
+
+
+def test_a_worker_that_cannot_load_the_model_says_so(quiet_worker_env, tmp_path, tiny_data_root):
+    from hrnetseg.scaleout.worker import EvaluationWorker
+
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    worker = EvaluationWorker(1, worker_config(tmp_path / "empty.onnx"), cityscapes.find_images(str(tiny_data_root)))
+    assert worker.error.startswith("ray worker 1 on node ") and "not an ONNX model" in worker.error
+    assert worker.evaluate(0, ["x"]) == {"batch": 0, "error": worker.error}
 
 
 # --- real Ray instances ---------------------------------------------------------------------------------------

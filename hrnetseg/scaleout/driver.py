@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import time
 from collections import deque
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -26,6 +27,7 @@ from .worker import EvaluationWorker, WorkerConfig
 IN_FLIGHT = 2          # batches queued per worker: the next one is there when the current one ends
 POLL_S = 0.5           # how often the driver looks at the clock while waiting (Ctrl-C, restart deadlines)
 RESTART_S = 600.0      # a dead worker not back by then (no node can host it) counts as lost
+CONNECT_S = 10.0       # how long a HOST:PORT may take to accept a connection
 MAX_RESTARTS = 3       # how often Ray restarts a worker whose process died
 # Test hook: each batch sleeps this long first on the worker, so that a test can kill a worker mid-run.
 BATCH_DELAY_ENV = "HRNETSEG_TEST_RAY_BATCH_DELAY_S"
@@ -39,8 +41,28 @@ def batch_delay_s() -> float:
         raise UserError("{}={!r}: expected seconds".format(BATCH_DELAY_ENV, text))
 
 
+def host_and_port(address: str) -> Tuple[str, int]:
+    """HOST:PORT (a Ray head's GCS address) split; anything else is a one-line error."""
+    host, _, port = address.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError("--ray {}: expected local, auto, HOST:PORT or ray://HOST:PORT".format(address))
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str) -> None:
+    """A HOST:PORT that refuses connections is a one-line error now; Ray itself would retry for minutes."""
+    host, port = host_and_port(address)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_S).close()
+    except OSError as exc:
+        raise UserError("cannot connect to Ray at {}: {} (is `ray start --head` running there?)".format(
+            address, exception_line(exc)))
+
+
 def connect(ray, address: str) -> None:
     """Join the Ray cluster at `address`, or for `local` start one on this machine, bound to 127.0.0.1."""
+    if address not in ("local", "auto") and not address.startswith("ray://"):
+        check_reachable(address)
     options = dict(logging_level=logging.WARNING, log_to_driver=False)
     try:
         if address == "local":
@@ -264,6 +286,8 @@ def check_ray_flags(args: argparse.Namespace) -> None:
             raise UserError("{} applies only with --ray ADDRESS".format(given[0]))
     elif not args.ray.strip():
         raise UserError("--ray is empty: give local, auto, HOST:PORT or ray://HOST:PORT")
+    elif args.ray not in ("local", "auto") and not args.ray.startswith("ray://"):
+        host_and_port(args.ray)
 
 
 def evaluate_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[Sample],

@@ -29,12 +29,10 @@ WorkerConfig = namedtuple("WorkerConfig", ["kind", "model", "device", "precision
 
 def node_address() -> str:
     """This node's address in the Ray cluster (127.0.0.1 for every node of a loopback instance)."""
-    import ray
-
-    try:
-        return ray.util.get_node_ip_address()
-    except Exception:   # noqa: B902 - outside a Ray worker (unit tests): the host name still names the node
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():   # outside a Ray worker (the unit tests)
         return socket.gethostname()
+    return ray.util.get_node_ip_address()
 
 
 def limit_threads(threads: int) -> None:
