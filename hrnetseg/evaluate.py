@@ -1,6 +1,8 @@
 """Streaming evaluation: Cityscapes PNGs -> model -> mIoU in one process, nothing written in between.
 
     python -m hrnetseg.evaluate --datasets_path ./data --onnx hrnet.onnx --batchsize 4 --save_path result.json
+    python -m hrnetseg.evaluate --datasets_path ./data --onnx hrnet_any_size.onnx \
+        --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip      # upstream's multi-scale + flip testing
 
 Three stages run at the same time, joined by bounded queues (streaming.py): decode (PNG image and label ->
 the model input, with the transform of HRNet_preprocess.py, and trainIds), infer (batches of --batchsize in
@@ -9,6 +11,11 @@ evaluate (the upsample + argmax and the confusion matrix of HRNet_postprocess.py
 precision and batch size: the same confusion matrix as the bin pipeline, without its 25 MB per image on disk.
 Prints the mIoU table, each stage's busy time (time spent working on items; model loading excluded) and the
 wall time; Ctrl-C stops and prints what was evaluated so far.
+
+--scales / --flip / --base_size / --crop_size run upstream HRNet-OCR's multi-scale testing (multiscale.py):
+the infer stage runs every scale's inputs (sliding windows above 1.0), the evaluate stage sums the scales'
+maps; it needs a model that takes every size the scales make (HRNet_pth2onnx.py --dynamic_hw, or --pth).
+The default (--scales 1.0, no --flip, an image whose long side is --base_size) is the single-scale path above.
 """
 from __future__ import annotations
 
@@ -27,8 +34,10 @@ from .cli import (EXIT_INTERRUPTED, ArgumentParser, UserError, output_index, pla
 from .files import check_output_file
 from .locks import output_locks
 from .metrics import ConfusionMatrix, format_table, write_result
+from .multiscale import TestTimeAugmentation, add_tta_flags, single_scale_from_args, tta_from_args
 from .scaleout.driver import add_ray_flags, check_ray_flags
-from .streaming import StreamingEvaluation, check_backend, interrupt_after_count, stage_report
+from .streaming import (AugmentedStreamingEvaluation, StreamingEvaluation, check_backend, interrupt_after_count,
+                        stage_report)
 
 NOTICE_S = 1.0        # after Ctrl-C, how long to wait for the batch in flight before saying so
 
@@ -63,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_path", default=None, help="result.json to write (HRNet_postprocess.py's format)")
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
+    add_tta_flags(parser)
     add_ray_flags(parser)
     return parser
 
@@ -124,6 +134,7 @@ def first_image_size(samples: Sequence[cityscapes.Sample]) -> Tuple[int, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    tta = tta_from_args(args)
     model = args.onnx if args.onnx is not None else args.pth   # "" is a (bad) name, not "no model"
     if not model:
         raise UserError("{} is an empty name: give the model file".format("--onnx" if args.onnx is not None
@@ -134,26 +145,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kind = args.backend or backend_for_model(model)
     samples = labelled_samples(args.datasets_path, args.split, args.limit)
     size = first_image_size(samples)
+    tta.input_sizes(*size)   # a scale that leaves no pixels: refused before the model loads
     check_model_file(model)
     with output_locks(args.save_path, args.save_confusion):
+        tta = None if single_scale_from_args(args, *size) else tta
         if args.ray is not None:
-            return run_on_ray(args, kind, model, samples, size)
-        return run(args, kind, model, samples, size)
+            return run_on_ray(args, kind, model, samples, size, tta)
+        return run(args, kind, model, samples, size, tta)
 
 
 def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscapes.Sample],
-        size: Tuple[int, int]) -> int:
+        size: Tuple[int, int], tta: Optional[TestTimeAugmentation] = None) -> int:
+    """Evaluate `samples`: the single-scale path, or with tta (None: single scale) upstream's multi-scale one."""
     import cv2
 
     cv2.setNumThreads(1)   # the stages are the parallelism; OpenCV's own threads would only compete
     began = time.perf_counter()
     backend = load_backend(kind, model, device=args.device, precision=args.precision, preset=args.preset,
                            input_dtype=args.input_dtype)
-    dtype, index = check_backend(backend, size, args.output_index)
+    dtype, index = check_backend(backend, size, args.output_index, tta)
+    augmented = tta is not None
     batch = batch_size_for(backend, args.batchsize)
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
+    warm_size = tta.input_sizes(*size)[0] if augmented else size
     for _ in range(warmup):
-        backend.run(pad_batch((), batch, (3,) + size, dtype))
+        backend.run(pad_batch((), batch, (3,) + warm_size, dtype))
     load_s = time.perf_counter() - began
     queue_size = args.queue_size or max(4, 2 * batch)
     workers = 1 if backend.device == "cpu" else max(1, min(4, (os.cpu_count() or 1) // 4))
@@ -162,11 +178,20 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
                               backend.precision, batch, index, backend.output_names[index], load_s,
                               " (with {} warm-up run{})".format(warmup, "" if warmup == 1 else "s") if warmup else ""),
           flush=True)
+    passes = tta.forward_passes(*size) if augmented else 1
+    if augmented:
+        queue_size = args.queue_size or 2   # an item holds every scale's logits (about 130 MB at 1024x2048)
+        print("test-time augmentation: {}; {} forward passes per image (model inputs {})".format(
+            tta.describe(), passes, ", ".join("{}x{}".format(h, w) for h, w in tta.input_sizes(*size))), flush=True)
 
     with progress(total=len(samples), desc="evaluate") as bar:
-        pipeline = StreamingEvaluation(backend, samples, dtype, size, batch, index, queue_size,
-                                       args.decode_workers or workers, args.eval_workers or workers,
-                                       on_evaluated=bar.update)
+        stage_workers = (args.decode_workers or workers, args.eval_workers or workers)
+        if augmented:
+            pipeline = AugmentedStreamingEvaluation(backend, samples, size, batch, index, queue_size, tta,
+                                                    *stage_workers, on_evaluated=bar.update)
+        else:
+            pipeline = StreamingEvaluation(backend, samples, dtype, size, batch, index, queue_size, *stage_workers,
+                                           on_evaluated=bar.update)
         try:
             pipeline.run()
         except KeyboardInterrupt:
@@ -174,30 +199,34 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
             report_interrupted(pipeline, len(samples))
             raise
     report_and_save(args, pipeline.matrix, index, stage_report(pipeline.stages, pipeline.wall_s,
-                                                               pipeline.matrix.images))
+                                                               pipeline.matrix.images), passes if augmented else 0)
     return 0
 
 
 def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[cityscapes.Sample],
-               size: Tuple[int, int]) -> int:
+               size: Tuple[int, int], tta: Optional[TestTimeAugmentation] = None) -> int:
     """The same evaluation on a Ray cluster (hrnetseg.scaleout): the same table and result.json, plus the
     result's "engine" entry (workers, nodes, retried batches, per-worker images and busy time)."""
     from .scaleout.driver import evaluate_on_ray, worker_report
 
-    ledger, engine, evaluation = evaluate_on_ray(args, kind, model, samples, size)
-    report_and_save(args, ledger.matrix, evaluation.loaded["output_index"], worker_report(evaluation),
+    ledger, engine, evaluation = evaluate_on_ray(args, kind, model, samples, size, tta)
+    passes = tta.forward_passes(*size) if tta is not None else 0
+    report_and_save(args, ledger.matrix, evaluation.loaded["output_index"], worker_report(evaluation), passes,
                     engine=engine)
     return 0
 
 
 def report_and_save(args: argparse.Namespace, matrix: ConfusionMatrix, index: int, timing: List[str],
-                    engine: Optional[dict] = None) -> None:
-    """Print the mIoU table and the timing lines; write --save_confusion and --save_path."""
+                    passes: int = 0, engine: Optional[dict] = None) -> None:
+    """Print the mIoU table, the timing lines and (test-time augmentation) the forward passes; write
+    --save_confusion and --save_path."""
     matrix.ids.sort()
     matrix.output_index = index
     result = matrix.compute()
     print(format_table(result))
     print("\n".join(timing))
+    if passes:
+        print("forward passes: {} per image, {} in all".format(passes, passes * matrix.images))
     if engine is not None:
         result["engine"] = engine
     if args.save_confusion:
@@ -205,7 +234,6 @@ def report_and_save(args: argparse.Namespace, matrix: ConfusionMatrix, index: in
     if args.save_path:
         write_result(args.save_path, result)
         print("result: {}".format(args.save_path))
-
 
 if __name__ == "__main__":
     run_cli(main, sys.argv[1:])

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY_IMAGES, assert_user_error, default_sigint, run_script
+from helpers import REPO, TINY_IMAGES, TINY_PRESET, assert_user_error, default_sigint, run_script
 from hrnetseg import cityscapes
 from hrnetseg.cli import UserError
 from hrnetseg.scaleout import LOOPBACK_ENV, REQUIREMENTS, import_ray
@@ -27,6 +27,8 @@ from hrnetseg.scaleout.batches import MAX_ATTEMPTS, Ledger, plan_batches
 from hrnetseg.scaleout.driver import BATCH_DELAY_ENV
 
 EVALUATE = ["-m", "hrnetseg.evaluate"]
+# three scales (sliding windows at 1.5) and flip on the 64 x 128 tiny images: 22 forward passes per image
+TTA_FLAGS = ["--scales", "0.5,1.0,1.5", "--flip", "--base_size", "128", "--crop_size", "40,72"]
 WORKER_LINE = re.compile(r"^ray worker (\d+) pid (\d+) node (\S+)", re.M)
 
 
@@ -107,7 +109,7 @@ def worker_config(model, **changes):
 
     fields = dict(kind="onnxruntime", model=str(model), device=None, precision="fp32", preset="w48_ocr",
                   input_dtype="float32", size=(TINY_HEIGHT, TINY_WIDTH), batchsize=1, output_index=None, warmup=None,
-                  threads=1, batch_delay_s=0.0)
+                  threads=1, batch_delay_s=0.0, tta=None)
     fields.update(changes)
     return WorkerConfig(**fields)
 
@@ -161,6 +163,7 @@ def test_a_worker_that_cannot_load_the_model_says_so(quiet_worker_env, tmp_path,
 def ray_env():
     """The environment of every Ray process here: loopback only, no token file in $HOME, files under /tmp/rayXXX."""
     folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    os.mkdir(os.path.join(folder, "ray"))   # Ray's own folder under RAY_TMPDIR, where a cluster writes its address
     env = {LOOPBACK_ENV: "0", "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": folder}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)   # before Ray is imported: it reads LOOPBACK_ENV once, on import
@@ -182,8 +185,8 @@ def cluster(ray_env):
     """A real two-node Ray cluster on this machine (Ray's own test cluster), one CPU per node."""
     from ray.cluster_utils import Cluster
 
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": ray_env["RAY_TMPDIR"]})
-    nodes.add_node(num_cpus=1, temp_dir=ray_env["RAY_TMPDIR"])
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes.add_node(num_cpus=1)
     nodes.wait_for_nodes()
     yield nodes
     nodes.shutdown()
@@ -259,17 +262,25 @@ def test_ray_local_gives_the_local_confusion_matrix(tmp_path, ray_env, tiny_data
     assert table in result.stdout and "retried batches: 0" in result.stdout and "2 batches of up to 4" in result.stdout
 
 
-def test_a_two_node_cluster_gives_the_local_confusion_matrix(tmp_path, ray_env, cluster, local_npz, tiny_data_root,
-                                                             tiny_onnx_path):
-    result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "1",
-                                    "--ray", cluster.address, "--ray_batch_images", "1",
-                                    "--save_confusion", tmp_path / "ray.npz", "--save_path", tmp_path / "ray.json"],
+def test_a_two_node_cluster_gives_the_local_matrix_with_multi_scale_testing(tmp_path, capsys, ray_env, cluster,
+                                                                            tiny_data_root, tiny_pth_path):
+    # upstream's multi-scale + flip testing (three scales, sliding windows at 1.5) on the torch backend: the
+    # flags travel to the workers, which run the same augmented pipeline as one process
+    from hrnetseg import evaluate
+
+    flags = ["--datasets_path", str(tiny_data_root), "--pth", str(tiny_pth_path), "--preset", TINY_PRESET,
+             "--batchsize", "2", "--limit", "3"] + TTA_FLAGS
+    assert evaluate.main(flags + ["--save_confusion", str(tmp_path / "local.npz")]) == 0
+    capsys.readouterr()
+    result = run_script(EVALUATE + flags + ["--ray", cluster.address, "--ray_batch_images", "1", "--save_confusion",
+                                            tmp_path / "ray.npz", "--save_path", tmp_path / "ray.json"],
                         env=ray_env, timeout=300)
     assert result.returncode == 0, (result.stdout, result.stderr)
-    same_as_local(local_npz, tmp_path / "ray.npz")
+    same_as_local(tmp_path / "local.npz", tmp_path / "ray.npz", images=3)
     engine = json.loads((tmp_path / "ray.json").read_text())["engine"]
     assert engine["workers"] == 2 and engine["nodes"] == 2, engine   # default: the cluster's 2 CPUs / 1 per worker
-    assert all(w["images"] >= 0 for w in engine["per_worker"]) and engine["retried_batches"] == 0
+    assert sorted(w["images"] for w in engine["per_worker"])[-1] < 3, (engine, result.stdout)   # both nodes worked
+    assert "forward passes: 22 per image, 66 in all" in result.stdout
 
 
 def test_a_worker_killed_mid_run_changes_nothing(tmp_path, ray_env, cluster, local_npz, tiny_data_root,
@@ -286,7 +297,7 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path, ray_env, cluster, loc
     assert code == 0, (out, err)
     same_as_local(local_npz, tmp_path / "ray.npz")
     engine = json.loads((tmp_path / "ray.json").read_text())["engine"]
-    assert engine["retried_batches"] >= 1 and "retried batches: {}".format(engine["retried_batches"]) in out
+    assert engine["nodes"] == 2 and engine["retried_batches"] >= 1 and "retried batches: {}".format(engine["retried_batches"]) in out
     assert sum(w["images"] for w in engine["per_worker"]) == TINY_IMAGES
 
 

@@ -167,17 +167,22 @@ class RayEvaluation(object):
 
     # --- steps of the loop ---------------------------------------------------------------------------------
     def _dispatch(self) -> None:
+        """Hand out pending batches, each to the live worker with the fewest in flight (so that a short
+        run still spreads over every worker), up to IN_FLIGHT per worker."""
         if self.starting:
             return
-        for worker in self.workers:
-            while worker.live and worker.in_flight < IN_FLIGHT and self.pending:
-                batch = self.pending.popleft()
-                if batch.id in self.ledger.added:
-                    continue
-                if self._began is None:
-                    self._began = time.perf_counter()
-                self.running[worker.handle.evaluate.remote(batch.id, batch.image_ids)] = (batch, worker)
-                worker.in_flight += 1
+        while self.pending:
+            free = [w for w in self.workers if w.live and w.in_flight < IN_FLIGHT]
+            if not free:
+                return
+            worker = min(free, key=lambda w: w.in_flight)
+            batch = self.pending.popleft()
+            if batch.id in self.ledger.added:
+                continue
+            if self._began is None:
+                self._began = time.perf_counter()
+            self.running[worker.handle.evaluate.remote(batch.id, batch.image_ids)] = (batch, worker)
+            worker.in_flight += 1
 
     def _answered(self, ref, worker: Worker) -> None:
         """A ready() ping came back: the worker (re)started and loaded the model, or it is gone."""
@@ -291,13 +296,15 @@ def check_ray_flags(args: argparse.Namespace) -> None:
 
 
 def evaluate_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[Sample],
-                    size: Tuple[int, int]):
-    """Evaluate `samples` on Ray; returns (ledger, engine dict, first worker's ready() answer) or raises."""
+                    size: Tuple[int, int], tta=None):
+    """Evaluate `samples` on Ray (tta: a multiscale.TestTimeAugmentation, None for single scale); returns
+    (ledger, engine dict, the RayEvaluation for its report) or raises."""
     ray = import_ray(loopback=args.ray == "local")
     config = WorkerConfig(kind=kind, model=os.path.abspath(model), device=args.device, precision=args.precision,
                           preset=args.preset, input_dtype=args.input_dtype, size=tuple(size),
                           batchsize=args.batchsize, output_index=args.output_index, warmup=args.warmup_count,
-                          threads=max(1, int(round(args.ray_cpus_per_worker))), batch_delay_s=batch_delay_s())
+                          threads=max(1, int(round(args.ray_cpus_per_worker))), batch_delay_s=batch_delay_s(),
+                          tta=tta)
     connect(ray, args.ray)
     evaluation = None
     try:
@@ -310,6 +317,9 @@ def evaluate_on_ray(args: argparse.Namespace, kind: str, model: str, samples: Li
                                  " and {:g} GPU".format(args.ray_gpus_per_worker) if args.ray_gpus_per_worker
                                  else "", len(evaluation.batches), len(evaluation.batches[0].image_ids)),
               flush=True)
+        if tta is not None:
+            print("test-time augmentation: {}; {} forward passes per image".format(
+                tta.describe(), tta.forward_passes(*size)), flush=True)
         with progress(total=len(samples), desc="evaluate (ray)") as bar:
             try:
                 ledger = evaluation.run(bar.update)

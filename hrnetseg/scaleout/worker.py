@@ -1,7 +1,8 @@
 """The Ray actor of a scaled-out evaluation: loads the model once, then evaluates batches of image ids.
 
 Each batch runs through the streaming evaluation of one process (streaming.StreamingEvaluation: the same
-decode, model batches, upsample + argmax and confusion matrix), reading the images from the data set path
+decode, model batches, upsample + argmax and confusion matrix; with --scales/--flip its
+AugmentedStreamingEvaluation, upstream's multi-scale testing), reading the images from the data set path
 the driver listed, which must be the same on every node. Only the batch's 19 x 19 int64 confusion matrix and
 its ids go back to the driver. A problem with the data or the model (a file that cannot be read) comes back
 as an error text naming the node, so that the driver stops with one line instead of re-running the batch.
@@ -19,12 +20,13 @@ from ..backends import load_backend
 from ..backends.batching import batch_size_for, pad_batch
 from ..cityscapes import Sample
 from ..cli import UserError, one_line
-from ..streaming import INTERRUPT_AFTER_ENV, StreamingEvaluation, check_backend
+from ..streaming import INTERRUPT_AFTER_ENV, AugmentedStreamingEvaluation, StreamingEvaluation, check_backend
 
 # What a worker needs to load and run the model the way the local evaluation would.
 WorkerConfig = namedtuple("WorkerConfig", ["kind", "model", "device", "precision", "preset", "input_dtype",
                                            "size", "batchsize", "output_index", "warmup", "threads",
-                                           "batch_delay_s"])
+                                           "batch_delay_s", "tta"])
+# tta: a multiscale.TestTimeAugmentation, or None for the single-scale path
 
 
 def node_address() -> str:
@@ -64,10 +66,11 @@ class EvaluationWorker(object):
                 import torch
 
                 torch.set_num_threads(config.threads)
-            self.dtype, self.output_index = check_backend(self.backend, config.size, config.output_index)
+            self.dtype, self.output_index = check_backend(self.backend, config.size, config.output_index, config.tta)
             self.batch = batch_size_for(self.backend, config.batchsize)
+            warm_size = config.tta.input_sizes(*config.size)[0] if config.tta is not None else tuple(config.size)
             for _ in range(config.warmup if config.warmup is not None else (0 if self.backend.device == "cpu" else 1)):
-                self.backend.run(pad_batch((), self.batch, (3,) + tuple(config.size), self.dtype))
+                self.backend.run(pad_batch((), self.batch, (3,) + warm_size, self.dtype))
         except UserError as exc:
             self.error = "ray worker {} on node {}: {}".format(index, self.node, one_line(str(exc)))
         self.load_s = time.perf_counter() - began
@@ -96,8 +99,13 @@ class EvaluationWorker(object):
             missing = [image_id for image_id in image_ids if image_id not in self.samples]
             if missing:
                 raise UserError("image id {} is not in the listing the driver sent".format(missing[0]))
-            pipeline = StreamingEvaluation(self.backend, [self.samples[i] for i in image_ids], self.dtype, size,
-                                           self.batch, self.output_index, max(4, 2 * self.batch))
+            samples = [self.samples[i] for i in image_ids]
+            if self.config.tta is None:
+                pipeline = StreamingEvaluation(self.backend, samples, self.dtype, size, self.batch, self.output_index,
+                                               max(4, 2 * self.batch))
+            else:   # an item holds every scale's logits: a short queue, as the local evaluation keeps
+                pipeline = AugmentedStreamingEvaluation(self.backend, samples, size, self.batch, self.output_index,
+                                                        2, self.config.tta)
             matrix = pipeline.run()
         except UserError as exc:
             return {"batch": batch_id, "error": "ray worker {} on node {}: {}".format(
