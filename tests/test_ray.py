@@ -64,6 +64,145 @@ def test_the_ledger_adds_each_batch_once_and_gives_up_after_three_failures():
     assert ledger.add(1, one, ["c"]) and ledger.complete and ledger.matrix.images == 3
 
 
+class FakeRay(object):
+    """Just enough of the ray module for the driver's loop, run synchronously: `behaviour(worker, method, args)`
+    returns what a worker's method returns, or raises FakeRay.ActorDied / FakeRay.TaskFailed."""
+
+    class ActorDied(Exception):
+        pass
+
+    class TaskFailed(Exception):
+        pass
+
+    def __init__(self, behaviour):
+        from types import SimpleNamespace
+
+        self.behaviour, self.killed = behaviour, []
+        self.exceptions = SimpleNamespace(RayActorError=self.ActorDied, RayTaskError=self.TaskFailed)
+
+    def remote(self, cls):
+        fake = self
+
+        class ActorClass(object):
+            def options(self, **resources):
+                return self
+
+            def remote(self, index, config, listing):
+                return FakeActor(fake, index)
+
+        return ActorClass()
+
+    def put(self, value):
+        return value
+
+    def wait(self, refs, num_returns, timeout):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        return ref()
+
+    def kill(self, handle, no_restart):
+        self.killed.append(handle.index)
+
+
+class FakeActor(object):
+    def __init__(self, fake, index):
+        self.index = index
+        for method in ("ready", "evaluate"):
+            setattr(self, method, self._method(fake, method))
+
+    def _method(self, fake, name):
+        from types import SimpleNamespace
+
+        def remote(*args):
+            try:
+                value, error = fake.behaviour(self.index, name, args), None
+            except Exception as exc:   # noqa: B902 - raised again by get(), as Ray does
+                value, error = None, exc
+
+            def ref():
+                if error is not None:
+                    raise error
+                return value
+            return ref
+        return SimpleNamespace(remote=remote)
+
+
+def fake_evaluation(behaviour, images=6, workers=2):
+    from hrnetseg.scaleout.driver import RayEvaluation
+
+    samples = [cityscapes.Sample("img{}".format(i), "i{}.png".format(i), "l{}.png".format(i)) for i in range(images)]
+    fake = FakeRay(behaviour)
+    evaluation = RayEvaluation(fake, worker_config("m.onnx"), samples, workers, 1.0, 0.0, images_per_batch=1)
+    return evaluation, fake
+
+
+def healthy(worker, method, args):
+    if method == "ready":
+        return {"index": worker, "pid": 100 + worker, "node": "127.0.0.1", "node_id": "n{}".format(worker),
+                "error": None, "output_index": 1}
+    batch_id, ids = args
+    return {"batch": batch_id, "matrix": np.full((19, 19), len(ids), np.int64), "ids": list(ids), "busy_s": 0.1,
+            "pid": 100 + worker}
+
+
+def test_the_driver_reruns_a_dead_workers_batches_once_each():
+    def worker_1_dies(worker, method, args):   # after its start: every batch and the restart fail
+        if worker == 1 and (method == "evaluate" or started.count(1)):
+            raise FakeRay.ActorDied("killed")
+        started.extend([worker] if method == "ready" else [])
+        return healthy(worker, method, args)
+
+    started = []
+    evaluation, fake = fake_evaluation(worker_1_dies)
+    ledger = evaluation.run(lambda n: None)
+    evaluation.stop()
+    assert ledger.complete and ledger.matrix.images == 6 and sorted(ledger.matrix.ids) == sorted(
+        "img{}".format(i) for i in range(6))
+    np.testing.assert_array_equal(ledger.matrix.matrix, np.full((19, 19), 6, np.int64))   # each batch once
+    assert evaluation.retried_batches >= 1 and evaluation.workers[0].images == 6
+    assert not evaluation.workers[1].live and evaluation.workers[1].images == 0
+    assert sorted(fake.killed) == [0, 1]   # stop() ends every worker, the restarting one too
+
+
+def test_no_live_worker_left_is_one_line_exit_1():
+    def both_die(worker, method, args):
+        if method == "evaluate" or calls.count(worker):
+            raise FakeRay.ActorDied("node lost")
+        calls.append(worker)
+        return healthy(worker, method, args)
+
+    calls = []
+    evaluation, _ = fake_evaluation(both_die)
+    with pytest.raises(UserError, match=r"no live Ray worker left \(0 of 6 batches done\)") as caught:
+        evaluation.run(lambda n: None)
+    assert caught.value.exit_code == 1
+
+
+def test_a_batch_failing_three_times_is_one_line_exit_1():
+    def batch_2_fails(worker, method, args):
+        if method == "evaluate" and args[0] == 2:
+            raise FakeRay.TaskFailed("out of memory")
+        return healthy(worker, method, args)
+
+    evaluation, _ = fake_evaluation(batch_2_fails)
+    with pytest.raises(UserError, match="batch 2 .images img2 .. img2. failed 3 times; last: .*out of memory") as caught:
+        evaluation.run(lambda n: None)
+    assert caught.value.exit_code == 1
+
+
+def test_a_worker_error_text_stops_at_once():
+    def unreadable(worker, method, args):
+        if method == "evaluate" and args[0] == 4:
+            return {"batch": 4, "error": "ray worker 0 on node 10.0.0.7: image /data/x.png not found"}
+        return healthy(worker, method, args)
+
+    evaluation, _ = fake_evaluation(unreadable)
+    with pytest.raises(UserError, match="node 10.0.0.7: image /data/x.png not found") as caught:
+        evaluation.run(lambda n: None)
+    assert caught.value.exit_code == 2 and evaluation.ledger.failures == {}
+
+
 def test_without_ray_one_line_says_what_to_install(monkeypatch, tiny_data_root, tiny_onnx_path):
     from hrnetseg import evaluate
 
