@@ -129,6 +129,7 @@ class RayEvaluation(object):
         self.loaded: Optional[dict] = None  # the first worker's ready() answer
         self.starting = workers   # batches go out once every worker has loaded the model (or failed to)
         self.wall_s = 0.0
+        self.driver_s = 0.0   # time the driver spent handing out batches and adding results (not waiting)
         self._began: Optional[float] = None
 
     @property
@@ -151,17 +152,21 @@ class RayEvaluation(object):
         for worker in self.workers:
             self.pings[worker.handle.ready.remote()] = worker
         while not self.ledger.complete:
+            began = time.perf_counter()
             self._dispatch()
             if not self.running and not self.pings:
                 raise UserError("no live Ray worker left ({} of {} batches done)".format(
                     len(self.ledger.added), len(self.batches)), exit_code=1)
+            waited = time.perf_counter()
             ready, _ = self.ray.wait(list(self.running) + list(self.pings), num_returns=1, timeout=POLL_S)
+            resumed = time.perf_counter()
             for ref in ready:
                 if ref in self.pings:
                     self._answered(ref, self.pings.pop(ref))
                 else:
                     self._finished(ref, on_images)
             self._give_up_on_restarts()
+            self.driver_s += (waited - began) + (time.perf_counter() - resumed)
         self.wall_s = time.perf_counter() - (self._began or time.perf_counter())
         return self.ledger
 
@@ -349,5 +354,7 @@ def worker_report(evaluation: RayEvaluation) -> List[str]:
     images = evaluation.ledger.matrix.images
     lines.append("wall {:.2f} s for {} images (first batch out to last result back, model load excluded): {:.2f} "
                  "images/s".format(evaluation.wall_s, images, images / evaluation.wall_s if evaluation.wall_s else 0.0))
-    lines.append("retried batches: {}".format(evaluation.retried_batches))
+    batches = len(evaluation.batches)
+    lines.append("driver busy {:.3f} s for {} batches ({:.2f} ms per batch); retried batches: {}".format(
+        evaluation.driver_s, batches, 1000.0 * evaluation.driver_s / batches, evaluation.retried_batches))
     return lines
