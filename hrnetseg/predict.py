@@ -93,16 +93,16 @@ def usable_inputs(args: argparse.Namespace) -> Tuple[List[Input], Dict[str, Vide
                                                      List[BadInput]]:
     """The inputs that can be read (from their headers), each video's info, every image or frame size, and the
     bad ones; without --skip_bad the first bad one stops the run here, before the model is loaded."""
-    inputs, bad = find_inputs(args.input, args.output)
-    if bad and not args.skip_bad:
-        refuse(bad[0])
-    usable, videos, sizes = [], {}, []
-    for item in inputs:
-        size, info, reason = look_at(item)
-        if size is None:
+    usable, videos, sizes, bad = [], {}, [], []
+    for item in find_inputs(args.input, args.output):
+        if isinstance(item, Input):
+            size, info, reason = look_at(item)
+            if size is None:
+                item = BadInput(item.path, reason)
+        if isinstance(item, BadInput):
             if not args.skip_bad:
-                refuse(BadInput(item.path, reason))
-            bad.append(BadInput(item.path, reason))
+                refuse(item)
+            bad.append(item)
             continue
         if info is not None:
             videos[item.path] = info
@@ -110,7 +110,7 @@ def usable_inputs(args: argparse.Namespace) -> Tuple[List[Input], Dict[str, Vide
             sizes.append(size)
         usable.append(item)
     for item in bad:
-        print("{}: skipping {}: {}".format(PROG, item.path, item.reason), file=sys.stderr, flush=True)
+        print("predict: skipping {}: {}".format(item.path, item.reason), file=sys.stderr, flush=True)
     if not usable:
         raise UserError("nothing to predict: none of the {} input{} can be read{}".format(
             len(bad), "" if len(bad) == 1 else "s", " (e.g. {}: {})".format(bad[0].path, bad[0].reason) if bad
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input
             except UnreadableInput as exc:
                 if not args.skip_bad:
                     raise
-                print("{}: skipping {}: {}".format(PROG, exc.path, exc.reason), file=sys.stderr, flush=True)
+                print("predict: skipping {}: {}".format(exc.path, exc.reason), file=sys.stderr, flush=True)
                 bad.append(BadInput(exc.path, exc.reason))
                 continue
             written += len(outcome.written)

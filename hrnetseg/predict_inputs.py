@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import cityscapes
 from .cli import UserError
@@ -63,26 +63,27 @@ def _walk(root: str, skip: Optional[str]) -> Iterable[Tuple[str, str]]:
                 yield os.path.join(folder, name), "" if relative == "." else relative
 
 
-def find_inputs(paths: Sequence[str], output: Optional[str] = None) -> Tuple[List[Input], List[BadInput]]:
-    """The inputs named by --input (files, or folders searched recursively), in the order given, and the names
-    that are no input (missing, not an image or video by extension, a folder without any).
+def find_inputs(paths: Sequence[str], output: Optional[str] = None) -> List[Union[Input, BadInput]]:
+    """The inputs named by --input (files, or folders searched recursively), in the order given, with a BadInput
+    in its place for a name that is no input (missing, not an image or video by extension, a folder without
+    any). The output folder is not searched.
 
     The same file reached twice is taken once; two inputs whose outputs would have the same names are refused.
     """
     skip = os.path.realpath(output) if output else None
-    found, bad, seen = [], [], set()
+    found, seen = [], set()   # type: List[Union[Input, BadInput]], set
     for path in paths:
         if not path:
             raise UserError("--input has an empty name: give a file or folder")
         if os.path.isdir(path):
-            entries = [(file, folder) for file, folder in _walk(path, skip)]
+            entries = list(_walk(path, skip))
             if not entries:
-                bad.append(BadInput(path, "holds no images ({}) or videos ({})".format(
+                found.append(BadInput(path, "holds no images ({}) or videos ({})".format(
                     ", ".join(s[1:] for s in IMAGE_SUFFIXES), ", ".join(s[1:] for s in VIDEO_SUFFIXES))))
         else:
             reason = not_regular_reason(path) or (None if media_kind(path) else _not_media(path))
             if reason is not None:   # missing, a FIFO or device (never opened), or no image or video by name
-                bad.append(BadInput(path, reason))
+                found.append(BadInput(path, reason))
                 continue
             entries = [(path, "")]
         for file, folder in entries:
@@ -90,8 +91,8 @@ def find_inputs(paths: Sequence[str], output: Optional[str] = None) -> Tuple[Lis
             if real not in seen:
                 seen.add(real)
                 found.append(Input(file, folder, stem_of(file), media_kind(file) == "video"))
-    refuse_shared_outputs(found)
-    return found, bad
+    refuse_shared_outputs([item for item in found if isinstance(item, Input)])
+    return found
 
 
 def refuse_shared_outputs(inputs: Sequence[Input]) -> None:
@@ -113,5 +114,7 @@ def look_at(item: Input) -> Tuple[Optional[Tuple[int, int]], Optional[VideoInfo]
         return (None if info is None else (info.height, info.width)), info, reason
     size = cityscapes.image_size(item.path)
     if size is None:
-        return None, None, cityscapes.unreadable_reason(item.path)
+        reason = cityscapes.unreadable_reason(item.path)
+        return None, None, "is empty" if not_regular_reason(item.path) is None and \
+            os.path.getsize(item.path) == 0 else reason
     return size, None, ""

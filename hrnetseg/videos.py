@@ -31,9 +31,11 @@ VideoInfo = namedtuple("VideoInfo", ["frames", "fps", "height", "width"])   # fr
 
 def _quiet_opencv() -> None:
     """OpenCV and FFmpeg print their own warnings for undecodable files; the tools say what is wrong in one
-    line instead."""
+    line instead. (OpenCV reads OPENCV_FFMPEG_LOGLEVEL when it opens its first video; -8 is FFmpeg's quiet.
+    A value the user set is kept.)"""
     import cv2
 
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     with contextlib.suppress(AttributeError):
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 

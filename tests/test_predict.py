@@ -1,0 +1,297 @@
+"""python -m hrnetseg.predict: images of any size, folders, videos, the --save kinds, reruns, and bad inputs.
+
+The tiny model at a small base size (64) and crop size (32,48): scales 0.5, 1.0 and 1.5 run the whole-image and
+the sliding-window branches. The pictures are checked against the prediction made directly through
+hrnetseg.multiscale from the reference transform, not against stored results.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_script
+from hrnetseg import cityscapes, predict
+from hrnetseg.cli import UserError
+from hrnetseg.multiscale import TestTimeAugmentation
+
+SMALL = ["--base_size", "64", "--crop_size", "32,48"]   # every run: one model run per image at scale 1.0
+SCALES = ["--scales", "0.5,1.0,1.5"]
+ODD = (37, 53)          # a JPEG of odd size: scaled to 44x64, 22x32 and 66x96 (windows of 32x48, the last shifted)
+VIDEO = (3, 7.0, 48, 80)   # frames, fps, height, width
+
+
+def cv2():
+    import cv2 as module
+
+    return module
+
+
+def picture(seed: int, height: int, width: int) -> np.ndarray:
+    """A smooth BGR scene (JPEG keeps it close), not noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    return cv2().resize(small, (width, height), interpolation=cv2().INTER_LINEAR)
+
+
+def write_video(path, frames=VIDEO[0], fps=VIDEO[1], height=VIDEO[2], width=VIDEO[3]) -> None:
+    writer = cv2().VideoWriter(str(path), cv2().VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    assert writer.isOpened()
+    for index in range(frames):
+        writer.write(picture(100 + index, height, width))
+    writer.release()
+
+
+def video_frames(path):
+    capture = cv2().VideoCapture(str(path))
+    fps, found = capture.get(cv2().CAP_PROP_FPS), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        found.append(frame)
+    capture.release()
+    return found, fps
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_pth_path):
+    """trainIds of a BGR picture, straight from hrnetseg.multiscale on the reference transform (torch backend)."""
+    from hrnetseg.backends import load_backend
+    from hrnetseg.multiscale import main_output_runner, predict_train_ids
+
+    run_main = main_output_runner(load_backend("torch", str(tiny_pth_path), device="cpu", preset=TINY_PRESET))
+
+    def train_ids(bgr: np.ndarray, scales=(1.0,), flip: bool = False) -> np.ndarray:
+        image = np.ascontiguousarray(cityscapes.reference_transform(bgr).transpose(1, 2, 0))
+        return predict_train_ids(image, run_main, TestTimeAugmentation(scales, flip, 64, (32, 48)))
+    return train_ids
+
+
+def run_predict(model, inputs, out, *extra):
+    return predict.main(["--pth", str(model), "--preset", TINY_PRESET, "--input", *map(str, inputs),
+                         "--output", str(out), *SMALL, *map(str, extra)])
+
+
+def read(path, flags=None):
+    image = cv2().imread(str(path), cv2().IMREAD_UNCHANGED if flags is None else flags)
+    assert image is not None, path
+    return image
+
+
+def check_kinds(photo, stem_path, train_ids):
+    """Every kind's picture is the prediction drawn as its kind says."""
+    palette_bgr = cityscapes.TRAIN_PALETTE[:, ::-1]
+    np.testing.assert_array_equal(read(str(stem_path) + "_trainIds.png"), train_ids)
+    np.testing.assert_array_equal(read(str(stem_path) + "_labelIds.png"), cityscapes.TRAIN_TO_ID[train_ids])
+    color = read(str(stem_path) + "_color.png")
+    np.testing.assert_array_equal(color, palette_bgr[train_ids])
+    overlay = read(str(stem_path) + "_overlay.png")
+    np.testing.assert_array_equal(overlay, cv2().addWeighted(photo, 0.5, color, 0.5, 0))
+
+
+def test_png_jpeg_of_odd_size_and_a_folder_every_kind(tmp_path, tiny_pth_path, expected, capsys):
+    top = tmp_path / "photos"
+    (top / "day" / "rain").mkdir(parents=True)
+    png = top / "frankfurt_000000_000294_leftImg8bit.png"
+    jpeg = top / "day" / "rain" / "odd.jpg"
+    cv2().imwrite(str(png), picture(1, TINY_HEIGHT, TINY_WIDTH))
+    cv2().imwrite(str(jpeg), picture(2, *ODD))
+    (top / "notes.txt").write_text("not a picture: ignored in a folder")
+    out = tmp_path / "out"
+    assert run_predict(tiny_pth_path, [top], out, "--save", "labelIds,trainIds,color,overlay", *SCALES, "--flip") == 0
+
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert made == sorted(["day/rain/odd_{}.png".format(k) for k in ("color", "labelIds", "overlay", "trainIds")] +
+                          ["frankfurt_000000_000294_{}.png".format(k)
+                           for k in ("color", "labelIds", "overlay", "trainIds")])
+    for source, stem in ((png, out / "frankfurt_000000_000294"), (jpeg, out / "day" / "rain" / "odd")):
+        photo = read(source, cv2().IMREAD_COLOR)
+        train_ids = expected(photo, (0.5, 1.0, 1.5), flip=True)
+        assert train_ids.shape == photo.shape[:2]
+        check_kinds(photo, stem, train_ids)
+    printed = capsys.readouterr().out
+    assert "predicted 2 images and 0 video frames" in printed and "wrote 8 files under {}".format(out) in printed
+    assert "scales 0.5,1,1.5 + flip, base size 64, crop size 32x48" in printed
+    assert not (tmp_path / "out.lock").exists()
+
+
+def test_a_video_gives_an_overlay_video_and_per_frame_pngs(tmp_path, tiny_pth_path, expected):
+    clip = tmp_path / "dashcam.mp4"
+    write_video(clip)
+    out = tmp_path / "out"
+    assert run_predict(tiny_pth_path, [clip], out, "--save", "overlay,labelIds") == 0
+
+    source, fps = video_frames(clip)
+    written, written_fps = video_frames(out / "dashcam_overlay.mp4")
+    assert len(written) == len(source) == VIDEO[0] and written_fps == pytest.approx(fps) == VIDEO[1]
+    assert written[0].shape == source[0].shape
+    names = sorted(p.name for p in (out / "dashcam").iterdir())
+    assert names == ["dashcam_{:06d}_labelIds.png".format(i) for i in range(VIDEO[0])]   # no overlay PNGs
+    for index, frame in enumerate(source):
+        train_ids = expected(frame)
+        np.testing.assert_array_equal(read(out / "dashcam" / names[index]), cityscapes.TRAIN_TO_ID[train_ids])
+    # the video's frames are the overlays (mp4v is lossy: close, not equal)
+    overlay = cv2().addWeighted(source[2], 0.5, cityscapes.TRAIN_PALETTE[:, ::-1][expected(source[2])], 0.5, 0)
+    assert np.abs(written[2].astype(int) - overlay).mean() < 8
+    assert not [p for p in out.rglob(".*")]   # no temporaries left
+
+
+def test_a_failing_video_leaves_no_video_and_no_temporary(tmp_path, tiny_pth_path, monkeypatch):
+    from hrnetseg import prediction
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip)
+    calls = []
+
+    def failing(bgr, run_main, tta):
+        calls.append(1)
+        if len(calls) == 3:
+            raise UserError("the model failed on frame 3")
+        return np.zeros(bgr.shape[:2], np.uint8)
+
+    monkeypatch.setattr(prediction, "predict_picture", failing)
+    with pytest.raises(UserError, match="frame 3"):
+        run_predict(tiny_pth_path, [clip], tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out")) == []
+
+
+def test_rerun_keeps_what_exists_unless_overwrite(tmp_path, tiny_pth_path, capsys):
+    image = tmp_path / "a.png"
+    cv2().imwrite(str(image), picture(3, *ODD))
+    out = tmp_path / "out"
+    kinds = ("--save", "color,labelIds")
+    assert run_predict(tiny_pth_path, [image], out, *kinds) == 0
+    color, label = out / "a_color.png", out / "a_labelIds.png"
+    first = {p: os.stat(p).st_ino for p in (color, label)}
+    capsys.readouterr()
+
+    assert run_predict(tiny_pth_path, [image], out, *kinds) == 0
+    printed = capsys.readouterr().out
+    assert "predicted 0 images" in printed and "left alone 1 input whose outputs exist" in printed
+    assert {p: os.stat(p).st_ino for p in first} == first
+
+    label.unlink()   # one kind missing: only it is written again
+    assert run_predict(tiny_pth_path, [image], out, *kinds) == 0
+    assert "wrote 1 file " in capsys.readouterr().out
+    assert os.stat(color).st_ino == first[color] and label.exists()
+
+    assert run_predict(tiny_pth_path, [image], out, *kinds, "--overwrite") == 0
+    assert "wrote 2 files" in capsys.readouterr().out
+    assert os.stat(color).st_ino != first[color]   # replaced by a rename: written again, atomically
+
+
+def bad_inputs(folder):
+    """name -> a file that cannot be predicted, made in folder."""
+    good = cv2().imencode(".png", picture(4, TINY_HEIGHT, TINY_WIDTH))[1].tobytes()
+    folder.mkdir(exist_ok=True)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "text.jpg").write_text("not an image")
+    (folder / "video.mp4").write_text("not a video")
+    os.mkfifo(str(folder / "fifo.png"))
+    return {"empty": (folder / "empty.png", "is empty"),
+            "truncated": (folder / "truncated.png", "cannot be decoded"),
+            "not an image": (folder / "text.jpg", "cannot be decoded"),
+            "not a video": (folder / "video.mp4", "cannot be opened as a video"),
+            "fifo": (folder / "fifo.png", "is a FIFO, not a regular file"),
+            "missing": (folder / "missing.png", "not found")}
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "not an image", "not a video", "fifo", "missing"])
+def test_a_bad_input_stops_the_run(tmp_path, tiny_pth_path, case):
+    path, reason = bad_inputs(tmp_path / "bad")[case]
+    good = tmp_path / "good.png"
+    cv2().imwrite(str(good), picture(5, TINY_HEIGHT, TINY_WIDTH))
+    with pytest.raises(UserError) as error:
+        run_predict(tiny_pth_path, [path, good], tmp_path / "out")
+    assert str(error.value).startswith("cannot use {}: {}".format(path, reason))
+    assert str(error.value).endswith("--skip_bad skips such inputs")
+    assert not (tmp_path / "out" / "good_overlay.png").exists()
+
+
+def test_bad_inputs_as_a_user_sees_them(tmp_path, tiny_pth_path, capsys):
+    bad = bad_inputs(tmp_path / "bad")
+    flags = ["-m", "hrnetseg.predict", "--pth", tiny_pth_path, "--output", tmp_path / "out", "--input"]
+    result = run_script(flags + [bad["not a video"][0], bad["fifo"][0]])
+    assert_user_error(result, "video.mp4", "cannot be opened as a video", "--skip_bad")
+    assert len(result.stderr.splitlines()) == 1, result.stderr   # FFmpeg's own complaints are not printed
+    result = run_script(flags + [bad["fifo"][0], bad["empty"][0], "--skip_bad"])
+    assert_user_error(result, "nothing to predict: none of the 2 inputs can be read", "FIFO")
+    assert "predict: skipping {}: is empty".format(bad["empty"][0]) in result.stderr
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    with pytest.raises(UserError, match="notes.txt: is not an image .* or a video"):
+        run_predict(tiny_pth_path, [notes], tmp_path / "out")
+    with pytest.raises(SystemExit):
+        predict.build_parser().parse_args(["--pth", "m.pth", "--input", "x", "--output", "y", "--save", "color,depth"])
+    assert "unknown kind 'depth': choose from labelIds,trainIds,color,overlay" in capsys.readouterr().err
+
+
+def test_skip_bad_predicts_the_rest_and_lists_the_bad_ones(tmp_path, tiny_pth_path, capsys):
+    bad = bad_inputs(tmp_path / "photos")
+    good = tmp_path / "photos" / "sub" / "good.png"
+    good.parent.mkdir()
+    cv2().imwrite(str(good), picture(6, TINY_HEIGHT, TINY_WIDTH))
+    missing = bad["missing"][0]
+    assert run_predict(tiny_pth_path, [tmp_path / "photos", missing], tmp_path / "out", "--skip_bad") == 0
+    assert (tmp_path / "out" / "sub" / "good_overlay.png").is_file()
+    captured = capsys.readouterr()
+    listed = [line for line in captured.out.splitlines() if line.startswith("skipped 6 unreadable inputs: ")]
+    assert len(listed) == 1, captured.out
+    for case in ("empty", "truncated", "not an image", "not a video", "fifo", "missing"):
+        path, reason = bad[case]
+        assert "{} ({}".format(path, reason) in listed[0]
+        assert "predict: skipping {}: {}".format(path, reason) in captured.err
+    assert "predicted 1 image and 0 video frames" in captured.out
+
+
+def test_a_fixed_size_model_that_cannot_take_a_needed_size_is_refused_first(tmp_path, tiny_onnx_path, capsys):
+    scene, odd, out = tmp_path / "scene.png", tmp_path / "odd.jpg", tmp_path / "out"
+    cv2().imwrite(str(scene), picture(7, TINY_HEIGHT, TINY_WIDTH))
+    cv2().imwrite(str(odd), picture(8, *ODD))
+    flags = ["--onnx", str(tiny_onnx_path), "--output", str(out), "--base_size", str(TINY_WIDTH)]
+    with pytest.raises(UserError, match=r"takes float32 \?x3x64x128 but these scales need a 89x128 input"):
+        predict.main(flags + ["--input", str(scene), str(odd)])
+    assert not list(out.iterdir())
+    # the size it was exported at, at scale 1.0: runs
+    assert predict.main(flags + ["--input", str(scene), "--save", "trainIds"]) == 0
+    assert read(out / "scene_trainIds.png").shape == (TINY_HEIGHT, TINY_WIDTH)
+    assert "onnxruntime on cpu" in capsys.readouterr().out
+
+
+def test_outputs_that_would_share_a_name_and_the_output_inside_an_input_folder(tmp_path, tiny_pth_path):
+    top = tmp_path / "photos"
+    top.mkdir()
+    cv2().imwrite(str(top / "a.png"), picture(9, TINY_HEIGHT, TINY_WIDTH))
+    cv2().imwrite(str(top / "a.jpg"), picture(9, TINY_HEIGHT, TINY_WIDTH))
+    with pytest.raises(UserError, match=r"a\.jpg and .*a\.png would both be written as a_"):
+        run_predict(tiny_pth_path, [top], tmp_path / "out")
+    (top / "a.jpg").unlink()
+    for _ in range(2):   # the outputs inside the input folder are not taken as inputs on the rerun
+        assert run_predict(tiny_pth_path, [top], top / "predictions") == 0
+    assert sorted(p.name for p in (top / "predictions").iterdir()) == ["a_overlay.png"]
+
+
+def test_a_second_run_into_the_output_is_refused_and_leftovers_are_removed(tmp_path, tiny_pth_path):
+    image, out = tmp_path / "a.png", tmp_path / "out"
+    cv2().imwrite(str(image), picture(10, TINY_HEIGHT, TINY_WIDTH))
+    out.mkdir()
+    with lock_held_elsewhere(out) as pid:
+        with pytest.raises(UserError, match=str(pid)):
+            run_predict(tiny_pth_path, [image], out)
+    (out / "sub").mkdir()
+    dead = 2 ** 22 + 12345   # above Linux's largest PID: no such process
+    stale_png = out / "sub" / ".x_overlay.png.{}.abc.tmp".format(dead)
+    stale_video = out / ".clip_overlay.mp4.{}.abc.tmp".format(dead)
+    stale_png.write_bytes(b"half")
+    stale_video.mkdir()
+    (stale_video / "clip_overlay.mp4").write_bytes(b"half")
+    assert run_predict(tiny_pth_path, [image], out) == 0
+    assert not stale_png.exists() and not stale_video.exists() and (out / "a_overlay.png").is_file()
+    blocked = tmp_path / "out2" / "a_overlay.png"
+    blocked.mkdir(parents=True)   # an existing output that is a folder is never replaced
+    with pytest.raises(UserError, match="is a folder, not a regular file"):
+        run_predict(tiny_pth_path, [image], tmp_path / "out2")
