@@ -29,7 +29,7 @@ from .prediction import (DEFAULT_SAVE, SAVE_KINDS, UnreadableInput, planned_outp
                          predict_video_file, save_kinds)
 from .videos import VideoInfo, remove_stale_video_temporaries
 
-PROG = "python -m hrnetseg.predict"
+MAX_SIZES_SHOWN = 3   # image sizes whose forward passes the first lines name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         backend_help="default from the model file: .onnx -> onnxruntime, .pth -> torch",
         precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU)",
         warmup_help="untimed model runs before the first input (default: 1 on a GPU, 0 on the CPU)")
-    parser = ArgumentParser(prog=PROG, description=__doc__.strip().splitlines()[0], parents=[shared])
+    parser = ArgumentParser(prog="python -m hrnetseg.predict", description=__doc__.strip().splitlines()[0], parents=[shared])
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--onnx", help="ONNX model (default backend onnxruntime); export it with --dynamic_hw to "
                                       "take any image size")
@@ -154,15 +154,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with output_lock(args.output):
         remove_leftovers(args.output)
         refuse_blocked_outputs(args.output, inputs, args.save, videos)
-        return run(args, kind, model, tta, inputs, videos, needed, bad)
+        return run(args, kind, model, tta, inputs, videos, sizes, needed, bad)
 
 
 def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input], videos: Dict[str, VideoInfo],
-        needed: List[Tuple[int, int]], bad: List[BadInput]) -> int:
+        sizes: List[Tuple[int, int]], needed: List[Tuple[int, int]], bad: List[BadInput]) -> int:
+    """Load the model, check it takes every size needed, predict each input in turn, print the summary."""
     began = time.perf_counter()
     backend = load_backend(kind, model, device=args.device, precision=args.precision, preset=args.preset)
     check_model_takes(backend.input, needed)   # before the slow part: every size the scales need
-    run_main = main_output_runner(backend, args.output_index, args.batchsize)
+    # one input at a time unless asked: a scale's windows (and their flips) at once could exceed the memory
+    run_main = main_output_runner(backend, args.output_index, args.batchsize or 1)
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
     for _ in range(warmup):
         run_main(np.zeros((1, 3) + needed[0], np.float32))
@@ -171,6 +173,9 @@ def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input
           "{:.2f} s".format(images, "" if images == 1 else "s", len(videos), "" if len(videos) == 1 else "s",
                             sum(info.frames for info in videos.values()), backend.name, backend.device,
                             backend.precision, tta.describe(), time.perf_counter() - began), flush=True)
+    print("forward passes per image: {}{}".format(", ".join(
+        "{} at {}x{}".format(tta.forward_passes(h, w), h, w) for h, w in sizes[:MAX_SIZES_SHOWN]),
+        ", ..." if len(sizes) > MAX_SIZES_SHOWN else ""), flush=True)
 
     started = time.perf_counter()
     written, skipped, predicted_images, predicted_frames = 0, [], 0, 0
