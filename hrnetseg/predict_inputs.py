@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import cityscapes
 from .cli import UserError
@@ -97,7 +97,7 @@ def find_inputs(paths: Sequence[str], output: Optional[str] = None) -> List[Unio
 
 def refuse_shared_outputs(inputs: Sequence[Input]) -> None:
     """Two inputs whose outputs would have one name (`a.png` and `a.jpg`, or two folders' `x.png`)."""
-    owner = {}   # type: Dict[Tuple[str, str], str]
+    owner = {}   # (folder, stem) -> the first input written as it
     for item in inputs:
         key = (item.folder, item.stem)
         if key in owner:

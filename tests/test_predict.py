@@ -295,3 +295,22 @@ def test_a_second_run_into_the_output_is_refused_and_leftovers_are_removed(tmp_p
     blocked.mkdir(parents=True)   # an existing output that is a folder is never replaced
     with pytest.raises(UserError, match="is a folder, not a regular file"):
         run_predict(tiny_pth_path, [image], tmp_path / "out2")
+
+
+def test_an_onnx_export_with_dynamic_hw_takes_any_size(tmp_path, tiny_pth_path, expected):
+    from hrnetseg.export import export_onnx, load_model
+
+    model = tmp_path / "any_size.onnx"
+    export_onnx(load_model(TINY_PRESET, pth=str(tiny_pth_path)), str(model), TINY_HEIGHT, TINY_WIDTH, batch=None,
+                dynamic_hw=True)
+    odd, clip, out = tmp_path / "odd.jpg", tmp_path / "clip.avi", tmp_path / "out"
+    cv2().imwrite(str(odd), picture(11, *ODD))
+    write_video(clip, frames=2)
+    assert predict.main(["--onnx", str(model), "--input", str(odd), str(clip), "--output", str(out), *SMALL, *SCALES,
+                         "--save", "trainIds", "--batchsize", "4"]) == 0
+    photo = read(odd, cv2().IMREAD_COLOR)
+    agree = np.mean(read(out / "odd_trainIds.png") == expected(photo, (0.5, 1.0, 1.5)))
+    assert agree >= 0.999, agree   # ONNX Runtime against torch: the same up to float rounding
+    frames, _ = video_frames(out / "clip_overlay.mp4")
+    assert len(frames) == 2 and sorted(p.name for p in (out / "clip").iterdir()) == [
+        "clip_000000_trainIds.png", "clip_000001_trainIds.png"]
