@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -178,15 +178,25 @@ def add_tta_flags(parser) -> None:
                             "multi-scale numbers use {})".format(",".join("{:g}".format(s) for s in UPSTREAM_SCALES)))
     group.add_argument("--flip", action="store_true",
                        help="also run each input flipped left-right and average the two (upstream's FLIP_TEST)")
-    group.add_argument("--base_size", type=base_size, default=DEFAULT_BASE_SIZE,
-                       help="long side of the image at scale 1.0 (default {})".format(DEFAULT_BASE_SIZE))
+    group.add_argument("--base_size", type=base_size, default=None,
+                       help="long side of the image at scale 1.0 (default {}; with --scales 1.0 and no --flip, "
+                            "given: the image is resized to it, not given: it runs at its own size)"
+                       .format(DEFAULT_BASE_SIZE))
     group.add_argument("--crop_size", type=crop_size, default=DEFAULT_CROP_SIZE, metavar="H,W",
                        help="sliding-window size for scales above 1.0 (default {},{})".format(*DEFAULT_CROP_SIZE))
 
 
 def tta_from_args(args: argparse.Namespace) -> TestTimeAugmentation:
-    return TestTimeAugmentation(scales=tuple(args.scales), flip=bool(args.flip), base_size=args.base_size,
+    return TestTimeAugmentation(scales=tuple(args.scales), flip=bool(args.flip),
+                                base_size=DEFAULT_BASE_SIZE if args.base_size is None else args.base_size,
                                 crop_size=tuple(args.crop_size))
+
+
+def single_scale_from_args(args: argparse.Namespace, height: int, width: int) -> bool:
+    """Whether the flags ask for today's single-scale path on images of this size: --scales 1.0 without
+    --flip, and no --base_size other than the image's long side (so the default needs no --base_size)."""
+    tta = tta_from_args(args)
+    return tta.is_plain() and (args.base_size is None or tta.runs_as_is(height, width))
 
 
 def check_model_takes(input_spec: InputSpec, sizes: Sequence[Tuple[int, int]]) -> None:
@@ -211,55 +221,83 @@ def _check_image(image_hwc: np.ndarray) -> None:
             getattr(image_hwc, "dtype", type(image_hwc).__name__), getattr(image_hwc, "shape", "")))
 
 
-def _scores_of_inputs(crops: Sequence[np.ndarray], run_main: RunMain, flip: bool) -> List[np.ndarray]:
-    """exp of the main output upsampled to each input (H x W x 3), flip-averaged: upstream's `inference`.
+@dataclass(frozen=True)
+class ScaleRun:
+    """One scale's model inputs for one image: the resized image's size, its windows (h0, h1, w0, w1) and the
+    batch that runs them (the windows, then, with flip, the same windows flipped left-right)."""
 
-    All inputs (and their flipped copies) go to run_main as one batch; run_main splits it as the model needs."""
-    batch = [crop.transpose(2, 0, 1) for crop in crops]
-    if flip:
-        batch += [crop[:, ::-1].transpose(2, 0, 1) for crop in crops]
-    logits = run_main(np.ascontiguousarray(np.stack(batch), dtype=np.float32))
-    if logits.ndim != 4 or logits.shape[0] != len(batch) or logits.shape[1] != NUM_CLASSES:
+    scale: float
+    size: Tuple[int, int]
+    windows: Tuple[Window, ...]
+    batch: Optional[np.ndarray]   # N x 3 x h x w float32, C-contiguous; None once run (without_batch)
+
+    def without_batch(self) -> "ScaleRun":
+        """This run without its inputs: what combine_scales needs, once the model has run them."""
+        return ScaleRun(self.scale, self.size, self.windows, None)
+
+
+def scale_runs(image_hwc: np.ndarray, tta: TestTimeAugmentation) -> Iterator[ScaleRun]:
+    """The model inputs of every scale, one scale at a time (made when asked for: a scale's batch can be
+    hundreds of MB at Cityscapes size)."""
+    import cv2
+
+    _check_image(image_hwc)
+    height, width = image_hwc.shape[:2]
+    for scale, (new_h, new_w) in zip(tta.scales, tta.scaled_sizes(height, width)):
+        resized = cv2.resize(image_hwc, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        windows = tuple(tta.windows(scale, new_h, new_w))
+        crops = [resized[h0:h1, w0:w1].transpose(2, 0, 1) for h0, h1, w0, w1 in windows]
+        if tta.flip:
+            crops += [crop[:, :, ::-1] for crop in crops]
+        yield ScaleRun(scale, (new_h, new_w), windows, np.ascontiguousarray(np.stack(crops), dtype=np.float32))
+
+
+def scale_scores(run: ScaleRun, logits: np.ndarray, flip: bool) -> np.ndarray:
+    """One scale's 19 x h x w map from the main output's logits for run.batch: per input, the logits
+    upsampled to the input (flip-averaged, then exp: upstream's `inference`), the windows summed into a canvas
+    and divided by the windows covering each pixel."""
+    inputs = len(run.windows) * (2 if flip else 1)
+    if logits.ndim != 4 or logits.shape[0] != inputs or logits.shape[1] != NUM_CLASSES:
         raise UserError("the model's main output is {} for {} inputs; expected {} x {} x h x w".format(
-            "x".join(map(str, logits.shape)), len(batch), len(batch), NUM_CLASSES))
-    scores = []
-    for index, crop in enumerate(crops):
-        height, width = crop.shape[:2]
-        pred = upsample_bilinear(logits[index], height, width)
+            "x".join(map(str, logits.shape)), inputs, inputs, NUM_CLASSES))
+    new_h, new_w = run.size
+    whole = len(run.windows) == 1 and run.windows[0] == (0, new_h, 0, new_w)
+    if not whole:
+        canvas = np.zeros((NUM_CLASSES, new_h, new_w), dtype=np.float32)
+        count = np.zeros((1, new_h, new_w), dtype=np.float32)
+    for index, (h0, h1, w0, w1) in enumerate(run.windows):
+        pred = upsample_bilinear(logits[index], h1 - h0, w1 - w0)
         if flip:
-            pred += upsample_bilinear(logits[len(crops) + index], height, width)[:, :, ::-1]
+            pred += upsample_bilinear(logits[len(run.windows) + index], h1 - h0, w1 - w0)[:, :, ::-1]
             pred *= np.float32(0.5)
-        scores.append(np.exp(pred))
-    return scores
+        score = np.exp(pred)
+        if whole:
+            return score
+        canvas[:, h0:h1, w0:w1] += score
+        count[:, h0:h1, w0:w1] += 1
+    canvas /= count
+    return canvas
+
+
+def combine_scales(height: int, width: int, runs: Iterable[Tuple[ScaleRun, np.ndarray]],
+                   flip: bool) -> np.ndarray:
+    """The 19 x H x W float32 sum over scales of each scale's map upsampled to the image's size, from
+    (ScaleRun, its logits) pairs in the order of the scales (the runs' batches are not needed)."""
+    total = np.zeros((NUM_CLASSES, height, width), dtype=np.float32)
+    for run, logits in runs:
+        total += upsample_bilinear(scale_scores(run, logits, flip), height, width)
+    if not np.isfinite(total).all():
+        raise UserError("the summed scores are not finite (NaN or overflowing logits from the model)")
+    return total
 
 
 def summed_scores(image_hwc: np.ndarray, run_main: RunMain, tta: TestTimeAugmentation) -> np.ndarray:
     """Upstream's multi_scale_inference for one normalized float32 H x W x 3 image: the 19 x H x W float32 sum
     over scales of exp(logits), each scale's map upsampled to the image's size."""
-    import cv2
-
     _check_image(image_hwc)
     height, width = image_hwc.shape[:2]
-    total = np.zeros((NUM_CLASSES, height, width), dtype=np.float32)
-    for scale, (new_h, new_w) in zip(tta.scales, tta.scaled_sizes(height, width)):
-        resized = cv2.resize(image_hwc, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        windows = tta.windows(scale, new_h, new_w)
-        crops = [resized[h0:h1, w0:w1] for h0, h1, w0, w1 in windows]
-        scores = _scores_of_inputs(crops, run_main, tta.flip)
-        if len(windows) == 1 and windows[0] == (0, new_h, 0, new_w):
-            canvas = scores[0]
-        else:
-            canvas = np.zeros((NUM_CLASSES, new_h, new_w), dtype=np.float32)
-            count = np.zeros((1, new_h, new_w), dtype=np.float32)
-            for (h0, h1, w0, w1), score in zip(windows, scores):
-                canvas[:, h0:h1, w0:w1] += score
-                count[:, h0:h1, w0:w1] += 1
-            canvas /= count
-        del scores
-        total += upsample_bilinear(canvas, height, width)
-    if not np.isfinite(total).all():
-        raise UserError("the summed scores are not finite (NaN or overflowing logits from the model)")
-    return total
+    return combine_scales(height, width, ((run, run_main(run.batch)) for run in scale_runs(image_hwc, tta)),
+                          tta.flip)
 
 
 def predict_train_ids(image_hwc: np.ndarray, run_main: RunMain, tta: TestTimeAugmentation) -> np.ndarray:
