@@ -124,11 +124,16 @@ def refuse(item: BadInput) -> None:
 
 def refuse_blocked_outputs(output: str, inputs: Sequence[Input], kinds: Sequence[str],
                            videos: Dict[str, VideoInfo]) -> None:
-    """An existing output that is a folder, FIFO or device is never replaced: refused before the model loads."""
+    """An existing output that is a folder, FIFO or device, or one of the inputs, is never replaced: refused
+    before the model loads."""
+    sources = {os.path.realpath(item.path): item.path for item in inputs}
     for item in inputs:
         for path in planned_outputs(output, item, kinds, videos.get(item.path)):
             if os.path.lexists(path) and not_regular_reason(path) is not None:
                 raise UserError("cannot write {}: it {}".format(path, not_regular_reason(path)))
+            if os.path.realpath(path) in sources:
+                raise UserError("the output {} of {} is the input {}: give another --output".format(
+                    path, item.path, sources[os.path.realpath(path)]))
 
 
 def remove_leftovers(output: str) -> None:

@@ -76,6 +76,9 @@ def find_inputs(paths: Sequence[str], output: Optional[str] = None) -> List[Unio
         if not path:
             raise UserError("--input has an empty name: give a file or folder")
         if os.path.isdir(path):
+            if os.path.realpath(path) == skip:
+                raise UserError("--output {} is the input folder {}: the next run would take its pictures as "
+                                "inputs; give another folder (one inside it is fine)".format(output, path))
             entries = list(_walk(path, skip))
             if not entries:
                 found.append(BadInput(path, "holds no images ({}) or videos ({})".format(

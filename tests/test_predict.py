@@ -270,6 +270,13 @@ def test_outputs_that_would_share_a_name_and_the_output_inside_an_input_folder(t
     with pytest.raises(UserError, match=r"a\.jpg and .*a\.png would both be written as a_"):
         run_predict(tiny_pth_path, [top], tmp_path / "out")
     (top / "a.jpg").unlink()
+    with pytest.raises(UserError, match="is the input folder"):
+        run_predict(tiny_pth_path, [top], top)
+    cv2().imwrite(str(top / "b_overlay.png"), picture(9, TINY_HEIGHT, TINY_WIDTH))
+    cv2().imwrite(str(tmp_path / "b.png"), picture(9, TINY_HEIGHT, TINY_WIDTH))
+    with pytest.raises(UserError, match="the output .*b_overlay.png of .*b.png is the input"):
+        run_predict(tiny_pth_path, [top / "b_overlay.png", tmp_path / "b.png"], top)
+    (top / "b_overlay.png").unlink()
     for _ in range(2):   # the outputs inside the input folder are not taken as inputs on the rerun
         assert run_predict(tiny_pth_path, [top], top / "predictions") == 0
     assert sorted(p.name for p in (top / "predictions").iterdir()) == ["a_overlay.png"]
