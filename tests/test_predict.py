@@ -214,12 +214,13 @@ def test_a_bad_input_stops_the_run(tmp_path, tiny_pth_path, case):
 def test_bad_inputs_as_a_user_sees_them(tmp_path, tiny_pth_path, capsys):
     bad = bad_inputs(tmp_path / "bad")
     flags = ["-m", "hrnetseg.predict", "--pth", tiny_pth_path, "--output", tmp_path / "out", "--input"]
-    result = run_script(flags + [bad["not a video"][0], bad["fifo"][0]])
-    assert_user_error(result, "video.mp4", "cannot be opened as a video", "--skip_bad")
-    assert len(result.stderr.splitlines()) == 1, result.stderr   # FFmpeg's own complaints are not printed
-    result = run_script(flags + [bad["fifo"][0], bad["empty"][0], "--skip_bad"])
-    assert_user_error(result, "nothing to predict: none of the 2 inputs can be read", "FIFO")
-    assert "predict: skipping {}: is empty".format(bad["empty"][0]) in result.stderr
+    result = run_script(flags + [bad["fifo"][0], bad["not a video"][0], bad["empty"][0], "--skip_bad"])
+    assert_user_error(result, "nothing to predict: none of the 3 inputs can be read", "fifo.png", "FIFO")
+    # one line per skipped input and the error; FFmpeg's own complaints about the video are not printed
+    skipped = result.stderr.splitlines()[:-1]
+    assert len(skipped) == 3, result.stderr
+    for line, case in zip(skipped, ("fifo", "not a video", "empty")):
+        assert line.startswith("predict: skipping {}: {}".format(*bad[case])), result.stderr
 
     notes = tmp_path / "notes.txt"
     notes.write_text("x")
