@@ -214,7 +214,7 @@ def summary(images: int, frames: int, wall: float, written: int, output: str, sk
             bad: Sequence[BadInput]) -> str:
     """The closing lines: what was predicted how fast, where the files went, what was left out."""
     done = images + frames
-    lines = ["predicted {} image{} and {} video frame{} in {:.2f} s ({:.2f} per second, {:.3f} s each); wrote {} "
+    lines = ["predicted {} image{} and {} video frame{} in {:.2f} s ({:.2f} fps, {:.3f} s each); wrote {} "
              "file{} under {}".format(images, "" if images == 1 else "s", frames, "" if frames == 1 else "s", wall,
                                       done / wall if wall > 0 else 0.0, wall / done if done else 0.0, written,
                                       "" if written == 1 else "s", output)]
