@@ -11,6 +11,7 @@ Outputs keep the inputs' sub-folders; a rerun skips what exists unless --overwri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -155,11 +156,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     needed = []   # type: List[Tuple[int, int]]
     for height, width in sizes:
         needed.extend(size for size in tta.input_sizes(height, width) if size not in needed)
-    make_output_folder(args.output, "--output")
-    with output_lock(args.output):
-        remove_leftovers(args.output)
-        refuse_blocked_outputs(args.output, inputs, args.save, videos)
-        return run(args, kind, model, tta, inputs, videos, sizes, needed, bad)
+    created = make_output_folder(args.output, "--output")
+    try:
+        with output_lock(args.output):
+            remove_leftovers(args.output)
+            refuse_blocked_outputs(args.output, inputs, args.save, videos)
+            return run(args, kind, model, tta, inputs, videos, sizes, needed, bad)
+    except BaseException:
+        if created:   # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(args.output)
+        raise
 
 
 def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input], videos: Dict[str, VideoInfo],
