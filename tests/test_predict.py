@@ -152,9 +152,10 @@ def test_a_failing_video_leaves_no_video_and_no_temporary(tmp_path, tiny_pth_pat
         return np.zeros(bgr.shape[:2], np.uint8)
 
     monkeypatch.setattr(prediction, "predict_picture", failing)
+    (tmp_path / "out").mkdir()
     with pytest.raises(UserError, match="frame 3"):
         run_predict(tiny_pth_path, [clip], tmp_path / "out")
-    assert sorted(os.listdir(tmp_path / "out")) == []
+    assert os.listdir(tmp_path / "out") == []   # no video, no temporary folder
 
 
 def test_rerun_keeps_what_exists_unless_overwrite(tmp_path, tiny_pth_path, capsys):
