@@ -198,10 +198,12 @@ def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input
                 if item.video:
                     outcome = predict_video_file(item, args.output, args.save, run_main, tta, videos[item.path],
                                                  args.overwrite, on_frame=lambda: bar.update(1))
-                    predicted_frames += outcome.frames
+                    predicted_frames += outcome.predicted
+                    if outcome.skipped:
+                        bar.update(videos[item.path].frames)
                 else:
                     outcome = predict_image_file(item, args.output, args.save, run_main, tta, args.overwrite)
-                    predicted_images += outcome.frames
+                    predicted_images += outcome.predicted
                     bar.update(1)
             except UnreadableInput as exc:
                 if not args.skip_bad:

@@ -30,8 +30,9 @@ SAVE_KINDS = ("labelIds", "trainIds", "color", "overlay")
 DEFAULT_SAVE = ("overlay",)
 VIDEO_KIND = "overlay"     # the kind a video gets as a video; the others as per-frame PNGs
 
-# files written and whether the input was left alone because its outputs exist; frames: the frames predicted
-Outcome = namedtuple("Outcome", ["written", "skipped", "frames"])
+# the files written, whether the input was left alone (its outputs exist), how many pictures (the image, or
+# frames) went through the model
+Outcome = namedtuple("Outcome", ["written", "skipped", "predicted"])
 
 
 class UnreadableInput(UserError):

@@ -117,7 +117,7 @@ def test_png_jpeg_of_odd_size_and_a_folder_every_kind(tmp_path, tiny_pth_path, e
     assert not (tmp_path / "out.lock").exists()
 
 
-def test_a_video_gives_an_overlay_video_and_per_frame_pngs(tmp_path, tiny_pth_path, expected):
+def test_a_video_gives_an_overlay_video_and_per_frame_pngs(tmp_path, tiny_pth_path, expected, capsys):
     clip = tmp_path / "dashcam.mp4"
     write_video(clip)
     out = tmp_path / "out"
@@ -136,6 +136,11 @@ def test_a_video_gives_an_overlay_video_and_per_frame_pngs(tmp_path, tiny_pth_pa
     overlay = cv2().addWeighted(source[2], 0.5, cityscapes.TRAIN_PALETTE[:, ::-1][expected(source[2])], 0.5, 0)
     assert np.abs(written[2].astype(int) - overlay).mean() < 8
     assert not [p for p in out.rglob(".*")]   # no temporaries left
+    video_inode = os.stat(out / "dashcam_overlay.mp4").st_ino
+    capsys.readouterr()
+    assert run_predict(tiny_pth_path, [clip], out, "--save", "overlay,labelIds") == 0   # a rerun: all there
+    assert "predicted 0 images and 0 video frames" in capsys.readouterr().out
+    assert os.stat(out / "dashcam_overlay.mp4").st_ino == video_inode
 
 
 def test_a_failing_video_leaves_no_video_and_no_temporary(tmp_path, tiny_pth_path, monkeypatch):
