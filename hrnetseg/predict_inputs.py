@@ -15,7 +15,8 @@ from .videos import VIDEO_SUFFIXES, VideoInfo, probe
 
 # what OpenCV's imread decodes; the extensions tell images from videos
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"   # dropped from stems: `<id>_labelIds.png`, as the benchmark server wants
+# dropped from stems, so that a Cityscapes image gives `<id>_labelIds.png`, as the benchmark server wants
+CITYSCAPES_IMAGE_SUFFIX = os.path.splitext(cityscapes.IMAGE_SUFFIX)[0]
 
 # path: the file; folder: the sub-folder of --output its outputs go to ("" for a file named directly);
 # stem: the file name without extension (and without _leftImg8bit); video: whether it is a video
@@ -47,16 +48,12 @@ def _not_media(path: str) -> str:
         ", ".join(s[1:] for s in IMAGE_SUFFIXES[:3]) + ", ...", ", ".join(s[1:] for s in VIDEO_SUFFIXES[:3]) + ", ...")
 
 
-def _inside(path: str, folder: Optional[str]) -> bool:
-    return folder is not None and (path == folder or path.startswith(folder.rstrip(os.sep) + os.sep))
-
-
 def _walk(root: str, skip: Optional[str]) -> Iterable[Tuple[str, str]]:
     """(file, its folder relative to root) for every image or video under root, sorted, hidden names and the
     folder `skip` (the output folder, when it lies inside) left out."""
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith(".") and
-                               not _inside(os.path.realpath(os.path.join(folder, name)), skip))
+                               os.path.realpath(os.path.join(folder, name)) != skip)
         relative = os.path.relpath(folder, root)
         for name in sorted(names):
             if not name.startswith(".") and media_kind(name):
