@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         backend_help="default from the model file: .onnx -> onnxruntime, .pth -> torch",
         precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU)",
         warmup_help="untimed model runs before the first input (default: 1 on a GPU, 0 on the CPU)")
-    parser = ArgumentParser(prog="python -m hrnetseg.predict", description=__doc__.strip().splitlines()[0], parents=[shared])
+    parser = ArgumentParser(prog="python -m hrnetseg.predict", description=__doc__.strip().splitlines()[0],
+                            parents=[shared])
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--onnx", help="ONNX model (default backend onnxruntime); export it with --dynamic_hw to "
                                       "take any image size")

@@ -1,8 +1,10 @@
 """python -m hrnetseg.predict: images of any size, folders, videos, the --save kinds, reruns, and bad inputs.
 
-The tiny model at a small base size (64) and crop size (32,48): scales 0.5, 1.0 and 1.5 run the whole-image and
-the sliding-window branches. The pictures are checked against the prediction made directly through
-hrnetseg.multiscale from the reference transform, not against stored results.
+A small base size (64) and crop size (32,48): scales 0.5, 1.0 and 1.5 run the whole-image and the sliding-window
+branches. The pictures are checked against the prediction made directly through hrnetseg.multiscale from the
+reference transform, not against stored results: with a stand-in model whose classes follow the colours (many
+classes per picture, so a flipped, shifted or transposed picture would show) and with the tiny model through
+torch and ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import pytest
 
 from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_script
 from hrnetseg import cityscapes, predict
+from hrnetseg.backends import Backend, InputSpec
 from hrnetseg.cli import UserError
-from hrnetseg.multiscale import TestTimeAugmentation
+from hrnetseg.multiscale import TestTimeAugmentation, main_output_runner, predict_train_ids
 
 SMALL = ["--base_size", "64", "--crop_size", "32,48"]   # every run: one model run per image at scale 1.0
 SCALES = ["--scales", "0.5,1.0,1.5"]
@@ -55,18 +58,49 @@ def video_frames(path):
     return found, fps
 
 
+class ColourModel(Backend):
+    """A stand-in model: the main output's class scores are a fixed linear function of the colour of every 4th
+    pixel (the real outputs are a quarter of the input); the aux output is all zeros (class 0 everywhere)."""
+
+    name, device, precision = "colour", "cpu", "fp32"
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.weights = rng.standard_normal((19, 3)).astype(np.float32) * 4
+        self.bias = rng.standard_normal(19).astype(np.float32)
+        self.input = InputSpec("image", np.dtype("float32"), (None, 3, None, None))
+        self.output_names = ["output1", "output2"]
+
+    def run(self, batch):
+        logits = np.einsum("kc,nchw->nkhw", self.weights, batch[:, :, ::4, ::4]) + self.bias[:, None, None]
+        return [np.zeros_like(logits), logits.astype(np.float32)]
+
+
+@pytest.fixture
+def colour_model(monkeypatch):
+    """predict.main runs the ColourModel, whatever model file it is given."""
+    model = ColourModel()
+    monkeypatch.setattr(predict, "load_backend", lambda *args, **kwargs: model)
+    return model
+
+
+def direct_prediction(run_main, bgr: np.ndarray, scales=(1.0,), flip: bool = False) -> np.ndarray:
+    """trainIds of a BGR picture straight from hrnetseg.multiscale, on the reference transform."""
+    image = np.ascontiguousarray(cityscapes.reference_transform(bgr).transpose(1, 2, 0))
+    return predict_train_ids(image, run_main, TestTimeAugmentation(scales, flip, 64, (32, 48)))
+
+
+def by_colour(bgr: np.ndarray, scales=(1.0,)) -> np.ndarray:
+    return direct_prediction(main_output_runner(ColourModel()), bgr, scales)
+
+
 @pytest.fixture(scope="module")
-def expected(tiny_pth_path):
-    """trainIds of a BGR picture, straight from hrnetseg.multiscale on the reference transform (torch backend)."""
+def by_torch(tiny_pth_path):
+    """direct_prediction with the tiny model's checkpoint through the torch backend."""
     from hrnetseg.backends import load_backend
-    from hrnetseg.multiscale import main_output_runner, predict_train_ids
 
     run_main = main_output_runner(load_backend("torch", str(tiny_pth_path), device="cpu", preset=TINY_PRESET))
-
-    def train_ids(bgr: np.ndarray, scales=(1.0,), flip: bool = False) -> np.ndarray:
-        image = np.ascontiguousarray(cityscapes.reference_transform(bgr).transpose(1, 2, 0))
-        return predict_train_ids(image, run_main, TestTimeAugmentation(scales, flip, 64, (32, 48)))
-    return train_ids
+    return lambda bgr, scales=(1.0,), flip=False: direct_prediction(run_main, bgr, scales, flip)
 
 
 def run_predict(model, inputs, out, *extra):
@@ -91,7 +125,7 @@ def check_kinds(photo, stem_path, train_ids):
     np.testing.assert_array_equal(overlay, cv2().addWeighted(photo, 0.5, color, 0.5, 0))
 
 
-def test_png_jpeg_of_odd_size_and_a_folder_every_kind(tmp_path, tiny_pth_path, expected, capsys):
+def test_png_jpeg_of_odd_size_and_a_folder_every_kind(tmp_path, tiny_pth_path, colour_model, capsys):
     top = tmp_path / "photos"
     (top / "day" / "rain").mkdir(parents=True)
     png = top / "frankfurt_000000_000294_leftImg8bit.png"
@@ -108,8 +142,8 @@ def test_png_jpeg_of_odd_size_and_a_folder_every_kind(tmp_path, tiny_pth_path, e
                            for k in ("color", "labelIds", "overlay", "trainIds")])
     for source, stem in ((png, out / "frankfurt_000000_000294"), (jpeg, out / "day" / "rain" / "odd")):
         photo = read(source, cv2().IMREAD_COLOR)
-        train_ids = expected(photo, (0.5, 1.0, 1.5))
-        assert train_ids.shape == photo.shape[:2]
+        train_ids = by_colour(photo, (0.5, 1.0, 1.5))
+        assert train_ids.shape == photo.shape[:2] and len(np.unique(train_ids)) >= 4   # a telling picture
         check_kinds(photo, stem, train_ids)
     printed = capsys.readouterr().out
     assert "predicted 2 images and 0 video frames" in printed and "wrote 8 files under {}".format(out) in printed
@@ -117,7 +151,7 @@ def test_png_jpeg_of_odd_size_and_a_folder_every_kind(tmp_path, tiny_pth_path, e
     assert not (tmp_path / "out.lock").exists()
 
 
-def test_a_video_gives_an_overlay_video_and_per_frame_pngs(tmp_path, tiny_pth_path, expected, capsys):
+def test_a_video_gives_an_overlay_video_and_per_frame_pngs(tmp_path, tiny_pth_path, colour_model, capsys):
     clip = tmp_path / "dashcam.mp4"
     write_video(clip)
     out = tmp_path / "out"
@@ -130,10 +164,10 @@ def test_a_video_gives_an_overlay_video_and_per_frame_pngs(tmp_path, tiny_pth_pa
     names = sorted(p.name for p in (out / "dashcam").iterdir())
     assert names == ["dashcam_{:06d}_labelIds.png".format(i) for i in range(VIDEO[0])]   # no overlay PNGs
     for index, frame in enumerate(source):
-        train_ids = expected(frame)
+        train_ids = by_colour(frame)
         np.testing.assert_array_equal(read(out / "dashcam" / names[index]), cityscapes.TRAIN_TO_ID[train_ids])
     # the video's frames are the overlays (mp4v is lossy: close, not equal)
-    overlay = cv2().addWeighted(source[2], 0.5, cityscapes.TRAIN_PALETTE[:, ::-1][expected(source[2])], 0.5, 0)
+    overlay = cv2().addWeighted(source[2], 0.5, cityscapes.TRAIN_PALETTE[:, ::-1][by_colour(source[2])], 0.5, 0)
     assert np.abs(written[2].astype(int) - overlay).mean() < 8
     assert not [p for p in out.rglob(".*")]   # no temporaries left
     video_inode = os.stat(out / "dashcam_overlay.mp4").st_ino
@@ -143,7 +177,7 @@ def test_a_video_gives_an_overlay_video_and_per_frame_pngs(tmp_path, tiny_pth_pa
     assert os.stat(out / "dashcam_overlay.mp4").st_ino == video_inode
 
 
-def test_a_failing_video_leaves_no_video_and_no_temporary(tmp_path, tiny_pth_path, monkeypatch):
+def test_a_failing_video_leaves_no_video_and_no_temporary(tmp_path, tiny_pth_path, colour_model, monkeypatch):
     from hrnetseg import prediction
 
     clip = tmp_path / "clip.mp4"
@@ -237,7 +271,7 @@ def test_bad_inputs_as_a_user_sees_them(tmp_path, tiny_pth_path, capsys):
     assert "unknown kind 'depth': choose from labelIds,trainIds,color,overlay" in capsys.readouterr().err
 
 
-def test_skip_bad_predicts_the_rest_and_lists_the_bad_ones(tmp_path, tiny_pth_path, capsys):
+def test_skip_bad_predicts_the_rest_and_lists_the_bad_ones(tmp_path, tiny_pth_path, colour_model, capsys):
     bad = bad_inputs(tmp_path / "photos")
     good = tmp_path / "photos" / "sub" / "good.png"
     good.parent.mkdir()
@@ -269,7 +303,7 @@ def test_a_fixed_size_model_that_cannot_take_a_needed_size_is_refused_first(tmp_
     assert "onnxruntime on cpu" in capsys.readouterr().out
 
 
-def test_outputs_that_would_share_a_name_and_the_output_inside_an_input_folder(tmp_path, tiny_pth_path):
+def test_outputs_that_would_share_a_name_and_the_output_inside_an_input_folder(tmp_path, tiny_pth_path, colour_model):
     top = tmp_path / "photos"
     top.mkdir()
     cv2().imwrite(str(top / "a.png"), picture(9, TINY_HEIGHT, TINY_WIDTH))
@@ -289,7 +323,7 @@ def test_outputs_that_would_share_a_name_and_the_output_inside_an_input_folder(t
     assert sorted(p.name for p in (top / "predictions").iterdir()) == ["a_overlay.png"]
 
 
-def test_a_second_run_into_the_output_is_refused_and_leftovers_are_removed(tmp_path, tiny_pth_path):
+def test_a_second_run_into_the_output_is_refused_and_leftovers_are_removed(tmp_path, tiny_pth_path, colour_model):
     image, out = tmp_path / "a.png", tmp_path / "out"
     cv2().imwrite(str(image), picture(10, TINY_HEIGHT, TINY_WIDTH))
     out.mkdir()
@@ -311,7 +345,7 @@ def test_a_second_run_into_the_output_is_refused_and_leftovers_are_removed(tmp_p
         run_predict(tiny_pth_path, [image], tmp_path / "out2")
 
 
-def test_an_onnx_export_with_dynamic_hw_takes_any_size(tmp_path, tiny_pth_path, expected):
+def test_an_onnx_export_with_dynamic_hw_takes_any_size(tmp_path, tiny_pth_path, by_torch):
     from hrnetseg.export import export_onnx, load_model
 
     model = tmp_path / "any_size.onnx"
@@ -323,7 +357,7 @@ def test_an_onnx_export_with_dynamic_hw_takes_any_size(tmp_path, tiny_pth_path, 
     assert predict.main(["--onnx", str(model), "--input", str(odd), str(clip), "--output", str(out), *SMALL,
                          "--flip", "--save", "trainIds", "--batchsize", "2"]) == 0
     photo = read(odd, cv2().IMREAD_COLOR)
-    agree = np.mean(read(out / "odd_trainIds.png") == expected(photo, flip=True))
+    agree = np.mean(read(out / "odd_trainIds.png") == by_torch(photo, flip=True))
     assert agree >= 0.999, agree   # ONNX Runtime against torch: the same up to float rounding
     frames, _ = video_frames(out / "clip_overlay.mp4")
     assert len(frames) == 2 and sorted(p.name for p in (out / "clip").iterdir()) == [
