@@ -197,7 +197,7 @@ def test_a_failing_video_leaves_no_video_and_no_temporary(tmp_path, tiny_pth_pat
     assert os.listdir(tmp_path / "out") == []   # no video, no temporary folder
 
 
-def test_rerun_keeps_what_exists_unless_overwrite(tmp_path, tiny_pth_path, capsys):
+def test_rerun_keeps_what_exists_unless_overwrite(tmp_path, tiny_pth_path, colour_model, capsys):
     image = tmp_path / "a.png"
     cv2().imwrite(str(image), picture(3, *ODD))
     out = tmp_path / "out"
@@ -345,7 +345,7 @@ def test_a_second_run_into_the_output_is_refused_and_leftovers_are_removed(tmp_p
         run_predict(tiny_pth_path, [image], tmp_path / "out2")
 
 
-def test_an_onnx_export_with_dynamic_hw_takes_any_size(tmp_path, tiny_pth_path, by_torch):
+def test_the_tiny_model_through_torch_and_a_dynamic_hw_onnx_export(tmp_path, tiny_pth_path, by_torch):
     from hrnetseg.export import export_onnx, load_model
 
     model = tmp_path / "any_size.onnx"
@@ -357,8 +357,11 @@ def test_an_onnx_export_with_dynamic_hw_takes_any_size(tmp_path, tiny_pth_path, 
     assert predict.main(["--onnx", str(model), "--input", str(odd), str(clip), "--output", str(out), *SMALL,
                          "--flip", "--save", "trainIds", "--batchsize", "2"]) == 0
     photo = read(odd, cv2().IMREAD_COLOR)
-    agree = np.mean(read(out / "odd_trainIds.png") == by_torch(photo, flip=True))
+    want = by_torch(photo, flip=True)
+    agree = np.mean(read(out / "odd_trainIds.png") == want)
     assert agree >= 0.999, agree   # ONNX Runtime against torch: the same up to float rounding
+    assert run_predict(tiny_pth_path, [odd], tmp_path / "torch", "--flip", "--save", "trainIds") == 0
+    np.testing.assert_array_equal(read(tmp_path / "torch" / "odd_trainIds.png"), want)   # --pth: torch itself
     frames, _ = video_frames(out / "clip_overlay.mp4")
     assert len(frames) == 2 and sorted(p.name for p in (out / "clip").iterdir()) == [
         "clip_000000_trainIds.png", "clip_000001_trainIds.png"]
