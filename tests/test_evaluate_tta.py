@@ -30,7 +30,8 @@ def test_tta_evaluation_matches_the_per_image_function(tmp_path, tiny_data_root,
 
     npz = tmp_path / "tta.npz"
     assert evaluate.main(["--datasets_path", str(tiny_data_root), "--pth", str(tiny_pth_path), "--preset",
-                          TINY_PRESET, "--batchsize", "4", "--limit", "2", "--save_confusion", str(npz)] + TTA_FLAGS) == 0
+                          TINY_PRESET, "--batchsize", "4", "--limit", "2", "--save_confusion", str(npz)]
+                         + TTA_FLAGS) == 0
     out = capsys.readouterr().out
     assert "{} forward passes per image (model inputs 32x64, 64x128, 40x72)".format(PASSES) in out
     assert "forward passes: {} per image, {} in all".format(PASSES, PASSES * 2) in out
