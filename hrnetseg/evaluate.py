@@ -35,7 +35,7 @@ from .files import check_output_file
 from .locks import output_locks
 from .metrics import ConfusionMatrix, format_table, write_result
 from .multiscale import TestTimeAugmentation, add_tta_flags, single_scale_from_args, tta_from_args
-from .scaleout.driver import add_ray_flags, check_ray_flags
+from .scaleout.flags import add_ray_flags, check_ray_flags
 from .streaming import (AugmentedStreamingEvaluation, StreamingEvaluation, check_backend, interrupt_after_count,
                         stage_report)
 
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
     add_tta_flags(parser)
-    add_ray_flags(parser)
+    add_ray_flags(parser, "; rounded up to whole --batchsize batches")
     return parser
 
 
@@ -207,7 +207,8 @@ def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[ci
                size: Tuple[int, int], tta: Optional[TestTimeAugmentation] = None) -> int:
     """The same evaluation on a Ray cluster (hrnetseg.scaleout): the same table and result.json, plus the
     result's "engine" entry (workers, nodes, retried batches, per-worker images and busy time)."""
-    from .scaleout.driver import evaluate_on_ray, worker_report
+    from .scaleout.driver import worker_report
+    from .scaleout.evaluation import evaluate_on_ray
 
     ledger, engine, evaluation = evaluate_on_ray(args, kind, model, samples, size, tta)
     passes = tta.forward_passes(*size) if tta is not None else 0

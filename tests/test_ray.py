@@ -108,7 +108,7 @@ class FakeRay(object):
 class FakeActor(object):
     def __init__(self, fake, index):
         self.index = index
-        for method in ("ready", "evaluate"):
+        for method in ("ready", "run_batch"):
             setattr(self, method, self._method(fake, method))
 
     def _method(self, fake, name):
@@ -129,12 +129,14 @@ class FakeActor(object):
 
 
 def fake_evaluation(behaviour, images=6, workers=2):
-    from hrnetseg.scaleout.driver import RayEvaluation
+    from hrnetseg.scaleout.driver import RayRun
+    from hrnetseg.scaleout.worker import EvaluationWorker
 
-    samples = [cityscapes.Sample("img{}".format(i), "i{}.png".format(i), "l{}.png".format(i)) for i in range(images)]
+    batches = plan_batches(["img{}".format(i) for i in range(images)], 1, 1)
     fake = FakeRay(behaviour)
-    evaluation = RayEvaluation(fake, worker_config("m.onnx"), samples, workers, 1.0, 0.0, images_per_batch=1)
-    return evaluation, fake
+    run = RayRun(fake, EvaluationWorker, (worker_config("m.onnx"), []), batches, Ledger(batches, 19), workers, 1.0,
+                 0.0)
+    return run, fake
 
 
 def healthy(worker, method, args):
@@ -148,7 +150,7 @@ def healthy(worker, method, args):
 
 def test_the_driver_reruns_a_dead_workers_batches_once_each():
     def worker_1_dies(worker, method, args):   # after its start: every batch and the restart fail
-        if worker == 1 and (method == "evaluate" or started.count(1)):
+        if worker == 1 and (method == "run_batch" or started.count(1)):
             raise FakeRay.ActorDied("killed")
         started.extend([worker] if method == "ready" else [])
         return healthy(worker, method, args)
@@ -167,7 +169,7 @@ def test_the_driver_reruns_a_dead_workers_batches_once_each():
 
 def test_no_live_worker_left_is_one_line_exit_1():
     def both_die(worker, method, args):
-        if method == "evaluate" or calls.count(worker):
+        if method == "run_batch" or calls.count(worker):
             raise FakeRay.ActorDied("node lost")
         calls.append(worker)
         return healthy(worker, method, args)
@@ -181,7 +183,7 @@ def test_no_live_worker_left_is_one_line_exit_1():
 
 def test_a_batch_failing_three_times_is_one_line_exit_1():
     def batch_2_fails(worker, method, args):
-        if method == "evaluate" and args[0] == 2:
+        if method == "run_batch" and args[0] == 2:
             raise FakeRay.TaskFailed("out of memory")
         return healthy(worker, method, args)
 
@@ -193,7 +195,7 @@ def test_a_batch_failing_three_times_is_one_line_exit_1():
 
 def test_a_worker_error_text_stops_at_once():
     def unreadable(worker, method, args):
-        if method == "evaluate" and args[0] == 4:
+        if method == "run_batch" and args[0] == 4:
             return {"batch": 4, "error": "ray worker 0 on node 10.0.0.7: image /data/x.png not found"}
         return healthy(worker, method, args)
 
@@ -272,19 +274,19 @@ def test_worker_batches_sum_to_the_local_matrix(quiet_worker_env, tmp_path, loca
     worker = EvaluationWorker(3, worker_config(tiny_onnx_path), samples)
     assert worker.error is None
     ids = [s.id for s in samples]
-    first, second = worker.evaluate(0, ids[:3]), worker.evaluate(1, ids[3:])
+    first, second = worker.run_batch(0, ids[:3]), worker.run_batch(1, ids[3:])
     assert first["matrix"].dtype == np.int64 and first["matrix"].shape == (19, 19) and set(first) >= {"ids", "busy_s"}
     local = ConfusionMatrix.load(str(local_npz))
     np.testing.assert_array_equal(first["matrix"] + second["matrix"], local.matrix)
     assert sorted(first["ids"] + second["ids"]) == sorted(local.ids)
 
-    assert "not in the listing" in worker.evaluate(2, ["nowhere_000000_000000"])["error"]
+    assert "not in the listing" in worker.run_batch(2, ["nowhere_000000_000000"])["error"]
     label = samples[1].label
     os.unlink(label)
-    error = worker.evaluate(4, ids[:2])["error"]
+    error = worker.run_batch(4, ids[:2])["error"]
     assert error.startswith("ray worker 3 on node ") and label in error and "not found" in error
     open(samples[0].image, "wb").close()   # an empty PNG
-    assert samples[0].image in worker.evaluate(5, ids[:1])["error"]
+    assert samples[0].image in worker.run_batch(5, ids[:1])["error"]
 
 
 def test_a_worker_that_cannot_load_the_model_says_so(quiet_worker_env, tmp_path, tiny_data_root):
@@ -293,7 +295,7 @@ def test_a_worker_that_cannot_load_the_model_says_so(quiet_worker_env, tmp_path,
     (tmp_path / "empty.onnx").write_bytes(b"")
     worker = EvaluationWorker(1, worker_config(tmp_path / "empty.onnx"), cityscapes.find_images(str(tiny_data_root)))
     assert worker.error.startswith("ray worker 1 on node ") and "not an ONNX model" in worker.error
-    assert worker.evaluate(0, ["x"]) == {"batch": 0, "error": worker.error}
+    assert worker.run_batch(0, ["x"]) == {"batch": 0, "error": worker.error}
 
 
 # --- real Ray instances ---------------------------------------------------------------------------------------

@@ -27,12 +27,11 @@ def plan_batches(image_ids: Sequence[str], images_per_batch: int, model_batch: i
             for number, start in enumerate(range(0, len(image_ids), size))]
 
 
-class Ledger(object):
-    """The sum of the batches' confusion matrices, each batch added once; failures counted per batch."""
+class BatchLedger(object):
+    """Which batches are done (each accepted once) and how often each failed; subclasses keep the results."""
 
-    def __init__(self, batches: Sequence[Batch], num_classes: int) -> None:
+    def __init__(self, batches: Sequence[Batch]) -> None:
         self.batches = {batch.id: batch for batch in batches}
-        self.matrix = ConfusionMatrix(num_classes)
         self.added: Set[int] = set()
         self.failures: Dict[int, int] = {}
         self.retried: Set[int] = set()
@@ -41,28 +40,23 @@ class Ledger(object):
     def complete(self) -> bool:
         return len(self.added) == len(self.batches)
 
-    def add(self, batch_id: int, counts: np.ndarray, image_ids: Sequence[str]) -> bool:
-        """Add a batch's matrix and ids; False (nothing added) when that batch was added before. A result
-        that does not cover exactly the batch's images, or is not a count matrix, is refused."""
+    def accept(self, batch_id: int, image_ids: Sequence[str]) -> bool:
+        """Whether a result for `batch_id` covering `image_ids` is new (then it counts as added): False for a
+        batch added before; a batch this run never sent, or a result for other images, is refused."""
         batch = self.batches.get(batch_id)
         if batch is None:
             raise UserError("a Ray worker returned batch {}, which this run never sent".format(batch_id))
         if batch_id in self.added:
             return False
-        counts = np.asarray(counts)
-        shape = (self.matrix.num_classes,) * 2
-        if counts.shape != shape or counts.dtype != np.int64 or (counts < 0).any():
-            raise UserError("a Ray worker returned a {} {} matrix for batch {}; expected {} non-negative int64 "
-                            "counts".format("x".join(map(str, counts.shape)), counts.dtype, batch_id,
-                                            "x".join(map(str, shape))))
         if sorted(image_ids) != sorted(batch.image_ids):
             raise UserError("a Ray worker returned batch {} for {} images; it holds {}".format(
                 batch_id, len(image_ids), len(batch.image_ids)))
-        self.matrix.matrix += counts
-        self.matrix.images += len(image_ids)
-        self.matrix.ids.extend(image_ids)
         self.added.add(batch_id)
         return True
+
+    def add_result(self, batch_id: int, result: dict) -> int:
+        """Add a worker's answer for a batch; returns the images it adds (0: a duplicate)."""
+        raise NotImplementedError
 
     def failed(self, batch_id: int, reason: str) -> None:
         """Count a failed attempt of a batch that will run again; the third failure is a one-line error,
@@ -74,3 +68,30 @@ class Ledger(object):
                 batch_id, batch.image_ids[0], batch.image_ids[-1], self.failures[batch_id], reason),
                 exit_code=1)
         self.retried.add(batch_id)
+
+
+class Ledger(BatchLedger):
+    """The sum of the batches' confusion matrices, each batch added once."""
+
+    def __init__(self, batches: Sequence[Batch], num_classes: int) -> None:
+        super().__init__(batches)
+        self.matrix = ConfusionMatrix(num_classes)
+
+    def add(self, batch_id: int, counts: np.ndarray, image_ids: Sequence[str]) -> bool:
+        """Add a batch's matrix and ids; False (nothing added) when that batch was added before. A result
+        that does not cover exactly the batch's images, or is not a count matrix, is refused."""
+        counts = np.asarray(counts)
+        shape = (self.matrix.num_classes,) * 2
+        if counts.shape != shape or counts.dtype != np.int64 or (counts < 0).any():
+            raise UserError("a Ray worker returned a {} {} matrix for batch {}; expected {} non-negative int64 "
+                            "counts".format("x".join(map(str, counts.shape)), counts.dtype, batch_id,
+                                            "x".join(map(str, shape))))
+        if not self.accept(batch_id, image_ids):
+            return False
+        self.matrix.matrix += counts
+        self.matrix.images += len(image_ids)
+        self.matrix.ids.extend(image_ids)
+        return True
+
+    def add_result(self, batch_id: int, result: dict) -> int:
+        return len(result["ids"]) if self.add(batch_id, result["matrix"], result["ids"]) else 0

@@ -1,8 +1,8 @@
-"""The driver of python -m hrnetseg.evaluate --ray ADDRESS: workers, batches, retries, the report.
+"""The driver of a run on Ray (evaluate --ray, predict --ray): workers, batches, retries, the report.
 
 It connects to Ray (or starts a loopback-only instance for `local`), starts the worker actors (each prints
 `ray worker <i> pid <PID> node <NODE>` once it has loaded the model), keeps at most IN_FLIGHT batches queued
-on each live worker and adds each returned confusion matrix to the ledger once. A worker that dies (its
+on each live worker and adds each returned result to the ledger once (batches.py). A worker that dies (its
 process killed, its node lost) fails its unfinished batches: they go back to the queue and run on whichever
 worker is live, the restarted one included, and are counted as retried. A batch failing MAX_ATTEMPTS times, or
 no live worker left, stops the run (exit 1); an error text from a worker (a file it cannot read) stops it
@@ -10,19 +10,18 @@ at once (exit 2). Ctrl-C stops the workers and writes nothing.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import logging
 import os
 import socket
 import time
 from collections import deque
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..cityscapes import NUM_CLASSES, Sample
 from ..cli import UserError, exception_line, progress
 from . import import_ray
-from .batches import Ledger, plan_batches
-from .worker import EvaluationWorker, WorkerConfig
+from .batches import Batch, BatchLedger
+from .flags import host_and_port
 
 IN_FLIGHT = 2          # batches queued per worker: the next one is there when the current one ends
 POLL_S = 0.5           # how often the driver looks at the clock while waiting (Ctrl-C, restart deadlines)
@@ -39,14 +38,6 @@ def batch_delay_s() -> float:
         return max(0.0, float(text))
     except ValueError:
         raise UserError("{}={!r}: expected seconds".format(BATCH_DELAY_ENV, text))
-
-
-def host_and_port(address: str) -> Tuple[str, int]:
-    """HOST:PORT (a Ray head's GCS address) split; anything else is a one-line error."""
-    host, _, port = address.rpartition(":")
-    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError("--ray {}: expected local, auto, HOST:PORT or ray://HOST:PORT".format(address))
-    return host.strip("[]"), int(port)
 
 
 def check_reachable(address: str) -> None:
@@ -109,22 +100,20 @@ class Worker(object):
                 "busy_s": round(self.busy_s, 3)}
 
 
-class RayEvaluation(object):
-    """One evaluation on Ray: run() returns the ledger (every batch added once) or raises."""
+class RayRun(object):
+    """One run on Ray: `workers` actors of `actor_class(index, *actor_args)` (with ready() and
+    run_batch(batch id, ids)); run() hands out the batches and returns the ledger once every batch is in."""
 
-    def __init__(self, ray, config: WorkerConfig, samples: Sequence[Sample], workers: int, cpus: float,
-                 gpus: float, images_per_batch: int) -> None:
-        self.ray, self.config, self.samples = ray, config, list(samples)
-        self.batches = plan_batches([s.id for s in samples], images_per_batch, config.batchsize or 1)
-        self.ledger = Ledger(self.batches, NUM_CLASSES)
-        actor = ray.remote(EvaluationWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS,
-                                                     max_task_retries=0)
-        listing = ray.put(self.samples)   # one copy in the object store, shared by every worker
-        self.workers = [Worker(i, actor.remote(i, config, listing)) for i in range(workers)]
+    def __init__(self, ray, actor_class, actor_args: tuple, batches: Sequence[Batch], ledger: BatchLedger,
+                 workers: int, cpus: float, gpus: float) -> None:
+        self.ray, self.batches, self.ledger = ray, list(batches), ledger
+        actor = ray.remote(actor_class).options(num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS,
+                                                max_task_retries=0)
+        self.workers = [Worker(i, actor.remote(i, *actor_args)) for i in range(workers)]
         for worker in self.workers:
             worker.restarting_since = time.monotonic()   # starting counts as restarting: same deadline
         self.pending = deque(self.batches)
-        self.running: Dict[object, Tuple[object, Worker]] = {}  # ref -> (batch, worker)
+        self.running: Dict[object, Tuple[Batch, Worker]] = {}  # ref -> (batch, worker)
         self.pings: Dict[object, Worker] = {}  # ref of ready() -> worker
         self.loaded: Optional[dict] = None  # the first worker's ready() answer
         self.starting = workers   # batches go out once every worker has loaded the model (or failed to)
@@ -148,7 +137,7 @@ class RayEvaluation(object):
             except Exception:   # noqa: B902 - already gone, or the cluster with it
                 pass
 
-    def run(self, on_images) -> Ledger:
+    def run(self, on_images: Callable[[int], None]) -> BatchLedger:
         for worker in self.workers:
             self.pings[worker.handle.ready.remote()] = worker
         while not self.ledger.complete:
@@ -186,7 +175,7 @@ class RayEvaluation(object):
                 continue
             if self._began is None:
                 self._began = time.perf_counter()
-            self.running[worker.handle.evaluate.remote(batch.id, batch.image_ids)] = (batch, worker)
+            self.running[worker.handle.run_batch.remote(batch.id, batch.image_ids)] = (batch, worker)
             worker.in_flight += 1
 
     def _answered(self, ref, worker: Worker) -> None:
@@ -227,11 +216,12 @@ class RayEvaluation(object):
             return
         if result.get("error"):
             raise UserError(result["error"])
-        if self.ledger.add(batch.id, result["matrix"], result["ids"]):
-            worker.images += len(result["ids"])
+        images = self.ledger.add_result(batch.id, result)
+        if images:
+            worker.images += images
             worker.busy_s += result["busy_s"]
             worker.info["pid"] = result.get("pid", worker.info.get("pid"))
-            on_images(len(result["ids"]))
+            on_images(images)
 
     def _give_up_on_restarts(self) -> None:
         now = time.monotonic()
@@ -246,112 +236,49 @@ class RayEvaluation(object):
                       flush=True)
 
 
-# ------------------------------------------------------------------------------------------------ the CLI hook
-
-def add_ray_flags(parser: argparse.ArgumentParser) -> None:
-    """--ray and its options, for python -m hrnetseg.evaluate."""
-    from ..cli import positive_int
-
-    group = parser.add_argument_group("scale out on Ray (pip install -r requirements-ray.txt)")
-    group.add_argument("--ray", default=None, metavar="ADDRESS",
-                       help="run on Ray: local (start one on this machine, loopback only), auto (the cluster this "
-                            "node belongs to), HOST:PORT or ray://HOST:PORT; the data and the model must be at "
-                            "the same path on every node")
-    group.add_argument("--ray_cpus_per_worker", type=positive_float, default=1.0,
-                       help="CPUs per worker, the model's threads (default 1)")
-    group.add_argument("--ray_gpus_per_worker", type=nonnegative_float, default=0.0,
-                       help="GPUs per worker (default 0); a worker with a GPU runs its model there")
-    group.add_argument("--ray_workers", type=positive_int, default=None,
-                       help="workers (default: the cluster's CPUs / CPUs per worker)")
-    group.add_argument("--ray_batch_images", type=positive_int, default=8,
-                       help="images per unit of work (default 8; rounded up to whole --batchsize batches)")
+def engine_entry(run: RayRun) -> dict:
+    """The result file's "engine" entry."""
+    return {"name": "ray", "workers": len(run.workers), "nodes": run.nodes, "retried_batches": run.retried_batches,
+            "per_worker": [w.summary() for w in run.workers]}
 
 
-def positive_float(text: str) -> float:
-    value = nonnegative_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("expected a number > 0, got {!r}".format(text))
-    return value
-
-
-def nonnegative_float(text: str) -> float:
+@contextlib.contextmanager
+def ray_session(address: str) -> Iterator[object]:
+    """The ray module, connected to `address` (for `local`, a Ray instance started here); on the way out,
+    disconnected (a local instance stopped, a joined cluster left running)."""
+    ray = import_ray(loopback=address == "local")
+    connect(ray, address)
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("expected a number >= 0, got {!r}".format(text))
-    return value
+        yield ray
+    finally:
+        ray.shutdown()
 
 
-def check_ray_flags(args: argparse.Namespace) -> None:
-    """The --ray_* options only with --ray; an empty address refused (before any work)."""
-    if args.ray is None:
-        given = [flag for flag, value, default in (("--ray_cpus_per_worker", args.ray_cpus_per_worker, 1.0),
-                                                   ("--ray_gpus_per_worker", args.ray_gpus_per_worker, 0.0),
-                                                   ("--ray_workers", args.ray_workers, None),
-                                                   ("--ray_batch_images", args.ray_batch_images, 8))
-                 if value != default]
-        if given:
-            raise UserError("{} applies only with --ray ADDRESS".format(given[0]))
-    elif not args.ray.strip():
-        raise UserError("--ray is empty: give local, auto, HOST:PORT or ray://HOST:PORT")
-    elif args.ray not in ("local", "auto") and not args.ray.startswith("ray://"):
-        host_and_port(args.ray)
-
-
-def evaluate_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[Sample],
-                    size: Tuple[int, int], tta=None):
-    """Evaluate `samples` on Ray (tta: a multiscale.TestTimeAugmentation, None for single scale); returns
-    (ledger, engine dict, the RayEvaluation for its report) or raises."""
-    ray = import_ray(loopback=args.ray == "local")
-    config = WorkerConfig(kind=kind, model=os.path.abspath(model), device=args.device, precision=args.precision,
-                          preset=args.preset, input_dtype=args.input_dtype, size=tuple(size),
-                          batchsize=args.batchsize, output_index=args.output_index, warmup=args.warmup_count,
-                          threads=max(1, int(round(args.ray_cpus_per_worker))), batch_delay_s=batch_delay_s(),
-                          tta=tta)
-    connect(ray, args.ray)
-    evaluation = None
+def run_batches(run: RayRun, total: int, desc: str, done: Callable[[], int], what: str) -> BatchLedger:
+    """run.run() under a progress bar; Ctrl-C (or any error) stops the workers. On Ctrl-C says how many of
+    `total` were done (`done()`) and that nothing was written (`what` names the unit, e.g. "images evaluated")."""
     try:
-        workers = worker_count(ray, args.ray_workers, args.ray_cpus_per_worker, args.ray_gpus_per_worker)
-        evaluation = RayEvaluation(ray, config, samples, workers, args.ray_cpus_per_worker,
-                                   args.ray_gpus_per_worker, args.ray_batch_images)
-        print("evaluate: {} images ({}x{}) from {} on Ray at {}: {} workers of {:g} CPU{}{}, {} batches of up to "
-              "{} images".format(len(samples), size[0], size[1], args.datasets_path, args.ray, workers,
-                                 args.ray_cpus_per_worker, "" if args.ray_cpus_per_worker == 1 else "s",
-                                 " and {:g} GPU".format(args.ray_gpus_per_worker) if args.ray_gpus_per_worker
-                                 else "", len(evaluation.batches), len(evaluation.batches[0].image_ids)),
-              flush=True)
-        if tta is not None:
-            print("test-time augmentation: {}; {} forward passes per image".format(
-                tta.describe(), tta.forward_passes(*size)), flush=True)
-        with progress(total=len(samples), desc="evaluate (ray)") as bar:
+        with progress(total=total, desc=desc) as bar:
             try:
-                ledger = evaluation.run(bar.update)
+                return run.run(bar.update)
             except KeyboardInterrupt:
                 bar.close()
-                print("interrupted: {} of {} images evaluated; workers stopped; nothing written".format(
-                    evaluation.ledger.matrix.images, len(samples)), flush=True)
+                print("interrupted: {} of {} {}; workers stopped".format(done(), total, what), flush=True)
                 raise
-        engine = {"name": "ray", "workers": len(evaluation.workers), "nodes": evaluation.nodes,
-                  "retried_batches": evaluation.retried_batches,
-                  "per_worker": [w.summary() for w in evaluation.workers]}
-        return ledger, engine, evaluation
     finally:
-        if evaluation is not None:
-            evaluation.stop()
-        ray.shutdown()   # stops the instance this process started; a joined cluster keeps running
+        run.stop()
 
 
-def worker_report(evaluation: RayEvaluation) -> List[str]:
-    """One line per worker (node, pid, images, busy time), then the wall time and the retried batches."""
+def worker_report(evaluation: RayRun) -> List[str]:
+    """One line per worker (node, pid, images, busy time), then the wall time, the driver's time and the
+    retried batches."""
     lines = ["{:<7} {:<16} {:>8} {:>7} {:>9} {:>10}".format("worker", "node", "pid", "images", "busy (s)",
                                                           "busy/wall")]
     for worker in evaluation.workers:
         lines.append("{:<7} {:<16} {:>8} {:>7} {:>9.3f} {:>9.0f}%".format(
             worker.index, str(worker.info.get("node", "-")), str(worker.info.get("pid", "-")), worker.images,
             worker.busy_s, 100.0 * worker.busy_s / evaluation.wall_s if evaluation.wall_s > 0 else 0.0))
-    images = evaluation.ledger.matrix.images
+    images = sum(worker.images for worker in evaluation.workers)
     lines.append("wall {:.2f} s for {} images (first batch out to last result back, model load excluded): {:.2f} "
                  "images/s".format(evaluation.wall_s, images, images / evaluation.wall_s if evaluation.wall_s else 0.0))
     batches = len(evaluation.batches)

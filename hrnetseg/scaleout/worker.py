@@ -1,4 +1,5 @@
-"""The Ray actor of a scaled-out evaluation: loads the model once, then evaluates batches of image ids.
+"""The Ray actors' common part (RayWorker) and the evaluation's actor: loads the model once, then evaluates
+batches of image ids.
 
 Each batch runs through the streaming evaluation of one process (streaming.StreamingEvaluation: the same
 decode, model batches, upsample + argmax and confusion matrix; with --scales/--flip its
@@ -46,34 +47,42 @@ def limit_threads(threads: int) -> None:
     cv2.setNumThreads(1)
 
 
-class EvaluationWorker(object):
-    """One worker: `ready()` says where it runs (and why it cannot, if so); `evaluate()` does one batch."""
+def fetched(listing):
+    """The driver's listing: handed over as (object ref,) so that Ray does not inline it as a constructor
+    argument (which a restart could lose); a plain list where no Ray is involved (the unit tests)."""
+    if isinstance(listing, tuple):
+        import ray
 
-    def __init__(self, index: int, config: WorkerConfig, samples: Sequence[Sample]) -> None:
+        return ray.get(listing[0])
+    return listing
+
+
+class RayWorker(object):
+    """What every worker does: say where it runs (`ready()`), load the model with the threads it was given,
+    and turn a UserError into an error text naming itself and its node (the driver stops on it)."""
+
+    def __init__(self, index: int) -> None:
         os.environ.pop(INTERRUPT_AFTER_ENV, None)   # the local Ctrl-C test hook is the driver's, not ours
-        self.index, self.config = index, config
-        self.samples: Dict[str, Sample] = {sample.id: sample for sample in samples}
+        self.index = index
         self.node = node_address()
         self.error: Optional[str] = None
         self.busy_s = 0.0
-        began = time.perf_counter()
-        try:
-            limit_threads(config.threads)
-            self.backend = load_backend(config.kind, config.model, device=config.device,
-                                        precision=config.precision, preset=config.preset,
-                                        input_dtype=config.input_dtype)
-            if "torch" in sys.modules:
-                import torch
+        self.load_s = 0.0
+        self.backend = None
 
-                torch.set_num_threads(config.threads)
-            self.dtype, self.output_index = check_backend(self.backend, config.size, config.output_index, config.tta)
-            self.batch = batch_size_for(self.backend, config.batchsize)
-            warm_size = config.tta.input_sizes(*config.size)[0] if config.tta is not None else tuple(config.size)
-            for _ in range(config.warmup if config.warmup is not None else (0 if self.backend.device == "cpu" else 1)):
-                self.backend.run(pad_batch((), self.batch, (3,) + warm_size, self.dtype))
-        except UserError as exc:
-            self.error = "ray worker {} on node {}: {}".format(index, self.node, one_line(str(exc)))
-        self.load_s = time.perf_counter() - began
+    def failure(self, exc: UserError) -> str:
+        return "ray worker {} on node {}: {}".format(self.index, self.node, one_line(str(exc)))
+
+    def load(self, kind: str, model: str, device: Optional[str], precision: str, preset: str, threads: int,
+             input_dtype: str = "float32"):
+        limit_threads(threads)
+        backend = load_backend(kind, model, device=device, precision=precision, preset=preset,
+                               input_dtype=input_dtype)
+        if "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(threads)
+        return backend
 
     def ready(self) -> dict:
         """Where this worker runs and what it loaded, or the error that stopped it."""
@@ -82,12 +91,38 @@ class EvaluationWorker(object):
         info = {"index": self.index, "pid": os.getpid(), "node": self.node,
                 "node_id": ray.get_runtime_context().get_node_id(), "error": self.error, "load_s": self.load_s}
         if self.error is None:
-            info.update(backend=self.backend.name, device=self.backend.device, precision=self.backend.precision,
-                        batch=self.batch, output_index=self.output_index,
-                        output_name=self.backend.output_names[self.output_index], dtype=self.dtype)
+            info.update(backend=self.backend.name, device=self.backend.device, precision=self.backend.precision)
         return info
 
-    def evaluate(self, batch_id: int, image_ids: Sequence[str]) -> dict:
+
+class EvaluationWorker(RayWorker):
+    """A worker of evaluate --ray: `run_batch()` evaluates one batch of image ids."""
+
+    def __init__(self, index: int, config: WorkerConfig, samples: Sequence[Sample]) -> None:
+        super().__init__(index)
+        self.config = config
+        self.samples: Dict[str, Sample] = {sample.id: sample for sample in fetched(samples)}
+        began = time.perf_counter()
+        try:
+            self.backend = self.load(config.kind, config.model, config.device, config.precision, config.preset,
+                                     config.threads, config.input_dtype)
+            self.dtype, self.output_index = check_backend(self.backend, config.size, config.output_index, config.tta)
+            self.batch = batch_size_for(self.backend, config.batchsize)
+            warm_size = config.tta.input_sizes(*config.size)[0] if config.tta is not None else tuple(config.size)
+            for _ in range(config.warmup if config.warmup is not None else (0 if self.backend.device == "cpu" else 1)):
+                self.backend.run(pad_batch((), self.batch, (3,) + warm_size, self.dtype))
+        except UserError as exc:
+            self.error = self.failure(exc)
+        self.load_s = time.perf_counter() - began
+
+    def ready(self) -> dict:
+        info = super().ready()
+        if self.error is None:
+            info.update(batch=self.batch, output_index=self.output_index, dtype=self.dtype,
+                        output_name=self.backend.output_names[self.output_index])
+        return info
+
+    def run_batch(self, batch_id: int, image_ids: Sequence[str]) -> dict:
         """The batch's confusion matrix (19 x 19 int64), its ids and the seconds spent; or {"error": ...}."""
         if self.error is not None:
             return {"batch": batch_id, "error": self.error}
@@ -108,8 +143,7 @@ class EvaluationWorker(object):
                                                         2, self.config.tta)
             matrix = pipeline.run()
         except UserError as exc:
-            return {"batch": batch_id, "error": "ray worker {} on node {}: {}".format(
-                self.index, self.node, one_line(str(exc)))}
+            return {"batch": batch_id, "error": self.failure(exc)}
         seconds = time.perf_counter() - began
         self.busy_s += seconds
         return {"batch": batch_id, "matrix": matrix.matrix, "ids": list(matrix.ids), "busy_s": seconds,
