@@ -66,7 +66,7 @@ class FakeRay(object):
         from types import SimpleNamespace
 
         self.behaviour, self.killed = behaviour, []
-        self.exceptions = SimpleNamespace(RayActorError=self.ActorDied, RayTaskError=self.TaskFailed)
+        self.exceptions = SimpleNamespace(RayActorError=self.ActorDied, RayError=Exception)
 
     def remote(self, cls):
         fake = self

@@ -210,7 +210,7 @@ class RayRun(object):
                 worker.live, worker.restarting_since = False, time.monotonic()
                 self.pings[worker.handle.ready.remote()] = worker
             return
-        except self.ray.exceptions.RayTaskError as exc:   # the model or the pipeline raised: try again
+        except self.ray.exceptions.RayError as exc:   # the task raised, or its result was lost: try again
             self.ledger.failed(batch.id, "ray worker {}: {}".format(worker.index, exception_line(exc, 200)))
             self.pending.appendleft(batch)
             return
