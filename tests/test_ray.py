@@ -192,6 +192,14 @@ def test_an_image_deleted_after_the_listing_is_one_line_naming_node_and_path(tmp
     assert not (tmp_path / "r.json").exists()
 
 
+def test_more_workers_than_the_cluster_holds_is_one_line(tmp_path, ray_env, cluster, tiny_data_root, tiny_onnx_path):
+    result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--ray",
+                                    cluster.address, "--ray_workers", "3", "--save_path", tmp_path / "r.json"],
+                        env=ray_env, timeout=120)
+    assert_user_error(result, "3 Ray workers of 1 CPU need 3 CPUs; the cluster has 2 CPUs")
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path, ray_env, cluster, tiny_data_root, tiny_onnx_path):
     driver = start_driver(["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "1", "--ray",
                            cluster.address, "--ray_batch_images", "1", "--save_path", tmp_path / "r.json"],
