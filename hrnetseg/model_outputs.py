@@ -84,15 +84,21 @@ def _is_preprocess_folder(folder: str) -> bool:
     return os.path.lexists(os.path.join(folder, MANIFEST))
 
 
-def _device_folders(folder: str) -> List[str]:
+def device_folders(folder: str) -> List[str]:
     """The device<id> sub-folders of a multi-device run in folder, by device id."""
     names = [name for name in os.listdir(folder)
              if DEVICE_FOLDER.match(name) and os.path.isdir(os.path.join(folder, name))]
     return sorted(names, key=lambda name: int(DEVICE_FOLDER.match(name).group("id")))
 
 
+def shard_image_counts(folder: str) -> Dict[str, int]:
+    """device<id> folder name -> how many images have outputs in it, for the shards of a multi-device run."""
+    return {shard: len({image_id(stem) for stem, _ in _output_files_in(os.path.join(folder, shard))})
+            for shard in device_folders(folder)}
+
+
 def _holds_outputs(folder: str) -> bool:
-    return not _is_preprocess_folder(folder) and bool(_output_files_in(folder) or _device_folders(folder))
+    return not _is_preprocess_folder(folder) and bool(_output_files_in(folder) or device_folders(folder))
 
 
 def _one_folder_or_shards(folder: str) -> Tuple[Dict[Tuple[str, str], Dict[int, str]], List[str]]:
@@ -100,7 +106,7 @@ def _one_folder_or_shards(folder: str) -> Tuple[Dict[Tuple[str, str], Dict[int, 
 
     The shards of ais_bench --device 0,1 are disjoint parts of one input: an image in two of them, loose
     outputs beside them, or a shard without outputs means the folder does not hold one run."""
-    shards = _device_folders(folder)
+    shards = device_folders(folder)
     found = _output_files_in(folder)
     if not shards:
         return found, []

@@ -45,7 +45,7 @@ import sys
 sys.stdout.write(open(sys.argv[0] + ".txt").read())
 '''
 AIS_BENCH = r'''
-import glob, json, os, subprocess, sys, time
+import glob, json, os, shutil, subprocess, sys, time
 import numpy as np
 args = sys.argv[1:]
 with open(os.environ["STUB_LOG"], "a") as fh:
@@ -63,6 +63,49 @@ code = subprocess.call([sys.executable, "-m", "hrnetseg.infer", "--model", os.en
                         "--input", flags["--input"], "--output", flags["--output"],
                         "--output_dirname", flags["--output_dirname"], "--batchsize", flags["--batchsize"]])
 folder = os.path.join(flags["--output"], flags["--output_dirname"])
+devices = flags.get("--device", "0").split(",")
+if code == 0 and (len(devices) > 1 or flags.get("--outfmt", "BIN") != "BIN"):
+    # as ais_bench: --outfmt NPY keeps the batch axis, TXT writes rows of "%f "; --device 0,1 splits the input
+    # (natural order, ceil(n / devices) each) into folder/device<id>/ with folder/device<id>_summary.json
+    single = folder + ".single"
+    os.rename(folder, single)
+    with open(folder + "_summary.json") as fh:
+        summary = json.load(fh)
+    os.remove(folder + "_summary.json")
+    ids = sorted({name.rsplit("_", 1)[0] for name in os.listdir(single)})
+    size = -(-len(ids) // len(devices))
+    for i, device in enumerate(devices):
+        part = folder if len(devices) == 1 else os.path.join(folder, "device" + device)
+        os.makedirs(part)
+        for sid in ids[i * size:(i + 1) * size]:
+            for k in (0, 1):
+                array = np.fromfile(os.path.join(single, "%s_%d.bin" % (sid, k)), np.float32).reshape(
+                    (1, 19) + tuple(-(-v // 4) for v in json.load(open(flags["--input"] + "/manifest.json"))["shape"][1:]))
+                stem = os.path.join(part, "%s_%d" % (sid, k))
+                if flags.get("--outfmt") == "NPY":
+                    np.save(stem + ".npy", array)
+                elif flags.get("--outfmt") == "TXT":
+                    with open(stem + ".txt", "wb") as fh:
+                        for row in array.reshape(-1, array.shape[-1]):
+                            np.savetxt(fh, np.c_[row], fmt="%f", newline=" ")
+                            fh.write(b"\n")
+                else:
+                    array.tofile(stem + ".bin")
+        if len(devices) > 1:
+            summary["throughput"] = 10.0 * (i + 1) + 0.125
+            summary.pop("device", None)
+            with open(part + "_summary.json", "w") as fh:
+                json.dump(summary, fh)
+            print("[INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(1): %r" % summary["throughput"])
+        else:
+            with open(folder + "_summary.json", "w") as fh:
+                json.dump(summary, fh)
+    if len(devices) > 1:
+        for i, device in enumerate(devices):
+            print("i:%d device_%s throughput:%r start_time:1 end_time:2" % (i, device, 10.0 * (i + 1) + 0.125))
+        print("[INFO] summary throughput:%r" % sum(10.0 * (i + 1) + 0.125 for i in range(len(devices))))
+    if not os.environ.get("STUB_KEEP_SINGLE"):
+        shutil.rmtree(single)
 if os.environ.get("STUB_FLOAT16"):   # an .om made with atc --output_type=FP16; ais_bench's summary names no dtype
     for path in glob.glob(os.path.join(folder, "*.bin")):
         np.fromfile(path, dtype=np.float32).astype(np.float16).tofile(path)
@@ -143,7 +186,8 @@ def table_rows(stdout: str) -> list:
 
 # ----------------------------------------------------------------------------------------------- pth2om.sh
 
-def test_pth2om_calls_atc_per_batch_size_with_the_graphs_out_nodes(tools, tmp_path, tiny_pth_path):
+def test_pth2om_calls_atc_per_batch_size_and_writes_sidecars(tools, tmp_path, tiny_pth_path):
+    """By default no --out_nodes: the graph's outputs (output1, output2) define the .om's, as mmdeploy converts."""
     folder, env, log = tools
     write_tool(folder, "atc", ATC)
     out = tmp_path / "om"
@@ -152,14 +196,17 @@ def test_pth2om_calls_atc_per_batch_size_with_the_graphs_out_nodes(tools, tmp_pa
     assert result.returncode == 0, result.stderr
     onnx_path = out / "hrnet.onnx"
     model = onnx.load(str(onnx_path))
-    out_nodes = ";".join(onnx_graph.output_producers(model.graph))
-    made_by = {o: n.name for n in model.graph.node for o in n.output}
-    assert out_nodes == "{}:0;{}:0".format(made_by["output1"], made_by["output2"])
+    assert [o.name for o in model.graph.output] == ["output1", "output2"]
     assert calls(log, "atc") == [
         ["--framework=5", "--model={}".format(onnx_path), "--output={}/hrnet_bs{}".format(out, bs), "--input_format=NCHW",
-         "--input_shape=image:{},3,256,512".format(bs), "--log=error", "--soc_version=Ascend310P3",
-         "--out_nodes={}".format(out_nodes)] for bs in (1, 4)]
-    assert (out / "hrnet_bs1.om").exists() and (out / "hrnet_bs4.om").exists()
+         "--input_shape=image:{},3,256,512".format(bs), "--log=error", "--soc_version=Ascend310P3"] for bs in (1, 4)]
+    assert "out_nodes: none given to atc" in result.stderr
+    for bs in (1, 4):
+        assert (out / "hrnet_bs{}.om".format(bs)).exists()
+        assert json.loads((out / "hrnet_bs{}.om.json".format(bs)).read_text()) == {
+            "batch": bs, "height": 256, "width": 512, "input_format": "NCHW", "input_dtype": "float32"}
+    assert sorted(p.name for p in out.iterdir()) == ["hrnet.onnx", "hrnet_bs1.om", "hrnet_bs1.om.json",
+                                                     "hrnet_bs4.om", "hrnet_bs4.om.json"]   # no temporaries left
     head = onnx_graph.head_resize_nodes(model.graph)         # rewritten in place, as the ModelZoo scripts do
     modes = {n.name: resize_mode(n) for n in onnx_graph.resize_nodes(model.graph)}
     assert sorted(k for k, v in modes.items() if v == "nearest") == sorted(n.name for n in head)
@@ -173,14 +220,17 @@ def test_pth2om_reads_the_chip_and_stops_at_the_first_failure(tools, tmp_path, t
     (folder / "npu-smi.txt").write_text(NPU_SMI_TABLE)
     result = bash("pth2om.sh", "--pth", tiny_pth_path, "--height", 64, "--width", 128, "--preset", TINY_PRESET,
                   "--output_dir", tmp_path / "om", "--no_rewrite", "--precision_mode", "allow_mix_precision",
-                  "--batch_sizes", "2 8", env=dict(env, STUB_FAIL="1"))
+                  "--batch_sizes", "2 8", "--out_nodes", "producers", env=dict(env, STUB_FAIL="1"))
     assert result.returncode == 3, result.stderr
     [only] = calls(log, "atc")
+    model = onnx.load(str(tmp_path / "om" / "hrnet.onnx"))                       # --no_rewrite: still linear
+    made_by = {o: n.name for n in model.graph.node for o in n.output}              # producers: the older behaviour
+    assert "--out_nodes={}:0;{}:0".format(made_by["output1"], made_by["output2"]) in only
     assert "--soc_version=Ascend310P3" in only and only[-1] == "--precision_mode=allow_mix_precision"
     assert "--input_shape=image:2,3,64,128" in only
     assert "error: command failed (exit 3): atc --framework=5" in result.stderr.splitlines()[-1]
-    model = onnx.load(str(tmp_path / "om" / "hrnet.onnx"))                       # --no_rewrite: still linear
     assert {resize_mode(n) for n in onnx_graph.resize_nodes(model.graph)} == {"linear"}
+    assert not list((tmp_path / "om").glob("*.om*"))                               # no sidecar without its .om
 
 
 def test_pth2om_refuses_before_the_export(tools, tmp_path, tiny_pth_path):
