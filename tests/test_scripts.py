@@ -274,6 +274,7 @@ def test_eval_with_ais_bench_and_om_files(tools, tmp_path, tiny_onnx_path, tiny_
         assert float(row[3]) > 0
     assert rows[0][4] == rows[1][4]          # bs1 and bs4 outputs agree, so the mIoU does too
     assert "5 images at batch size 4 leave a last batch of 1, which ais_bench pads and counts as 4" in result.stderr
+    assert "warning: no hrnet_bs4.om.json beside {}/hrnet_bs4.om".format(models) in result.stderr   # not checked
 
 
 def test_eval_auto_stops_when_om_files_exist_but_ais_bench_does_not_start(tools, tmp_path, tiny_data_root):
@@ -502,3 +503,79 @@ def test_a_failed_long_step_names_the_command_and_its_time(tools, tmp_path, tiny
     last = result.stderr.splitlines()[-1]
     assert re.match(r"error: command failed \(exit 5\): \S+ {} --model .*hrnet_bs1.om .* \(after \d+ s\)$".format(
         re.escape(str(stub))), last), last
+
+
+# ------------------------------------------------------- eval_acc_perf.sh: several devices, .om sidecars, CI gate
+
+def write_sidecars(models: Path, batch_sizes, input_dtype="float32") -> None:
+    """What scripts/pth2om.sh writes beside hrnet_bs<N>.om for the tiny model."""
+    for bs in batch_sizes:
+        (models / "hrnet_bs{}.om.json".format(bs)).write_text(json.dumps(
+            {"batch": bs, "height": 64, "width": 128, "input_format": "NCHW", "input_dtype": input_dtype}))
+
+
+def test_eval_on_two_devices_with_a_failing_gate(tools, tmp_path, tiny_onnx_path, tiny_data_root):
+    """ais_bench --device 0,1 layout: the table's fps is the summed throughput (padding taken out per device), the
+    device column the device summaries', the mIoU that of every image (a one-device run's); a floor above the
+    mIoU exits 1 after the table, and the JUnit report names the failing case."""
+    import xml.etree.ElementTree as ET
+    from hrnetseg import postprocess
+
+    _, env, log = tools
+    env, models = eval_with_ais_bench_stub(tmp_path, env, tiny_onnx_path, batch_sizes=(2,), STUB_KEEP_SINGLE="1")
+    write_sidecars(models, (2,))
+    out, report = tmp_path / "eval", tmp_path / "ci" / "report.xml"
+    report.parent.mkdir()
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", models, "--output_dir", out,
+                  "--batch_sizes", "2", "--limit", "3", "--device", "0,1", "--min_miou", "99.9", "--min_fps", "2:1",
+                  "--junit", report, env=env)
+    assert result.returncode == 1, result.stderr
+    assert [c[-2:] for c in calls(log, "ais_bench") if c != ["--help"]] == [["--device", "0,1"]]
+    [row] = table_rows(result.stdout)
+    assert row[:3] == ["2", "ais_bench", "npu:0,npu:1"]
+    single = postprocess.evaluate_folder(str(out / "results" / "bs2.single"), str(tiny_data_root / "cityscapes"),
+                                         workers=1, log=lambda _: None, allow_missing=True)
+    res = out / "results" / "bs2"
+    assert sorted(p.name for p in res.iterdir()) == ["device0", "device0_summary.json", "device1",
+                                                     "device1_summary.json"]
+    saved = json.loads((out / "result_bs2.json").read_text())
+    assert saved["images"] == 3 and saved["mIoU"] == single["mIoU"] and row[4] == "{:.2f}%".format(100 * saved["mIoU"])
+    expected = 0.0
+    for device, images in ((0, 2), (1, 1)):    # each device's figure, for its own images (ais_bench pads each)
+        assert len(list((res / "device{}".format(device)).glob("*_1.bin"))) == images
+        figure = json.loads((res / "device{}_summary.json".format(device)).read_text())["throughput"]
+        expected += figure * images / 2
+    assert row[3] == "{:.2f}".format(expected)
+    last = result.stderr.splitlines()[-1]
+    assert "error: batch size 2 below the floor: bs2 mIoU {:.2f}% < 99.90%".format(100 * saved["mIoU"]) in last
+    suite = ET.parse(str(report)).getroot()
+    assert suite.tag == "testsuite" and suite.get("name") == "eval_acc_perf" and suite.get("failures") == "1"
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert sorted(cases) == ["bs2.accuracy", "bs2.throughput"]
+    assert cases["bs2.accuracy"].find("failure").get("message") == "mIoU {:.2f}% < 99.90%".format(
+        100 * saved["mIoU"])
+    assert cases["bs2.throughput"].find("failure") is None and cases["bs2.throughput"].find("skipped") is None
+    assert sorted(p.name for p in report.parent.iterdir()) == ["report.xml"]     # written whole, nothing else
+
+
+def test_eval_refuses_bins_that_do_not_fit_the_om_before_ais_bench(tools, tmp_path, tiny_onnx_path, tiny_data_root):
+    _, env, log = tools
+    env, models = eval_with_ais_bench_stub(tmp_path, env, tiny_onnx_path)
+    write_sidecars(models, (1,))
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", models, "--batch_sizes", "1",
+                  "--limit", "1", "--input_format", "uint8", "--output_dir", tmp_path / "eval", env=env)
+    assert_user_error(result, "are uint8 NCHW 3x64x128 but {}/hrnet_bs1.om takes float32".format(models),
+                      "--input_format float32")
+    assert [c for c in calls(log, "ais_bench") if c != ["--help"]] == []     # stopped before the inference
+
+
+def test_eval_gate_flags_are_checked_before_any_work(tools, tmp_path, tiny_data_root):
+    _, env, _ = tools
+    shutil.copy(__file__, str(tmp_path / "hrnet.onnx"))    # never run: every case stops first
+    common = ["--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--output_dir", tmp_path / "eval"]
+    for flags, fragment in ((["--min_fps", "8:5"], "floor for batch size 8 but the run has --batch_sizes \"1 4\""),
+                            (["--min_miou", "0.805"], "reads as a fraction"),
+                            (["--min_fps", "1:fast"], "BATCH:FPS"),
+                            (["--junit", tmp_path], "it is a folder")):
+        assert_user_error(bash("eval_acc_perf.sh", *common, *flags, env=env), fragment)
+    assert not (tmp_path / "eval").exists()
