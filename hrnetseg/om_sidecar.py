@@ -10,7 +10,8 @@ happen to fit, computes on misread data. scripts/pth2om.sh therefore writes `hrn
         exit 2 with one line when the bins do not fit the .om (dtype, layout, height x width, batch); an .om
         without a sidecar (made before pth2om.sh wrote one) gets a one-line warning and no check
 
-Atlas-side module: standard library only (the manifest is read through hrnetseg.manifest), valid Python 3.7.
+Atlas-side module: standard library only (the manifest is read through hrnetseg.manifest, JSON files as
+hrnetseg.acc_perf reads them), valid Python 3.7.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .acc_perf import read_json
 from .cli import ArgumentParser, UserError, positive_int, run_cli
-from .files import not_regular_reason, write_text_atomic
+from .files import write_text_atomic
 from .manifest import read_manifest
 
 SUFFIX = ".json"   # hrnet_bs4.om -> hrnet_bs4.om.json
@@ -51,28 +53,18 @@ def _is_positive_int(value) -> bool:
 
 def read_sidecar(path: str) -> dict:
     """A sidecar's content, checked; UserError (one line) for one that is damaged or not a regular file."""
-    reason = not_regular_reason(path)
-    if reason is not None:
-        raise UserError(".om sidecar {} {}".format(path, reason))
-    try:
-        with open(path, "rb") as fh:
-            data = json.loads(fh.read().decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:   # ValueError: not JSON, not UTF-8
-        raise UserError("cannot read the .om sidecar {}: {}; remake it with scripts/pth2om.sh".format(path, exc))
+    data = read_json(path, ".om sidecar")   # a FIFO is never opened; not JSON, or no object: one line
     problem = None
-    if not isinstance(data, dict):
-        problem = "it holds no JSON object"
-    else:
-        missing = [key for key in KEYS if key not in data]
-        odd = [key for key in ("batch", "height", "width") if key in data and not _is_positive_int(data[key])]
-        if missing:
-            problem = "{} missing".format(", ".join(missing))
-        elif odd:
-            problem = "{} is {!r}, not a positive integer".format(odd[0], data[odd[0]])
-        elif data["input_format"] != LAYOUT:
-            problem = "input_format is {!r}, not {!r}".format(data["input_format"], LAYOUT)
-        elif data["input_dtype"] not in INPUT_DTYPES:
-            problem = "input_dtype is {!r}, not {}".format(data["input_dtype"], " or ".join(INPUT_DTYPES))
+    missing = [key for key in KEYS if key not in data]
+    odd = [key for key in ("batch", "height", "width") if key in data and not _is_positive_int(data[key])]
+    if missing:
+        problem = "{} missing".format(", ".join(missing))
+    elif odd:
+        problem = "{} is {!r}, not a positive integer".format(odd[0], data[odd[0]])
+    elif data["input_format"] != LAYOUT:
+        problem = "input_format is {!r}, not {!r}".format(data["input_format"], LAYOUT)
+    elif data["input_dtype"] not in INPUT_DTYPES:
+        problem = "input_dtype is {!r}, not {}".format(data["input_dtype"], " or ".join(INPUT_DTYPES))
     if problem is not None:
         raise UserError("the .om sidecar {} is not usable: {}; remake it with scripts/pth2om.sh".format(path, problem))
     return data
@@ -92,10 +84,9 @@ def check_bins_fit(om: str, prep: str, batch: int) -> Optional[str]:
     takes = "{} {} 3x{}x{}".format(expected["input_dtype"], expected["input_format"], expected["height"],
                                    expected["width"])
     if manifest["dtype"] != expected["input_dtype"]:
-        hint = ("--input_format {}".format(expected["input_dtype"]) if expected["input_dtype"] in INPUT_DTYPES
-                else "bins of its dtype")
         raise UserError("the bins in {} are {} but {} takes {} (its sidecar {}): ais_bench would crash or misread "
-                        "them; make the bins with {}, or rebuild the .om".format(prep, bins, om, takes, path, hint))
+                        "them; make the bins with --input_format {}, or rebuild the .om".format(
+                            prep, bins, om, takes, path, expected["input_dtype"]))
     if manifest["layout"] != expected["input_format"] or (channels, height, width) != (3, expected["height"],
                                                                                        expected["width"]):
         raise UserError("the bins in {} are {} but {} takes {} (its sidecar {}): preprocess at the .om's size, or "

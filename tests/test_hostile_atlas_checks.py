@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hrnetseg import acc_perf, ci_gate, om_sidecar
+from hrnetseg import acc_perf, om_sidecar
 from hrnetseg.cli import UserError
 
 from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, run_script
@@ -61,9 +61,9 @@ def test_bins_that_do_not_fit_the_om_are_one_line(changes, batch, match, om, tin
 
 
 @pytest.mark.parametrize("content, match", [
-    (b"", "cannot read the .om sidecar"),
-    (b"{not json", "cannot read the .om sidecar"),
-    (b"\xff\xfe", "cannot read the .om sidecar"),
+    (b"", ".om sidecar .*json is not JSON"),
+    (b"{not json", "is not JSON"),
+    (b"\xff\xfe", "is not JSON"),
     (b"[1, 2]", "holds no JSON object"),
     (b'{"batch": 4}', "height, width, input_format, input_dtype missing"),
     (b'{"batch": "4", "height": 64, "width": 128, "input_format": "NCHW", "input_dtype": "float32"}',
