@@ -7,6 +7,9 @@ XML report for the Atlas host's CI job.
     python3 -m hrnetseg.ci_gate judge --min_miou 80.5 --min_fps "1:9 4:7" --junit report.xml results/bs1_row.json ...
         after the table: writes the report (always, pass or fail; atomically), then exit 1 with one line naming
         each batch size below a floor
+    python3 -m hrnetseg.ci_gate judge ... --batch_sizes "1 4" --stopped 2 [ROW ...]
+        when the script stopped before its table: the report still, the rows there are judged, each batch size
+        without one is an error case naming the exit code; exit 0 (the script keeps its own)
 
 --min_miou is in percent (compared with 100 x the result's mIoU, the table's figure); --min_fps takes
 `BATCH:FPS` pairs for any subset of the batch sizes. The rows (`hrnetseg.acc_perf row --record`) hold the
@@ -76,10 +79,20 @@ def read_row(path: str) -> Tuple[int, float, float]:
     return batch, float(fps), float(miou)
 
 
-def judge(rows: Sequence[Tuple[int, float, float]], min_miou: Optional[float],
-          min_fps: Dict[int, float]) -> List[Tuple[str, str, Optional[str]]]:
-    """(testcase name, what was measured, failure message or None; "" when no floor applies) per check."""
+STOPPED = "stopped: "   # a measured text that starts so is an error case: the figure was never measured
+
+
+def judge(rows: Sequence[Tuple[int, float, float]], min_miou: Optional[float], min_fps: Dict[int, float],
+          batch_sizes: Sequence[int] = (), stopped: Optional[int] = None) -> List[Tuple[str, str, Optional[str]]]:
+    """(testcase name, what was measured, failure message or None; "" when no floor applies) per check; with
+    `stopped` (the script's exit code), the batch sizes without a row are error cases."""
     cases = []
+    measured_sizes = {batch for batch, _, _ in rows}
+    for batch in batch_sizes if stopped is not None else ():
+        if batch not in measured_sizes:
+            for check in ("accuracy", "throughput"):
+                cases.append(("bs{}.{}".format(batch, check), "{}eval_acc_perf.sh stopped (exit {}) before batch "
+                              "size {}'s figures".format(STOPPED, stopped, batch), None))
     for batch, fps, miou in rows:
         percent = 100.0 * miou
         measured = "mIoU {:.2f}%".format(percent)
@@ -105,10 +118,15 @@ def junit_xml(cases: Sequence[Tuple[str, str, Optional[str]]]) -> bytes:
     without a floor is skipped (its figure in system-out either way)."""
     failures = sum(1 for _, _, failure in cases if failure)
     skipped = sum(1 for _, _, failure in cases if failure == "")
-    suite = ET.Element("testsuite", name=SUITE, tests=str(len(cases)), failures=str(failures), errors="0",
+    errors = sum(1 for _, measured, _ in cases if measured.startswith(STOPPED))
+    suite = ET.Element("testsuite", name=SUITE, tests=str(len(cases)), failures=str(failures), errors=str(errors),
                        skipped=str(skipped))
-    for name, measured, failure in cases:
+    for name, measured, failure in sorted(cases, key=lambda case: _case_order(case[0])):
         case = ET.SubElement(suite, "testcase", classname=SUITE, name=name)
+        if measured.startswith(STOPPED):
+            message = measured[len(STOPPED):]
+            ET.SubElement(case, "error", message=message, type="stopped").text = message
+            continue
         if failure:
             ET.SubElement(case, "failure", message=failure, type="below_floor").text = failure
         elif failure == "":
@@ -116,6 +134,11 @@ def junit_xml(cases: Sequence[Tuple[str, str, Optional[str]]]) -> bytes:
         ET.SubElement(case, "system-out").text = measured
     # us-ascii (the default): no declaration of its own, anything else as character references
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite) + b"\n"
+
+
+def _case_order(name: str) -> Tuple[int, str]:
+    batch, _, check = name[2:].partition(".")
+    return int(batch), check
 
 
 def failure_line(cases: Sequence[Tuple[str, str, Optional[str]]]) -> Optional[str]:
@@ -129,6 +152,16 @@ def failure_line(cases: Sequence[Tuple[str, str, Optional[str]]]) -> Optional[st
 
 
 # --- the command line ---------------------------------------------------------------------------------------
+
+def batch_sizes(text: str) -> List[int]:
+    sizes = []
+    for word in text.split():
+        try:
+            sizes.append(positive_int(word))
+        except argparse.ArgumentTypeError as exc:
+            raise UserError("--batch_sizes: {}".format(exc))
+    return sizes
+
 
 def add_gate_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min_miou", type=percent_floor, default=None, metavar="PERCENT",
@@ -145,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--batch_sizes", required=True, help="the run's batch sizes, e.g. \"1 4\"")
     add_gate_flags(check)
     decide = commands.add_parser("judge", help="write the report, then exit 1 naming each batch size below a floor")
-    decide.add_argument("rows", nargs="+", help="the table rows (hrnetseg.acc_perf row --record FILE)")
+    decide.add_argument("rows", nargs="*", help="the table rows (hrnetseg.acc_perf row --record FILE)")
+    decide.add_argument("--batch_sizes", default="", help="the run's batch sizes (with --stopped)")
+    decide.add_argument("--stopped", type=int, default=None, metavar="EXIT_CODE",
+                        help="the script stopped with this exit code before its table: report what there is")
     add_gate_flags(decide)
     return parser
 
@@ -154,20 +190,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.subcommand == "check":
-        sizes = []
-        for text in args.batch_sizes.split():
-            try:
-                sizes.append(positive_int(text))
-            except argparse.ArgumentTypeError as exc:
-                raise UserError("--batch_sizes: {}".format(exc))
-        check_floors(sizes, args.min_fps)
+        check_floors(batch_sizes(args.batch_sizes), args.min_fps)
         check_output_file(args.junit, "--junit")
     elif args.subcommand == "judge":
         check_output_file(args.junit, "--junit")
-        cases = judge([read_row(path) for path in args.rows], args.min_miou, args.min_fps)
+        cases = judge([read_row(path) for path in args.rows], args.min_miou, args.min_fps,
+                      batch_sizes(args.batch_sizes), args.stopped)
         if args.junit:
             write_bytes_atomic(args.junit, junit_xml(cases))
         failed = failure_line(cases)
+        if args.stopped is not None:
+            return 0
         if failed is not None:
             raise UserError(failed, exit_code=EXIT_BELOW_FLOOR)
     else:

@@ -19,7 +19,8 @@
 # run: another dtype, size or batch size stops the script (exit 2); an .om without one gets a warning.
 # CI gate: --min_miou 80.5 (percent) and --min_fps "1:9 4:7" (any of the batch sizes) exit 1 after the table,
 # naming the batch sizes below a floor; --junit FILE writes a JUnit XML report (testsuite eval_acc_perf, testcases
-# bs<N>.accuracy and bs<N>.throughput) when the table is done, pass or fail.
+# bs<N>.accuracy and bs<N>.throughput) when the table is done, pass or fail, and when the run stops before it
+# (an error case for each batch size without figures).
 # Python is ${PYTHON:-python3}; ais_bench is ${AIS_BENCH:-python3 -m ais_bench}; its --help check gives up after
 # HRNETSEG_PROBE_TIMEOUT seconds (30).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -61,6 +62,19 @@ gate=()   # the CI gate's flags, checked now, judged after the table
 [ -z "${min_fps}" ] || gate+=(--min_fps "${min_fps}")
 [ -z "${junit}" ] || gate+=(--junit "${junit}")
 [ "${#gate[@]}" = 0 ] || "${PYTHON}" -m hrnetseg.ci_gate check --batch_sizes "${batch_sizes}" "${gate[@]}" || exit $?
+records=()         # the rows' figures, for the gate
+report_pending=0   # 1 while --junit is owed: a run that stops before its table still leaves a report
+# At exit: the report of a run that stopped (its error cases name the exit code), then the locks go.
+report_if_stopped() {
+  local rc=$? done_rows=() record
+  if [ "${report_pending}" = 1 ] && [ "${rc}" != 0 ]; then
+    for record in ${records[@]+"${records[@]}"}; do [ ! -f "${record}" ] || done_rows+=("${record}"); done
+    "${PYTHON}" -m hrnetseg.ci_gate judge "${gate[@]}" --batch_sizes "${batch_sizes}" --stopped "${rc}" \
+      ${done_rows[@]+"${done_rows[@]}"} >/dev/null 2>&1 || echo "warning: could not write the JUnit report ${junit}" >&2
+  fi
+  release_outputs
+}
+trap report_if_stopped EXIT
 
 # --- which backend -----------------------------------------------------------------------------------
 om_files=()
@@ -108,7 +122,11 @@ for bs in "${sizes[@]}"; do
   lock_output "${output_dir}/result_bs${bs}.json"
   [ "${#gate[@]}" = 0 ] || lock_output "${output_dir}/results/bs${bs}_row.json"
 done
-[ -z "${junit}" ] || lock_output "${junit}"
+if [ -n "${junit}" ]; then
+  lock_output "${junit}"
+  [ -L "${junit}" ] || rm -f -- "${junit}"   # an earlier run's report must not stand for this one
+  report_pending=1   # ours to write from here on
+fi
 
 # --- preprocess ---------------------------------------------------------------------------------------
 prep_args=(--src_path "${datasets_path}" --save_path "${prep}" --dtype "${input_format}")
@@ -124,7 +142,6 @@ fi
 # --- inference and postprocess per batch size ------------------------------------------------------------
 [ ! -t 2 ] || export HRNETSEG_PROGRESS="${HRNETSEG_PROGRESS:-1}"   # keep the bar through tee
 rows=()
-records=()
 for bs in "${sizes[@]}"; do
   res="${output_dir}/results/bs${bs}"
   run_log="${res}.log"
@@ -168,4 +185,5 @@ echo "| batch | backend | device | throughput (fps) | mIoU |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo "(per batch size: ${output_dir}/result_bs<N>.json, ${output_dir}/results/bs<N>/, ${output_dir}/results/bs<N>.log)"
+report_pending=0   # the judge writes it, pass or fail
 [ "${#gate[@]}" = 0 ] || "${PYTHON}" -m hrnetseg.ci_gate judge "${gate[@]}" "${records[@]}" || exit $?

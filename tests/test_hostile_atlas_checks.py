@@ -223,3 +223,16 @@ def test_a_report_path_that_cannot_be_written_and_damaged_rows(tmp_path):
     for content in ('{"batch": 1, "fps": NaN, "miou": 0.5}', '{"batch": true, "fps": 1, "miou": 0.5}', "[]", ""):
         row.write_text(content)
         assert_user_error(gate("judge", "--min_miou", "50", row), str(row))
+
+
+def test_a_run_that_stopped_still_gets_a_report_of_what_it_measured(tmp_path):
+    report = tmp_path / "report.xml"
+    rows = [_row(tmp_path / "bs1.json", 1, 9.5, 0.81)]
+    result = gate("judge", "--min_miou", "80.5", "--junit", report, "--batch_sizes", "1 4", "--stopped", "3", *rows)
+    assert result.returncode == 0, result.stderr
+    suite = ET.parse(str(report)).getroot()
+    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("4", "2", "0")
+    by_name = {c.get("name"): c for c in suite}
+    assert by_name["bs1.accuracy"].find("error") is None and by_name["bs1.accuracy"].find("failure") is None
+    assert by_name["bs4.throughput"].find("error").get("message") == \
+        "eval_acc_perf.sh stopped (exit 3) before batch size 4's figures"
