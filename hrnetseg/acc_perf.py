@@ -66,7 +66,7 @@ def check_only_listed_bins(prep: str, ids: Sequence[str]) -> None:
 
 
 def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = False,
-                      reads_every_bin: bool = False) -> List[str]:
+                      reads_every_bin: bool = False, devices: int = 1) -> List[str]:
     """A batch larger than the data set is all padding after the images: its time would be charged to
     images that do not exist (or, as ais_bench counts, padding counted as images).
 
@@ -74,6 +74,7 @@ def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = Fa
     images (counts_padding: ais_bench reports 1000 * model batch size / mean time for every run).
     reads_every_bin: the tool runs every .bin of the folder (ais_bench): bins the manifest does not list are
     an error.
+    devices: how many devices the input is split across (--device 0,1): each pads its own last batch.
     """
     ids = listed_ids(prep)
     if reads_every_bin:
@@ -86,13 +87,27 @@ def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = Fa
                                          "are" if len(too_big) > 1 else "is", count, "" if count == 1 else "s", prep,
                                          count))
     notes = []
-    for size in sizes if counts_padding else ():
+    parts = device_parts(count, devices)
+    for size in sizes if counts_padding and devices > 1 else ():
+        padded = sum(padded_images(part, size) for part in parts)
+        if padded != count:
+            notes.append("note: {} images split {} across {} devices run at batch size {} as {}: ais_bench pads "
+                         "each device's last batch and counts it as {}; the table's throughput takes that out device "
+                         "by device".format(count, "+".join(map(str, parts)), devices, size, padded, size))
+    for size in sizes if counts_padding and devices == 1 else ():
         if padded_images(count, size) != count:
             notes.append("note: {} images at batch size {} leave a last batch of {}, which ais_bench pads and counts "
                          "as {}: the table's throughput is its figure x {}/{} (the images' own)".format(
                              count, size, count - (padded_images(count, size) - size), size, count,
                              padded_images(count, size)))
     return notes
+
+
+def device_parts(count: int, devices: int) -> List[int]:
+    """How many of `count` inputs each device runs when ais_bench --device splits them: contiguous parts of
+    ceil(count / devices), the first to the first device."""
+    size = -(-count // devices)
+    return [max(0, min(size, count - i * size)) for i in range(devices)]
 
 
 def padded_images(count: int, batch: int) -> int:
@@ -257,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check_batch_sizes", help="refuse batch sizes larger than the preprocessed images")
     check.add_argument("prep", help="the preprocess folder (its manifest.json lists the images)")
     check.add_argument("sizes", nargs="+", type=positive_int, help="the batch sizes")
+    check.add_argument("--devices", type=positive_int, default=1, help="how many devices the input is split across")
     check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench runs every "
                        ".bin of the folder, and counts a padded last batch as full: a note says where that happens)")
     fps = commands.add_parser("throughput", help="print the images/s of the last throughput line of a log")
@@ -284,7 +300,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.subcommand == "check_batch_sizes":
         ais_bench = args.backend == "ais_bench"
-        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=ais_bench, reads_every_bin=ais_bench):
+        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=ais_bench, reads_every_bin=ais_bench,
+                                      devices=args.devices):
             print(note, file=sys.stderr)
     elif args.subcommand == "throughput":
         print(repr(throughput(args.log, args.command)))

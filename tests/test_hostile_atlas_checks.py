@@ -142,6 +142,14 @@ def test_row_of_shards_takes_padding_out_device_by_device(tmp_path, tiny_prep_pa
     assert shown.stdout == "| 4 | ais_bench | npu:0,npu:1 | 17.50 | 50.00% |\n"
 
 
+def test_the_padding_note_counts_each_device_part(tiny_prep_path):
+    assert acc_perf.device_parts(5, 2) == [3, 2] and acc_perf.device_parts(3, 2) == [2, 1]
+    assert acc_perf.device_parts(1, 2) == [1, 0] and acc_perf.device_parts(8, 3) == [3, 3, 2]
+    [note] = acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4], counts_padding=True, devices=2)
+    assert note.startswith("note: 5 images split 3+2 across 2 devices run at batch size 4 as 8: ")
+    assert acc_perf.check_batch_sizes(str(tiny_prep_path), [1], counts_padding=True, devices=5) == []
+
+
 @pytest.mark.parametrize("damage, match", [
     (lambda res: (res / "device1_summary.json").write_text(json.dumps({"throughput": 25.0})),
      r"summary throughput 30.0 is not the sum of its device summaries' \(10.0 \+ 25.0\)"),

@@ -531,6 +531,7 @@ def test_eval_on_two_devices_with_a_failing_gate(tools, tmp_path, tiny_onnx_path
                   "--junit", report, env=env)
     assert result.returncode == 1, result.stderr
     assert [c[-2:] for c in calls(log, "ais_bench") if c != ["--help"]] == [["--device", "0,1"]]
+    assert "note: 3 images split 2+1 across 2 devices run at batch size 2 as 4" in result.stderr
     [row] = table_rows(result.stdout)
     assert row[:3] == ["2", "ais_bench", "npu:0,npu:1"]
     single = postprocess.evaluate_folder(str(out / "results" / "bs2.single"), str(tiny_data_root / "cityscapes"),
