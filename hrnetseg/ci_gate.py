@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .acc_perf import decimal_value, format_fps, read_json
 from .cli import ArgumentParser, UserError, positive_int, run_cli
-from .files import check_output_file, write_bytes_atomic
+from .files import check_output_file, make_output_folder, not_a_folder_above, write_bytes_atomic
 
 SUITE = "eval_acc_perf"
 EXIT_BELOW_FLOOR = 1
@@ -163,6 +164,20 @@ def batch_sizes(text: str) -> List[int]:
     return sizes
 
 
+def check_report_path(path: Optional[str]) -> None:
+    """The report can be written: a regular file's name (or none yet) in a folder that is there, or that
+    eval_acc_perf.sh will make (--junit OUTPUT_DIR/report.xml before OUTPUT_DIR exists)."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        check_output_file(path, "--junit")
+        return
+    blocked = not_a_folder_above(folder)
+    if blocked is not None:
+        raise UserError("cannot write --junit {}: {}".format(path, blocked))
+
+
 def add_gate_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min_miou", type=percent_floor, default=None, metavar="PERCENT",
                         help="fail (exit 1) when a batch size's mIoU, in percent, is below this")
@@ -191,8 +206,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.subcommand == "check":
         check_floors(batch_sizes(args.batch_sizes), args.min_fps)
-        check_output_file(args.junit, "--junit")
+        check_report_path(args.junit)
     elif args.subcommand == "judge":
+        if args.junit:
+            make_output_folder(os.path.dirname(os.path.abspath(args.junit)), "--junit's folder")
         check_output_file(args.junit, "--junit")
         cases = judge([read_row(path) for path in args.rows], args.min_miou, args.min_fps,
                       batch_sizes(args.batch_sizes), args.stopped)

@@ -226,7 +226,9 @@ def test_gate_flags_are_refused_in_one_line(args, fragment):
 def test_a_report_path_that_cannot_be_written_and_damaged_rows(tmp_path):
     os.mkfifo(str(tmp_path / "fifo.xml"))
     assert_user_error(gate("check", "--batch_sizes", "1", "--junit", tmp_path / "fifo.xml"), "FIFO")
-    assert_user_error(gate("check", "--batch_sizes", "1", "--junit", tmp_path / "no" / "r.xml"), "does not exist")
+    assert gate("check", "--batch_sizes", "1", "--junit", tmp_path / "made" / "later" / "r.xml").returncode == 0
+    (tmp_path / "file").write_text("")
+    assert_user_error(gate("check", "--batch_sizes", "1", "--junit", tmp_path / "file" / "r.xml"), "is a file")
     row = tmp_path / "bs1.json"
     for content in ('{"batch": 1, "fps": NaN, "miou": 0.5}', '{"batch": true, "fps": 1, "miou": 0.5}', "[]", ""):
         row.write_text(content)
