@@ -233,6 +233,32 @@ def test_pth2om_reads_the_chip_and_stops_at_the_first_failure(tools, tmp_path, t
     assert not list((tmp_path / "om").glob("*.om*"))                               # no sidecar without its .om
 
 
+PYTHON_WITH_A_READY_EXPORT = r'''
+import os, shutil, sys
+# Python for pth2om.sh, with the export already done: HRNet_pth2onnx.py copies STUB_ONNX to its --save_path
+if os.path.basename(sys.argv[1]) == "HRNet_pth2onnx.py":
+    shutil.copy(os.environ["STUB_ONNX"], sys.argv[sys.argv.index("--save_path") + 1])
+    sys.exit(0)
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+'''
+
+
+def test_pth2om_passes_an_out_nodes_list_as_given(tools, tmp_path, tiny_onnx_path):
+    folder, env, log = tools
+    write_tool(folder, "atc", ATC)
+    write_tool(folder, "python_ready_export", PYTHON_WITH_A_READY_EXPORT)
+    out = tmp_path / "om"
+    result = bash("pth2om.sh", "--pth", tiny_onnx_path, "--soc_version", "Ascend310P3", "--height", 64, "--width", 128,
+                  "--batch_sizes", "2", "--output_dir", out, "--no_rewrite", "--input_format", "uint8",
+                  "--out_nodes", "/head/Conv:0;/aux/Conv:0",
+                  env=dict(env, PYTHON=str(folder / "python_ready_export"), STUB_ONNX=str(tiny_onnx_path)))
+    assert result.returncode == 0, result.stderr
+    [only] = calls(log, "atc")
+    assert only[-1] == "--out_nodes=/head/Conv:0;/aux/Conv:0" and "--input_shape=image:2,3,64,128" in only
+    assert json.loads((out / "hrnet_bs2.om.json").read_text()) == {
+        "batch": 2, "height": 64, "width": 128, "input_format": "NCHW", "input_dtype": "uint8"}
+
+
 def test_pth2om_refuses_before_the_export(tools, tmp_path, tiny_pth_path):
     folder, env, _ = tools
     out = tmp_path / "om"
