@@ -166,7 +166,11 @@ def write_output(path: str, array: np.ndarray, outfmt: str) -> None:
                 for line in text_rows(array):
                     fh.write(line)
             else:
-                fh.write(array.data)
+                _write_array(fh, array)
+
+
+def _write_array(fh, array: np.ndarray) -> None:
+    fh.write(array.data)
 
 
 def text_rows(array: np.ndarray) -> Iterator[bytes]:
