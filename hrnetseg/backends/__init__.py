@@ -123,13 +123,18 @@ def load_backend(kind: str, model: str, device: Optional[str] = None, precision:
     (torch backend only). cpu_fallback: a GPU that cannot be used (DeviceUnavailable) gives the CPU instead,
     with the reason in backend.device_note (ais_bench's --device N, off an Ascend host). threads: CPU threads.
     """
-    if cpu_fallback:
-        try:
-            return load_backend(kind, model, device, precision, preset, input_dtype, compile, threads=threads)
-        except DeviceUnavailable as exc:
-            backend = load_backend(kind, model, "cpu", precision, preset, input_dtype, compile, threads=threads)
-            backend.device_note = "--device {}: {}; running on the CPU".format(device, exc)
-            return backend
+    try:
+        return _open_backend(kind, model, device, precision, preset, input_dtype, compile, threads)
+    except DeviceUnavailable as exc:
+        if not cpu_fallback:
+            raise UserError("--device {}: {}".format(device, exc)) from None
+        backend = _open_backend(kind, model, "cpu", precision, preset, input_dtype, compile, threads)
+        backend.device_note = "--device {}: {}; running on the CPU".format(device, exc)
+        return backend
+
+
+def _open_backend(kind: str, model: str, device: Optional[str], precision: str, preset: str, input_dtype: str,
+                  compile: bool, threads: Optional[int]) -> Backend:
     if precision not in PRECISIONS:
         raise UserError("--precision must be one of {}".format(", ".join(PRECISIONS)))
     require_file(model, "model")   # a FIFO, folder or link loop named as such, not "not found"
