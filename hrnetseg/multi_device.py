@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from .run_inputs import check_bins, list_inputs
 from .run_outputs import DEVICE_FOLDER, check_output_stems
 
 POLL_S = 0.05
+STOP_S = 30   # seconds an interrupted device process has to remove its files before it is killed
 
 
 def split_contiguous(items: Sequence[str], parts: int) -> List[List[str]]:
@@ -93,12 +95,23 @@ def run_devices(args: argparse.Namespace, devices: List[int], kind: str, command
         os.path.isdir(args.input) else "the order given", "; no usable GPU here for device{} {}: CPU processes "
         "with {} of {} CPU threads each".format("s" if len(on_cpu) > 1 else "", ", ".join(map(str, on_cpu)),
                                                 threads, cpu_cores()) if on_cpu else ""), flush=True)
-    with output_lock(top) if top is not None else contextlib.nullcontext():
-        created = _prepare(args.output, top)
-        finished = _run_parts(args, devices, parts, folder, top, threads, set(on_cpu), command)
-        failed = [i for i, (code, _) in finished if code != 0]
-        if failed and top is not None:
-            _remove_parts(top, [devices[i] for i, (code, _) in finished if code == 0], created)
+    output_existed = args.output is None or os.path.isdir(args.output)   # the lock file may create --output
+    try:
+        with output_lock(top) if top is not None else contextlib.nullcontext():
+            created = _prepare(args.output, top)
+            try:
+                finished = _run_parts(args, devices, parts, folder, top, threads, set(on_cpu), command)
+            except BaseException:   # Ctrl-C: the devices stopped, each removing its files; the finished go too
+                if top is not None:
+                    _remove_parts(top, devices, created)
+                raise
+            failed = [i for i, (code, _) in finished if code != 0]
+            if failed and top is not None:
+                _remove_parts(top, [devices[i] for i, (code, _) in finished if code == 0], created)
+    finally:
+        if not output_existed:   # empty once the lock file beside DIRNAME is gone: the run made it
+            with contextlib.suppress(OSError):
+                os.rmdir(args.output)
     print("[INFO] multidevice run end: {} of {} devices done, result:{}".format(
         len(devices) - len(failed), len(devices), 1 if failed else 0))
     throughputs = []
@@ -148,7 +161,7 @@ def _run_parts(args: argparse.Namespace, devices: List[int], parts: List[List[st
             spec_path = os.path.join(workdir, "shard{}.json".format(i))
             write_text_atomic(spec_path, json.dumps(spec))
             child = subprocess.Popen([sys.executable, "-m", "hrnetseg.infer"] + command[1:] + ["--shard", spec_path],
-                                     env=env, preexec_fn=lambda: die_with_parent(parent))
+                                     env=env, preexec_fn=lambda: _device_process_setup(parent))
             running[i] = (child, spec["report"])
         while running:
             for i in sorted(running):
@@ -160,11 +173,23 @@ def _run_parts(args: argparse.Namespace, devices: List[int], parts: List[List[st
                     finished.append((i, (code if report is not None or code != 0 else 1, report)))
             time.sleep(POLL_S)
     finally:
-        for child, _ in running.values():   # interrupted: the devices stop with us
-            child.terminate()
-            child.wait()
+        for child, _ in running.values():   # interrupted: the devices stop with us, removing what they wrote
+            child.send_signal(signal.SIGINT)
+        for child, _ in running.values():
+            try:
+                child.wait(timeout=STOP_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
         shutil.rmtree(workdir, ignore_errors=True)
     return finished
+
+
+def _device_process_setup(parent: int) -> None:
+    """In the device process before it starts: it dies with the parent, and the parent's SIGINT (its way to stop
+    it, Ctrl-C or not) is a KeyboardInterrupt even where SIGINT was ignored (a background job)."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _read_report(path: str) -> Optional[dict]:
