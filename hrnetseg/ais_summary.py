@@ -17,6 +17,7 @@ of real images per run: a padded last batch counts its real images only, and so 
 """
 from __future__ import annotations
 
+import sys
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -25,6 +26,14 @@ PERCENTILE = 99
 PERCENTILE_KEY = "percentile({}%)".format(PERCENTILE)
 RULE_TITLE = "-----------------Performance Summary------------------"
 RULE_END = "------------------------------------------------------"
+
+
+def print_lines(*lines: str) -> None:
+    """Lines on stdout in one write, flushed, as ais_bench's logger writes each record: the device processes of
+    --device 0,1 share stdout, and print()'s separate write of the newline (unbuffered Python) would let their
+    lines run into each other."""
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
 
 
 def time_stats(times_ms: Sequence[float]) -> Dict[str, float]:

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import infer_options, multi_device
-from .ais_summary import PERCENTILE_KEY, FilesInfo, RunTimes
+from .ais_summary import PERCENTILE_KEY, FilesInfo, RunTimes, print_lines
 from .backends import Backend, backend_for_model, check_model_file, load_backend
 from .backends.batching import batch_size_for, output_rows, pad_batch
 from .cli import progress, run_cli
@@ -122,19 +122,19 @@ def run_model(args: argparse.Namespace, kind: str, folder: str, ids: List[str], 
     notes = [backend.device_note] if backend.device_note else []
     if shard is not None:
         notes.insert(0, multi_device.shard_note(shard, backend.device))
-    print("[INFO] {} on {} ({}), batch size {}, {} images, {} {}, warm-up {}, loop {}{}".format(
+    print_lines("[INFO] {} on {} ({}), batch size {}, {} images, {} {}, warm-up {}, loop {}{}".format(
         backend.name, backend.device, backend.precision, batch, len(ids), dtype.name, "x".join(map(str, shape)),
-        warmup, args.loop, "".join("; " + note for note in notes)), flush=True)
+        warmup, args.loop, "".join("; " + note for note in notes)))
     if args.debug:
-        print("[DEBUG] input {} {}; outputs {}".format(backend.input.name, backend.input.describe(),
-                                                      ", ".join(backend.output_names)), flush=True)
+        print_lines("[DEBUG] input {} {}; outputs {}".format(backend.input.name, backend.input.describe(),
+                                                            ", ".join(backend.output_names)))
     files_info = FilesInfo()
     start_time = time.time()
     began = time.perf_counter()
     times = run_inference(backend, folder, ids, dtype, shape, batch, outputs, indices, args.loop, warmup, files_info)
     wall = time.perf_counter() - began
     end_time = time.time()
-    print("\n".join(times.block(args.display_all_summary)), flush=True)
+    print_lines(*times.block(args.display_all_summary))
     timing = times.ais_bench_keys()
     report = {"throughput": timing["throughput"], "start_time": start_time, "end_time": end_time}
     if outputs is None:
@@ -154,8 +154,8 @@ def run_model(args: argparse.Namespace, kind: str, folder: str, ids: List[str], 
         "output_dtype": OUTPUT_DTYPE,
     })
     outputs.write_summary(summary)
-    print("[INFO] wrote {} files to {}; summary {}".format(len(outputs.written), outputs.folder, outputs.summary),
-          file=sys.stderr)
+    sys.stderr.write("[INFO] wrote {} files to {}; summary {}\n".format(   # one write: device processes share it
+        len(outputs.written), outputs.folder, outputs.summary))
     return report
 
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .ais_summary import print_lines
 from .backends import visible_gpu_count
 from .cli import UserError
 from .files import make_output_folder, remove_quietly, write_target, write_text_atomic
@@ -90,11 +91,11 @@ def run_devices(args: argparse.Namespace, devices: List[int], kind: str, command
     if args.output is not None:
         top = os.path.join(args.output, args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S"))
         check_device_folder(top, devices, folder)
-    print("[INFO] multidevice:{} run begin: {} images in parts of {} ({}), one process per device{}".format(
+    print_lines("[INFO] multidevice:{} run begin: {} images in parts of {} ({}), one process per device{}".format(
         devices, len(ids), " + ".join(str(len(part)) for part in parts), "natural-sort order" if
         os.path.isdir(args.input) else "the order given", "; no usable GPU here for device{} {}: CPU processes "
         "with {} of {} CPU threads each".format("s" if len(on_cpu) > 1 else "", ", ".join(map(str, on_cpu)),
-                                                threads, cpu_cores()) if on_cpu else ""), flush=True)
+                                                threads, cpu_cores()) if on_cpu else ""))
     output_existed = args.output is None or os.path.isdir(args.output)   # the lock file may create --output
     try:
         with output_lock(top) if top is not None else contextlib.nullcontext():
@@ -112,15 +113,15 @@ def run_devices(args: argparse.Namespace, devices: List[int], kind: str, command
         if not output_existed:   # empty once the lock file beside DIRNAME is gone: the run made it
             with contextlib.suppress(OSError):
                 os.rmdir(args.output)
-    print("[INFO] multidevice run end: {} of {} devices done, result:{}".format(
-        len(devices) - len(failed), len(devices), 1 if failed else 0))
+    lines = ["[INFO] multidevice run end: {} of {} devices done, result:{}".format(
+        len(devices) - len(failed), len(devices), 1 if failed else 0)]
     throughputs = []
     for i, (code, report) in finished:
         if code == 0:
-            print("i:{} device_{} throughput:{} start_time:{} end_time:{}".format(
+            lines.append("i:{} device_{} throughput:{} start_time:{} end_time:{}".format(
                 i, devices[i], report["throughput"], report["start_time"], report["end_time"]))
             throughputs.append(report["throughput"])
-    print("[INFO] summary throughput:{}".format(sum(throughputs)), flush=True)
+    print_lines(*lines + ["[INFO] summary throughput:{}".format(sum(throughputs))])
     if failed:
         raise UserError("device{} {} failed (see above){}".format(
             "s" if len(failed) > 1 else "", ", ".join(str(devices[i]) for i in failed),

@@ -78,7 +78,7 @@ def test_per_device_blocks_lines_and_summed_throughput(two_devices):
     assert lines[-1] == "[INFO] summary throughput:{!r}".format(sum(float(m.group(3)) for m in device_lines))
     firsts = [line for line in lines if line.startswith("[INFO] onnxruntime on ")]
     assert sorted(re.search(r"device (\d) of --device 0,1 \(images (\d-\d) of 5\)", line).groups()
-                  for line in firsts) == [("0", "1-3"), ("1", "4-5")]
+                  for line in firsts) == [("0", "1-3"), ("1", "4-5")], runs["split"].stdout
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
