@@ -145,7 +145,7 @@ def _run_parts(args: argparse.Namespace, devices: List[int], parts: List[List[st
                command: List[str]) -> List[Tuple[int, Tuple[int, Optional[dict]]]]:
     """Start one runner process per device and wait for all; (index, (exit code, report)) in completion order."""
     workdir = tempfile.mkdtemp(prefix="hrnetseg-devices-")
-    running = {}  # type: Dict[int, Tuple[subprocess.Popen, str]]
+    running: Dict[int, Tuple[subprocess.Popen, str]] = {}
     finished = []  # type: List[Tuple[int, Tuple[int, Optional[dict]]]]
     parent = os.getpid()
     env = dict(os.environ)

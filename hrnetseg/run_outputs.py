@@ -145,7 +145,7 @@ def output_stem(sample_id: str) -> str:
 
 def check_output_stems(ids: Sequence[str]) -> None:
     """Two inputs whose names agree up to their first dot would write the same output files: refuse them."""
-    seen = {}  # type: Dict[str, str]
+    seen: Dict[str, str] = {}
     for sample_id in ids:
         other = seen.setdefault(output_stem(sample_id), sample_id)
         if other != sample_id:
