@@ -114,3 +114,29 @@ def test_device_layout_refusals(tmp_path, tiny_onnx_path, tiny_prep_path):
     refused("three", "0,1", "holds device2 from an earlier run")
     refused("three", "cpu", "holds device2 of an earlier --device 0,1 run")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["device2", "mixed", "three", "x_1.bin"]
+
+
+def test_ctrl_c_stops_every_device_and_leaves_nothing(tmp_path, tiny_onnx_path, tiny_prep_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO, default_sigint
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), HRNETSEG_PROGRESS="0")
+    parent = subprocess.Popen([sys.executable] + RUNNER + [
+        "--model", str(tiny_onnx_path), "--input", str(tiny_prep_path), "--output", str(tmp_path / "out"),
+        "--output_dirname", "bs1", "--device", "0,1", "--loop", "300"], cwd=str(REPO), env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("out/bs1/device0/*_1.bin")) and time.monotonic() < deadline:
+        time.sleep(0.02)   # device 0's first batch written; its second one runs (--loop 300)
+    assert parent.poll() is None, parent.communicate()
+    parent.send_signal(signal.SIGINT)   # the parent alone: it stops the devices
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode == 130, err
+    # the parent and device 0 at least (device 1, with 2 images, may have finished: its outputs go too)
+    assert err.count("interrupted") >= 2 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()   # the devices' files, folders and the locks are gone
