@@ -5,15 +5,18 @@
         exit 2 when PREP holds a .bin its manifest does not list (ais_bench would run it too), and a note for
         each batch size whose padded last batch inflates the throughput
     python3 -m hrnetseg.acc_perf throughput --log results/bs4.log --command "ais_bench ..."
-        the images/s of the last ais_bench (or hrnetseg.infer) throughput line; exit 2 when it is missing,
-        not a number, not finite or not above 0
+        the images/s of the last ais_bench (or hrnetseg.infer) throughput line, or of its `summary throughput:`
+        line after a --device 0,1 run (the sum over the devices); exit 2 when it is missing, not a number, not
+        finite or not above 0
     python3 -m hrnetseg.acc_perf row --batch 4 --backend ais_bench --device npu:0 --fps 12.5 --result result_bs4.json
         one row of the table: | batch | backend | device | throughput (fps) | mIoU |
         (--summary results/bs4_summary.json instead of --device: the device the local runner used;
+        --shards results/bs4 instead: the devices of a --device 0,1 run, from its device<id>_summary.json files;
         --prep PREP: exit 2 unless the result counts every image PREP's manifest lists; with ais_bench, whose
-        figure counts a padded last batch as full, the fps of PREP's images)
+        figure counts a padded last batch as full, the fps of PREP's images, device by device with --shards)
 
-Atlas-side module: standard library only (the manifest is read through hrnetseg.manifest), valid Python 3.7.
+Atlas-side module: standard library only (the manifest is read through hrnetseg.manifest, the output folders
+through hrnetseg.model_outputs), valid Python 3.7.
 """
 from __future__ import annotations
 
@@ -23,15 +26,19 @@ import math
 import os
 import re
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from .cli import ArgumentParser, UserError, positive_int, run_cli
-from .files import require_file
+from .files import require_file, require_folder, write_text_atomic
 from .manifest import read_manifest
+from .model_outputs import DEVICE_FOLDER, SUMMARY_SUFFIX, device_folders, shard_image_counts
 
 # ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
 THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
 _THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\([^)]*\)/NPU_compute_time\.mean\([^)]*\):[ \t]*(\S*)")
+# the last line of ais_bench --device 0,1 (and of the runner's): the devices' throughputs summed
+SUMMARY_THROUGHPUT_LINE = "summary throughput:X"
+_SUMMARY_THROUGHPUT = re.compile(r"summary throughput:[ \t]*(\S*)")
 # a plain decimal number as the tools print it; float() alone would also take "1_000", "infinity" or other
 # scripts' digits
 _DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
@@ -59,7 +66,7 @@ def check_only_listed_bins(prep: str, ids: Sequence[str]) -> None:
 
 
 def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = False,
-                      reads_every_bin: bool = False) -> List[str]:
+                      reads_every_bin: bool = False, devices: int = 1) -> List[str]:
     """A batch larger than the data set is all padding after the images: its time would be charged to
     images that do not exist (or, as ais_bench counts, padding counted as images).
 
@@ -67,6 +74,7 @@ def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = Fa
     images (counts_padding: ais_bench reports 1000 * model batch size / mean time for every run).
     reads_every_bin: the tool runs every .bin of the folder (ais_bench): bins the manifest does not list are
     an error.
+    devices: how many devices the input is split across (--device 0,1): each pads its own last batch.
     """
     ids = listed_ids(prep)
     if reads_every_bin:
@@ -79,13 +87,27 @@ def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = Fa
                                          "are" if len(too_big) > 1 else "is", count, "" if count == 1 else "s", prep,
                                          count))
     notes = []
-    for size in sizes if counts_padding else ():
+    parts = device_parts(count, devices)
+    for size in sizes if counts_padding and devices > 1 else ():
+        padded = sum(padded_images(part, size) for part in parts)
+        if padded != count:
+            notes.append("note: {} images split {} across {} devices run at batch size {} as {}: ais_bench pads "
+                         "each device's last batch and counts it as {}; the table's throughput takes that out device "
+                         "by device".format(count, "+".join(map(str, parts)), devices, size, padded, size))
+    for size in sizes if counts_padding and devices == 1 else ():
         if padded_images(count, size) != count:
             notes.append("note: {} images at batch size {} leave a last batch of {}, which ais_bench pads and counts "
                          "as {}: the table's throughput is its figure x {}/{} (the images' own)".format(
                              count, size, count - (padded_images(count, size) - size), size, count,
                              padded_images(count, size)))
     return notes
+
+
+def device_parts(count: int, devices: int) -> List[int]:
+    """How many of `count` inputs each device runs when ais_bench --device splits them: contiguous parts of
+    ceil(count / devices), the first to the first device."""
+    size = -(-count // devices)
+    return [max(0, min(size, count - i * size)) for i in range(devices)]
 
 
 def padded_images(count: int, batch: int) -> int:
@@ -111,8 +133,9 @@ def read_text(path: str, what: str) -> str:
 
 
 def parse_throughput(text: str) -> Optional[str]:
-    """The X of the last throughput line, as written (None when there is no such line)."""
-    found = _THROUGHPUT.findall(text)
+    """The X of the last `summary throughput:X` line (a multi-device run: each device prints its own summary
+    block, then this sum), else of the last throughput line, as written (None when there is neither)."""
+    found = _SUMMARY_THROUGHPUT.findall(text) or _THROUGHPUT.findall(text)
     return found[-1] if found else None
 
 
@@ -182,6 +205,54 @@ def summary_device(summary_path: str) -> str:
     return device
 
 
+# --- the shards of a multi-device run (ais_bench --device 0,1: OUT/DIRNAME/device<id>/ + device<id>_summary.json)
+
+def shard_summaries(res: str) -> List[Tuple[str, str, dict]]:
+    """(device folder name, summary path, summary) for each device<id>/ folder of the run in res."""
+    require_folder(res, "result folder")
+    shards = device_folders(res)
+    if not shards:
+        raise UserError("{} holds no device<id> folders: it is not the output of a multi-device run".format(res))
+    found = []
+    for shard in shards:
+        path = os.path.join(res, shard) + SUMMARY_SUFFIX
+        found.append((shard, path, read_json(path, "device summary")))
+    return found
+
+
+def shards_device(summaries: Sequence[Tuple[str, str, dict]]) -> str:
+    """The table's device column: each device the runner's summary names; ais_bench's names none, its NPU is
+    the folder's device id."""
+    devices = []
+    for shard, path, summary in summaries:
+        device = summary.get("device", "npu:" + DEVICE_FOLDER.match(shard).group("id"))
+        if not isinstance(device, str) or not device:
+            raise UserError("device summary {} names no device".format(path))
+        devices.append(device)
+    return ",".join(devices)
+
+
+def shards_fps(fps: float, summaries: Sequence[Tuple[str, str, dict]], res: str, batch: int,
+               counts_padding: bool) -> float:
+    """The images/s of a multi-device run: its summed figure, which must be the sum of the device summaries'
+    (else they are not this run's); where the tool counts a padded last batch as full (ais_bench), each
+    device's figure is taken for the images that device ran."""
+    figures = []
+    for _, path, summary in summaries:
+        value = summary.get("throughput")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise UserError("device summary {} holds throughput {!r}, not a positive number".format(path, value))
+        figures.append(float(value))
+    if not math.isclose(sum(figures), fps, rel_tol=1e-6):
+        raise UserError("the run's summary throughput {!r} is not the sum of its device summaries' ({}): they are "
+                        "not from that run".format(fps, " + ".join(repr(v) for v in figures)))
+    if not counts_padding:
+        return fps
+    counts = shard_image_counts(res)
+    return sum(real_images_fps(figure, counts[shard], batch) if counts[shard] else 0.0
+               for figure, (shard, _, _) in zip(figures, summaries))
+
+
 def table_row(batch: int, backend: str, device: str, fps: float, miou_fraction: float) -> str:
     return "| {} | {} | {} | {} | {:.2f}% |".format(batch, backend, device, format_fps(fps), 100.0 * miou_fraction)
 
@@ -201,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check_batch_sizes", help="refuse batch sizes larger than the preprocessed images")
     check.add_argument("prep", help="the preprocess folder (its manifest.json lists the images)")
     check.add_argument("sizes", nargs="+", type=positive_int, help="the batch sizes")
+    check.add_argument("--devices", type=positive_int, default=1, help="how many devices the input is split across")
     check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench runs every "
                        ".bin of the folder, and counts a padded last batch as full: a note says where that happens)")
     fps = commands.add_parser("throughput", help="print the images/s of the last throughput line of a log")
@@ -212,8 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     where = row.add_mutually_exclusive_group(required=True)
     where.add_argument("--device", help="the device, as the table shows it (npu:0)")
     where.add_argument("--summary", help="the runner's OUTPUT/<dirname>_summary.json, which names the device")
+    where.add_argument("--shards", metavar="RES", help="the output folder of a --device 0,1 run (results/bs4): the "
+                       "devices and their throughputs from its device<id>_summary.json files")
     row.add_argument("--fps", required=True, type=positive_number, help="images/s (from the throughput command)")
     row.add_argument("--result", required=True, help="HRNet_postprocess.py's result JSON (its mIoU)")
+    row.add_argument("--record", default=None, metavar="FILE", help="also write the row's figures, unrounded, as "
+                     "JSON (for python3 -m hrnetseg.ci_gate judge)")
     row.add_argument("--prep", default=None, help="the preprocess folder: the result must count every image its "
                      "manifest lists (and, for ais_bench, the fps counts them, not its padding)")
     return parser
@@ -224,18 +300,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.subcommand == "check_batch_sizes":
         ais_bench = args.backend == "ais_bench"
-        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=ais_bench, reads_every_bin=ais_bench):
+        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=ais_bench, reads_every_bin=ais_bench,
+                                      devices=args.devices):
             print(note, file=sys.stderr)
     elif args.subcommand == "throughput":
         print(repr(throughput(args.log, args.command)))
     elif args.subcommand == "row":
-        device = args.device if args.device is not None else summary_device(args.summary)
+        ais_bench = args.backend == "ais_bench"   # it counts its padding as images; the local runner does not
         fps = args.fps
+        if args.shards is not None:
+            summaries = shard_summaries(args.shards)
+            device = shards_device(summaries)
+            fps = shards_fps(fps, summaries, args.shards, args.batch, ais_bench and args.prep is not None)
+        else:
+            device = args.device if args.device is not None else summary_device(args.summary)
         if args.prep is not None:
             check_every_image_counted(args.result, args.prep)
-            if args.backend == "ais_bench":   # it counts its padding as images; the local runner does not
+            if ais_bench and args.shards is None:
                 fps = real_images_fps(fps, len(listed_ids(args.prep)), args.batch)
-        print(table_row(args.batch, args.backend, device, fps, miou(args.result)))
+        fraction = miou(args.result)
+        if args.record is not None:
+            write_text_atomic(args.record, json.dumps({"batch": args.batch, "backend": args.backend, "device": device,
+                                                       "fps": fps, "miou": fraction}) + "\n")
+        print(table_row(args.batch, args.backend, device, fps, fraction))
     else:
         parser.error("choose a command: check_batch_sizes, throughput or row")
     return 0

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "a quarter of the cores, 1 to 4)")
     parser.add_argument("--eval_workers", type=positive_int, default=None,
                         help="evaluate threads (default: as --decode_workers)")
+    parser.add_argument("--cpu_threads", type=positive_int, default=None,
+                        help="the model's CPU threads (default: the backend's own choice; with --ray: "
+                             "--ray_cpus_per_worker per worker)")
     parser.add_argument("--save_path", default=None, help="result.json to write (HRNet_postprocess.py's format)")
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
@@ -162,7 +165,7 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
     cv2.setNumThreads(1)   # the stages are the parallelism; OpenCV's own threads would only compete
     began = time.perf_counter()
     backend = load_backend(kind, model, device=args.device, precision=args.precision, preset=args.preset,
-                           input_dtype=args.input_dtype)
+                           input_dtype=args.input_dtype, threads=args.cpu_threads)
     dtype, index = check_backend(backend, size, args.output_index, tta)
     augmented = tta is not None
     batch = batch_size_for(backend, args.batchsize)

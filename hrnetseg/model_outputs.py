@@ -2,10 +2,13 @@
 file is which output, their dtype, and reading one as logits.
 
 ais_bench names the outputs of image `<id>` `<id>_0.bin` (aux) and `<id>_1.bin` (main), `.npy` with --outfmt
-NPY; the older benchmark tool `_1` (aux) and `_2` (main). The dtype (float32, or float16 from an .om built
-with fp16 outputs) is taken from what knows it: the NPY header, then --output_dtype, then the runner's summary
-beside the result folder (OUT/DIRNAME_summary.json, as ais_bench and python3 -m hrnetseg.infer write it);
-only when none of them says, a file of exactly float16's size is read as float16.
+NPY (with the batch axis: 1 x 19 x h x w), `.txt` with --outfmt TXT (decimal text, lossy); the older benchmark
+tool `_1` (aux) and `_2` (main). With `--device 0,1` ais_bench splits the input across the devices and writes
+OUT/DIRNAME/device0/, OUT/DIRNAME/device1/, ...: disjoint shards of one run, read here as one set.
+The dtype (float32, or float16 from an .om built with fp16 outputs) is taken from what knows it: the NPY
+header, then --output_dtype, then the runner's summary beside the output folder (OUT/DIRNAME_summary.json, or
+OUT/DIRNAME/device<id>_summary.json for a shard, as ais_bench and python3 -m hrnetseg.infer write it); only
+when none of them says, a file of exactly float16's size is read as float16.
 Atlas-side module: numpy only, valid Python 3.7.
 """
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import os
 import re
 from collections import namedtuple
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,14 +27,17 @@ from .cli import UserError, exception_line
 from .files import not_regular_reason, require_file, require_folder
 from .manifest import MANIFEST
 
-OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)\.(?P<ext>bin|npy)$")
+OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)\.(?P<ext>bin|npy|txt)$")
+DEVICE_FOLDER = re.compile(r"^device(?P<id>\d+)$")   # ais_bench --device 0,1: OUT/DIRNAME/device<id>/
 AIS_BENCH, BENCHMARK = "ais_bench", "benchmark"
 ROLE = {AIS_BENCH: {0: "aux", 1: "main"}, BENCHMARK: {1: "aux", 2: "main"}}
 OUTPUT_DTYPES = ("float32", "float16")  # what the model's outputs may be stored as; float32 is the default
 SUMMARY_SUFFIX = "_summary.json"  # the runner writes OUTPUT/<dirname>_summary.json beside OUTPUT/<dirname>/
 DEFAULT, BY_SIZE = "the default", "its size"  # what decided a dtype when no source said it
+TEXT = "its text"  # --outfmt TXT: decimal values, read as float32 whatever the model wrote
 
-Outputs = namedtuple("Outputs", ["folder", "naming", "ext", "files"])  # files: id -> {file index: path}
+# files: id -> {file index: path}; shards: the device<id> folder names of a multi-device run (() for one folder)
+Outputs = namedtuple("Outputs", ["folder", "naming", "ext", "files", "shards"])
 
 
 def logits_shape(height: int, width: int) -> Tuple[int, int, int]:
@@ -78,30 +84,82 @@ def _is_preprocess_folder(folder: str) -> bool:
     return os.path.lexists(os.path.join(folder, MANIFEST))
 
 
+def device_folders(folder: str) -> List[str]:
+    """The device<id> sub-folders of a multi-device run in folder, by device id."""
+    names = [name for name in os.listdir(folder)
+             if DEVICE_FOLDER.match(name) and os.path.isdir(os.path.join(folder, name))]
+    return sorted(names, key=lambda name: int(DEVICE_FOLDER.match(name).group("id")))
+
+
+def shard_image_counts(folder: str) -> Dict[str, int]:
+    """device<id> folder name -> how many images have outputs in it, for the shards of a multi-device run."""
+    return {shard: len({image_id(stem) for stem, _ in _output_files_in(os.path.join(folder, shard))})
+            for shard in device_folders(folder)}
+
+
+def _holds_outputs(folder: str) -> bool:
+    return not _is_preprocess_folder(folder) and bool(_output_files_in(folder) or device_folders(folder))
+
+
+def _one_folder_or_shards(folder: str) -> Tuple[Dict[Tuple[str, str], Dict[int, str]], List[str]]:
+    """(stem, ext) -> {file index: path} of folder, or of all its device<id> shards together (and their names).
+
+    The shards of ais_bench --device 0,1 are disjoint parts of one input: an image in two of them, loose
+    outputs beside them, or a shard without outputs means the folder does not hold one run."""
+    shards = device_folders(folder)
+    found = _output_files_in(folder)
+    if not shards:
+        return found, []
+    if found:
+        (stem, ext), by_index = sorted(found.items())[0]
+        raise UserError("{} mixes device folders of a multi-device run ({}) with loose outputs ({}): keep one run "
+                        "per folder".format(folder, ", ".join(shards), os.path.basename(sorted(by_index.values())[0])))
+    merged = {}  # type: Dict[Tuple[str, str], Dict[int, str]]
+    shard_of = {}  # type: Dict[str, str]
+    for shard in shards:
+        in_shard = _output_files_in(os.path.join(folder, shard))
+        if not in_shard:
+            raise UserError("{} holds no outputs: a device of that run failed or its outputs were removed; "
+                            "evaluating the other device folders would score a part of the data".format(
+                                os.path.join(folder, shard)))
+        for key, by_index in in_shard.items():
+            sample_id = image_id(key[0])
+            if sample_id in shard_of and shard_of[sample_id] != shard:
+                raise UserError("image {} has outputs in both {} and {} of {}: the device folders of one run hold "
+                                "disjoint parts of the input; keep one run per folder".format(
+                                    sample_id, shard_of[sample_id], shard, folder))
+            shard_of[sample_id] = shard
+            merged[key] = by_index
+    return merged, shards
+
+
 def find_outputs(res_path: str) -> Outputs:
-    """The output files under res_path (or the one subfolder holding them, e.g. ais_bench's results/bs1)."""
+    """The output files under res_path (or the one subfolder holding them, e.g. ais_bench's results/bs1); the
+    device<id> folders of a multi-device run there are read together as one set."""
     require_folder(res_path, "result folder")
     if _is_preprocess_folder(res_path):
         raise UserError("{} is a preprocess folder (it holds {}), not model outputs: pass the folder ais_bench or "
                         "the runner wrote (--output/--output_dirname, e.g. results/bs1) as --res_path".format(
                             res_path, MANIFEST))
-    folder, found = res_path, _output_files_in(res_path)
-    if not found:
+    folder = res_path
+    if not _holds_outputs(res_path):
         holders = [d for d in sorted(glob.glob(os.path.join(glob.escape(res_path), "*")))
-                   if os.path.isdir(d) and not _is_preprocess_folder(d) and _output_files_in(d)]
+                   if os.path.isdir(d) and _holds_outputs(d)]
         if len(holders) > 1:
             raise UserError("{} holds no outputs but several folders with outputs ({}): pass one of them as "
                             "--res_path".format(res_path, ", ".join(os.path.basename(d) for d in holders)))
         if not holders:
-            raise UserError("no model outputs in {}: expected <id>_<n>.bin or <id>_<n>.npy files (ais_bench "
-                            "naming)".format(res_path))
-        folder, found = holders[0], _output_files_in(holders[0])
+            raise UserError("no model outputs in {}: expected <id>_<n>.bin, .npy or .txt files (ais_bench "
+                            "naming), or its device<id> folders".format(res_path))
+        folder = holders[0]
+    found, shards = _one_folder_or_shards(folder)
     extensions = sorted({ext for _, ext in found})
     if len(extensions) > 1:
-        raise UserError("{} mixes .bin and .npy outputs: keep one run per folder".format(folder))
+        raise UserError("{} mixes {} outputs: keep one run per folder".format(
+            folder, " and ".join("." + ext for ext in extensions)))
     indices = set()
     files = {}  # type: Dict[str, Dict[int, str]]
-    for (stem, _), by_index in found.items():
+    for (stem, _), by_index in sorted(found.items()):
         sample_id = image_id(stem)
         if sample_id in files:
             raise UserError("two sets of outputs for image {} in {}".format(sample_id, folder))
@@ -109,7 +167,7 @@ def find_outputs(res_path: str) -> Outputs:
         indices.update(by_index)
     _check_one_output_set(files, folder)
     naming = AIS_BENCH if 0 in indices or indices == {1} else BENCHMARK
-    return Outputs(folder, naming, extensions[0], files)
+    return Outputs(folder, naming, extensions[0], files, tuple(shards))
 
 
 def choose_file_index(outputs: Outputs, output_index: Optional[int]) -> Tuple[int, str, Optional[str]]:
@@ -240,6 +298,8 @@ def output_file_dtype(path: str, ext: str, shape: Tuple[int, int, int], label: s
                       summary: Tuple[Optional[str], str]) -> Tuple[str, str]:
     """(dtype, what decided it) of one output file, checked against the shape its label needs."""
     require_file(path, "output")
+    if ext == "txt":   # decimal text: no dtype to tell, its values are checked as they are read
+        return "float32", TEXT
     header = None
     if ext == "npy":
         stored, dtype = _npy_header(path)
@@ -257,7 +317,9 @@ def output_file_dtype(path: str, ext: str, shape: Tuple[int, int, int], label: s
 # --- reading one ----------------------------------------------------------------------------------
 
 def load_logits(path: str, dtype: str, shape: Tuple[int, int, int]) -> np.ndarray:
-    """The output as float32 C x h x w (checked before: dtype and size fit)."""
+    """The output as float32 C x h x w (checked before: dtype and size fit; a .txt output is checked here)."""
+    if path.endswith(".txt"):
+        return load_text_logits(path, shape)
     try:
         if path.endswith(".npy"):
             array = np.load(path, allow_pickle=False)
@@ -266,3 +328,44 @@ def load_logits(path: str, dtype: str, shape: Tuple[int, int, int]) -> np.ndarra
         return np.ascontiguousarray(array.reshape(shape), dtype=np.float32)
     except (OSError, ValueError, EOFError) as exc:  # changed since it was checked
         raise UserError("cannot read output {}: {}".format(path, exception_line(exc)))
+
+
+_TEXT_NUMBER_BYTES = b"0123456789.-+eE \t\r\n"
+
+
+def load_text_logits(path: str, shape: Tuple[int, int, int]) -> np.ndarray:
+    """An ais_bench --outfmt TXT output as float32 C x h x w: the array reshaped to (-1, last axis), one row
+    per line, each value written with `%f` and a space (6 decimals: lossy). Its shape is not in the file: the
+    rows and values per row must be those of `shape`."""
+    rows, per_row = int(np.prod(shape[:-1])), int(shape[-1])
+    what = "{} rows of {} values ({} written by ais_bench --outfmt TXT)".format(
+        rows, per_row, "x".join(str(v) for v in shape))
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise UserError("cannot read output {}: {}".format(path, exception_line(exc)))
+    lines = text.split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()   # after the newline that ends the last row
+    if len(lines) != rows:
+        raise UserError("output {} holds {} lines, expected {}".format(path, len(lines), what))
+    for number, line in enumerate(lines):
+        count = len(line.split())
+        if count != per_row:
+            raise UserError("output {}: line {} holds {} values, expected {}".format(path, number + 1, count, what))
+    odd = text.translate(None, _TEXT_NUMBER_BYTES)
+    if odd:
+        if not odd.lower().replace(b"nan", b"").replace(b"inf", b""):
+            raise UserError("output {} holds NaN/inf values: the model or the conversion is broken".format(path))
+        word = next(token for token in text.split() if token.translate(None, _TEXT_NUMBER_BYTES))
+        raise UserError("output {} holds {!r}, not a number: expected {}".format(
+            path, word[:40].decode("utf-8", "replace"), what))
+    try:
+        values = np.array(text.split(), dtype=np.float64)
+    except ValueError as exc:
+        raise UserError("output {}: {}".format(path, exception_line(exc)))
+    logits = values.astype(np.float32).reshape(shape)
+    if not np.isfinite(logits).all():   # 1e999: a number, but none that float32 logits can hold
+        raise UserError("output {} holds values too large for float32 logits".format(path))
+    return logits

@@ -75,14 +75,17 @@ def pair_outputs(outputs: Outputs, file_index: int, labels: Dict[str, str], allo
     if missing and not allow_missing:
         raise UserError("{} of {} labels have no output in {}: {}; --allow_missing evaluates the rest".format(
             len(missing), len(labels), outputs.folder, _quote_ids(missing)))
-    summary = summary_output_dtype(outputs.folder)
+    summaries = {}  # type: Dict[str, Tuple[Optional[str], str]]   # per folder: each device shard has its own
     pairs = []
     for sid in sorted(set(output_of) & set(labels)):
         size = cityscapes.image_size(labels[sid])
         if size is None:
             raise UserError("label {} {}".format(labels[sid], cityscapes.unreadable_reason(labels[sid])))
+        folder = os.path.dirname(output_of[sid])
+        if folder not in summaries:
+            summaries[folder] = summary_output_dtype(folder)
         dtype, source = output_file_dtype(output_of[sid], outputs.ext, logits_shape(*size), labels[sid],
-                                          output_dtype_flag, summary)
+                                          output_dtype_flag, summaries[folder])
         image = cityscapes.image_for_label(labels[sid]) if want_images else None
         pairs.append(Pair(sid, output_of[sid], labels[sid], image, dtype, size, source))
     _one_dtype_by_size(pairs)
@@ -196,11 +199,16 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
         _check_not_an_input(pairs, (("--save_path", save_path), ("--save_confusion", save_confusion)))
         extra = [sid for sid in extra if sid not in left_out]
         missing = [sid for sid in missing if sid not in left_out]
-        log("found {} for {} images in {}{}".format(described, len(pairs), outputs.folder,
-                                                    ": " + aux_only if aux_only else ""))
+        log("found {} for {} images in {}{}{}".format(
+            described, len(pairs), outputs.folder,
+            " (the device folders {} of one multi-device run)".format(", ".join(outputs.shards))
+            if outputs.shards else "", ": " + aux_only if aux_only else ""))
         if aux_only:
             warn("warning: {} holds only the auxiliary head's outputs: their mIoU is not the model's (give "
                  "--output_index to evaluate them on purpose)".format(outputs.folder))
+        if outputs.ext == "txt":
+            warn("note: {} holds ais_bench --outfmt TXT outputs: 6 decimals per value, lossy (an argmax between "
+                 "values closer than that may differ from the BIN or NPY outputs)".format(outputs.folder))
         _report_left_out(pairs, missing, extra, left_out, log, warn)
         created = [path for path, flag in ((save_vis, "--save_vis"), (save_pred, "--save_pred"))
                    if make_output_folder(path, flag)]

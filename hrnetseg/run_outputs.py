@@ -1,5 +1,9 @@
-"""The runner's output folder, as ais_bench writes it: OUTPUT/DIRNAME/<id>_<k>.bin (or .npy), one float32
-file per input and model output, and OUTPUT/DIRNAME_summary.json.
+"""The runner's output folder, as ais_bench writes it: OUTPUT/DIRNAME/<stem>_<k>.bin (or .npy, .txt), one
+float32 file per input and model output, and OUTPUT/DIRNAME_summary.json.
+
+The stem is the input file's name up to its first dot. BIN is the raw C-order data; NPY keeps the batch axis
+(1 x 19 x h x w); TXT is the array as rows of its last axis, every value written `%f` (6 decimals: lossy)
+followed by a space, one row per line.
 
 The folder is locked for the run (a second run into it stops at once), and a run that fails or is
 interrupted removes what it wrote (see RunOutputs).
@@ -9,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Iterator, List, Sequence
+import re
+from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
 
@@ -19,7 +24,8 @@ from .files import (atomic_path, check_output_file, make_output_folder, remove_q
 from .locks import output_lock
 from .model_outputs import OUTPUT_NAME, summary_path_for
 
-OUTFMTS = ("BIN", "NPY")
+OUTFMTS = ("BIN", "NPY", "TXT")
+DEVICE_FOLDER = re.compile(r"^(device[0-9]+)(?:_summary\.json)?$")   # --device 0,1: DIRNAME/device0/, device0_summary.json
 OUTPUT_DTYPE = "float32"   # what the runner writes, whatever the backend computes in (recorded in the summary)
 
 
@@ -35,7 +41,7 @@ class RunOutputs(object):
     def __init__(self, output: str, dirname: str, outfmt: str) -> None:
         self.output, self.folder = output, os.path.join(output, dirname)
         self.summary = summary_path_for(self.folder)
-        self.suffix = ".npy" if outfmt == "NPY" else ".bin"
+        self.suffix = "." + outfmt.lower()
         self.outfmt = outfmt
         self.written = []  # type: List[str]
         self._created_folder = False
@@ -92,6 +98,11 @@ class RunOutputs(object):
         """
         mine = {os.path.basename(self.path_for(sample_id, k)) for sample_id in ids for k in indices}
         others = sorted(name for name in os.listdir(self.folder) if OUTPUT_NAME.match(name) and name not in mine)
+        devices = sorted(name for name in os.listdir(self.folder) if DEVICE_FOLDER.match(name))
+        if devices:
+            raise UserError("{} holds {} of an earlier --device 0,1 run, which the postprocess would read with this "
+                            "run's outputs: remove it or choose another --output_dirname".format(self.folder,
+                                                                                                devices[0]))
         if others:
             raise UserError("{} holds {} output file{} that this run would not replace (e.g. {}), from an earlier "
                             "run: the postprocess would evaluate them as this run's; remove them or choose another "
@@ -99,12 +110,14 @@ class RunOutputs(object):
                                                       others[0]))
 
     def path_for(self, sample_id: str, k: int) -> str:
-        return os.path.join(self.folder, "{}_{}{}".format(sample_id, k, self.suffix))
+        return os.path.join(self.folder, "{}_{}{}".format(output_stem(sample_id), k, self.suffix))
 
-    def write(self, sample_id: str, k: int, array: np.ndarray) -> None:
+    def write(self, sample_id: str, k: int, array: np.ndarray) -> str:
+        """Write one input's output k (C x h x w, or 1 x C x h x w); its path."""
         path = self.path_for(sample_id, k)
         write_output(path, array, self.outfmt)
         self.written.append(path)
+        return path
 
     def write_summary(self, summary: dict) -> None:
         write_text_atomic(self.summary, json.dumps(summary, indent=1) + "\n")
@@ -125,16 +138,45 @@ def _remove_empty_folder(path: str) -> None:
         pass   # not empty (files that were there before stay) or already gone
 
 
+def output_stem(sample_id: str) -> str:
+    """The stem of an input's output files: its name up to the first dot, as ais_bench cuts `<id>.bin`."""
+    return sample_id.split(".")[0]
+
+
+def check_output_stems(ids: Sequence[str]) -> None:
+    """Two inputs whose names agree up to their first dot would write the same output files: refuse them."""
+    seen: Dict[str, str] = {}
+    for sample_id in ids:
+        other = seen.setdefault(output_stem(sample_id), sample_id)
+        if other != sample_id:
+            raise UserError("inputs {0}.bin and {1}.bin would both write {2}_<n> (output files are named by the "
+                            "input name up to its first dot, as ais_bench names them)".format(
+                                other, sample_id, output_stem(sample_id)))
+
+
 def write_output(path: str, array: np.ndarray, outfmt: str) -> None:
-    """One output as a float32 file: its raw bytes (BIN, as ais_bench writes them) or a .npy file (NPY)."""
+    """One input's output as a float32 file: the raw C-order bytes (BIN), a .npy file with the batch axis
+    (NPY: 1 x C x h x w) or text (TXT, see text_rows)."""
     array = np.ascontiguousarray(array, dtype=OUTPUT_DTYPE)   # the summary says float32: make it so
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             if outfmt == "NPY":
-                np.save(fh, array)
+                np.save(fh, array.reshape((1,) + array.shape[-3:]) if array.ndim == 3 else array)
+            elif outfmt == "TXT":
+                for line in text_rows(array):
+                    fh.write(line)
             else:
                 _write_array(fh, array)
 
 
 def _write_array(fh, array: np.ndarray) -> None:
     fh.write(array.data)
+
+
+def text_rows(array: np.ndarray) -> Iterator[bytes]:
+    """ais_bench's TXT: the array reshaped to (-1, last axis), each row one line of values written `%f`
+    (floats; `%d` otherwise), each followed by a space."""
+    rows = array.reshape(-1, array.shape[-1]) if array.ndim else array.reshape(1, 1)
+    fmt = ("%f " if rows.dtype.kind == "f" else "%d ") * rows.shape[1] + "\n"
+    for row in rows:
+        yield (fmt % tuple(row.tolist())).encode("ascii")

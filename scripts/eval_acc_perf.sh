@@ -4,7 +4,7 @@
 #   bash scripts/eval_acc_perf.sh --datasets_path ./data [--model_dir .] [--pth hrnet.pth] [--batch_sizes "1 4"]
 #       [--backend auto|ais_bench|onnxruntime|openvino|torch] [--precision fp32|fp16|bf16] [--device D] [--limit N]
 #       [--input_format float32|uint8] [--output_dtype float32|float16]
-#       [--preset w48_ocr] [--output_dir .]
+#       [--preset w48_ocr] [--output_dir .] [--min_miou PERCENT] [--min_fps "BATCH:FPS ..."] [--junit FILE]
 # Writes OUTPUT_DIR/prep_dataset[_uint8][_limitN]/, OUTPUT_DIR/results/bs<N>/ (replaced each run), result_bs<N>.json;
 # they are locked while it runs (a second run into the same OUTPUT_DIR stops at once, naming this one's PID).
 # auto: ais_bench when MODEL_DIR holds hrnet_bs<N>.om files, else the local runner (hrnet.onnx, else --pth).
@@ -12,6 +12,15 @@
 # passed to HRNet_postprocess.py (without it: the runner summary says, else float32, else float16 by size).
 # A batch size larger than the number of images is refused (its padding would be timed as images), and so is a
 # result that does not count every preprocessed image.
+# --device 0,1 (ais_bench, or the local runner): the input split across the devices, results/bs<N>/device<id>/;
+# the table's fps is the run's `summary throughput:` (ais_bench's padding taken out device by device), its device
+# column the device summaries', its mIoU that of every image.
+# With ais_bench, each hrnet_bs<N>.om.json (written by scripts/pth2om.sh) is checked against the bins before the
+# run: another dtype, size or batch size stops the script (exit 2); an .om without one gets a warning.
+# CI gate: --min_miou 80.5 (percent) and --min_fps "1:9 4:7" (any of the batch sizes) exit 1 after the table,
+# naming the batch sizes below a floor; --junit FILE writes a JUnit XML report (testsuite eval_acc_perf, testcases
+# bs<N>.accuracy and bs<N>.throughput) when the table is done, pass or fail, and when the run stops before it
+# (an error case for each batch size without figures).
 # Python is ${PYTHON:-python3}; ais_bench is ${AIS_BENCH:-python3 -m ais_bench}; its --help check gives up after
 # HRNETSEG_PROBE_TIMEOUT seconds (30).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -29,7 +38,11 @@ input_format="float32"
 output_dtype=""
 preset="w48_ocr"
 output_dir="."
+min_miou=""
+min_fps=""
+junit=""
 flags="datasets_path model_dir pth batch_sizes backend precision device limit input_format output_dtype preset output_dir"
+flags+=" min_miou min_fps junit"
 parse_flags "${flags}" "" "$@"
 
 require_given "--datasets_path DATA" "${datasets_path}" "the folder holding cityscapes/"
@@ -44,6 +57,24 @@ require_choice --input_format "${input_format}" float32 uint8
 if [ -d "${datasets_path}/cityscapes" ]; then gt_dir="${datasets_path}/cityscapes/gtFine/val"; else gt_dir="${datasets_path}/gtFine/val"; fi
 [ -d "${gt_dir}" ] || die "no labels folder ${gt_dir} (expected DATA/cityscapes/gtFine/val/<city>/*_gtFine_labelIds.png)"
 read -r -a ais_bench <<< "${AIS_BENCH:-python3 -m ais_bench}"
+gate=()   # the CI gate's flags, checked now, judged after the table
+[ -z "${min_miou}" ] || gate+=(--min_miou "${min_miou}")
+[ -z "${min_fps}" ] || gate+=(--min_fps "${min_fps}")
+[ -z "${junit}" ] || gate+=(--junit "${junit}")
+[ "${#gate[@]}" = 0 ] || "${PYTHON}" -m hrnetseg.ci_gate check --batch_sizes "${batch_sizes}" "${gate[@]}" || exit $?
+records=()         # the rows' figures, for the gate
+report_pending=0   # 1 while --junit is owed: a run that stops before its table still leaves a report
+# At exit: the report of a run that stopped (its error cases name the exit code), then the locks go.
+report_if_stopped() {
+  local rc=$? done_rows=() record
+  if [ "${report_pending}" = 1 ] && [ "${rc}" != 0 ]; then
+    for record in ${records[@]+"${records[@]}"}; do [ ! -f "${record}" ] || done_rows+=("${record}"); done
+    "${PYTHON}" -m hrnetseg.ci_gate judge "${gate[@]}" --batch_sizes "${batch_sizes}" --stopped "${rc}" \
+      ${done_rows[@]+"${done_rows[@]}"} >/dev/null 2>&1 || echo "warning: could not write the JUnit report ${junit}" >&2
+  fi
+  release_outputs
+}
+trap report_if_stopped EXIT
 
 # --- which backend -----------------------------------------------------------------------------------
 om_files=()
@@ -89,13 +120,26 @@ lock_output "${prep}"
 for bs in "${sizes[@]}"; do
   lock_output "${output_dir}/results/bs${bs}"
   lock_output "${output_dir}/result_bs${bs}.json"
+  [ "${#gate[@]}" = 0 ] || lock_output "${output_dir}/results/bs${bs}_row.json"
 done
+if [ -n "${junit}" ]; then
+  lock_output "${junit}"
+  [ -L "${junit}" ] || rm -f -- "${junit}"   # an earlier run's report must not stand for this one
+  report_pending=1   # ours to write from here on
+fi
 
 # --- preprocess ---------------------------------------------------------------------------------------
 prep_args=(--src_path "${datasets_path}" --save_path "${prep}" --dtype "${input_format}")
 [ -z "${limit}" ] || prep_args+=(--limit "${limit}")
 step "${PYTHON}" "${REPO_ROOT}/HRNet_preprocess.py" "${prep_args[@]}"
-"${PYTHON}" -m hrnetseg.acc_perf check_batch_sizes "${prep}" "${sizes[@]}" --backend "${backend}" || exit $?
+IFS=, read -r -a device_list <<< "${device:-0}"   # --device 0,1: the input is split across the devices
+"${PYTHON}" -m hrnetseg.acc_perf check_batch_sizes "${prep}" "${sizes[@]}" --backend "${backend}" \
+  --devices "${#device_list[@]}" || exit $?
+if [ "${backend}" = ais_bench ]; then   # the bins must be what each .om takes: ais_bench would crash or misread them
+  for bs in "${sizes[@]}"; do
+    "${PYTHON}" -m hrnetseg.om_sidecar check "${model_dir}/hrnet_bs${bs}.om" --prep "${prep}" --batch "${bs}" || exit $?
+  done
+fi
 
 # --- inference and postprocess per batch size ------------------------------------------------------------
 [ ! -t 2 ] || export HRNETSEG_PROGRESS="${HRNETSEG_PROGRESS:-1}"   # keep the bar through tee
@@ -104,8 +148,9 @@ for bs in "${sizes[@]}"; do
   res="${output_dir}/results/bs${bs}"
   run_log="${res}.log"
   result="${output_dir}/result_bs${bs}.json"
-  # an earlier run's outputs, summary, log and result must not mix into this run's figures
-  rm -rf -- "${res}" "${res}_summary.json" "${run_log}" "${result}"
+  record="${res}_row.json"
+  # an earlier run's outputs, summaries, log, result and row must not mix into this run's figures
+  rm -rf -- "${res}" "${res}_summary.json" "${run_log}" "${result}" "${record}"
   if [ "${backend}" = ais_bench ]; then
     cmd=("${ais_bench[@]}" --model "${model_dir}/hrnet_bs${bs}.om" --input "${prep}" --output "${output_dir}/results"
          --output_dirname "bs${bs}" --batchsize "${bs}")
@@ -129,8 +174,11 @@ for bs in "${sizes[@]}"; do
   [ -z "${output_dtype}" ] || post_args+=(--output_dtype "${output_dtype}")   # else: the runner summary, then float32
   [ -z "${limit}" ] || post_args+=(--allow_missing)   # --limit N: only the first N labels have outputs
   step "${PYTHON}" "${REPO_ROOT}/HRNet_postprocess.py" "${post_args[@]}"
-  row="$("${PYTHON}" -m hrnetseg.acc_perf row --batch "${bs}" --backend "${backend}" "${where[@]}" --fps "${fps}" \
-    --result "${result}" --prep "${prep}")" || exit $?
+  # --device 0,1: one device<id>/ folder and device<id>_summary.json per device, no combined summary
+  [[ "${device}" != *,* ]] || where=(--shards "${res}")
+  row_args=(--batch "${bs}" --backend "${backend}" "${where[@]}" --fps "${fps}" --result "${result}" --prep "${prep}")
+  [ "${#gate[@]}" = 0 ] || { row_args+=(--record "${record}"); records+=("${record}"); }
+  row="$("${PYTHON}" -m hrnetseg.acc_perf row "${row_args[@]}")" || exit $?
   rows+=("${row}")
 done
 
@@ -139,3 +187,5 @@ echo "| batch | backend | device | throughput (fps) | mIoU |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo "(per batch size: ${output_dir}/result_bs<N>.json, ${output_dir}/results/bs<N>/, ${output_dir}/results/bs<N>.log)"
+report_pending=0   # the judge writes it, pass or fail
+[ "${#gate[@]}" = 0 ] || "${PYTHON}" -m hrnetseg.ci_gate judge "${gate[@]}" "${records[@]}" || exit $?

@@ -3,7 +3,12 @@
 # OUTPUT_DIR/hrnet_bs<N>.om, one atc run per batch size. Runs on the Atlas host (CANN's atc on PATH).
 #   bash scripts/pth2om.sh --pth hrnet.pth [--soc_version Ascend310P3] [--height 1024] [--width 2048]
 #       [--batch_sizes "1 4"] [--output_dir .] [--preset w48_ocr] [--input_format float32|uint8]
-#       [--no_rewrite] [--precision_mode MODE]
+#       [--no_rewrite] [--precision_mode MODE] [--out_nodes none|producers|LIST]
+# Beside each .om: hrnet_bs<N>.om.json {"batch", "height", "width", "input_format", "input_dtype"}, which
+# scripts/eval_acc_perf.sh checks the preprocessed bins against before running ais_bench.
+# --out_nodes none (the default): no --out_nodes for atc, the graph's outputs (output1, output2, in that order)
+# define the .om's outputs, as mmdeploy's Ascend backend converts; producers: atc --out_nodes with the nodes that
+# produce output1 and output2 (name:0;name:0, the older behaviour); anything else is passed to atc as given.
 # --soc_version defaults to the chip that `npu-smi info` reports (given up after HRNETSEG_PROBE_TIMEOUT seconds,
 # 30 by default); Python is ${PYTHON:-python3}.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -19,7 +24,9 @@ preset="w48_ocr"
 input_format="float32"
 no_rewrite=0
 precision_mode=""
-parse_flags "pth soc_version height width batch_sizes output_dir preset input_format precision_mode" "no_rewrite" "$@"
+out_nodes="none"
+parse_flags "pth soc_version height width batch_sizes output_dir preset input_format precision_mode out_nodes" \
+  "no_rewrite" "$@"
 
 require_given "--pth FILE" "${pth}" "the official checkpoint"
 require_file checkpoint "${pth}"
@@ -49,16 +56,27 @@ step "${PYTHON}" "${REPO_ROOT}/HRNet_pth2onnx.py" --pth "${pth}" --save_path "${
 if [ "${no_rewrite}" != 1 ]; then
   step "${PYTHON}" "${REPO_ROOT}/performance_optimize_resize.py" "${onnx}" "${onnx}"
 fi
-out_nodes="$("${PYTHON}" -m hrnetseg.onnx_graph out_nodes "${onnx}")" || die "cannot read the output nodes of ${onnx}"
-log "out_nodes ${out_nodes} (the producers of output1 and output2)"
+out_nodes_arg=()
+case "${out_nodes}" in
+  none) log "out_nodes: none given to atc (the graph's outputs output1, output2 define the .om's outputs)" ;;
+  producers)
+    nodes="$("${PYTHON}" -m hrnetseg.onnx_graph out_nodes "${onnx}")" || die "cannot read the output nodes of ${onnx}"
+    log "out_nodes ${nodes} (the producers of output1 and output2)"
+    out_nodes_arg=("--out_nodes=${nodes}") ;;
+  *) log "out_nodes ${out_nodes} (as given)"
+    out_nodes_arg=("--out_nodes=${out_nodes}") ;;
+esac
 
 for bs in "${sizes[@]}"; do
   args=(--framework=5 "--model=${onnx}" "--output=${output_dir}/hrnet_bs${bs}" --input_format=NCHW
         "--input_shape=image:${bs},3,${height},${width}" --log=error "--soc_version=${soc_version}"
-        "--out_nodes=${out_nodes}")
+        ${out_nodes_arg[@]+"${out_nodes_arg[@]}"})
   [ -z "${precision_mode}" ] || args+=("--precision_mode=${precision_mode}")
-  rm -f -- "${output_dir}/hrnet_bs${bs}.om"   # an earlier run's file must not pass for this run's
+  om="${output_dir}/hrnet_bs${bs}.om"
+  rm -f -- "${om}" "${om}.json"   # an earlier run's files must not pass for this run's
   step atc "${args[@]}"
-  [ -f "${output_dir}/hrnet_bs${bs}.om" ] || { echo "error: atc wrote no ${output_dir}/hrnet_bs${bs}.om" >&2; exit 1; }
+  [ -f "${om}" ] || { echo "error: atc wrote no ${om}" >&2; exit 1; }
+  "${PYTHON}" -m hrnetseg.om_sidecar write "${om}" --batch "${bs}" --height "${height}" --width "${width}" \
+    --input_dtype "${input_format}" > /dev/null || exit $?
 done
 log "done: ${onnx} and $(for bs in "${sizes[@]}"; do printf '%s ' "${output_dir}/hrnet_bs${bs}.om"; done)"

@@ -282,3 +282,32 @@ def test_the_ais_bench_row_counts_real_images_not_its_padding(tmp_path, tiny_pre
         rows[backend] = out.stdout.strip()
     assert rows == {"ais_bench": "| 4 | ais_bench | d | 5.00 | 50.00% |",       # 5 images, padded to 8
                     "onnxruntime": "| 4 | onnxruntime | d | 8.00 | 50.00% |"}
+
+
+# ------------------------------------------------------------------------------ infer: --device 0,1, --outfmt TXT
+
+def test_a_second_device_split_run_into_the_same_folder_stops_at_once(tmp_path, tiny_onnx_path, tiny_prep_path):
+    with lock_held_elsewhere(tmp_path / "bs") as pid:
+        with pytest.raises(UserError, match=r"bs is being written by another run \(PID {}\)".format(pid)):
+            run_infer(tiny_onnx_path, tiny_prep_path, tmp_path, "--device", "0,1")
+    assert not (tmp_path / "bs").exists()   # no device process started
+
+
+def test_a_full_disk_while_writing_txt_leaves_nothing(tmp_path, monkeypatch, tiny_onnx_path, tiny_prep_path, stub):
+    real_rows = run_outputs.text_rows
+
+    def rows(array):
+        for number, line in enumerate(real_rows(array)):
+            if number == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield line
+
+    monkeypatch.setattr(run_outputs, "text_rows", rows)
+    with pytest.raises(UserError, match="no space left on the device while writing"):
+        run_infer(tiny_onnx_path, tiny_prep_path, tmp_path / "out", "--outfmt", "TXT")
+    assert not (tmp_path / "out").exists()
+
+
+def test_inputs_that_would_write_the_same_output_names_are_refused(tmp_path):
+    with pytest.raises(UserError, match=r"inputs a\.x\.bin and a\.y\.bin would both write a_<n>"):
+        run_outputs.check_output_stems(["a.x", "b", "a.y"])

@@ -81,7 +81,7 @@ def test_summary_lines_and_json(bs1_bs4):
         assert times["min"] <= times["median"] <= times["max"] and times["min"] <= times["p99"] <= times["max"]
         assert summary["throughput"] == pytest.approx(1000 * images_per_run / times["mean"])
         assert float(match.group(3)) == pytest.approx(summary["throughput"], rel=1e-3)
-        assert summary["warmup_count"] == 0              # no warm-up on the CPU by default
+        assert summary["warmup_count"] == 1              # ais_bench's default
 
 
 def test_output_indices_npy_loop_and_file_list(run, tmp_path, tiny_onnx_path, tiny_prep_path, bs1_bs4):

@@ -15,7 +15,7 @@ ATLAS_SIDE = ["hrnetseg/__init__.py", "hrnetseg/cli.py", "hrnetseg/files.py", "h
               "hrnetseg/manifest.py", "hrnetseg/preprocess.py", "HRNet_preprocess.py",
               "hrnetseg/upsample_argmax.py", "hrnetseg/metrics.py", "hrnetseg/model_outputs.py",
               "hrnetseg/pictures.py", "hrnetseg/postprocess.py", "HRNet_postprocess.py", "hrnetseg/numerics.py",
-              "hrnetseg/rewrite_check.py"]
+              "hrnetseg/rewrite_check.py", "hrnetseg/om_sidecar.py", "hrnetseg/ci_gate.py"]
 CLAIM = "Python 3.7"   # what a module's docstring says when it must run there
 
 
@@ -64,4 +64,9 @@ def test_steps_run_without_torch(sample_data_root, sample_results_path, tmp_path
     assert merge.returncode == 0, merge.stderr
     check = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.acc_perf", "check_batch_sizes", tmp_path / "prep", "1"])
     assert check.returncode == 0, check.stderr
+    sidecar = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.om_sidecar", "check", tmp_path / "none.om", "--prep",
+                          tmp_path / "prep", "--batch", "1"])
+    gate = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.ci_gate", "check", "--batch_sizes", "1", "--min_fps", "1:2"])
+    assert sidecar.returncode == 0 and gate.returncode == 0, sidecar.stderr + gate.stderr
+    assert sidecar.stderr.startswith("warning: no none.om.json beside") and gate.stderr == ""
     assert "torch" not in prep.stderr + post.stderr + merge.stderr + check.stderr

@@ -172,7 +172,8 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path, ray_env, cluster, loc
     assert code == 0, (out, err)
     same_as_local(local_npz, tmp_path / "ray.npz")
     engine = json.loads((tmp_path / "ray.json").read_text())["engine"]
-    assert engine["nodes"] == 2 and engine["retried_batches"] >= 1 and "retried batches: {}".format(engine["retried_batches"]) in out
+    assert engine["nodes"] == 2 and engine["retried_batches"] >= 1
+    assert "retried batches: {}".format(engine["retried_batches"]) in out
     assert sum(w["images"] for w in engine["per_worker"]) == TINY_IMAGES
 
 

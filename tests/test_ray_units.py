@@ -176,7 +176,8 @@ def test_a_batch_failing_three_times_is_one_line_exit_1():
         return healthy(worker, method, args)
 
     evaluation, _ = fake_evaluation(batch_2_fails)
-    with pytest.raises(UserError, match="batch 2 .images img2 .. img2. failed 3 times; last: .*out of memory") as caught:
+    with pytest.raises(UserError, match="batch 2 .images img2 .. img2. failed 3 times; last: .*out of memory") \
+            as caught:
         evaluation.run(lambda n: None)
     assert caught.value.exit_code == 1
 

@@ -45,7 +45,7 @@ import sys
 sys.stdout.write(open(sys.argv[0] + ".txt").read())
 '''
 AIS_BENCH = r'''
-import glob, json, os, subprocess, sys, time
+import glob, json, os, shutil, subprocess, sys, time
 import numpy as np
 args = sys.argv[1:]
 with open(os.environ["STUB_LOG"], "a") as fh:
@@ -63,6 +63,49 @@ code = subprocess.call([sys.executable, "-m", "hrnetseg.infer", "--model", os.en
                         "--input", flags["--input"], "--output", flags["--output"],
                         "--output_dirname", flags["--output_dirname"], "--batchsize", flags["--batchsize"]])
 folder = os.path.join(flags["--output"], flags["--output_dirname"])
+devices = flags.get("--device", "0").split(",")
+if code == 0 and (len(devices) > 1 or flags.get("--outfmt", "BIN") != "BIN"):
+    # as ais_bench: --outfmt NPY keeps the batch axis, TXT writes rows of "%f "; --device 0,1 splits the input
+    # (natural order, ceil(n / devices) each) into folder/device<id>/ with folder/device<id>_summary.json
+    single = folder + ".single"
+    os.rename(folder, single)
+    with open(folder + "_summary.json") as fh:
+        summary = json.load(fh)
+    os.remove(folder + "_summary.json")
+    ids = sorted({name.rsplit("_", 1)[0] for name in os.listdir(single)})
+    size = -(-len(ids) // len(devices))
+    for i, device in enumerate(devices):
+        part = folder if len(devices) == 1 else os.path.join(folder, "device" + device)
+        os.makedirs(part)
+        for sid in ids[i * size:(i + 1) * size]:
+            for k in (0, 1):
+                array = np.fromfile(os.path.join(single, "%s_%d.bin" % (sid, k)), np.float32).reshape(
+                    (1, 19) + tuple(-(-v // 4) for v in json.load(open(flags["--input"] + "/manifest.json"))["shape"][1:]))
+                stem = os.path.join(part, "%s_%d" % (sid, k))
+                if flags.get("--outfmt") == "NPY":
+                    np.save(stem + ".npy", array)
+                elif flags.get("--outfmt") == "TXT":
+                    with open(stem + ".txt", "wb") as fh:
+                        for row in array.reshape(-1, array.shape[-1]):
+                            np.savetxt(fh, np.c_[row], fmt="%f", newline=" ")
+                            fh.write(b"\n")
+                else:
+                    array.tofile(stem + ".bin")
+        if len(devices) > 1:
+            summary["throughput"] = 10.0 * (i + 1) + 0.125
+            summary.pop("device", None)
+            with open(part + "_summary.json", "w") as fh:
+                json.dump(summary, fh)
+            print("[INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(1): %r" % summary["throughput"])
+        else:
+            with open(folder + "_summary.json", "w") as fh:
+                json.dump(summary, fh)
+    if len(devices) > 1:
+        for i, device in enumerate(devices):
+            print("i:%d device_%s throughput:%r start_time:1 end_time:2" % (i, device, 10.0 * (i + 1) + 0.125))
+        print("[INFO] summary throughput:%r" % sum(10.0 * (i + 1) + 0.125 for i in range(len(devices))))
+    if not os.environ.get("STUB_KEEP_SINGLE"):
+        shutil.rmtree(single)
 if os.environ.get("STUB_FLOAT16"):   # an .om made with atc --output_type=FP16; ais_bench's summary names no dtype
     for path in glob.glob(os.path.join(folder, "*.bin")):
         np.fromfile(path, dtype=np.float32).astype(np.float16).tofile(path)
@@ -143,7 +186,8 @@ def table_rows(stdout: str) -> list:
 
 # ----------------------------------------------------------------------------------------------- pth2om.sh
 
-def test_pth2om_calls_atc_per_batch_size_with_the_graphs_out_nodes(tools, tmp_path, tiny_pth_path):
+def test_pth2om_calls_atc_per_batch_size_and_writes_sidecars(tools, tmp_path, tiny_pth_path):
+    """By default no --out_nodes: the graph's outputs (output1, output2) define the .om's, as mmdeploy converts."""
     folder, env, log = tools
     write_tool(folder, "atc", ATC)
     out = tmp_path / "om"
@@ -152,14 +196,17 @@ def test_pth2om_calls_atc_per_batch_size_with_the_graphs_out_nodes(tools, tmp_pa
     assert result.returncode == 0, result.stderr
     onnx_path = out / "hrnet.onnx"
     model = onnx.load(str(onnx_path))
-    out_nodes = ";".join(onnx_graph.output_producers(model.graph))
-    made_by = {o: n.name for n in model.graph.node for o in n.output}
-    assert out_nodes == "{}:0;{}:0".format(made_by["output1"], made_by["output2"])
+    assert [o.name for o in model.graph.output] == ["output1", "output2"]
     assert calls(log, "atc") == [
         ["--framework=5", "--model={}".format(onnx_path), "--output={}/hrnet_bs{}".format(out, bs), "--input_format=NCHW",
-         "--input_shape=image:{},3,256,512".format(bs), "--log=error", "--soc_version=Ascend310P3",
-         "--out_nodes={}".format(out_nodes)] for bs in (1, 4)]
-    assert (out / "hrnet_bs1.om").exists() and (out / "hrnet_bs4.om").exists()
+         "--input_shape=image:{},3,256,512".format(bs), "--log=error", "--soc_version=Ascend310P3"] for bs in (1, 4)]
+    assert "out_nodes: none given to atc" in result.stderr
+    for bs in (1, 4):
+        assert (out / "hrnet_bs{}.om".format(bs)).exists()
+        assert json.loads((out / "hrnet_bs{}.om.json".format(bs)).read_text()) == {
+            "batch": bs, "height": 256, "width": 512, "input_format": "NCHW", "input_dtype": "float32"}
+    assert sorted(p.name for p in out.iterdir()) == ["hrnet.onnx", "hrnet_bs1.om", "hrnet_bs1.om.json",
+                                                     "hrnet_bs4.om", "hrnet_bs4.om.json"]   # no temporaries left
     head = onnx_graph.head_resize_nodes(model.graph)         # rewritten in place, as the ModelZoo scripts do
     modes = {n.name: resize_mode(n) for n in onnx_graph.resize_nodes(model.graph)}
     assert sorted(k for k, v in modes.items() if v == "nearest") == sorted(n.name for n in head)
@@ -173,14 +220,43 @@ def test_pth2om_reads_the_chip_and_stops_at_the_first_failure(tools, tmp_path, t
     (folder / "npu-smi.txt").write_text(NPU_SMI_TABLE)
     result = bash("pth2om.sh", "--pth", tiny_pth_path, "--height", 64, "--width", 128, "--preset", TINY_PRESET,
                   "--output_dir", tmp_path / "om", "--no_rewrite", "--precision_mode", "allow_mix_precision",
-                  "--batch_sizes", "2 8", env=dict(env, STUB_FAIL="1"))
+                  "--batch_sizes", "2 8", "--out_nodes", "producers", env=dict(env, STUB_FAIL="1"))
     assert result.returncode == 3, result.stderr
     [only] = calls(log, "atc")
+    model = onnx.load(str(tmp_path / "om" / "hrnet.onnx"))                       # --no_rewrite: still linear
+    made_by = {o: n.name for n in model.graph.node for o in n.output}              # producers: the older behaviour
+    assert "--out_nodes={}:0;{}:0".format(made_by["output1"], made_by["output2"]) in only
     assert "--soc_version=Ascend310P3" in only and only[-1] == "--precision_mode=allow_mix_precision"
     assert "--input_shape=image:2,3,64,128" in only
     assert "error: command failed (exit 3): atc --framework=5" in result.stderr.splitlines()[-1]
-    model = onnx.load(str(tmp_path / "om" / "hrnet.onnx"))                       # --no_rewrite: still linear
     assert {resize_mode(n) for n in onnx_graph.resize_nodes(model.graph)} == {"linear"}
+    assert not list((tmp_path / "om").glob("*.om*"))                               # no sidecar without its .om
+
+
+PYTHON_WITH_A_READY_EXPORT = r'''
+import os, shutil, sys
+# Python for pth2om.sh, with the export already done: HRNet_pth2onnx.py copies STUB_ONNX to its --save_path
+if os.path.basename(sys.argv[1]) == "HRNet_pth2onnx.py":
+    shutil.copy(os.environ["STUB_ONNX"], sys.argv[sys.argv.index("--save_path") + 1])
+    sys.exit(0)
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+'''
+
+
+def test_pth2om_passes_an_out_nodes_list_as_given(tools, tmp_path, tiny_onnx_path):
+    folder, env, log = tools
+    write_tool(folder, "atc", ATC)
+    write_tool(folder, "python_ready_export", PYTHON_WITH_A_READY_EXPORT)
+    out = tmp_path / "om"
+    result = bash("pth2om.sh", "--pth", tiny_onnx_path, "--soc_version", "Ascend310P3", "--height", 64, "--width", 128,
+                  "--batch_sizes", "2", "--output_dir", out, "--no_rewrite", "--input_format", "uint8",
+                  "--out_nodes", "/head/Conv:0;/aux/Conv:0",
+                  env=dict(env, PYTHON=str(folder / "python_ready_export"), STUB_ONNX=str(tiny_onnx_path)))
+    assert result.returncode == 0, result.stderr
+    [only] = calls(log, "atc")
+    assert only[-1] == "--out_nodes=/head/Conv:0;/aux/Conv:0" and "--input_shape=image:2,3,64,128" in only
+    assert json.loads((out / "hrnet_bs2.om.json").read_text()) == {
+        "batch": 2, "height": 64, "width": 128, "input_format": "NCHW", "input_dtype": "uint8"}
 
 
 def test_pth2om_refuses_before_the_export(tools, tmp_path, tiny_pth_path):
@@ -224,6 +300,7 @@ def test_eval_with_ais_bench_and_om_files(tools, tmp_path, tiny_onnx_path, tiny_
         assert float(row[3]) > 0
     assert rows[0][4] == rows[1][4]          # bs1 and bs4 outputs agree, so the mIoU does too
     assert "5 images at batch size 4 leave a last batch of 1, which ais_bench pads and counts as 4" in result.stderr
+    assert "warning: no hrnet_bs4.om.json beside {}/hrnet_bs4.om".format(models) in result.stderr   # not checked
 
 
 def test_eval_auto_stops_when_om_files_exist_but_ais_bench_does_not_start(tools, tmp_path, tiny_data_root):
@@ -452,3 +529,85 @@ def test_a_failed_long_step_names_the_command_and_its_time(tools, tmp_path, tiny
     last = result.stderr.splitlines()[-1]
     assert re.match(r"error: command failed \(exit 5\): \S+ {} --model .*hrnet_bs1.om .* \(after \d+ s\)$".format(
         re.escape(str(stub))), last), last
+
+
+# ------------------------------------------------------- eval_acc_perf.sh: several devices, .om sidecars, CI gate
+
+def write_sidecars(models: Path, batch_sizes, input_dtype="float32") -> None:
+    """What scripts/pth2om.sh writes beside hrnet_bs<N>.om for the tiny model."""
+    for bs in batch_sizes:
+        (models / "hrnet_bs{}.om.json".format(bs)).write_text(json.dumps(
+            {"batch": bs, "height": 64, "width": 128, "input_format": "NCHW", "input_dtype": input_dtype}))
+
+
+def test_eval_on_two_devices_with_a_failing_gate(tools, tmp_path, tiny_onnx_path, tiny_data_root):
+    """ais_bench --device 0,1 layout: the table's fps is the summed throughput (padding taken out per device), the
+    device column the device summaries', the mIoU that of every image (a one-device run's); a floor above the
+    mIoU exits 1 after the table, and the JUnit report names the failing case."""
+    import xml.etree.ElementTree as ET
+    from hrnetseg import postprocess
+
+    _, env, log = tools
+    env, models = eval_with_ais_bench_stub(tmp_path, env, tiny_onnx_path, batch_sizes=(2,), STUB_KEEP_SINGLE="1")
+    write_sidecars(models, (2,))
+    out, report = tmp_path / "eval", tmp_path / "ci" / "report.xml"
+    report.parent.mkdir()
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", models, "--output_dir", out,
+                  "--batch_sizes", "2", "--limit", "3", "--device", "0,1", "--min_miou", "99.9", "--min_fps", "2:1",
+                  "--junit", report, env=env)
+    assert result.returncode == 1, result.stderr
+    assert [c[-2:] for c in calls(log, "ais_bench") if c != ["--help"]] == [["--device", "0,1"]]
+    assert "note: 3 images split 2+1 across 2 devices run at batch size 2 as 4" in result.stderr
+    [row] = table_rows(result.stdout)
+    assert row[:3] == ["2", "ais_bench", "npu:0,npu:1"]
+    single = postprocess.evaluate_folder(str(out / "results" / "bs2.single"), str(tiny_data_root / "cityscapes"),
+                                         workers=1, log=lambda _: None, allow_missing=True)
+    res = out / "results" / "bs2"
+    assert sorted(p.name for p in res.iterdir()) == ["device0", "device0_summary.json", "device1",
+                                                     "device1_summary.json"]
+    saved = json.loads((out / "result_bs2.json").read_text())
+    assert saved["images"] == 3 and saved["mIoU"] == single["mIoU"] and row[4] == "{:.2f}%".format(100 * saved["mIoU"])
+    expected = 0.0
+    for device, images in ((0, 2), (1, 1)):    # each device's figure, for its own images (ais_bench pads each)
+        assert len(list((res / "device{}".format(device)).glob("*_1.bin"))) == images
+        figure = json.loads((res / "device{}_summary.json".format(device)).read_text())["throughput"]
+        expected += figure * images / 2
+    assert row[3] == "{:.2f}".format(expected)
+    last = result.stderr.splitlines()[-1]
+    assert "error: batch size 2 below the floor: bs2 mIoU {:.2f}% < 99.90%".format(100 * saved["mIoU"]) in last
+    suite = ET.parse(str(report)).getroot()
+    assert suite.tag == "testsuite" and suite.get("name") == "eval_acc_perf" and suite.get("failures") == "1"
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert sorted(cases) == ["bs2.accuracy", "bs2.throughput"]
+    assert cases["bs2.accuracy"].find("failure").get("message") == "mIoU {:.2f}% < 99.90%".format(
+        100 * saved["mIoU"])
+    assert cases["bs2.throughput"].find("failure") is None and cases["bs2.throughput"].find("skipped") is None
+    assert sorted(p.name for p in report.parent.iterdir()) == ["report.xml"]     # written whole, nothing else
+
+
+def test_eval_refuses_bins_that_do_not_fit_the_om_before_ais_bench(tools, tmp_path, tiny_onnx_path, tiny_data_root):
+    _, env, log = tools
+    env, models = eval_with_ais_bench_stub(tmp_path, env, tiny_onnx_path)
+    write_sidecars(models, (1,))
+    report = tmp_path / "report.xml"
+    report.write_text("<testsuite/>")                # an earlier run's report must not stand for this one
+    result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", models, "--batch_sizes", "1",
+                  "--limit", "1", "--input_format", "uint8", "--output_dir", tmp_path / "eval", "--junit", report,
+                  env=env)
+    assert_user_error(result, "are uint8 NCHW 3x64x128 but {}/hrnet_bs1.om takes float32".format(models),
+                      "--input_format float32")
+    assert [c for c in calls(log, "ais_bench") if c != ["--help"]] == []     # stopped before the inference
+    import xml.etree.ElementTree as ET
+    suite = ET.parse(str(report)).getroot()            # the CI job still gets a report: the run stopped
+    assert suite.get("errors") == "2" and [c.get("name") for c in suite] == ["bs1.accuracy", "bs1.throughput"]
+    assert suite[0].find("error").get("message") == "eval_acc_perf.sh stopped (exit 2) before batch size 1's figures"
+
+
+def test_eval_gate_flags_are_checked_before_any_work(tools, tmp_path, tiny_data_root):
+    _, env, _ = tools
+    shutil.copy(__file__, str(tmp_path / "hrnet.onnx"))    # never run: every case stops first
+    common = ["--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--output_dir", tmp_path / "eval"]
+    for flags, fragment in ((["--min_fps", "8:5"], "floor for batch size 8 but the run has --batch_sizes \"1 4\""),
+                            (["--junit", tmp_path], "it is a folder")):   # the others: test_hostile_atlas_checks
+        assert_user_error(bash("eval_acc_perf.sh", *common, *flags, env=env), fragment)
+    assert not (tmp_path / "eval").exists()

@@ -34,14 +34,26 @@ class InputSpec:
         return "{} {}".format(np.dtype(self.dtype).name, "x".join("?" if d is None else str(d) for d in self.shape))
 
 
+class DeviceUnavailable(UserError):
+    """The GPU asked for cannot be used here (no such GPU, no CUDA in this build): the runner's --device N then
+    runs on the CPU, as its first line says; elsewhere it is a one-line error."""
+
+
 class Backend:
-    """What the runner needs: the input spec, the resolved device, run(batch) -> float32 outputs."""
+    """What the runner needs: the input spec, the resolved device, run(batch) -> float32 outputs.
+
+    copy_ms: (host-to-device, device-to-host) copy times of the last run in ms, measured apart from the compute
+    where the backend copies to a GPU; (0.0, 0.0) on the CPU, where nothing is copied.
+    device_note: why the device is not the one asked for (a GPU that cannot be used), else None.
+    """
 
     name = ""
     device = "cpu"
     precision = "fp32"
     input = None   # type: InputSpec
     output_names = ()   # type: Sequence[str]
+    copy_ms = (0.0, 0.0)
+    device_note = None   # type: Optional[str]
 
     def run(self, batch: np.ndarray) -> List[np.ndarray]:
         raise NotImplementedError
@@ -78,14 +90,51 @@ def parse_device(device: Optional[str]) -> Tuple[str, int]:
     return "cuda", int(match.group(1) or 0)
 
 
+def visible_gpu_count(kind: str) -> int:
+    """How many GPUs the backend could use here (cheap: nothing is loaded onto one); 0 for the CPU-only
+    openvino backend, an ONNX Runtime without the CUDA provider, or a machine without NVIDIA GPUs."""
+    if kind == "openvino":
+        return 0
+    if kind == "torch":
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        present = len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        present = 0
+    if visible is not None:
+        return min(present, len([part for part in visible.split(",") if part.strip()]))
+    return present
+
+
 def load_backend(kind: str, model: str, device: Optional[str] = None, precision: str = "fp32",
-                 preset: str = "w48_ocr", input_dtype: str = "float32", compile: bool = False) -> Backend:
+                 preset: str = "w48_ocr", input_dtype: str = "float32", compile: bool = False,
+                 cpu_fallback: bool = False, threads: Optional[int] = None) -> Backend:
     """Open `model` with the named backend on `device` (auto: the first GPU when usable, else the CPU).
 
     input_dtype matters for the torch backend only (an ONNX file fixes its own input type): uint8 wraps
     the checkpoint's model in the in-graph normalization, as the uint8 export does. compile: torch.compile
-    (torch backend only).
+    (torch backend only). cpu_fallback: a GPU that cannot be used (DeviceUnavailable) gives the CPU instead,
+    with the reason in backend.device_note (ais_bench's --device N, off an Ascend host). threads: CPU threads.
     """
+    try:
+        return _open_backend(kind, model, device, precision, preset, input_dtype, compile, threads)
+    except DeviceUnavailable as exc:
+        if not cpu_fallback:
+            raise UserError("--device {}: {}".format(device, exc)) from None
+        backend = _open_backend(kind, model, "cpu", precision, preset, input_dtype, compile, threads)
+        backend.device_note = "--device {}: {}; running on the CPU".format(device, exc)
+        return backend
+
+
+def _open_backend(kind: str, model: str, device: Optional[str], precision: str, preset: str, input_dtype: str,
+                  compile: bool, threads: Optional[int]) -> Backend:
     if precision not in PRECISIONS:
         raise UserError("--precision must be one of {}".format(", ".join(PRECISIONS)))
     require_file(model, "model")   # a FIFO, folder or link loop named as such, not "not found"
@@ -97,13 +146,14 @@ def load_backend(kind: str, model: str, device: Optional[str] = None, precision:
     if kind == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model, device_kind, index, precision)
+        return OnnxRuntimeBackend(model, device_kind, index, precision, threads)
     if kind == "torch":
         from .torch_backend import TorchBackend
 
-        return TorchBackend(model, device_kind, index, precision, preset, input_dtype, compile=compile)
+        return TorchBackend(model, device_kind, index, precision, preset, input_dtype, compile=compile,
+                            threads=threads)
     if kind == "openvino":
         from .openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(model, device_kind, index, precision)
+        return OpenVinoBackend(model, device_kind, index, precision, threads)
     raise UserError("unknown backend {!r}; choose one of {}".format(kind, ", ".join(BACKENDS)))

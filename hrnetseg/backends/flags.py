@@ -7,22 +7,26 @@ the outputs, when its warm-up runs) the tool passes its own.
 from __future__ import annotations
 
 import argparse
+from typing import Tuple
 
 from ..cli import ArgumentParser, nonnegative_int, positive_int
 from ..presets import DEFAULT_PRESET, PRESET_NAMES
 from . import BACKENDS, PRECISIONS
 
 
-def backend_flags(backend_help: str, precision_help: str, warmup_help: str) -> argparse.ArgumentParser:
+def backend_flags(backend_help: str, precision_help: str, warmup_help: str,
+                  device_names: Tuple[str, ...] = ("--device",),
+                  device_help: str = "cpu, cuda, cuda:N or a GPU number N (default: the first GPU if usable, else cpu)"
+                  ) -> argparse.ArgumentParser:
     """A parent parser with --backend, --device, --precision, --preset, --batchsize and --warmup_count.
 
-    They form their own section of --help ("backend"), after the tool's own flags.
+    They form their own section of --help ("backend"), after the tool's own flags. device_names: the runner adds
+    ais_bench's short form -d.
     """
     parser = ArgumentParser(add_help=False)
     group = parser.add_argument_group("backend")
     group.add_argument("--backend", choices=BACKENDS, default=None, help=backend_help)
-    group.add_argument("--device", default=None,
-                       help="cpu, cuda, cuda:N or a GPU number N (default: the first GPU if usable, else cpu)")
+    group.add_argument(*device_names, dest="device", default=None, help=device_help)
     group.add_argument("--precision", choices=PRECISIONS, default="fp32", help=precision_help)
     group.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
                        help="model variant of a .pth (default: {})".format(DEFAULT_PRESET))

@@ -7,12 +7,12 @@ dynamic-batch export runs with static shapes, which OpenVINO's CPU plugin runs f
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..cli import UserError, exception_line
-from . import Backend, InputSpec
+from . import Backend, DeviceUnavailable, InputSpec
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 OV_TYPES = {"f32": np.float32, "f16": np.float16, "u8": np.uint8}
@@ -21,13 +21,14 @@ OV_TYPES = {"f32": np.float32, "f16": np.float16, "u8": np.uint8}
 class OpenVinoBackend(Backend):
     name = "openvino"
 
-    def __init__(self, path: str, device_kind: str, index: int, precision: str) -> None:
+    def __init__(self, path: str, device_kind: str, index: int, precision: str, threads: Optional[int] = None) -> None:
         try:
             import openvino as ov
         except ImportError:
             raise UserError("the openvino backend needs OpenVINO: pip install openvino")
         if device_kind == "cuda":
-            raise UserError("the openvino backend runs on the CPU; use --device cpu (or another backend for a GPU)")
+            raise DeviceUnavailable("the openvino backend runs on the CPU (use --device cpu, or another backend for "
+                                    "a GPU)")
         if precision not in PRECISION_HINTS:
             raise UserError("the openvino backend runs fp32 or bf16 on the CPU, not {}".format(precision))
         if not path.lower().endswith(".onnx"):
@@ -53,6 +54,8 @@ class OpenVinoBackend(Backend):
                   file=sys.stderr)
             precision = "fp32"
         self.config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = threads
         self.device = "cpu"
         self.precision = precision
         self._compiled = {}   # type: Dict[Tuple[int, ...], object]

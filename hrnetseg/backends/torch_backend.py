@@ -6,12 +6,13 @@ adds torch.compile (inductor; CUDA graphs on a GPU), worth its one-off compile t
 """
 from __future__ import annotations
 
-from typing import List
+import time
+from typing import List, Optional
 
 import numpy as np
 
 from ..cli import UserError, exception_line
-from . import Backend, InputSpec
+from . import Backend, DeviceUnavailable, InputSpec
 
 
 def fold_batchnorm(model):
@@ -25,13 +26,17 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, path: str, device_kind: str, index: int, precision: str, preset: str,
-                 input_dtype: str = "float32", compile: bool = False) -> None:
+                 input_dtype: str = "float32", compile: bool = False, threads: Optional[int] = None) -> None:
         import torch
 
         from ..export import OUTPUT_NAMES, NormalizingInput, load_model
 
         if device_kind == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: torch sees no usable GPU here; use --device cpu")
+            raise DeviceUnavailable("torch sees no usable GPU here (use --device cpu)")
+        if device_kind == "cuda" and index >= torch.cuda.device_count():
+            raise DeviceUnavailable("torch sees {} GPU(s), no GPU {}".format(torch.cuda.device_count(), index))
+        if threads:
+            torch.set_num_threads(threads)
         on_gpu = device_kind == "cuda" or (device_kind == "auto" and torch.cuda.is_available())
         self.torch = torch
         self.device = "cuda:{}".format(index) if on_gpu else "cpu"
@@ -61,7 +66,12 @@ class TorchBackend(Backend):
 
     def run(self, batch: np.ndarray) -> List[np.ndarray]:
         torch = self.torch
+        on_gpu = self.device.startswith("cuda")
+        began = time.perf_counter()
         image = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        if on_gpu:   # the copy apart from the compute, as ais_bench's H2D_latency
+            torch.cuda.synchronize(self.device)
+        h2d_ms = (time.perf_counter() - began) * 1000.0 if on_gpu else 0.0
         if image.is_floating_point():
             image = image.to(self.weight_dtype)
         image = image.contiguous(memory_format=torch.channels_last)
@@ -70,7 +80,13 @@ class TorchBackend(Backend):
             with torch.no_grad(), torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32,
                                                  enabled=self.autocast_dtype is not None):
                 outputs = self.model(image)
+            if on_gpu:
+                outputs = [out.float() for out in outputs]
+                torch.cuda.synchronize(self.device)
         except RuntimeError as exc:   # shape mismatch or out of memory: say so on one line
             raise UserError("torch failed on a {} batch: {}".format("x".join(map(str, batch.shape)),
                                                                    exception_line(exc)))
-        return [out.float().cpu().numpy() for out in outputs]
+        began = time.perf_counter()
+        arrays = [out.float().cpu().numpy() for out in outputs]
+        self.copy_ms = (h2d_ms, (time.perf_counter() - began) * 1000.0 if on_gpu else 0.0)
+        return arrays

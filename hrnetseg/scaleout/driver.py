@@ -40,6 +40,11 @@ def batch_delay_s() -> float:
         raise UserError("{}={!r}: expected seconds".format(BATCH_DELAY_ENV, text))
 
 
+def worker_threads(args) -> int:
+    """A worker's model threads: --cpu_threads where the tool has it and it is given, else its CPUs."""
+    return getattr(args, "cpu_threads", None) or max(1, int(round(args.ray_cpus_per_worker)))
+
+
 def check_reachable(address: str) -> None:
     """A HOST:PORT that refuses connections is a one-line error now; Ray itself would retry for minutes."""
     host, port = host_and_port(address)

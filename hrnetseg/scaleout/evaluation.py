@@ -8,7 +8,8 @@ from typing import List, Tuple
 
 from ..cityscapes import NUM_CLASSES, Sample
 from .batches import Ledger, plan_batches
-from .driver import RayRun, batch_delay_s, engine_entry, ray_session, run_batches, worker_count
+from .driver import (RayRun, batch_delay_s, engine_entry, ray_session, run_batches, worker_count,
+                     worker_threads)
 from .worker import EvaluationWorker, WorkerConfig
 
 
@@ -19,7 +20,7 @@ def evaluate_on_ray(args: argparse.Namespace, kind: str, model: str, samples: Li
     config = WorkerConfig(kind=kind, model=os.path.abspath(model), device=args.device, precision=args.precision,
                           preset=args.preset, input_dtype=args.input_dtype, size=tuple(size),
                           batchsize=args.batchsize, output_index=args.output_index, warmup=args.warmup_count,
-                          threads=max(1, int(round(args.ray_cpus_per_worker))), batch_delay_s=batch_delay_s(),
+                          threads=worker_threads(args), batch_delay_s=batch_delay_s(),
                           tta=tta)
     batches = plan_batches([s.id for s in samples], args.ray_batch_images, args.batchsize or 1)
     ledger = Ledger(batches, NUM_CLASSES)

@@ -22,7 +22,7 @@ from ..multiscale import check_model_takes, main_output_runner
 from ..predict_inputs import Input
 from ..prediction import UnreadableInput, image_outputs, predict_image_file
 from .batches import BatchLedger, plan_batches
-from .driver import RayRun, batch_delay_s, ray_session, run_batches, worker_count
+from .driver import RayRun, batch_delay_s, ray_session, run_batches, worker_count, worker_threads
 from .evaluation import describe_workers
 from .worker import RayWorker, fetched
 
@@ -123,7 +123,7 @@ def predict_on_ray(args: argparse.Namespace, kind: str, model: str, tta, images:
         return None, None, left_alone
     config = PredictionConfig(kind=kind, model=os.path.abspath(model), device=args.device, precision=args.precision,
                               preset=args.preset, output_index=args.output_index, batchsize=args.batchsize,
-                              warmup=args.warmup_count, threads=max(1, int(round(args.ray_cpus_per_worker))),
+                              warmup=args.warmup_count, threads=worker_threads(args),
                               batch_delay_s=batch_delay_s(), tta=tta, needed=list(needed), output=output,
                               skip_bad=args.skip_bad)
     batches = plan_batches([item.path for item, _ in todo], args.ray_batch_images, 1)

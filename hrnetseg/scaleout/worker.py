@@ -41,7 +41,7 @@ def node_address() -> str:
 def limit_threads(threads: int) -> None:
     """Give the model `threads` threads (the CPUs Ray reserved for this worker) and OpenCV one: the batch
     pipeline's stages are the other parallelism. Runs before the backend is imported."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)   # torch reads it on import; the ONNX Runtime backend too
+    os.environ["OMP_NUM_THREADS"] = str(threads)   # for OpenMP libraries; the backend is given `threads` too
     import cv2
 
     cv2.setNumThreads(1)
@@ -76,13 +76,8 @@ class RayWorker(object):
     def load(self, kind: str, model: str, device: Optional[str], precision: str, preset: str, threads: int,
              input_dtype: str = "float32"):
         limit_threads(threads)
-        backend = load_backend(kind, model, device=device, precision=precision, preset=preset,
-                               input_dtype=input_dtype)
-        if "torch" in sys.modules:
-            import torch
-
-            torch.set_num_threads(threads)
-        return backend
+        return load_backend(kind, model, device=device, precision=precision, preset=preset,
+                            input_dtype=input_dtype, threads=threads)
 
     def ready(self) -> dict:
         """Where this worker runs and what it loaded, or the error that stopped it."""
