@@ -17,13 +17,13 @@ def add_ray_flags(parser: argparse.ArgumentParser, batch_note: str = "") -> None
                        help="run on Ray: local (start one on this machine, loopback only), auto (the cluster this "
                             "node belongs to), HOST:PORT or ray://HOST:PORT; the data and the model must be at "
                             "the same path on every node")
-    group.add_argument("--ray_cpus_per_worker", type=positive_float, default=1.0,
-                       help="CPUs per worker, the model's threads (default 1)")
-    group.add_argument("--ray_gpus_per_worker", type=nonnegative_float, default=0.0,
+    group.add_argument("--ray_cpus_per_worker", type=positive_float, default=1.0, metavar="N",
+                       help="CPUs per worker, the model's threads unless --cpu_threads (default 1)")
+    group.add_argument("--ray_gpus_per_worker", type=nonnegative_float, default=0.0, metavar="N",
                        help="GPUs per worker (default 0); a worker with a GPU runs its model there")
-    group.add_argument("--ray_workers", type=positive_int, default=None,
+    group.add_argument("--ray_workers", type=positive_int, default=None, metavar="N",
                        help="workers (default: the cluster's CPUs / CPUs per worker)")
-    group.add_argument("--ray_batch_images", type=positive_int, default=8,
+    group.add_argument("--ray_batch_images", type=positive_int, default=8, metavar="N",
                        help="images per unit of work (default 8{})".format(batch_note))
 
 
