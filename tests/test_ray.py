@@ -134,7 +134,8 @@ def test_ray_local_gives_the_local_confusion_matrix(tmp_path, ray_env, tiny_data
     pids = {int(pid) for _, pid, _ in WORKER_LINE.findall(result.stdout)}
     assert pids == {w["pid"] for w in engine["per_worker"]} and len(pids) == 2
     table = local.stdout[local.stdout.index("class"):local.stdout.index("stage")]
-    assert table in result.stdout and "retried batches: 0" in result.stdout and "2 batches of up to 4" in result.stdout
+    assert table in result.stdout and "retried batches: 0" in result.stdout
+    assert "2 batches of up to 4 images" in result.stdout
 
 
 def test_a_two_node_cluster_gives_the_local_matrix_with_multi_scale_testing(tmp_path, capsys, ray_env, cluster,

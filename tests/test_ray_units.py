@@ -122,8 +122,8 @@ def fake_evaluation(behaviour, images=6, workers=2):
 
     batches = plan_batches(["img{}".format(i) for i in range(images)], 1, 1)
     fake = FakeRay(behaviour)
-    run = RayRun(fake, EvaluationWorker, (worker_config("m.onnx"), []), batches, Ledger(batches, 19), workers, 1.0,
-                 0.0)
+    run = RayRun(fake, EvaluationWorker, (worker_config("m.onnx"), []), lambda loaded: batches, Ledger(None, 19),
+                 workers, 1.0, 0.0)
     return run, fake
 
 
@@ -335,6 +335,7 @@ def test_prediction_worker_writes_the_local_files_and_names_what_it_cannot_read(
                               [(item, ("labelIds", "color")) for item in items])
     assert worker.error is None
     ledger = PredictionLedger(plan_batches(paths, 3, 1))
+    assert ledger.planned and not ledger.complete
     for batch in ledger.batches.values():
         result = worker.run_batch(batch.id, batch.image_ids)
         assert ledger.add_result(batch.id, result) == len(batch.image_ids)

@@ -7,7 +7,7 @@ evaluation is complete only when every batch has been added once.
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Dict, List, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set
 
 import numpy as np
 
@@ -30,15 +30,23 @@ def plan_batches(image_ids: Sequence[str], images_per_batch: int, model_batch: i
 class BatchLedger(object):
     """Which batches are done (each accepted once) and how often each failed; subclasses keep the results."""
 
-    def __init__(self, batches: Sequence[Batch]) -> None:
-        self.batches = {batch.id: batch for batch in batches}
+    def __init__(self, batches: Optional[Sequence[Batch]] = None) -> None:
+        self.batches: Dict[int, Batch] = {}
+        self.planned = False
         self.added: Set[int] = set()
         self.failures: Dict[int, int] = {}
         self.retried: Set[int] = set()
+        if batches is not None:
+            self.plan(batches)
+
+    def plan(self, batches: Sequence[Batch]) -> None:
+        """The batches of the run (known once the workers have loaded the model)."""
+        self.batches = {batch.id: batch for batch in batches}
+        self.planned = True
 
     @property
     def complete(self) -> bool:
-        return len(self.added) == len(self.batches)
+        return self.planned and len(self.added) == len(self.batches)
 
     def accept(self, batch_id: int, image_ids: Sequence[str]) -> bool:
         """Whether a result for `batch_id` covering `image_ids` is new (then it counts as added): False for a
@@ -73,7 +81,7 @@ class BatchLedger(object):
 class Ledger(BatchLedger):
     """The sum of the batches' confusion matrices, each batch added once."""
 
-    def __init__(self, batches: Sequence[Batch], num_classes: int) -> None:
+    def __init__(self, batches: Optional[Sequence[Batch]], num_classes: int) -> None:
         super().__init__(batches)
         self.matrix = ConfusionMatrix(num_classes)
 

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections import deque
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..cli import UserError, exception_line, progress
 from . import import_ray
@@ -107,17 +107,20 @@ class Worker(object):
 
 class RayRun(object):
     """One run on Ray: `workers` actors of `actor_class(index, *actor_args)` (with ready() and
-    run_batch(batch id, ids)); run() hands out the batches and returns the ledger once every batch is in."""
+    run_batch(batch id, ids)); run() hands out the batches and returns the ledger once every batch is in.
+    `plan(first worker's ready() answer)` makes the batches once every worker has started (the evaluation's
+    depend on the model's batch size, which only a worker that loaded it knows)."""
 
-    def __init__(self, ray, actor_class, actor_args: tuple, batches: Sequence[Batch], ledger: BatchLedger,
-                 workers: int, cpus: float, gpus: float) -> None:
-        self.ray, self.batches, self.ledger = ray, list(batches), ledger
+    def __init__(self, ray, actor_class, actor_args: tuple, plan: Callable[[dict], List[Batch]],
+                 ledger: BatchLedger, workers: int, cpus: float, gpus: float) -> None:
+        self.ray, self.plan, self.ledger = ray, plan, ledger
+        self.batches: List[Batch] = []
         actor = ray.remote(actor_class).options(num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                                                 max_task_retries=0)
         self.workers = [Worker(i, actor.remote(i, *actor_args)) for i in range(workers)]
         for worker in self.workers:
             worker.restarting_since = time.monotonic()   # starting counts as restarting: same deadline
-        self.pending = deque(self.batches)
+        self.pending: deque = deque()
         self.running: Dict[object, Tuple[Batch, Worker]] = {}  # ref -> (batch, worker)
         self.pings: Dict[object, Worker] = {}  # ref of ready() -> worker
         self.loaded: Optional[dict] = None  # the first worker's ready() answer
@@ -202,6 +205,12 @@ class RayRun(object):
         self.loaded = self.loaded or info
         print("ray worker {} pid {} node {}{}".format(worker.index, info["pid"], info["node"],
                                                       " (restarted)" if restarted else ""), flush=True)
+        if not restarted and not self.starting:
+            self.batches = self.plan(self.loaded)
+            self.ledger.plan(self.batches)
+            self.pending.extend(self.batches)
+            print("{} batches of up to {} images".format(
+                len(self.batches), max(len(batch.image_ids) for batch in self.batches)), flush=True)
 
     def _finished(self, ref, on_images) -> None:
         batch, worker = self.running.pop(ref)
@@ -288,5 +297,5 @@ def worker_report(evaluation: RayRun) -> List[str]:
                  "images/s".format(evaluation.wall_s, images, images / evaluation.wall_s if evaluation.wall_s else 0.0))
     batches = len(evaluation.batches)
     lines.append("driver busy {:.3f} s for {} batches ({:.2f} ms per batch); retried batches: {}".format(
-        evaluation.driver_s, batches, 1000.0 * evaluation.driver_s / batches, evaluation.retried_batches))
+        evaluation.driver_s, batches, 1000.0 * evaluation.driver_s / max(1, batches), evaluation.retried_batches))
     return lines

@@ -22,19 +22,23 @@ def evaluate_on_ray(args: argparse.Namespace, kind: str, model: str, samples: Li
                           batchsize=args.batchsize, output_index=args.output_index, warmup=args.warmup_count,
                           threads=worker_threads(args), batch_delay_s=batch_delay_s(),
                           tta=tta)
-    batches = plan_batches([s.id for s in samples], args.ray_batch_images, args.batchsize or 1)
-    ledger = Ledger(batches, NUM_CLASSES)
+    ids = [s.id for s in samples]
+    ledger = Ledger(None, NUM_CLASSES)
+
+    def plan(loaded: dict):   # whole model batches of the size the workers run (a fixed-batch model's own)
+        return plan_batches(ids, args.ray_batch_images, loaded["batch"])
+
     with ray_session(args.ray) as ray:
         workers = worker_count(ray, args.ray_workers, args.ray_cpus_per_worker, args.ray_gpus_per_worker)
         # one copy in the object store, shared by every worker; absolute paths: a worker's working folder is
         # not the driver's
         listing = ray.put([s._replace(image=os.path.abspath(s.image), label=os.path.abspath(s.label))
                            for s in samples])
-        run = RayRun(ray, EvaluationWorker, (config, (listing,)), batches, ledger, workers, args.ray_cpus_per_worker,
+        run = RayRun(ray, EvaluationWorker, (config, (listing,)), plan, ledger, workers, args.ray_cpus_per_worker,
                      args.ray_gpus_per_worker)
-        print("evaluate: {} images ({}x{}) from {} on Ray at {}: {}, {} batches of up to {} images".format(
-            len(samples), size[0], size[1], args.datasets_path, args.ray, describe_workers(args, workers),
-            len(batches), len(batches[0].image_ids)), flush=True)
+        print("evaluate: {} images ({}x{}) from {} on Ray at {}: {}".format(
+            len(samples), size[0], size[1], args.datasets_path, args.ray, describe_workers(args, workers)),
+              flush=True)
         if tta is not None:
             print("test-time augmentation: {}; {} forward passes per image".format(
                 tta.describe(), tta.forward_passes(*size)), flush=True)

@@ -127,15 +127,14 @@ def predict_on_ray(args: argparse.Namespace, kind: str, model: str, tta, images:
                               batch_delay_s=batch_delay_s(), tta=tta, needed=list(needed), output=output,
                               skip_bad=args.skip_bad)
     batches = plan_batches([item.path for item, _ in todo], args.ray_batch_images, 1)
-    ledger = PredictionLedger(batches)
+    ledger = PredictionLedger(None)
     with ray_session(args.ray) as ray:
         workers = worker_count(ray, args.ray_workers, args.ray_cpus_per_worker, args.ray_gpus_per_worker)
-        run = RayRun(ray, PredictionWorker, (config, (ray.put(todo),)), batches, ledger, workers,
+        run = RayRun(ray, PredictionWorker, (config, (ray.put(todo),)), lambda loaded: batches, ledger, workers,
                      args.ray_cpus_per_worker, args.ray_gpus_per_worker)
-        print("predict: {} image{} on Ray at {}: {}, {} batches of up to {} images{}".format(
-            len(todo), "" if len(todo) == 1 else "s", args.ray, describe_workers(args, workers), len(batches),
-            len(batches[0].image_ids), "; {} left alone (outputs exist)".format(len(left_alone)) if left_alone
-            else ""), flush=True)
+        print("predict: {} image{} on Ray at {}: {}{}".format(
+            len(todo), "" if len(todo) == 1 else "s", args.ray, describe_workers(args, workers),
+            "; {} left alone (outputs exist)".format(len(left_alone)) if left_alone else ""), flush=True)
         run_batches(run, len(todo), "predict (ray)", lambda: ledger.predicted,
                     "images predicted (their files are complete)")
         return ledger, run, left_alone
