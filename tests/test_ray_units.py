@@ -155,6 +155,30 @@ def test_the_driver_reruns_a_dead_workers_batches_once_each():
     assert sorted(fake.killed) == [0, 1]   # stop() ends every worker, the restarting one too
 
 
+def test_a_worker_that_dies_while_starting_is_asked_again():
+    def first_start_dies(worker, method, args):   # as a process killed before it answered: Ray restarts it
+        if worker == 0 and method == "ready" and not started:
+            started.append(worker)
+            raise FakeRay.ActorDied("killed while loading")
+        return healthy(worker, method, args)
+
+    started = []
+    evaluation, _ = fake_evaluation(first_start_dies)
+    ledger = evaluation.run(lambda n: None)
+    assert ledger.complete and evaluation.workers[0].images > 0 and evaluation.retried_batches == 0
+
+
+def test_a_worker_that_never_starts_is_one_line():
+    def never(worker, method, args):
+        if worker == 1 and method == "ready":
+            raise FakeRay.ActorDied("the constructor raised ImportError")
+        return healthy(worker, method, args)
+
+    evaluation, _ = fake_evaluation(never)
+    with pytest.raises(UserError, match="ray worker 1 could not start: the constructor raised ImportError"):
+        evaluation.run(lambda n: None)
+
+
 def test_no_live_worker_left_is_one_line_exit_1():
     def both_die(worker, method, args):
         if method == "run_batch" or calls.count(worker):

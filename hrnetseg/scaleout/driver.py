@@ -99,6 +99,7 @@ class Worker(object):
         self.images = 0
         self.busy_s = 0.0
         self.restarting_since: Optional[float] = None
+        self.failed_pings = 0   # ready() calls that found the actor dead
 
     def summary(self) -> dict:
         return {"node": self.info.get("node"), "pid": self.info.get("pid"), "images": self.images,
@@ -191,7 +192,11 @@ class RayRun(object):
         try:
             info = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as exc:
-            if not worker.info:   # it never started: its process failed before loading the model
+            worker.failed_pings += 1
+            if worker.failed_pings <= MAX_RESTARTS:   # its process died: Ray may be restarting it, ask again
+                self.pings[worker.handle.ready.remote()] = worker
+                return
+            if not worker.info:   # it never started: its constructor fails, or its process dies each time
                 raise UserError("ray worker {} could not start: {}".format(worker.index, exception_line(exc)))
             worker.lost, worker.restarting_since = True, None
             print("ray worker {} lost: {}".format(worker.index, exception_line(exc, 200)), flush=True)
