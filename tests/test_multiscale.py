@@ -155,6 +155,13 @@ def test_bad_model_outputs_are_refused():
             outputs[1][:, 3, 0, 0] = np.nan
             return outputs
 
+    class EighteenClasses(StubBackend):
+        def run(self, batch):
+            return [out[:, :18] for out in super().run(batch)]
+
+    with pytest.raises(UserError, match=r"main output is 2x18x16x32 for 2 inputs; expected 2 x 19 x h x w"):
+        predict_train_ids(normalized_image(64, 128, 0), main_output_runner(EighteenClasses()),
+                          TestTimeAugmentation(flip=True, base_size=128))
     stub = NaNBackend()
     with pytest.raises(UserError, match="NaN or infinite"):
         predict_train_ids(normalized_image(64, 128, 0), main_output_runner(stub), TestTimeAugmentation(base_size=128))
