@@ -1,6 +1,7 @@
 """Export HRNetV2-W48 + OCR from the official checkpoint to ONNX, verified in ONNX Runtime.
 
 python3 HRNet_pth2onnx.py --pth hrnet.pth --save_path hrnet.onnx
+python3 HRNet_pth2onnx.py --pth hrnet.pth --save_path hrnet_any_size.onnx --dynamic_hw   # for --scales / predict
 """
 from __future__ import annotations
 
@@ -38,8 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--random_weights", type=random_seed, metavar="SEED",
                          help="seeded random weights instead of --pth: for demos only, accuracy is meaningless")
     parser.add_argument("--save_path", default="hrnet.onnx", help="output ONNX file (default: hrnet.onnx)")
-    parser.add_argument("--height", type=positive_int, default=1024, help="input height (default: 1024)")
-    parser.add_argument("--width", type=positive_int, default=2048, help="input width (default: 2048)")
+    parser.add_argument("--height", type=positive_int, default=1024,
+                        help="input height (default: 1024); with --dynamic_hw only the height it is traced and "
+                             "checked at")
+    parser.add_argument("--width", type=positive_int, default=2048,
+                        help="input width (default: 2048); with --dynamic_hw only the width it is traced and "
+                             "checked at")
+    parser.add_argument("--dynamic_hw", action="store_true",
+                        help="height and width as dynamic axes: ONNX Runtime and OpenVINO then take any image size "
+                             "(what multi-scale testing, --scales, needs); checked at --height x --width and at a "
+                             "second size. For ONNX Runtime / OpenVINO, not atc: the .om needs a fixed size")
     parser.add_argument("--batch", type=batch_size_or_dynamic, default=None, metavar="dynamic|N",
                         help="batch size, or 'dynamic' (default) for a dynamic batch axis")
     parser.add_argument("--opset", type=positive_int, default=11, help="ONNX opset (default: 11, what CANN 6 atc reads)")
@@ -70,11 +79,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "use --pth with the official checkpoint for real use".format(args.random_weights), file=sys.stderr)
         model = load_model(args.preset, pth=args.pth, random_weights=args.random_weights)
         report = export_onnx(model, args.save_path, args.height, args.width, batch=args.batch, opset=args.opset,
-                             input_format=args.input_format)
+                             input_format=args.input_format, dynamic_hw=args.dynamic_hw)
     print("wrote {}: input image {} {}, outputs output1 (aux), output2 (main), opset {}".format(
         report.path, "x".join(map(str, report.input_shape)), args.input_format, args.opset))
-    for name, (max_abs, rel) in report.errors.items():
-        print("ONNX Runtime vs PyTorch {}: max abs error {:.3g}, relative error {:.3g}".format(name, max_abs, rel))
+    checks = [("", report.errors)]
+    if report.other_size is not None:
+        checks = [(" at {}x{}".format(args.height, args.width), report.errors),
+                  (" at {}x{}".format(*report.other_size), report.other_errors)]
+    for where, errors in checks:
+        for name, (max_abs, rel) in errors.items():
+            print("ONNX Runtime vs PyTorch {}{}: max abs error {:.3g}, relative error {:.3g}".format(
+                name, where, max_abs, rel))
     return 0
 
 

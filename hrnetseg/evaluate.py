@@ -1,6 +1,8 @@
 """Streaming evaluation: Cityscapes PNGs -> model -> mIoU in one process, nothing written in between.
 
     python -m hrnetseg.evaluate --datasets_path ./data --onnx hrnet.onnx --batchsize 4 --save_path result.json
+    python -m hrnetseg.evaluate --datasets_path ./data --onnx hrnet_any_size.onnx \
+        --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip      # upstream's multi-scale + flip testing
 
 Three stages run at the same time, joined by bounded queues (streaming.py): decode (PNG image and label ->
 the model input, with the transform of HRNet_preprocess.py, and trainIds), infer (batches of --batchsize in
@@ -9,6 +11,11 @@ evaluate (the upsample + argmax and the confusion matrix of HRNet_postprocess.py
 precision and batch size: the same confusion matrix as the bin pipeline, without its 25 MB per image on disk.
 Prints the mIoU table, each stage's busy time (time spent working on items; model loading excluded) and the
 wall time; Ctrl-C stops and prints what was evaluated so far.
+
+--scales / --flip / --base_size / --crop_size run upstream HRNet-OCR's multi-scale testing (multiscale.py):
+the infer stage runs every scale's inputs (sliding windows above 1.0), the evaluate stage sums the scales'
+maps; it needs a model that takes every size the scales make (HRNet_pth2onnx.py --dynamic_hw, or --pth).
+The default (--scales 1.0, no --flip, an image whose long side is --base_size) is the single-scale path above.
 """
 from __future__ import annotations
 
@@ -29,8 +36,10 @@ from .cli import (EXIT_INTERRUPTED, ArgumentParser, UserError, output_index, pla
 from .files import check_output_file
 from .locks import output_locks
 from .metrics import format_table, write_result
+from .multiscale import (TestTimeAugmentation, add_tta_flags, check_model_takes, main_output_index,
+                         single_scale_from_args, tta_from_args)
 from .preprocess import DTYPES
-from .streaming import StreamingEvaluation, interrupt_after_count, stage_report
+from .streaming import AugmentedStreamingEvaluation, StreamingEvaluation, interrupt_after_count, stage_report
 
 NOTICE_S = 1.0        # after Ctrl-C, how long to wait for the batch in flight before saying so
 
@@ -65,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_path", default=None, help="result.json to write (HRNet_postprocess.py's format)")
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
+    add_tta_flags(parser)
     return parser
 
 
@@ -89,15 +99,6 @@ def model_input_dtype(backend: Backend) -> str:
         raise UserError("the model takes {} input; the streaming evaluator feeds {}".format(
             backend.input.describe(), ", ".join(DTYPES)))
     return name
-
-
-def evaluated_output_index(requested: Optional[int], outputs: int) -> int:
-    """--output_index, or by default the main output (1 of 2) or the only one; refused when the model lacks it."""
-    index = (1 if outputs > 1 else 0) if requested is None else requested
-    if not 0 <= index < outputs:
-        raise UserError("--output_index {} does not fit a model with {} output{} (0..{})".format(
-            requested, outputs, "" if outputs == 1 else "s", outputs - 1))
-    return index
 
 
 def report_interrupted(pipeline: StreamingEvaluation, total: int) -> None:
@@ -143,6 +144,7 @@ def first_image_size(samples: Sequence[cityscapes.Sample]) -> Tuple[int, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    tta = tta_from_args(args)
     model = args.onnx if args.onnx is not None else args.pth   # "" is a (bad) name, not "no model"
     if not model:
         raise UserError("{} is an empty name: give the model file".format("--onnx" if args.onnx is not None
@@ -152,13 +154,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kind = args.backend or backend_for_model(model)
     samples = labelled_samples(args.datasets_path, args.split, args.limit)
     size = first_image_size(samples)
+    tta.input_sizes(*size)   # a scale that leaves no pixels: refused before the model loads
     check_model_file(model)
     with output_locks(args.save_path, args.save_confusion):
-        return run(args, kind, model, samples, size)
+        return run(args, kind, model, samples, size, None if single_scale_from_args(args, *size) else tta)
+
+
+def check_model_fits(backend: Backend, size: Tuple[int, int], tta: Optional[TestTimeAugmentation]) -> None:
+    """The model takes the images (single scale) or every size the scales make (test-time augmentation)."""
+    if tta is not None:
+        check_model_takes(backend.input, tta.input_sizes(*size))
+    elif not shape_fits_input_spec(backend.input, (3,) + size):
+        raise UserError("the images are {}x{} but the model takes {}: export it at this size or with open axes"
+                        .format(size[0], size[1], backend.input.describe()))
 
 
 def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscapes.Sample],
-        size: Tuple[int, int]) -> int:
+        size: Tuple[int, int], tta: Optional[TestTimeAugmentation] = None) -> int:
+    """Evaluate `samples`: the single-scale path, or with tta (None: single scale) upstream's multi-scale one."""
     import cv2
 
     cv2.setNumThreads(1)   # the stages are the parallelism; OpenCV's own threads would only compete
@@ -166,14 +179,14 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
     backend = load_backend(kind, model, device=args.device, precision=args.precision, preset=args.preset,
                            input_dtype=args.input_dtype)
     dtype = model_input_dtype(backend)
-    if not shape_fits_input_spec(backend.input, (3,) + size):
-        raise UserError("the images are {}x{} but the model takes {}: export it at this size or with open axes"
-                        .format(size[0], size[1], backend.input.describe()))
+    check_model_fits(backend, size, tta)
+    augmented = tta is not None
     batch = batch_size_for(backend, args.batchsize)
-    index = evaluated_output_index(args.output_index, len(backend.output_names))
+    index = main_output_index(args.output_index, len(backend.output_names))
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
+    warm_size = tta.input_sizes(*size)[0] if augmented else size
     for _ in range(warmup):
-        backend.run(pad_batch((), batch, (3,) + size, dtype))
+        backend.run(pad_batch((), batch, (3,) + warm_size, dtype))
     load_s = time.perf_counter() - began
     queue_size = args.queue_size or max(4, 2 * batch)
     workers = 1 if backend.device == "cpu" else max(1, min(4, (os.cpu_count() or 1) // 4))
@@ -182,11 +195,20 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
                               backend.precision, batch, index, backend.output_names[index], load_s,
                               " (with {} warm-up run{})".format(warmup, "" if warmup == 1 else "s") if warmup else ""),
           flush=True)
+    passes = tta.forward_passes(*size) if augmented else 1
+    if augmented:
+        queue_size = args.queue_size or 2   # an item holds every scale's logits (275 MB at 1024x2048, 6 scales + flip)
+        print("test-time augmentation: {}; {} forward passes per image (model inputs {})".format(
+            tta.describe(), passes, ", ".join("{}x{}".format(h, w) for h, w in tta.input_sizes(*size))), flush=True)
 
     with progress(total=len(samples), desc="evaluate") as bar:
-        pipeline = StreamingEvaluation(backend, samples, dtype, size, batch, index, queue_size,
-                                       args.decode_workers or workers, args.eval_workers or workers,
-                                       on_evaluated=bar.update)
+        stage_workers = (args.decode_workers or workers, args.eval_workers or workers)
+        if augmented:
+            pipeline = AugmentedStreamingEvaluation(backend, samples, size, batch, index, queue_size, tta,
+                                                    *stage_workers, on_evaluated=bar.update)
+        else:
+            pipeline = StreamingEvaluation(backend, samples, dtype, size, batch, index, queue_size, *stage_workers,
+                                           on_evaluated=bar.update)
         try:
             pipeline.run()
         except KeyboardInterrupt:
@@ -199,6 +221,8 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
     result = matrix.compute()
     print(format_table(result))
     print("\n".join(stage_report(pipeline.stages, pipeline.wall_s, matrix.images)))
+    if augmented:
+        print("forward passes: {} per image, {} in all".format(passes, passes * matrix.images))
     if args.save_confusion:
         matrix.save(args.save_confusion)
     if args.save_path:

@@ -94,6 +94,9 @@ class ExportReport:
     path: str
     input_shape: Tuple
     errors: Dict[str, Tuple[float, float]]   # output name -> (max abs, relative)
+    # a --dynamic_hw export: the second size it was checked at, and the errors there
+    other_size: Optional[Tuple[int, int]] = None
+    other_errors: Optional[Dict[str, Tuple[float, float]]] = None
 
 
 def check_opset(opset: int) -> None:
@@ -105,17 +108,20 @@ def check_opset(opset: int) -> None:
 
 
 def export_onnx(model: nn.Module, path: str, height: int, width: int, batch: Optional[int] = None,
-                opset: int = 11, input_format: str = "float32", verify_batch: int = 1) -> ExportReport:
+                opset: int = 11, input_format: str = "float32", verify_batch: int = 1,
+                dynamic_hw: bool = False) -> ExportReport:
     """Export, check and verify against PyTorch; the file appears only if all of that passes.
 
-    batch None makes the batch axis dynamic. Raises UserError(exit code 1) above MAX_RELATIVE_ERROR, and
-    when either side's outputs hold NaN or inf.
+    batch None makes the batch axis dynamic. dynamic_hw makes height and width dynamic too (height x width is
+    then only the size it is traced at), verified at that size and at a second, odd one (other_size): a
+    graph that kept a traced size somewhere fails there. Raises UserError(exit code 1) above
+    MAX_RELATIVE_ERROR, and when either side's outputs hold NaN or inf.
     """
     if input_format == "uint8":
         model = NormalizingInput(model)
     model = model.eval()
     try:
-        return _export_verified(model, path, height, width, batch, opset, input_format, verify_batch)
+        return _export_verified(model, path, height, width, batch, opset, input_format, verify_batch, dynamic_hw)
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
@@ -132,12 +138,29 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or any(words in text for words in OUT_OF_MEMORY_WORDS)
 
 
+def other_size(height: int, width: int) -> Tuple[int, int]:
+    """The second size a --dynamic_hw export is verified at: about 3/4 of the traced one, odd (an input size
+    that is no multiple of the network's strides), at least 33 x 33."""
+    return max(33, (3 * height // 4) | 1), max(33, (3 * width // 4) | 1)
+
+
+def dynamic_axes_for(batch: Optional[int], dynamic_hw: bool) -> Optional[Dict[str, Dict[int, str]]]:
+    """torch.onnx.export's dynamic_axes: the batch axis when batch is None, height and width with dynamic_hw."""
+    axes = {}   # type: Dict[str, Dict[int, str]]
+    for name in (INPUT_NAME,) + OUTPUT_NAMES:
+        named = {0: "batch"} if batch is None else {}
+        if dynamic_hw:
+            prefix = "" if name == INPUT_NAME else name + "_"   # outputs are 1/4 of the input, their own axes
+            named.update({2: prefix + "height", 3: prefix + "width"})
+        if named:
+            axes[name] = named
+    return axes or None
+
+
 def _export_verified(model: nn.Module, path: str, height: int, width: int, batch: Optional[int], opset: int,
-                     input_format: str, verify_batch: int) -> ExportReport:
+                     input_format: str, verify_batch: int, dynamic_hw: bool = False) -> ExportReport:
     image = example_input(batch or verify_batch, height, width, input_format, seed=2)
-    dynamic_axes = None
-    if batch is None:
-        dynamic_axes = {name: {0: "batch"} for name in (INPUT_NAME,) + OUTPUT_NAMES}
+    dynamic_axes = dynamic_axes_for(batch, dynamic_hw)
     traced_outputs = []   # tracing runs the real forward: keep its outputs as the PyTorch reference
     hook = model.register_forward_hook(lambda module, args, outputs: traced_outputs.append(outputs))
     try:
@@ -152,12 +175,23 @@ def _export_verified(model: nn.Module, path: str, height: int, width: int, batch
             try:
                 errors = verify_onnx(model, tmp, image, expected)
                 check_errors(errors)
+                second_errors = None
+                if dynamic_hw:
+                    second = example_input(batch or verify_batch, *other_size(height, width), input_format, seed=3)
+                    try:
+                        second_errors = verify_onnx(model, tmp, second)
+                        check_errors(second_errors)
+                    except UserError as exc:
+                        raise UserError("at {}x{} (the export's open height and width): {}".format(
+                            second.shape[2], second.shape[3], exc), exit_code=exc.exit_code) from None
             except UserError as exc:
                 raise UserError("{}; not writing {}".format(exc, path), exit_code=exc.exit_code) from None
     finally:
         hook.remove()
-    shape = ("batch" if batch is None else batch, 3, height, width)
-    return ExportReport(path=path, input_shape=shape, errors=errors)
+    shape = ("batch" if batch is None else batch, 3, "height" if dynamic_hw else height,
+             "width" if dynamic_hw else width)
+    return ExportReport(path=path, input_shape=shape, errors=errors,
+                        other_size=other_size(height, width) if dynamic_hw else None, other_errors=second_errors)
 
 
 def verify_onnx(model: nn.Module, onnx_path: str, image: torch.Tensor,

@@ -5,7 +5,8 @@ the GIL, so threads overlap): decode (PNG image and label -> the model input, wi
 HRNet_preprocess.py, and trainIds), infer (batches in id order, a short last batch zero-padded and the
 padding dropped, as python -m hrnetseg.infer does) and evaluate (the upsample + argmax and the confusion
 matrix of HRNet_postprocess.py). Each stage keeps its busy time (time spent working on items), for
-stage_report. python -m hrnetseg.evaluate is the command around it.
+stage_report. python -m hrnetseg.evaluate is the command around it. AugmentedStreamingEvaluation runs the same
+stages with upstream's multi-scale + flip testing (multiscale.py); tta_confusion is that work for one image.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .backends import Backend
 from .backends.batching import output_rows, pad_batch
 from .cli import UserError
 from .metrics import ConfusionMatrix, confusion
+from .multiscale import TestTimeAugmentation, combine_scales, main_output_runner, predict_train_ids, scale_runs
 from .upsample_argmax import logits_to_labels
 from .postprocess import logits_shape, read_train_ids
 from .preprocess import convert, read_rgb
@@ -182,13 +184,9 @@ class StreamingEvaluation(object):
             item = self._get(self.inferred)
             if item is None:
                 return
-            sample_id, logits, gt = item
+            sample_id, inferred, gt = item
             began = time.perf_counter()
-            try:
-                pred = logits_to_labels(logits, gt.shape[0], gt.shape[1])
-            except ValueError as exc:
-                raise UserError("model output for {}: {}".format(sample_id, exc))
-            counts = confusion(pred, gt)
+            counts = confusion(self.labels_of(sample_id, inferred, gt.shape), gt)
             with self._lock:
                 self.matrix.add(counts, sample_id)
                 images = self.matrix.images
@@ -199,6 +197,13 @@ class StreamingEvaluation(object):
             if interrupt_after and images == interrupt_after:
                 os.kill(os.getpid(), signal.SIGINT)
                 self.stop.wait(60.0)   # as if Ctrl-C came right now: evaluate nothing more
+
+    def labels_of(self, sample_id: str, inferred, shape: Tuple[int, int]) -> np.ndarray:
+        """The predicted trainIds from what the infer stage passed on (here: one image's logits)."""
+        try:
+            return logits_to_labels(inferred, shape[0], shape[1])
+        except ValueError as exc:
+            raise UserError("model output for {}: {}".format(sample_id, exc))
 
     # --- the run ------------------------------------------------------------------------------------------
     def run(self) -> ConfusionMatrix:
@@ -243,6 +248,50 @@ class StreamingEvaluation(object):
             copy.images = self.matrix.images
             copy.ids = sorted(self.matrix.ids)
             return copy
+
+
+# ------------------------------------------------------------------------------- test-time augmentation
+
+def image_hwc(model_input: np.ndarray) -> np.ndarray:
+    """The decode stage's 3 x H x W float32 model input as the H x W x 3 image test-time augmentation resizes."""
+    return np.ascontiguousarray(np.asarray(model_input, dtype=np.float32).transpose(1, 2, 0))
+
+
+def tta_confusion(image: np.ndarray, labels: np.ndarray, backend: Backend, tta: TestTimeAugmentation,
+                  output_index: Optional[int] = None, batch_size: Optional[int] = None) -> np.ndarray:
+    """One image's confusion counts with test-time augmentation, all in the calling thread: `image` as the
+    decode stage makes it (3 x H x W float32, the upstream transform), `labels` its trainIds (H x W)."""
+    run_main = main_output_runner(backend, output_index, batch_size)
+    return confusion(predict_train_ids(image_hwc(image), run_main, tta), labels)
+
+
+class AugmentedStreamingEvaluation(StreamingEvaluation):
+    """The same stages with test-time augmentation: infer runs the model on every scale's inputs (one image
+    at a time, --batchsize inputs per model run), evaluate resizes, sums and takes the argmax
+    (multiscale.combine_scales), so the model and the CPU work overlap as before."""
+
+    def __init__(self, backend: Backend, samples: Sequence[cityscapes.Sample], size: Tuple[int, int], batch: int,
+                 output_index: int, queue_size: int, tta: TestTimeAugmentation, decode_workers: int = 1,
+                 eval_workers: int = 1, on_evaluated: Optional[Callable[[int], None]] = None) -> None:
+        super().__init__(backend, samples, "float32", size, batch, output_index, queue_size, decode_workers,
+                         eval_workers, on_evaluated)
+        self.tta = tta
+        self.run_main = main_output_runner(backend, output_index, batch)
+
+    def _infer(self) -> None:
+        stage = self.stages[1]
+        for index in range(len(self.samples)):
+            sample_id, image, gt = self._get(self.decoded[index % self.decode_workers])
+            began = time.perf_counter()
+            runs = [(run.without_batch(), self.run_main(run.batch)) for run in scale_runs(image_hwc(image), self.tta)]
+            stage.add(time.perf_counter() - began)
+            del image
+            self._put(self.inferred, (sample_id, runs, gt))
+        for _ in range(self.eval_workers):
+            self._put(self.inferred, None)
+
+    def labels_of(self, sample_id: str, inferred, shape: Tuple[int, int]) -> np.ndarray:
+        return combine_scales(shape[0], shape[1], inferred, self.tta.flip).argmax(axis=0).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- the report

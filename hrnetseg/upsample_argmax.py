@@ -258,3 +258,22 @@ def _blend_argmax(values, weights, tolerance) -> np.ndarray:
                             wy0[close], wy1[close])
         winner[close] = exact.argmax(axis=0)
     return winner
+
+
+def upsample_bilinear(maps: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """The C x out_h x out_w bilinear (align_corners=True) upsample of C x h x w float32 maps, within float32
+    rounding of torch's (a relative 1e-7: two roundings where torch fuses a multiply-add), at numpy speed.
+    An axis whose size does not change is copied as it is, as torch does."""
+    maps = np.asarray(maps, dtype=np.float32)
+    y0, y1, wy0, wy1 = axis_weights(maps.shape[1], out_h)
+    x0, x1, wx0, wx1 = axis_weights(maps.shape[2], out_w)
+    if maps.shape[2] == out_w:
+        across = maps
+    else:
+        across = maps[:, :, x0] * wx0
+        across += maps[:, :, x1] * wx1
+    if maps.shape[1] == out_h:
+        return np.array(across, dtype=np.float32)
+    out = across[:, y0] * wy0[:, None]
+    out += across[:, y1] * wy1[:, None]
+    return out

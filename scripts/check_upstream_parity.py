@@ -13,6 +13,17 @@ upstream one with upstream's own key handling (`model.` stripped, `loss.*` dropp
 `aux_head`) and a strict load_state_dict. Both run in eval mode on one seeded random image, normalized
 as upstream does. Prints the relative error ||a - b|| / ||b|| of output1 (aux) and output2 (main)
 against upstream; exit code 1 if any is >= 1e-5, 2 for a usage problem.
+
+With --scales / --flip / --base_size / --crop_size it compares multi-scale testing instead: upstream's
+Cityscapes.multi_scale_inference (its dataset object, built with that base and crop size) against our
+hrnetseg.multiscale.summed_scores through our torch backend (and --onnx, a --dynamic_hw export, in ONNX
+Runtime), on one image normalized by upstream's own input_transform: --image FILE, or a seeded smooth random
+scene of --height x --width. Prints the relative error of the summed maps and the share of pixels whose
+argmax agrees; exit code 1 if the error is >= 1e-5 (torch fp32; 1e-4 for ONNX Runtime) or the agreement
+is below 99.99%:
+
+    python3 scripts/check_upstream_parity.py --upstream upstream --pth hrnet_ocr_cs_8162_torch11.pth \
+        --image frankfurt_000000_000294_leftImg8bit.png --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip
 """
 from __future__ import annotations
 
@@ -25,8 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hrnetseg.cli import ArgumentParser, UserError, exception_line, positive_int, run_cli  # noqa: E402
 from hrnetseg.files import require_file  # noqa: E402
+from hrnetseg.multiscale import DEFAULT_CROP_SIZE, add_tta_flags, tta_from_args  # noqa: E402
 
 TOLERANCE = 1e-5
+ONNX_TOLERANCE = 1e-4       # ONNX Runtime's kernels round differently from torch's
+MIN_ARGMAX_AGREEMENT = 0.9999
 EXIT_MISMATCH = 1
 UPSTREAM_MODEL = os.path.join("lib", "models", "seg_hrnet_ocr.py")
 UPSTREAM_BN_HELPER = os.path.join("lib", "models", "bn_helper.py")
@@ -51,7 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", metavar="FILE",
                         help="also run this ONNX export of ours in ONNX Runtime on the same input and compare")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input image (default: 0)")
+    parser.add_argument("--image", metavar="FILE",
+                        help="with the multi-scale flags: compare on this picture (read as upstream reads it) instead "
+                             "of a random scene of --height x --width")
+    add_tta_flags(parser)
     return parser
+
+
+def multi_scale_requested(args: argparse.Namespace) -> bool:
+    return (tuple(args.scales) != (1.0,) or args.flip or args.base_size is not None
+            or tuple(args.crop_size) != DEFAULT_CROP_SIZE or args.image is not None)
 
 
 def check_upstream_dir(folder: str) -> str:
@@ -78,7 +101,7 @@ def check_upstream_dir(folder: str) -> str:
 def import_upstream(folder: str):
     """Upstream's config and model modules, imported from DIR/lib as upstream's tools do."""
     lib = os.path.abspath(os.path.join(folder, "lib"))
-    for name in ("config", "models"):
+    for name in ("config", "models", "datasets"):
         loaded = sys.modules.get(name)
         if loaded is not None and not os.path.abspath(getattr(loaded, "__file__", "") or "").startswith(lib):
             raise UserError("a module named {!r} is already imported from elsewhere; cannot import upstream's"
@@ -96,13 +119,19 @@ def import_upstream(folder: str):
     return default_config, seg_hrnet_ocr
 
 
-def build_upstream_model(folder: str):
+def upstream_config(folder: str):
+    """Upstream's Cityscapes HRNet-OCR config (yacs), as tools/test.py merges it, and its model module."""
     default_config, seg_hrnet_ocr = import_upstream(folder)
     cfg = default_config.clone()
     cfg.defrost()
     cfg.merge_from_file(os.path.join(folder, UPSTREAM_CONFIG))
     cfg.MODEL.PRETRAINED = ""   # no ImageNet weights: the checkpoint is loaded next
     cfg.freeze()
+    return cfg, seg_hrnet_ocr
+
+
+def build_upstream_model(folder: str):
+    cfg, seg_hrnet_ocr = upstream_config(folder)
     return seg_hrnet_ocr.get_seg_model(cfg)
 
 
@@ -167,12 +196,100 @@ def run_onnx(path: str, raw, image) -> List:
     return session.run(names, {inputs[0].name: feed})
 
 
+# --- multi-scale testing -----------------------------------------------------------------------------------
+
+def upstream_dataset(cfg, tta, list_folder: str):
+    """Upstream's Cityscapes dataset object as tools/test.py builds it for testing (its base and crop size),
+    over a one-line test list: only its transform and multi_scale_inference are used."""
+    try:
+        import datasets   # upstream lib/datasets (lib is on sys.path since upstream_config)
+    except Exception as exc:
+        raise UserError("cannot import upstream's datasets from {}: {}: {}".format(
+            os.path.dirname(list_folder), type(exc).__name__, exc))
+    with open(os.path.join(list_folder, "test.lst"), "w") as fh:
+        fh.write("image.png\n")
+    return datasets.cityscapes(root=list_folder + os.sep, list_path="test.lst", num_samples=None,
+                               num_classes=cfg.DATASET.NUM_CLASSES, multi_scale=False, flip=False,
+                               ignore_label=cfg.TRAIN.IGNORE_LABEL, base_size=tta.base_size,
+                               crop_size=tuple(tta.crop_size), downsample_rate=1)
+
+
+def parity_image(args: argparse.Namespace):
+    """The BGR uint8 picture to compare on: --image as upstream reads it (cv2.IMREAD_COLOR), or a seeded
+    smooth random scene (noise upsampled: regions, as in a photo, rather than a class per pixel)."""
+    import cv2
+    import numpy as np
+
+    if args.image is not None:
+        image = cv2.imread(args.image, cv2.IMREAD_COLOR)
+        if image is None:
+            raise UserError("{} is not an image OpenCV can read".format(args.image))
+        return image
+    rng = np.random.default_rng(args.seed)
+    small = rng.integers(0, 256, (max(2, args.height // 16), max(2, args.width // 16), 3), dtype=np.uint8)
+    return cv2.resize(small, (args.width, args.height), interpolation=cv2.INTER_CUBIC)
+
+
+def compare_multi_scale(args: argparse.Namespace, folder: str) -> int:
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from hrnetseg.backends import load_backend
+    from hrnetseg.multiscale import check_model_takes, main_output_runner, summed_scores
+    from hrnetseg.numerics import max_abs_error, relative_error
+
+    tta = tta_from_args(args)
+    cfg, seg_hrnet_ocr = upstream_config(folder)
+    upstream = seg_hrnet_ocr.get_seg_model(cfg)
+    load_upstream_weights(upstream, args.pth)
+    upstream.eval()
+    with tempfile.TemporaryDirectory() as list_folder:
+        dataset = upstream_dataset(cfg, tta, list_folder)
+    image = dataset.input_transform(parity_image(args))   # float32 H x W x 3, upstream's own normalization
+    height, width = image.shape[:2]
+    ours = {"PyTorch (ours)": (load_backend("torch", args.pth, device="cpu", preset=PRESET), TOLERANCE)}
+    if args.onnx is not None:
+        ours["ONNX Runtime (ours)"] = (load_backend("onnxruntime", args.onnx, device="cpu"), ONNX_TOLERANCE)
+    for backend, _ in ours.values():
+        check_model_takes(backend.input, tta.input_sizes(height, width))
+
+    print("upstream {} multi_scale_inference vs ours: checkpoint {}, image {} ({}x{}), {}; {} forward passes".format(
+        os.path.abspath(folder), args.pth, args.image or "random (seed {})".format(args.seed), height, width,
+        tta.describe(), tta.forward_passes(height, width)), flush=True)
+    with torch.no_grad():
+        want = dataset.multi_scale_inference(cfg, upstream, torch.from_numpy(image.transpose(2, 0, 1).copy()[None]),
+                                             scales=list(tta.scales), flip=tta.flip)[0].numpy()
+    want_labels = want.argmax(axis=0)
+    failed = []
+    for label, (backend, tolerance) in ours.items():
+        got = summed_scores(image, main_output_runner(backend, batch_size=args.batch), tta)
+        rel = relative_error(got, want) if got.shape == want.shape else float("inf")
+        agreement = float(np.mean(got.argmax(axis=0) == want_labels)) if got.shape == want.shape else 0.0
+        print("{:<20} summed map: relative error {:.3g}, max abs error {:.3g}; argmax agreement {:.4%} "
+              "(shape {})".format(label, rel, max_abs_error(got, want) if got.shape == want.shape else float("nan"),
+                                  agreement, "x".join(map(str, want.shape))), flush=True)
+        if not rel < tolerance or agreement < MIN_ARGMAX_AGREEMENT:   # NaN fails too
+            failed.append("{} (relative error {:.3g} vs < {:g}, agreement {:.4%} vs >= {:.2%})".format(
+                label, rel, tolerance, agreement, MIN_ARGMAX_AGREEMENT))
+    if failed:
+        print("MISMATCH: {}".format("; ".join(failed)))
+        return EXIT_MISMATCH
+    print("OK: the summed maps match upstream's multi_scale_inference")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     folder = check_upstream_dir(args.upstream)
     require_file(args.pth, "checkpoint")
     if args.onnx is not None:
         require_file(args.onnx, "ONNX model")
+    if args.image is not None:
+        require_file(args.image, "image")
+    if multi_scale_requested(args):
+        return compare_multi_scale(args, folder)
 
     import torch
 

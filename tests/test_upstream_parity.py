@@ -42,7 +42,8 @@ def stderr_lines(result):
 def test_help_is_fast_and_names_the_flags():
     result = run_script([SCRIPT, "--help"], timeout=60)
     assert result.returncode == 0, result.stderr
-    for flag in ("--upstream", "--pth", "--height", "--width", "--batch", "--onnx"):
+    for flag in ("--upstream", "--pth", "--height", "--width", "--batch", "--onnx", "--scales", "--flip",
+                 "--base_size", "--crop_size", "--image"):
         assert flag in result.stdout
 
 
@@ -136,3 +137,34 @@ def test_a_different_onnx_model_is_reported_as_a_mismatch(patched_upstream, offi
     assert result.returncode == 1, result.stdout + result.stderr
     assert "MISMATCH" in result.stdout
     assert "ONNX Runtime (ours)" in result.stdout
+
+
+# 32 x 64 image, base 64, crop 24 x 40: scale 0.5 runs whole (16 x 32); 1.5 makes 48 x 96 in 2 x 3 windows,
+# the last column shifted back to 56..96
+MULTI_SCALE = ["--height", 32, "--width", 64, "--scales", "0.5,1.5", "--flip", "--base_size", 64,
+               "--crop_size", "24,40"]
+
+
+@needs_any_upstream
+def test_multi_scale_summed_map_matches_upstreams_multi_scale_inference(patched_upstream, official_w48):
+    result = run_script([SCRIPT, "--upstream", patched_upstream, "--pth", official_w48] + MULTI_SCALE, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "14 forward passes" in result.stdout
+    match = re.search(r"PyTorch \(ours\)\s+summed map: relative error (\S+),.*argmax agreement ([\d.]+)%",
+                      result.stdout)
+    assert match and float(match.group(1)) < 1e-5 and float(match.group(2)) >= 99.99, result.stdout
+
+
+@needs_any_upstream
+def test_a_different_model_fails_the_multi_scale_check(patched_upstream, official_w48, tmp_path):
+    from hrnetseg.export import export_onnx
+    from hrnetseg.model import build_model, init_random_weights
+
+    onnx_path = tmp_path / "tiny_any_size.onnx"   # any size, 19 classes, but another network: must not pass
+    export_onnx(init_random_weights(build_model("tiny_ocr"), 0).eval(), str(onnx_path), 32, 64, dynamic_hw=True)
+    one_scale = MULTI_SCALE[:4] + ["--scales", "1.5", "--base_size", 64, "--crop_size", "24,40"]   # 6 windows
+    result = run_script([SCRIPT, "--upstream", patched_upstream, "--pth", official_w48, "--onnx", onnx_path]
+                        + one_scale, timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "MISMATCH: ONNX Runtime (ours)" in result.stdout and "PyTorch (ours)" not in result.stdout.split(
+        "MISMATCH")[1]
