@@ -257,12 +257,17 @@ def remove_stale_temporaries(folder: str, names: str = "*") -> int:
     """
     removed = 0
     for path in glob.glob(os.path.join(glob.escape(folder), ".*.tmp")):
-        match = _TEMPORARY.match(os.path.basename(path))
-        if match and fnmatch.fnmatchcase(match.group("name"), names) and not pid_alive(int(match.group("pid"))) \
-                and os.path.isfile(path):
+        if is_stale_temporary(path, names) and os.path.isfile(path):
             remove_quietly(path)
             removed += 1
     return removed
+
+
+def is_stale_temporary(path: str, names: str = "*") -> bool:
+    """Whether `path` is named as the temporaries of this module are, for a file like `names` (a glob), by a
+    writer whose PID is gone."""
+    match = _TEMPORARY.match(os.path.basename(path))
+    return bool(match) and fnmatch.fnmatchcase(match.group("name"), names) and not pid_alive(int(match.group("pid")))
 
 
 def remove_stale_temporaries_beside(path: str) -> int:

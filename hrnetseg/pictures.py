@@ -1,5 +1,6 @@
-"""The pictures of the postprocess: predicted labelIds PNGs (cityscapesScripts / benchmark server format),
-the prediction in the Cityscapes palette, and that colour picture over the photo.
+"""The pictures of a prediction (the postprocess's and python -m hrnetseg.predict's): labelIds PNGs
+(cityscapesScripts / benchmark server format), the prediction in the Cityscapes palette, and that colour
+picture over the photo.
 
 Atlas-side module: numpy and opencv only, valid Python 3.7.
 """
@@ -20,6 +21,36 @@ PREDICTION_SUFFIX = "_labelIds.png"   # in --save_pred
 COLOR_SUFFIX, OVERLAY_SUFFIX = "_color.png", "_overlay.png"   # in --save_vis
 
 _PALETTE_BGR = np.ascontiguousarray(cityscapes.TRAIN_PALETTE[:, ::-1])
+OVERLAY_WEIGHT = 0.5   # the photo's share of the overlay; the colours get the rest
+
+
+def label_ids_picture(train_ids: np.ndarray) -> np.ndarray:
+    """A trainId map (uint8) as Cityscapes label ids, the format cityscapesScripts and the benchmark server take."""
+    import cv2
+
+    return cv2.LUT(train_ids, cityscapes.TRAIN_TO_ID)
+
+
+def color_picture(train_ids: np.ndarray) -> np.ndarray:
+    """A trainId map (uint8) in the Cityscapes palette, BGR for OpenCV; ignored pixels (255) black."""
+    return _PALETTE_BGR[train_ids]
+
+
+def overlay_picture(photo: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """The colour picture over the photo (both BGR uint8 of one size)."""
+    import cv2
+
+    return cv2.addWeighted(photo, OVERLAY_WEIGHT, color, 1.0 - OVERLAY_WEIGHT, 0)
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+    """`image` as a PNG at `path`, written atomically."""
+    import cv2
+
+    ok, data = cv2.imencode(".png", image)
+    if not ok:  # pragma: no cover
+        raise UserError("cannot encode {}".format(path))
+    write_bytes_atomic(path, data.tobytes())
 
 
 def save_pictures(pred: np.ndarray, sample_id: str, vis_dir: Optional[str], pred_dir: Optional[str],
@@ -32,19 +63,16 @@ def save_pictures(pred: np.ndarray, sample_id: str, vis_dir: Optional[str], pred
 
     written = []
 
-    def write_png(path: str, image: np.ndarray) -> None:
-        ok, data = cv2.imencode(".png", image)
-        if not ok:  # pragma: no cover
-            raise UserError("cannot encode {}".format(path))
-        write_bytes_atomic(path, data.tobytes())
+    def save(path: str, image: np.ndarray) -> None:
+        write_png(path, image)
         written.append(path)
 
     if pred_dir:
-        write_png(os.path.join(pred_dir, sample_id + PREDICTION_SUFFIX), cv2.LUT(pred, cityscapes.TRAIN_TO_ID))
+        save(os.path.join(pred_dir, sample_id + PREDICTION_SUFFIX), label_ids_picture(pred))
     no_overlay = None
     if vis_dir:
-        color = _PALETTE_BGR[pred]
-        write_png(os.path.join(vis_dir, sample_id + COLOR_SUFFIX), color)
+        color = color_picture(pred)
+        save(os.path.join(vis_dir, sample_id + COLOR_SUFFIX), color)
         photo = cityscapes.read_image(image_path, cv2.IMREAD_COLOR) if image_path else None
         if image_path is None:
             no_overlay = "no leftImg8bit photo beside the label"
@@ -54,7 +82,7 @@ def save_pictures(pred: np.ndarray, sample_id: str, vis_dir: Optional[str], pred
             no_overlay = "photo {} is {}x{}, the label {}x{}".format(image_path, photo.shape[0], photo.shape[1],
                                                                     color.shape[0], color.shape[1])
         else:
-            write_png(os.path.join(vis_dir, sample_id + OVERLAY_SUFFIX), cv2.addWeighted(photo, 0.5, color, 0.5, 0))
+            save(os.path.join(vis_dir, sample_id + OVERLAY_SUFFIX), overlay_picture(photo, color))
     return written, no_overlay
 
 
