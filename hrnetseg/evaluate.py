@@ -183,7 +183,7 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
           flush=True)
     passes = tta.forward_passes(*size) if augmented else 1
     if augmented:
-        queue_size = args.queue_size or 2   # an item holds every scale's logits (about 130 MB at 1024x2048)
+        queue_size = args.queue_size or 2   # an item holds every scale's logits (275 MB at 1024x2048, 6 scales + flip)
         print("test-time augmentation: {}; {} forward passes per image (model inputs {})".format(
             tta.describe(), passes, ", ".join("{}x{}".format(h, w) for h, w in tta.input_sizes(*size))), flush=True)
 

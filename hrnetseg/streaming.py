@@ -5,7 +5,8 @@ the GIL, so threads overlap): decode (PNG image and label -> the model input, wi
 HRNet_preprocess.py, and trainIds), infer (batches in id order, a short last batch zero-padded and the
 padding dropped, as python -m hrnetseg.infer does) and evaluate (the upsample + argmax and the confusion
 matrix of HRNet_postprocess.py). Each stage keeps its busy time (time spent working on items), for
-stage_report. python -m hrnetseg.evaluate is the command around it.
+stage_report. python -m hrnetseg.evaluate is the command around it. AugmentedStreamingEvaluation runs the same
+stages with upstream's multi-scale + flip testing (multiscale.py); tta_confusion is that work for one image.
 """
 from __future__ import annotations
 

@@ -155,6 +155,13 @@ def test_bad_model_outputs_are_refused():
             outputs[1][:, 3, 0, 0] = np.nan
             return outputs
 
+    class EighteenClasses(StubBackend):
+        def run(self, batch):
+            return [out[:, :18] for out in super().run(batch)]
+
+    with pytest.raises(UserError, match=r"main output is 2x18x16x32 for 2 inputs; expected 2 x 19 x h x w"):
+        predict_train_ids(normalized_image(64, 128, 0), main_output_runner(EighteenClasses()),
+                          TestTimeAugmentation(flip=True, base_size=128))
     stub = NaNBackend()
     with pytest.raises(UserError, match="NaN or infinite"):
         predict_train_ids(normalized_image(64, 128, 0), main_output_runner(stub), TestTimeAugmentation(base_size=128))
@@ -185,3 +192,20 @@ def test_flags_parse_and_refuse_bad_values():
         TestTimeAugmentation(scales=(0.01,), base_size=16).input_sizes(10, 20)
     with pytest.raises(UserError):
         TestTimeAugmentation(scales=(math.nan,))
+
+
+@pytest.mark.parametrize("shape, out", [((19, 5, 7), (17, 29)), ((3, 8, 9), (8, 20)), ((3, 8, 9), (21, 9)),
+                                        ((2, 6, 6), (6, 6)), ((2, 1, 4), (3, 9))])
+def test_upsample_bilinear_is_torchs_align_corners_upsample(shape, out):
+    import torch
+    import torch.nn.functional as F
+
+    from hrnetseg.upsample_argmax import upsample_bilinear
+
+    maps = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32) * 10
+    want = F.interpolate(torch.from_numpy(maps)[None], out, mode="bilinear", align_corners=True)[0].numpy()
+    got = upsample_bilinear(maps, *out)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+    if shape[1:] == out:
+        np.testing.assert_array_equal(got, maps)   # same size: a copy, as torch gives
