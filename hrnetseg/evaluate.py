@@ -25,21 +25,19 @@ import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from . import cityscapes
-from .backends import Backend, backend_for_model, check_model_file, load_backend
-from .backends.batching import batch_size_for, pad_batch, shape_fits_input_spec
+from .backends import backend_for_model, check_model_file, load_backend
+from .backends.batching import batch_size_for, pad_batch
 from .backends.flags import backend_flags
 from .cli import (EXIT_INTERRUPTED, ArgumentParser, UserError, output_index, plain_name, positive_int, progress,
                   run_cli)
 from .files import check_output_file
 from .locks import output_locks
-from .metrics import format_table, write_result
-from .multiscale import (TestTimeAugmentation, add_tta_flags, check_model_takes, main_output_index,
-                         single_scale_from_args, tta_from_args)
-from .preprocess import DTYPES
-from .streaming import AugmentedStreamingEvaluation, StreamingEvaluation, interrupt_after_count, stage_report
+from .metrics import ConfusionMatrix, format_table, write_result
+from .multiscale import TestTimeAugmentation, add_tta_flags, single_scale_from_args, tta_from_args
+from .scaleout.flags import add_ray_flags, check_ray_flags
+from .streaming import (AugmentedStreamingEvaluation, StreamingEvaluation, check_backend, interrupt_after_count,
+                        stage_report)
 
 NOTICE_S = 1.0        # after Ctrl-C, how long to wait for the batch in flight before saying so
 
@@ -71,10 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "a quarter of the cores, 1 to 4)")
     parser.add_argument("--eval_workers", type=positive_int, default=None,
                         help="evaluate threads (default: as --decode_workers)")
+    parser.add_argument("--cpu_threads", type=positive_int, default=None,
+                        help="the model's CPU threads (default: the backend's own choice; with --ray: "
+                             "--ray_cpus_per_worker per worker)")
     parser.add_argument("--save_path", default=None, help="result.json to write (HRNet_postprocess.py's format)")
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
     add_tta_flags(parser)
+    add_ray_flags(parser, "; rounded up to whole --batchsize batches")
     return parser
 
 
@@ -90,15 +92,6 @@ def labelled_samples(datasets_path: str, split: str, limit: Optional[int]) -> Li
         raise UserError("{} of {} images have no gtFine label (e.g. {}): evaluation needs every label".format(
             len(unlabelled), len(samples), ", ".join(unlabelled[:5])))
     return samples
-
-
-def model_input_dtype(backend: Backend) -> str:
-    """The model's input type, when it is one the decode stage makes."""
-    name = np.dtype(backend.input.dtype).name
-    if name not in DTYPES:
-        raise UserError("the model takes {} input; the streaming evaluator feeds {}".format(
-            backend.input.describe(), ", ".join(DTYPES)))
-    return name
 
 
 def report_interrupted(pipeline: StreamingEvaluation, total: int) -> None:
@@ -149,6 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not model:
         raise UserError("{} is an empty name: give the model file".format("--onnx" if args.onnx is not None
                                                                           else "--pth"))
+    check_ray_flags(args)
     check_outputs(args.save_path, args.save_confusion, model)
     interrupt_after_count()
     kind = args.backend or backend_for_model(model)
@@ -157,16 +151,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tta.input_sizes(*size)   # a scale that leaves no pixels: refused before the model loads
     check_model_file(model)
     with output_locks(args.save_path, args.save_confusion):
-        return run(args, kind, model, samples, size, None if single_scale_from_args(args, *size) else tta)
-
-
-def check_model_fits(backend: Backend, size: Tuple[int, int], tta: Optional[TestTimeAugmentation]) -> None:
-    """The model takes the images (single scale) or every size the scales make (test-time augmentation)."""
-    if tta is not None:
-        check_model_takes(backend.input, tta.input_sizes(*size))
-    elif not shape_fits_input_spec(backend.input, (3,) + size):
-        raise UserError("the images are {}x{} but the model takes {}: export it at this size or with open axes"
-                        .format(size[0], size[1], backend.input.describe()))
+        tta = None if single_scale_from_args(args, *size) else tta
+        if args.ray is not None:
+            return run_on_ray(args, kind, model, samples, size, tta)
+        return run(args, kind, model, samples, size, tta)
 
 
 def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscapes.Sample],
@@ -177,12 +165,10 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
     cv2.setNumThreads(1)   # the stages are the parallelism; OpenCV's own threads would only compete
     began = time.perf_counter()
     backend = load_backend(kind, model, device=args.device, precision=args.precision, preset=args.preset,
-                           input_dtype=args.input_dtype)
-    dtype = model_input_dtype(backend)
-    check_model_fits(backend, size, tta)
+                           input_dtype=args.input_dtype, threads=args.cpu_threads)
+    dtype, index = check_backend(backend, size, args.output_index, tta)
     augmented = tta is not None
     batch = batch_size_for(backend, args.batchsize)
-    index = main_output_index(args.output_index, len(backend.output_names))
     warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
     warm_size = tta.input_sizes(*size)[0] if augmented else size
     for _ in range(warmup):
@@ -215,21 +201,43 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
             bar.close()
             report_interrupted(pipeline, len(samples))
             raise
-    matrix = pipeline.matrix
+    report_and_save(args, pipeline.matrix, index, stage_report(pipeline.stages, pipeline.wall_s,
+                                                               pipeline.matrix.images), passes if augmented else 0)
+    return 0
+
+
+def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[cityscapes.Sample],
+               size: Tuple[int, int], tta: Optional[TestTimeAugmentation] = None) -> int:
+    """The same evaluation on a Ray cluster (hrnetseg.scaleout): the same table and result.json, plus the
+    result's "engine" entry (workers, nodes, retried batches, per-worker images and busy time)."""
+    from .scaleout.driver import worker_report
+    from .scaleout.evaluation import evaluate_on_ray
+
+    ledger, engine, evaluation = evaluate_on_ray(args, kind, model, samples, size, tta)
+    passes = tta.forward_passes(*size) if tta is not None else 0
+    report_and_save(args, ledger.matrix, evaluation.loaded["output_index"], worker_report(evaluation), passes,
+                    engine=engine)
+    return 0
+
+
+def report_and_save(args: argparse.Namespace, matrix: ConfusionMatrix, index: int, timing: List[str],
+                    passes: int = 0, engine: Optional[dict] = None) -> None:
+    """Print the mIoU table, the timing lines and (test-time augmentation) the forward passes; write
+    --save_confusion and --save_path."""
     matrix.ids.sort()
     matrix.output_index = index
     result = matrix.compute()
     print(format_table(result))
-    print("\n".join(stage_report(pipeline.stages, pipeline.wall_s, matrix.images)))
-    if augmented:
+    print("\n".join(timing))
+    if passes:
         print("forward passes: {} per image, {} in all".format(passes, passes * matrix.images))
+    if engine is not None:
+        result["engine"] = engine
     if args.save_confusion:
         matrix.save(args.save_confusion)
     if args.save_path:
         write_result(args.save_path, result)
         print("result: {}".format(args.save_path))
-    return 0
-
 
 if __name__ == "__main__":
     run_cli(main, sys.argv[1:])

@@ -26,6 +26,7 @@ from .files import make_output_folder, not_regular_reason, remove_stale_temporar
 from .locks import output_lock
 from .multiscale import add_tta_flags, check_model_takes, main_output_runner, tta_from_args
 from .predict_inputs import BadInput, Input, find_inputs, look_at
+from .scaleout.flags import add_ray_flags, check_ray_flags
 from .prediction import (DEFAULT_SAVE, SAVE_KINDS, UnreadableInput, planned_outputs, predict_image_file,
                          predict_video_file, save_kinds)
 from .videos import VideoInfo, remove_stale_video_temporaries
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="write every output again (default: a rerun keeps the outputs that exist)")
     add_tta_flags(parser)
+    add_ray_flags(parser, "; images go to Ray, videos run in this process")
     return parser
 
 
@@ -151,6 +153,7 @@ def remove_leftovers(output: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     tta = tta_from_args(args)
+    check_ray_flags(args)
     model, kind = model_path(args)
     check_output(args.output, model)
     inputs, videos, sizes, bad = usable_inputs(args)
@@ -162,6 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with output_lock(args.output):
             remove_leftovers(args.output)
             refuse_blocked_outputs(args.output, inputs, args.save, videos)
+            if args.ray is not None:
+                return run_on_ray(args, kind, model, tta, inputs, videos, sizes, needed, bad)
             return run(args, kind, model, tta, inputs, videos, sizes, needed, bad)
     except BaseException:
         if created:   # a run that failed before writing anything leaves no empty folder behind
@@ -218,6 +223,29 @@ def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input
     wall = time.perf_counter() - started
     print(summary(predicted_images, predicted_frames, wall, written, args.output, skipped, bad))
     return 0
+
+
+def run_on_ray(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input],
+               videos: Dict[str, VideoInfo], sizes: List[Tuple[int, int]], needed: List[Tuple[int, int]],
+               bad: List[BadInput]) -> int:
+    """The image files on a Ray cluster (hrnetseg.scaleout), then the videos here, as run() does them."""
+    from .scaleout.driver import worker_report
+    from .scaleout.prediction import predict_on_ray
+
+    images = [item for item in inputs if not item.video]
+    if images:
+        ledger, ray_run, left_alone = predict_on_ray(args, kind, model, tta, images, needed)
+        if ray_run is not None:
+            print("\n".join(worker_report(ray_run)))
+        bad = bad + [BadInput(path, reason) for path, reason in (ledger.bad if ledger else [])]
+        print(summary(ledger.predicted if ledger else 0, 0, ray_run.wall_s if ray_run else 0.0,
+                      ledger.written if ledger else 0, args.output, left_alone, bad))
+    clips = [item for item in inputs if item.video]
+    if not clips:
+        return 0
+    print("predict: {} video{} in this process (videos are not split over Ray)".format(
+        len(clips), "" if len(clips) == 1 else "s"), flush=True)
+    return run(args, kind, model, tta, clips, videos, sizes, needed, [])
 
 
 def summary(images: int, frames: int, wall: float, written: int, output: str, skipped: Sequence[str],

@@ -21,13 +21,14 @@ import numpy as np
 
 from . import cityscapes
 from .backends import Backend
-from .backends.batching import output_rows, pad_batch
+from .backends.batching import output_rows, pad_batch, shape_fits_input_spec
 from .cli import UserError
 from .metrics import ConfusionMatrix, confusion
-from .multiscale import TestTimeAugmentation, combine_scales, main_output_runner, predict_train_ids, scale_runs
+from .multiscale import (TestTimeAugmentation, check_model_takes, combine_scales, main_output_index, main_output_runner,
+                         predict_train_ids, scale_runs)
 from .upsample_argmax import logits_to_labels
 from .postprocess import logits_shape, read_train_ids
-from .preprocess import convert, read_rgb
+from .preprocess import DTYPES, convert, read_rgb
 
 POLL_S = 0.1          # how often a blocked stage looks at the stop flag
 # Test hook: after this many evaluated images the process sends itself SIGINT (a Ctrl-C at a known point).
@@ -40,6 +41,30 @@ def interrupt_after_count() -> int:
     if not text.isdigit() or not text.isascii():
         raise UserError("{}={!r}: expected a number of images (0 or unset: off)".format(INTERRUPT_AFTER_ENV, text))
     return int(text)
+
+
+# ------------------------------------------------------------------------------- the model, checked once
+
+def model_input_dtype(backend: Backend) -> str:
+    """The model's input type, when it is one the decode stage makes."""
+    name = np.dtype(backend.input.dtype).name
+    if name not in DTYPES:
+        raise UserError("the model takes {} input; the streaming evaluator feeds {}".format(
+            backend.input.describe(), ", ".join(DTYPES)))
+    return name
+
+
+def check_backend(backend: Backend, size: Tuple[int, int], requested_index: Optional[int],
+                  tta: Optional[TestTimeAugmentation] = None) -> Tuple[str, int]:
+    """(input dtype, evaluated output index) of a loaded model, refused when it cannot take the images
+    (single scale) or every size the scales make (test-time augmentation)."""
+    dtype = model_input_dtype(backend)
+    if tta is not None:
+        check_model_takes(backend.input, tta.input_sizes(*size))
+    elif not shape_fits_input_spec(backend.input, (3,) + tuple(size)):
+        raise UserError("the images are {}x{} but the model takes {}: export it at this size or with open axes"
+                        .format(size[0], size[1], backend.input.describe()))
+    return dtype, main_output_index(requested_index, len(backend.output_names))
 
 
 # ------------------------------------------------------------------------------------------- the stages

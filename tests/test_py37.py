@@ -38,8 +38,8 @@ BLOCK_TORCH = """
 import sys
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is not installed on the Atlas host")
+        if name.split(".")[0] in ("torch", "ray"):   # neither is needed on the Atlas host
+            raise ImportError("{} is not installed on the Atlas host".format(name))
 sys.meta_path.insert(0, NoTorch())
 import runpy
 if sys.argv[1] == "-m":

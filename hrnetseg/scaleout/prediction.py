@@ -1,0 +1,140 @@
+"""python -m hrnetseg.predict --ray: image files predicted by PredictionWorker actors, batches of paths.
+
+The driver decides once, before any work, which pictures each image still needs (all with --overwrite,
+else the kinds whose files are missing, as a run in one process does) and leaves out the images that need
+none. A worker reads its images from their paths (the same on every node) and writes exactly those files
+into the shared output folder, each atomically (prediction.predict_image_file), so a batch that runs again
+after its worker died rewrites the same files with the same pictures. Only counts and the paths of inputs
+that could not be read travel back. Videos are not sent to Ray (predict runs them in its own process).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections import namedtuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..cli import UserError
+from ..multiscale import check_model_takes, main_output_runner
+from ..predict_inputs import Input
+from ..prediction import UnreadableInput, image_outputs, predict_image_file
+from .batches import BatchLedger, plan_batches
+from .driver import RayRun, batch_delay_s, ray_session, run_batches, worker_count, worker_threads
+from .evaluation import describe_workers
+from .worker import RayWorker, fetched
+
+PredictionConfig = namedtuple("PredictionConfig", ["kind", "model", "device", "precision", "preset",
+                                                   "output_index", "batchsize", "warmup", "threads",
+                                                   "batch_delay_s", "tta", "needed", "output", "skip_bad"])
+# needed: every model input size the images need (checked once per worker before any batch)
+
+
+def kinds_to_write(output: str, item: Input, kinds: Sequence[str], overwrite: bool) -> Tuple[str, ...]:
+    """The kinds this run writes for an image: all with overwrite, else those whose file is missing."""
+    paths = image_outputs(output, item, kinds)
+    return tuple(kind for kind in kinds if overwrite or not os.path.lexists(paths[kind]))
+
+
+class PredictionWorker(RayWorker):
+    """A worker of predict --ray: `run_batch()` predicts one batch of image paths and writes their pictures."""
+
+    def __init__(self, index: int, config: PredictionConfig, listing: Sequence[Tuple[Input, Tuple[str, ...]]]) -> None:
+        super().__init__(index)
+        self.config = config
+        self.items: Dict[str, Tuple[Input, Tuple[str, ...]]] = {item.path: (item, kinds)
+                                                              for item, kinds in fetched(listing)}
+        began = time.perf_counter()
+        try:
+            self.backend = self.load(config.kind, config.model, config.device, config.precision, config.preset,
+                                     config.threads)
+            check_model_takes(self.backend.input, config.needed)
+            self.run_main = main_output_runner(self.backend, config.output_index, config.batchsize or 1)
+            for _ in range(config.warmup if config.warmup is not None else (0 if self.backend.device == "cpu" else 1)):
+                self.run_main(np.zeros((1, 3) + tuple(config.needed[0]), np.float32))
+        except UserError as exc:
+            self.error = self.failure(exc)
+        self.load_s = time.perf_counter() - began
+
+    def run_batch(self, batch_id: int, paths: Sequence[str]) -> dict:
+        """{"ids", "predicted", "written", "bad": [(path, reason)], "busy_s"}; or {"error": ...} (an input that
+        cannot be read without --skip_bad, an output that cannot be written)."""
+        if self.error is not None:
+            return {"batch": batch_id, "error": self.error}
+        if self.config.batch_delay_s:
+            time.sleep(self.config.batch_delay_s)   # test hook: a batch that takes a while (see driver.py)
+        began = time.perf_counter()
+        predicted, written, bad = 0, 0, []
+        try:
+            for path in paths:
+                if path not in self.items:
+                    raise UserError("input {} is not in the listing the driver sent".format(path))
+                item, kinds = self.items[path]
+                try:
+                    outcome = predict_image_file(item, self.config.output, kinds, self.run_main, self.config.tta,
+                                                 overwrite=True)
+                except UnreadableInput as exc:
+                    if not self.config.skip_bad:
+                        raise
+                    bad.append((exc.path, exc.reason))
+                    continue
+                predicted += outcome.predicted
+                written += len(outcome.written)
+        except UserError as exc:
+            return {"batch": batch_id, "error": self.failure(exc)}
+        seconds = time.perf_counter() - began
+        self.busy_s += seconds
+        return {"batch": batch_id, "ids": list(paths), "predicted": predicted, "written": written, "bad": bad,
+                "busy_s": seconds, "pid": os.getpid()}
+
+
+class PredictionLedger(BatchLedger):
+    """The images predicted and files written, each batch counted once; the inputs that could not be read."""
+
+    def __init__(self, batches) -> None:
+        super().__init__(batches)
+        self.predicted, self.written = 0, 0
+        self.bad: List[Tuple[str, str]] = []
+
+    def add_result(self, batch_id: int, result: dict) -> int:
+        if not self.accept(batch_id, result["ids"]):
+            return 0
+        self.predicted += int(result["predicted"])
+        self.written += int(result["written"])
+        self.bad.extend((str(path), str(reason)) for path, reason in result["bad"])
+        return len(result["ids"])
+
+
+def predict_on_ray(args: argparse.Namespace, kind: str, model: str, tta, images: Sequence[Input],
+                   needed: List[Tuple[int, int]]) -> Tuple[Optional[PredictionLedger], Optional[RayRun], List[str]]:
+    """Predict the image inputs on Ray; returns (ledger, run, the inputs left alone because their outputs
+    exist). Ledger and run are None when no image needs predicting (Ray is then not started)."""
+    output = os.path.abspath(args.output)
+    todo, left_alone = [], []
+    for item in images:
+        kinds = kinds_to_write(args.output, item, args.save, args.overwrite)
+        if kinds:   # absolute paths: a worker's working folder is not the driver's
+            todo.append((item._replace(path=os.path.abspath(item.path)), kinds))
+        else:
+            left_alone.append(item.path)
+    if not todo:
+        return None, None, left_alone
+    config = PredictionConfig(kind=kind, model=os.path.abspath(model), device=args.device, precision=args.precision,
+                              preset=args.preset, output_index=args.output_index, batchsize=args.batchsize,
+                              warmup=args.warmup_count, threads=worker_threads(args),
+                              batch_delay_s=batch_delay_s(), tta=tta, needed=list(needed), output=output,
+                              skip_bad=args.skip_bad)
+    batches = plan_batches([item.path for item, _ in todo], args.ray_batch_images, 1)
+    ledger = PredictionLedger(None)
+    with ray_session(args.ray) as ray:
+        workers = worker_count(ray, args.ray_workers, args.ray_cpus_per_worker, args.ray_gpus_per_worker)
+        run = RayRun(ray, PredictionWorker, (config, (ray.put(todo),)), lambda loaded: batches, ledger, workers,
+                     args.ray_cpus_per_worker, args.ray_gpus_per_worker)
+        print("predict: {} image{} on Ray at {}: {}{}".format(
+            len(todo), "" if len(todo) == 1 else "s", args.ray, describe_workers(args, workers),
+            "; {} left alone (outputs exist)".format(len(left_alone)) if left_alone else ""), flush=True)
+        run_batches(run, len(todo), "predict (ray)", lambda: ledger.predicted,
+                    "images predicted (their files are complete)")
+        return ledger, run, left_alone
