@@ -163,6 +163,9 @@ def predict_video_file(item: Input, output: str, kinds: Sequence[str], run_main,
             on_frame()
         if decoded == 0:
             raise UnreadableInput(item.path, "has no frame that can be decoded")
+        if decoded < info.frames:   # a shorter video with exit 0 would pass for the whole one
+            raise UnreadableInput(item.path, "is truncated or damaged: {} of the {} frames its header gives "
+                                             "decode".format(decoded, info.frames))
     if make_video:
         written.append(video_path)
     return Outcome(written, False, predicted)

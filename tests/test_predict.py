@@ -392,3 +392,22 @@ def test_a_phone_photo_turned_by_exif_is_checked_at_the_size_the_model_sees(tmp_
     assert not out.exists()   # refused before the scene was predicted
     assert predict.main(flags + ["--input", str(upright)]) == 0
     assert read(out / "upright_trainIds.png").shape == (TINY_HEIGHT, TINY_WIDTH)
+
+
+def test_a_truncated_video_is_refused_not_cut_short(tmp_path, tiny_pth_path, colour_model, capsys):
+    """Frames lost at the end of a video: no shorter overlay video, one line; --skip_bad lists it."""
+    whole, cut, out = tmp_path / "whole.avi", tmp_path / "cut.avi", tmp_path / "out"
+    writer = cv2().VideoWriter(str(whole), cv2().VideoWriter_fourcc(*"MJPG"), 5.0, (VIDEO[3], VIDEO[2]))
+    for index in range(8):
+        writer.write(picture(200 + index, VIDEO[2], VIDEO[3]))
+    writer.release()
+    cut.write_bytes(whole.read_bytes()[:int(whole.stat().st_size * 0.6)])
+    decoded = len(video_frames(cut)[0])
+    assert 0 < decoded < 8
+    with pytest.raises(UserError, match=r"cannot use .*cut.avi: is truncated or damaged: {} of the 8 frames its "
+                                        r"header gives decode".format(decoded)):
+        run_predict(tiny_pth_path, [cut], out)
+    assert not list(out.glob("*.mp4")) and not list(out.glob(".*"))
+    assert run_predict(tiny_pth_path, [cut, whole], out, "--skip_bad") == 0
+    assert len(video_frames(out / "whole_overlay.mp4")[0]) == 8 and not (out / "cut_overlay.mp4").exists()
+    assert "skipped 1 unreadable input: {} (is truncated".format(cut) in capsys.readouterr().out
