@@ -218,7 +218,9 @@ def test_a_ctrl_c_that_lands_as_the_temporary_appears_leaves_nothing(tmp_path, m
     real = getattr(os, call)
 
     def interrupted(*args, **kwargs):
-        result = real(*args, **kwargs)
+        made = real(*args, **kwargs)
+        if call == "open":
+            os.close(made)   # the descriptor the interrupted writer never got
         monkeypatch.setattr(os, call, real)   # once
         raise KeyboardInterrupt
 
