@@ -18,7 +18,7 @@ import glob
 import os
 import re
 import stat
-import tempfile
+import uuid
 from typing import Iterator, Optional
 
 from .cli import UserError
@@ -195,22 +195,30 @@ def atomic_path(path: str) -> Iterator[str]:
     folder = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(folder):
         raise UserError("cannot write {}: folder {} does not exist".format(path, folder))
+    # named before it is created (not tempfile.mkstemp): a Ctrl-C that lands just as the file appears still
+    # knows what to remove
+    tmp = os.path.join(folder, temporary_name(target))
+    created = False
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".{}.{}.".format(os.path.basename(target), os.getpid()), suffix=".tmp",
-                                   dir=folder)
-    except OSError as exc:
-        raise UserError(describe_os_error(exc, path))
-    os.close(fd)
-    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        created = True
+        os.close(fd)
         os.chmod(tmp, 0o666 & ~_current_umask())
         yield tmp
         os.replace(tmp, target)
     except OSError as exc:
-        remove_quietly(tmp)
+        if created or not isinstance(exc, FileExistsError):   # a file of that name that is not ours stays
+            remove_quietly(tmp)
         raise UserError(describe_os_error(exc, path))
     except BaseException:
         remove_quietly(tmp)
         raise
+
+
+def temporary_name(target: str) -> str:
+    """`.<name>.<pid>.<random>.tmp` for a file or folder written in place of `target` (what is_stale_temporary
+    recognises)."""
+    return ".{}.{}.{}.tmp".format(os.path.basename(target), os.getpid(), uuid.uuid4().hex[:12])
 
 
 def _current_umask() -> int:

@@ -23,6 +23,9 @@ CITYSCAPES_IMAGE_SUFFIX = os.path.splitext(cityscapes.IMAGE_SUFFIX)[0]
 Input = namedtuple("Input", ["path", "folder", "stem", "video"])
 # an input that cannot be used, and why (in words)
 BadInput = namedtuple("BadInput", ["path", "reason"])
+# EXIF orientations that turn the picture by 90 degrees: OpenCV decodes it turned, height and width swapped
+EXIF_ORIENTATION_TAG = 0x0112
+TURNED_ORIENTATIONS = (5, 6, 7, 8)
 
 
 def stem_of(path: str) -> str:
@@ -117,4 +120,34 @@ def look_at(item: Input) -> Tuple[Optional[Tuple[int, int]], Optional[VideoInfo]
         reason = cityscapes.unreadable_reason(item.path)
         return None, None, "is empty" if not_regular_reason(item.path) is None and \
             os.path.getsize(item.path) == 0 else reason
+    if _turned_by_exif(item.path):
+        size = decoded_size(item.path)
+        if size is None:
+            return None, None, cityscapes.unreadable_reason(item.path)
     return size, None, ""
+
+
+def _turned_by_exif(path: str) -> bool:
+    """Whether the picture's EXIF orientation turns it by 90 degrees (a phone photo taken upright)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.getexif().get(EXIF_ORIENTATION_TAG) in TURNED_ORIENTATIONS
+    except Exception:  # PIL raises many types for broken EXIF; the decoder has the last word
+        return False
+
+
+def read_photo(path: str):
+    """The picture as predicted: BGR uint8 H x W x 3 (alpha dropped, grey or 16-bit converted, the EXIF
+    orientation applied where OpenCV applies it), or None when it cannot be decoded."""
+    import cv2
+
+    return cityscapes.read_image(path, cv2.IMREAD_COLOR)
+
+
+def decoded_size(path: str) -> Optional[Tuple[int, int]]:
+    """(height, width) of the picture as read_photo decodes it (whether OpenCV applies the EXIF orientation
+    depends on the format and its version, so the header cannot tell): the size the model sees."""
+    photo = read_photo(path)
+    return None if photo is None else photo.shape[:2]

@@ -22,7 +22,7 @@ import numpy as np
 from . import cityscapes
 from .cli import UserError
 from .pictures import color_picture, label_ids_picture, overlay_picture, write_png
-from .predict_inputs import Input
+from .predict_inputs import Input, read_photo
 from .preprocess import convert
 from .videos import VideoInfo, atomic_video, frames
 
@@ -124,12 +124,10 @@ def write_pictures(paths: Dict[str, str], train_ids: np.ndarray, photo: np.ndarr
 def predict_image_file(item: Input, output: str, kinds: Sequence[str], run_main, tta,
                        overwrite: bool = False) -> Outcome:
     """Read one image, predict it, write the kinds whose files are missing (all with overwrite)."""
-    import cv2
-
     todo = _missing(image_outputs(output, item, kinds), overwrite)
     if not todo:
         return Outcome([], True, 0)
-    photo = cityscapes.read_image(item.path, cv2.IMREAD_COLOR)
+    photo = read_photo(item.path)
     if photo is None:
         raise UnreadableInput(item.path, cityscapes.unreadable_reason(item.path))
     return Outcome(write_pictures(todo, predict_picture(photo, run_main, tta), photo), False, 1)
@@ -165,6 +163,9 @@ def predict_video_file(item: Input, output: str, kinds: Sequence[str], run_main,
             on_frame()
         if decoded == 0:
             raise UnreadableInput(item.path, "has no frame that can be decoded")
+        if decoded < info.frames:   # a shorter video with exit 0 would pass for the whole one
+            raise UnreadableInput(item.path, "is truncated or damaged: {} of the {} frames its header gives "
+                                             "decode".format(decoded, info.frames))
     if make_video:
         written.append(video_path)
     return Outcome(written, False, predicted)

@@ -12,14 +12,14 @@ import contextlib
 import glob
 import os
 import shutil
-import tempfile
 from collections import namedtuple
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
 from .cli import UserError
-from .files import check_output_file, describe_os_error, is_stale_temporary, not_regular_reason, write_target
+from .files import (check_output_file, describe_os_error, is_stale_temporary, not_regular_reason, temporary_name,
+                     write_target)
 
 # what OpenCV's FFmpeg backend reads; the extensions tell videos from images when a folder is searched
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
@@ -113,15 +113,17 @@ def atomic_video(path: str, fps: float, height: int, width: int) -> Iterator[Vid
 
     check_output_file(path)   # an existing folder, FIFO or device there is never replaced
     target = write_target(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    try:
-        temporary = tempfile.mkdtemp(prefix=".{}.{}.".format(os.path.basename(target), os.getpid()), suffix=".tmp",
-                                     dir=folder)
-    except OSError as exc:
-        raise UserError(describe_os_error(exc, path))
+    # named before it is made, and made inside the try: a Ctrl-C that lands just then leaves nothing
+    temporary = os.path.join(os.path.dirname(os.path.abspath(target)), temporary_name(target))
     inner = os.path.join(temporary, os.path.basename(target))
-    writer = cv2.VideoWriter(inner, cv2.VideoWriter_fourcc(*VIDEO_FOURCC), fps, (width, height))
+    foreign, writer = False, None
     try:
+        try:
+            os.mkdir(temporary, 0o700)
+        except FileExistsError:   # a folder of that name that is not ours stays
+            foreign = True
+            raise
+        writer = cv2.VideoWriter(inner, cv2.VideoWriter_fourcc(*VIDEO_FOURCC), fps, (width, height))
         if not writer.isOpened():
             raise UserError("cannot write video {}: OpenCV has no {} writer for {}".format(
                 path, VIDEO_FOURCC, os.path.splitext(target)[1] or "a name without extension"))
@@ -133,8 +135,10 @@ def atomic_video(path: str, fps: float, height: int, width: int) -> Iterator[Vid
     except OSError as exc:
         raise UserError(describe_os_error(exc, path))
     finally:
-        writer.release()
-        shutil.rmtree(temporary, ignore_errors=True)
+        if writer is not None:
+            writer.release()
+        if not foreign:
+            shutil.rmtree(temporary, ignore_errors=True)
 
 
 def remove_stale_video_temporaries(folder: str) -> int:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from helpers import REPO, assert_user_error, lock_held_elsewhere, run_script
@@ -206,3 +207,35 @@ def test_a_lock_file_removed_after_the_script_opened_it_is_opened_again(tmp_path
         assert acquire_on_descriptor(fd, str(out), os.getpid()) == "retry"
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("call", ["open", "mkdir"])
+def test_a_ctrl_c_that_lands_as_the_temporary_appears_leaves_nothing(tmp_path, monkeypatch, call):
+    """The interrupt arrives when the temporary file (a PNG) or folder (a video) exists but its writer has not
+    yet been told its name: nothing stays behind, and the next write works."""
+    from hrnetseg.videos import atomic_video
+
+    real = getattr(os, call)
+
+    def interrupted(*args, **kwargs):
+        made = real(*args, **kwargs)
+        if call == "open":
+            os.close(made)   # the descriptor the interrupted writer never got
+        monkeypatch.setattr(os, call, real)   # once
+        raise KeyboardInterrupt
+
+    def write(name):
+        if call == "open":
+            with atomic_path(str(tmp_path / name)) as tmp:
+                with open(tmp, "wb") as fh:
+                    fh.write(b"x")
+        else:
+            with atomic_video(str(tmp_path / name), 5.0, 16, 16) as video:
+                video.write(np.zeros((16, 16, 3), np.uint8))
+
+    monkeypatch.setattr(os, call, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write("a.png" if call == "open" else "a.mp4")
+    assert os.listdir(str(tmp_path)) == []
+    write("b.png" if call == "open" else "b.mp4")
+    assert os.listdir(str(tmp_path)) == ["b.png" if call == "open" else "b.mp4"]

@@ -365,3 +365,49 @@ def test_the_tiny_model_through_torch_and_a_dynamic_hw_onnx_export(tmp_path, tin
     frames, _ = video_frames(out / "clip_overlay.mp4")
     assert len(frames) == 2 and sorted(p.name for p in (out / "clip").iterdir()) == [
         "clip_000000_trainIds.png", "clip_000001_trainIds.png"]
+
+
+def write_turned_jpeg(path, bgr: np.ndarray) -> None:
+    """A JPEG stored as `bgr` whose EXIF orientation (6) says: turn it 90 degrees clockwise to view it."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(bgr[:, :, ::-1]))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(str(path), exif=exif.tobytes(), quality=95)
+
+
+def test_a_phone_photo_turned_by_exif_is_checked_at_the_size_the_model_sees(tmp_path, tiny_onnx_path):
+    """The header's size is the stored one; OpenCV decodes the photo turned: the fixed-size check uses that."""
+    scene, upright, lying, out = (tmp_path / "scene.png", tmp_path / "upright.jpg", tmp_path / "lying.jpg",
+                                  tmp_path / "out")
+    cv2().imwrite(str(scene), picture(7, TINY_HEIGHT, TINY_WIDTH))
+    write_turned_jpeg(upright, picture(9, TINY_WIDTH, TINY_HEIGHT))   # stored 128x64, seen 64x128
+    write_turned_jpeg(lying, picture(10, TINY_HEIGHT, TINY_WIDTH))    # stored 64x128, seen 128x64
+    if read(upright, cv2().IMREAD_COLOR).shape[:2] != (TINY_HEIGHT, TINY_WIDTH):
+        pytest.skip("this OpenCV does not apply the EXIF orientation")
+    flags = ["--onnx", str(tiny_onnx_path), "--output", str(out), "--base_size", str(TINY_WIDTH), "--save", "trainIds"]
+    with pytest.raises(UserError, match=r"takes float32 \?x3x64x128 but these scales need a 128x64 input"):
+        predict.main(flags + ["--input", str(scene), str(lying)])
+    assert not out.exists()   # refused before the scene was predicted
+    assert predict.main(flags + ["--input", str(upright)]) == 0
+    assert read(out / "upright_trainIds.png").shape == (TINY_HEIGHT, TINY_WIDTH)
+
+
+def test_a_truncated_video_is_refused_not_cut_short(tmp_path, tiny_pth_path, colour_model, capsys):
+    """Frames lost at the end of a video: no shorter overlay video, one line; --skip_bad lists it."""
+    whole, cut, out = tmp_path / "whole.avi", tmp_path / "cut.avi", tmp_path / "out"
+    writer = cv2().VideoWriter(str(whole), cv2().VideoWriter_fourcc(*"MJPG"), 5.0, (VIDEO[3], VIDEO[2]))
+    for index in range(8):
+        writer.write(picture(200 + index, VIDEO[2], VIDEO[3]))
+    writer.release()
+    cut.write_bytes(whole.read_bytes()[:int(whole.stat().st_size * 0.6)])
+    decoded = len(video_frames(cut)[0])
+    assert 0 < decoded < 8
+    with pytest.raises(UserError, match=r"cannot use .*cut.avi: is truncated or damaged: {} of the 8 frames its "
+                                        r"header gives decode".format(decoded)):
+        run_predict(tiny_pth_path, [cut], out)
+    assert not list(out.glob("*.mp4")) and not list(out.glob(".*"))
+    assert run_predict(tiny_pth_path, [cut, whole], out, "--skip_bad") == 0
+    assert len(video_frames(out / "whole_overlay.mp4")[0]) == 8 and not (out / "cut_overlay.mp4").exists()
+    assert "skipped 1 unreadable input: {} (is truncated".format(cut) in capsys.readouterr().out
