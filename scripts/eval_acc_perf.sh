@@ -116,6 +116,14 @@ prep="${output_dir}/prep_dataset"
 [ "${input_format}" = float32 ] || prep="${output_dir}/prep_dataset_${input_format}"
 # ais_bench reads every .bin in its --input folder: a limited run gets a folder of its own
 [ -z "${limit}" ] || prep="${prep}_limit${limit}"
+written=("${prep}")   # what this script writes: the report must not replace or sit in any of it
+for bs in "${sizes[@]}"; do
+  written+=("${output_dir}/results/bs${bs}" "${output_dir}/results/bs${bs}.log"
+            "${output_dir}/results/bs${bs}_summary.json" "${output_dir}/results/bs${bs}_row.json"
+            "${output_dir}/result_bs${bs}.json")
+done
+[ -z "${junit}" ] || "${PYTHON}" -m hrnetseg.ci_gate check --batch_sizes "${batch_sizes}" --junit "${junit}" \
+  --written "${written[@]}" || exit $?
 lock_output "${prep}"
 for bs in "${sizes[@]}"; do
   lock_output "${output_dir}/results/bs${bs}"

@@ -249,6 +249,26 @@ def test_a_report_path_that_cannot_be_written_and_damaged_rows(tmp_path, capsys)
         gate_refuses(capsys, str(row), "judge", "--min_miou", "50", row)
 
 
+def test_a_report_path_that_would_replace_other_files_is_refused(tmp_path, capsys):
+    """eval_acc_perf.sh removes the report's path before its run and writes the report after its table: the
+    path must not be a file of other content (a model, a manifest) nor one of the run's own files or folders."""
+    model = tmp_path / "hrnet_bs1.om"
+    model.write_bytes(b"\x00om")
+    gate_refuses(capsys, "exists and is not an XML report", "check", "--batch_sizes", "1", "--junit", model)
+    written = [tmp_path / "eval" / "prep_dataset", tmp_path / "eval" / "result_bs1.json"]
+    check = ["check", "--batch_sizes", "1", "--written"] + written + ["--junit"]
+    gate_refuses(capsys, "one of the files which", *check, written[1])
+    gate_refuses(capsys, "inside {},".format(written[0]), *check, written[0] / "manifest.json")
+    (tmp_path / "eval").mkdir()
+    os.symlink(str(written[1]), str(tmp_path / "link.xml"))   # a link to the result is the result
+    gate_refuses(capsys, "one of the files which", *check, tmp_path / "link.xml")
+    (tmp_path / "old.xml").write_bytes(ci_gate.junit_xml([("bs1.accuracy", "mIoU 80.00%", "")]))
+    (tmp_path / "empty.xml").write_bytes(b"")
+    for report in ("old.xml", "empty.xml", "eval/report.xml"):   # an earlier report, an empty file, a new name
+        assert ci_gate.main([str(a) for a in check + [tmp_path / report]]) == 0
+    assert model.read_bytes() == b"\x00om"
+
+
 def test_a_run_that_stopped_still_gets_a_report_of_what_it_measured(tmp_path):
     report = tmp_path / "report.xml"
     rows = [_row(tmp_path / "bs1.json", 1, 9.5, 0.81)]
