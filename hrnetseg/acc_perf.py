@@ -42,6 +42,7 @@ _SUMMARY_THROUGHPUT = re.compile(r"summary throughput:[ \t]*(\S*)")
 # a plain decimal number as the tools print it; float() alone would also take "1_000", "infinity" or other
 # scripts' digits
 _DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
+AIS_BENCH_INPUT_SUFFIXES = (".bin", ".BIN", ".npy", ".NPY")   # the files ais_bench runs from an --input folder
 
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
@@ -51,15 +52,17 @@ def listed_ids(prep: str) -> List[str]:
 
 
 def check_only_listed_bins(prep: str, ids: Sequence[str]) -> None:
-    """ais_bench reads every .bin in its --input folder, not the manifest: a bin the manifest does not list
-    (an image since removed from the data set, or one that a changed --limit no longer covers) would be run
-    and, where its label is there, counted in the mIoU."""
-    listed = set(ids)
-    unlisted = sorted(name[:-len(".bin")] for name in os.listdir(prep)   # hidden names too: ais_bench lists all
-                      if name.endswith(".bin") and name[:-len(".bin")] not in listed)
+    """ais_bench reads every input file in its --input folder (.bin, .BIN, .npy, .NPY), not the manifest: a file
+    the manifest does not list (an image since removed from the data set, one that a changed --limit no longer
+    covers, or x.npy / x.BIN beside a listed x.bin, whose outputs would replace x's) would be run and, where its
+    label is there, counted in the mIoU."""
+    inputs = {"{}.bin".format(sample_id) for sample_id in ids}
+    unlisted = sorted(name for name in os.listdir(prep)   # hidden names too: ais_bench lists all
+                      if name.endswith(AIS_BENCH_INPUT_SUFFIXES) and name not in inputs)
     if unlisted:
-        raise UserError("{} holds {} .bin file{} its manifest does not list ({}.bin{}): ais_bench reads every .bin "
-                        "in its --input folder and would evaluate {}; remove {} or use another --output_dir".format(
+        raise UserError("{} holds {} input file{} its manifest does not list ({}{}): ais_bench reads every .bin "
+                        "(.BIN, .npy, .NPY) file in its --input folder and would evaluate {}; remove {} or use "
+                        "another --output_dir".format(
                             prep, len(unlisted), "" if len(unlisted) == 1 else "s", unlisted[0],
                             ", ..." if len(unlisted) > 1 else "", "it" if len(unlisted) == 1 else "them",
                             "it" if len(unlisted) == 1 else "them"))
