@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 from .cli import ArgumentParser, UserError, positive_int, run_cli
 from .files import require_file, require_folder, write_text_atomic
 from .manifest import read_manifest
-from .model_outputs import DEVICE_FOLDER, SUMMARY_SUFFIX, device_folders, shard_image_counts
+from .model_outputs import DEVICE_FOLDER, device_folders, shard_image_counts, summary_path_for
 
 # ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
 THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
@@ -218,7 +218,7 @@ def shard_summaries(res: str) -> List[Tuple[str, str, dict]]:
         raise UserError("{} holds no device<id> folders: it is not the output of a multi-device run".format(res))
     found = []
     for shard in shards:
-        path = os.path.join(res, shard) + SUMMARY_SUFFIX
+        path = summary_path_for(os.path.join(res, shard))
         found.append((shard, path, read_json(path, "device summary")))
     return found
 

@@ -29,6 +29,7 @@ from .backends import Backend, backend_for_model, check_model_file, load_backend
 from .backends.batching import batch_size_for, output_rows, pad_batch
 from .cli import progress, run_cli
 from .manifest import read_manifest
+from .model_outputs import device_folder_name
 from .run_inputs import (check_bins, check_bins_fit_model, input_path, list_inputs, parse_index_list, parse_indices,
                          read_bin)
 from .run_outputs import OUTPUT_DTYPE, RunOutputs, check_output_stems
@@ -91,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     outputs = None
     if args.output is not None:
         if shard is not None:
-            outputs = RunOutputs(shard["output"], "device{}".format(shard["device"]), args.outfmt)
+            outputs = RunOutputs(shard["output"], device_folder_name(shard["device"]), args.outfmt)
         else:
             outputs = RunOutputs(args.output, args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S"), args.outfmt)
         outputs.check(folder)
