@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 from .cli import ArgumentParser, UserError, positive_int, run_cli
 from .files import require_file, require_folder, write_text_atomic
 from .manifest import read_manifest
-from .model_outputs import DEVICE_FOLDER, device_folders, shard_image_counts, summary_path_for
+from .model_outputs import DEVICE_FOLDER, device_folders, device_parts, shard_image_counts, summary_path_for
 
 # ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
 THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
@@ -104,13 +104,6 @@ def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = Fa
                              count, size, count - (padded_images(count, size) - size), size, count,
                              padded_images(count, size)))
     return notes
-
-
-def device_parts(count: int, devices: int) -> List[int]:
-    """How many of `count` inputs each device runs when ais_bench --device splits them: contiguous parts of
-    ceil(count / devices), the first to the first device."""
-    size = -(-count // devices)
-    return [max(0, min(size, count - i * size)) for i in range(devices)]
 
 
 def padded_images(count: int, batch: int) -> int:

@@ -84,6 +84,13 @@ def _is_preprocess_folder(folder: str) -> bool:
     return os.path.lexists(os.path.join(folder, MANIFEST))
 
 
+def device_parts(count: int, devices: int) -> List[int]:
+    """How many of `count` inputs each device runs when ais_bench --device splits them: contiguous parts of
+    ceil(count / devices), the first to the first device (0 for a device the inputs do not reach)."""
+    size = -(-count // devices)
+    return [max(0, min(size, count - i * size)) for i in range(devices)]
+
+
 def device_folder_name(device: int) -> str:
     """The folder of OUT/DIRNAME that device N of a multi-device run writes (its summary: the name + SUMMARY_SUFFIX)."""
     return "device{}".format(device)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -31,7 +30,7 @@ from .backends import visible_gpu_count
 from .cli import UserError
 from .files import make_output_folder, remove_quietly, write_target, write_text_atomic
 from .locks import die_with_parent, output_lock
-from .model_outputs import OUTPUT_NAME, device_entry, device_folder_name, summary_path_for
+from .model_outputs import OUTPUT_NAME, device_entry, device_folder_name, device_parts, summary_path_for
 from .run_inputs import check_bins, list_inputs
 from .run_outputs import check_output_stems
 
@@ -42,8 +41,12 @@ STOP_S = 30   # seconds an interrupted device process has to remove its files be
 def split_contiguous(items: Sequence[str], parts: int) -> List[List[str]]:
     """ais_bench's split: contiguous parts of ceil(n / parts) items, the first part first (3 on 2: 2 + 1); fewer
     parts than asked when the items run out."""
-    size = max(1, math.ceil(len(items) / parts))
-    return [list(items[start:start + size]) for start in range(0, len(items), size)]
+    split, start = [], 0
+    for size in device_parts(len(items), parts):
+        if size:
+            split.append(list(items[start:start + size]))
+            start += size
+    return split
 
 
 def cpu_cores() -> int:
