@@ -1,8 +1,9 @@
 """The checks and the table of scripts/eval_acc_perf.sh, as subcommands (no Python inside the shell script).
 
-    python3 -m hrnetseg.acc_perf check_batch_sizes PREP 1 4 --backend ais_bench
-        exit 2 when a batch size is larger than the number of images PREP's manifest lists; with ais_bench,
-        exit 2 when PREP holds a .bin its manifest does not list (ais_bench would run it too), and a note for
+    python3 -m hrnetseg.acc_perf check_batch_sizes PREP 1 4 --backend ais_bench [--device 0,1]
+        exit 2 when a batch size is larger than the number of images PREP's manifest lists, or when a device
+        list names a device twice or is no list of ids (ais_bench would run for hours first); with ais_bench,
+        exit 2 when PREP holds a .bin (.BIN, .npy, .NPY) its manifest does not list (ais_bench would run it too), and a note for
         each batch size whose padded last batch inflates the throughput
     python3 -m hrnetseg.acc_perf throughput --log results/bs4.log --command "ais_bench ..."
         the images/s of the last ais_bench (or hrnetseg.infer) throughput line, or of its `summary throughput:`
@@ -31,7 +32,8 @@ from typing import List, Optional, Sequence, Tuple
 from .cli import ArgumentParser, UserError, positive_int, run_cli
 from .files import require_file, require_folder, write_text_atomic
 from .manifest import read_manifest
-from .model_outputs import DEVICE_FOLDER, device_folders, device_parts, shard_image_counts, summary_path_for
+from .model_outputs import (DEVICE_FOLDER, device_folders, device_list, device_parts, shard_image_counts,
+                            summary_path_for)
 
 # ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
 THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
@@ -268,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check_batch_sizes", help="refuse batch sizes larger than the preprocessed images")
     check.add_argument("prep", help="the preprocess folder (its manifest.json lists the images)")
     check.add_argument("sizes", nargs="+", type=positive_int, help="the batch sizes")
-    check.add_argument("--devices", type=positive_int, default=1, help="how many devices the input is split across")
+    check.add_argument("--device", default=None, help="the run's --device: a list 0,1 splits the input across the "
+                       "devices (checked here: ids 0..255, none twice)")
     check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench runs every "
                        ".bin of the folder, and counts a padded last batch as full: a note says where that happens)")
     fps = commands.add_parser("throughput", help="print the images/s of the last throughput line of a log")
@@ -297,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.subcommand == "check_batch_sizes":
         ais_bench = args.backend == "ais_bench"
         for note in check_batch_sizes(args.prep, args.sizes, counts_padding=ais_bench, reads_every_bin=ais_bench,
-                                      devices=args.devices):
+                                      devices=len(device_list(args.device) or [args.device])):
             print(note, file=sys.stderr)
     elif args.subcommand == "throughput":
         print(repr(throughput(args.log, args.command)))

@@ -29,7 +29,7 @@ from .backends import Backend, backend_for_model, check_model_file, load_backend
 from .backends.batching import batch_size_for, output_rows, pad_batch
 from .cli import progress, run_cli
 from .manifest import read_manifest
-from .model_outputs import device_folder_name
+from .model_outputs import device_folder_name, device_list
 from .run_inputs import (check_bins, check_bins_fit_model, input_path, list_inputs, parse_index_list, parse_indices,
                          read_bin)
 from .run_outputs import OUTPUT_DTYPE, RunOutputs, check_output_stems
@@ -78,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_model_file(args.model)
     kind = args.backend or backend_for_model(args.model)
     parse_index_list(args.output_indices)
-    devices = infer_options.device_list(args.device)
+    devices = device_list(args.device)
     if devices is not None and args.shard is None:
         return multi_device.run_devices(args, devices, kind, command)
     shard = multi_device.read_shard(args.shard) if args.shard is not None else None

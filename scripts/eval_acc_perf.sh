@@ -140,9 +140,8 @@ fi
 prep_args=(--src_path "${datasets_path}" --save_path "${prep}" --dtype "${input_format}")
 [ -z "${limit}" ] || prep_args+=(--limit "${limit}")
 step "${PYTHON}" "${REPO_ROOT}/HRNet_preprocess.py" "${prep_args[@]}"
-IFS=, read -r -a device_list <<< "${device:-0}"   # --device 0,1: the input is split across the devices
 "${PYTHON}" -m hrnetseg.acc_perf check_batch_sizes "${prep}" "${sizes[@]}" --backend "${backend}" \
-  --devices "${#device_list[@]}" || exit $?
+  --device "${device:-0}" || exit $?   # --device 0,1: the input is split across the devices
 if [ "${backend}" = ais_bench ]; then   # the bins must be what each .om takes: ais_bench would crash or misread them
   for bs in "${sizes[@]}"; do
     "${PYTHON}" -m hrnetseg.om_sidecar check "${model_dir}/hrnet_bs${bs}.om" --prep "${prep}" --batch "${bs}" || exit $?

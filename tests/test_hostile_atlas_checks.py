@@ -150,6 +150,18 @@ def test_the_padding_note_counts_each_device_part(tiny_prep_path):
     assert acc_perf.check_batch_sizes(str(tiny_prep_path), [1], counts_padding=True, devices=5) == []
 
 
+def test_a_device_list_ais_bench_would_split_wrongly_is_refused_before_inference(tiny_prep_path, capsys):
+    """--device 0,0: ais_bench runs two processes into device0/ (hours, then a summed throughput that is not the
+    device summaries'); the runner refuses it too, with the same line."""
+    check = ["check_batch_sizes", str(tiny_prep_path), "4", "--backend", "ais_bench", "--device"]
+    for device, fragment in (("0,0", "--device 0,0 names a device twice"), ("0,,1", "holds ids 0..255"),
+                             ("0,256", "holds ids 0..255")):
+        with pytest.raises(UserError, match=fragment):
+            acc_perf.main(check + [device])
+    assert acc_perf.main(check + ["1,0"]) == 0 and "split 3+2 across 2 devices" in capsys.readouterr().err
+    assert acc_perf.main(check + ["cuda:1"]) == 0 and "pads and counts" in capsys.readouterr().err   # one device
+
+
 @pytest.mark.parametrize("damage, match", [
     (lambda res: (res / "device1_summary.json").write_text(json.dumps({"throughput": 25.0})),
      r"summary throughput 30.0 is not the sum of its device summaries' \(10.0 \+ 25.0\)"),
