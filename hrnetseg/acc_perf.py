@@ -32,8 +32,8 @@ from typing import List, Optional, Sequence, Tuple
 from .cli import ArgumentParser, UserError, positive_int, run_cli
 from .files import require_file, require_folder, write_text_atomic
 from .manifest import read_manifest
-from .model_outputs import (DEVICE_FOLDER, device_folders, device_list, device_parts, shard_image_counts,
-                            summary_path_for)
+from .device_layout import DEVICE_FOLDER, device_list, device_parts
+from .model_outputs import device_folders, shard_image_counts, summary_path_for
 
 # ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
 THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"

@@ -28,8 +28,8 @@ from .ais_summary import PERCENTILE_KEY, FilesInfo, RunTimes, print_lines
 from .backends import Backend, backend_for_model, check_model_file, load_backend
 from .backends.batching import batch_size_for, output_rows, pad_batch
 from .cli import progress, run_cli
+from .device_layout import device_folder_name, device_list
 from .manifest import read_manifest
-from .model_outputs import device_folder_name, device_list
 from .run_inputs import (check_bins, check_bins_fit_model, input_path, list_inputs, parse_index_list, parse_indices,
                          read_bin)
 from .run_outputs import OUTPUT_DTYPE, RunOutputs, check_output_stems

@@ -24,12 +24,11 @@ import numpy as np
 
 from .cityscapes import NUM_CLASSES, image_id
 from .cli import UserError, exception_line
+from .device_layout import DEVICE_FOLDER
 from .files import not_regular_reason, require_file, require_folder
 from .manifest import MANIFEST
 
 OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)\.(?P<ext>bin|npy|txt)$")
-DEVICE_FOLDER = re.compile(r"^device(?P<id>[0-9]+)$")   # ais_bench --device 0,1: OUT/DIRNAME/device<id>/
-MAX_DEVICE_ID = 255   # ais_bench's range of NPU ids
 AIS_BENCH, BENCHMARK = "ais_bench", "benchmark"
 ROLE = {AIS_BENCH: {0: "aux", 1: "main"}, BENCHMARK: {1: "aux", 2: "main"}}
 OUTPUT_DTYPES = ("float32", "float16")  # what the model's outputs may be stored as; float32 is the default
@@ -83,33 +82,6 @@ def _is_preprocess_folder(folder: str) -> bool:
     """A folder of model inputs: its `<id>.bin` names read as outputs (`frankfurt_000000_000294.bin`: output 294 of
     `frankfurt_000000`), so it is recognised by its manifest instead."""
     return os.path.lexists(os.path.join(folder, MANIFEST))
-
-
-def device_list(text: Optional[str]) -> Optional[List[int]]:
-    """The NPU/GPU ids of `--device 0,1` (None for one device); each an integer 0..255, none twice."""
-    if text is None or "," not in text:
-        return None
-    parts = [part.strip() for part in text.split(",")]
-    if not all(re.fullmatch(r"[0-9]+", part) and int(part) <= MAX_DEVICE_ID for part in parts):
-        raise UserError("--device {}: a list of devices holds ids 0..{} separated by commas".format(
-            text, MAX_DEVICE_ID))
-    ids = [int(part) for part in parts]
-    if len(set(ids)) != len(ids):
-        raise UserError("--device {} names a device twice: both would write device{}/".format(
-            text, [i for i in ids if ids.count(i) > 1][0]))
-    return ids
-
-
-def device_parts(count: int, devices: int) -> List[int]:
-    """How many of `count` inputs each device runs when ais_bench --device splits them: contiguous parts of
-    ceil(count / devices), the first to the first device (0 for a device the inputs do not reach)."""
-    size = -(-count // devices)
-    return [max(0, min(size, count - i * size)) for i in range(devices)]
-
-
-def device_folder_name(device: int) -> str:
-    """The folder of OUT/DIRNAME that device N of a multi-device run writes (its summary: the name + SUMMARY_SUFFIX)."""
-    return "device{}".format(device)
 
 
 def device_entry(name: str) -> Optional[str]:

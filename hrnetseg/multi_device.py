@@ -30,7 +30,8 @@ from .backends import visible_gpu_count
 from .cli import UserError
 from .files import make_output_folder, remove_quietly, write_target, write_text_atomic
 from .locks import die_with_parent, output_lock
-from .model_outputs import OUTPUT_NAME, device_entry, device_folder_name, device_parts, summary_path_for
+from .device_layout import device_folder_name, device_parts
+from .model_outputs import OUTPUT_NAME, device_entry, summary_path_for
 from .run_inputs import check_bins, list_inputs
 from .run_outputs import check_output_stems
 
