@@ -70,14 +70,22 @@ def read_sidecar(path: str) -> dict:
     return data
 
 
+STALE_S = 60   # pth2om.sh writes the sidecar after atc: an .om this much newer was rebuilt without it
+
+
 def check_bins_fit(om: str, prep: str, batch: int) -> Optional[str]:
     """UserError when PREP's bins or the batch size do not fit om's sidecar; a warning (returned) when om has
-    no sidecar, None when all fits."""
+    no sidecar, or is newer than it (checked all the same), None when all fits."""
     path = sidecar_path(om)
     if not os.path.lexists(path):
         return ("warning: no {} beside {} (made before scripts/pth2om.sh wrote sidecars?): the bins of {} are not "
                 "checked against it".format(os.path.basename(path), om, prep))
     expected = read_sidecar(path)
+    warning = None
+    if os.path.isfile(om) and os.path.getmtime(om) > os.path.getmtime(path) + STALE_S:
+        warning = ("warning: {} is newer than its sidecar {} (rebuilt without scripts/pth2om.sh?): checked against "
+                   "the sidecar all the same; if the .om now takes other input, rewrite it with python3 -m "
+                   "hrnetseg.om_sidecar write".format(om, path))
     manifest = read_manifest(prep)
     channels, height, width = manifest["shape"]
     bins = "{} {} {}x{}x{}".format(manifest["dtype"], manifest["layout"], channels, height, width)
@@ -94,7 +102,7 @@ def check_bins_fit(om: str, prep: str, batch: int) -> Optional[str]:
     if expected["batch"] != batch:
         raise UserError("{} was built for batch size {} (its sidecar {}), not {}: rebuild it with scripts/pth2om.sh "
                         "--batch_sizes {}".format(om, expected["batch"], path, batch, batch))
-    return None
+    return warning
 
 
 def build_parser() -> argparse.ArgumentParser:

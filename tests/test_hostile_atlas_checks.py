@@ -37,6 +37,20 @@ def test_a_sidecar_that_fits_passes_and_a_missing_one_is_a_warning(om, tiny_prep
     assert result.stderr.startswith("warning: no hrnet_bs4.om.json beside {}".format(om))
 
 
+def test_an_om_rebuilt_after_its_sidecar_is_named_and_still_checked(om, tiny_prep_path):
+    """atc run by hand after pth2om.sh: the sidecar may describe the earlier build; a copy that lands the .om a
+    little after its sidecar is no rebuild."""
+    sidecar = str(om) + ".json"
+    written = os.path.getmtime(sidecar)
+    os.utime(str(om), (written + 5, written + 5))
+    assert om_sidecar.check_bins_fit(str(om), str(tiny_prep_path), 4) is None
+    os.utime(str(om), (written + 600, written + 600))
+    warning = om_sidecar.check_bins_fit(str(om), str(tiny_prep_path), 4)
+    assert warning.startswith("warning: {} is newer than its sidecar".format(om)) and "\n" not in warning
+    with pytest.raises(UserError, match="built for batch size 4"):   # the sidecar's figures still hold
+        om_sidecar.check_bins_fit(str(om), str(tiny_prep_path), 1)
+
+
 def _prep_copy(tiny_prep_path: Path, tmp_path: Path, **manifest_changes) -> Path:
     """The tiny preprocess folder's manifest (no bins: the check reads only the manifest), changed."""
     prep = tmp_path / "prep"
