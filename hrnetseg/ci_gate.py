@@ -187,18 +187,19 @@ def check_report_path(path: Optional[str], written: Sequence[str] = ()) -> None:
             raise UserError("--junit {} is {} which eval_acc_perf.sh writes: give the report a path of its own".format(
                 path, where))
     if os.path.isfile(target) and not _holds_a_report(target):
-        raise UserError("--junit {} exists and is not an XML report: it would be replaced; give the report a path "
+        raise UserError("--junit {} exists and is not a JUnit report: it would be replaced; give the report a path "
                         "of its own".format(path))
 
 
 def _holds_a_report(path: str) -> bool:
-    """An earlier report (or an empty file) that a new one may replace."""
+    """An earlier JUnit report (its <testsuite> or <testsuites> near the start) or an empty file: what a new
+    report may replace; any other XML (a pom.xml) is not."""
     try:
         with open(path, "rb") as fh:
-            start = fh.read(64).lstrip()
+            start = fh.read(512)
     except OSError as exc:
         raise UserError("cannot read --junit {}: {}".format(path, exc.strerror or exc))
-    return not start or start.startswith(b"<?xml") or start.startswith(b"<testsuite")
+    return not start.strip() or b"<testsuite" in start
 
 
 def add_gate_flags(parser: argparse.ArgumentParser) -> None:

@@ -280,7 +280,10 @@ def test_a_report_path_that_would_replace_other_files_is_refused(tmp_path, capsy
     path must not be a file of other content (a model, a manifest) nor one of the run's own files or folders."""
     model = tmp_path / "hrnet_bs1.om"
     model.write_bytes(b"\x00om")
-    gate_refuses(capsys, "exists and is not an XML report", "check", "--batch_sizes", "1", "--junit", model)
+    gate_refuses(capsys, "exists and is not a JUnit report", "check", "--batch_sizes", "1", "--junit", model)
+    (tmp_path / "pom.xml").write_text('<?xml version="1.0"?>\n<project></project>\n')
+    gate_refuses(capsys, "exists and is not a JUnit report", "check", "--batch_sizes", "1", "--junit",
+                 tmp_path / "pom.xml")
     written = [tmp_path / "eval" / "prep_dataset", tmp_path / "eval" / "result_bs1.json"]
     check = ["check", "--batch_sizes", "1", "--written"] + written + ["--junit"]
     gate_refuses(capsys, "one of the files which", *check, written[1])
