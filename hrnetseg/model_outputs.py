@@ -28,7 +28,7 @@ from .device_layout import DEVICE_FOLDER
 from .files import not_regular_reason, require_file, require_folder
 from .manifest import MANIFEST
 
-OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)\.(?P<ext>bin|npy|txt)$")
+OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>[0-9]+)\.(?P<ext>bin|npy|txt)$")
 AIS_BENCH, BENCHMARK = "ais_bench", "benchmark"
 ROLE = {AIS_BENCH: {0: "aux", 1: "main"}, BENCHMARK: {1: "aux", 2: "main"}}
 OUTPUT_DTYPES = ("float32", "float16")  # what the model's outputs may be stored as; float32 is the default
