@@ -3,8 +3,8 @@
     python3 -m hrnetseg.acc_perf check_batch_sizes PREP 1 4 --backend ais_bench [--device 0,1]
         exit 2 when a batch size is larger than the number of images PREP's manifest lists, or when a device
         list names a device twice or is no list of ids (ais_bench would run for hours first); with ais_bench,
-        exit 2 when PREP holds a .bin (.BIN, .npy, .NPY) its manifest does not list (ais_bench would run it too), and a note for
-        each batch size whose padded last batch inflates the throughput
+        exit 2 when PREP holds a .bin (.BIN, .npy, .NPY) its manifest does not list (ais_bench would run it
+        too), and a note for each batch size whose padded last batch inflates the throughput
     python3 -m hrnetseg.acc_perf throughput --log results/bs4.log --command "ais_bench ..."
         the images/s of the last ais_bench (or hrnetseg.infer) throughput line, or of its `summary throughput:`
         line after a --device 0,1 run (the sum over the devices); exit 2 when it is missing, not a number, not

@@ -166,7 +166,8 @@ def test_ais_bench_is_never_given_bins_the_manifest_does_not_list(tiny_prep_path
     assert result.returncode == 0, result.stderr
     (prep / "x.bin").write_bytes(b"")
     assert_user_error(run_script(["-m", "hrnetseg.acc_perf", "check_batch_sizes", prep, "1", "--backend",
-                                  "ais_bench"]), "does not list (x.bin)", "ais_bench reads every .bin (.BIN, .npy, .NPY) file")
+                                  "ais_bench"]), "does not list (x.bin)",
+                      "ais_bench reads every .bin (.BIN, .npy, .NPY) file")
 
 
 def test_a_result_that_does_not_count_every_preprocessed_image_gives_no_row(tiny_prep_path, tmp_path):
