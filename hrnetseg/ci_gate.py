@@ -103,7 +103,7 @@ def judge(rows: Sequence[Tuple[int, float, float]], min_miou: Optional[float], m
         else:
             below = percent < min_miou
             cases.append(("bs{}.accuracy".format(batch), measured + " (floor {:.2f}%)".format(min_miou),
-                          "mIoU {:.2f}% < {:.2f}%".format(percent, min_miou) if below else None))
+                          "mIoU {}% < {}%".format(*_apart(percent, min_miou, "{:.2f}".format)) if below else None))
         measured = "throughput {} fps".format(format_fps(fps))
         if batch not in min_fps:
             cases.append(("bs{}.throughput".format(batch), measured, ""))
@@ -111,8 +111,17 @@ def judge(rows: Sequence[Tuple[int, float, float]], min_miou: Optional[float], m
             floor = min_fps[batch]
             below = fps < floor
             cases.append(("bs{}.throughput".format(batch), measured + " (floor {} fps)".format(format_fps(floor)),
-                          "throughput {} fps < {} fps".format(format_fps(fps), format_fps(floor)) if below else None))
+                          "throughput {} fps < {} fps".format(*_apart(fps, floor, format_fps)) if below else None))
     return cases
+
+
+def _apart(value: float, floor: float, shown) -> Tuple[str, str]:
+    """value and the floor it is below as the table shows figures, or with the decimals that tell them apart
+    (80.4999 < 80.5 is not `80.50% < 80.50%`)."""
+    for text in (shown, "{:.4f}".format, "{:.6f}".format, repr):
+        if text(value) != text(floor):
+            return text(value), text(floor)
+    return repr(value), repr(floor)
 
 
 def junit_xml(cases: Sequence[Tuple[str, str, Optional[str]]]) -> bytes:

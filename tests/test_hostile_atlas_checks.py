@@ -298,6 +298,14 @@ def test_a_report_path_that_would_replace_other_files_is_refused(tmp_path, capsy
     assert model.read_bytes() == b"\x00om"
 
 
+def test_a_failure_message_tells_the_figure_from_its_floor():
+    """80.4999% fails a floor of 80.5%: the message must not read 80.50% < 80.50%."""
+    cases = dict((name, failure) for name, _, failure in ci_gate.judge([(1, 8.999, 0.804999)], 80.5, {1: 9.0}))
+    assert cases == {"bs1.accuracy": "mIoU 80.4999% < 80.5000%", "bs1.throughput": "throughput 8.9990 fps < 9.0000 fps"}
+    cases = dict((name, failure) for name, _, failure in ci_gate.judge([(1, 7.5, 0.791)], 80.5, {1: 9.0}))
+    assert cases == {"bs1.accuracy": "mIoU 79.10% < 80.50%", "bs1.throughput": "throughput 7.50 fps < 9.00 fps"}
+
+
 def test_a_run_that_stopped_still_gets_a_report_of_what_it_measured(tmp_path):
     report = tmp_path / "report.xml"
     rows = [_row(tmp_path / "bs1.json", 1, 9.5, 0.81)]
