@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from hrnetseg.cli import ArgumentParser, UserError, positive_int, run_cli, whole_number
 from hrnetseg.files import check_output_file, remove_stale_temporaries_beside, require_file
 from hrnetseg.locks import output_lock
-from hrnetseg.presets import DEFAULT_PRESET, PRESET_NAMES
+from hrnetseg.presets import DEFAULT_PRESET, MODEL_INPUT_DTYPES, PRESET_NAMES
 
 MAX_SEED = 2 ** 64 - 1   # torch.Generator.manual_seed takes an unsigned 64-bit seed
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=positive_int, default=11, help="ONNX opset (default: 11, what CANN 6 atc reads)")
     parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
                         help="model variant (default: {})".format(DEFAULT_PRESET))
-    parser.add_argument("--input_format", choices=("float32", "uint8"), default="float32",
+    parser.add_argument("--input_format", choices=MODEL_INPUT_DTYPES, default="float32",
                         help="float32: normalized input (as the ModelZoo scripts feed it); uint8: raw RGB, "
                              "normalized inside the model")
     return parser

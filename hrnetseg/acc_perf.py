@@ -1,9 +1,10 @@
 """The checks and the table of scripts/eval_acc_perf.sh, as subcommands (no Python inside the shell script).
 
-    python3 -m hrnetseg.acc_perf check_batch_sizes PREP 1 4 --backend ais_bench
-        exit 2 when a batch size is larger than the number of images PREP's manifest lists; with ais_bench,
-        exit 2 when PREP holds a .bin its manifest does not list (ais_bench would run it too), and a note for
-        each batch size whose padded last batch inflates the throughput
+    python3 -m hrnetseg.acc_perf check_batch_sizes PREP 1 4 --backend ais_bench [--device 0,1]
+        exit 2 when a batch size is larger than the number of images PREP's manifest lists, or when a device
+        list names a device twice or is no list of ids (ais_bench would run for hours first); with ais_bench,
+        exit 2 when PREP holds a .bin (.BIN, .npy, .NPY) its manifest does not list (ais_bench would run it
+        too), and a note for each batch size whose padded last batch inflates the throughput
     python3 -m hrnetseg.acc_perf throughput --log results/bs4.log --command "ais_bench ..."
         the images/s of the last ais_bench (or hrnetseg.infer) throughput line, or of its `summary throughput:`
         line after a --device 0,1 run (the sum over the devices); exit 2 when it is missing, not a number, not
@@ -31,7 +32,8 @@ from typing import List, Optional, Sequence, Tuple
 from .cli import ArgumentParser, UserError, positive_int, run_cli
 from .files import require_file, require_folder, write_text_atomic
 from .manifest import read_manifest
-from .model_outputs import DEVICE_FOLDER, SUMMARY_SUFFIX, device_folders, shard_image_counts
+from .device_layout import DEVICE_FOLDER, device_list, device_parts
+from .model_outputs import device_folders, shard_image_counts, summary_path_for
 
 # ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
 THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
@@ -42,6 +44,7 @@ _SUMMARY_THROUGHPUT = re.compile(r"summary throughput:[ \t]*(\S*)")
 # a plain decimal number as the tools print it; float() alone would also take "1_000", "infinity" or other
 # scripts' digits
 _DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
+AIS_BENCH_INPUT_SUFFIXES = (".bin", ".BIN", ".npy", ".NPY")   # the files ais_bench runs from an --input folder
 
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
@@ -51,15 +54,17 @@ def listed_ids(prep: str) -> List[str]:
 
 
 def check_only_listed_bins(prep: str, ids: Sequence[str]) -> None:
-    """ais_bench reads every .bin in its --input folder, not the manifest: a bin the manifest does not list
-    (an image since removed from the data set, or one that a changed --limit no longer covers) would be run
-    and, where its label is there, counted in the mIoU."""
-    listed = set(ids)
-    unlisted = sorted(name[:-len(".bin")] for name in os.listdir(prep)   # hidden names too: ais_bench lists all
-                      if name.endswith(".bin") and name[:-len(".bin")] not in listed)
+    """ais_bench reads every input file in its --input folder (.bin, .BIN, .npy, .NPY), not the manifest: a file
+    the manifest does not list (an image since removed from the data set, one that a changed --limit no longer
+    covers, or x.npy / x.BIN beside a listed x.bin, whose outputs would replace x's) would be run and, where its
+    label is there, counted in the mIoU."""
+    inputs = {"{}.bin".format(sample_id) for sample_id in ids}
+    unlisted = sorted(name for name in os.listdir(prep)   # hidden names too: ais_bench lists all
+                      if name.endswith(AIS_BENCH_INPUT_SUFFIXES) and name not in inputs)
     if unlisted:
-        raise UserError("{} holds {} .bin file{} its manifest does not list ({}.bin{}): ais_bench reads every .bin "
-                        "in its --input folder and would evaluate {}; remove {} or use another --output_dir".format(
+        raise UserError("{} holds {} input file{} its manifest does not list ({}{}): ais_bench reads every .bin "
+                        "(.BIN, .npy, .NPY) file in its --input folder and would evaluate {}; remove {} or use "
+                        "another --output_dir".format(
                             prep, len(unlisted), "" if len(unlisted) == 1 else "s", unlisted[0],
                             ", ..." if len(unlisted) > 1 else "", "it" if len(unlisted) == 1 else "them",
                             "it" if len(unlisted) == 1 else "them"))
@@ -101,13 +106,6 @@ def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = Fa
                              count, size, count - (padded_images(count, size) - size), size, count,
                              padded_images(count, size)))
     return notes
-
-
-def device_parts(count: int, devices: int) -> List[int]:
-    """How many of `count` inputs each device runs when ais_bench --device splits them: contiguous parts of
-    ceil(count / devices), the first to the first device."""
-    size = -(-count // devices)
-    return [max(0, min(size, count - i * size)) for i in range(devices)]
 
 
 def padded_images(count: int, batch: int) -> int:
@@ -215,7 +213,7 @@ def shard_summaries(res: str) -> List[Tuple[str, str, dict]]:
         raise UserError("{} holds no device<id> folders: it is not the output of a multi-device run".format(res))
     found = []
     for shard in shards:
-        path = os.path.join(res, shard) + SUMMARY_SUFFIX
+        path = summary_path_for(os.path.join(res, shard))
         found.append((shard, path, read_json(path, "device summary")))
     return found
 
@@ -272,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check_batch_sizes", help="refuse batch sizes larger than the preprocessed images")
     check.add_argument("prep", help="the preprocess folder (its manifest.json lists the images)")
     check.add_argument("sizes", nargs="+", type=positive_int, help="the batch sizes")
-    check.add_argument("--devices", type=positive_int, default=1, help="how many devices the input is split across")
+    check.add_argument("--device", default=None, help="the run's --device: a list 0,1 splits the input across the "
+                       "devices (checked here: ids 0..255, none twice)")
     check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench runs every "
                        ".bin of the folder, and counts a padded last batch as full: a note says where that happens)")
     fps = commands.add_parser("throughput", help="print the images/s of the last throughput line of a log")
@@ -301,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.subcommand == "check_batch_sizes":
         ais_bench = args.backend == "ais_bench"
         for note in check_batch_sizes(args.prep, args.sizes, counts_padding=ais_bench, reads_every_bin=ais_bench,
-                                      devices=args.devices):
+                                      devices=len(device_list(args.device) or [args.device])):
             print(note, file=sys.stderr)
     elif args.subcommand == "throughput":
         print(repr(throughput(args.log, args.command)))

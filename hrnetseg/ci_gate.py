@@ -3,7 +3,8 @@ XML report for the Atlas host's CI job.
 
     python3 -m hrnetseg.ci_gate check --batch_sizes "1 4" --min_miou 80.5 --min_fps "1:9 4:7" --junit report.xml
         before any work: exit 2 with one line for a floor that is not a number, a batch size given a floor that
-        the run does not have, or a report that cannot be written
+        the run does not have, a report that cannot be written or whose path holds a file that is no report;
+        with --written PATH ..., a report path that is one of the run's own files or folders, or inside one
     python3 -m hrnetseg.ci_gate judge --min_miou 80.5 --min_fps "1:9 4:7" --junit report.xml results/bs1_row.json ...
         after the table: writes the report (always, pass or fail; atomically), then exit 1 with one line naming
         each batch size below a floor
@@ -102,7 +103,7 @@ def judge(rows: Sequence[Tuple[int, float, float]], min_miou: Optional[float], m
         else:
             below = percent < min_miou
             cases.append(("bs{}.accuracy".format(batch), measured + " (floor {:.2f}%)".format(min_miou),
-                          "mIoU {:.2f}% < {:.2f}%".format(percent, min_miou) if below else None))
+                          "mIoU {}% < {}%".format(*_apart(percent, min_miou, "{:.2f}".format)) if below else None))
         measured = "throughput {} fps".format(format_fps(fps))
         if batch not in min_fps:
             cases.append(("bs{}.throughput".format(batch), measured, ""))
@@ -110,8 +111,17 @@ def judge(rows: Sequence[Tuple[int, float, float]], min_miou: Optional[float], m
             floor = min_fps[batch]
             below = fps < floor
             cases.append(("bs{}.throughput".format(batch), measured + " (floor {} fps)".format(format_fps(floor)),
-                          "throughput {} fps < {} fps".format(format_fps(fps), format_fps(floor)) if below else None))
+                          "throughput {} fps < {} fps".format(*_apart(fps, floor, format_fps)) if below else None))
     return cases
+
+
+def _apart(value: float, floor: float, shown) -> Tuple[str, str]:
+    """value and the floor it is below as the table shows figures, or with the decimals that tell them apart
+    (80.4999 < 80.5 is not `80.50% < 80.50%`)."""
+    for text in (shown, "{:.4f}".format, "{:.6f}".format, repr):
+        if text(value) != text(floor):
+            return text(value), text(floor)
+    return repr(value), repr(floor)
 
 
 def junit_xml(cases: Sequence[Tuple[str, str, Optional[str]]]) -> bytes:
@@ -164,18 +174,41 @@ def batch_sizes(text: str) -> List[int]:
     return sizes
 
 
-def check_report_path(path: Optional[str]) -> None:
+def check_report_path(path: Optional[str], written: Sequence[str] = ()) -> None:
     """The report can be written: a regular file's name (or none yet) in a folder that is there, or that
-    eval_acc_perf.sh will make (--junit OUTPUT_DIR/report.xml before OUTPUT_DIR exists)."""
+    eval_acc_perf.sh will make (--junit OUTPUT_DIR/report.xml before OUTPUT_DIR exists); not a file that holds
+    something else (the script removes the report's path first: --junit hrnet_bs1.om would delete the model),
+    nor one of the files and folders the script itself writes (`written`), which it would replace or remove."""
     if path is None:
         return
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(folder):
         check_output_file(path, "--junit")
-        return
-    blocked = not_a_folder_above(folder)
-    if blocked is not None:
-        raise UserError("cannot write --junit {}: {}".format(path, blocked))
+    else:
+        blocked = not_a_folder_above(folder)
+        if blocked is not None:
+            raise UserError("cannot write --junit {}: {}".format(path, blocked))
+    target = os.path.realpath(path)
+    for other in written:
+        other_target = os.path.realpath(other)
+        if target == other_target or target.startswith(other_target.rstrip(os.sep) + os.sep):
+            where = "one of the files" if target == other_target else "inside {},".format(other)
+            raise UserError("--junit {} is {} which eval_acc_perf.sh writes: give the report a path of its own".format(
+                path, where))
+    if os.path.isfile(target) and not _holds_a_report(target):
+        raise UserError("--junit {} exists and is not a JUnit report: it would be replaced; give the report a path "
+                        "of its own".format(path))
+
+
+def _holds_a_report(path: str) -> bool:
+    """An earlier JUnit report (its <testsuite> or <testsuites> near the start) or an empty file: what a new
+    report may replace; any other XML (a pom.xml) is not."""
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(512)
+    except OSError as exc:
+        raise UserError("cannot read --junit {}: {}".format(path, exc.strerror or exc))
+    return not start.strip() or b"<testsuite" in start
 
 
 def add_gate_flags(parser: argparse.ArgumentParser) -> None:
@@ -191,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="subcommand")
     check = commands.add_parser("check", help="check the floors and the report's path before any work")
     check.add_argument("--batch_sizes", required=True, help="the run's batch sizes, e.g. \"1 4\"")
+    check.add_argument("--written", nargs="+", default=[], metavar="PATH",
+                       help="the files and folders the run writes: the report may not be one of them or inside one")
     add_gate_flags(check)
     decide = commands.add_parser("judge", help="write the report, then exit 1 naming each batch size below a floor")
     decide.add_argument("rows", nargs="*", help="the table rows (hrnetseg.acc_perf row --record FILE)")
@@ -206,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.subcommand == "check":
         check_floors(batch_sizes(args.batch_sizes), args.min_fps)
-        check_report_path(args.junit)
+        check_report_path(args.junit, args.written)
     elif args.subcommand == "judge":
         if args.junit:
             make_output_folder(os.path.dirname(os.path.abspath(args.junit)), "--junit's folder")

@@ -28,6 +28,7 @@ from .ais_summary import PERCENTILE_KEY, FilesInfo, RunTimes, print_lines
 from .backends import Backend, backend_for_model, check_model_file, load_backend
 from .backends.batching import batch_size_for, output_rows, pad_batch
 from .cli import progress, run_cli
+from .device_layout import device_folder_name, device_list
 from .manifest import read_manifest
 from .run_inputs import (check_bins, check_bins_fit_model, input_path, list_inputs, parse_index_list, parse_indices,
                          read_bin)
@@ -77,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_model_file(args.model)
     kind = args.backend or backend_for_model(args.model)
     parse_index_list(args.output_indices)
-    devices = infer_options.device_list(args.device)
+    devices = device_list(args.device)
     if devices is not None and args.shard is None:
         return multi_device.run_devices(args, devices, kind, command)
     shard = multi_device.read_shard(args.shard) if args.shard is not None else None
@@ -91,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     outputs = None
     if args.output is not None:
         if shard is not None:
-            outputs = RunOutputs(shard["output"], "device{}".format(shard["device"]), args.outfmt)
+            outputs = RunOutputs(shard["output"], device_folder_name(shard["device"]), args.outfmt)
         else:
             outputs = RunOutputs(args.output, args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S"), args.outfmt)
         outputs.check(folder)

@@ -8,9 +8,7 @@ data reaches the device) are accepted and named once in a one-line note; the res
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from typing import List, Optional
 
 from .backends.flags import backend_flags
 from .cli import ArgumentParser, UserError, nonnegative_int, plain_name, positive_int
@@ -18,7 +16,6 @@ from .run_outputs import OUTFMTS
 
 TRUE_WORDS = ("yes", "true", "t", "y", "1")
 FALSE_WORDS = ("no", "false", "f", "n", "0")
-MAX_DEVICE_ID = 255   # ais_bench's range of NPU ids
 
 # option -> the value that leaves it off (ais_bench's default); given otherwise, it is named in the note
 NPU_ONLY_OPTIONS = (
@@ -37,21 +34,6 @@ def ais_bool(text: str) -> bool:
     if word in FALSE_WORDS:
         return False
     raise argparse.ArgumentTypeError("expected a boolean (true, 1, false, 0; any case), got {!r}".format(text))
-
-
-def device_list(text: Optional[str]) -> Optional[List[int]]:
-    """The NPU/GPU ids of `--device 0,1` (None for one device); each an integer 0..255, none twice."""
-    if text is None or "," not in text:
-        return None
-    parts = [part.strip() for part in text.split(",")]
-    if not all(re.fullmatch(r"[0-9]+", part) and int(part) <= MAX_DEVICE_ID for part in parts):
-        raise UserError("--device {}: a list of devices holds ids 0..{} separated by commas".format(
-            text, MAX_DEVICE_ID))
-    ids = [int(part) for part in parts]
-    if len(set(ids)) != len(ids):
-        raise UserError("--device {} names a device twice: both would write device{}/".format(
-            text, [i for i in ids if ids.count(i) > 1][0]))
-    return ids
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

@@ -24,11 +24,11 @@ import numpy as np
 
 from .cityscapes import NUM_CLASSES, image_id
 from .cli import UserError, exception_line
+from .device_layout import DEVICE_FOLDER
 from .files import not_regular_reason, require_file, require_folder
 from .manifest import MANIFEST
 
-OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)\.(?P<ext>bin|npy|txt)$")
-DEVICE_FOLDER = re.compile(r"^device(?P<id>\d+)$")   # ais_bench --device 0,1: OUT/DIRNAME/device<id>/
+OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>[0-9]+)\.(?P<ext>bin|npy|txt)$")
 AIS_BENCH, BENCHMARK = "ais_bench", "benchmark"
 ROLE = {AIS_BENCH: {0: "aux", 1: "main"}, BENCHMARK: {1: "aux", 2: "main"}}
 OUTPUT_DTYPES = ("float32", "float16")  # what the model's outputs may be stored as; float32 is the default
@@ -82,6 +82,13 @@ def _is_preprocess_folder(folder: str) -> bool:
     """A folder of model inputs: its `<id>.bin` names read as outputs (`frankfurt_000000_000294.bin`: output 294 of
     `frankfurt_000000`), so it is recognised by its manifest instead."""
     return os.path.lexists(os.path.join(folder, MANIFEST))
+
+
+def device_entry(name: str) -> Optional[str]:
+    """The device folder that a name in OUT/DIRNAME belongs to (device<id> itself, or its summary
+    device<id>_summary.json); None for other names."""
+    folder = name[:-len(SUMMARY_SUFFIX)] if name.endswith(SUMMARY_SUFFIX) else name
+    return folder if DEVICE_FOLDER.match(folder) else None
 
 
 def device_folders(folder: str) -> List[str]:

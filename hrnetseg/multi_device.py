@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -31,9 +30,10 @@ from .backends import visible_gpu_count
 from .cli import UserError
 from .files import make_output_folder, remove_quietly, write_target, write_text_atomic
 from .locks import die_with_parent, output_lock
-from .model_outputs import OUTPUT_NAME, summary_path_for
+from .device_layout import device_folder_name, device_parts
+from .model_outputs import OUTPUT_NAME, device_entry, summary_path_for
 from .run_inputs import check_bins, list_inputs
-from .run_outputs import DEVICE_FOLDER, check_output_stems
+from .run_outputs import check_output_stems
 
 POLL_S = 0.05
 STOP_S = 30   # seconds an interrupted device process has to remove its files before it is killed
@@ -42,8 +42,12 @@ STOP_S = 30   # seconds an interrupted device process has to remove its files be
 def split_contiguous(items: Sequence[str], parts: int) -> List[List[str]]:
     """ais_bench's split: contiguous parts of ceil(n / parts) items, the first part first (3 on 2: 2 + 1); fewer
     parts than asked when the items run out."""
-    size = max(1, math.ceil(len(items) / parts))
-    return [list(items[start:start + size]) for start in range(0, len(items), size)]
+    split, start = [], 0
+    for size in device_parts(len(items), parts):
+        if size:
+            split.append(list(items[start:start + size]))
+            start += size
+    return split
 
 
 def cpu_cores() -> int:
@@ -64,10 +68,10 @@ def check_device_folder(top: str, devices: Sequence[int], input_folder: str) -> 
     if os.path.samefile(top, input_folder):
         raise UserError("the output folder {} is the input folder: choose another --output or --output_dirname"
                         .format(top))
-    mine = {"device{}".format(d) for d in devices}
+    mine = {device_folder_name(d) for d in devices}
     for name in sorted(os.listdir(top)):
-        device = DEVICE_FOLDER.match(name)
-        if OUTPUT_NAME.match(name) or (device and device.group(1) not in mine):
+        device = device_entry(name)
+        if OUTPUT_NAME.match(name) or (device and device not in mine):
             raise UserError("{} holds {} from an earlier run, which the postprocess would read as part of this "
                             "--device {} run: remove it or choose another --output_dirname".format(
                                 top, name, ",".join(str(d) for d in devices)))
@@ -206,7 +210,7 @@ def _remove_parts(top: str, devices: Sequence[int], created: List[str]) -> None:
     """What the devices that finished wrote (the files their summaries list, the summaries, their folders when
     empty), and the folders this run made, when empty."""
     for device in devices:
-        folder = os.path.join(top, "device{}".format(device))
+        folder = os.path.join(top, device_folder_name(device))
         summary = summary_path_for(folder)
         try:
             with open(summary) as fh:

@@ -25,10 +25,10 @@ from .acc_perf import read_json
 from .cli import ArgumentParser, UserError, positive_int, run_cli
 from .files import write_text_atomic
 from .manifest import read_manifest
+from .presets import MODEL_INPUT_DTYPES
 
 SUFFIX = ".json"   # hrnet_bs4.om -> hrnet_bs4.om.json
 LAYOUT = "NCHW"    # atc --input_format, as scripts/pth2om.sh passes it
-INPUT_DTYPES = ("float32", "uint8")   # HRNet_pth2onnx.py --input_format: what the .om's input takes
 KEYS = ("batch", "height", "width", "input_format", "input_dtype")
 
 
@@ -63,21 +63,29 @@ def read_sidecar(path: str) -> dict:
         problem = "{} is {!r}, not a positive integer".format(odd[0], data[odd[0]])
     elif data["input_format"] != LAYOUT:
         problem = "input_format is {!r}, not {!r}".format(data["input_format"], LAYOUT)
-    elif data["input_dtype"] not in INPUT_DTYPES:
-        problem = "input_dtype is {!r}, not {}".format(data["input_dtype"], " or ".join(INPUT_DTYPES))
+    elif data["input_dtype"] not in MODEL_INPUT_DTYPES:
+        problem = "input_dtype is {!r}, not {}".format(data["input_dtype"], " or ".join(MODEL_INPUT_DTYPES))
     if problem is not None:
         raise UserError("the .om sidecar {} is not usable: {}; remake it with scripts/pth2om.sh".format(path, problem))
     return data
 
 
+STALE_S = 60   # pth2om.sh writes the sidecar after atc: an .om this much newer was rebuilt without it
+
+
 def check_bins_fit(om: str, prep: str, batch: int) -> Optional[str]:
     """UserError when PREP's bins or the batch size do not fit om's sidecar; a warning (returned) when om has
-    no sidecar, None when all fits."""
+    no sidecar, or is newer than it (checked all the same), None when all fits."""
     path = sidecar_path(om)
     if not os.path.lexists(path):
         return ("warning: no {} beside {} (made before scripts/pth2om.sh wrote sidecars?): the bins of {} are not "
                 "checked against it".format(os.path.basename(path), om, prep))
     expected = read_sidecar(path)
+    warning = None
+    if os.path.isfile(om) and os.path.getmtime(om) > os.path.getmtime(path) + STALE_S:
+        warning = ("warning: {} is newer than its sidecar {} (rebuilt without scripts/pth2om.sh?): checked against "
+                   "the sidecar all the same; if the .om now takes other input, rewrite it with python3 -m "
+                   "hrnetseg.om_sidecar write".format(om, path))
     manifest = read_manifest(prep)
     channels, height, width = manifest["shape"]
     bins = "{} {} {}x{}x{}".format(manifest["dtype"], manifest["layout"], channels, height, width)
@@ -94,7 +102,7 @@ def check_bins_fit(om: str, prep: str, batch: int) -> Optional[str]:
     if expected["batch"] != batch:
         raise UserError("{} was built for batch size {} (its sidecar {}), not {}: rebuild it with scripts/pth2om.sh "
                         "--batch_sizes {}".format(om, expected["batch"], path, batch, batch))
-    return None
+    return warning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     write.add_argument("--batch", required=True, type=positive_int)
     write.add_argument("--height", required=True, type=positive_int)
     write.add_argument("--width", required=True, type=positive_int)
-    write.add_argument("--input_dtype", required=True, choices=INPUT_DTYPES)
+    write.add_argument("--input_dtype", required=True, choices=MODEL_INPUT_DTYPES)
     check = commands.add_parser("check", help="exit 2 unless PREP's bins fit OM (scripts/eval_acc_perf.sh)")
     check.add_argument("om", help="the .om ais_bench will run")
     check.add_argument("--prep", required=True, help="the preprocess folder (its manifest.json)")

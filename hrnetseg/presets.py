@@ -7,3 +7,5 @@ from __future__ import annotations
 
 PRESET_NAMES = ("w48_ocr", "tiny_ocr")   # HRNetV2-W48 + OCR (the Cityscapes model); a small one for tests
 DEFAULT_PRESET = "w48_ocr"
+# what the exported model (and an .om made from it) takes: normalized float32, or raw RGB uint8 normalized inside
+MODEL_INPUT_DTYPES = ("float32", "uint8")

@@ -21,8 +21,11 @@ BIN_SUFFIX = ".bin"   # the preprocess folder's input files: <id>.bin
 
 
 def natural_key(text: str) -> list:
-    """ais_bench's natural sort: digit runs compare as numbers, the rest case-insensitively (x2 before x10)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"([0-9]+)", text)]
+    """ais_bench's natural sort: digit runs compare as numbers, the rest case-insensitively (x2 before x10).
+
+    The runs are the ASCII digits the split found (every second part): str.isdigit() also takes characters
+    int() refuses (a superscript two), which made a name like x1\u00b22 a traceback."""
+    return [int(part) if i % 2 else part.lower() for i, part in enumerate(re.split(r"([0-9]+)", text))]
 
 
 def input_path(folder: str, sample_id: str) -> str:

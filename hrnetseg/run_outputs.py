@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
@@ -22,10 +21,9 @@ from .cli import UserError
 from .files import (atomic_path, check_output_file, make_output_folder, remove_quietly, remove_stale_temporaries,
                     write_target, write_text_atomic)
 from .locks import output_lock
-from .model_outputs import OUTPUT_NAME, summary_path_for
+from .model_outputs import OUTPUT_NAME, device_entry, summary_path_for
 
 OUTFMTS = ("BIN", "NPY", "TXT")
-DEVICE_FOLDER = re.compile(r"^(device[0-9]+)(?:_summary\.json)?$")   # --device 0,1: DIRNAME/device0/, device0_summary.json
 OUTPUT_DTYPE = "float32"   # what the runner writes, whatever the backend computes in (recorded in the summary)
 
 
@@ -43,7 +41,7 @@ class RunOutputs(object):
         self.summary = summary_path_for(self.folder)
         self.suffix = "." + outfmt.lower()
         self.outfmt = outfmt
-        self.written = []  # type: List[str]
+        self.written: List[str] = []
         self._created_folder = False
         self._begun = False   # the earlier summary was removed: this run now replaces what it described
 
@@ -98,7 +96,7 @@ class RunOutputs(object):
         """
         mine = {os.path.basename(self.path_for(sample_id, k)) for sample_id in ids for k in indices}
         others = sorted(name for name in os.listdir(self.folder) if OUTPUT_NAME.match(name) and name not in mine)
-        devices = sorted(name for name in os.listdir(self.folder) if DEVICE_FOLDER.match(name))
+        devices = sorted(name for name in os.listdir(self.folder) if device_entry(name))
         if devices:
             raise UserError("{} holds {} of an earlier --device 0,1 run, which the postprocess would read with this "
                             "run's outputs: remove it or choose another --output_dirname".format(self.folder,

@@ -116,6 +116,14 @@ prep="${output_dir}/prep_dataset"
 [ "${input_format}" = float32 ] || prep="${output_dir}/prep_dataset_${input_format}"
 # ais_bench reads every .bin in its --input folder: a limited run gets a folder of its own
 [ -z "${limit}" ] || prep="${prep}_limit${limit}"
+written=("${prep}")   # what this script writes: the report must not replace or sit in any of it
+for bs in "${sizes[@]}"; do
+  written+=("${output_dir}/results/bs${bs}" "${output_dir}/results/bs${bs}.log"
+            "${output_dir}/results/bs${bs}_summary.json" "${output_dir}/results/bs${bs}_row.json"
+            "${output_dir}/result_bs${bs}.json")
+done
+[ -z "${junit}" ] || "${PYTHON}" -m hrnetseg.ci_gate check --batch_sizes "${batch_sizes}" --junit "${junit}" \
+  --written "${written[@]}" || exit $?
 lock_output "${prep}"
 for bs in "${sizes[@]}"; do
   lock_output "${output_dir}/results/bs${bs}"
@@ -132,9 +140,8 @@ fi
 prep_args=(--src_path "${datasets_path}" --save_path "${prep}" --dtype "${input_format}")
 [ -z "${limit}" ] || prep_args+=(--limit "${limit}")
 step "${PYTHON}" "${REPO_ROOT}/HRNet_preprocess.py" "${prep_args[@]}"
-IFS=, read -r -a device_list <<< "${device:-0}"   # --device 0,1: the input is split across the devices
 "${PYTHON}" -m hrnetseg.acc_perf check_batch_sizes "${prep}" "${sizes[@]}" --backend "${backend}" \
-  --devices "${#device_list[@]}" || exit $?
+  --device "${device:-0}" || exit $?   # --device 0,1: the input is split across the devices
 if [ "${backend}" = ais_bench ]; then   # the bins must be what each .om takes: ais_bench would crash or misread them
   for bs in "${sizes[@]}"; do
     "${PYTHON}" -m hrnetseg.om_sidecar check "${model_dir}/hrnet_bs${bs}.om" --prep "${prep}" --batch "${bs}" || exit $?

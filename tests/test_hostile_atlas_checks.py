@@ -37,6 +37,20 @@ def test_a_sidecar_that_fits_passes_and_a_missing_one_is_a_warning(om, tiny_prep
     assert result.stderr.startswith("warning: no hrnet_bs4.om.json beside {}".format(om))
 
 
+def test_an_om_rebuilt_after_its_sidecar_is_named_and_still_checked(om, tiny_prep_path):
+    """atc run by hand after pth2om.sh: the sidecar may describe the earlier build; a copy that lands the .om a
+    little after its sidecar is no rebuild."""
+    sidecar = str(om) + ".json"
+    written = os.path.getmtime(sidecar)
+    os.utime(str(om), (written + 5, written + 5))
+    assert om_sidecar.check_bins_fit(str(om), str(tiny_prep_path), 4) is None
+    os.utime(str(om), (written + 600, written + 600))
+    warning = om_sidecar.check_bins_fit(str(om), str(tiny_prep_path), 4)
+    assert warning.startswith("warning: {} is newer than its sidecar".format(om)) and "\n" not in warning
+    with pytest.raises(UserError, match="built for batch size 4"):   # the sidecar's figures still hold
+        om_sidecar.check_bins_fit(str(om), str(tiny_prep_path), 1)
+
+
 def _prep_copy(tiny_prep_path: Path, tmp_path: Path, **manifest_changes) -> Path:
     """The tiny preprocess folder's manifest (no bins: the check reads only the manifest), changed."""
     prep = tmp_path / "prep"
@@ -150,6 +164,18 @@ def test_the_padding_note_counts_each_device_part(tiny_prep_path):
     assert acc_perf.check_batch_sizes(str(tiny_prep_path), [1], counts_padding=True, devices=5) == []
 
 
+def test_a_device_list_ais_bench_would_split_wrongly_is_refused_before_inference(tiny_prep_path, capsys):
+    """--device 0,0: ais_bench runs two processes into device0/ (hours, then a summed throughput that is not the
+    device summaries'); the runner refuses it too, with the same line."""
+    check = ["check_batch_sizes", str(tiny_prep_path), "4", "--backend", "ais_bench", "--device"]
+    for device, fragment in (("0,0", "--device 0,0 names a device twice"), ("0,,1", "holds ids 0..255"),
+                             ("0,256", "holds ids 0..255")):
+        with pytest.raises(UserError, match=fragment):
+            acc_perf.main(check + [device])
+    assert acc_perf.main(check + ["1,0"]) == 0 and "split 3+2 across 2 devices" in capsys.readouterr().err
+    assert acc_perf.main(check + ["cuda:1"]) == 0 and "pads and counts" in capsys.readouterr().err   # one device
+
+
 @pytest.mark.parametrize("damage, match", [
     (lambda res: (res / "device1_summary.json").write_text(json.dumps({"throughput": 25.0})),
      r"summary throughput 30.0 is not the sum of its device summaries' \(10.0 \+ 25.0\)"),
@@ -247,6 +273,37 @@ def test_a_report_path_that_cannot_be_written_and_damaged_rows(tmp_path, capsys)
     for content in ('{"batch": 1, "fps": NaN, "miou": 0.5}', '{"batch": true, "fps": 1, "miou": 0.5}', "[]", ""):
         row.write_text(content)
         gate_refuses(capsys, str(row), "judge", "--min_miou", "50", row)
+
+
+def test_a_report_path_that_would_replace_other_files_is_refused(tmp_path, capsys):
+    """eval_acc_perf.sh removes the report's path before its run and writes the report after its table: the
+    path must not be a file of other content (a model, a manifest) nor one of the run's own files or folders."""
+    model = tmp_path / "hrnet_bs1.om"
+    model.write_bytes(b"\x00om")
+    gate_refuses(capsys, "exists and is not a JUnit report", "check", "--batch_sizes", "1", "--junit", model)
+    (tmp_path / "pom.xml").write_text('<?xml version="1.0"?>\n<project></project>\n')
+    gate_refuses(capsys, "exists and is not a JUnit report", "check", "--batch_sizes", "1", "--junit",
+                 tmp_path / "pom.xml")
+    written = [tmp_path / "eval" / "prep_dataset", tmp_path / "eval" / "result_bs1.json"]
+    check = ["check", "--batch_sizes", "1", "--written"] + written + ["--junit"]
+    gate_refuses(capsys, "one of the files which", *check, written[1])
+    gate_refuses(capsys, "inside {},".format(written[0]), *check, written[0] / "manifest.json")
+    (tmp_path / "eval").mkdir()
+    os.symlink(str(written[1]), str(tmp_path / "link.xml"))   # a link to the result is the result
+    gate_refuses(capsys, "one of the files which", *check, tmp_path / "link.xml")
+    (tmp_path / "old.xml").write_bytes(ci_gate.junit_xml([("bs1.accuracy", "mIoU 80.00%", "")]))
+    (tmp_path / "empty.xml").write_bytes(b"")
+    for report in ("old.xml", "empty.xml", "eval/report.xml"):   # an earlier report, an empty file, a new name
+        assert ci_gate.main([str(a) for a in check + [tmp_path / report]]) == 0
+    assert model.read_bytes() == b"\x00om"
+
+
+def test_a_failure_message_tells_the_figure_from_its_floor():
+    """80.4999% fails a floor of 80.5%: the message must not read 80.50% < 80.50%."""
+    cases = dict((name, failure) for name, _, failure in ci_gate.judge([(1, 8.999, 0.804999)], 80.5, {1: 9.0}))
+    assert cases == {"bs1.accuracy": "mIoU 80.4999% < 80.5000%", "bs1.throughput": "throughput 8.9990 fps < 9.0000 fps"}
+    cases = dict((name, failure) for name, _, failure in ci_gate.judge([(1, 7.5, 0.791)], 80.5, {1: 9.0}))
+    assert cases == {"bs1.accuracy": "mIoU 79.10% < 80.50%", "bs1.throughput": "throughput 7.50 fps < 9.00 fps"}
 
 
 def test_a_run_that_stopped_still_gets_a_report_of_what_it_measured(tmp_path):

@@ -154,9 +154,10 @@ def test_ais_bench_is_never_given_bins_the_manifest_does_not_list(tiny_prep_path
     prep = tmp_path / "prep"
     shutil.copytree(str(tiny_prep_path), str(prep))
     assert acc_perf.check_batch_sizes(str(prep), [1], reads_every_bin=True) == []
-    for name in ("aachen_000000_000001.bin", ".hidden.bin"):
+    listed = read_manifest(str(prep))["ids"][0]
+    for name in ("aachen_000000_000001.bin", ".hidden.bin", listed + ".npy", listed + ".BIN"):   # x.npy: x's outputs
         (prep / name).write_bytes(b"\0" * 16)
-        with pytest.raises(UserError, match=r"prep holds 1 \.bin file its manifest does not list \({}\)".format(
+        with pytest.raises(UserError, match=r"prep holds 1 input file its manifest does not list \({}\)".format(
                 name.replace(".", r"\."))):
             acc_perf.check_batch_sizes(str(prep), [1], reads_every_bin=True)
         assert acc_perf.check_batch_sizes(str(prep), [1]) == []      # the local runner reads the manifest's ids
@@ -165,7 +166,8 @@ def test_ais_bench_is_never_given_bins_the_manifest_does_not_list(tiny_prep_path
     assert result.returncode == 0, result.stderr
     (prep / "x.bin").write_bytes(b"")
     assert_user_error(run_script(["-m", "hrnetseg.acc_perf", "check_batch_sizes", prep, "1", "--backend",
-                                  "ais_bench"]), "does not list (x.bin)", "ais_bench reads every .bin")
+                                  "ais_bench"]), "does not list (x.bin)",
+                      "ais_bench reads every .bin (.BIN, .npy, .NPY) file")
 
 
 def test_a_result_that_does_not_count_every_preprocessed_image_gives_no_row(tiny_prep_path, tmp_path):

@@ -42,6 +42,7 @@ def test_ais_bench_split():
     assert split_contiguous(list("abcde"), 2) == [list("abc"), list("de")]
     assert split_contiguous(list("abcd"), 3) == [list("ab"), list("cd")]   # device 2 would get nothing
     assert sorted(["x10.bin", "X2.bin", "x1.bin"], key=natural_key) == ["x1.bin", "X2.bin", "x10.bin"]
+    assert sorted(["x1\u00b22.bin", "x1\u00b21.bin"], key=natural_key) == ["x1\u00b21.bin", "x1\u00b22.bin"]
 
 
 def test_layout_is_ais_bench_s_and_outputs_equal_one_device(two_devices, tiny_prep_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrnetseg import postprocess
+from hrnetseg import model_outputs, postprocess
 from hrnetseg.cli import UserError
 
 from helpers import SAMPLE_IMAGES, assert_user_error, run_script
@@ -143,6 +143,20 @@ def test_each_shard_reads_its_own_summary_for_the_dtype(logits, gt, tmp_path):
     path = res / "device1_summary.json"
     path.write_text(json.dumps(dict(json.loads(path.read_text()), output_dtype="float32")))
     refused("device1.* has .* bytes of data, not .* as float32", res, gt)
+
+
+def test_device_folders_sort_by_device_number_and_take_ascii_ids_only(tmp_path):
+    """device10 after device2 (not between device1 and device2, as a string sort puts it); a file named like a
+    device folder, or a name with other digits, is no shard."""
+    for name in ("device10", "device2", "device1", "device\u0663", "device"):
+        (tmp_path / name).mkdir()
+    for name in ("device1_summary.json", "device3"):
+        (tmp_path / name).write_text("")
+    assert model_outputs.device_folders(str(tmp_path)) == ["device1", "device2", "device10"]
+    assert [model_outputs.device_entry(n) for n in ("device10", "device10_summary.json", "device\u0663",
+                                                    "bs1_summary.json")] == ["device10", "device10", None, None]
+    # nor is x_\u0661.bin (another script's 1) output 1 of x
+    assert [bool(model_outputs.OUTPUT_NAME.match(n)) for n in ("x_1.bin", "x_\u0661.bin")] == [True, False]
 
 
 # --- shards that are not one run -----------------------------------------------------------------------------

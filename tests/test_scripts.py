@@ -608,6 +608,8 @@ def test_eval_gate_flags_are_checked_before_any_work(tools, tmp_path, tiny_data_
     shutil.copy(__file__, str(tmp_path / "hrnet.onnx"))    # never run: every case stops first
     common = ["--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--output_dir", tmp_path / "eval"]
     for flags, fragment in ((["--min_fps", "8:5"], "floor for batch size 8 but the run has --batch_sizes \"1 4\""),
-                            (["--junit", tmp_path], "it is a folder")):   # the others: test_hostile_atlas_checks
+                            (["--junit", tmp_path], "it is a folder"),   # the others: test_hostile_atlas_checks
+                            (["--junit", tmp_path / "eval" / "result_bs1.json"],   # the report would replace it
+                             "one of the files which eval_acc_perf.sh writes")):
         assert_user_error(bash("eval_acc_perf.sh", *common, *flags, env=env), fragment)
     assert not (tmp_path / "eval").exists()
