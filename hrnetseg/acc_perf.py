@@ -30,7 +30,8 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 from .cli import ArgumentParser, UserError, positive_int, run_cli
-from .files import require_file, require_folder, write_text_atomic
+from .figures import decimal_value, format_fps
+from .files import read_json, read_text, require_folder, write_text_atomic
 from .manifest import read_manifest
 from .device_layout import DEVICE_FOLDER, device_list, device_parts
 from .model_outputs import device_folders, shard_image_counts, summary_path_for
@@ -43,7 +44,6 @@ SUMMARY_THROUGHPUT_LINE = "summary throughput:X"
 _SUMMARY_THROUGHPUT = re.compile(r"summary throughput:[ \t]*(\S*)")
 # a plain decimal number as the tools print it; float() alone would also take "1_000", "infinity" or other
 # scripts' digits
-_DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
 AIS_BENCH_INPUT_SUFFIXES = (".bin", ".BIN", ".npy", ".NPY")   # the files ais_bench runs from an --input folder
 
 
@@ -121,15 +121,6 @@ def real_images_fps(fps: float, count: int, batch: int) -> float:
 
 # --- throughput ------------------------------------------------------------------------------------------
 
-def read_text(path: str, what: str) -> str:
-    require_file(path, what)
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise UserError("cannot read {} {}: {}".format(what, path, exc.strerror or exc))
-
-
 def parse_throughput(text: str) -> Optional[str]:
     """The X of the last `summary throughput:X` line (a multi-device run: each device prints its own summary
     block, then this sum), else of the last throughput line, as written (None when there is neither)."""
@@ -150,27 +141,7 @@ def throughput(log: str, command: str) -> float:
     return value
 
 
-def decimal_value(text: str) -> float:
-    """The value of a plain decimal number (digits, point, exponent), NaN for anything else."""
-    return float(text) if _DECIMAL.fullmatch(text) else float("nan")
-
-
-def format_fps(fps: float) -> str:
-    """Two decimals, or three significant digits below 1 fps (a slow CPU run must not show as 0.00)."""
-    return "{:.2f}".format(fps) if fps >= 1 else "{:.3g}".format(fps)
-
-
 # --- row -------------------------------------------------------------------------------------------------
-
-def read_json(path: str, what: str) -> dict:
-    try:
-        data = json.loads(read_text(path, what))
-    except ValueError as exc:
-        raise UserError("{} {} is not JSON: {}".format(what, path, exc))
-    if not isinstance(data, dict):
-        raise UserError("{} {} holds no JSON object".format(what, path))
-    return data
-
 
 def miou(result_path: str) -> float:
     """The mIoU fraction (0..1, as cityscapesScripts) of HRNet_postprocess.py's result file."""

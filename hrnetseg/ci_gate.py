@@ -25,9 +25,9 @@ import os
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .acc_perf import decimal_value, format_fps, read_json
 from .cli import ArgumentParser, UserError, positive_int, run_cli
-from .files import check_output_file, make_output_folder, not_a_folder_above, write_bytes_atomic
+from .figures import decimal_value, format_fps
+from .files import check_output_file, make_output_folder, not_a_folder_above, read_json, write_bytes_atomic
 
 SUITE = "eval_acc_perf"
 EXIT_BELOW_FLOOR = 1

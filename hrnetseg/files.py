@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fnmatch
 import glob
+import json
 import os
 import re
 import stat
@@ -285,3 +286,24 @@ def remove_stale_temporaries_beside(path: str) -> int:
     extension = os.path.splitext(target)[1]
     return remove_stale_temporaries(os.path.dirname(target), "*" + extension if extension else
                                     glob.escape(os.path.basename(target)))
+
+
+# --- small text and JSON files with one-line errors ----------------------------------------------------
+
+def read_text(path: str, what: str) -> str:
+    require_file(path, what)
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise UserError("cannot read {} {}: {}".format(what, path, exc.strerror or exc))
+
+
+def read_json(path: str, what: str) -> dict:
+    try:
+        data = json.loads(read_text(path, what))
+    except ValueError as exc:
+        raise UserError("{} {} is not JSON: {}".format(what, path, exc))
+    if not isinstance(data, dict):
+        raise UserError("{} {} holds no JSON object".format(what, path))
+    return data

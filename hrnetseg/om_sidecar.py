@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .acc_perf import read_json
+from .files import read_json
 from .cli import ArgumentParser, UserError, positive_int, run_cli
 from .files import write_text_atomic
 from .manifest import read_manifest

@@ -20,7 +20,7 @@ import pytest
 
 from helpers import (OUT_SHAPE, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_infer,
                       run_script)
-from hrnetseg import acc_perf, cityscapes, evaluate, infer, run_outputs, streaming
+from hrnetseg import acc_perf, cityscapes, evaluate, figures, infer, run_outputs, streaming
 from hrnetseg.cli import UserError
 
 # ------------------------------------------------------------------------------------- infer: throughput
@@ -260,7 +260,7 @@ def test_table_row_never_shows_a_zero_throughput_or_a_bad_miou(tmp_path):
     result.write_text(json.dumps({"mIoU": 0.6526}))
     assert acc_perf.table_row(1, "ais_bench", "npu:0", 0.004, acc_perf.miou(str(result))) == \
         "| 1 | ais_bench | npu:0 | 0.004 | 65.26% |"
-    assert acc_perf.format_fps(37.456) == "37.46"
+    assert figures.format_fps(37.456) == "37.46"
     for bad in ('{"mIoU": null}', '{"mIoU": 1.5}', '{"mIoU": "0.5"}', '{"mean_Iou": 0.5}', "[0.5]", "{"):
         result.write_text(bad)
         with pytest.raises(UserError, match="result"):
