@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error
+from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process
 from hrnetseg.numerics import relative_error
 
 RUNNER = ["-m", "hrnetseg.infer"]
@@ -134,14 +134,18 @@ def edit_manifest(prep, **changes) -> None:
     (prep / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_refusals_are_one_clear_line(run, tmp_path, tiny_onnx_path, tiny_pth_path, prep_copy):
+def test_refusals_are_one_clear_line(run, tmp_path, tiny_onnx_path, tiny_pth_path, prep_copy, capsys):
+    """The first refusal runs the real command line; the rest run its main() under run_cli in this process."""
+    from hrnetseg import infer
+
     def refused(*fragments, model=tiny_onnx_path, inputs=prep_copy, extra=()):
-        result = run(RUNNER + ["--model", model, "--input", inputs, "--output", tmp_path / "out"] + list(extra))
-        assert_user_error(result, *fragments)
+        args = ["--model", model, "--input", inputs, "--output", tmp_path / "out"] + list(extra)
+        assert_user_error(run_in_process(infer.main, args, capsys), *fragments)
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    refused("no manifest.json", inputs=empty)
+    assert_user_error(run(RUNNER + ["--model", tiny_onnx_path, "--input", empty, "--output", tmp_path / "out"]),
+                      "no manifest.json")
     ids = manifest_ids(prep_copy)
     victim = prep_copy / "{}.bin".format(ids[2])
     victim.write_bytes(victim.read_bytes()[:-4])
