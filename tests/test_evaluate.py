@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_script
+from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process, run_script
 from hrnetseg import cityscapes, streaming
 from hrnetseg.backends import Backend, InputSpec
 
@@ -98,19 +98,23 @@ def test_ctrl_c_stops_and_reports_what_was_evaluated(tmp_path, tiny_data_root, t
     assert RATIO.search(result.stdout) and not (tmp_path / "r.json").exists()
 
 
-def test_refusals_are_one_clear_line(tmp_path, tiny_data_root, tiny_onnx_path, tiny_pth_path):
-    def refused(*fragments, data=tiny_data_root, model=("--onnx", tiny_onnx_path), extra=()):
-        result = run_script(EVALUATE + ["--datasets_path", data] + list(model) + list(extra), timeout=60)
-        assert_user_error(result, *fragments)
+def test_refusals_are_one_clear_line(tmp_path, tiny_data_root, tiny_onnx_path, tiny_pth_path, capsys):
+    """The first refusal runs the real command line; the rest run its main() under run_cli in this process."""
+    from hrnetseg import evaluate
 
-    refused("not found", data=tmp_path / "nowhere")
+    def refused(*fragments, data=tiny_data_root, model=("--onnx", tiny_onnx_path), extra=()):
+        args = ["--datasets_path", data] + list(model) + list(extra)
+        assert_user_error(run_in_process(evaluate.main, args, capsys), *fragments)
+
+    assert_user_error(run_script(EVALUATE + ["--datasets_path", tmp_path / "nowhere", "--onnx", tiny_onnx_path],
+                                 timeout=60), "not found")
     refused("not found", model=("--onnx", tmp_path / "missing.onnx"))
     refused("--output_index 2", extra=["--output_index", "2"])
     refused("--save_path", extra=["--save_path", tmp_path / "no" / "r.json"])
     refused("fp32", extra=["--precision", "bf16"])
     refused("does not fit", model=("--pth", tiny_pth_path))   # a tiny checkpoint is not the default w48_ocr
-    result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--pth",
-                                    tiny_pth_path])
+    result = run_in_process(evaluate.main, ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--pth",
+                                            tiny_pth_path], capsys)
     assert result.returncode == 2 and "not allowed with" in result.stderr
 
     big = tmp_path / "big"
