@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
@@ -115,9 +116,12 @@ def test_record_finds_the_section_under_an_older_heading(tmp_path):
     assert text.index(older) < text.index("old block") < text.index("new block") < text.index("## Later section")
 
 
-def test_failed_case_is_a_row_not_a_crash(run, tmp_path):
+def test_failed_case_is_a_row_not_a_crash(run, tmp_path, tiny_run):
+    _, _, args = tiny_run
+    work = tmp_path / "work"     # a copy of tiny_run's workdir: its export and reference are reused, not made again
+    shutil.copytree(str(args[args.index("--workdir") + 1]), str(work))
     result = run(BENCH + TINY + ["--stages", "infer", "--cases", "torch:fp16:1", "--device", "cpu", "--no_record",
-                                 "--workdir", tmp_path], timeout=120)
+                                 "--workdir", work], timeout=120)
     assert result.returncode == 1, result.stderr
     rows = table(result.stdout, "case")
     assert rows[1][0] == "torch fp16 bs1" and rows[1][1].startswith("failed: ") and "GPU" in rows[1][1]
