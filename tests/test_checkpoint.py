@@ -7,7 +7,8 @@ import pickle
 import pytest
 import torch
 
-from helpers import assert_user_error
+import HRNet_pth2onnx
+from helpers import assert_user_error, run_in_process
 from hrnetseg.checkpoint import load_checkpoint, read_state_dict
 from hrnetseg.cli import UserError
 from hrnetseg.model import build_model, init_random_weights
@@ -121,7 +122,8 @@ def test_cli_refuses_missing_cls_head_without_traceback_or_onnx(tmp_path, run):
 
 
 @pytest.mark.parametrize("problem", ["missing", "text", "folder_output", "no_output_dir"])
-def test_cli_input_and_output_errors(tmp_path, run, problem):
+def test_cli_input_and_output_errors(tmp_path, capsys, problem):
+    """The script's main() under run_cli in this process (the test above runs the real command line)."""
     good = write_official_checkpoint(tmp_path / "w.pth", PRESET)
     pth, out, fragment = good, tmp_path / "m.onnx", ""
     if problem == "missing":
@@ -134,7 +136,7 @@ def test_cli_input_and_output_errors(tmp_path, run, problem):
         out, fragment = tmp_path, "is a folder"
     elif problem == "no_output_dir":
         out, fragment = tmp_path / "absent" / "m.onnx", "does not exist"
-    result = run(["HRNet_pth2onnx.py", "--pth", pth, "--save_path", out, "--preset", PRESET,
-                  "--height", "64", "--width", "128"])
+    result = run_in_process(HRNet_pth2onnx.main, ["--pth", pth, "--save_path", out, "--preset", PRESET,
+                                                  "--height", "64", "--width", "128"], capsys)
     assert_user_error(result, fragment)
     assert not list(tmp_path.rglob("*.onnx"))

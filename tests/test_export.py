@@ -137,10 +137,13 @@ def test_verification_reuses_the_trace_forward(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("opset", ["10", "30"])
-def test_cli_refuses_an_opset_the_model_cannot_use(tmp_path, run, opset):
-    from helpers import assert_user_error
+def test_cli_refuses_an_opset_the_model_cannot_use(tmp_path, capsys, opset):
+    """The script's main() under run_cli in this process (the tests above run the real command line)."""
+    import HRNet_pth2onnx
+    from helpers import assert_user_error, run_in_process
 
-    result = run(["HRNet_pth2onnx.py", "--random_weights", "0", "--preset", "tiny_ocr", "--height", "64",
-                  "--width", "128", "--save_path", tmp_path / "m.onnx", "--opset", opset])
+    result = run_in_process(HRNet_pth2onnx.main, ["--random_weights", "0", "--preset", "tiny_ocr", "--height", "64",
+                                                  "--width", "128", "--save_path", tmp_path / "m.onnx", "--opset",
+                                                  opset], capsys)
     assert_user_error(result, "--opset {}".format(opset))
     assert not list(tmp_path.iterdir())
