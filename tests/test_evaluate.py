@@ -21,17 +21,20 @@ RATIO = re.compile(r"wall / slowest stage busy \((\w+)\) = ([\d.]+)")
 WALL = re.compile(r"wall ([\d.]+) s for (\d+) images")
 
 
-def bin_pipeline(tmp, data, model, batch, extra=()):
+def bin_pipeline(tmp, data, model, batch, capsys, extra=()):
     """HRNet_preprocess.py -> python -m hrnetseg.infer -> HRNet_postprocess.py, as a user runs them: the
-    confusion matrix and result.json of the main output."""
+    confusion matrix and result.json of the main output. The runner's main() runs under run_cli in this
+    process (torch and ONNX Runtime are loaded here already; its command line is tested in test_infer.py)."""
+    from hrnetseg import infer
+
     prep, results = tmp / "prep", tmp / "results"
     steps = [["HRNet_preprocess.py", "--src_path", data, "--save_path", prep, "--workers", "1"],
-             ["-m", "hrnetseg.infer", "--model", model, "--input", prep, "--output", results, "--output_dirname",
+             [infer.main, "--model", model, "--input", prep, "--output", results, "--output_dirname",
               "bs{}".format(batch), "--batchsize", str(batch)] + list(extra),
              ["HRNet_postprocess.py", "--res_path", results / "bs{}".format(batch), "--data_path", data,
               "--save_path", tmp / "bins.json", "--save_confusion", tmp / "bins.npz", "--workers", "1"]]
     for step in steps:
-        result = run_script(step)
+        result = run_in_process(step[0], step[1:], capsys) if callable(step[0]) else run_script(step)
         assert result.returncode == 0, (step, result.stdout, result.stderr)
     return tmp / "bins.npz", tmp / "bins.json"
 
@@ -53,13 +56,14 @@ def same_matrix(a, b) -> None:
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-def test_same_confusion_matrix_as_the_bin_pipeline(tmp_path, tiny_data_root, tiny_onnx_path, tiny_pth_path, backend):
+def test_same_confusion_matrix_as_the_bin_pipeline(tmp_path, tiny_data_root, tiny_onnx_path, tiny_pth_path, backend,
+                                                   capsys):
     # 5 images: onnxruntime at batch 4 (a padded last batch of 1), torch at batch 2 (a padded last batch of 1)
     if backend == "onnxruntime":
         batch, model, flags, extra = 4, tiny_onnx_path, ["--onnx", tiny_onnx_path], []
     else:
         batch, model, flags, extra = 2, tiny_pth_path, ["--pth", tiny_pth_path], ["--preset", TINY_PRESET]
-    bins_npz, bins_json = bin_pipeline(tmp_path, tiny_data_root, model, batch, extra)
+    bins_npz, bins_json = bin_pipeline(tmp_path, tiny_data_root, model, batch, capsys, extra)
     stream_npz, stream_json, result = run_streaming(tmp_path, tiny_data_root, flags, batch, extra)
     same_matrix(bins_npz, stream_npz)
     assert json.loads(stream_json.read_text()) == json.loads(bins_json.read_text())   # same result.json, same mIoU
