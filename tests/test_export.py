@@ -97,11 +97,16 @@ def test_relative_error_definition():
     assert relative_error(b, b) == 0.0
 
 
-def test_cli_exports_an_official_w48_checkpoint(tmp_path, run):
+def test_cli_exports_an_official_w48_checkpoint(tmp_path, capsys):
+    """The script's main() under run_cli in this process (torch is loaded here already; the tests below run
+    its command line)."""
+    import HRNet_pth2onnx
+    from helpers import run_in_process
+
     pth = write_official_checkpoint(tmp_path / "hrnet.pth", "w48_ocr", seed=1, wrapped=True)
     out = tmp_path / "hrnet.onnx"
-    result = run(["HRNet_pth2onnx.py", "--pth", pth, "--save_path", out, "--height", "64", "--width", "128",
-                  "--batch", "2"])
+    result = run_in_process(HRNet_pth2onnx.main, ["--pth", pth, "--save_path", out, "--height", "64", "--width", "128",
+                                                  "--batch", "2"], capsys)
     assert result.returncode == 0, result.stderr
     assert "relative error" in result.stdout and out.exists()
     rels = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if "relative error" in line]
