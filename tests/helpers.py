@@ -36,6 +36,20 @@ def run_script(args: Sequence[str], cwd: Path = REPO, env: dict = None, timeout:
                           text=True, timeout=timeout, input=input_text, preexec_fn=default_sigint)
 
 
+def run_in_process(main, argv: Sequence, capsys) -> subprocess.CompletedProcess:
+    """A script's main() under run_cli in this process, as its command line runs it: exit code, stdout, stderr.
+    Spares a test the interpreter and torch start-up of run_script where the process boundary is not what it
+    checks (keep one run_script test per CLI for that)."""
+    import pytest
+
+    from hrnetseg.cli import run_cli
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(main, [str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(argv), info.value.code, out, err)
+
+
 def default_sigint() -> None:
     """Children get Ctrl-C back even when the test run itself was started with SIGINT ignored
     (a background job of a non-interactive shell), so Python turns it into KeyboardInterrupt."""

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process
 from hrnetseg.bench import report
+from hrnetseg.bench.__main__ import main as bench_main
 from hrnetseg.bench.cases import BASELINE_SPEC, DEFAULT_CASES, parse_case, parse_cases
 
 BENCH = ["-m", "hrnetseg.bench"]
@@ -86,9 +88,10 @@ def test_recorded_in_its_section(tiny_run):
     assert result.stdout.strip() in text
 
 
-def test_stage_selection_and_no_record(run, tmp_path):
+def test_stage_selection_and_no_record(tmp_path, capsys):
+    """The bench's main() under run_cli in this process (its children are still processes of their own)."""
     md = tmp_path / "B.md"
-    result = run(BENCH + TINY + ["--stages", "pre", "--benchmarks_md", md, "--no_record"], timeout=120)
+    result = run_in_process(bench_main, TINY + ["--stages", "pre", "--benchmarks_md", md, "--no_record"], capsys)
     assert result.returncode == 0, result.stderr
     assert "| case |" not in result.stdout
     assert [(r[0], r[1]) for r in table(result.stdout, "step")] == [("preprocess", "reference"), ("preprocess", "ours")]
@@ -115,9 +118,12 @@ def test_record_finds_the_section_under_an_older_heading(tmp_path):
     assert text.index(older) < text.index("old block") < text.index("new block") < text.index("## Later section")
 
 
-def test_failed_case_is_a_row_not_a_crash(run, tmp_path):
+def test_failed_case_is_a_row_not_a_crash(run, tmp_path, tiny_run):
+    _, _, args = tiny_run
+    work = tmp_path / "work"     # a copy of tiny_run's workdir: its export and reference are reused, not made again
+    shutil.copytree(str(args[args.index("--workdir") + 1]), str(work))
     result = run(BENCH + TINY + ["--stages", "infer", "--cases", "torch:fp16:1", "--device", "cpu", "--no_record",
-                                 "--workdir", tmp_path], timeout=120)
+                                 "--workdir", work], timeout=120)
     assert result.returncode == 1, result.stderr
     rows = table(result.stdout, "case")
     assert rows[1][0] == "torch fp16 bs1" and rows[1][1].startswith("failed: ") and "GPU" in rows[1][1]
@@ -136,8 +142,12 @@ def test_failed_case_is_a_row_not_a_crash(run, tmp_path):
     (["--preset", "w99"], "--preset"),
     (["--warmup", "-1"], "--warmup"),
 ])
-def test_bad_flags_one_line_exit_2(run, tmp_path, flags, fragment):
-    result = run(BENCH + flags + ["--workdir", tmp_path / "w", "--no_record"], timeout=60)
+def test_bad_flags_one_line_exit_2(run, tmp_path, capsys, flags, fragment):
+    args = flags + ["--workdir", tmp_path / "w", "--no_record"]
+    if flags == ["--cases", "torch:fp32"]:   # the real command line once; the bench's main() in this process for the rest
+        result = run(BENCH + args, timeout=60)
+    else:
+        result = run_in_process(bench_main, args, capsys)
     assert_user_error(result, fragment)
     assert result.stdout == "" and not (tmp_path / "w").exists()
 

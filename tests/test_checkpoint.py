@@ -7,7 +7,8 @@ import pickle
 import pytest
 import torch
 
-from helpers import assert_user_error
+import HRNet_pth2onnx
+from helpers import assert_user_error, run_in_process
 from hrnetseg.checkpoint import load_checkpoint, read_state_dict
 from hrnetseg.cli import UserError
 from hrnetseg.model import build_model, init_random_weights
@@ -111,17 +112,19 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path, kind):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_cli_refuses_missing_cls_head_without_traceback_or_onnx(tmp_path, run):
+def test_cli_refuses_missing_cls_head_without_traceback_or_onnx(tmp_path, capsys):
+    """The script's main() under run_cli in this process (test_export.py runs its command line)."""
     path = save_modified(tmp_path, lambda s: s.pop("model.cls_head.weight"))
     out = tmp_path / "m.onnx"
-    result = run(["HRNet_pth2onnx.py", "--pth", path, "--save_path", out, "--preset", PRESET,
-                  "--height", "64", "--width", "128"])
+    result = run_in_process(HRNet_pth2onnx.main, ["--pth", path, "--save_path", out, "--preset", PRESET,
+                                                  "--height", "64", "--width", "128"], capsys)
     assert_user_error(result, "cls_head.weight")
     assert list(tmp_path.glob("*.onnx*")) == [] and list(tmp_path.glob(".m.onnx*")) == []
 
 
 @pytest.mark.parametrize("problem", ["missing", "text", "folder_output", "no_output_dir"])
-def test_cli_input_and_output_errors(tmp_path, run, problem):
+def test_cli_input_and_output_errors(tmp_path, capsys, problem):
+    """The script's main() under run_cli in this process (test_export.py runs its command line)."""
     good = write_official_checkpoint(tmp_path / "w.pth", PRESET)
     pth, out, fragment = good, tmp_path / "m.onnx", ""
     if problem == "missing":
@@ -134,7 +137,7 @@ def test_cli_input_and_output_errors(tmp_path, run, problem):
         out, fragment = tmp_path, "is a folder"
     elif problem == "no_output_dir":
         out, fragment = tmp_path / "absent" / "m.onnx", "does not exist"
-    result = run(["HRNet_pth2onnx.py", "--pth", pth, "--save_path", out, "--preset", PRESET,
-                  "--height", "64", "--width", "128"])
+    result = run_in_process(HRNet_pth2onnx.main, ["--pth", pth, "--save_path", out, "--preset", PRESET,
+                                                  "--height", "64", "--width", "128"], capsys)
     assert_user_error(result, fragment)
     assert not list(tmp_path.rglob("*.onnx"))

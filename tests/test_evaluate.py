@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_script
+from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process, run_script
 from hrnetseg import cityscapes, streaming
 from hrnetseg.backends import Backend, InputSpec
 
@@ -21,17 +21,20 @@ RATIO = re.compile(r"wall / slowest stage busy \((\w+)\) = ([\d.]+)")
 WALL = re.compile(r"wall ([\d.]+) s for (\d+) images")
 
 
-def bin_pipeline(tmp, data, model, batch, extra=()):
+def bin_pipeline(tmp, data, model, batch, capsys, extra=()):
     """HRNet_preprocess.py -> python -m hrnetseg.infer -> HRNet_postprocess.py, as a user runs them: the
-    confusion matrix and result.json of the main output."""
+    confusion matrix and result.json of the main output. The runner's main() runs under run_cli in this
+    process (torch and ONNX Runtime are loaded here already; its command line is tested in test_infer.py)."""
+    from hrnetseg import infer
+
     prep, results = tmp / "prep", tmp / "results"
     steps = [["HRNet_preprocess.py", "--src_path", data, "--save_path", prep, "--workers", "1"],
-             ["-m", "hrnetseg.infer", "--model", model, "--input", prep, "--output", results, "--output_dirname",
+             [infer.main, "--model", model, "--input", prep, "--output", results, "--output_dirname",
               "bs{}".format(batch), "--batchsize", str(batch)] + list(extra),
              ["HRNet_postprocess.py", "--res_path", results / "bs{}".format(batch), "--data_path", data,
               "--save_path", tmp / "bins.json", "--save_confusion", tmp / "bins.npz", "--workers", "1"]]
     for step in steps:
-        result = run_script(step)
+        result = run_in_process(step[0], step[1:], capsys) if callable(step[0]) else run_script(step)
         assert result.returncode == 0, (step, result.stdout, result.stderr)
     return tmp / "bins.npz", tmp / "bins.json"
 
@@ -53,13 +56,14 @@ def same_matrix(a, b) -> None:
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-def test_same_confusion_matrix_as_the_bin_pipeline(tmp_path, tiny_data_root, tiny_onnx_path, tiny_pth_path, backend):
+def test_same_confusion_matrix_as_the_bin_pipeline(tmp_path, tiny_data_root, tiny_onnx_path, tiny_pth_path, backend,
+                                                   capsys):
     # 5 images: onnxruntime at batch 4 (a padded last batch of 1), torch at batch 2 (a padded last batch of 1)
     if backend == "onnxruntime":
         batch, model, flags, extra = 4, tiny_onnx_path, ["--onnx", tiny_onnx_path], []
     else:
         batch, model, flags, extra = 2, tiny_pth_path, ["--pth", tiny_pth_path], ["--preset", TINY_PRESET]
-    bins_npz, bins_json = bin_pipeline(tmp_path, tiny_data_root, model, batch, extra)
+    bins_npz, bins_json = bin_pipeline(tmp_path, tiny_data_root, model, batch, capsys, extra)
     stream_npz, stream_json, result = run_streaming(tmp_path, tiny_data_root, flags, batch, extra)
     same_matrix(bins_npz, stream_npz)
     assert json.loads(stream_json.read_text()) == json.loads(bins_json.read_text())   # same result.json, same mIoU
@@ -98,19 +102,23 @@ def test_ctrl_c_stops_and_reports_what_was_evaluated(tmp_path, tiny_data_root, t
     assert RATIO.search(result.stdout) and not (tmp_path / "r.json").exists()
 
 
-def test_refusals_are_one_clear_line(tmp_path, tiny_data_root, tiny_onnx_path, tiny_pth_path):
-    def refused(*fragments, data=tiny_data_root, model=("--onnx", tiny_onnx_path), extra=()):
-        result = run_script(EVALUATE + ["--datasets_path", data] + list(model) + list(extra), timeout=60)
-        assert_user_error(result, *fragments)
+def test_refusals_are_one_clear_line(tmp_path, tiny_data_root, tiny_onnx_path, tiny_pth_path, capsys):
+    """The first refusal runs the real command line; the rest run its main() under run_cli in this process."""
+    from hrnetseg import evaluate
 
-    refused("not found", data=tmp_path / "nowhere")
+    def refused(*fragments, data=tiny_data_root, model=("--onnx", tiny_onnx_path), extra=()):
+        args = ["--datasets_path", data] + list(model) + list(extra)
+        assert_user_error(run_in_process(evaluate.main, args, capsys), *fragments)
+
+    assert_user_error(run_script(EVALUATE + ["--datasets_path", tmp_path / "nowhere", "--onnx", tiny_onnx_path],
+                                 timeout=60), "not found")
     refused("not found", model=("--onnx", tmp_path / "missing.onnx"))
     refused("--output_index 2", extra=["--output_index", "2"])
     refused("--save_path", extra=["--save_path", tmp_path / "no" / "r.json"])
     refused("fp32", extra=["--precision", "bf16"])
     refused("does not fit", model=("--pth", tiny_pth_path))   # a tiny checkpoint is not the default w48_ocr
-    result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--pth",
-                                    tiny_pth_path])
+    result = run_in_process(evaluate.main, ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--pth",
+                                            tiny_pth_path], capsys)
     assert result.returncode == 2 and "not allowed with" in result.stderr
 
     big = tmp_path / "big"

@@ -97,11 +97,16 @@ def test_relative_error_definition():
     assert relative_error(b, b) == 0.0
 
 
-def test_cli_exports_an_official_w48_checkpoint(tmp_path, run):
+def test_cli_exports_an_official_w48_checkpoint(tmp_path, capsys):
+    """The script's main() under run_cli in this process (torch is loaded here already; the tests below run
+    its command line)."""
+    import HRNet_pth2onnx
+    from helpers import run_in_process
+
     pth = write_official_checkpoint(tmp_path / "hrnet.pth", "w48_ocr", seed=1, wrapped=True)
     out = tmp_path / "hrnet.onnx"
-    result = run(["HRNet_pth2onnx.py", "--pth", pth, "--save_path", out, "--height", "64", "--width", "128",
-                  "--batch", "2"])
+    result = run_in_process(HRNet_pth2onnx.main, ["--pth", pth, "--save_path", out, "--height", "64", "--width", "128",
+                                                  "--batch", "2"], capsys)
     assert result.returncode == 0, result.stderr
     assert "relative error" in result.stdout and out.exists()
     rels = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if "relative error" in line]
@@ -137,10 +142,13 @@ def test_verification_reuses_the_trace_forward(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("opset", ["10", "30"])
-def test_cli_refuses_an_opset_the_model_cannot_use(tmp_path, run, opset):
-    from helpers import assert_user_error
+def test_cli_refuses_an_opset_the_model_cannot_use(tmp_path, capsys, opset):
+    """The script's main() under run_cli in this process (the tests above run the real command line)."""
+    import HRNet_pth2onnx
+    from helpers import assert_user_error, run_in_process
 
-    result = run(["HRNet_pth2onnx.py", "--random_weights", "0", "--preset", "tiny_ocr", "--height", "64",
-                  "--width", "128", "--save_path", tmp_path / "m.onnx", "--opset", opset])
+    result = run_in_process(HRNet_pth2onnx.main, ["--random_weights", "0", "--preset", "tiny_ocr", "--height", "64",
+                                                  "--width", "128", "--save_path", tmp_path / "m.onnx", "--opset",
+                                                  opset], capsys)
     assert_user_error(result, "--opset {}".format(opset))
     assert not list(tmp_path.iterdir())

@@ -8,18 +8,20 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, run_script
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, run_in_process
 from hrnetseg.cityscapes import MEAN, STD
 from hrnetseg.numerics import relative_error
 
 
 @pytest.fixture(scope="module")
 def uint8_onnx(tmp_path_factory, tiny_pth_path):
+    """The export script's main() in this process (torch is loaded here already; test_export.py runs its
+    command line)."""
+    import HRNet_pth2onnx
+
     path = tmp_path_factory.mktemp("uint8") / "hrnet_uint8.onnx"
-    result = run_script(["HRNet_pth2onnx.py", "--pth", tiny_pth_path, "--preset", TINY_PRESET,
-                                "--height", str(TINY_HEIGHT), "--width", str(TINY_WIDTH), "--input_format", "uint8",
-                                "--save_path", path])
-    assert result.returncode == 0, result.stderr
+    assert HRNet_pth2onnx.main(["--pth", str(tiny_pth_path), "--preset", TINY_PRESET, "--height", str(TINY_HEIGHT),
+                                "--width", str(TINY_WIDTH), "--input_format", "uint8", "--save_path", str(path)]) == 0
     return path
 
 
@@ -41,19 +43,24 @@ def test_uint8_export_matches_float32_model(uint8_onnx, tiny_onnx_path):
         assert relative_error(g, w) <= 1e-5
 
 
-def test_uint8_bins_through_the_runner_match_float32_bins(run, tmp_path, uint8_onnx, tiny_onnx_path, tiny_data_root,
-                                                          tiny_prep_path):
+def test_uint8_bins_through_the_runner_match_float32_bins(tmp_path, uint8_onnx, tiny_onnx_path, tiny_data_root,
+                                                          tiny_prep_path, capsys):
+    """The runner's main() under run_cli in this process (test_infer.py runs its command line)."""
+    from hrnetseg import infer
     from hrnetseg.preprocess import preprocess
+
+    def run(args):
+        return run_in_process(infer.main, args, capsys)
 
     prep = tmp_path / "prep_uint8"
     preprocess(str(tiny_data_root), str(prep), dtype="uint8", workers=1, log=lambda message: None)
     for model, inputs, name in ((uint8_onnx, prep, "u8"), (tiny_onnx_path, tiny_prep_path, "f32")):
-        result = run(["-m", "hrnetseg.infer", "--model", model, "--input", inputs, "--output", tmp_path,
-                      "--output_dirname", name, "--batchsize", "4"])
+        result = run(["--model", model, "--input", inputs, "--output", tmp_path, "--output_dirname", name,
+                      "--batchsize", "4"])
         assert result.returncode == 0, result.stderr
     # The float32 model refuses the uint8 bins, and the other way round: never reinterpreted.
-    assert run(["-m", "hrnetseg.infer", "--model", tiny_onnx_path, "--input", prep]).returncode == 2
-    assert run(["-m", "hrnetseg.infer", "--model", uint8_onnx, "--input", tiny_prep_path]).returncode == 2
+    assert run(["--model", tiny_onnx_path, "--input", prep]).returncode == 2
+    assert run(["--model", uint8_onnx, "--input", tiny_prep_path]).returncode == 2
     for sample_id in json.loads((prep / "manifest.json").read_text())["ids"]:
         for k in (0, 1):
             u8 = np.fromfile(str(tmp_path / "u8" / "{}_{}.bin".format(sample_id, k)), np.float32)

@@ -24,9 +24,10 @@ from onnx import TensorProto, helper
 import HRNet_pth2onnx as pth2onnx
 import performance_optimize_resize as resize_script
 from helpers import REPO, TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, run_script
+from helpers import run_in_process as cli
 from hrnetseg import onnx_graph
 from hrnetseg.checkpoint import load_checkpoint, read_state_dict
-from hrnetseg.cli import UserError, run_cli
+from hrnetseg.cli import UserError
 from hrnetseg.export import MAX_RELATIVE_ERROR, check_errors, output_errors
 from hrnetseg.model import build_model
 from hrnetseg.numerics import relative_error
@@ -36,14 +37,6 @@ EXPORT_ARGS = ["--preset", TINY_PRESET, "--height", str(TINY_HEIGHT), "--width",
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
-
-def cli(main, argv, capsys) -> subprocess.CompletedProcess:
-    """A script's main() under run_cli, as its command line runs it: exit code, stdout, stderr."""
-    with pytest.raises(SystemExit) as info:
-        run_cli(main, [str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, info.value.code, out, err)
-
 
 def assert_failed_check(result, *fragments) -> None:
     """Exit code 1 (a failed check), its last stderr line naming it, no traceback."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error
+from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process
 from hrnetseg.numerics import relative_error
 
 RUNNER = ["-m", "hrnetseg.infer"]
@@ -104,7 +104,7 @@ def test_without_output_nothing_is_written(run, tmp_path, tiny_onnx_path, tiny_p
     assert THROUGHPUT.search(result.stdout) and list(tmp_path.iterdir()) == []
 
 
-def test_torch_backend_matches_onnxruntime(run, tmp_path, tiny_pth_path, tiny_prep_path, bs1_bs4):
+def test_torch_backend_matches_onnxruntime(run, tmp_path, tiny_pth_path, tiny_prep_path, bs1_bs4, capsys):
     result = run(RUNNER + ["--model", tiny_pth_path, "--preset", TINY_PRESET, "--input", tiny_prep_path,
                            "--output", tmp_path, "--output_dirname", "t", "--batchsize", "2", "--device", "cpu"])
     assert result.returncode == 0, result.stderr
@@ -114,8 +114,11 @@ def test_torch_backend_matches_onnxruntime(run, tmp_path, tiny_pth_path, tiny_pr
         ours = read_out(tmp_path / "t" / "{}_1.bin".format(sample_id))
         assert relative_error(ours, read_out(bs1_bs4[0] / "bs1" / "{}_1.bin".format(sample_id))) <= 1e-4
 
-    bf16 = run(RUNNER + ["--model", tiny_pth_path, "--preset", TINY_PRESET, "--input", tiny_prep_path,
-                         "--output", tmp_path, "--output_dirname", "b", "--precision", "bf16", "--output_indices", "1"])
+    from hrnetseg import infer   # bf16 in this process: the fp32 run above is the real command line
+
+    bf16 = run_in_process(infer.main, ["--model", tiny_pth_path, "--preset", TINY_PRESET, "--input", tiny_prep_path,
+                                       "--output", tmp_path, "--output_dirname", "b", "--precision", "bf16",
+                                       "--output_indices", "1"], capsys)
     assert bf16.returncode == 0, bf16.stderr
     out = np.fromfile(str(tmp_path / "b" / "{}_1.bin".format(manifest_ids(tiny_prep_path)[0])), dtype=np.float32)
     assert out.size == int(np.prod(OUT_SHAPE)) and np.isfinite(out).all()   # float32 whatever the precision
@@ -134,14 +137,18 @@ def edit_manifest(prep, **changes) -> None:
     (prep / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_refusals_are_one_clear_line(run, tmp_path, tiny_onnx_path, tiny_pth_path, prep_copy):
+def test_refusals_are_one_clear_line(run, tmp_path, tiny_onnx_path, tiny_pth_path, prep_copy, capsys):
+    """The first refusal runs the real command line; the rest run its main() under run_cli in this process."""
+    from hrnetseg import infer
+
     def refused(*fragments, model=tiny_onnx_path, inputs=prep_copy, extra=()):
-        result = run(RUNNER + ["--model", model, "--input", inputs, "--output", tmp_path / "out"] + list(extra))
-        assert_user_error(result, *fragments)
+        args = ["--model", model, "--input", inputs, "--output", tmp_path / "out"] + list(extra)
+        assert_user_error(run_in_process(infer.main, args, capsys), *fragments)
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    refused("no manifest.json", inputs=empty)
+    assert_user_error(run(RUNNER + ["--model", tiny_onnx_path, "--input", empty, "--output", tmp_path / "out"]),
+                      "no manifest.json")
     ids = manifest_ids(prep_copy)
     victim = prep_copy / "{}.bin".format(ids[2])
     victim.write_bytes(victim.read_bytes()[:-4])

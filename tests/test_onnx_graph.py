@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from hrnetseg import onnx_graph, rewrite_check
-from helpers import assert_user_error
+from helpers import assert_user_error, run_in_process
 
 SCRIPT = "performance_optimize_resize.py"
 
@@ -105,7 +105,10 @@ def test_select_all_and_by_name(run, tmp_path, tiny_copy):
     assert {v["mode"] for v in resize_attrs(onnx.load(str(out_all))).values()} == {b"nearest"}
 
 
-def test_nothing_matched_is_refused_and_nothing_written(run, tmp_path, tiny_copy):
+def test_nothing_matched_is_refused_and_nothing_written(run, tmp_path, tiny_copy, capsys):
+    """The first refusal runs the real command line; the rest run the script's main() under run_cli here."""
+    import performance_optimize_resize as script
+
     plain = tmp_path / "plain.onnx"
     no_head_model(plain)
     original = plain.read_bytes()
@@ -114,13 +117,13 @@ def test_nothing_matched_is_refused_and_nothing_written(run, tmp_path, tiny_copy
     assert plain.read_bytes() == original
 
     out = tmp_path / "never.onnx"
-    assert_user_error(run([SCRIPT, tiny_copy, out, "--select", "Resize_1376"]), "Resize_1376")
+    assert_user_error(run_in_process(script.main, [tiny_copy, out, "--select", "Resize_1376"], capsys), "Resize_1376")
     assert not out.exists()
-    assert_user_error(run([SCRIPT, tmp_path / "missing.onnx", out]), "not found")
+    assert_user_error(run_in_process(script.main, [tmp_path / "missing.onnx", out], capsys), "not found")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    assert_user_error(run([SCRIPT, tmp_path / "junk.onnx", out]), "is not an ONNX model")
+    assert_user_error(run_in_process(script.main, [tmp_path / "junk.onnx", out], capsys), "is not an ONNX model")
     assert not out.exists()
-    unwritable = run([SCRIPT, tiny_copy, tmp_path / "absent" / "o.onnx"])
+    unwritable = run_in_process(script.main, [tiny_copy, tmp_path / "absent" / "o.onnx"], capsys)
     assert_user_error(unwritable, "does not exist")
     assert "argmax" not in unwritable.stdout   # refused before the slow comparison, not after it
 

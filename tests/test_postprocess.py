@@ -15,7 +15,7 @@ from hrnetseg import cityscapes, metrics, model_outputs, postprocess, upsample_a
 from hrnetseg.bench.reference import reference_postprocess
 from hrnetseg.cli import UserError
 
-from helpers import SAMPLE_IMAGES, assert_user_error, run_script
+from helpers import SAMPLE_IMAGES, assert_user_error, run_in_process, run_script
 
 SCRIPT = "HRNet_postprocess.py"
 
@@ -222,21 +222,26 @@ def test_nan_output_is_named(sample_data_root, sample_results_path, tmp_path):
                       str(bad), "NaN")
 
 
-def test_folder_errors(sample_data_root, sample_results_path, tmp_path):
+def test_folder_errors(sample_data_root, sample_results_path, tmp_path, capsys):
+    """The first refusal runs the real command line; the rest run the script's main() under run_cli here."""
+    import HRNet_postprocess
+
+    def refused(*args):
+        return run_in_process(HRNet_postprocess.main, args, capsys)
+
     gt = _gt_dir(sample_data_root)
     assert_user_error(run_script([SCRIPT, "--res_path", tmp_path / "none", "--data_path", gt]), "not found")
     (tmp_path / "empty").mkdir()
-    assert_user_error(run_script([SCRIPT, "--res_path", tmp_path / "empty", "--data_path", gt]),
-                      "no model outputs")
+    assert_user_error(refused("--res_path", tmp_path / "empty", "--data_path", gt), "no model outputs")
     mixed = _copy_outputs(sample_results_path, tmp_path / "mixed")
     np.save(str(mixed / "x_1.npy"), np.zeros(3, np.float32))
-    assert_user_error(run_script([SCRIPT, "--res_path", mixed, "--data_path", gt]), "mixes .bin and .npy")
+    assert_user_error(refused("--res_path", mixed, "--data_path", gt), "mixes .bin and .npy")
     other = _copy_outputs(sample_results_path, tmp_path / "other", lambda sid, index: "zz{}_{}.bin".format(sid, index))
-    assert_user_error(run_script([SCRIPT, "--res_path", other, "--data_path", gt]), "no output in")
-    assert_user_error(run_script([SCRIPT, "--res_path", sample_results_path, "--data_path", tmp_path / "empty"]),
+    assert_user_error(refused("--res_path", other, "--data_path", gt), "no output in")
+    assert_user_error(refused("--res_path", sample_results_path, "--data_path", tmp_path / "empty"),
                       "no labels found")
-    assert_user_error(run_script([SCRIPT, "--res_path", sample_results_path, "--data_path", gt, "--save_path",
-                                  tmp_path / "no" / "result.json"]), "does not exist")
+    assert_user_error(refused("--res_path", sample_results_path, "--data_path", gt, "--save_path",
+                              tmp_path / "no" / "result.json"), "does not exist")
 
 
 def test_shards_merge_into_the_same_result(cli_run, sample_data_root, sample_results_path, tmp_path):

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY_IMAGES, TINY_PRESET, assert_user_error, default_sigint, run_script
+from helpers import REPO, TINY_IMAGES, TINY_PRESET, assert_user_error, default_sigint, run_in_process, run_script
 from hrnetseg import cityscapes
 from hrnetseg.scaleout import LOOPBACK_ENV
 from hrnetseg.scaleout.driver import BATCH_DELAY_ENV
@@ -112,11 +112,15 @@ def finish(driver, timeout=120.0):
     return driver.returncode, out, err
 
 
-def test_ray_local_gives_the_local_confusion_matrix(tmp_path, ray_env, tiny_data_root, tiny_onnx_path):
+def test_ray_local_gives_the_local_confusion_matrix(tmp_path, capsys, ray_env, tiny_data_root, tiny_onnx_path):
     # batch size 2 and 3 images per unit of work (rounded up to 4): batches of 4 + 1 images, as one process
-    # makes them; compared with the local run at the same batch size, table and result.json included
-    local = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "2",
-                                   "--save_confusion", tmp_path / "local.npz", "--save_path", tmp_path / "local.json"])
+    # makes them; compared with the local run (in this process) at the same batch size, table and result.json
+    # included
+    from hrnetseg import evaluate
+
+    local = run_in_process(evaluate.main, ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize",
+                                           "2", "--save_confusion", tmp_path / "local.npz", "--save_path",
+                                           tmp_path / "local.json"], capsys)
     assert local.returncode == 0, local.stderr
     result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "2",
                                     "--ray", "local", "--ray_workers", "2", "--ray_batch_images", "3",
