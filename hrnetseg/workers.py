@@ -77,8 +77,9 @@ def _process_results(func, tasks: Sequence, workers: int) -> Iterator:
         for result in pool.imap_unordered(func, tasks):
             yield result
         pool.close()
+        pool.join()   # each worker takes its end-of-work marker and exits: no signal needed
     finally:
-        pool.terminate()
+        pool.terminate()   # an early exit (an error, Ctrl-C): SIGTERM to the workers still running
         pool.join()
 
 
@@ -87,6 +88,9 @@ def _start_worker(parent_pid: int) -> None:
     (The pool's thread that replaces a crashed worker, its kernel "parent", ends with the pool, which is when
     the workers are stopped anyway.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    # pool.terminate() holds the task queue's lock and relies on SIGTERM killing the workers blocked on it; a
+    # handler inherited from the parent (Ray's driver installs one, for one) would leave them waiting forever
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(parent_pid)
 
 

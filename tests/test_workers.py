@@ -58,3 +58,26 @@ def test_forked_workers_do_not_hang_after_opencv_ran(sample_data_root, tmp_path)
     result = run_script(["-c", code, Path(__file__).resolve().parents[1], tmp_path / "gen"], timeout=120)
     assert result.returncode == 0, result.stderr
     assert "['ok', 'ok', 'ok']" in result.stdout
+
+
+STOP_EARLY_WITH_A_SIGTERM_HANDLER = """
+import signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from hrnetseg.workers import parallel_results
+signal.signal(signal.SIGTERM, lambda signum, frame: None)   # a parent's handler that does not exit (Ray's driver has one)
+def slow(x):
+    time.sleep(0.05)
+    return x
+with parallel_results(slow, list(range(40)), 2, "x", processes=True) as results:
+    for first in results:
+        break   # leave early: the pool terminates workers that are still waiting for tasks
+print("stopped")
+"""
+
+
+def test_an_early_stop_ends_forked_workers_whatever_sigterm_handler_they_inherit():
+    """Regression: pool.terminate() holds the task queue's lock and sends SIGTERM; workers that inherited a
+    handler which does not exit waited on that lock forever, and so did the parent (a hung CI run)."""
+    result = run_script(["-c", STOP_EARLY_WITH_A_SIGTERM_HANDLER, Path(__file__).resolve().parents[1]], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "stopped" in result.stdout
