@@ -10,10 +10,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import ArgumentParser, UserError, positive_int, run_cli, whole_number
-from hrnetseg.files import check_output_file, remove_stale_temporaries_beside, require_file
-from hrnetseg.locks import output_lock
-from hrnetseg.presets import DEFAULT_PRESET, MODEL_INPUT_DTYPES, PRESET_NAMES
+from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli, whole_number
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import check_output_file, remove_stale_temporaries_beside, require_file
+from hrnetseg.util.locks import output_lock
+from hrnetseg.model.presets import DEFAULT_PRESET, MODEL_INPUT_DTYPES, PRESET_NAMES
 
 MAX_SEED = 2 ** 64 - 1   # torch.Generator.manual_seed takes an unsigned 64-bit seed
 
@@ -68,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if os.path.exists(args.save_path) and os.path.samefile(args.pth, args.save_path):
             raise UserError("--save_path {} is the checkpoint itself: the export would replace it; give the ONNX "
                             "file another name".format(args.save_path))
-    from hrnetseg.export import check_opset, export_onnx, load_model
+    from hrnetseg.model.export import check_opset, export_onnx, load_model
 
     check_opset(args.opset)
     with output_lock(args.save_path):

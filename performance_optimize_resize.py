@@ -11,16 +11,12 @@ reports how far the outputs moved (relative error, argmax agreement): the accura
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
-from hrnetseg.cli import ArgumentParser, UserError, exception_line, run_cli
-from hrnetseg.files import atomic_path, check_output_file, remove_stale_temporaries_beside, require_file
-from hrnetseg.locks import output_lock
-from hrnetseg.numerics import check_outputs_finite
-from hrnetseg.onnx_graph import (DEFAULT_NEAREST_MODE, MODES, NEAREST_MODES, SELECT_HEAD, load_onnx, resize_report,
-                                 select_resize_nodes, set_resize_mode, uses_external_data)
-from hrnetseg.rewrite_check import check_input, compare_outputs, run_onnxruntime
+from hrnetseg.graph.resize_rewrite import rewrite_file
+from hrnetseg.graph.structure import DEFAULT_NEAREST_MODE, MODES, NEAREST_MODES, SELECT_HEAD, load_onnx, resize_report
+from hrnetseg.util.cli import ArgumentParser, run_cli
+from hrnetseg.util.files import require_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,70 +47,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.output is None:
         parser.error("OUT is required (give IN twice to rewrite in place)")
-    check_output_file(args.output, "OUT")
-    import onnx
-
-    with output_lock(args.output):
-        # A killed rewrite leaves its temporary file (hundreds of MB for w48) beside the target.
-        remove_stale_temporaries_beside(args.output)
-        model = load_rewritable(args.input)
-        rewrite(model, args)
-        with atomic_path(args.output) as tmp:
-            onnx.save(model, tmp)
-    print("wrote {} (IR version {}, opset {})".format(
-        args.output, model.ir_version, ", ".join("{}:{}".format(o.domain or "ai.onnx", o.version)
-                                                 for o in model.opset_import)))
+    rewrite_file(args.input, args.output, select=args.select, mode=args.mode, nearest_mode=args.nearest_mode,
+                 verify=not args.no_verify)
     return 0
-
-
-def load_rewritable(path: str):
-    """The model in `path` when it is self-contained and passes onnx.checker; a one-line UserError otherwise."""
-    import onnx
-
-    model = load_onnx(path)
-    external = uses_external_data(model)
-    if external:
-        raise UserError("{} keeps {} tensor(s) in external data files ({}, ...): this tool rewrites self-contained "
-                        "models, as HRNet_pth2onnx.py writes them".format(path, len(external), external[0]))
-    try:
-        onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, ValueError) as exc:   # ValueError: a model over protobuf's 2 GB
-        raise UserError("{} fails onnx.checker: {}".format(path, exception_line(exc)))
-    return model
-
-
-def rewrite(model, args) -> None:
-    """Switch the selected Resize nodes in place; check the result and report what it costs."""
-    import onnx
-
-    original = model.SerializeToString() if not args.no_verify else b""
-    nodes = select_resize_nodes(model.graph, args.select)
-    changed = set_resize_mode(nodes, args.mode, args.nearest_mode)
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise UserError("the rewritten model fails onnx.checker: {}".format(str(exc).splitlines()[0]), exit_code=1)
-    print("selected {} Resize node(s) ({}): {}; {} changed to mode {}".format(
-        len(nodes), args.select, ", ".join(n.name or "(unnamed)" for n in nodes), changed, args.mode))
-    if changed and not args.no_verify:
-        report_price(original, model)
-
-
-def report_price(original: bytes, model) -> None:
-    """Run the original and the rewritten model on one random input; print the difference per output."""
-    name, data = check_input(model)
-    print("checking in ONNX Runtime on a random {} input {}...".format(data.dtype, "x".join(map(str, data.shape))),
-          file=sys.stderr)
-    before = run_onnxruntime(original, {name: data})
-    after = run_onnxruntime(model.SerializeToString(), {name: data})
-    outputs = [o.name for o in model.graph.output]
-    check_outputs_finite(before, outputs, "the original model's", "the rewrite's price cannot be measured; "
-                         "--no_verify skips the check")
-    check_outputs_finite(after, outputs, "the rewritten model's")
-    parts = ["{}: relative error {:.3g}, argmax agreement {}".format(
-        out, rel, "n/a" if agree is None else "{:.2%}".format(agree))
-        for out, (rel, agree) in zip(outputs, compare_outputs(before, after))]
-    print("rewrite vs original (random input): " + "; ".join(parts))
 
 
 if __name__ == "__main__":

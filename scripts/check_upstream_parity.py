@@ -8,7 +8,7 @@ branch) with HRNet.patch applied, and yacs (a dev-only dependency: pip install -
     (cd upstream && patch -p1 < ../HRNet.patch)
     python3 scripts/check_upstream_parity.py --upstream upstream --pth hrnet_ocr_cs_8162_torch11.pth
 
-Both models load the same official-format checkpoint: ours through hrnetseg.checkpoint (strict), the
+Both models load the same official-format checkpoint: ours through hrnetseg.model.checkpoint (strict), the
 upstream one with upstream's own key handling (`model.` stripped, `loss.*` dropped, `last_layer` read as
 `aux_head`) and a strict load_state_dict. Both run in eval mode on one seeded random image, normalized
 as upstream does. Prints the relative error ||a - b|| / ||b|| of output1 (aux) and output2 (main)
@@ -16,7 +16,7 @@ against upstream; exit code 1 if any is >= 1e-5, 2 for a usage problem.
 
 With --scales / --flip / --base_size / --crop_size it compares multi-scale testing instead: upstream's
 Cityscapes.multi_scale_inference (its dataset object, built with that base and crop size) against our
-hrnetseg.multiscale.summed_scores through our torch backend (and --onnx, a --dynamic_hw export, in ONNX
+hrnetseg.evaluation.multiscale.summed_scores through our torch backend (and --onnx, a --dynamic_hw export, in ONNX
 Runtime), on one image normalized by upstream's own input_transform: --image FILE, or a seeded smooth random
 scene of --height x --width. Prints the relative error of the summed maps and the share of pixels whose
 argmax agrees; exit code 1 if the error is >= 1e-5 (torch fp32; 1e-4 for ONNX Runtime) or the agreement
@@ -34,9 +34,10 @@ from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hrnetseg.cli import ArgumentParser, UserError, exception_line, positive_int, run_cli  # noqa: E402
-from hrnetseg.files import require_file  # noqa: E402
-from hrnetseg.multiscale import DEFAULT_CROP_SIZE, add_tta_flags, tta_from_args  # noqa: E402
+from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
+from hrnetseg.util.errors import UserError, exception_line
+from hrnetseg.util.files import require_file
+from hrnetseg.evaluation.multiscale import DEFAULT_CROP_SIZE, add_tta_flags, tta_from_args
 
 TOLERANCE = 1e-5
 ONNX_TOLERANCE = 1e-4       # ONNX Runtime's kernels round differently from torch's
@@ -146,7 +147,7 @@ def upstream_keys(state: Dict) -> Dict:
 
 
 def load_upstream_weights(model, pth: str) -> None:
-    from hrnetseg.checkpoint import read_state_dict   # only unwraps {"state_dict": ...}; keys untouched
+    from hrnetseg.model.checkpoint import read_state_dict
 
     state = upstream_keys(read_state_dict(pth))
     try:
@@ -161,7 +162,7 @@ def random_image(batch: int, height: int, width: int, seed: int):
     """A seeded random RGB uint8 image and its upstream normalization (float32 NCHW)."""
     import torch
 
-    from hrnetseg.cityscapes import MEAN, STD
+    from hrnetseg.data.cityscapes import MEAN, STD
 
     gen = torch.Generator().manual_seed(seed)
     raw = torch.randint(0, 256, (batch, 3, height, width), generator=gen, dtype=torch.uint8)
@@ -173,7 +174,7 @@ def random_image(batch: int, height: int, width: int, seed: int):
 def run_onnx(path: str, raw, image) -> List:
     import onnxruntime as ort
 
-    from hrnetseg.export import OUTPUT_NAMES
+    from hrnetseg.model.export import OUTPUT_NAMES
 
     try:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -237,8 +238,8 @@ def compare_multi_scale(args: argparse.Namespace, folder: str) -> int:
     import torch
 
     from hrnetseg.backends import load_backend
-    from hrnetseg.multiscale import check_model_takes, main_output_runner, summed_scores
-    from hrnetseg.numerics import max_abs_error, relative_error
+    from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner, summed_scores
+    from hrnetseg.util.numerics import max_abs_error, relative_error
 
     tta = tta_from_args(args)
     cfg, seg_hrnet_ocr = upstream_config(folder)
@@ -293,9 +294,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import torch
 
-    from hrnetseg.checkpoint import load_checkpoint
-    from hrnetseg.numerics import max_abs_error, relative_error
-    from hrnetseg.model import build_model
+    from hrnetseg.model.checkpoint import load_checkpoint
+    from hrnetseg.util.numerics import max_abs_error, relative_error
+    from hrnetseg.model.network import build_model
 
     upstream = build_upstream_model(folder)
     load_upstream_weights(upstream, args.pth)

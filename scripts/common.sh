@@ -33,7 +33,7 @@ step() {
 HOLDS_LOCKS=0
 GUARDED=()
 guard() {
-  if [ "${HOLDS_LOCKS}" = 1 ]; then GUARDED=("${PYTHON}" -m hrnetseg.locks run --parent "$$" -- "$@"); else GUARDED=("$@"); fi
+  if [ "${HOLDS_LOCKS}" = 1 ]; then GUARDED=("${PYTHON}" -m hrnetseg.util.locks run --parent "$$" -- "$@"); else GUARDED=("$@"); fi
 }
 
 # failed RC BEGAN COMMAND: the one-line report of a failed long step (its run time since BEGAN), then exit RC.
@@ -66,7 +66,7 @@ probe() {
 LOCKED_FILES=()
 lock_output() {
   local lock_file fd rc answer
-  lock_file="$("${PYTHON}" -m hrnetseg.locks path "$1")" || exit $?
+  lock_file="$("${PYTHON}" -m hrnetseg.util.locks path "$1")" || exit $?
   mkdir -p -- "$(dirname -- "${lock_file}")" 2>/dev/null || die "cannot create the folder of lock file ${lock_file}"
   if [ ! -e "${lock_file}" ] && [ ! -w "$(dirname -- "${lock_file}")" ]; then
     # a folder output in a folder we may not write to (a mount point): run, unprotected, and say so
@@ -76,7 +76,7 @@ lock_output() {
   for _ in 1 2 3 4 5; do
     exec {fd}>>"${lock_file}" || die "cannot create lock file ${lock_file}"
     rc=0
-    answer="$("${PYTHON}" -m hrnetseg.locks acquire --fd "${fd}" --owner "$$" "$1")" || rc=$?
+    answer="$("${PYTHON}" -m hrnetseg.util.locks acquire --fd "${fd}" --owner "$$" "$1")" || rc=$?
     [ "${rc}" = 75 ] || break   # 75: the file was removed (by a finishing or dead owner) since it was opened
     exec {fd}>&-
   done

@@ -61,7 +61,7 @@ gate=()   # the CI gate's flags, checked now, judged after the table
 [ -z "${min_miou}" ] || gate+=(--min_miou "${min_miou}")
 [ -z "${min_fps}" ] || gate+=(--min_fps "${min_fps}")
 [ -z "${junit}" ] || gate+=(--junit "${junit}")
-[ "${#gate[@]}" = 0 ] || "${PYTHON}" -m hrnetseg.ci_gate check --batch_sizes "${batch_sizes}" "${gate[@]}" || exit $?
+[ "${#gate[@]}" = 0 ] || "${PYTHON}" -m hrnetseg.atlas.ci_gate check --batch_sizes "${batch_sizes}" "${gate[@]}" || exit $?
 records=()         # the rows' figures, for the gate
 report_pending=0   # 1 while --junit is owed: a run that stops before its table still leaves a report
 # At exit: the report of a run that stopped (its error cases name the exit code), then the locks go.
@@ -69,7 +69,7 @@ report_if_stopped() {
   local rc=$? done_rows=() record
   if [ "${report_pending}" = 1 ] && [ "${rc}" != 0 ]; then
     for record in ${records[@]+"${records[@]}"}; do [ ! -f "${record}" ] || done_rows+=("${record}"); done
-    "${PYTHON}" -m hrnetseg.ci_gate judge "${gate[@]}" --batch_sizes "${batch_sizes}" --stopped "${rc}" \
+    "${PYTHON}" -m hrnetseg.atlas.ci_gate judge "${gate[@]}" --batch_sizes "${batch_sizes}" --stopped "${rc}" \
       ${done_rows[@]+"${done_rows[@]}"} >/dev/null 2>&1 || echo "warning: could not write the JUnit report ${junit}" >&2
   fi
   release_outputs
@@ -122,7 +122,7 @@ for bs in "${sizes[@]}"; do
             "${output_dir}/results/bs${bs}_summary.json" "${output_dir}/results/bs${bs}_row.json"
             "${output_dir}/result_bs${bs}.json")
 done
-[ -z "${junit}" ] || "${PYTHON}" -m hrnetseg.ci_gate check --batch_sizes "${batch_sizes}" --junit "${junit}" \
+[ -z "${junit}" ] || "${PYTHON}" -m hrnetseg.atlas.ci_gate check --batch_sizes "${batch_sizes}" --junit "${junit}" \
   --written "${written[@]}" || exit $?
 lock_output "${prep}"
 for bs in "${sizes[@]}"; do
@@ -140,11 +140,11 @@ fi
 prep_args=(--src_path "${datasets_path}" --save_path "${prep}" --dtype "${input_format}")
 [ -z "${limit}" ] || prep_args+=(--limit "${limit}")
 step "${PYTHON}" "${REPO_ROOT}/HRNet_preprocess.py" "${prep_args[@]}"
-"${PYTHON}" -m hrnetseg.acc_perf check_batch_sizes "${prep}" "${sizes[@]}" --backend "${backend}" \
+"${PYTHON}" -m hrnetseg.atlas.acc_perf check_batch_sizes "${prep}" "${sizes[@]}" --backend "${backend}" \
   --device "${device:-0}" || exit $?   # --device 0,1: the input is split across the devices
 if [ "${backend}" = ais_bench ]; then   # the bins must be what each .om takes: ais_bench would crash or misread them
   for bs in "${sizes[@]}"; do
-    "${PYTHON}" -m hrnetseg.om_sidecar check "${model_dir}/hrnet_bs${bs}.om" --prep "${prep}" --batch "${bs}" || exit $?
+    "${PYTHON}" -m hrnetseg.atlas.om_sidecar check "${model_dir}/hrnet_bs${bs}.om" --prep "${prep}" --batch "${bs}" || exit $?
   done
 fi
 
@@ -175,7 +175,7 @@ for bs in "${sizes[@]}"; do
   began="${SECONDS}"
   guard "${cmd[@]}"
   "${GUARDED[@]}" 2>&1 | tee "${run_log}" || failed "$?" "${began}" "${cmd[*]}"
-  fps="$("${PYTHON}" -m hrnetseg.acc_perf throughput --log "${run_log}" --command "${cmd[*]}")" || exit $?
+  fps="$("${PYTHON}" -m hrnetseg.atlas.acc_perf throughput --log "${run_log}" --command "${cmd[*]}")" || exit $?
 
   post_args=(--res_path "${res}" --data_path "${gt_dir}" --save_path "${result}")
   [ -z "${output_dtype}" ] || post_args+=(--output_dtype "${output_dtype}")   # else: the runner summary, then float32
@@ -185,7 +185,7 @@ for bs in "${sizes[@]}"; do
   [[ "${device}" != *,* ]] || where=(--shards "${res}")
   row_args=(--batch "${bs}" --backend "${backend}" "${where[@]}" --fps "${fps}" --result "${result}" --prep "${prep}")
   [ "${#gate[@]}" = 0 ] || { row_args+=(--record "${record}"); records+=("${record}"); }
-  row="$("${PYTHON}" -m hrnetseg.acc_perf row "${row_args[@]}")" || exit $?
+  row="$("${PYTHON}" -m hrnetseg.atlas.acc_perf row "${row_args[@]}")" || exit $?
   rows+=("${row}")
 done
 
@@ -195,4 +195,4 @@ echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo "(per batch size: ${output_dir}/result_bs<N>.json, ${output_dir}/results/bs<N>/, ${output_dir}/results/bs<N>.log)"
 report_pending=0   # the judge writes it, pass or fail
-[ "${#gate[@]}" = 0 ] || "${PYTHON}" -m hrnetseg.ci_gate judge "${gate[@]}" "${records[@]}" || exit $?
+[ "${#gate[@]}" = 0 ] || "${PYTHON}" -m hrnetseg.atlas.ci_gate judge "${gate[@]}" "${records[@]}" || exit $?

@@ -60,7 +60,7 @@ out_nodes_arg=()
 case "${out_nodes}" in
   none) log "out_nodes: none given to atc (the graph's outputs output1, output2 define the .om's outputs)" ;;
   producers)
-    nodes="$("${PYTHON}" -m hrnetseg.onnx_graph out_nodes "${onnx}")" || die "cannot read the output nodes of ${onnx}"
+    nodes="$("${PYTHON}" -m hrnetseg.graph.structure out_nodes "${onnx}")" || die "cannot read the output nodes of ${onnx}"
     log "out_nodes ${nodes} (the producers of output1 and output2)"
     out_nodes_arg=("--out_nodes=${nodes}") ;;
   *) log "out_nodes ${out_nodes} (as given)"
@@ -76,7 +76,7 @@ for bs in "${sizes[@]}"; do
   rm -f -- "${om}" "${om}.json"   # an earlier run's files must not pass for this run's
   step atc "${args[@]}"
   [ -f "${om}" ] || { echo "error: atc wrote no ${om}" >&2; exit 1; }
-  "${PYTHON}" -m hrnetseg.om_sidecar write "${om}" --batch "${bs}" --height "${height}" --width "${width}" \
+  "${PYTHON}" -m hrnetseg.atlas.om_sidecar write "${om}" --batch "${bs}" --height "${height}" --width "${width}" \
     --input_dtype "${input_format}" > /dev/null || exit $?
 done
 log "done: ${onnx} and $(for bs in "${sizes[@]}"; do printf '%s ' "${output_dir}/hrnet_bs${bs}.om"; done)"

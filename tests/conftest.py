@@ -20,7 +20,7 @@ def run():
 @pytest.fixture(scope="session")
 def tiny_pth_path(tmp_path_factory) -> Path:
     """An official-format checkpoint (model. prefix, loss entry) of the tiny_ocr preset, seed 0."""
-    from hrnetseg.testing import write_official_checkpoint
+    from hrnetseg.model.random_weights import write_official_checkpoint
 
     path = tmp_path_factory.mktemp("tiny_pth") / "tiny_ocr.pth"
     write_official_checkpoint(path, TINY_PRESET, seed=0)
@@ -33,7 +33,7 @@ def tiny_onnx_path(tmp_path_factory, tiny_pth_path) -> Path:
 
     Shared: copy it before changing it.
     """
-    from hrnetseg.export import export_onnx, load_model
+    from hrnetseg.model.export import export_onnx, load_model
 
     path = tmp_path_factory.mktemp("tiny_onnx") / "hrnet.onnx"
     export_onnx(load_model(TINY_PRESET, pth=str(tiny_pth_path)), str(path), TINY_HEIGHT, TINY_WIDTH, batch=None)
@@ -45,7 +45,7 @@ def tiny_onnx_path(tmp_path_factory, tiny_pth_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory) -> Path:
     """TINY_IMAGES synthetic scenes at TINY_HEIGHT x TINY_WIDTH in the ModelZoo scripts' ./data layout (root/cityscapes/...)."""
-    from hrnetseg.sample_data import generate
+    from hrnetseg.data.sample_scenes import generate
 
     root = tmp_path_factory.mktemp("tiny_data")
     generate(str(root), n=TINY_IMAGES, height=TINY_HEIGHT, width=TINY_WIDTH, seed=0)
@@ -55,7 +55,7 @@ def tiny_data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_prep_path(tmp_path_factory, tiny_data_root) -> Path:
     """tiny_data_root preprocessed to float32 bins + manifest.json. Shared: do not change it."""
-    from hrnetseg.preprocess import preprocess
+    from hrnetseg.data.preprocess import preprocess
 
     out = tmp_path_factory.mktemp("tiny_prep") / "prep_dataset"
     preprocess(str(tiny_data_root), str(out), dtype="float32", workers=1, log=lambda message: None)
@@ -70,7 +70,7 @@ def tiny_prep_path(tmp_path_factory, tiny_data_root) -> Path:
 def sample_data_root(tmp_path_factory) -> Path:
     """SAMPLE_IMAGES synthetic scenes at 128x256 in the ModelZoo scripts' ./data layout (root/cityscapes/...), every
     evaluated class in every image. Shared: do not change it."""
-    from hrnetseg.sample_data import generate
+    from hrnetseg.data.sample_scenes import generate
 
     root = tmp_path_factory.mktemp("sample_data")
     generate(str(root), n=SAMPLE_IMAGES, height=SAMPLE_HEIGHT, width=SAMPLE_WIDTH, seed=0)
@@ -81,7 +81,7 @@ def sample_data_root(tmp_path_factory) -> Path:
 def sample_results_path(tmp_path_factory, sample_data_root) -> Path:
     """Model-like outputs for sample_data_root as ais_bench names them (results/bs1/<id>_0.bin aux,
     <id>_1.bin main; 19 x 32 x 64 float32). Shared: do not change it."""
-    from hrnetseg.sample_data import write_fake_outputs
+    from hrnetseg.data.sample_scenes import write_fake_outputs
 
     res = tmp_path_factory.mktemp("sample_results") / "bs1"
     write_fake_outputs(str(sample_data_root), str(res), seed=0)
@@ -100,7 +100,7 @@ def stub(monkeypatch):
         backend.loaded = True
         return backend
 
-    from hrnetseg import infer
+    from hrnetseg.runner import cli as infer
 
     monkeypatch.setattr(infer, "load_backend", load)
     return backend

@@ -42,7 +42,7 @@ def run_in_process(main, argv: Sequence, capsys) -> subprocess.CompletedProcess:
     checks (keep one run_script test per CLI for that)."""
     import pytest
 
-    from hrnetseg.cli import run_cli
+    from hrnetseg.util.cli import run_cli
 
     with pytest.raises(SystemExit) as info:
         run_cli(main, [str(a) for a in argv])
@@ -70,7 +70,7 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
 
 _HOLD = """
 import os, sys
-from hrnetseg.locks import output_lock
+from hrnetseg.util.locks import output_lock
 with output_lock(sys.argv[1]):
     if sys.argv[2] == "orphan":          # a worker that outlives its parent keeps the lock's descriptor
         child = os.fork()
@@ -138,6 +138,6 @@ def run_infer(model, prep, out=None, *extra):
     args = ["--model", str(model), "--input", str(prep)] + list(map(str, extra))
     if out is not None:
         args += ["--output", str(out), "--output_dirname", "bs"]
-    from hrnetseg import infer
+    from hrnetseg.runner import cli as infer
 
     return infer.main(args)

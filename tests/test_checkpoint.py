@@ -9,10 +9,10 @@ import torch
 
 import HRNet_pth2onnx
 from helpers import assert_user_error, run_in_process
-from hrnetseg.checkpoint import load_checkpoint, read_state_dict
-from hrnetseg.cli import UserError
-from hrnetseg.model import build_model, init_random_weights
-from hrnetseg.testing import official_state_dict, write_official_checkpoint
+from hrnetseg.model.checkpoint import load_checkpoint, read_state_dict
+from hrnetseg.util.errors import UserError
+from hrnetseg.model.network import build_model, init_random_weights
+from hrnetseg.model.random_weights import official_state_dict, write_official_checkpoint
 
 PRESET = "tiny_ocr"
 

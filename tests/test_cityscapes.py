@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg import cityscapes, sample_data
-from hrnetseg.cli import UserError
+from hrnetseg.data import cityscapes, sample_scenes as sample_data
+from hrnetseg.util.errors import UserError
 
 from helpers import SAMPLE_IMAGES, assert_user_error, run_script
 

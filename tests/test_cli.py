@@ -1,4 +1,4 @@
-"""hrnetseg.cli's ArgumentParser (the hyphenated flag spellings) and the one shape of the four top-level scripts."""
+"""hrnetseg.util.cli's ArgumentParser (the hyphenated flag spellings) and the one shape of the four top-level scripts."""
 from __future__ import annotations
 
 import ast
@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from helpers import REPO
-from hrnetseg.cli import ArgumentParser, positive_int
+from hrnetseg.util.cli import ArgumentParser, positive_int
 
 TOP_LEVEL_SCRIPTS = ("HRNet_preprocess.py", "HRNet_pth2onnx.py", "performance_optimize_resize.py",
                      "HRNet_postprocess.py")
@@ -102,6 +102,6 @@ def test_top_level_scripts_have_one_shape(name):
 
 
 def test_the_locks_parser_is_one_too():
-    from hrnetseg import locks
+    from hrnetseg.util import locks
 
     assert isinstance(locks.build_parser(), ArgumentParser)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process, run_script
-from hrnetseg import cityscapes, streaming
+from hrnetseg.data import cityscapes
+from hrnetseg.evaluation import streaming
 from hrnetseg.backends import Backend, InputSpec
 
 EVALUATE = ["-m", "hrnetseg.evaluate"]
@@ -25,7 +26,7 @@ def bin_pipeline(tmp, data, model, batch, capsys, extra=()):
     """HRNet_preprocess.py -> python -m hrnetseg.infer -> HRNet_postprocess.py, as a user runs them: the
     confusion matrix and result.json of the main output. The runner's main() runs under run_cli in this
     process (torch and ONNX Runtime are loaded here already; its command line is tested in test_infer.py)."""
-    from hrnetseg import infer
+    from hrnetseg.runner import cli as infer
 
     prep, results = tmp / "prep", tmp / "results"
     steps = [["HRNet_preprocess.py", "--src_path", data, "--save_path", prep, "--workers", "1"],
@@ -80,7 +81,7 @@ def test_same_confusion_matrix_as_the_bin_pipeline(tmp_path, tiny_data_root, tin
 
 
 def test_aux_output_and_limit(tmp_path, tiny_data_root, tiny_onnx_path):
-    from hrnetseg.metrics import ConfusionMatrix
+    from hrnetseg.evaluation.metrics import ConfusionMatrix
 
     result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--limit", "3",
                                     "--output_index", "0", "--save_confusion", tmp_path / "aux.npz"])
@@ -104,7 +105,7 @@ def test_ctrl_c_stops_and_reports_what_was_evaluated(tmp_path, tiny_data_root, t
 
 def test_refusals_are_one_clear_line(tmp_path, tiny_data_root, tiny_onnx_path, tiny_pth_path, capsys):
     """The first refusal runs the real command line; the rest run its main() under run_cli in this process."""
-    from hrnetseg import evaluate
+    from hrnetseg.evaluation import cli as evaluate
 
     def refused(*fragments, data=tiny_data_root, model=("--onnx", tiny_onnx_path), extra=()):
         args = ["--datasets_path", data] + list(model) + list(extra)
@@ -122,7 +123,7 @@ def test_refusals_are_one_clear_line(tmp_path, tiny_data_root, tiny_onnx_path, t
     assert result.returncode == 2 and "not allowed with" in result.stderr
 
     big = tmp_path / "big"
-    from hrnetseg.sample_data import generate
+    from hrnetseg.data.sample_scenes import generate
 
     generate(str(big), n=1, height=TINY_HEIGHT * 2, width=TINY_WIDTH, seed=1)
     refused("the images are {}x{}".format(TINY_HEIGHT * 2, TINY_WIDTH), data=big)

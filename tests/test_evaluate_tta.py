@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH
-from hrnetseg import cityscapes, evaluate, streaming
-from hrnetseg.cli import UserError
-from hrnetseg.metrics import ConfusionMatrix
-from hrnetseg.multiscale import TestTimeAugmentation
+from hrnetseg.data import cityscapes
+from hrnetseg.evaluation import cli as evaluate, streaming
+from hrnetseg.util.errors import UserError
+from hrnetseg.evaluation.metrics import ConfusionMatrix
+from hrnetseg.evaluation.multiscale import TestTimeAugmentation
 
 # 64 x 128 images, base 128, crop 32 x 64: scales 0.5 and 1.0 whole (32x64, 64x128); 1.5 makes 96 x 192, 3 x 3
 # windows whose last row and column are shifted back (stride 32 / 64 over 96 / 192 ends exactly: no shift) -

@@ -10,13 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import hrnetseg.export as export
+import hrnetseg.model.export as export
 from helpers import REPO
-from hrnetseg.cli import UserError
-from hrnetseg.export import export_onnx
-from hrnetseg.model import build_model, init_random_weights
-from hrnetseg.numerics import relative_error
-from hrnetseg.testing import write_official_checkpoint
+from hrnetseg.util.errors import UserError
+from hrnetseg.model.export import export_onnx
+from hrnetseg.model.network import build_model, init_random_weights
+from hrnetseg.util.numerics import relative_error
+from hrnetseg.model.random_weights import write_official_checkpoint
 
 
 def tiny_model(seed=0):

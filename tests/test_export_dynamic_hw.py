@@ -9,11 +9,11 @@ import onnx
 import pytest
 import torch
 
-import hrnetseg.export as export
+import hrnetseg.model.export as export
 from helpers import REPO, TINY_PRESET
-from hrnetseg.cli import UserError
-from hrnetseg.model import build_model, init_random_weights
-from hrnetseg.numerics import relative_error
+from hrnetseg.util.errors import UserError
+from hrnetseg.model.network import build_model, init_random_weights
+from hrnetseg.util.numerics import relative_error
 
 
 def pth2onnx_main(argv):

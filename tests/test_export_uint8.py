@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, run_in_process
-from hrnetseg.cityscapes import MEAN, STD
-from hrnetseg.numerics import relative_error
+from hrnetseg.data.cityscapes import MEAN, STD
+from hrnetseg.util.numerics import relative_error
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,8 @@ def test_uint8_export_matches_float32_model(uint8_onnx, tiny_onnx_path):
 def test_uint8_bins_through_the_runner_match_float32_bins(tmp_path, uint8_onnx, tiny_onnx_path, tiny_data_root,
                                                           tiny_prep_path, capsys):
     """The runner's main() under run_cli in this process (test_infer.py runs its command line)."""
-    from hrnetseg import infer
-    from hrnetseg.preprocess import preprocess
+    from hrnetseg.runner import cli as infer
+    from hrnetseg.data.preprocess import preprocess
 
     def run(args):
         return run_in_process(infer.main, args, capsys)

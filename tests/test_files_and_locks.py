@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from helpers import REPO, assert_user_error, lock_held_elsewhere, run_script
-from hrnetseg.cli import UserError
-from hrnetseg import locks
-from hrnetseg.files import (atomic_path, check_output_file, make_output_folder, remove_stale_temporaries,
-                            remove_stale_temporaries_beside, require_file, write_text_atomic)
-from hrnetseg.locks import acquire_on_descriptor, lock_path_for, output_lock, read_owner
+from hrnetseg.util.errors import UserError
+from hrnetseg.util import locks
+from hrnetseg.util.files import (atomic_path, check_output_file, make_output_folder, remove_stale_temporaries,
+                                 remove_stale_temporaries_beside, require_file, write_text_atomic)
+from hrnetseg.util.locks import acquire_on_descriptor, lock_path_for, output_lock, read_owner
 
 
 def special_files(folder):
@@ -140,7 +140,7 @@ source "{common}"
 PYTHON="{python}"
 lock_output "$1"
 echo "locked by $$"
-"{python}" -c "from hrnetseg.locks import output_lock
+"{python}" -c "from hrnetseg.util.locks import output_lock
 with output_lock('$1'): print('child shares it')"
 sleep "$2"
 """
@@ -177,7 +177,7 @@ def test_probes_run_under_a_timeout(tmp_path):
 
 
 def test_cli_lock_path_command(tmp_path):
-    result = run_script(["-m", "hrnetseg.locks", "path", tmp_path / "results" / "bs1"])
+    result = run_script(["-m", "hrnetseg.util.locks", "path", tmp_path / "results" / "bs1"])
     assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "results" / "bs1.lock")
 
 
@@ -213,7 +213,7 @@ def test_a_lock_file_removed_after_the_script_opened_it_is_opened_again(tmp_path
 def test_a_ctrl_c_that_lands_as_the_temporary_appears_leaves_nothing(tmp_path, monkeypatch, call):
     """The interrupt arrives when the temporary file (a PNG) or folder (a video) exists but its writer has not
     yet been told its name: nothing stays behind, and the next write works."""
-    from hrnetseg.videos import atomic_video
+    from hrnetseg.data.videos import atomic_video
 
     real = getattr(os, call)
 

@@ -1,6 +1,6 @@
-"""The Atlas host's checks around ais_bench, under hostile input: the .om sidecar (python3 -m hrnetseg.om_sidecar),
-the figures of a --device 0,1 run (python3 -m hrnetseg.acc_perf throughput / row --shards) and the CI gate with its
-JUnit report (python3 -m hrnetseg.ci_gate). Each case: the right figure, or one line naming the problem."""
+"""The Atlas host's checks around ais_bench, under hostile input: the .om sidecar (python3 -m hrnetseg.atlas.om_sidecar),
+the figures of a --device 0,1 run (python3 -m hrnetseg.atlas.acc_perf throughput / row --shards) and the CI gate with its
+JUnit report (python3 -m hrnetseg.atlas.ci_gate). Each case: the right figure, or one line naming the problem."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hrnetseg import acc_perf, ci_gate, om_sidecar
-from hrnetseg.cli import UserError
+from hrnetseg.atlas import acc_perf, ci_gate, om_sidecar
+from hrnetseg.util.errors import UserError
 
 from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, run_script
 
@@ -32,7 +32,7 @@ def test_a_sidecar_that_fits_passes_and_a_missing_one_is_a_warning(om, tiny_prep
         "batch": 4, "height": TINY_HEIGHT, "width": TINY_WIDTH, "input_format": "NCHW", "input_dtype": "float32"}
     assert om_sidecar.check_bins_fit(str(om), str(tiny_prep_path), 4) is None
     os.remove(str(om) + ".json")
-    result = run_script(["-m", "hrnetseg.om_sidecar", "check", om, "--prep", tiny_prep_path, "--batch", "4"])
+    result = run_script(["-m", "hrnetseg.atlas.om_sidecar", "check", om, "--prep", tiny_prep_path, "--batch", "4"])
     assert result.returncode == 0 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("warning: no hrnet_bs4.om.json beside {}".format(om))
 
@@ -99,10 +99,10 @@ def test_a_sidecar_that_is_not_a_regular_file_is_never_opened(om, tiny_prep_path
     sidecar = Path(str(om) + ".json")
     sidecar.unlink()
     os.mkfifo(str(sidecar))                     # opening it would block
-    result = run_script(["-m", "hrnetseg.om_sidecar", "check", om, "--prep", tiny_prep_path, "--batch", "4"],
+    result = run_script(["-m", "hrnetseg.atlas.om_sidecar", "check", om, "--prep", tiny_prep_path, "--batch", "4"],
                         timeout=60)
     assert_user_error(result, ".om sidecar {}".format(sidecar), "FIFO")
-    result = run_script(["-m", "hrnetseg.om_sidecar", "write", om, "--batch", "4", "--height", "64", "--width", "128",
+    result = run_script(["-m", "hrnetseg.atlas.om_sidecar", "write", om, "--batch", "4", "--height", "64", "--width", "128",
                          "--input_dtype", "float32"], timeout=60)
     assert_user_error(result, "not a regular file")                  # never replaced either
     assert sidecar.is_fifo()
@@ -150,7 +150,7 @@ def test_row_of_shards_takes_padding_out_device_by_device(tmp_path, tiny_prep_pa
     assert acc_perf.shards_device(acc_perf.shard_summaries(str(runner))) == "cuda:0,cuda:1"
     result = tmp_path / "result.json"
     result.write_text(json.dumps({"mIoU": 0.5, "images": TINY_IMAGES}))
-    shown = run_script(["-m", "hrnetseg.acc_perf", "row", "--batch", "4", "--backend", "ais_bench", "--shards", res,
+    shown = run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "4", "--backend", "ais_bench", "--shards", res,
                         "--fps", "30.0", "--result", result, "--prep", tiny_prep_path])
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == "| 4 | ais_bench | npu:0,npu:1 | 17.50 | 50.00% |\n"
@@ -205,7 +205,7 @@ def _row(path: Path, batch: int, fps: float, miou: float) -> str:
 
 
 def gate(*args):
-    return run_script(["-m", "hrnetseg.ci_gate"] + [str(a) for a in args])
+    return run_script(["-m", "hrnetseg.atlas.ci_gate"] + [str(a) for a in args])
 
 
 def gate_refuses(capsys, fragment, *args) -> None:

@@ -17,12 +17,13 @@ from onnx import TensorProto, helper
 
 import HRNet_pth2onnx as pth2onnx
 from helpers import TINY_HEIGHT, TINY_WIDTH, run_infer
-from hrnetseg import evaluate, onnx_graph, streaming
+from hrnetseg.evaluation import cli as evaluate, streaming
+from hrnetseg.graph import structure as onnx_graph
 from hrnetseg.backends import batching
 from hrnetseg.bench.__main__ import main as bench_main
 from hrnetseg.bench.jobs import CHILD_FLAG
-from hrnetseg.checkpoint import official_to_model_keys, read_state_dict
-from hrnetseg.cli import UserError
+from hrnetseg.model.checkpoint import official_to_model_keys, read_state_dict
+from hrnetseg.util.errors import UserError
 
 
 # --- checkpoint ----------------------------------------------------------------------------------------------

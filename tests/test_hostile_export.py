@@ -25,13 +25,13 @@ import HRNet_pth2onnx as pth2onnx
 import performance_optimize_resize as resize_script
 from helpers import REPO, TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, run_script
 from helpers import run_in_process as cli
-from hrnetseg import onnx_graph
-from hrnetseg.checkpoint import load_checkpoint, read_state_dict
-from hrnetseg.cli import UserError
-from hrnetseg.export import MAX_RELATIVE_ERROR, check_errors, output_errors
-from hrnetseg.model import build_model
-from hrnetseg.numerics import relative_error
-from hrnetseg.testing import official_state_dict
+from hrnetseg.graph import structure as onnx_graph
+from hrnetseg.model.checkpoint import load_checkpoint, read_state_dict
+from hrnetseg.util.errors import UserError
+from hrnetseg.model.export import MAX_RELATIVE_ERROR, check_errors, output_errors
+from hrnetseg.model.network import build_model
+from hrnetseg.util.numerics import relative_error
+from hrnetseg.model.random_weights import official_state_dict
 
 EXPORT_ARGS = ["--preset", TINY_PRESET, "--height", str(TINY_HEIGHT), "--width", str(TINY_WIDTH)]
 
@@ -75,7 +75,7 @@ def save_state(path, state, change=None) -> str:
     return str(path)
 
 
-HOLDER = ("import sys\nfrom hrnetseg.locks import output_lock\nwith output_lock(sys.argv[1]):\n"
+HOLDER = ("import sys\nfrom hrnetseg.util.locks import output_lock\nwith output_lock(sys.argv[1]):\n"
           "    print('held', flush=True)\n    sys.stdin.read()\n")
 
 

@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg import cityscapes, metrics, model_outputs, postprocess
-from hrnetseg.cli import UserError
-from hrnetseg.locks import lock_path_for
+from hrnetseg.data import cityscapes
+from hrnetseg.evaluation import metrics, model_outputs, postprocess
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.locks import lock_path_for
 
 from helpers import SAMPLE_IMAGES, assert_user_error, lock_held_elsewhere, run_script
 
@@ -161,7 +162,7 @@ def test_float16_outputs_by_flag_by_summary_and_by_size(half, gt, half_reference
     refused("has 77824 bytes of data, not 155648 as float32 \\(--output_dtype says so\\)", half, gt,
             output_dtype="float32")
     res = _outputs_copy(half, tmp_path / "results" / "bs1")
-    summary = tmp_path / "results" / "bs1_summary.json"     # what `hrnetseg.infer --output_dirname bs1` writes
+    summary = tmp_path / "results" / "bs1_summary.json"     # what `hrnetseg.runner.cli --output_dirname bs1` writes
     summary.write_text(json.dumps({"backend": "onnxruntime", "output_dtype": "float16"}))
     notes = []
     assert evaluate(res, gt, notes=notes) == reference and notes == []
@@ -450,7 +451,7 @@ def test_merge_refuses_damaged_shards(tmp_path):
 def test_the_runner_summary_is_found_beside_a_symlinked_output_folder(tmp_path):
     """ais_bench and the runner write OUT/DIRNAME_summary.json beside the name they were given, also when
     OUT/DIRNAME is a link to a folder elsewhere; a --res_path that links to OUT/DIRNAME finds it too."""
-    from hrnetseg.model_outputs import summary_output_dtype
+    from hrnetseg.evaluation.model_outputs import summary_output_dtype
 
     store = tmp_path / "store" / "x"
     store.mkdir(parents=True)

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg import cityscapes, preprocess, sample_data
-from hrnetseg.cli import UserError
-from hrnetseg.locks import lock_path_for
-from hrnetseg.manifest import MANIFEST, MANIFEST_VERSION, read_manifest, source_signature
+from hrnetseg.data import cityscapes, preprocess, sample_scenes as sample_data
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.locks import lock_path_for
+from hrnetseg.data.manifest import MANIFEST, MANIFEST_VERSION, read_manifest, source_signature
 
 from helpers import REPO, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_script
 
@@ -318,10 +318,10 @@ def test_save_path_must_be_a_folder(kind, fragment, tiny_data_root, tmp_path):
 
 @pytest.mark.parametrize("parser_module,argv", [
     ("HRNet_preprocess", ["--src_path", "d", "--save_path", "o", "--split", "../val"]),
-    ("hrnetseg.sample_data", ["d", "--split", "val/frankfurt"]),
-    ("hrnetseg.sample_data", ["d", "--seed", "-1"]),
-    ("hrnetseg.sample_data", ["d", "--seed", str(2 ** 32)]),
-    ("hrnetseg.sample_data", ["d", "--seed", "0x10"]),
+    ("hrnetseg.data.sample_scenes", ["d", "--split", "val/frankfurt"]),
+    ("hrnetseg.data.sample_scenes", ["d", "--seed", "-1"]),
+    ("hrnetseg.data.sample_scenes", ["d", "--seed", str(2 ** 32)]),
+    ("hrnetseg.data.sample_scenes", ["d", "--seed", "0x10"]),
 ])
 def test_flags_out_of_range_are_refused_by_the_parser(parser_module, argv, capsys):
     import importlib
@@ -380,8 +380,8 @@ def test_a_second_preprocess_into_the_folder_stops_at_once(tiny_prep_path, tiny_
 
 SLOW_RUN = """
 import sys, time
-from hrnetseg import preprocess
-from hrnetseg.cli import run_cli
+from hrnetseg.data import preprocess
+from hrnetseg.util.cli import run_cli
 import HRNet_preprocess
 
 convert = preprocess.convert

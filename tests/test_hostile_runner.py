@@ -1,5 +1,5 @@
 """Hostile and damaged input to the runner (python3 -m hrnetseg.infer), the streaming evaluator
-(python -m hrnetseg.evaluate) and the checks of scripts/eval_acc_perf.sh (python3 -m hrnetseg.acc_perf):
+(python -m hrnetseg.evaluate) and the checks of scripts/eval_acc_perf.sh (python3 -m hrnetseg.atlas.acc_perf):
 one-line refusals before any work, throughput of real images only, nothing half-written, one writer per output.
 
 Most cases run in-process with a stand-in model (no model load, no Python start-up); the command-line path is
@@ -20,8 +20,11 @@ import pytest
 
 from helpers import (OUT_SHAPE, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_infer,
                       run_script)
-from hrnetseg import acc_perf, cityscapes, evaluate, figures, infer, run_outputs, streaming
-from hrnetseg.cli import UserError
+from hrnetseg.atlas import acc_perf, figures
+from hrnetseg.data import cityscapes
+from hrnetseg.evaluation import cli as evaluate, streaming
+from hrnetseg.runner import cli as infer, outputs as run_outputs
+from hrnetseg.util.errors import UserError
 
 # ------------------------------------------------------------------------------------- infer: throughput
 
@@ -265,7 +268,7 @@ def test_table_row_never_shows_a_zero_throughput_or_a_bad_miou(tmp_path):
         result.write_text(bad)
         with pytest.raises(UserError, match="result"):
             acc_perf.miou(str(result))
-    assert_user_error(run_script(["-m", "hrnetseg.acc_perf", "row", "--batch", "1", "--backend", "x", "--device", "d",
+    assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "1", "--backend", "x", "--device", "d",
                                   "--fps", "nan", "--result", result]), "--fps")
 
 
@@ -276,7 +279,7 @@ def test_the_ais_bench_row_counts_real_images_not_its_padding(tmp_path, tiny_pre
     result.write_text(json.dumps({"mIoU": 0.5, "images": TINY_IMAGES}))
     rows = {}
     for backend in ("ais_bench", "onnxruntime"):
-        out = run_script(["-m", "hrnetseg.acc_perf", "row", "--batch", "4", "--backend", backend, "--device", "d",
+        out = run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "4", "--backend", backend, "--device", "d",
                           "--fps", "8.0", "--result", result, "--prep", tiny_prep_path])
         assert out.returncode == 0, out.stderr
         rows[backend] = out.stdout.strip()

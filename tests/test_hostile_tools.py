@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from hrnetseg import acc_perf, cityscapes, locks, preprocess, sample_data
-from hrnetseg.cli import UserError
-from hrnetseg.files import make_output_folder, require_file, require_folder
-from hrnetseg.manifest import read_manifest
-from hrnetseg.postprocess import evaluate_folder
+from hrnetseg.atlas import acc_perf
+from hrnetseg.data import cityscapes, preprocess, sample_scenes as sample_data
+from hrnetseg.util import locks
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import make_output_folder, require_file, require_folder
+from hrnetseg.data.manifest import read_manifest
+from hrnetseg.evaluation.postprocess import evaluate_folder
 
 from helpers import REPO, assert_user_error, lock_held_elsewhere, run_script
 
@@ -162,10 +164,10 @@ def test_ais_bench_is_never_given_bins_the_manifest_does_not_list(tiny_prep_path
             acc_perf.check_batch_sizes(str(prep), [1], reads_every_bin=True)
         assert acc_perf.check_batch_sizes(str(prep), [1]) == []      # the local runner reads the manifest's ids
         (prep / name).unlink()
-    result = run_script(["-m", "hrnetseg.acc_perf", "check_batch_sizes", prep, "1", "--backend", "ais_bench"])
+    result = run_script(["-m", "hrnetseg.atlas.acc_perf", "check_batch_sizes", prep, "1", "--backend", "ais_bench"])
     assert result.returncode == 0, result.stderr
     (prep / "x.bin").write_bytes(b"")
-    assert_user_error(run_script(["-m", "hrnetseg.acc_perf", "check_batch_sizes", prep, "1", "--backend",
+    assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "check_batch_sizes", prep, "1", "--backend",
                                   "ais_bench"]), "does not list (x.bin)",
                       "ais_bench reads every .bin (.BIN, .npy, .NPY) file")
 
@@ -182,7 +184,7 @@ def test_a_result_that_does_not_count_every_preprocessed_image_gives_no_row(tiny
         result.write_text(json.dumps({"mIoU": 0.5, "images": images}))
         with pytest.raises(UserError, match=words):
             acc_perf.check_every_image_counted(str(result), str(tiny_prep_path))
-    assert_user_error(run_script(["-m", "hrnetseg.acc_perf", "row", "--batch", "1", "--backend", "x", "--device", "d",
+    assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "1", "--backend", "x", "--device", "d",
                                   "--fps", "5", "--result", result, "--prep", tiny_prep_path]), "not a count")
 
 
@@ -336,7 +338,7 @@ def test_a_lock_file_that_is_not_a_regular_file_is_refused_never_written_through
             with locks.output_lock(str(tmp_path / name)):
                 pass
         # the scripts ask for the path first, before their shell opens it (a FIFO would block that open)
-        assert_user_error(run_script(["-m", "hrnetseg.locks", "path", tmp_path / name]), words)
+        assert_user_error(run_script(["-m", "hrnetseg.util.locks", "path", tmp_path / name]), words)
     assert precious.read_text() == "precious" and (tmp_path / "link_out.lock").is_symlink()
     with locks.output_lock(str(tmp_path / "plain_out")):
         assert (tmp_path / "plain_out.lock").read_text().strip() == str(os.getpid())
@@ -346,7 +348,7 @@ def test_a_lock_file_that_is_not_a_regular_file_is_refused_never_written_through
 def test_positive_int_takes_ascii_digits_only():
     import argparse
 
-    from hrnetseg.cli import positive_int
+    from hrnetseg.util.cli import positive_int
 
     assert positive_int("12") == 12
     for bad in ("1_0", "\u0663", "0", "-1", " 1", "", "1.0"):

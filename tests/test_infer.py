@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process
-from hrnetseg.numerics import relative_error
+from hrnetseg.util.numerics import relative_error
 
 RUNNER = ["-m", "hrnetseg.infer"]
 OUT_SHAPE = (19, TINY_HEIGHT // 4, TINY_WIDTH // 4)
@@ -114,7 +114,7 @@ def test_torch_backend_matches_onnxruntime(run, tmp_path, tiny_pth_path, tiny_pr
         ours = read_out(tmp_path / "t" / "{}_1.bin".format(sample_id))
         assert relative_error(ours, read_out(bs1_bs4[0] / "bs1" / "{}_1.bin".format(sample_id))) <= 1e-4
 
-    from hrnetseg import infer   # bf16 in this process: the fp32 run above is the real command line
+    from hrnetseg.runner import cli as infer
 
     bf16 = run_in_process(infer.main, ["--model", tiny_pth_path, "--preset", TINY_PRESET, "--input", tiny_prep_path,
                                        "--output", tmp_path, "--output_dirname", "b", "--precision", "bf16",
@@ -139,7 +139,7 @@ def edit_manifest(prep, **changes) -> None:
 
 def test_refusals_are_one_clear_line(run, tmp_path, tiny_onnx_path, tiny_pth_path, prep_copy, capsys):
     """The first refusal runs the real command line; the rest run its main() under run_cli in this process."""
-    from hrnetseg import infer
+    from hrnetseg.runner import cli as infer
 
     def refused(*fragments, model=tiny_onnx_path, inputs=prep_copy, extra=()):
         args = ["--model", model, "--input", inputs, "--output", tmp_path / "out"] + list(extra)
@@ -189,7 +189,7 @@ def test_refusals_are_one_clear_line(run, tmp_path, tiny_onnx_path, tiny_pth_pat
 def test_torch_backend_folds_batchnorm_and_runs_bf16_weights_on_the_cpu(tiny_pth_path):
     """The fast CPU path (folded BN, bf16 weights, channels_last) against the plain fp32 eager model."""
     from hrnetseg.backends import load_backend
-    from hrnetseg.export import load_model
+    from hrnetseg.model.export import load_model
 
     batch = np.random.default_rng(1).standard_normal((2, 3, TINY_HEIGHT, TINY_WIDTH), dtype=np.float32)
     with torch.no_grad():

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from helpers import OUT_SHAPE, TINY_IMAGES, assert_user_error
-from hrnetseg import infer, infer_options
-from hrnetseg.cli import UserError
+from hrnetseg.runner import cli as infer, options as infer_options
+from hrnetseg.util.errors import UserError
 
 RUNNER = ["-m", "hrnetseg.infer"]
 STATS_KEYS = {"min", "max", "mean", "median", "percentile(99%)", "count"}

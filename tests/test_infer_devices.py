@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from helpers import OUT_SHAPE, TINY_IMAGES
-from hrnetseg import infer
-from hrnetseg.cli import UserError
-from hrnetseg.multi_device import split_contiguous
-from hrnetseg.run_inputs import natural_key
+from hrnetseg.runner import cli as infer
+from hrnetseg.util.errors import UserError
+from hrnetseg.runner.multi_device import split_contiguous
+from hrnetseg.runner.inputs import natural_key
 
 RUNNER = ["-m", "hrnetseg.infer"]
 DEVICE_LINE = re.compile(r"^i:(\d+) device_(\d+) throughput:([\d.e+-]+) start_time:([\d.]+) end_time:([\d.]+)$")

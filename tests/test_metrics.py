@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from hrnetseg import metrics
-from hrnetseg.cityscapes import CLASS_NAMES
-from hrnetseg.cli import UserError
-from hrnetseg.metrics import ConfusionMatrix
+from hrnetseg.evaluation import metrics
+from hrnetseg.data.cityscapes import CLASS_NAMES
+from hrnetseg.util.errors import UserError
+from hrnetseg.evaluation.metrics import ConfusionMatrix
 
 from helpers import assert_user_error, run_script
 
@@ -103,8 +103,8 @@ def test_merge_cli_errors(tmp_path):
 
 def test_shards_of_different_model_outputs_are_not_summed(tmp_path, sample_data_root, sample_results_path):
     """An aux-output shard summed with main-output shards would be no model's mIoU: merge refuses it."""
-    from hrnetseg.metrics import merge_files
-    from hrnetseg.postprocess import evaluate_folder
+    from hrnetseg.evaluation.metrics import merge_files
+    from hrnetseg.evaluation.postprocess import evaluate_folder
 
     labels = str(sample_data_root / "cityscapes" / "gtFine" / "val")
     shards = {}

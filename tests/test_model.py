@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hrnetseg.model import PRESETS, build_model, init_random_weights
+from hrnetseg.model.network import PRESETS, build_model, init_random_weights
 
 MANIFEST = Path(__file__).parent / "data" / "hrnet_w48_ocr_cityscapes.keys.tsv"
 
@@ -34,7 +34,7 @@ def test_w48_ocr_has_exactly_the_official_keys_shapes_and_dtypes():
 
 
 def test_cli_preset_names_match_the_model_table():
-    from hrnetseg.presets import DEFAULT_PRESET, PRESET_NAMES
+    from hrnetseg.model.presets import DEFAULT_PRESET, PRESET_NAMES
 
     assert set(PRESET_NAMES) == set(PRESETS) and DEFAULT_PRESET in PRESETS
 
@@ -70,7 +70,7 @@ def test_random_weights_are_seeded():
 
 def test_upsampling_is_bilinear_align_corners_to_the_joined_size():
     """A branch-2 map resized into branch 1 keeps its corner values: align_corners=True."""
-    from hrnetseg.model import resize_to
+    from hrnetseg.model.network import resize_to
 
     small = torch.arange(6.0).view(1, 1, 2, 3)
     big = resize_to(small, torch.zeros(1, 1, 5, 7))

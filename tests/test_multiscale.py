@@ -1,4 +1,4 @@
-"""hrnetseg.multiscale against a straightforward restatement of upstream HRNet-OCR's multi-scale + flip testing
+"""hrnetseg.evaluation.multiscale against a straightforward restatement of upstream HRNet-OCR's multi-scale + flip testing
 (torch, one window at a time, as lib/datasets/cityscapes.py at 0bbb288 loops), on the tiny model with small
 base and crop sizes so that the whole-image branch, the sliding windows and the shifted last window all occur."""
 from __future__ import annotations
@@ -9,9 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from hrnetseg.cli import UserError
-from hrnetseg.multiscale import (TestTimeAugmentation, add_tta_flags, check_model_takes, main_output_runner,
-                                 predict_train_ids, sliding_windows, summed_scores, tta_from_args)
+from hrnetseg.util.errors import UserError
+from hrnetseg.evaluation.multiscale import (TestTimeAugmentation, add_tta_flags, check_model_takes,
+                                            main_output_runner, predict_train_ids, sliding_windows, summed_scores,
+                                            tta_from_args)
 
 from helpers import TINY_PRESET, StubBackend
 
@@ -68,9 +69,9 @@ def tiny_torch(tmp_path_factory):
     """(our torch backend on a tiny checkpoint, the same model as a plain torch module). Seed 2: its random
     weights give several classes on the test images, so the argmax comparisons mean something."""
     from hrnetseg.backends import load_backend
-    from hrnetseg.checkpoint import load_checkpoint
-    from hrnetseg.model import build_model
-    from hrnetseg.testing import write_official_checkpoint
+    from hrnetseg.model.checkpoint import load_checkpoint
+    from hrnetseg.model.network import build_model
+    from hrnetseg.model.random_weights import write_official_checkpoint
 
     tiny_pth_path = write_official_checkpoint(tmp_path_factory.mktemp("tta") / "tiny.pth", TINY_PRESET, seed=2)
     backend = load_backend("torch", str(tiny_pth_path), device="cpu", preset=TINY_PRESET)
@@ -82,7 +83,7 @@ def normalized_image(height: int, width: int, seed: int) -> np.ndarray:
     """A smooth random scene (blobs, not noise, so classes form regions), normalized as upstream does."""
     import cv2
 
-    from hrnetseg.cityscapes import MEAN, STD
+    from hrnetseg.data.cityscapes import MEAN, STD
 
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3)).astype(np.uint8)
@@ -121,7 +122,7 @@ def test_summed_scores_match_the_restatement(tiny_torch, height, width, flip):
 
 
 def test_scale_one_without_flip_agrees_with_single_scale_evaluation(tiny_torch):
-    from hrnetseg.upsample_argmax import logits_to_labels
+    from hrnetseg.evaluation.upsample_argmax import logits_to_labels
 
     backend, _ = tiny_torch
     run_main = main_output_runner(backend)
@@ -172,7 +173,7 @@ def test_bad_model_outputs_are_refused():
 
 
 def test_flags_parse_and_refuse_bad_values():
-    from hrnetseg.cli import ArgumentParser
+    from hrnetseg.util.cli import ArgumentParser
 
     parser = ArgumentParser(prog="x")
     add_tta_flags(parser)
@@ -200,7 +201,7 @@ def test_upsample_bilinear_is_torchs_align_corners_upsample(shape, out):
     import torch
     import torch.nn.functional as F
 
-    from hrnetseg.upsample_argmax import upsample_bilinear
+    from hrnetseg.evaluation.upsample_argmax import upsample_bilinear
 
     maps = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32) * 10
     want = F.interpolate(torch.from_numpy(maps)[None], out, mode="bilinear", align_corners=True)[0].numpy()

@@ -1,4 +1,4 @@
-"""The structural Resize rewrite (performance_optimize_resize.py) and the graph facts for atc (hrnetseg.onnx_graph)."""
+"""The structural Resize rewrite (performance_optimize_resize.py) and the graph facts for atc (hrnetseg.graph.structure)."""
 from __future__ import annotations
 
 import shutil
@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from hrnetseg import onnx_graph, rewrite_check
+from hrnetseg.graph import structure as onnx_graph, rewrite_check
 from helpers import assert_user_error, run_in_process
 
 SCRIPT = "performance_optimize_resize.py"
@@ -142,7 +142,7 @@ def test_list_shows_every_resize_with_shapes_and_consumer(run, tiny_onnx_path):
 def test_out_nodes_are_the_output_producers(run, tiny_onnx_path):
     graph = onnx.load(str(tiny_onnx_path)).graph
     made_by = {o: n.name for n in graph.node for o in n.output}
-    result = run(["-m", "hrnetseg.onnx_graph", "out_nodes", tiny_onnx_path])
+    result = run(["-m", "hrnetseg.graph.structure", "out_nodes", tiny_onnx_path])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "{}:0;{}:0".format(made_by["output1"], made_by["output2"])
     assert made_by["output1"].startswith("/aux_head/") and made_by["output2"].startswith("/cls_head/")

@@ -8,8 +8,8 @@ import pytest
 
 from helpers import TINY_HEIGHT, TINY_WIDTH, assert_user_error
 from hrnetseg.backends import load_backend
-from hrnetseg.cli import UserError
-from hrnetseg.numerics import relative_error
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.numerics import relative_error
 
 pytest.importorskip("openvino")
 

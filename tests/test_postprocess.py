@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg import cityscapes, metrics, model_outputs, postprocess, upsample_argmax
+from hrnetseg.data import cityscapes
+from hrnetseg.evaluation import metrics, model_outputs, postprocess, upsample_argmax
 from hrnetseg.bench.reference import reference_postprocess
-from hrnetseg.cli import UserError
+from hrnetseg.util.errors import UserError
 
 from helpers import SAMPLE_IMAGES, assert_user_error, run_in_process, run_script
 
@@ -263,7 +264,7 @@ def test_shards_merge_into_the_same_result(cli_run, sample_data_root, sample_res
 
 def test_process_workers_give_the_same_counts(cli_run, sample_data_root, sample_results_path):
     """More than THREADS_UP_TO workers run as processes: tasks and results must travel between them."""
-    from hrnetseg.workers import parallel_results
+    from hrnetseg.util.workers import parallel_results
 
     outputs = model_outputs.find_outputs(str(sample_results_path))
     pairs, _, _ = postprocess.pair_outputs(outputs, 1, cityscapes.find_labels(str(_gt_dir(sample_data_root))))

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrnetseg import model_outputs, postprocess
-from hrnetseg.cli import UserError
+from hrnetseg.evaluation import model_outputs, postprocess
+from hrnetseg.util.errors import UserError
 
 from helpers import SAMPLE_IMAGES, assert_user_error, run_script
 

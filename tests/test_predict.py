@@ -1,7 +1,7 @@
 """python -m hrnetseg.predict: images of any size, folders, videos, the --save kinds, reruns, and bad inputs.
 
 A small base size (64) and crop size (32,48): scales 0.5, 1.0 and 1.5 run the whole-image and the sliding-window
-branches. The pictures are checked against the prediction made directly through hrnetseg.multiscale from the
+branches. The pictures are checked against the prediction made directly through hrnetseg.evaluation.multiscale from the
 reference transform, not against stored results: with a stand-in model whose classes follow the colours (many
 classes per picture, so a flipped, shifted or transposed picture would show) and with the tiny model through
 torch and ONNX Runtime.
@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_script
-from hrnetseg import cityscapes, predict
+from hrnetseg.data import cityscapes
+from hrnetseg.prediction import cli as predict
 from hrnetseg.backends import Backend, InputSpec
-from hrnetseg.cli import UserError
-from hrnetseg.multiscale import TestTimeAugmentation, main_output_runner, predict_train_ids
+from hrnetseg.util.errors import UserError
+from hrnetseg.evaluation.multiscale import TestTimeAugmentation, main_output_runner, predict_train_ids
 
 SMALL = ["--base_size", "64", "--crop_size", "32,48"]   # every run: one model run per image at scale 1.0
 SCALES = ["--scales", "0.5,1.0,1.5"]
@@ -85,7 +86,7 @@ def colour_model(monkeypatch):
 
 
 def direct_prediction(run_main, bgr: np.ndarray, scales=(1.0,), flip: bool = False) -> np.ndarray:
-    """trainIds of a BGR picture straight from hrnetseg.multiscale, on the reference transform."""
+    """trainIds of a BGR picture straight from hrnetseg.evaluation.multiscale, on the reference transform."""
     image = np.ascontiguousarray(cityscapes.reference_transform(bgr).transpose(1, 2, 0))
     return predict_train_ids(image, run_main, TestTimeAugmentation(scales, flip, 64, (32, 48)))
 
@@ -178,7 +179,7 @@ def test_a_video_gives_an_overlay_video_and_per_frame_pngs(tmp_path, tiny_pth_pa
 
 
 def test_a_failing_video_leaves_no_video_and_no_temporary(tmp_path, tiny_pth_path, colour_model, monkeypatch):
-    from hrnetseg import prediction
+    from hrnetseg.prediction import per_input as prediction
 
     clip = tmp_path / "clip.mp4"
     write_video(clip)
@@ -346,7 +347,7 @@ def test_a_second_run_into_the_output_is_refused_and_leftovers_are_removed(tmp_p
 
 
 def test_the_tiny_model_through_torch_and_a_dynamic_hw_onnx_export(tmp_path, tiny_pth_path, by_torch):
-    from hrnetseg.export import export_onnx, load_model
+    from hrnetseg.model.export import export_onnx, load_model
 
     model = tmp_path / "any_size.onnx"
     export_onnx(load_model(TINY_PRESET, pth=str(tiny_pth_path)), str(model), TINY_HEIGHT, TINY_WIDTH, batch=None,

@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg import cityscapes, preprocess
+from hrnetseg.data import cityscapes, preprocess
 from hrnetseg.bench.reference import reference_preprocess
-from hrnetseg.cli import UserError
-from hrnetseg.manifest import read_manifest
+from hrnetseg.util.errors import UserError
+from hrnetseg.data.manifest import read_manifest
 
 from helpers import SAMPLE_IMAGES, assert_user_error, run_script
 
@@ -143,7 +143,7 @@ def test_refuses_to_mix_settings(clean_run, sample_data_root, tmp_path):
 
 def test_refuses_the_same_ids_from_another_data_set(clean_run, tmp_path):
     """Synthetic data reuses real Cityscapes ids: a rerun from other data must not keep the old bins."""
-    from hrnetseg.sample_data import generate
+    from hrnetseg.data.sample_scenes import generate
 
     other = tmp_path / "other_data"
     generate(str(other), n=SAMPLE_IMAGES, height=128, width=256, seed=99)
@@ -224,7 +224,7 @@ def test_full_disk_mid_file_leaves_nothing_partial(sample_data_root, tmp_path, m
     monkeypatch.setattr("builtins.open", failing_open)
     with pytest.raises(SystemExit) as info:
         preprocess_cli = HRNet_preprocess.main
-        from hrnetseg.cli import run_cli
+        from hrnetseg.util.cli import run_cli
 
         run_cli(preprocess_cli, ["--src_path", str(sample_data_root), "--save_path", str(tmp_path / "out"),
                                  "--workers", "1"])

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO, TINY_IMAGES, TINY_PRESET, assert_user_error, default_sigint, run_in_process, run_script
-from hrnetseg import cityscapes
+from hrnetseg.data import cityscapes
 from hrnetseg.scaleout import LOOPBACK_ENV
 from hrnetseg.scaleout.driver import BATCH_DELAY_ENV
 
@@ -116,7 +116,7 @@ def test_ray_local_gives_the_local_confusion_matrix(tmp_path, capsys, ray_env, t
     # batch size 2 and 3 images per unit of work (rounded up to 4): batches of 4 + 1 images, as one process
     # makes them; compared with the local run (in this process) at the same batch size, table and result.json
     # included
-    from hrnetseg import evaluate
+    from hrnetseg.evaluation import cli as evaluate
 
     local = run_in_process(evaluate.main, ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize",
                                            "2", "--save_confusion", tmp_path / "local.npz", "--save_path",
@@ -146,7 +146,7 @@ def test_a_two_node_cluster_gives_the_local_matrix_with_multi_scale_testing(tmp_
                                                                             tiny_data_root, tiny_pth_path):
     # upstream's multi-scale + flip testing (three scales, sliding windows at 1.5) on the torch backend: the
     # flags travel to the workers, which run the same augmented pipeline as one process
-    from hrnetseg import evaluate
+    from hrnetseg.evaluation import cli as evaluate
 
     flags = ["--datasets_path", str(tiny_data_root), "--pth", str(tiny_pth_path), "--preset", TINY_PRESET,
              "--batchsize", "2", "--limit", "3"] + TTA_FLAGS
@@ -223,7 +223,7 @@ def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path, ray_env, cluster,
 
 def test_predict_on_a_cluster_with_a_worker_killed_writes_the_local_files(tmp_path, ray_env, cluster,
                                                                           tiny_data_root, tiny_onnx_path):
-    from hrnetseg import predict
+    from hrnetseg.prediction import cli as predict
 
     flags = ["--onnx", str(tiny_onnx_path), "--input", str(tiny_data_root / "cityscapes" / "leftImg8bit"), "--save",
              "labelIds,color", "--base_size", "128"]

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from helpers import TINY_HEIGHT, TINY_WIDTH, assert_user_error, run_script
-from hrnetseg import cityscapes
-from hrnetseg.cli import UserError
+from hrnetseg.data import cityscapes
+from hrnetseg.util.errors import UserError
 from hrnetseg.scaleout import LOOPBACK_ENV, REQUIREMENTS, import_ray
-from hrnetseg.scaleout.batches import MAX_ATTEMPTS, Ledger, plan_batches
+from hrnetseg.scaleout.batches import Ledger, MAX_ATTEMPTS, plan_batches
 
 EVALUATE = ["-m", "hrnetseg.evaluate"]
 
@@ -219,7 +219,7 @@ def test_a_worker_error_text_stops_at_once():
 
 
 def test_without_ray_one_line_says_what_to_install(monkeypatch, tiny_data_root, tiny_onnx_path):
-    from hrnetseg import evaluate
+    from hrnetseg.evaluation import cli as evaluate
 
     monkeypatch.setitem(sys.modules, "ray", None)   # "import ray" now raises ImportError
     monkeypatch.setenv(LOOPBACK_ENV, "1")            # restored afterwards; import_ray sets it for local
@@ -230,7 +230,7 @@ def test_without_ray_one_line_says_what_to_install(monkeypatch, tiny_data_root, 
 
 
 def test_ray_flags_are_refused_in_one_line(capsys, tiny_data_root, tiny_onnx_path):
-    from hrnetseg import evaluate
+    from hrnetseg.evaluation import cli as evaluate
 
     base = ["--datasets_path", str(tiny_data_root), "--onnx", str(tiny_onnx_path)]
     with pytest.raises(UserError, match="--ray_workers applies only with --ray"):
@@ -270,7 +270,7 @@ def worker_config(model, **changes):
 @pytest.fixture
 def quiet_worker_env(monkeypatch):
     """What a worker changes in its process, restored after the test."""
-    from hrnetseg.streaming import INTERRUPT_AFTER_ENV
+    from hrnetseg.evaluation.streaming import INTERRUPT_AFTER_ENV
 
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     monkeypatch.delenv(INTERRUPT_AFTER_ENV, raising=False)
@@ -279,7 +279,7 @@ def quiet_worker_env(monkeypatch):
 @pytest.fixture(scope="module")
 def local_npz(tmp_path_factory, tiny_data_root, tiny_onnx_path):
     """The local streaming evaluation's confusion file at --batchsize 1 (run in this process)."""
-    from hrnetseg import evaluate
+    from hrnetseg.evaluation import cli as evaluate
 
     out = tmp_path_factory.mktemp("ray_units") / "local.npz"
     assert evaluate.main(["--datasets_path", str(tiny_data_root), "--onnx", str(tiny_onnx_path), "--batchsize", "1",
@@ -288,7 +288,7 @@ def local_npz(tmp_path_factory, tiny_data_root, tiny_onnx_path):
 
 
 def test_worker_batches_sum_to_the_local_matrix(quiet_worker_env, tmp_path, local_npz, tiny_data_root, tiny_onnx_path):
-    from hrnetseg.metrics import ConfusionMatrix
+    from hrnetseg.evaluation.metrics import ConfusionMatrix
     from hrnetseg.scaleout.worker import EvaluationWorker
 
     data = tmp_path / "data"
@@ -326,7 +326,7 @@ def test_a_worker_that_cannot_load_the_model_says_so(quiet_worker_env, tmp_path,
 # --- predict's worker in this process ---------------------------------------------------------------------------
 
 def prediction_config(model, output, **changes):
-    from hrnetseg.multiscale import TestTimeAugmentation
+    from hrnetseg.evaluation.multiscale import TestTimeAugmentation
     from hrnetseg.scaleout.prediction import PredictionConfig
 
     fields = dict(kind="onnxruntime", model=str(model), device=None, precision="fp32", preset="w48_ocr",
@@ -339,8 +339,8 @@ def prediction_config(model, output, **changes):
 
 def test_prediction_worker_writes_the_local_files_and_names_what_it_cannot_read(quiet_worker_env, tmp_path,
                                                                                 tiny_data_root, tiny_onnx_path):
-    from hrnetseg import predict
-    from hrnetseg.predict_inputs import find_inputs
+    from hrnetseg.prediction import cli as predict
+    from hrnetseg.prediction.inputs import find_inputs
     from hrnetseg.scaleout.prediction import PredictionLedger, PredictionWorker, kinds_to_write
 
     photos = tmp_path / "photos"
@@ -378,7 +378,7 @@ def test_prediction_worker_writes_the_local_files_and_names_what_it_cannot_read(
 
 
 def test_predict_ray_flags_are_checked_first(tmp_path, tiny_onnx_path):
-    from hrnetseg import predict
+    from hrnetseg.prediction import cli as predict
 
     with pytest.raises(UserError, match="--ray_batch_images applies only with --ray"):
         predict.main(["--onnx", str(tiny_onnx_path), "--input", str(tmp_path), "--output", str(tmp_path / "o"),

@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from helpers import REPO, TINY_PRESET, assert_user_error
-from hrnetseg import onnx_graph
+from hrnetseg.graph import structure as onnx_graph
 
 ASCEND_TOOLS = ("atc", "npu-smi", "trtexec", "ais_bench")
 NPU_SMI_TABLE = """\
@@ -406,7 +406,7 @@ def test_demo_refuses_an_output_dir_that_is_a_file(tools, tmp_path):
 
 def test_eval_without_a_usable_throughput_says_so(tools, tmp_path, tiny_data_root):
     """One clear line naming the log and the command, never a bare failed-command trace or 0.00 in the table
-    (python3 -m hrnetseg.acc_perf throughput; its cases are in test_hostile_runner.py)."""
+    (python3 -m hrnetseg.atlas.acc_perf throughput; its cases are in test_hostile_runner.py)."""
     _, env, _ = tools
     result = eval_with_ais_bench("print('[INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(1.000): "
                                  "0.000')\n", tmp_path, tiny_data_root, env)
@@ -545,7 +545,7 @@ def test_eval_on_two_devices_with_a_failing_gate(tools, tmp_path, tiny_onnx_path
     device column the device summaries', the mIoU that of every image (a one-device run's); a floor above the
     mIoU exits 1 after the table, and the JUnit report names the failing case."""
     import xml.etree.ElementTree as ET
-    from hrnetseg import postprocess
+    from hrnetseg.evaluation import postprocess
 
     _, env, log = tools
     env, models = eval_with_ais_bench_stub(tmp_path, env, tiny_onnx_path, batch_sizes=(2,), STUB_KEEP_SINGLE="1")

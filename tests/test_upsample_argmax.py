@@ -6,8 +6,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from hrnetseg import sample_data, upsample_argmax
-from hrnetseg.cityscapes import ID_TO_TRAIN
+from hrnetseg.data import sample_scenes as sample_data
+from hrnetseg.evaluation import upsample_argmax
+from hrnetseg.data.cityscapes import ID_TO_TRAIN
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

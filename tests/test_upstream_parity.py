@@ -109,7 +109,7 @@ def patched_upstream(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def official_w48(tmp_path_factory) -> Path:
     """W48 random weights (seed 0) in the wrapped official format, aux head named last_layer."""
-    from hrnetseg.testing import write_official_checkpoint
+    from hrnetseg.model.random_weights import write_official_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "official_w48.pth"
     write_official_checkpoint(path, preset="w48_ocr", seed=0, wrapped=True, legacy_last_layer=True)
@@ -127,8 +127,8 @@ def test_our_model_matches_upstream_on_the_same_weights(patched_upstream, offici
 
 @needs_any_upstream
 def test_a_different_onnx_model_is_reported_as_a_mismatch(patched_upstream, official_w48, tmp_path):
-    from hrnetseg.export import export_onnx
-    from hrnetseg.model import build_model, init_random_weights
+    from hrnetseg.model.export import export_onnx
+    from hrnetseg.model.network import build_model, init_random_weights
 
     onnx_path = tmp_path / "tiny.onnx"   # same output shapes as W48, different network: must not pass
     export_onnx(init_random_weights(build_model("tiny_ocr"), 0).eval(), str(onnx_path), 32, 64)
@@ -157,8 +157,8 @@ def test_multi_scale_summed_map_matches_upstreams_multi_scale_inference(patched_
 
 @needs_any_upstream
 def test_a_different_model_fails_the_multi_scale_check(patched_upstream, official_w48, tmp_path):
-    from hrnetseg.export import export_onnx
-    from hrnetseg.model import build_model, init_random_weights
+    from hrnetseg.model.export import export_onnx
+    from hrnetseg.model.network import build_model, init_random_weights
 
     onnx_path = tmp_path / "tiny_any_size.onnx"   # any size, 19 classes, but another network: must not pass
     export_onnx(init_random_weights(build_model("tiny_ocr"), 0).eval(), str(onnx_path), 32, 64, dynamic_hw=True)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from hrnetseg import cityscapes
-from hrnetseg.workers import parallel_results
+from hrnetseg.data import cityscapes
+from hrnetseg.util.workers import parallel_results
 
 from helpers import run_script
 
@@ -41,8 +41,8 @@ def test_parallel_results_stops_early_on_error():
 FORK_AFTER_OPENCV = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from hrnetseg import preprocess, sample_data
-from hrnetseg.workers import parallel_results
+from hrnetseg.data import preprocess, sample_scenes as sample_data
+from hrnetseg.util.workers import parallel_results
 sample_data.generate(sys.argv[2], n=1, height=256, width=512)  # leaves OpenCV's thread pool in a state that
 with parallel_results(preprocess._convert_one, tasks, 2, "x", processes=True) as results:  # hung children
     print(sorted(r[0] for r in results))
@@ -63,7 +63,7 @@ def test_forked_workers_do_not_hang_after_opencv_ran(sample_data_root, tmp_path)
 STOP_EARLY_WITH_A_SIGTERM_HANDLER = """
 import signal, sys, time
 sys.path.insert(0, sys.argv[1])
-from hrnetseg.workers import parallel_results
+from hrnetseg.util.workers import parallel_results
 signal.signal(signal.SIGTERM, lambda signum, frame: None)   # a parent's handler that does not exit (Ray's driver has one)
 def slow(x):
     time.sleep(0.05)

@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..cli import UserError
-from ..files import require_file
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import require_file
 
 BACKENDS = ("onnxruntime", "torch", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -144,16 +144,16 @@ def _open_backend(kind: str, model: str, device: Optional[str], precision: str, 
     if compile and kind != "torch":
         raise UserError("--compile applies to the torch backend only")
     if kind == "onnxruntime":
-        from .onnxruntime_backend import OnnxRuntimeBackend
+        from hrnetseg.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model, device_kind, index, precision, threads)
     if kind == "torch":
-        from .torch_backend import TorchBackend
+        from hrnetseg.backends.torch_backend import TorchBackend
 
         return TorchBackend(model, device_kind, index, precision, preset, input_dtype, compile=compile,
                             threads=threads)
     if kind == "openvino":
-        from .openvino_backend import OpenVinoBackend
+        from hrnetseg.backends.openvino_backend import OpenVinoBackend
 
         return OpenVinoBackend(model, device_kind, index, precision, threads)
     raise UserError("unknown backend {!r}; choose one of {}".format(kind, ", ".join(BACKENDS)))

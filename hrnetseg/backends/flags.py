@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Tuple
 
-from ..cli import ArgumentParser, nonnegative_int, positive_int
-from ..presets import DEFAULT_PRESET, PRESET_NAMES
-from . import BACKENDS, PRECISIONS
+from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int
+from hrnetseg.model.presets import DEFAULT_PRESET, PRESET_NAMES
+from hrnetseg.backends import BACKENDS, PRECISIONS
 
 
 def backend_flags(backend_help: str, precision_help: str, warmup_help: str,

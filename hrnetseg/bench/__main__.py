@@ -23,16 +23,17 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence
 
-from . import REPO
-from ..cli import ArgumentParser, UserError, nonnegative_int, positive_int, run_cli
-from ..files import check_output_file, make_output_folder, require_file
-from ..presets import DEFAULT_PRESET, PRESET_NAMES
-from .cases import BASELINE_SPEC, DEFAULT_CASES, parse_cases
-from .data_stages import data_stage, data_step_job
-from .infer_stage import infer_job, infer_stage, prepare_job
-from .jobs import CHILD_FLAG, Runner, child_main
-from .machine import load_average_text
-from .report import block_heading, format_data, format_infer, progress_note, record
+from hrnetseg.bench import REPO
+from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int, run_cli
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import check_output_file, make_output_folder, require_file
+from hrnetseg.model.presets import DEFAULT_PRESET, PRESET_NAMES
+from hrnetseg.bench.cases import BASELINE_SPEC, DEFAULT_CASES, parse_cases
+from hrnetseg.bench.data_stages import data_stage, data_step_job
+from hrnetseg.bench.infer_stage import infer_job, infer_stage, prepare_job
+from hrnetseg.bench.jobs import CHILD_FLAG, Runner, child_main
+from hrnetseg.bench.machine import load_average_text
+from hrnetseg.bench.report import block_heading, format_data, format_infer, progress_note, record
 
 STAGES = ("pre", "infer", "post")
 CHILD_JOBS = {"prepare": prepare_job, "infer": infer_job, "pre": data_step_job, "post": data_step_job}
@@ -47,7 +48,7 @@ def parse_stages(text: str) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m hrnetseg.bench", description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of pre,infer,post (default all)")
     parser.add_argument("--height", type=positive_int, default=1024, help="image height (default 1024)")
     parser.add_argument("--width", type=positive_int, default=2048, help="image width (default 2048)")
@@ -85,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cases = parse_cases(args.cases)
     if args.pth is not None:
         require_file(args.pth, "checkpoint")
-    from ..backends import parse_device
+    from hrnetseg.backends import parse_device
 
     parse_device(args.device)   # a bad --device is one line now, not a failed row per case after the export
     if not args.no_record:   # before the benchmark: a folder, FIFO or device here would fail (or hang) at its end
@@ -124,7 +125,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    # run_cli names the program in its error lines after sys.argv[0], which `python -m` of a package sets to
-    # .../bench/__main__.py: keep the name these lines have always had ("bench.py: error: ...").
-    sys.argv[0] = os.path.dirname(os.path.abspath(__file__)) + ".py"
     run_cli(main)

@@ -5,7 +5,8 @@ import argparse
 from dataclasses import dataclass
 from typing import List, Tuple
 
-from ..cli import UserError, positive_int
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.cli import positive_int
 
 BASELINE_SPEC = "onnxruntime:fp32:1"
 # Cheap defaults (1024x2048 on 2 cores: ~13 s, ~6.5 s, ~15 s and ~7.5 s per image), the recommended CPU setting second.
@@ -30,7 +31,7 @@ class Case:
 
 
 def parse_case(text: str) -> Case:
-    from ..backends import BACKENDS, PRECISIONS
+    from hrnetseg.backends import BACKENDS, PRECISIONS
 
     parts = [p.strip() for p in text.split(":")]
     if len(parts) < 3:

@@ -1,6 +1,6 @@
 """The data stages: our preprocess and postprocess against the reference methods, on the same synthetic data.
 
-Makes its own data (synthetic scenes and model-like outputs, hrnetseg.sample_data) and warms the file cache;
+Makes its own data (synthetic scenes and model-like outputs, hrnetseg.data.sample_scenes) and warms the file cache;
 then, per round, each method runs in its own child, alternating which goes first; a preprocess run starts after
 an untimed sync, so that no run pays for another's disk writeback. Timed: the whole step (listing, reading,
 computing, writing). Checks: the float32 bins are byte-identical, the confusion matrices and mIoU are the same.
@@ -16,9 +16,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .. import postprocess, preprocess, sample_data
-from . import reference
-from .report import progress_note
+from hrnetseg.evaluation import postprocess
+from hrnetseg.data import preprocess, sample_scenes as sample_data
+from hrnetseg.bench import reference
+from hrnetseg.bench.report import progress_note
 
 REFERENCE, OURS = "reference", "ours"   # the methods, in the bench's rows and its jobs' "method" key
 

@@ -14,10 +14,10 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from ..cli import UserError
-from ..files import write_text_atomic
-from .cases import BASELINE_SPEC, Case, parse_case
-from .report import progress_note, three_figures
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import write_text_atomic
+from hrnetseg.bench.cases import BASELINE_SPEC, Case, parse_case
+from hrnetseg.bench.report import progress_note, three_figures
 
 
 # ------------------------------------------------------------------------------------- child side: the jobs
@@ -26,8 +26,8 @@ def prepare_job(job: dict) -> dict:
     """Checkpoint (random weights unless --pth), the fp32 PyTorch reference on row 0, the plain export."""
     import torch
 
-    from ..export import export_onnx, load_model
-    from ..testing import write_official_checkpoint
+    from hrnetseg.model.export import export_onnx, load_model
+    from hrnetseg.model.random_weights import write_official_checkpoint
 
     result = {}
     pth = job["pth"]
@@ -53,7 +53,7 @@ def prepare_job(job: dict) -> dict:
 
 def infer_job(job: dict) -> dict:
     """One case: load the backend, `warmup` untimed runs, `repeats` timed runs; row 0's outputs saved."""
-    from ..backends import load_backend
+    from hrnetseg.backends import load_backend
 
     extra = {"compile": True} if "compile" in job["options"] else {}   # only when asked: older load_backend lacks it
     began = time.perf_counter()
@@ -83,8 +83,8 @@ def infer_job(job: dict) -> dict:
 
 def input_rows(workdir: str, count: int, height: int, width: int) -> List[str]:
     """Model inputs: row i is synthetic scene i (as sample_data draws it), through our float32 transform."""
-    from ..preprocess import convert
-    from ..sample_data import scene_labels, scene_photo
+    from hrnetseg.data.preprocess import convert
+    from hrnetseg.data.sample_scenes import scene_labels, scene_photo
 
     folder = os.path.join(workdir, "inputs_{}x{}".format(height, width))
     os.makedirs(folder, exist_ok=True)
@@ -131,7 +131,7 @@ def prepare_model(args, run: Callable[[dict], dict], workdir: str, row0: str) ->
 
 def infer_stage(args, cases: Sequence[Case], run: Callable[[dict], dict], workdir: str) -> dict:
     """Every case in its own child, the baseline first and last; speeds against the pooled baseline runs."""
-    from ..numerics import relative_error
+    from hrnetseg.util.numerics import relative_error
 
     baseline = parse_case(BASELINE_SPEC)
     others = [c for c in cases if c != baseline]

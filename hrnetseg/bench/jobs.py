@@ -12,10 +12,10 @@ import subprocess
 import sys
 from typing import Callable, Dict
 
-from . import REPO
-from ..cli import UserError
-from ..files import require_file, write_text_atomic
-from .machine import one_minute_load, peak_rss_mib
+from hrnetseg.bench import REPO
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import require_file, write_text_atomic
+from hrnetseg.bench.machine import one_minute_load, peak_rss_mib
 
 CHILD_FLAG = "--_child"
 

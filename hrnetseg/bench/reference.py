@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from .. import cityscapes
-from ..cityscapes import NUM_CLASSES
+from hrnetseg.data import cityscapes
+from hrnetseg.data.cityscapes import NUM_CLASSES
 
 
 def reference_preprocess(src_path: str, save_path: str, split: str = "val", limit: Optional[int] = None) -> List[str]:

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from typing import Dict, Sequence, Tuple
 
-from . import REPO
-from ..files import write_text_atomic
-from .machine import machine_line
+from hrnetseg.bench import REPO
+from hrnetseg.util.files import write_text_atomic
+from hrnetseg.bench.machine import machine_line
 
 SECTION = "## One-command benchmark"
 SECTION_INTRO = "Blocks appended by `python -m hrnetseg.bench` (hrnetseg/bench/), newest last."

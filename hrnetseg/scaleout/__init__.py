@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..cli import UserError
+from hrnetseg.util.errors import UserError
 
 REQUIREMENTS = "requirements-ray.txt"
 # Ray reads this when it is imported: "0" makes every node of a Ray instance started here use 127.0.0.1

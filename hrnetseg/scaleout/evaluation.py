@@ -6,11 +6,11 @@ import argparse
 import os
 from typing import List, Tuple
 
-from ..cityscapes import NUM_CLASSES, Sample
-from .batches import Ledger, plan_batches
-from .driver import (RayRun, batch_delay_s, engine_entry, ray_session, run_batches, worker_count,
-                     worker_threads)
-from .worker import EvaluationWorker, WorkerConfig
+from hrnetseg.data.cityscapes import NUM_CLASSES, Sample
+from hrnetseg.scaleout.batches import Ledger, plan_batches
+from hrnetseg.scaleout.driver import (RayRun, batch_delay_s, engine_entry, ray_session, run_batches, worker_count,
+                                      worker_threads)
+from hrnetseg.scaleout.worker import EvaluationWorker, WorkerConfig
 
 
 def evaluate_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[Sample],

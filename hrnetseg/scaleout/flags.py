@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Tuple
 
-from ..cli import UserError, positive_int
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.cli import positive_int
 
 ADDRESS_FORMS = "local, auto, HOST:PORT or ray://HOST:PORT"
 

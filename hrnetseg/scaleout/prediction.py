@@ -17,14 +17,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..cli import UserError
-from ..multiscale import check_model_takes, main_output_runner
-from ..predict_inputs import Input
-from ..prediction import UnreadableInput, image_outputs, predict_image_file
-from .batches import BatchLedger, plan_batches
-from .driver import RayRun, batch_delay_s, ray_session, run_batches, worker_count, worker_threads
-from .evaluation import describe_workers
-from .worker import RayWorker, fetched
+from hrnetseg.util.errors import UserError
+from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner
+from hrnetseg.prediction.inputs import Input
+from hrnetseg.prediction.per_input import UnreadableInput, image_outputs, predict_image_file
+from hrnetseg.scaleout.batches import BatchLedger, plan_batches
+from hrnetseg.scaleout.driver import RayRun, batch_delay_s, ray_session, run_batches, worker_count, worker_threads
+from hrnetseg.scaleout.evaluation import describe_workers
+from hrnetseg.scaleout.worker import RayWorker, fetched
 
 PredictionConfig = namedtuple("PredictionConfig", ["kind", "model", "device", "precision", "preset",
                                                    "output_index", "batchsize", "warmup", "threads",

@@ -1,0 +1,303 @@
+"""The checks and the table of scripts/eval_acc_perf.sh, as subcommands (no Python inside the shell script).
+
+    python3 -m hrnetseg.atlas.acc_perf check_batch_sizes PREP 1 4 --backend ais_bench [--device 0,1]
+        exit 2 when a batch size is larger than the number of images PREP's manifest lists, or when a device
+        list names a device twice or is no list of ids (ais_bench would run for hours first); with ais_bench,
+        exit 2 when PREP holds a .bin (.BIN, .npy, .NPY) its manifest does not list (ais_bench would run it
+        too), and a note for each batch size whose padded last batch inflates the throughput
+    python3 -m hrnetseg.atlas.acc_perf throughput --log results/bs4.log --command "ais_bench ..."
+        the images/s of the last ais_bench (or hrnetseg.runner.cli) throughput line, or of its `summary throughput:`
+        line after a --device 0,1 run (the sum over the devices); exit 2 when it is missing, not a number, not
+        finite or not above 0
+    python3 -m hrnetseg.atlas.acc_perf row --batch 4 --backend ais_bench --device npu:0 --fps 12.5 --result result_bs4.json
+        one row of the table: | batch | backend | device | throughput (fps) | mIoU |
+        (--summary results/bs4_summary.json instead of --device: the device the local runner used;
+        --shards results/bs4 instead: the devices of a --device 0,1 run, from its device<id>_summary.json files;
+        --prep PREP: exit 2 unless the result counts every image PREP's manifest lists; with ais_bench, whose
+        figure counts a padded last batch as full, the fps of PREP's images, device by device with --shards)
+
+Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, the output folders
+through hrnetseg.evaluation.model_outputs), valid Python 3.7.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
+from hrnetseg.util.errors import UserError
+from hrnetseg.atlas.figures import decimal_value, format_fps
+from hrnetseg.util.files import read_json, read_text, require_folder, write_text_atomic
+from hrnetseg.data.manifest import read_manifest
+from hrnetseg.runner.devices import DEVICE_FOLDER, device_list, device_parts
+from hrnetseg.evaluation.model_outputs import device_folders, shard_image_counts, summary_path_for
+
+# ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
+THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
+_THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\([^)]*\)/NPU_compute_time\.mean\([^)]*\):[ \t]*(\S*)")
+# the last line of ais_bench --device 0,1 (and of the runner's): the devices' throughputs summed
+SUMMARY_THROUGHPUT_LINE = "summary throughput:X"
+_SUMMARY_THROUGHPUT = re.compile(r"summary throughput:[ \t]*(\S*)")
+# a plain decimal number as the tools print it; float() alone would also take "1_000", "infinity" or other
+# scripts' digits
+AIS_BENCH_INPUT_SUFFIXES = (".bin", ".BIN", ".npy", ".NPY")   # the files ais_bench runs from an --input folder
+
+
+# --- check_batch_sizes ---------------------------------------------------------------------------------
+
+def listed_ids(prep: str) -> List[str]:
+    return list(read_manifest(prep)["ids"])
+
+
+def check_only_listed_bins(prep: str, ids: Sequence[str]) -> None:
+    """ais_bench reads every input file in its --input folder (.bin, .BIN, .npy, .NPY), not the manifest: a file
+    the manifest does not list (an image since removed from the data set, one that a changed --limit no longer
+    covers, or x.npy / x.BIN beside a listed x.bin, whose outputs would replace x's) would be run and, where its
+    label is there, counted in the mIoU."""
+    inputs = {"{}.bin".format(sample_id) for sample_id in ids}
+    unlisted = sorted(name for name in os.listdir(prep)   # hidden names too: ais_bench lists all
+                      if name.endswith(AIS_BENCH_INPUT_SUFFIXES) and name not in inputs)
+    if unlisted:
+        raise UserError("{} holds {} input file{} its manifest does not list ({}{}): ais_bench reads every .bin "
+                        "(.BIN, .npy, .NPY) file in its --input folder and would evaluate {}; remove {} or use "
+                        "another --output_dir".format(
+                            prep, len(unlisted), "" if len(unlisted) == 1 else "s", unlisted[0],
+                            ", ..." if len(unlisted) > 1 else "", "it" if len(unlisted) == 1 else "them",
+                            "it" if len(unlisted) == 1 else "them"))
+
+
+def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = False,
+                      reads_every_bin: bool = False, devices: int = 1) -> List[str]:
+    """A batch larger than the data set is all padding after the images: its time would be charged to
+    images that do not exist (or, as ais_bench counts, padding counted as images).
+
+    Returns notes for the batch sizes that leave a padded last batch where the tool counts padding as
+    images (counts_padding: ais_bench reports 1000 * model batch size / mean time for every run).
+    reads_every_bin: the tool runs every .bin of the folder (ais_bench): bins the manifest does not list are
+    an error.
+    devices: how many devices the input is split across (--device 0,1): each pads its own last batch.
+    """
+    ids = listed_ids(prep)
+    if reads_every_bin:
+        check_only_listed_bins(prep, ids)
+    count = len(ids)
+    too_big = [size for size in sizes if size > count]
+    if too_big:
+        raise UserError("batch size{} {} {} larger than the {} image{} in {}: use --batch_sizes up to {} (or more "
+                        "images)".format("s" if len(too_big) > 1 else "", ", ".join(map(str, too_big)),
+                                         "are" if len(too_big) > 1 else "is", count, "" if count == 1 else "s", prep,
+                                         count))
+    notes = []
+    parts = device_parts(count, devices)
+    for size in sizes if counts_padding and devices > 1 else ():
+        padded = sum(padded_images(part, size) for part in parts)
+        if padded != count:
+            notes.append("note: {} images split {} across {} devices run at batch size {} as {}: ais_bench pads "
+                         "each device's last batch and counts it as {}; the table's throughput takes that out device "
+                         "by device".format(count, "+".join(map(str, parts)), devices, size, padded, size))
+    for size in sizes if counts_padding and devices == 1 else ():
+        if padded_images(count, size) != count:
+            notes.append("note: {} images at batch size {} leave a last batch of {}, which ais_bench pads and counts "
+                         "as {}: the table's throughput is its figure x {}/{} (the images' own)".format(
+                             count, size, count - (padded_images(count, size) - size), size, count,
+                             padded_images(count, size)))
+    return notes
+
+
+def padded_images(count: int, batch: int) -> int:
+    """How many images a tool that pads the last batch runs: every batch full."""
+    return -(-count // batch) * batch
+
+
+def real_images_fps(fps: float, count: int, batch: int) -> float:
+    """The images/s of `count` real images from a tool's figure that counted a padded last batch as full:
+    runs x mean time is the total time, whoever counts the images."""
+    return fps * count / padded_images(count, batch)
+
+
+# --- throughput ------------------------------------------------------------------------------------------
+
+def parse_throughput(text: str) -> Optional[str]:
+    """The X of the last `summary throughput:X` line (a multi-device run: each device prints its own summary
+    block, then this sum), else of the last throughput line, as written (None when there is neither)."""
+    found = _SUMMARY_THROUGHPUT.findall(text) or _THROUGHPUT.findall(text)
+    return found[-1] if found else None
+
+
+def throughput(log: str, command: str) -> float:
+    """The images/s the run reported; a UserError naming the log and the command when there is none usable."""
+    source = "{} (the output of: {})".format(log, command) if command else log
+    text = parse_throughput(read_text(log, "log"))
+    if text is None:
+        raise UserError("no '{}' line in {}".format(THROUGHPUT_LINE, source))
+    value = decimal_value(text)
+    if not (math.isfinite(value) and value > 0):
+        raise UserError("the throughput {!r} in {} is not a positive number: the run measured nothing usable"
+                        .format(text, source))
+    return value
+
+
+# --- row -------------------------------------------------------------------------------------------------
+
+def miou(result_path: str) -> float:
+    """The mIoU fraction (0..1, as cityscapesScripts) of HRNet_postprocess.py's result file."""
+    value = read_json(result_path, "result").get("mIoU")
+    if value is None:
+        raise UserError("no mIoU in {}".format(result_path))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise UserError("{} holds mIoU {!r}, not a fraction from 0 to 1".format(result_path, value))
+    return float(value)
+
+
+def check_every_image_counted(result_path: str, prep: str) -> None:
+    """The mIoU must cover every preprocessed image: with --limit the postprocess allows labels without output
+    (those past the limit), which would hide an image the inference tool left out; an image without a label
+    is only logged by the postprocess."""
+    images = read_json(result_path, "result").get("images")
+    listed = len(listed_ids(prep))
+    if isinstance(images, bool) or not isinstance(images, int):
+        raise UserError("{} holds images {!r}, not a count".format(result_path, images))
+    if images != listed:
+        raise UserError("{} counts {} image{} but {} lists {}: the mIoU would not cover the data set (outputs "
+                        "missing from the run, or labels missing; the postprocess log names them)".format(
+                            result_path, images, "" if images == 1 else "s", prep, listed))
+
+
+def summary_device(summary_path: str) -> str:
+    device = read_json(summary_path, "runner summary").get("device")
+    if not isinstance(device, str) or not device:
+        raise UserError("runner summary {} names no device".format(summary_path))
+    return device
+
+
+# --- the shards of a multi-device run (ais_bench --device 0,1: OUT/DIRNAME/device<id>/ + device<id>_summary.json)
+
+def shard_summaries(res: str) -> List[Tuple[str, str, dict]]:
+    """(device folder name, summary path, summary) for each device<id>/ folder of the run in res."""
+    require_folder(res, "result folder")
+    shards = device_folders(res)
+    if not shards:
+        raise UserError("{} holds no device<id> folders: it is not the output of a multi-device run".format(res))
+    found = []
+    for shard in shards:
+        path = summary_path_for(os.path.join(res, shard))
+        found.append((shard, path, read_json(path, "device summary")))
+    return found
+
+
+def shards_device(summaries: Sequence[Tuple[str, str, dict]]) -> str:
+    """The table's device column: each device the runner's summary names; ais_bench's names none, its NPU is
+    the folder's device id."""
+    devices = []
+    for shard, path, summary in summaries:
+        device = summary.get("device", "npu:" + DEVICE_FOLDER.match(shard).group("id"))
+        if not isinstance(device, str) or not device:
+            raise UserError("device summary {} names no device".format(path))
+        devices.append(device)
+    return ",".join(devices)
+
+
+def shards_fps(fps: float, summaries: Sequence[Tuple[str, str, dict]], res: str, batch: int,
+               counts_padding: bool) -> float:
+    """The images/s of a multi-device run: its summed figure, which must be the sum of the device summaries'
+    (else they are not this run's); where the tool counts a padded last batch as full (ais_bench), each
+    device's figure is taken for the images that device ran."""
+    figures = []
+    for _, path, summary in summaries:
+        value = summary.get("throughput")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise UserError("device summary {} holds throughput {!r}, not a positive number".format(path, value))
+        figures.append(float(value))
+    if not math.isclose(sum(figures), fps, rel_tol=1e-6):
+        raise UserError("the run's summary throughput {!r} is not the sum of its device summaries' ({}): they are "
+                        "not from that run".format(fps, " + ".join(repr(v) for v in figures)))
+    if not counts_padding:
+        return fps
+    counts = shard_image_counts(res)
+    return sum(real_images_fps(figure, counts[shard], batch) if counts[shard] else 0.0
+               for figure, (shard, _, _) in zip(figures, summaries))
+
+
+def table_row(batch: int, backend: str, device: str, fps: float, miou_fraction: float) -> str:
+    return "| {} | {} | {} | {} | {:.2f}% |".format(batch, backend, device, format_fps(fps), 100.0 * miou_fraction)
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+def positive_number(text: str) -> float:
+    value = decimal_value(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("expected a positive number, got {!r}".format(text))
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    commands = parser.add_subparsers(dest="subcommand")
+    check = commands.add_parser("check_batch_sizes", help="refuse batch sizes larger than the preprocessed images")
+    check.add_argument("prep", help="the preprocess folder (its manifest.json lists the images)")
+    check.add_argument("sizes", nargs="+", type=positive_int, help="the batch sizes")
+    check.add_argument("--device", default=None, help="the run's --device: a list 0,1 splits the input across the "
+                       "devices (checked here: ids 0..255, none twice)")
+    check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench runs every "
+                       ".bin of the folder, and counts a padded last batch as full: a note says where that happens)")
+    fps = commands.add_parser("throughput", help="print the images/s of the last throughput line of a log")
+    fps.add_argument("--log", required=True, help="what ais_bench or python3 -m hrnetseg.infer printed")
+    fps.add_argument("--command", default="", help="the command that wrote the log (for the error message)")
+    row = commands.add_parser("row", help="print one row of the table")
+    row.add_argument("--batch", required=True, type=positive_int)
+    row.add_argument("--backend", required=True)
+    where = row.add_mutually_exclusive_group(required=True)
+    where.add_argument("--device", help="the device, as the table shows it (npu:0)")
+    where.add_argument("--summary", help="the runner's OUTPUT/<dirname>_summary.json, which names the device")
+    where.add_argument("--shards", metavar="RES", help="the output folder of a --device 0,1 run (results/bs4): the "
+                       "devices and their throughputs from its device<id>_summary.json files")
+    row.add_argument("--fps", required=True, type=positive_number, help="images/s (from the throughput command)")
+    row.add_argument("--result", required=True, help="HRNet_postprocess.py's result JSON (its mIoU)")
+    row.add_argument("--record", default=None, metavar="FILE", help="also write the row's figures, unrounded, as "
+                     "JSON (for python3 -m hrnetseg.atlas.ci_gate judge)")
+    row.add_argument("--prep", default=None, help="the preprocess folder: the result must count every image its "
+                     "manifest lists (and, for ais_bench, the fps counts them, not its padding)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.subcommand == "check_batch_sizes":
+        ais_bench = args.backend == "ais_bench"
+        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=ais_bench, reads_every_bin=ais_bench,
+                                      devices=len(device_list(args.device) or [args.device])):
+            print(note, file=sys.stderr)
+    elif args.subcommand == "throughput":
+        print(repr(throughput(args.log, args.command)))
+    elif args.subcommand == "row":
+        ais_bench = args.backend == "ais_bench"   # it counts its padding as images; the local runner does not
+        fps = args.fps
+        if args.shards is not None:
+            summaries = shard_summaries(args.shards)
+            device = shards_device(summaries)
+            fps = shards_fps(fps, summaries, args.shards, args.batch, ais_bench and args.prep is not None)
+        else:
+            device = args.device if args.device is not None else summary_device(args.summary)
+        if args.prep is not None:
+            check_every_image_counted(args.result, args.prep)
+            if ais_bench and args.shards is None:
+                fps = real_images_fps(fps, len(listed_ids(args.prep)), args.batch)
+        fraction = miou(args.result)
+        if args.record is not None:
+            write_text_atomic(args.record, json.dumps({"batch": args.batch, "backend": args.backend, "device": device,
+                                                       "fps": fps, "miou": fraction}) + "\n")
+        print(table_row(args.batch, args.backend, device, fps, fraction))
+    else:
+        parser.error("choose a command: check_batch_sizes, throughput or row")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,290 @@
+"""Model outputs + Cityscapes labels -> mIoU (result.json), per-class table, optional pictures.
+
+Outputs are paired with labels by image id, never by order. Finding the outputs, ais_bench's naming and the
+outputs' dtype are hrnetseg.evaluation.model_outputs; logits -> labels is hrnetseg.evaluation.upsample_argmax; the pictures are
+hrnetseg.data.pictures; the confusion matrix and the scores are hrnetseg.evaluation.metrics. This module pairs and checks
+every file before anything is computed, runs the images through the worker pool, and writes the results.
+Atlas-side module: numpy, opencv, pillow and tqdm only, valid Python 3.7.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections import namedtuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hrnetseg.data import cityscapes
+from hrnetseg.data.cityscapes import read_train_ids
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.processes import default_workers
+from hrnetseg.util.files import (check_output_file, make_output_folder, not_a_folder_above, not_regular_reason,
+                                 remove_stale_temporaries, require_folder)
+from hrnetseg.util.locks import output_locks
+from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion, format_table, write_result
+from hrnetseg.evaluation.model_outputs import (AIS_BENCH, BY_SIZE, DEFAULT, OUTPUT_DTYPES, Outputs, choose_file_index,
+                                               find_outputs, load_logits, logits_shape, output_file_dtype,
+                                               summary_output_dtype)
+from hrnetseg.data.pictures import picture_paths, remove_pictures, save_pictures
+from hrnetseg.evaluation.upsample_argmax import logits_to_labels
+from hrnetseg.util.workers import parallel_results
+
+IDS_QUOTED = 5  # ids quoted in an error message, at most
+
+# size: (H, W) of the label; dtype_from: what decided the dtype (a source name of resolve_output_dtype)
+Pair = namedtuple("Pair", ["id", "output", "label", "image", "dtype", "size", "dtype_from"])
+
+
+def _quote_ids(ids: Sequence[str]) -> str:
+    """The first IDS_QUOTED ids, and "..." when there are more."""
+    ids = list(ids)
+    return ", ".join(ids[:IDS_QUOTED]) + (", ..." if len(ids) > IDS_QUOTED else "")
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# --- pairing outputs with labels, and checking them -----------------------------------------------
+
+def regular_labels(labels: Dict[str, str], allow_missing: bool) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """(the labels that are regular files, id -> why each other one is left out); labels that are not
+    regular files (a FIFO would block the reader) are never opened: an error, or left out with
+    --allow_missing."""
+    usable, left_out = {}, {}  # type: Dict[str, str], Dict[str, str]
+    for sample_id, path in labels.items():
+        reason = not_regular_reason(path)
+        if reason is None:
+            usable[sample_id] = path
+        elif allow_missing:
+            left_out[sample_id] = "{} {}".format(path, reason)
+        else:
+            raise UserError("label {} {}; --allow_missing leaves it out".format(path, reason))
+    return usable, left_out
+
+
+def pair_outputs(outputs: Outputs, file_index: int, labels: Dict[str, str], allow_missing: bool = False,
+                 want_images: bool = False, output_dtype_flag: Optional[str] = None
+                 ) -> Tuple[List[Pair], List[str], List[str]]:
+    """Pairs (sorted by id), the label ids without output, the output ids without label; checks every file."""
+    output_of = {sid: by_index[file_index] for sid, by_index in outputs.files.items() if file_index in by_index}
+    missing = sorted(set(labels) - set(output_of))
+    extra = sorted(set(output_of) - set(labels))
+    if not set(output_of) & set(labels):
+        raise UserError("no output in {} matches a label (outputs e.g. {}; labels e.g. {})".format(
+            outputs.folder, _quote_ids(sorted(output_of)), _quote_ids(sorted(labels))))
+    if missing and not allow_missing:
+        raise UserError("{} of {} labels have no output in {}: {}; --allow_missing evaluates the rest".format(
+            len(missing), len(labels), outputs.folder, _quote_ids(missing)))
+    summaries = {}  # type: Dict[str, Tuple[Optional[str], str]]   # per folder: each device shard has its own
+    pairs = []
+    for sid in sorted(set(output_of) & set(labels)):
+        size = cityscapes.image_size(labels[sid])
+        if size is None:
+            raise UserError("label {} {}".format(labels[sid], cityscapes.unreadable_reason(labels[sid])))
+        folder = os.path.dirname(output_of[sid])
+        if folder not in summaries:
+            summaries[folder] = summary_output_dtype(folder)
+        dtype, source = output_file_dtype(output_of[sid], outputs.ext, logits_shape(*size), labels[sid],
+                                          output_dtype_flag, summaries[folder])
+        image = cityscapes.image_for_label(labels[sid]) if want_images else None
+        pairs.append(Pair(sid, output_of[sid], labels[sid], image, dtype, size, source))
+    _one_dtype_by_size(pairs)
+    return pairs, missing, extra
+
+
+def _one_dtype_by_size(pairs: Sequence[Pair]) -> None:
+    """Outputs whose dtype only their sizes tell must agree: a folder of one run has one dtype (a float32
+    file cut to exactly half its size would otherwise pass as float16)."""
+    guessed = [pair for pair in pairs if pair.dtype_from in (BY_SIZE, DEFAULT)]
+    kinds = {pair.dtype: pair for pair in guessed}
+    if len(kinds) > 1:
+        raise UserError("outputs differ in size: {} has float32's size, {} float16's; keep one run per folder, "
+                        "or pass --output_dtype".format(kinds["float32"].output, kinds["float16"].output))
+
+
+# --- one image ------------------------------------------------------------------------------------
+
+def check_finite(logits: np.ndarray, pair: Pair) -> None:
+    """NaN or inf in an output: say what it means (a wrong dtype guess, or a broken model), not 'NaN mIoU'."""
+    if np.isfinite(logits.min()) and np.isfinite(logits.max()):  # both propagate NaN
+        return
+    if pair.dtype_from == BY_SIZE:
+        raise UserError("output {}: its size matched float16 {} but the values are not float16 logits (NaN/inf "
+                        "values): pass --output_dtype to say what it holds".format(
+                            pair.output, "x".join(str(v) for v in logits.shape)))
+    raise UserError("output {} holds NaN/inf values (read as {}, {}): the model or the conversion is "
+                    "broken".format(pair.output, pair.dtype, pair.dtype_from))
+
+
+def evaluate_pair(pair: Pair, vis_dir: Optional[str] = None, pred_dir: Optional[str] = None):
+    """(confusion matrix, files written, why there is no overlay or None) for one output and its label."""
+    gt = read_train_ids(pair.label)
+    if gt.shape != tuple(pair.size):
+        raise UserError("label {} changed size while being evaluated".format(pair.label))
+    logits = load_logits(pair.output, pair.dtype, logits_shape(*pair.size))
+    try:
+        pred = logits_to_labels(logits, gt.shape[0], gt.shape[1])
+    except ValueError as exc:
+        check_finite(logits, pair)  # the likely cause, said in words
+        raise UserError("output {}: {}".format(pair.output, exc))
+    written, no_overlay = save_pictures(pred, pair.id, vis_dir, pred_dir, pair.image) if (vis_dir or pred_dir) \
+        else ([], None)
+    return confusion(pred, gt), written, no_overlay
+
+
+def _evaluate_task(task):
+    pair, vis_dir, pred_dir = task
+    try:
+        counts, written, no_overlay = evaluate_pair(pair, vis_dir, pred_dir)
+    except UserError as exc:
+        return ("error", str(exc))
+    return ("ok", pair.id, counts, written, no_overlay)
+
+
+# --- the step -------------------------------------------------------------------------------------
+
+def _check_picture_folder(path: Optional[str], flag: str) -> None:
+    """Refuse, before any work, an empty picture folder name or one that exists and is not a folder (it is
+    made later)."""
+    if path == "":
+        raise UserError("{} is empty: give a folder name".format(flag))
+    if path is not None and os.path.lexists(path) and not os.path.isdir(path):
+        make_output_folder(path, flag)  # raises, saying what it is
+    blocked = not_a_folder_above(path) if path is not None else None
+    if blocked is not None:
+        raise UserError("cannot create output folder {} {}: {}".format(flag, path, blocked))
+
+
+def _check_result_paths(save_path: Optional[str], save_confusion: Optional[str], save_vis: Optional[str],
+                   save_pred: Optional[str]) -> None:
+    check_output_file(save_path, "--save_path")
+    check_output_file(save_confusion, "--save_confusion")
+    if save_path and save_confusion and os.path.realpath(save_path) == os.path.realpath(save_confusion):
+        raise UserError("--save_path and --save_confusion are the same file {}: give two names".format(save_path))
+    _check_picture_folder(save_vis, "--save_vis")
+    _check_picture_folder(save_pred, "--save_pred")
+    # a result file where a picture folder will be made (or the other way round) would fail after all the work
+    for file_flag, file_path in (("--save_path", save_path), ("--save_confusion", save_confusion)):
+        for folder_flag, folder in (("--save_vis", save_vis), ("--save_pred", save_pred)):
+            if file_path and folder and os.path.realpath(file_path) == os.path.realpath(folder):
+                raise UserError("{} and {} are the same path {}: one is a file, the other a folder; give two "
+                                "names".format(file_flag, folder_flag, file_path))
+
+
+def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] = None, split: str = "val",
+                    workers: Optional[int] = None, save_path: Optional[str] = None,
+                    save_vis: Optional[str] = None, save_pred: Optional[str] = None,
+                    save_confusion: Optional[str] = None, allow_missing: bool = False,
+                    log: Callable[[str], None] = print, output_dtype: Optional[str] = None,
+                    warn: Callable[[str], None] = _to_stderr) -> dict:
+    """Evaluate every output in res_path against its label under data_path; returns the result dict.
+
+    data_path: the gtFine/<split> folder (as the ModelZoo scripts take it), a cityscapes root, or the folder
+    holding cityscapes/.
+    output_index: ais_bench's 0-based output number (0 = aux, 1 = main); None = main (or the only one).
+    output_dtype: float32 or float16 (see resolve_output_dtype); None = not known.
+    Everything is checked before anything is computed; on an error nothing is written. The outputs are
+    locked (`<output>.lock`) for the run: a second run writing one of them stops at once.
+    """
+    if output_dtype is not None and output_dtype not in OUTPUT_DTYPES:
+        raise UserError("--output_dtype {!r}: expected {}".format(output_dtype, " or ".join(OUTPUT_DTYPES)))
+    outputs = find_outputs(res_path)
+    file_index, described, aux_only = choose_file_index(outputs, output_index)
+    require_folder(data_path, "label folder")
+    labels, left_out = regular_labels(cityscapes.find_labels(data_path, split), allow_missing)
+    _check_result_paths(save_path, save_confusion, save_vis, save_pred)
+    with output_locks(save_path, save_confusion, save_vis, save_pred):
+        pairs, missing, extra = pair_outputs(outputs, file_index, labels, allow_missing, want_images=bool(save_vis),
+                                             output_dtype_flag=output_dtype)
+        _check_not_an_input(pairs, (("--save_path", save_path), ("--save_confusion", save_confusion)))
+        extra = [sid for sid in extra if sid not in left_out]
+        missing = [sid for sid in missing if sid not in left_out]
+        log("found {} for {} images in {}{}{}".format(
+            described, len(pairs), outputs.folder,
+            " (the device folders {} of one multi-device run)".format(", ".join(outputs.shards))
+            if outputs.shards else "", ": " + aux_only if aux_only else ""))
+        if aux_only:
+            warn("warning: {} holds only the auxiliary head's outputs: their mIoU is not the model's (give "
+                 "--output_index to evaluate them on purpose)".format(outputs.folder))
+        if outputs.ext == "txt":
+            warn("note: {} holds ais_bench --outfmt TXT outputs: 6 decimals per value, lossy (an argmax between "
+                 "values closer than that may differ from the BIN or NPY outputs)".format(outputs.folder))
+        _report_left_out(pairs, missing, extra, left_out, log, warn)
+        created = [path for path, flag in ((save_vis, "--save_vis"), (save_pred, "--save_pred"))
+                   if make_output_folder(path, flag)]
+        matrix = _evaluate_pairs(pairs, workers, save_vis, save_pred, created, warn)
+        matrix.skipped = sorted(missing + list(left_out))
+        matrix.output_index = file_index - (0 if outputs.naming == AIS_BENCH else 1)   # ais_bench's numbering
+        result = matrix.compute()
+        log(format_table(result))
+        if save_confusion:
+            matrix.save(save_confusion)
+        if save_path:
+            write_result(save_path, result)
+            log("result: {}".format(save_path))
+    return result
+
+
+def _check_not_an_input(pairs: Sequence[Pair], files: Sequence[Tuple[str, Optional[str]]]) -> None:
+    """A result file must not replace one of the files it is computed from."""
+    inputs = {os.path.realpath(path) for pair in pairs for path in (pair.output, pair.label)}
+    for flag, path in files:
+        if path is not None and os.path.realpath(path) in inputs:
+            raise UserError("{} {} is one of the inputs: give another name".format(flag, path))
+
+
+def _report_left_out(pairs: Sequence[Pair], missing: Sequence[str], extra: Sequence[str], left_out: Dict[str, str],
+            log: Callable[[str], None], warn: Callable[[str], None]) -> None:
+    if missing:
+        log("skipping {} labels without output (--allow_missing): {}".format(len(missing), _quote_ids(missing)))
+    if left_out:
+        log("skipping {} labels that are not regular files (--allow_missing): {}".format(
+            len(left_out), _quote_ids([left_out[sid] for sid in sorted(left_out)])))
+    if extra:
+        log("ignoring {} outputs without label: {}".format(len(extra), _quote_ids(extra)))
+    by_size = [pair for pair in pairs if pair.dtype_from == BY_SIZE]
+    if by_size:
+        warn("note: reading {} outputs as float16 by their size (pass --output_dtype to be explicit)".format(
+            len(by_size)))
+
+
+def _evaluate_pairs(pairs: Sequence[Pair], workers: Optional[int], save_vis: Optional[str],
+                    save_pred: Optional[str], created: Sequence[str], warn: Callable[[str], None]) -> ConfusionMatrix:
+    """The confusion matrix over all pairs, pictures written; on any failure the pictures this run made
+    (and the folders it created, when empty) are removed."""
+    for folder in (save_vis, save_pred):
+        if folder:
+            remove_stale_temporaries(folder)  # of a killed run into this folder
+    matrix = ConfusionMatrix()
+    workers = default_workers(workers, len(pairs))
+    written = []  # type: List[str]
+    no_overlay = []  # type: List[str]
+    pictures = picture_paths([pair.id for pair in pairs], save_vis, save_pred)
+    existed = {path for path in pictures if os.path.exists(path)}
+    tasks = [(pair, save_vis, save_pred) for pair in pairs]
+    try:
+        with parallel_results(_evaluate_task, tasks, workers, "postprocess") as results:
+            for result in results:
+                if result[0] == "error":
+                    raise UserError(result[1])
+                matrix.add(result[2], result[1])
+                written.extend(result[3])
+                if result[4]:
+                    no_overlay.append(result[4])
+    except BaseException:
+        remove_pictures(set(pictures) - existed, written, (save_vis, save_pred))
+        for folder in created:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        raise
+    if no_overlay:
+        warn("note: --save_vis wrote no overlay for {} of {} images ({}{})".format(
+            len(no_overlay), len(pairs), sorted(no_overlay)[0], ", ..." if len(no_overlay) > 1 else ""))
+    matrix.ids.sort()
+    return matrix
+
+

@@ -1,0 +1,270 @@
+"""Segment your own pictures and videos: image files, folders (searched recursively) and videos -> the Cityscapes
+classes as labelIds / trainIds PNGs, the colour picture or the colours over the photo.
+
+    python -m hrnetseg.predict --onnx hrnet.onnx --input photos/ dashcam.mp4 --output predictions
+
+Every image, whatever its size, goes through upstream HRNet-OCR's multi-scale inference (hrnetseg.evaluation.multiscale):
+its long side resized to --base_size x scale, sliding windows of --crop_size above scale 1.0, optionally
+flipped. A model with a fixed input size must take every size that needs (export with --dynamic_hw for any).
+Outputs keep the inputs' sub-folders; a rerun skips what exists unless --overwrite.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hrnetseg.backends import backend_for_model, check_model_file, load_backend
+from hrnetseg.backends.flags import backend_flags
+from hrnetseg.util.cli import ArgumentParser, output_index, progress, run_cli
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import make_output_folder, not_regular_reason, remove_stale_temporaries
+from hrnetseg.util.locks import output_lock
+from hrnetseg.evaluation.multiscale import add_tta_flags, check_model_takes, main_output_runner, tta_from_args
+from hrnetseg.prediction.inputs import BadInput, Input, find_inputs, look_at
+from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags
+from hrnetseg.prediction.per_input import (DEFAULT_SAVE, SAVE_KINDS, UnreadableInput, planned_outputs,
+                                           predict_image_file, predict_video_file, save_kinds)
+from hrnetseg.data.videos import VideoInfo, remove_stale_video_temporaries
+
+MAX_SIZES_SHOWN = 3   # image sizes whose forward passes the first lines name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    shared = backend_flags(
+        backend_help="default from the model file: .onnx -> onnxruntime, .pth -> torch",
+        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU)",
+        warmup_help="untimed model runs before the first input (default: 1 on a GPU, 0 on the CPU)")
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0],
+                            parents=[shared])
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--onnx", help="ONNX model (default backend onnxruntime); export it with --dynamic_hw to "
+                                      "take any image size")
+    model.add_argument("--pth", help="checkpoint (default backend torch, any image size); --preset names its variant")
+    model.add_argument("--model", help="a model file, .onnx or .pth (backend by the extension)")
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="image files (PNG, JPEG, ...), folders (searched recursively) or videos (mp4, avi, "
+                             "mov, ...)")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="folder for the results; inputs found in a folder keep their sub-folders here")
+    parser.add_argument("--save", type=save_kinds, default=DEFAULT_SAVE, metavar="KIND[,KIND...]",
+                        help="what to write per image, of {}: labelIds (`<stem>_labelIds.png`, Cityscapes ids, "
+                             "the benchmark server's format), trainIds, color (the Cityscapes palette), overlay "
+                             "(the colours over the photo; default). A video always gives `<stem>_overlay.mp4`, "
+                             "the other kinds as PNGs per frame".format(",".join(SAVE_KINDS)))
+    parser.add_argument("--output_index", type=output_index, default=None,
+                        help="0-based model output to predict with: 0 = aux, 1 = main (default: main, or the "
+                             "only one)")
+    parser.add_argument("--skip_bad", action="store_true",
+                        help="leave out inputs that cannot be read (missing, empty, truncated, not an image or "
+                             "video, not a regular file) and list them at the end (default: stop at the first)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write every output again (default: a rerun keeps the outputs that exist)")
+    add_tta_flags(parser)
+    add_ray_flags(parser, "; images go to Ray, videos run in this process")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------- checks
+
+def model_path(args: argparse.Namespace) -> Tuple[str, str]:
+    """(model file, backend) from --onnx / --pth / --model and --backend."""
+    flag, model = next((flag, value) for flag, value in (("--onnx", args.onnx), ("--pth", args.pth),
+                                                         ("--model", args.model)) if value is not None)
+    if not model:
+        raise UserError("{} is an empty name: give the model file".format(flag))
+    kind = args.backend or backend_for_model(model)
+    check_model_file(model)
+    return model, kind
+
+
+def check_output(output: str, model: str) -> None:
+    """--output must be a folder (or not exist yet), and not the model file."""
+    if not output:
+        raise UserError("--output is an empty name: give a folder")
+    if os.path.lexists(output) and not os.path.isdir(output):
+        reason = not_regular_reason(output) or "is a file"
+        raise UserError("--output {} {}, not a folder".format(output, reason.split(", not")[0]))
+    if os.path.realpath(output) == os.path.realpath(model):
+        raise UserError("--output {} is the model file".format(output))
+
+
+def usable_inputs(args: argparse.Namespace) -> Tuple[List[Input], Dict[str, VideoInfo], List[Tuple[int, int]],
+                                                     List[BadInput]]:
+    """The inputs that can be read (from their headers), each video's info, every image or frame size, and the
+    bad ones; without --skip_bad the first bad one stops the run here, before the model is loaded."""
+    usable, videos, sizes, bad = [], {}, [], []
+    for item in find_inputs(args.input, args.output):
+        if isinstance(item, Input):
+            size, info, reason = look_at(item)
+            if size is None:
+                item = BadInput(item.path, reason)
+        if isinstance(item, BadInput):
+            if not args.skip_bad:
+                refuse(item)
+            bad.append(item)
+            continue
+        if info is not None:
+            videos[item.path] = info
+        if size not in sizes:
+            sizes.append(size)
+        usable.append(item)
+    for item in bad:
+        print("predict: skipping {}: {}".format(item.path, item.reason), file=sys.stderr, flush=True)
+    if not usable:
+        raise UserError("nothing to predict: none of the {} input{} can be read{}".format(
+            len(bad), "" if len(bad) == 1 else "s", " (e.g. {}: {})".format(bad[0].path, bad[0].reason) if bad
+            else ""))
+    return usable, videos, sizes, bad
+
+
+def refuse(item: BadInput) -> None:
+    raise UserError("cannot use {}: {}; --skip_bad skips such inputs".format(item.path, item.reason))
+
+
+def refuse_blocked_outputs(output: str, inputs: Sequence[Input], kinds: Sequence[str],
+                           videos: Dict[str, VideoInfo]) -> None:
+    """An existing output that is a folder, FIFO or device, or one of the inputs, is never replaced: refused
+    before the model loads."""
+    sources = {os.path.realpath(item.path): item.path for item in inputs}
+    for item in inputs:
+        for path in planned_outputs(output, item, kinds, videos.get(item.path)):
+            if os.path.lexists(path) and not_regular_reason(path) is not None:
+                raise UserError("cannot write {}: it {}".format(path, not_regular_reason(path)))
+            if os.path.realpath(path) in sources:
+                raise UserError("the output {} of {} is the input {}: give another --output".format(
+                    path, item.path, sources[os.path.realpath(path)]))
+
+
+def remove_leftovers(output: str) -> None:
+    """The temporaries of killed runs anywhere under the output folder (this run holds its lock)."""
+    for folder, subfolders, _ in os.walk(output):
+        remove_stale_temporaries(folder, "*.png")
+        remove_stale_video_temporaries(folder)
+        subfolders[:] = [name for name in subfolders if not name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------------------------------- the CLI
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    tta = tta_from_args(args)
+    check_ray_flags(args)
+    model, kind = model_path(args)
+    check_output(args.output, model)
+    inputs, videos, sizes, bad = usable_inputs(args)
+    needed = []   # type: List[Tuple[int, int]]
+    for height, width in sizes:
+        needed.extend(size for size in tta.input_sizes(height, width) if size not in needed)
+    created = make_output_folder(args.output, "--output")
+    try:
+        with output_lock(args.output):
+            remove_leftovers(args.output)
+            refuse_blocked_outputs(args.output, inputs, args.save, videos)
+            if args.ray is not None:
+                return run_on_ray(args, kind, model, tta, inputs, videos, sizes, needed, bad)
+            return run(args, kind, model, tta, inputs, videos, sizes, needed, bad)
+    except BaseException:
+        if created:   # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(args.output)
+        raise
+
+
+def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input], videos: Dict[str, VideoInfo],
+        sizes: List[Tuple[int, int]], needed: List[Tuple[int, int]], bad: List[BadInput]) -> int:
+    """Load the model, check it takes every size needed, predict each input in turn, print the summary."""
+    began = time.perf_counter()
+    backend = load_backend(kind, model, device=args.device, precision=args.precision, preset=args.preset)
+    check_model_takes(backend.input, needed)   # before the slow part: every size the scales need
+    # one input at a time unless asked: a scale's windows (and their flips) at once could exceed the memory
+    run_main = main_output_runner(backend, args.output_index, args.batchsize or 1)
+    warmup = args.warmup_count if args.warmup_count is not None else (0 if backend.device == "cpu" else 1)
+    for _ in range(warmup):
+        run_main(np.zeros((1, 3) + needed[0], np.float32))
+    images = sum(1 for item in inputs if not item.video)
+    print("predict: {} image{} and {} video{} ({} frames by their headers); {} on {} ({}); {}; model loaded in "
+          "{:.2f} s".format(images, "" if images == 1 else "s", len(videos), "" if len(videos) == 1 else "s",
+                            sum(info.frames for info in videos.values()), backend.name, backend.device,
+                            backend.precision, tta.describe(), time.perf_counter() - began), flush=True)
+    print("forward passes per image: {}{}".format(", ".join(
+        "{} at {}x{}".format(tta.forward_passes(h, w), h, w) for h, w in sizes[:MAX_SIZES_SHOWN]),
+        ", ..." if len(sizes) > MAX_SIZES_SHOWN else ""), flush=True)
+
+    started = time.perf_counter()
+    written, skipped, predicted_images, predicted_frames = 0, [], 0, 0
+    total = images + sum(info.frames for info in videos.values())
+    with progress(total=total, desc="predict") as bar:
+        for item in inputs:
+            try:
+                if item.video:
+                    outcome = predict_video_file(item, args.output, args.save, run_main, tta, videos[item.path],
+                                                 args.overwrite, on_frame=lambda: bar.update(1))
+                    predicted_frames += outcome.predicted
+                    if outcome.skipped:
+                        bar.update(videos[item.path].frames)
+                else:
+                    outcome = predict_image_file(item, args.output, args.save, run_main, tta, args.overwrite)
+                    predicted_images += outcome.predicted
+                    bar.update(1)
+            except UnreadableInput as exc:
+                if not args.skip_bad:
+                    raise
+                print("predict: skipping {}: {}".format(exc.path, exc.reason), file=sys.stderr, flush=True)
+                bad.append(BadInput(exc.path, exc.reason))
+                continue
+            written += len(outcome.written)
+            if outcome.skipped:
+                skipped.append(item.path)
+    wall = time.perf_counter() - started
+    print(summary(predicted_images, predicted_frames, wall, written, args.output, skipped, bad))
+    return 0
+
+
+def run_on_ray(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input],
+               videos: Dict[str, VideoInfo], sizes: List[Tuple[int, int]], needed: List[Tuple[int, int]],
+               bad: List[BadInput]) -> int:
+    """The image files on a Ray cluster (hrnetseg.scaleout), then the videos here, as run() does them."""
+    from hrnetseg.scaleout.driver import worker_report
+    from hrnetseg.scaleout.prediction import predict_on_ray
+
+    images = [item for item in inputs if not item.video]
+    if images:
+        ledger, ray_run, left_alone = predict_on_ray(args, kind, model, tta, images, needed)
+        if ray_run is not None:
+            print("\n".join(worker_report(ray_run)))
+        bad = bad + [BadInput(path, reason) for path, reason in (ledger.bad if ledger else [])]
+        print(summary(ledger.predicted if ledger else 0, 0, ray_run.wall_s if ray_run else 0.0,
+                      ledger.written if ledger else 0, args.output, left_alone, bad))
+    clips = [item for item in inputs if item.video]
+    if not clips:
+        return 0
+    print("predict: {} video{} in this process (videos are not split over Ray)".format(
+        len(clips), "" if len(clips) == 1 else "s"), flush=True)
+    return run(args, kind, model, tta, clips, videos, sizes, needed, [])
+
+
+def summary(images: int, frames: int, wall: float, written: int, output: str, skipped: Sequence[str],
+            bad: Sequence[BadInput]) -> str:
+    """The closing lines: what was predicted how fast, where the files went, what was left out."""
+    done = images + frames
+    lines = ["predicted {} image{} and {} video frame{} in {:.2f} s ({:.2f} fps, {:.3f} s each); wrote {} "
+             "file{} under {}".format(images, "" if images == 1 else "s", frames, "" if frames == 1 else "s", wall,
+                                      done / wall if wall > 0 else 0.0, wall / done if done else 0.0, written,
+                                      "" if written == 1 else "s", output)]
+    if skipped:
+        lines.append("left alone {} input{} whose outputs exist (--overwrite writes them again)".format(
+            len(skipped), "" if len(skipped) == 1 else "s"))
+    if bad:
+        lines.append("skipped {} unreadable input{}: {}".format(len(bad), "" if len(bad) == 1 else "s", "; ".join(
+            "{} ({})".format(item.path, item.reason) for item in bad)))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

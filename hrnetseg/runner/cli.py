@@ -1,0 +1,164 @@
+"""Local inference runner with ais_bench's options, files, summary and printed lines, on ONNX Runtime, OpenVINO
+or PyTorch.
+
+    python3 -m hrnetseg.infer --model hrnet.onnx --input prep_dataset --output results --output_dirname bs4 --batchsize 4
+
+Reads a preprocess folder (its manifest.json says dtype and shape; bins that do not fit the model's
+input are refused, never reinterpreted) in ais_bench's order (natural sort), runs it in batches (a short last
+batch is padded; the padding is neither written nor counted in the throughput) and writes one float32 file per
+input file and model output, as ais_bench does: OUTPUT/OUTPUT_DIRNAME/<id>_0.bin (output1) and <id>_1.bin
+(output2) (or .npy, .txt: run_outputs.py), plus OUTPUT/<dirname>_summary.json with ais_bench's keys and ours,
+and prints ais_bench's summary block (ais_summary.py), so one parser reads both tools. `--device 0,1` splits
+the input between one process per device (multi_device.py). OUTPUT/OUTPUT_DIRNAME is locked for the run (a
+second run into it stops at once), and a run that fails or is interrupted removes what it wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hrnetseg.runner import options as infer_options, multi_device
+from hrnetseg.runner.summary import FilesInfo, PERCENTILE_KEY, RunTimes, print_lines
+from hrnetseg.backends import Backend, backend_for_model, check_model_file, load_backend
+from hrnetseg.backends.batching import batch_size_for, output_rows, pad_batch
+from hrnetseg.util.cli import progress, run_cli
+from hrnetseg.runner.devices import device_folder_name, device_list
+from hrnetseg.data.manifest import read_manifest
+from hrnetseg.runner.inputs import (check_bins, check_bins_fit_model, input_path, list_inputs, parse_index_list,
+                                    parse_indices, read_bin)
+from hrnetseg.runner.outputs import OUTPUT_DTYPE, RunOutputs, check_output_stems
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return infer_options.build_parser(__doc__.strip().splitlines()[0])
+
+
+# ------------------------------------------------------------------------------------------------ runner
+
+def run_inference(backend: Backend, folder: str, ids: Sequence[str], dtype: np.dtype, shape: Tuple[int, ...],
+                  batch: int, outputs: Optional[RunOutputs], indices: Sequence[int], loop: int = 1,
+                  warmup: int = 0, files_info: Optional[FilesInfo] = None) -> RunTimes:
+    """Run every input in batches; write <stem>_<k>.<fmt> per output index k when outputs is set, and record
+    them in files_info (ais_bench's sample numbering: run order, padding rows skipped)."""
+    times = RunTimes()
+    with progress(total=len(ids), desc="infer bs{}".format(batch)) as bar:
+        for start in range(0, len(ids), batch):
+            chunk = ids[start:start + batch]
+            rows = (read_bin(input_path(folder, sample_id), dtype, shape) for sample_id in chunk)
+            data = pad_batch(rows, batch, shape, dtype)
+            if start == 0:
+                for _ in range(warmup):
+                    backend.run(data)
+            for _ in range(loop):
+                began = time.perf_counter()
+                results = backend.run(data)
+                total_ms = (time.perf_counter() - began) * 1000.0
+                h2d_ms, d2h_ms = backend.copy_ms
+                times.add(total_ms - h2d_ms - d2h_ms, len(chunk), h2d_ms, d2h_ms)
+            if outputs is not None:
+                for k in indices:
+                    for row, (sample_id, array) in enumerate(zip(chunk, output_rows(results, k, batch))):
+                        path = outputs.write(sample_id, k, array)
+                        if files_info is not None:
+                            files_info.add(start + row, input_path(folder, sample_id), path)
+            bar.update(len(chunk))
+    return times
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = list(sys.argv) if argv is None else ["python3 -m hrnetseg.infer"] + list(argv)
+    infer_options.check_options(args)
+    check_model_file(args.model)
+    kind = args.backend or backend_for_model(args.model)
+    parse_index_list(args.output_indices)
+    devices = device_list(args.device)
+    if devices is not None and args.shard is None:
+        return multi_device.run_devices(args, devices, kind, command)
+    shard = multi_device.read_shard(args.shard) if args.shard is not None else None
+    if shard is not None:
+        folder, manifest = shard["folder"], read_manifest(shard["folder"])
+        ids, command = shard["ids"], shard["command"]
+    else:
+        folder, ids, manifest = list_inputs(args.input)
+    check_output_stems(ids)
+    bins = check_bins(manifest, folder, ids)
+    outputs = None
+    if args.output is not None:
+        if shard is not None:
+            outputs = RunOutputs(shard["output"], device_folder_name(shard["device"]), args.outfmt)
+        else:
+            outputs = RunOutputs(args.output, args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S"), args.outfmt)
+        outputs.check(folder)
+    with outputs.open() if outputs is not None else contextlib.nullcontext():
+        report = run_model(args, kind, folder, ids, manifest, bins, outputs, command, shard)
+    if shard is not None:
+        multi_device.write_report(shard, report)
+    return 0
+
+
+def run_model(args: argparse.Namespace, kind: str, folder: str, ids: List[str], manifest: dict,
+              bins: Tuple[np.dtype, Tuple[int, ...]], outputs: Optional[RunOutputs], command: List[str],
+              shard: Optional[dict]) -> dict:
+    """Load the model, run every input, print ais_bench's summary block and write the summary file; what the
+    parent of --device 0,1 needs to know (throughput, start and end time)."""
+    dtype, shape = bins
+    device = str(shard["device"]) if shard is not None else args.device
+    threads = shard["threads"] if shard is not None else args.cpu_threads
+    backend = load_backend(kind, args.model, device=device, precision=args.precision, preset=args.preset,
+                           input_dtype=manifest["dtype"], compile=args.compile, threads=threads,
+                           cpu_fallback=device is not None and device.strip().isdigit())
+    check_bins_fit_model(manifest, backend, folder, dtype, shape)
+    batch = batch_size_for(backend, args.batchsize)
+    warmup = args.warmup_count
+    indices = parse_indices(args.output_indices, len(backend.output_names))
+    if outputs is not None:
+        outputs.begin(ids, indices)
+    notes = [backend.device_note] if backend.device_note else []
+    if shard is not None:
+        notes.insert(0, multi_device.shard_note(shard, backend.device))
+    print_lines("[INFO] {} on {} ({}), batch size {}, {} images, {} {}, warm-up {}, loop {}{}".format(
+        backend.name, backend.device, backend.precision, batch, len(ids), dtype.name, "x".join(map(str, shape)),
+        warmup, args.loop, "".join("; " + note for note in notes)))
+    if args.debug:
+        print_lines("[DEBUG] input {} {}; outputs {}".format(backend.input.name, backend.input.describe(),
+                                                            ", ".join(backend.output_names)))
+    files_info = FilesInfo()
+    start_time = time.time()
+    began = time.perf_counter()
+    times = run_inference(backend, folder, ids, dtype, shape, batch, outputs, indices, args.loop, warmup, files_info)
+    wall = time.perf_counter() - began
+    end_time = time.time()
+    print_lines(*times.block(args.display_all_summary))
+    timing = times.ais_bench_keys()
+    report = {"throughput": timing["throughput"], "start_time": start_time, "end_time": end_time}
+    if outputs is None:
+        return report
+    summary = {"filesinfo": files_info.samples, "args": command}
+    summary.update(timing)
+    summary["pid"] = os.getpid()
+    compute = timing["NPU_compute_time"]
+    summary.update({
+        "backend": backend.name, "device": backend.device, "precision": backend.precision,
+        "batchsize": batch, "batchsize_mean": times.images_per_run, "images": len(ids),
+        "compute_time_ms": {"min": compute["min"], "max": compute["max"], "mean": compute["mean"],
+                            "median": compute["median"], "p99": compute[PERCENTILE_KEY]},
+        "wall_time_s": wall, "loop": args.loop, "warmup_count": warmup,
+        "model": os.path.abspath(args.model), "input": os.path.abspath(folder),
+        "output": os.path.abspath(outputs.folder), "outfmt": args.outfmt, "output_indices": indices,
+        "output_dtype": OUTPUT_DTYPE,
+    })
+    outputs.write_summary(summary)
+    sys.stderr.write("[INFO] wrote {} files to {}; summary {}\n".format(   # one write: device processes share it
+        len(outputs.written), outputs.folder, outputs.summary))
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,309 @@
+"""File-system safety for every step: what may be read, what may be replaced, and how outputs are written.
+
+- Inputs are read only when they are regular files (a FIFO named *.png would block a reader forever).
+- A file output that exists must be a regular file, or a symbolic link to one (written through, next to
+  its target); a device, FIFO, socket or folder is refused before any work.
+- Files are written under a temporary name in the target's folder and renamed into place, so a file that
+  exists is complete. The temporary name holds the writer's PID, so the leftovers of a killed run are
+  recognised and removed by the next run into the same folder.
+
+Atlas-side module: standard library only, valid Python 3.7.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import glob
+import json
+import os
+import re
+import stat
+import uuid
+from typing import Iterator, Optional
+
+from hrnetseg.util.errors import UserError
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")   # ".<name>.<pid>.<random>.tmp"
+
+
+# --- what a path is ---------------------------------------------------------------------------------------
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _missing(path: str, exc: OSError) -> str:
+    """Why stat failed, in words: a symlink loop and a broken link are not 'not found'."""
+    if exc.errno == errno.ELOOP:
+        return "is a symbolic link loop"
+    if os.path.islink(path):
+        return "is a broken symbolic link (to {})".format(os.readlink(path))
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "cannot be read: permission denied"
+    if exc.errno == errno.ENOTDIR:
+        return "not found (a part of the path is not a folder)"
+    return "not found"
+
+
+def not_regular_reason(path: str) -> Optional[str]:
+    """None for a regular file (or a symlink to one); otherwise why it cannot be read as a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return _missing(path, exc)
+    if stat.S_ISREG(mode):
+        return None
+    return "is {}, not a regular file".format(_kind(mode))
+
+
+def _require_a_path(path: str, what: str) -> None:
+    if not path:   # os.stat("") says "not found", which reads as if a file had been named
+        raise UserError("no {} given (an empty path)".format(what))
+
+
+def require_file(path: str, what: str = "file") -> str:
+    """`path` when it is a regular file; a one-line UserError saying what it is otherwise."""
+    _require_a_path(path, what)
+    reason = not_regular_reason(path)
+    if reason is not None:
+        if reason == "not found":
+            raise UserError("{} not found: {}".format(what, path))
+        raise UserError("{} {} {}".format(what, path, reason))
+    return path
+
+
+def require_folder(path: str, what: str = "folder") -> str:
+    _require_a_path(path, what)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        reason = _missing(path, exc)
+        if reason == "not found":
+            raise UserError("{} not found: {}".format(what, path))
+        raise UserError("{} {} {}".format(what, path, reason))
+    if not stat.S_ISDIR(mode):
+        raise UserError("{} {} is {}, not a folder".format(what, path, _kind(mode)))
+    return path
+
+
+def not_a_folder_above(path: str) -> Optional[str]:
+    """Why `path` can never be a folder: the nearest part of it that exists (path itself included) is not a
+    folder, in words ("/data/x.txt is a file, not a folder"); None when that part is a folder."""
+    part = os.path.abspath(path)
+    while not os.path.lexists(part):
+        parent = os.path.dirname(part)
+        if parent == part:
+            return None
+        part = parent
+    if os.path.isdir(part):
+        return None
+    try:
+        return "{} is {}, not a folder".format(part, _kind(os.stat(part).st_mode))
+    except OSError as exc:
+        return "{} {}, not a folder".format(part, _missing(part, exc))
+
+
+# --- outputs ----------------------------------------------------------------------------------------------
+
+def write_target(path: str) -> str:
+    """Where writing `path` lands: the target of a symbolic link (written through), else the path itself."""
+    path = os.fspath(path)
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
+def check_output_file(path: Optional[str], flag: str = "") -> None:
+    """Fail before the slow part when an output file cannot be written (None: no output asked for).
+
+    It may be absent, a regular file, or a symlink to either; anything else (a device such as /dev/null,
+    a FIFO, a socket, a folder) is refused.
+    """
+    if path is None:
+        return
+    what = "{} {}".format(flag, path) if flag else path
+    if not path or path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)) or \
+            os.path.basename(path) in (".", ".."):
+        raise UserError("cannot write {}: give a file name".format(what if path else (flag or "the output") +
+                                                                     " (an empty name)"))
+    target = write_target(path)
+    if os.path.islink(target):
+        raise UserError("cannot write {}: it is a symbolic link loop".format(what))
+    if os.path.lexists(target):
+        mode = os.stat(target).st_mode
+        if stat.S_ISDIR(mode):
+            raise UserError("cannot write {}: it is a folder; give a file name".format(what))
+        if not stat.S_ISREG(mode):
+            raise UserError("cannot write {}: it is {}; give a regular file's name".format(what, _kind(mode)))
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        blocked = not_a_folder_above(folder)
+        if blocked is not None:
+            raise UserError("cannot write {}: {}".format(what, blocked))
+        raise UserError("cannot write {}: folder {} does not exist".format(what, folder))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError("cannot write {}: folder {} is not writable".format(what, folder))
+
+
+def make_output_folder(path: Optional[str], flag: str = "") -> bool:
+    """Create an output folder (parents too) or accept an existing one; True if this call created it."""
+    if path is None:
+        return False
+    if not path:
+        raise UserError("{} is empty: give a folder name".format(flag or "the output folder"))
+    what = "{} {}".format(flag, path) if flag else path
+    if os.path.lexists(path) and not os.path.isdir(path):
+        try:
+            kind = _kind(os.stat(path).st_mode)
+        except OSError as exc:
+            raise UserError("{} {}".format(what, _missing(path, exc)))
+        raise UserError("{} exists and is {}, not a folder".format(what, kind))
+    created = not os.path.isdir(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UserError("cannot create output folder {}: {}".format(what, not_a_folder_above(path) or exc.strerror
+                                                                       or exc))
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError("cannot write to output folder {}: permission denied".format(what))
+    return created
+
+
+def describe_os_error(exc: OSError, path: str) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device while writing {}".format(path)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "cannot write {}: permission denied".format(path)
+    return "cannot write {}: {}".format(path, exc.strerror or exc)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside `path`; rename it into place only when the block succeeds.
+
+    An interrupted or failed write leaves nothing behind, so a file that exists is complete. A symlink is
+    written through (the temporary file goes next to its target); a target that exists and is not a
+    regular file is never replaced.
+    """
+    path = os.fspath(path)
+    target = write_target(path)
+    if os.path.lexists(target) and not os.path.isfile(target):
+        raise UserError("cannot write {}: it exists and is not a regular file".format(path))
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise UserError("cannot write {}: folder {} does not exist".format(path, folder))
+    # named before it is created (not tempfile.mkstemp): a Ctrl-C that lands just as the file appears still
+    # knows what to remove
+    tmp = os.path.join(folder, temporary_name(target))
+    created = False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        created = True
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_current_umask())
+        yield tmp
+        os.replace(tmp, target)
+    except OSError as exc:
+        if created or not isinstance(exc, FileExistsError):   # a file of that name that is not ours stays
+            remove_quietly(tmp)
+        raise UserError(describe_os_error(exc, path))
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def temporary_name(target: str) -> str:
+    """`.<name>.<pid>.<random>.tmp` for a file or folder written in place of `target` (what is_stale_temporary
+    recognises)."""
+    return ".{}.{}.{}.tmp".format(os.path.basename(target), os.getpid(), uuid.uuid4().hex[:12])
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs (on this machine, in this PID namespace)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str, names: str = "*") -> int:
+    """Remove the temporary files that killed runs left in `folder` (their writer's PID is gone).
+
+    names: a glob of the files whose temporaries go (`*`: every one, for folders the tools own). Files of a
+    writer that is still running are kept. Returns how many were removed.
+    """
+    removed = 0
+    for path in glob.glob(os.path.join(glob.escape(folder), ".*.tmp")):
+        if is_stale_temporary(path, names) and os.path.isfile(path):
+            remove_quietly(path)
+            removed += 1
+    return removed
+
+
+def is_stale_temporary(path: str, names: str = "*") -> bool:
+    """Whether `path` is named as the temporaries of this module are, for a file like `names` (a glob), by a
+    writer whose PID is gone."""
+    match = _TEMPORARY.match(os.path.basename(path))
+    return bool(match) and fnmatch.fnmatchcase(match.group("name"), names) and not pid_alive(int(match.group("pid")))
+
+
+def remove_stale_temporaries_beside(path: str) -> int:
+    """The killed runs' temporaries of files like `path` (same extension) in its target's folder: a file output
+    may sit in a folder the tools do not own (the current one), where other programs' `.x.123.y.tmp` stay."""
+    target = os.path.abspath(write_target(path))
+    extension = os.path.splitext(target)[1]
+    return remove_stale_temporaries(os.path.dirname(target), "*" + extension if extension else
+                                    glob.escape(os.path.basename(target)))
+
+
+# --- small text and JSON files with one-line errors ----------------------------------------------------
+
+def read_text(path: str, what: str) -> str:
+    require_file(path, what)
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise UserError("cannot read {} {}: {}".format(what, path, exc.strerror or exc))
+
+
+def read_json(path: str, what: str) -> dict:
+    try:
+        data = json.loads(read_text(path, what))
+    except ValueError as exc:
+        raise UserError("{} {} is not JSON: {}".format(what, path, exc))
+    if not isinstance(data, dict):
+        raise UserError("{} {} holds no JSON object".format(what, path))
+    return data
