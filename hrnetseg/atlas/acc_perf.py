@@ -17,7 +17,7 @@
         figure counts a padded last batch as full, the fps of PREP's images, device by device with --shards)
 
 Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, the output folders
-through hrnetseg.evaluation.model_outputs), valid Python 3.7.
+through hrnetseg.runner.layout and hrnetseg.evaluation.model_outputs), valid Python 3.7.
 """
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.atlas.figures import decimal_value, format_fps
 from hrnetseg.util.files import read_json, read_text, require_folder, write_text_atomic
 from hrnetseg.data.manifest import read_manifest
-from hrnetseg.runner.devices import DEVICE_FOLDER, device_list, device_parts
-from hrnetseg.evaluation.model_outputs import device_folders, shard_image_counts, summary_path_for
+from hrnetseg.runner.layout import (AIS_BENCH_INPUT_SUFFIXES, DEVICE_FOLDER, device_folders, device_list,
+                                    device_parts, summary_path_for)
+from hrnetseg.evaluation.model_outputs import shard_image_counts
 
 # ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
 THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
@@ -45,7 +46,6 @@ SUMMARY_THROUGHPUT_LINE = "summary throughput:X"
 _SUMMARY_THROUGHPUT = re.compile(r"summary throughput:[ \t]*(\S*)")
 # a plain decimal number as the tools print it; float() alone would also take "1_000", "infinity" or other
 # scripts' digits
-AIS_BENCH_INPUT_SUFFIXES = (".bin", ".BIN", ".npy", ".NPY")   # the files ais_bench runs from an --input folder
 
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------

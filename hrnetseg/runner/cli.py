@@ -7,10 +7,11 @@ Reads a preprocess folder (its manifest.json says dtype and shape; bins that do 
 input are refused, never reinterpreted) in ais_bench's order (natural sort), runs it in batches (a short last
 batch is padded; the padding is neither written nor counted in the throughput) and writes one float32 file per
 input file and model output, as ais_bench does: OUTPUT/OUTPUT_DIRNAME/<id>_0.bin (output1) and <id>_1.bin
-(output2) (or .npy, .txt: run_outputs.py), plus OUTPUT/<dirname>_summary.json with ais_bench's keys and ours,
-and prints ais_bench's summary block (ais_summary.py), so one parser reads both tools. `--device 0,1` splits
-the input between one process per device (multi_device.py). OUTPUT/OUTPUT_DIRNAME is locked for the run (a
-second run into it stops at once), and a run that fails or is interrupted removes what it wrote.
+(output2) (or .npy, .txt: outputs.py, the names in layout.py), plus OUTPUT/<dirname>_summary.json with
+ais_bench's keys and ours, and prints ais_bench's summary block (summary.py), so one parser reads both tools.
+`--device 0,1` splits the input between one process per device (multi_device.py). OUTPUT/OUTPUT_DIRNAME is
+locked for the run (a second run into it stops at once), and a run that fails or is interrupted removes what it
+wrote.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from hrnetseg.runner.summary import FilesInfo, PERCENTILE_KEY, RunTimes, print_l
 from hrnetseg.backends import Backend, backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.batching import batch_size_for, output_rows, pad_batch
 from hrnetseg.util.cli import progress, run_cli
-from hrnetseg.runner.devices import device_folder_name, device_list
+from hrnetseg.runner.layout import device_folder_name, device_list
 from hrnetseg.data.manifest import read_manifest
 from hrnetseg.runner.inputs import (check_bins, check_bins_fit_model, input_path, list_inputs, parse_index_list,
                                     parse_indices, read_bin)

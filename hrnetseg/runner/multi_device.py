@@ -30,8 +30,7 @@ from hrnetseg.backends import visible_gpu_count
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
 from hrnetseg.util.locks import die_with_parent, output_lock
-from hrnetseg.runner.devices import device_folder_name, device_parts
-from hrnetseg.evaluation.model_outputs import OUTPUT_NAME, device_entry, summary_path_for
+from hrnetseg.runner.layout import OUTPUT_NAME, device_entry, device_folder_name, device_parts, summary_path_for
 from hrnetseg.runner.inputs import check_bins, list_inputs
 from hrnetseg.runner.outputs import check_output_stems
 
