@@ -17,7 +17,8 @@
         figure counts a padded last batch as full, the fps of PREP's images, device by device with --shards)
 
 Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, the output folders
-through hrnetseg.runner.layout and hrnetseg.evaluation.model_outputs), valid Python 3.7.
+through hrnetseg.runner.layout and hrnetseg.evaluation.model_outputs, the throughput lines through
+hrnetseg.runner.summary), valid Python 3.7.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from typing import List, Optional, Sequence, Tuple
 
@@ -36,16 +36,8 @@ from hrnetseg.util.files import read_json, read_text, require_folder, write_text
 from hrnetseg.data.manifest import read_manifest
 from hrnetseg.runner.layout import (AIS_BENCH_INPUT_SUFFIXES, DEVICE_FOLDER, device_folders, device_list,
                                     device_parts, summary_path_for)
+from hrnetseg.runner.summary import THROUGHPUT_LINE, parse_throughput
 from hrnetseg.evaluation.model_outputs import shard_image_counts
-
-# ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
-THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
-_THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\([^)]*\)/NPU_compute_time\.mean\([^)]*\):[ \t]*(\S*)")
-# the last line of ais_bench --device 0,1 (and of the runner's): the devices' throughputs summed
-SUMMARY_THROUGHPUT_LINE = "summary throughput:X"
-_SUMMARY_THROUGHPUT = re.compile(r"summary throughput:[ \t]*(\S*)")
-# a plain decimal number as the tools print it; float() alone would also take "1_000", "infinity" or other
-# scripts' digits
 
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
@@ -121,13 +113,6 @@ def real_images_fps(fps: float, count: int, batch: int) -> float:
 
 
 # --- throughput ------------------------------------------------------------------------------------------
-
-def parse_throughput(text: str) -> Optional[str]:
-    """The X of the last `summary throughput:X` line (a multi-device run: each device prints its own summary
-    block, then this sum), else of the last throughput line, as written (None when there is neither)."""
-    found = _SUMMARY_THROUGHPUT.findall(text) or _THROUGHPUT.findall(text)
-    return found[-1] if found else None
-
 
 def throughput(log: str, command: str) -> float:
     """The images/s the run reported; a UserError naming the log and the command when there is none usable."""

@@ -5,8 +5,8 @@ contiguous parts of ceil(n / devices) files, the first part to the first device.
 the runner writing OUTPUT/DIRNAME/device<N>/ and OUTPUT/DIRNAME/device<N>_summary.json (no combined
 DIRNAME_summary.json) and printing its own summary block. Then, in completion order, one line per device
 (`i:0 device_0 throughput:... start_time:... end_time:...`, without `[INFO]`, as ais_bench prints it) and
-`[INFO] summary throughput:<sum of the devices' throughputs>`; exit 1 when any device failed, after removing
-what the others wrote (a part of the data must not pass for the whole).
+`[INFO] summary throughput:<sum of the devices' throughputs>` (both: summary.py); exit 1 when any device
+failed, after removing what the others wrote (a part of the data must not pass for the whole).
 
 A device without a usable GPU here is a CPU process (each says so in its first line); the CPU processes share
 the cores, each with its part of the threads, so the layout runs and is tested on any machine.
@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from hrnetseg.runner.summary import print_lines
+from hrnetseg.runner.summary import device_line, print_lines, summary_throughput_line
 from hrnetseg.backends import visible_gpu_count
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
@@ -121,10 +121,9 @@ def run_devices(args: argparse.Namespace, devices: List[int], kind: str, command
     throughputs = []
     for i, (code, report) in finished:
         if code == 0:
-            lines.append("i:{} device_{} throughput:{} start_time:{} end_time:{}".format(
-                i, devices[i], report["throughput"], report["start_time"], report["end_time"]))
+            lines.append(device_line(i, devices[i], report["throughput"], report["start_time"], report["end_time"]))
             throughputs.append(report["throughput"])
-    print_lines(*lines + ["[INFO] summary throughput:{}".format(sum(throughputs))])
+    print_lines(*lines + [summary_throughput_line(throughputs)])
     if failed:
         raise UserError("device{} {} failed (see above){}".format(
             "s" if len(failed) > 1 else "", ", ".join(str(devices[i]) for i in failed),

@@ -14,11 +14,20 @@ ais_bench's summary file OUTPUT/<dirname>_summary.json holds `filesinfo` ({sampl
 
 Numbers are Python's full float repr (str.format of floats). Our `B` in batchsize.mean(B) is the mean number
 of real images per run: a padded last batch counts its real images only, and so does the throughput.
+
+After a `--device 0,1` run, each device having printed its own block, one line per device in completion order
+(without `[INFO]`, as ais_bench prints it) and the devices' throughputs summed:
+
+    i:0 device_0 throughput:2666.6666666666665 start_time:1700000000.0 end_time:1700000001.5
+    [INFO] summary throughput:5333.333333333333
+
+parse_throughput reads the figure back: of the last summary line, else of the last throughput line.
 """
 from __future__ import annotations
 
+import re
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +35,12 @@ PERCENTILE = 99
 PERCENTILE_KEY = "percentile({}%)".format(PERCENTILE)
 RULE_TITLE = "-----------------Performance Summary------------------"
 RULE_END = "------------------------------------------------------"
+# ais_bench's throughput line, which the runner prints with the same wording
+THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
+_THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\([^)]*\)/NPU_compute_time\.mean\([^)]*\):[ \t]*(\S*)")
+# the last line of ais_bench --device 0,1 (and of the runner's): the devices' throughputs summed
+SUMMARY_THROUGHPUT_LINE = "summary throughput:X"
+_SUMMARY_THROUGHPUT = re.compile(r"summary throughput:[ \t]*(\S*)")
 
 
 def print_lines(*lines: str) -> None:
@@ -62,6 +77,30 @@ def format_count(value: float) -> str:
 def stats_line(name: str, stats: Dict[str, float]) -> str:
     return "[INFO] {} (ms): min = {}, max = {}, mean = {}, median = {}, {} = {}".format(
         name, stats["min"], stats["max"], stats["mean"], stats["median"], PERCENTILE_KEY, stats[PERCENTILE_KEY])
+
+
+def throughput_line(images_per_run: float, mean_ms: float) -> str:
+    """The block's THROUGHPUT_LINE."""
+    return "[INFO] throughput 1000*batchsize.mean({})/NPU_compute_time.mean({}): {}".format(
+        format_count(images_per_run), mean_ms, throughput(images_per_run, mean_ms))
+
+
+def device_line(index: int, device: int, images_per_s: float, start_time: float, end_time: float) -> str:
+    """The line of the index-th device listed in --device 0,1, once it has finished."""
+    return "i:{} device_{} throughput:{} start_time:{} end_time:{}".format(
+        index, device, images_per_s, start_time, end_time)
+
+
+def summary_throughput_line(throughputs: Sequence[float]) -> str:
+    """The last line of a --device 0,1 run (SUMMARY_THROUGHPUT_LINE): the finished devices' throughputs summed."""
+    return "[INFO] summary throughput:{}".format(sum(throughputs))
+
+
+def parse_throughput(text: str) -> Optional[str]:
+    """The X of the last `summary throughput:X` line (a multi-device run: each device prints its own summary
+    block, then this sum), else of the last throughput line, as written (None when there is neither)."""
+    found = _SUMMARY_THROUGHPUT.findall(text) or _THROUGHPUT.findall(text)
+    return found[-1] if found else None
 
 
 class RunTimes(object):
@@ -101,8 +140,7 @@ class RunTimes(object):
         lines.append(stats_line("NPU_compute_time", compute))
         if display_all_summary:
             lines.append(stats_line("D2H_latency", time_stats(self.d2h_ms)))
-        lines.append("[INFO] throughput 1000*batchsize.mean({})/NPU_compute_time.mean({}): {}".format(
-            format_count(self.images_per_run), compute["mean"], throughput(self.images_per_run, compute["mean"])))
+        lines.append(throughput_line(self.images_per_run, compute["mean"]))
         lines.append("[INFO] " + RULE_END)
         return lines
 
