@@ -33,6 +33,7 @@ from hrnetseg.util.errors import EXIT_INTERRUPTED, UserError
 from hrnetseg.util.cli import ArgumentParser, output_index, plain_name, positive_int, progress, run_cli
 from hrnetseg.util.files import check_output_file
 from hrnetseg.util.locks import output_locks
+from hrnetseg.util.processes import cpu_cores
 from hrnetseg.evaluation.metrics import ConfusionMatrix, format_table, write_result
 from hrnetseg.evaluation.multiscale import TestTimeAugmentation, add_tta_flags, single_scale_from_args, tta_from_args
 from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
         backend.run(pad_batch((), batch, (3,) + warm_size, dtype))
     load_s = time.perf_counter() - began
     queue_size = args.queue_size or max(4, 2 * batch)
-    workers = 1 if backend.device == "cpu" else max(1, min(4, (os.cpu_count() or 1) // 4))
+    workers = 1 if backend.device == "cpu" else max(1, min(4, cpu_cores() // 4))
     print("evaluate: {} images ({} {}x{}) from {}; {} on {} ({}), batch size {}, output {} ({}); model loaded in "
           "{:.2f} s{}".format(len(samples), dtype, size[0], size[1], args.datasets_path, backend.name, backend.device,
                               backend.precision, batch, index, backend.output_names[index], load_s,

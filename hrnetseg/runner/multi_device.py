@@ -29,7 +29,8 @@ from hrnetseg.runner.summary import device_line, print_lines, summary_throughput
 from hrnetseg.backends import visible_gpu_count
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
-from hrnetseg.util.locks import die_with_parent, output_lock
+from hrnetseg.util.locks import output_lock
+from hrnetseg.util.processes import cpu_cores, die_with_parent
 from hrnetseg.runner.layout import OUTPUT_NAME, device_entry, device_folder_name, device_parts, summary_path_for
 from hrnetseg.runner.inputs import check_bins, list_inputs
 from hrnetseg.runner.outputs import check_output_stems
@@ -47,13 +48,6 @@ def split_contiguous(items: Sequence[str], parts: int) -> List[List[str]]:
             split.append(list(items[start:start + size]))
             start += size
     return split
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not Linux
-        return os.cpu_count() or 1
 
 
 def check_device_folder(top: str, devices: Sequence[int], input_folder: str) -> None:
