@@ -29,7 +29,7 @@ from hrnetseg.runner.summary import FilesInfo, PERCENTILE_KEY, RunTimes, print_l
 from hrnetseg.backends import Backend, backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.batching import batch_size_for, output_rows, pad_batch
 from hrnetseg.util.cli import progress, run_cli
-from hrnetseg.runner.layout import device_folder_name, device_list
+from hrnetseg.runner.layout import default_dirname, device_folder_name, device_list
 from hrnetseg.data.manifest import read_manifest
 from hrnetseg.runner.inputs import (check_bins, check_bins_fit_model, input_path, list_inputs, parse_index_list,
                                     parse_indices, read_bin)
@@ -95,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if shard is not None:
             outputs = RunOutputs(shard["output"], device_folder_name(shard["device"]), args.outfmt)
         else:
-            outputs = RunOutputs(args.output, args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S"), args.outfmt)
+            outputs = RunOutputs(args.output, args.output_dirname or default_dirname(), args.outfmt)
         outputs.check(folder)
     with outputs.open() if outputs is not None else contextlib.nullcontext():
         report = run_model(args, kind, folder, ids, manifest, bins, outputs, command, shard)

@@ -2,7 +2,8 @@
 
 - Inputs: every .bin, .BIN, .npy and .NPY file of its --input folder (AIS_BENCH_INPUT_SUFFIXES).
 - Outputs: OUT/DIRNAME/<stem>_<k>.<ext>, one file per input and model output k, the stem the input's name up to
-  its first dot and the extension --outfmt's (OUTFMTS: BIN, NPY, TXT); read back with OUTPUT_NAME.
+  its first dot and the extension --outfmt's (OUTFMTS: BIN, NPY, TXT); read back with OUTPUT_NAME. DIRNAME is
+  --output_dirname, by default the time the run began (default_dirname).
 - The summary: OUT/DIRNAME_summary.json beside the folder (SUMMARY_SUFFIX, summary_path_for).
 - --device 0,1: the device list; the input files, in natural-sort order, cut into contiguous parts of
   ceil(n / devices), the first part to the first device listed; each device writing OUT/DIRNAME/device<id>/ and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import List, Optional
 
 from hrnetseg.util.errors import UserError
@@ -22,12 +24,18 @@ AIS_BENCH_INPUT_SUFFIXES = (".bin", ".BIN", ".npy", ".NPY")   # the files ais_be
 OUTFMTS = ("BIN", "NPY", "TXT")   # --outfmt; the output files' extension is the name in lower case
 OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>[0-9]+)\.(?P<ext>{})$".format(
     "|".join(outfmt.lower() for outfmt in OUTFMTS)))
+DIRNAME_TIME_FORMAT = "%Y_%m_%d-%H_%M_%S"   # OUT/DIRNAME without --output_dirname
 SUMMARY_SUFFIX = "_summary.json"  # the runner writes OUTPUT/<dirname>_summary.json beside OUTPUT/<dirname>/
 DEVICE_FOLDER = re.compile(r"^device(?P<id>[0-9]+)$")   # OUT/DIRNAME/device<id>/
 MAX_DEVICE_ID = 255   # ais_bench's range of NPU ids
 
 
 # --- output files and the summary ------------------------------------------------------------------------
+
+def default_dirname() -> str:
+    """The folder of OUT that a run without --output_dirname writes: the time now."""
+    return time.strftime(DIRNAME_TIME_FORMAT)
+
 
 def output_stem(sample_id: str) -> str:
     """The stem of an input's output files: its name up to the first dot, as ais_bench cuts `<id>.bin`."""

@@ -31,7 +31,8 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
 from hrnetseg.util.locks import output_lock
 from hrnetseg.util.processes import cpu_cores, die_with_parent
-from hrnetseg.runner.layout import OUTPUT_NAME, device_entry, device_folder_name, device_parts, summary_path_for
+from hrnetseg.runner.layout import (OUTPUT_NAME, default_dirname, device_entry, device_folder_name, device_parts,
+                                    summary_path_for)
 from hrnetseg.runner.inputs import check_bins, list_inputs
 from hrnetseg.runner.outputs import check_output_stems
 
@@ -86,7 +87,7 @@ def run_devices(args: argparse.Namespace, devices: List[int], kind: str, command
     threads = args.cpu_threads or (max(1, cpu_cores() // len(on_cpu)) if on_cpu else None)
     top = None
     if args.output is not None:
-        top = os.path.join(args.output, args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S"))
+        top = os.path.join(args.output, args.output_dirname or default_dirname())
         check_device_folder(top, devices, folder)
     print_lines("[INFO] multidevice:{} run begin: {} images in parts of {} ({}), one process per device{}".format(
         devices, len(ids), " + ".join(str(len(part)) for part in parts), "natural-sort order" if
