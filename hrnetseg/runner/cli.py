@@ -81,7 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parse_index_list(args.output_indices)
     devices = device_list(args.device)
     if devices is not None and args.shard is None:
-        return multi_device.run_devices(args, devices, kind, command)
+        return multi_device.run_devices(args.input, args.device, devices, args.output, args.output_dirname,
+                                        args.cpu_threads, kind, command)
     shard = multi_device.read_shard(args.shard) if args.shard is not None else None
     if shard is not None:
         folder, manifest = shard["folder"], read_manifest(shard["folder"])
