@@ -35,7 +35,8 @@ from hrnetseg.util.files import check_output_file
 from hrnetseg.util.locks import output_locks
 from hrnetseg.util.processes import cpu_cores
 from hrnetseg.evaluation.metrics import ConfusionMatrix, format_table, write_result
-from hrnetseg.evaluation.multiscale import TestTimeAugmentation, add_tta_flags, single_scale_from_args, tta_from_args
+from hrnetseg.evaluation.multiscale import TestTimeAugmentation
+from hrnetseg.evaluation.tta_flags import add_tta_flags, single_scale_from_args, tta_from_args
 from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags
 from hrnetseg.evaluation.streaming import (AugmentedStreamingEvaluation, StreamingEvaluation, check_backend,
                                            interrupt_after_count, stage_report)

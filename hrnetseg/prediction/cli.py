@@ -25,7 +25,8 @@ from hrnetseg.util.cli import ArgumentParser, output_index, progress, run_cli
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, not_regular_reason, remove_stale_temporaries
 from hrnetseg.util.locks import output_lock
-from hrnetseg.evaluation.multiscale import add_tta_flags, check_model_takes, main_output_runner, tta_from_args
+from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner
+from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
 from hrnetseg.prediction.inputs import BadInput, Input, find_inputs, look_at
 from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags
 from hrnetseg.prediction.per_input import (DEFAULT_SAVE, SAVE_KINDS, UnreadableInput, planned_outputs,
