@@ -37,7 +37,7 @@ from hrnetseg.util.processes import cpu_cores
 from hrnetseg.evaluation.metrics import ConfusionMatrix, format_table, write_result
 from hrnetseg.evaluation.multiscale import TestTimeAugmentation
 from hrnetseg.evaluation.tta_flags import add_tta_flags, single_scale_from_args, tta_from_args
-from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags
+from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags, ray_options
 from hrnetseg.evaluation.streaming import (AugmentedStreamingEvaluation, StreamingEvaluation, check_backend,
                                            interrupt_after_count, stage_report)
 
@@ -215,7 +215,10 @@ def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[ci
     from hrnetseg.scaleout.driver import worker_report
     from hrnetseg.scaleout.evaluation import evaluate_on_ray
 
-    ledger, engine, evaluation = evaluate_on_ray(args, kind, model, samples, size, tta)
+    ledger, engine, evaluation = evaluate_on_ray(
+        ray_options(args), kind, model, samples, size, tta, device=args.device, precision=args.precision,
+        preset=args.preset, input_dtype=args.input_dtype, batchsize=args.batchsize, output_index=args.output_index,
+        warmup=args.warmup_count, cpu_threads=args.cpu_threads, datasets_path=args.datasets_path)
     passes = tta.forward_passes(*size) if tta is not None else 0
     report_and_save(args, ledger.matrix, evaluation.loaded["output_index"], worker_report(evaluation), passes,
                     engine=engine)
