@@ -36,7 +36,7 @@ from hrnetseg.util.files import read_json, read_text, require_folder, write_text
 from hrnetseg.data.manifest import read_manifest
 from hrnetseg.runner.layout import (AIS_BENCH_INPUT_SUFFIXES, DEVICE_FOLDER, device_folders, device_list,
                                     device_parts, summary_path_for)
-from hrnetseg.runner.summary import THROUGHPUT_LINE, parse_throughput
+from hrnetseg.runner.summary import DEVICE_KEY, THROUGHPUT_KEY, THROUGHPUT_LINE, parse_throughput
 from hrnetseg.evaluation.model_outputs import shard_image_counts
 
 
@@ -154,7 +154,7 @@ def check_every_image_counted(result_path: str, prep: str) -> None:
 
 
 def summary_device(summary_path: str) -> str:
-    device = read_json(summary_path, "runner summary").get("device")
+    device = read_json(summary_path, "runner summary").get(DEVICE_KEY)
     if not isinstance(device, str) or not device:
         raise UserError("runner summary {} names no device".format(summary_path))
     return device
@@ -180,7 +180,7 @@ def shards_device(summaries: Sequence[Tuple[str, str, dict]]) -> str:
     the folder's device id."""
     devices = []
     for shard, path, summary in summaries:
-        device = summary.get("device", "npu:" + DEVICE_FOLDER.match(shard).group("id"))
+        device = summary.get(DEVICE_KEY, "npu:" + DEVICE_FOLDER.match(shard).group("id"))
         if not isinstance(device, str) or not device:
             raise UserError("device summary {} names no device".format(path))
         devices.append(device)
@@ -194,7 +194,7 @@ def shards_fps(fps: float, summaries: Sequence[Tuple[str, str, dict]], res: str,
     device's figure is taken for the images that device ran."""
     figures = []
     for _, path, summary in summaries:
-        value = summary.get("throughput")
+        value = summary.get(THROUGHPUT_KEY)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
             raise UserError("device summary {} holds throughput {!r}, not a positive number".format(path, value))
         figures.append(float(value))

@@ -25,6 +25,7 @@ import numpy as np
 from hrnetseg.data.cityscapes import NUM_CLASSES, image_id
 from hrnetseg.util.errors import UserError, exception_line
 from hrnetseg.runner.layout import OUTPUT_NAME, device_folders, summary_path_for
+from hrnetseg.runner.summary import OUTPUT_DTYPE_KEY
 from hrnetseg.util.files import not_regular_reason, require_file, require_folder
 from hrnetseg.data.manifest import MANIFEST
 
@@ -249,7 +250,7 @@ def summary_output_dtype(folder: str) -> Tuple[Optional[str], str]:
         raise UserError("cannot read the runner summary {}: {}; repair or remove it".format(path, exc))
     if not isinstance(summary, dict):
         raise UserError("runner summary {} is not a JSON object; repair or remove it".format(path))
-    dtype = summary.get("output_dtype")
+    dtype = summary.get(OUTPUT_DTYPE_KEY)
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise UserError("runner summary {} says output_dtype {!r}; this postprocess reads {}".format(
             path, dtype, " or ".join(OUTPUT_DTYPES)))

@@ -25,7 +25,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from hrnetseg.runner import options as infer_options, multi_device
-from hrnetseg.runner.summary import FilesInfo, PERCENTILE_KEY, RunTimes, print_lines
+from hrnetseg.runner.summary import (DEVICE_KEY, FILESINFO_KEY, OUTPUT_DTYPE_KEY, PERCENTILE_KEY, THROUGHPUT_KEY,
+                                     FilesInfo, RunTimes, print_lines)
 from hrnetseg.backends import Backend, backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.batching import batch_size_for, output_rows, pad_batch
 from hrnetseg.util.cli import progress, run_cli
@@ -139,22 +140,22 @@ def run_model(args: argparse.Namespace, kind: str, folder: str, ids: List[str], 
     end_time = time.time()
     print_lines(*times.block(args.display_all_summary))
     timing = times.ais_bench_keys()
-    report = {"throughput": timing["throughput"], "start_time": start_time, "end_time": end_time}
+    report = {"throughput": timing[THROUGHPUT_KEY], "start_time": start_time, "end_time": end_time}
     if outputs is None:
         return report
-    summary = {"filesinfo": files_info.samples, "args": command}
+    summary = {FILESINFO_KEY: files_info.samples, "args": command}
     summary.update(timing)
     summary["pid"] = os.getpid()
     compute = timing["NPU_compute_time"]
     summary.update({
-        "backend": backend.name, "device": backend.device, "precision": backend.precision,
+        "backend": backend.name, DEVICE_KEY: backend.device, "precision": backend.precision,
         "batchsize": batch, "batchsize_mean": times.images_per_run, "images": len(ids),
         "compute_time_ms": {"min": compute["min"], "max": compute["max"], "mean": compute["mean"],
                             "median": compute["median"], "p99": compute[PERCENTILE_KEY]},
         "wall_time_s": wall, "loop": args.loop, "warmup_count": warmup,
         "model": os.path.abspath(args.model), "input": os.path.abspath(folder),
         "output": os.path.abspath(outputs.folder), "outfmt": args.outfmt, "output_indices": indices,
-        "output_dtype": OUTPUT_DTYPE,
+        OUTPUT_DTYPE_KEY: OUTPUT_DTYPE,
     })
     outputs.write_summary(summary)
     sys.stderr.write("[INFO] wrote {} files to {}; summary {}\n".format(   # one write: device processes share it

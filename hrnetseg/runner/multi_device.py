@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from hrnetseg.runner.summary import device_line, print_lines, summary_throughput_line
+from hrnetseg.runner.summary import device_line, listed_outfiles, print_lines, summary_throughput_line
 from hrnetseg.backends import visible_gpu_count
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
@@ -208,7 +208,7 @@ def _remove_parts(top: str, devices: Sequence[int], created: List[str]) -> None:
         summary = summary_path_for(folder)
         try:
             with open(summary) as fh:
-                files = [out for entry in json.load(fh)["filesinfo"].values() for out in entry["outfiles"]]
+                files = listed_outfiles(json.load(fh))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             files = []
         for path in files:

@@ -3,7 +3,9 @@
 ais_bench's summary file OUTPUT/<dirname>_summary.json holds `filesinfo` ({sample index: {"infiles": [...],
 "outfiles": [...]}}, the index a JSON string), `args` (the command line, sys.argv), `NPU_compute_time`,
 `H2D_latency` and `D2H_latency` (each {"min", "max", "mean", "median", "percentile(99%)", "count"}, in ms),
-`throughput`, `npu_compute_time_list` (ms per run) and `pid`. Its printed block, through its logger:
+`throughput`, `npu_compute_time_list` (ms per run) and `pid`; the runner's adds its own (runner/cli.py), among
+them `device` and `output_dtype`. The keys other steps read back have their names here (..._KEY, listed_outfiles).
+ais_bench's printed block, through its logger:
 
     [INFO] -----------------Performance Summary------------------
     [INFO] H2D_latency (ms): min = ..., ...                        (with --display_all_summary true)
@@ -35,6 +37,13 @@ PERCENTILE = 99
 PERCENTILE_KEY = "percentile({}%)".format(PERCENTILE)
 RULE_TITLE = "-----------------Performance Summary------------------"
 RULE_END = "------------------------------------------------------"
+# The summary's keys that other steps read: the files of each sample (a failed --device 0,1 run removes those of
+# its finished devices), the throughput and the device (the table, atlas/acc_perf.py; ais_bench's summary names no
+# device) and the dtype of the output files (the postprocess, evaluation/model_outputs.py; ours only)
+FILESINFO_KEY = "filesinfo"
+THROUGHPUT_KEY = "throughput"
+DEVICE_KEY = "device"
+OUTPUT_DTYPE_KEY = "output_dtype"
 # ais_bench's throughput line, which the runner prints with the same wording
 THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
 _THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\([^)]*\)/NPU_compute_time\.mean\([^)]*\):[ \t]*(\S*)")
@@ -128,7 +137,7 @@ class RunTimes(object):
         compute = time_stats(self.compute_ms)
         return {"NPU_compute_time": compute, "H2D_latency": time_stats(self.h2d_ms),
                 "D2H_latency": time_stats(self.d2h_ms),
-                "throughput": throughput(self.images_per_run, compute["mean"]),
+                THROUGHPUT_KEY: throughput(self.images_per_run, compute["mean"]),
                 "npu_compute_time_list": list(self.compute_ms)}
 
     def block(self, display_all_summary: bool = False) -> List[str]:
@@ -155,3 +164,9 @@ class FilesInfo(object):
     def add(self, index: int, infile: str, outfile: str) -> None:
         entry = self.samples.setdefault(str(index), {"infiles": [infile], "outfiles": []})
         entry["outfiles"].append(outfile)
+
+
+def listed_outfiles(summary: dict) -> List[str]:
+    """The output files a summary's filesinfo lists; KeyError, TypeError or AttributeError when it is not laid out
+    as FilesInfo writes it."""
+    return [out for entry in summary[FILESINFO_KEY].values() for out in entry["outfiles"]]
