@@ -25,7 +25,7 @@ OUTFMTS = ("BIN", "NPY", "TXT")   # --outfmt; the output files' extension is the
 OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>[0-9]+)\.(?P<ext>{})$".format(
     "|".join(outfmt.lower() for outfmt in OUTFMTS)))
 DIRNAME_TIME_FORMAT = "%Y_%m_%d-%H_%M_%S"   # OUT/DIRNAME without --output_dirname
-SUMMARY_SUFFIX = "_summary.json"  # the runner writes OUTPUT/<dirname>_summary.json beside OUTPUT/<dirname>/
+SUMMARY_SUFFIX = "_summary.json"   # OUT/DIRNAME_summary.json beside OUT/DIRNAME/
 DEVICE_FOLDER = re.compile(r"^device(?P<id>[0-9]+)$")   # OUT/DIRNAME/device<id>/
 MAX_DEVICE_ID = 255   # ais_bench's range of NPU ids
 
