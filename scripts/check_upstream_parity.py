@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError, exception_line
 from hrnetseg.util.files import require_file
-from hrnetseg.evaluation.multiscale import DEFAULT_CROP_SIZE, add_tta_flags, tta_from_args
+from hrnetseg.evaluation.multiscale import DEFAULT_CROP_SIZE
+from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
 
 TOLERANCE = 1e-5
 ONNX_TOLERANCE = 1e-4       # ONNX Runtime's kernels round differently from torch's

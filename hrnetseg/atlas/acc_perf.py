@@ -17,7 +17,8 @@
         figure counts a padded last batch as full, the fps of PREP's images, device by device with --shards)
 
 Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, the output folders
-through hrnetseg.evaluation.model_outputs), valid Python 3.7.
+through hrnetseg.runner.layout and hrnetseg.evaluation.model_outputs, the throughput lines through
+hrnetseg.runner.summary), valid Python 3.7.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from typing import List, Optional, Sequence, Tuple
 
@@ -34,18 +34,10 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.atlas.figures import decimal_value, format_fps
 from hrnetseg.util.files import read_json, read_text, require_folder, write_text_atomic
 from hrnetseg.data.manifest import read_manifest
-from hrnetseg.runner.devices import DEVICE_FOLDER, device_list, device_parts
-from hrnetseg.evaluation.model_outputs import device_folders, shard_image_counts, summary_path_for
-
-# ais_bench's summary line, which python3 -m hrnetseg.infer prints with the same wording
-THROUGHPUT_LINE = "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X"
-_THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\([^)]*\)/NPU_compute_time\.mean\([^)]*\):[ \t]*(\S*)")
-# the last line of ais_bench --device 0,1 (and of the runner's): the devices' throughputs summed
-SUMMARY_THROUGHPUT_LINE = "summary throughput:X"
-_SUMMARY_THROUGHPUT = re.compile(r"summary throughput:[ \t]*(\S*)")
-# a plain decimal number as the tools print it; float() alone would also take "1_000", "infinity" or other
-# scripts' digits
-AIS_BENCH_INPUT_SUFFIXES = (".bin", ".BIN", ".npy", ".NPY")   # the files ais_bench runs from an --input folder
+from hrnetseg.runner.layout import (AIS_BENCH_INPUT_SUFFIXES, DEVICE_FOLDER, device_folders, device_list,
+                                    device_parts, summary_path_for)
+from hrnetseg.runner.summary import DEVICE_KEY, THROUGHPUT_KEY, THROUGHPUT_LINE, parse_throughput
+from hrnetseg.evaluation.model_outputs import shard_image_counts
 
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
@@ -122,13 +114,6 @@ def real_images_fps(fps: float, count: int, batch: int) -> float:
 
 # --- throughput ------------------------------------------------------------------------------------------
 
-def parse_throughput(text: str) -> Optional[str]:
-    """The X of the last `summary throughput:X` line (a multi-device run: each device prints its own summary
-    block, then this sum), else of the last throughput line, as written (None when there is neither)."""
-    found = _SUMMARY_THROUGHPUT.findall(text) or _THROUGHPUT.findall(text)
-    return found[-1] if found else None
-
-
 def throughput(log: str, command: str) -> float:
     """The images/s the run reported; a UserError naming the log and the command when there is none usable."""
     source = "{} (the output of: {})".format(log, command) if command else log
@@ -169,7 +154,7 @@ def check_every_image_counted(result_path: str, prep: str) -> None:
 
 
 def summary_device(summary_path: str) -> str:
-    device = read_json(summary_path, "runner summary").get("device")
+    device = read_json(summary_path, "runner summary").get(DEVICE_KEY)
     if not isinstance(device, str) or not device:
         raise UserError("runner summary {} names no device".format(summary_path))
     return device
@@ -195,7 +180,7 @@ def shards_device(summaries: Sequence[Tuple[str, str, dict]]) -> str:
     the folder's device id."""
     devices = []
     for shard, path, summary in summaries:
-        device = summary.get("device", "npu:" + DEVICE_FOLDER.match(shard).group("id"))
+        device = summary.get(DEVICE_KEY, "npu:" + DEVICE_FOLDER.match(shard).group("id"))
         if not isinstance(device, str) or not device:
             raise UserError("device summary {} names no device".format(path))
         devices.append(device)
@@ -209,7 +194,7 @@ def shards_fps(fps: float, summaries: Sequence[Tuple[str, str, dict]], res: str,
     device's figure is taken for the images that device ran."""
     figures = []
     for _, path, summary in summaries:
-        value = summary.get("throughput")
+        value = summary.get(THROUGHPUT_KEY)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
             raise UserError("device summary {} holds throughput {!r}, not a positive number".format(path, value))
         figures.append(float(value))

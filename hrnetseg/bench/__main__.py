@@ -104,13 +104,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run = Runner(workdir)
         parts, ok = [], True
         data_steps = [s for s in stages if s != "infer"]
-        data = data_stage(args, data_steps, run, workdir) if data_steps else {}
+        data = data_stage(data_steps, run, workdir, args.images, args.height, args.width, args.repeats, args.warmup,
+                          args.workers) if data_steps else {}
         if "infer" in stages:
-            infer = infer_stage(args, cases, run, workdir)
-            parts.append(format_infer(args, infer))
+            infer = infer_stage(cases, run, workdir, args.preset, args.pth, args.height, args.width, args.device,
+                                args.repeats, args.warmup)
+            parts.append(format_infer(infer, args.preset, args.pth, args.height, args.width, args.repeats,
+                                      args.warmup))
             ok = ok and all("error" not in r for r in infer["results"])
         if data:
-            parts.append(format_data(args, data))
+            parts.append(format_data(data, args.images, args.height, args.width, args.repeats, args.warmup,
+                                     args.workers))
             ok = ok and all(s.get("ok", False) for s in data.values())
     finally:
         if own:

@@ -119,24 +119,25 @@ def data_step_job(job: dict) -> dict:
     return result
 
 
-def data_stage(args, stages: Sequence[str], run: Callable[[dict], dict], workdir: str) -> Dict[str, dict]:
+def data_stage(stages: Sequence[str], run: Callable[[dict], dict], workdir: str, images: int, height: int,
+               width: int, repeats: int, warmup: int, workers: Optional[int]) -> Dict[str, dict]:
     """Pre/postprocess, the reference method and ours each in its own child per round, alternating which goes
     first."""
-    root = os.path.join(workdir, "data_{}_{}x{}".format(args.images, args.height, args.width))
+    root = os.path.join(workdir, "data_{}_{}x{}".format(images, height, width))
     os.makedirs(root, exist_ok=True)
-    paths = make_data(root, args.images, args.height, args.width)
+    paths = make_data(root, images, height, width)
     warm_file_cache(root)
     out = {}
     for stage in stages:
         rounds = {REFERENCE: [], OURS: []}
-        for index in range(args.repeats):
+        for index in range(repeats):
             for method in ((OURS, REFERENCE) if index % 2 else (REFERENCE, OURS)):
                 progress_note("{} {}, round {} ...".format(stage, method, index + 1))
-                job = {"job": stage, "method": method, "warmup": args.warmup, "workers": args.workers}
+                job = {"job": stage, "method": method, "warmup": warmup, "workers": workers}
                 job.update({"data": paths["data"], "work": root} if stage == "pre" else
                            {"res": paths["res"], "labels": paths["labels"]})
                 rounds[method].append(run(job))
-        out[stage] = summarize_data_stage(stage, rounds, args.images, root)
+        out[stage] = summarize_data_stage(stage, rounds, images, root)
     return out
 
 

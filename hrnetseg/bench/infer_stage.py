@@ -107,37 +107,39 @@ def _weights_tag(pth: Optional[str]) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
-def prepare_model(args, run: Callable[[dict], dict], workdir: str, row0: str) -> dict:
-    """The plain export and the fp32 reference, made by a child once per (preset, size, weights) and kept."""
-    folder = os.path.join(workdir, "model_{}_{}x{}_{}".format(args.preset, args.height, args.width,
-                                                              _weights_tag(args.pth)))
+def prepare_model(run: Callable[[dict], dict], workdir: str, row0: str, preset: str, pth: Optional[str], height: int,
+                  width: int) -> dict:
+    """The plain export and the fp32 reference, made by a child once per (preset, size, weights) and kept;
+    pth: the checkpoint, None for random weights."""
+    folder = os.path.join(workdir, "model_{}_{}x{}_{}".format(preset, height, width, _weights_tag(pth)))
     os.makedirs(folder, exist_ok=True)
     done = os.path.join(folder, "prepared.json")
-    pth = os.path.abspath(args.pth) if args.pth else os.path.join(workdir, "{}_random_seed0.pth".format(args.preset))
+    pth = os.path.abspath(pth) if pth else os.path.join(workdir, "{}_random_seed0.pth".format(preset))
     paths = {"folder": folder, "onnx": os.path.join(folder, "plain.onnx"), "pth": pth,
              "reference": [os.path.join(folder, "reference_{}.npy".format(k)) for k in range(2)]}
     if os.path.isfile(done):
         with open(done) as fh:
             return dict(json.load(fh), cached=True, **paths)
     progress_note("exporting {} at {}x{} and computing the fp32 PyTorch reference (once per workdir)".format(
-        args.preset, args.height, args.width))
-    result = run({"job": "prepare", "preset": args.preset, "pth": pth, "row0": row0, "folder": folder,
-                  "onnx": paths["onnx"], "height": args.height, "width": args.width})
+        preset, height, width))
+    result = run({"job": "prepare", "preset": preset, "pth": pth, "row0": row0, "folder": folder,
+                  "onnx": paths["onnx"], "height": height, "width": width})
     if "error" in result:
         raise UserError("export / reference failed: {}".format(result["error"]))
     write_text_atomic(done, json.dumps(result))
     return dict(result, cached=False, **paths)
 
 
-def infer_stage(args, cases: Sequence[Case], run: Callable[[dict], dict], workdir: str) -> dict:
+def infer_stage(cases: Sequence[Case], run: Callable[[dict], dict], workdir: str, preset: str, pth: Optional[str],
+                height: int, width: int, device: str, repeats: int, warmup: int) -> dict:
     """Every case in its own child, the baseline first and last; speeds against the pooled baseline runs."""
     from hrnetseg.util.numerics import relative_error
 
     baseline = parse_case(BASELINE_SPEC)
     others = [c for c in cases if c != baseline]
     order = [(baseline, "first")] + [(c, "") for c in others] + ([(baseline, "last")] if others else [])
-    rows = input_rows(workdir, max(c.batch for c in [baseline] + others), args.height, args.width)
-    model = prepare_model(args, run, workdir, rows[0])
+    rows = input_rows(workdir, max(c.batch for c in [baseline] + others), height, width)
+    model = prepare_model(run, workdir, rows[0], preset, pth, height, width)
     references = [np.load(path) for path in model["reference"]]
     results = []
     for index, (case, tag) in enumerate(order):
@@ -145,9 +147,9 @@ def infer_stage(args, cases: Sequence[Case], run: Callable[[dict], dict], workdi
         out_prefix = os.path.join(workdir, "outputs", "{:02d}_{}".format(index, case.spec.replace(":", "_")))
         os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
         result = run({"job": "infer", "backend": case.backend, "precision": case.precision, "options": case.options,
-                      "preset": args.preset,
-                      "model": model["pth"] if case.backend == "torch" else model["onnx"], "device": args.device,
-                      "rows": rows[:case.batch], "warmup": args.warmup, "repeats": args.repeats,
+                      "preset": preset,
+                      "model": model["pth"] if case.backend == "torch" else model["onnx"], "device": device,
+                      "rows": rows[:case.batch], "warmup": warmup, "repeats": repeats,
                       "out_prefix": out_prefix})
         result.update(case=case, tag=tag)
         if "error" not in result:

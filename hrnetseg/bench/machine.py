@@ -8,6 +8,8 @@ from typing import Optional
 
 import numpy as np
 
+from hrnetseg.util.processes import cpu_cores
+
 
 def _proc_status_mib(field: str) -> Optional[float]:
     try:
@@ -47,7 +49,7 @@ def load_average_text() -> str:
 
 
 def cpu_description() -> str:
-    """The CPU's model name (Linux; the platform's name elsewhere) and the number of cores."""
+    """The CPU's model name (Linux; the platform's name elsewhere) and the number of cores this process may use."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -57,7 +59,7 @@ def cpu_description() -> str:
                     break
     except OSError:
         pass
-    return "{}, {} cores".format(model, os.cpu_count())
+    return "{}, {} cores".format(model, cpu_cores())
 
 
 def cpu_features() -> str:

@@ -7,7 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from hrnetseg.bench import REPO
 from hrnetseg.util.files import write_text_atomic
@@ -39,9 +39,10 @@ def load_change(load: Tuple[float, float]) -> str:
     return "{:.2f} -> {:.2f}".format(load[0], load[1])
 
 
-def format_infer(args, infer: dict) -> str:
+def format_infer(infer: dict, preset: str, pth: Optional[str], height: int, width: int, repeats: int,
+                 warmup: int) -> str:
     model = infer["model"]
-    weights = "checkpoint {}".format(os.path.basename(args.pth)) if args.pth else \
+    weights = "checkpoint {}".format(os.path.basename(pth)) if pth else \
         "random weights (seed 0): speeds hold, errors are on random weights"
     exported = "reused from the workdir" if model.get("cached") else \
         "export {} s".format(three_figures(model["export_s"]))
@@ -49,7 +50,7 @@ def format_infer(args, infer: dict) -> str:
              "{} timed run(s) per case after {} warm-up; baseline ONNX Runtime fp32 on the plain export ({}), run "
              "first and last, pooled: {} images/s. Errors: ||out - ref|| / ||ref|| of row 0 against fp32 PyTorch "
              "(eager) on the same input. Peak RSS: the whole child process (interpreter, libraries, model, input)."
-             .format(args.preset, args.height, args.width, weights, args.repeats, args.warmup, exported,
+             .format(preset, height, width, weights, repeats, warmup, exported,
                      three_figures(infer["baseline_images_per_s"])),
              "",
              "| case | device | images/s | ms/batch min | ms/batch median | speed vs baseline | rel. err output1 / output2 "
@@ -69,16 +70,16 @@ def format_infer(args, infer: dict) -> str:
     return "\n".join(lines)
 
 
-def format_data(args, data: Dict[str, dict]) -> str:
+def format_data(data: Dict[str, dict], images: int, height: int, width: int, repeats: int, warmup: int,
+                workers: Optional[int]) -> str:
     """The data steps' table: per step the baseline method's row, then the other's with its ratio and check."""
-    outputs = " (postprocess: model-like 19x{}x{} float32 outputs)".format(-(-args.height // 4), -(-args.width // 4)) \
+    outputs = " (postprocess: model-like 19x{}x{} float32 outputs)".format(-(-height // 4), -(-width // 4)) \
         if "post" in data else ""
     lines = ["**Data steps**, {} synthetic images of {}x{}{}; {} round(s) per method, each method in its own child "
              "process per round after {} untimed warm-up run(s), alternating which goes first; the reference method "
              "(the ModelZoo scripts' step, restated) in one process, ours with {} workers. Timed: the whole step "
              "(listing, reading, computing, writing) / images. Peak RSS: the whole child process."
-             .format(args.images, args.height, args.width, outputs, args.repeats, args.warmup,
-                     args.workers or "default (all cores)"),
+             .format(images, height, width, outputs, repeats, warmup, workers or "default (all cores)"),
              "",
              "| step | method | ms/image min | ms/image median | speed vs reference (min / median) | peak RSS MiB "
              "| check | load avg before -> after |",

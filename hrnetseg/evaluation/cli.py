@@ -33,9 +33,11 @@ from hrnetseg.util.errors import EXIT_INTERRUPTED, UserError
 from hrnetseg.util.cli import ArgumentParser, output_index, plain_name, positive_int, progress, run_cli
 from hrnetseg.util.files import check_output_file
 from hrnetseg.util.locks import output_locks
+from hrnetseg.util.processes import cpu_cores
 from hrnetseg.evaluation.metrics import ConfusionMatrix, format_table, write_result
-from hrnetseg.evaluation.multiscale import TestTimeAugmentation, add_tta_flags, single_scale_from_args, tta_from_args
-from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags
+from hrnetseg.evaluation.multiscale import TestTimeAugmentation
+from hrnetseg.evaluation.tta_flags import add_tta_flags, single_scale_from_args, tta_from_args
+from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags, ray_options
 from hrnetseg.evaluation.streaming import (AugmentedStreamingEvaluation, StreamingEvaluation, check_backend,
                                            interrupt_after_count, stage_report)
 
@@ -175,7 +177,7 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
         backend.run(pad_batch((), batch, (3,) + warm_size, dtype))
     load_s = time.perf_counter() - began
     queue_size = args.queue_size or max(4, 2 * batch)
-    workers = 1 if backend.device == "cpu" else max(1, min(4, (os.cpu_count() or 1) // 4))
+    workers = 1 if backend.device == "cpu" else max(1, min(4, cpu_cores() // 4))
     print("evaluate: {} images ({} {}x{}) from {}; {} on {} ({}), batch size {}, output {} ({}); model loaded in "
           "{:.2f} s{}".format(len(samples), dtype, size[0], size[1], args.datasets_path, backend.name, backend.device,
                               backend.precision, batch, index, backend.output_names[index], load_s,
@@ -213,7 +215,10 @@ def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[ci
     from hrnetseg.scaleout.driver import worker_report
     from hrnetseg.scaleout.evaluation import evaluate_on_ray
 
-    ledger, engine, evaluation = evaluate_on_ray(args, kind, model, samples, size, tta)
+    ledger, engine, evaluation = evaluate_on_ray(
+        ray_options(args), kind, model, samples, size, tta, device=args.device, precision=args.precision,
+        preset=args.preset, input_dtype=args.input_dtype, batchsize=args.batchsize, output_index=args.output_index,
+        warmup=args.warmup_count, cpu_threads=args.cpu_threads, datasets_path=args.datasets_path)
     passes = tta.forward_passes(*size) if tta is not None else 0
     report_and_save(args, ledger.matrix, evaluation.loaded["output_index"], worker_report(evaluation), passes,
                     engine=engine)

@@ -4,7 +4,8 @@ file is which output, their dtype, and reading one as logits.
 ais_bench names the outputs of image `<id>` `<id>_0.bin` (aux) and `<id>_1.bin` (main), `.npy` with --outfmt
 NPY (with the batch axis: 1 x 19 x h x w), `.txt` with --outfmt TXT (decimal text, lossy); the older benchmark
 tool `_1` (aux) and `_2` (main). With `--device 0,1` ais_bench splits the input across the devices and writes
-OUT/DIRNAME/device0/, OUT/DIRNAME/device1/, ...: disjoint shards of one run, read here as one set.
+OUT/DIRNAME/device0/, OUT/DIRNAME/device1/, ...: disjoint shards of one run, read here as one set; the names of
+those files and folders are hrnetseg.runner.layout's.
 The dtype (float32, or float16 from an .om built with fp16 outputs) is taken from what knows it: the NPY
 header, then --output_dtype, then the runner's summary beside the output folder (OUT/DIRNAME_summary.json, or
 OUT/DIRNAME/device<id>_summary.json for a shard, as ais_bench and python3 -m hrnetseg.infer write it); only
@@ -16,7 +17,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 from collections import namedtuple
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,15 +24,14 @@ import numpy as np
 
 from hrnetseg.data.cityscapes import NUM_CLASSES, image_id
 from hrnetseg.util.errors import UserError, exception_line
-from hrnetseg.runner.devices import DEVICE_FOLDER
+from hrnetseg.runner.layout import OUTPUT_NAME, device_folders, summary_path_for
+from hrnetseg.runner.summary import OUTPUT_DTYPE_KEY
 from hrnetseg.util.files import not_regular_reason, require_file, require_folder
 from hrnetseg.data.manifest import MANIFEST
 
-OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>[0-9]+)\.(?P<ext>bin|npy|txt)$")
 AIS_BENCH, BENCHMARK = "ais_bench", "benchmark"
 ROLE = {AIS_BENCH: {0: "aux", 1: "main"}, BENCHMARK: {1: "aux", 2: "main"}}
 OUTPUT_DTYPES = ("float32", "float16")  # what the model's outputs may be stored as; float32 is the default
-SUMMARY_SUFFIX = "_summary.json"  # the runner writes OUTPUT/<dirname>_summary.json beside OUTPUT/<dirname>/
 DEFAULT, BY_SIZE = "the default", "its size"  # what decided a dtype when no source said it
 TEXT = "its text"  # --outfmt TXT: decimal values, read as float32 whatever the model wrote
 
@@ -82,20 +81,6 @@ def _is_preprocess_folder(folder: str) -> bool:
     """A folder of model inputs: its `<id>.bin` names read as outputs (`frankfurt_000000_000294.bin`: output 294 of
     `frankfurt_000000`), so it is recognised by its manifest instead."""
     return os.path.lexists(os.path.join(folder, MANIFEST))
-
-
-def device_entry(name: str) -> Optional[str]:
-    """The device folder that a name in OUT/DIRNAME belongs to (device<id> itself, or its summary
-    device<id>_summary.json); None for other names."""
-    folder = name[:-len(SUMMARY_SUFFIX)] if name.endswith(SUMMARY_SUFFIX) else name
-    return folder if DEVICE_FOLDER.match(folder) else None
-
-
-def device_folders(folder: str) -> List[str]:
-    """The device<id> sub-folders of a multi-device run in folder, by device id."""
-    names = [name for name in os.listdir(folder)
-             if DEVICE_FOLDER.match(name) and os.path.isdir(os.path.join(folder, name))]
-    return sorted(names, key=lambda name: int(DEVICE_FOLDER.match(name).group("id")))
 
 
 def shard_image_counts(folder: str) -> Dict[str, int]:
@@ -236,12 +221,6 @@ def resolve_output_dtype(path: str, data_bytes: int, shape: Tuple[int, int, int]
         path, data_bytes, sizes["float32"], sizes["float16"], expected))
 
 
-def summary_path_for(folder: str) -> str:
-    """The summary ais_bench and the runner write for an output folder OUT/DIRNAME: OUT/DIRNAME_summary.json,
-    beside the folder's name as they were given it."""
-    return os.path.normpath(folder) + SUMMARY_SUFFIX
-
-
 def find_summary(folder: str) -> str:
     """The summary of an output folder: beside the name given, else beside the folder it links to (a
     `--res_path` that is a link to results/bs1); the first name when neither is there."""
@@ -271,7 +250,7 @@ def summary_output_dtype(folder: str) -> Tuple[Optional[str], str]:
         raise UserError("cannot read the runner summary {}: {}; repair or remove it".format(path, exc))
     if not isinstance(summary, dict):
         raise UserError("runner summary {} is not a JSON object; repair or remove it".format(path))
-    dtype = summary.get("output_dtype")
+    dtype = summary.get(OUTPUT_DTYPE_KEY)
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise UserError("runner summary {} says output_dtype {!r}; this postprocess reads {}".format(
             path, dtype, " or ".join(OUTPUT_DTYPES)))

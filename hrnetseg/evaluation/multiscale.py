@@ -21,7 +21,6 @@ through `run_main(batch) -> logits`, which `main_output_runner` makes from a bac
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -133,70 +132,6 @@ def sliding_windows(new_h: int, new_w: int, crop_size: Tuple[int, int]) -> List[
             w1 = min(c * crop_w + crop_w, new_w)
             windows.append((max(h1 - crop_h, 0), h1, max(w1 - crop_w, 0), w1))
     return windows
-
-
-# ------------------------------------------------------------------------------------------------ the flags
-
-def scale_list(text: str) -> Tuple[float, ...]:
-    """argparse type: comma-separated positive scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75."""
-    scales = []
-    for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            value = float("nan")
-        if not (math.isfinite(value) and 0 < value <= MAX_SCALE) or part.strip() != part or "_" in part:
-            raise argparse.ArgumentTypeError("expected comma-separated scales in (0, {:g}] such as 0.5,1.0,1.5, "
-                                             "got {!r}".format(MAX_SCALE, text))
-        scales.append(value)
-    if len(set(scales)) != len(scales):
-        raise argparse.ArgumentTypeError("a scale is given twice in {!r}".format(text))
-    return tuple(scales)
-
-
-def crop_size(text: str) -> Tuple[int, int]:
-    """argparse type: H,W in pixels, e.g. 1024,2048."""
-    parts = text.split(",")
-    if len(parts) != 2 or not all(p.isdigit() and p.isascii() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError("expected the crop size as H,W (two positive integers such as 1024,2048), "
-                                         "got {!r}".format(text))
-    return int(parts[0]), int(parts[1])
-
-
-def base_size(text: str) -> int:
-    if not (text.isdigit() and text.isascii() and int(text) > 0):
-        raise argparse.ArgumentTypeError("expected a positive number of pixels, got {!r}".format(text))
-    return int(text)
-
-
-def add_tta_flags(parser) -> None:
-    """--scales, --flip, --base_size, --crop_size: upstream's TEST.SCALE_LIST, FLIP_TEST, BASE_SIZE, IMAGE_SIZE."""
-    group = parser.add_argument_group("test-time augmentation (upstream HRNet-OCR's multi-scale testing)")
-    group.add_argument("--scales", type=scale_list, default=(1.0,), metavar="S[,S...]",
-                       help="scales, each resizing the image's long side to base size x scale; above 1.0 the "
-                            "model runs on sliding windows of the crop size (default 1.0; upstream's published "
-                            "multi-scale numbers use {})".format(",".join("{:g}".format(s) for s in UPSTREAM_SCALES)))
-    group.add_argument("--flip", action="store_true",
-                       help="also run each input flipped left-right and average the two (upstream's FLIP_TEST)")
-    group.add_argument("--base_size", type=base_size, default=None,
-                       help="long side of the image at scale 1.0 (default {}; with --scales 1.0 and no --flip, "
-                            "given: the image is resized to it, not given: it runs at its own size)"
-                       .format(DEFAULT_BASE_SIZE))
-    group.add_argument("--crop_size", type=crop_size, default=DEFAULT_CROP_SIZE, metavar="H,W",
-                       help="sliding-window size for scales above 1.0 (default {},{})".format(*DEFAULT_CROP_SIZE))
-
-
-def tta_from_args(args: argparse.Namespace) -> TestTimeAugmentation:
-    return TestTimeAugmentation(scales=tuple(args.scales), flip=bool(args.flip),
-                                base_size=DEFAULT_BASE_SIZE if args.base_size is None else args.base_size,
-                                crop_size=tuple(args.crop_size))
-
-
-def single_scale_from_args(args: argparse.Namespace, height: int, width: int) -> bool:
-    """Whether the flags ask for today's single-scale path on images of this size: --scales 1.0 without
-    --flip, and no --base_size other than the image's long side (so the default needs no --base_size)."""
-    tta = tta_from_args(args)
-    return tta.is_plain() and (args.base_size is None or tta.runs_as_is(height, width))
 
 
 def check_model_takes(input_spec: InputSpec, sizes: Sequence[Tuple[int, int]]) -> None:

@@ -25,9 +25,10 @@ from hrnetseg.util.cli import ArgumentParser, output_index, progress, run_cli
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, not_regular_reason, remove_stale_temporaries
 from hrnetseg.util.locks import output_lock
-from hrnetseg.evaluation.multiscale import add_tta_flags, check_model_takes, main_output_runner, tta_from_args
+from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner
+from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
 from hrnetseg.prediction.inputs import BadInput, Input, find_inputs, look_at
-from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags
+from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags, ray_options
 from hrnetseg.prediction.per_input import (DEFAULT_SAVE, SAVE_KINDS, UnreadableInput, planned_outputs,
                                            predict_image_file, predict_video_file, save_kinds)
 from hrnetseg.data.videos import VideoInfo, remove_stale_video_temporaries
@@ -235,7 +236,11 @@ def run_on_ray(args: argparse.Namespace, kind: str, model: str, tta, inputs: Lis
 
     images = [item for item in inputs if not item.video]
     if images:
-        ledger, ray_run, left_alone = predict_on_ray(args, kind, model, tta, images, needed)
+        ledger, ray_run, left_alone = predict_on_ray(
+            ray_options(args), kind, model, tta, images, needed, output=args.output, save=args.save,
+            overwrite=args.overwrite, skip_bad=args.skip_bad, device=args.device, precision=args.precision,
+            preset=args.preset, output_index=args.output_index, batchsize=args.batchsize,
+            warmup=args.warmup_count)
         if ray_run is not None:
             print("\n".join(worker_report(ray_run)))
         bad = bad + [BadInput(path, reason) for path, reason in (ledger.bad if ledger else [])]

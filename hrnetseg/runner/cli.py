@@ -7,10 +7,11 @@ Reads a preprocess folder (its manifest.json says dtype and shape; bins that do 
 input are refused, never reinterpreted) in ais_bench's order (natural sort), runs it in batches (a short last
 batch is padded; the padding is neither written nor counted in the throughput) and writes one float32 file per
 input file and model output, as ais_bench does: OUTPUT/OUTPUT_DIRNAME/<id>_0.bin (output1) and <id>_1.bin
-(output2) (or .npy, .txt: run_outputs.py), plus OUTPUT/<dirname>_summary.json with ais_bench's keys and ours,
-and prints ais_bench's summary block (ais_summary.py), so one parser reads both tools. `--device 0,1` splits
-the input between one process per device (multi_device.py). OUTPUT/OUTPUT_DIRNAME is locked for the run (a
-second run into it stops at once), and a run that fails or is interrupted removes what it wrote.
+(output2) (or .npy, .txt: outputs.py, the names in layout.py), plus OUTPUT/<dirname>_summary.json with
+ais_bench's keys and ours, and prints ais_bench's summary block (summary.py), so one parser reads both tools.
+`--device 0,1` splits the input between one process per device (multi_device.py). OUTPUT/OUTPUT_DIRNAME is
+locked for the run (a second run into it stops at once), and a run that fails or is interrupted removes what it
+wrote.
 """
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from hrnetseg.runner import options as infer_options, multi_device
-from hrnetseg.runner.summary import FilesInfo, PERCENTILE_KEY, RunTimes, print_lines
+from hrnetseg.runner.summary import (DEVICE_KEY, FILESINFO_KEY, OUTPUT_DTYPE_KEY, PERCENTILE_KEY, THROUGHPUT_KEY,
+                                     FilesInfo, RunTimes, print_lines)
 from hrnetseg.backends import Backend, backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.batching import batch_size_for, output_rows, pad_batch
 from hrnetseg.util.cli import progress, run_cli
-from hrnetseg.runner.devices import device_folder_name, device_list
+from hrnetseg.runner.layout import default_dirname, device_folder_name, device_list
 from hrnetseg.data.manifest import read_manifest
 from hrnetseg.runner.inputs import (check_bins, check_bins_fit_model, input_path, list_inputs, parse_index_list,
                                     parse_indices, read_bin)
@@ -80,7 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parse_index_list(args.output_indices)
     devices = device_list(args.device)
     if devices is not None and args.shard is None:
-        return multi_device.run_devices(args, devices, kind, command)
+        return multi_device.run_devices(args.input, args.device, devices, args.output, args.output_dirname,
+                                        args.cpu_threads, kind, command)
     shard = multi_device.read_shard(args.shard) if args.shard is not None else None
     if shard is not None:
         folder, manifest = shard["folder"], read_manifest(shard["folder"])
@@ -94,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if shard is not None:
             outputs = RunOutputs(shard["output"], device_folder_name(shard["device"]), args.outfmt)
         else:
-            outputs = RunOutputs(args.output, args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S"), args.outfmt)
+            outputs = RunOutputs(args.output, args.output_dirname or default_dirname(), args.outfmt)
         outputs.check(folder)
     with outputs.open() if outputs is not None else contextlib.nullcontext():
         report = run_model(args, kind, folder, ids, manifest, bins, outputs, command, shard)
@@ -137,22 +140,22 @@ def run_model(args: argparse.Namespace, kind: str, folder: str, ids: List[str], 
     end_time = time.time()
     print_lines(*times.block(args.display_all_summary))
     timing = times.ais_bench_keys()
-    report = {"throughput": timing["throughput"], "start_time": start_time, "end_time": end_time}
+    report = {"throughput": timing[THROUGHPUT_KEY], "start_time": start_time, "end_time": end_time}
     if outputs is None:
         return report
-    summary = {"filesinfo": files_info.samples, "args": command}
+    summary = {FILESINFO_KEY: files_info.samples, "args": command}
     summary.update(timing)
     summary["pid"] = os.getpid()
     compute = timing["NPU_compute_time"]
     summary.update({
-        "backend": backend.name, "device": backend.device, "precision": backend.precision,
+        "backend": backend.name, DEVICE_KEY: backend.device, "precision": backend.precision,
         "batchsize": batch, "batchsize_mean": times.images_per_run, "images": len(ids),
         "compute_time_ms": {"min": compute["min"], "max": compute["max"], "mean": compute["mean"],
                             "median": compute["median"], "p99": compute[PERCENTILE_KEY]},
         "wall_time_s": wall, "loop": args.loop, "warmup_count": warmup,
         "model": os.path.abspath(args.model), "input": os.path.abspath(folder),
         "output": os.path.abspath(outputs.folder), "outfmt": args.outfmt, "output_indices": indices,
-        "output_dtype": OUTPUT_DTYPE,
+        OUTPUT_DTYPE_KEY: OUTPUT_DTYPE,
     })
     outputs.write_summary(summary)
     sys.stderr.write("[INFO] wrote {} files to {}; summary {}\n".format(   # one write: device processes share it

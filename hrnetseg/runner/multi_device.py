@@ -5,15 +5,14 @@ contiguous parts of ceil(n / devices) files, the first part to the first device.
 the runner writing OUTPUT/DIRNAME/device<N>/ and OUTPUT/DIRNAME/device<N>_summary.json (no combined
 DIRNAME_summary.json) and printing its own summary block. Then, in completion order, one line per device
 (`i:0 device_0 throughput:... start_time:... end_time:...`, without `[INFO]`, as ais_bench prints it) and
-`[INFO] summary throughput:<sum of the devices' throughputs>`; exit 1 when any device failed, after removing
-what the others wrote (a part of the data must not pass for the whole).
+`[INFO] summary throughput:<sum of the devices' throughputs>` (both: summary.py); exit 1 when any device
+failed, after removing what the others wrote (a part of the data must not pass for the whole).
 
 A device without a usable GPU here is a CPU process (each says so in its first line); the CPU processes share
 the cores, each with its part of the threads, so the layout runs and is tested on any machine.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -25,13 +24,14 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from hrnetseg.runner.summary import print_lines
+from hrnetseg.runner.summary import device_line, listed_outfiles, print_lines, summary_throughput_line
 from hrnetseg.backends import visible_gpu_count
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
-from hrnetseg.util.locks import die_with_parent, output_lock
-from hrnetseg.runner.devices import device_folder_name, device_parts
-from hrnetseg.evaluation.model_outputs import OUTPUT_NAME, device_entry, summary_path_for
+from hrnetseg.util.locks import output_lock
+from hrnetseg.util.processes import cpu_cores, die_with_parent
+from hrnetseg.runner.layout import (OUTPUT_NAME, default_dirname, device_entry, device_folder_name, device_parts,
+                                    summary_path_for)
 from hrnetseg.runner.inputs import check_bins, list_inputs
 from hrnetseg.runner.outputs import check_output_stems
 
@@ -48,13 +48,6 @@ def split_contiguous(items: Sequence[str], parts: int) -> List[List[str]]:
             split.append(list(items[start:start + size]))
             start += size
     return split
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not Linux
-        return os.cpu_count() or 1
 
 
 def check_device_folder(top: str, devices: Sequence[int], input_folder: str) -> None:
@@ -77,35 +70,37 @@ def check_device_folder(top: str, devices: Sequence[int], input_folder: str) -> 
                                 top, name, ",".join(str(d) for d in devices)))
 
 
-def run_devices(args: argparse.Namespace, devices: List[int], kind: str, command: List[str]) -> int:
-    """Run the parts on their devices in parallel, print ais_bench's per-device lines and the summed
-    throughput; exit code 0, or a UserError with exit code 1 when a device failed."""
-    folder, ids, manifest = list_inputs(args.input)
+def run_devices(input_spec: str, device: str, devices: List[int], output: Optional[str], output_dirname: Optional[str],
+                cpu_threads: Optional[int], kind: str, command: List[str]) -> int:
+    """Run the parts of --input `input_spec` on the `devices` of --device `device` in parallel, print ais_bench's
+    per-device lines and the summed throughput; exit code 0, or a UserError with exit code 1 when a device
+    failed. cpu_threads: --cpu_threads, for every device (default: the cores shared by the CPU processes)."""
+    folder, ids, manifest = list_inputs(input_spec)
     check_output_stems(ids)
     check_bins(manifest, folder, ids)
     parts = split_contiguous(ids, len(devices))
     if len(parts) < len(devices):
         raise UserError("--device {}: {} images for {} devices: in parts of ceil({}/{}) = {} images, device {} "
-                        "gets none".format(args.device, len(ids), len(devices), len(ids), len(devices),
+                        "gets none".format(device, len(ids), len(devices), len(ids), len(devices),
                                            len(parts[0]), devices[len(parts)]))
     gpus = visible_gpu_count(kind)
     on_cpu = [d for d in devices if d >= gpus]
-    threads = args.cpu_threads or (max(1, cpu_cores() // len(on_cpu)) if on_cpu else None)
+    threads = cpu_threads or (max(1, cpu_cores() // len(on_cpu)) if on_cpu else None)
     top = None
-    if args.output is not None:
-        top = os.path.join(args.output, args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S"))
+    if output is not None:
+        top = os.path.join(output, output_dirname or default_dirname())
         check_device_folder(top, devices, folder)
     print_lines("[INFO] multidevice:{} run begin: {} images in parts of {} ({}), one process per device{}".format(
         devices, len(ids), " + ".join(str(len(part)) for part in parts), "natural-sort order" if
-        os.path.isdir(args.input) else "the order given", "; no usable GPU here for device{} {}: CPU processes "
+        os.path.isdir(input_spec) else "the order given", "; no usable GPU here for device{} {}: CPU processes "
         "with {} of {} CPU threads each".format("s" if len(on_cpu) > 1 else "", ", ".join(map(str, on_cpu)),
                                                 threads, cpu_cores()) if on_cpu else ""))
-    output_existed = args.output is None or os.path.isdir(args.output)   # the lock file may create --output
+    output_existed = output is None or os.path.isdir(output)   # the lock file may create --output
     try:
         with output_lock(top) if top is not None else contextlib.nullcontext():
-            created = _prepare(args.output, top)
+            created = _prepare(output, top)
             try:
-                finished = _run_parts(args, devices, parts, folder, top, threads, set(on_cpu), command)
+                finished = _run_parts(devices, parts, folder, top, threads, set(on_cpu), cpu_threads, command)
             except BaseException:   # Ctrl-C: the devices stopped, each removing its files; the finished go too
                 if top is not None:
                     _remove_parts(top, devices, created)
@@ -116,16 +111,15 @@ def run_devices(args: argparse.Namespace, devices: List[int], kind: str, command
     finally:
         if not output_existed:   # empty once the lock file beside DIRNAME is gone: the run made it
             with contextlib.suppress(OSError):
-                os.rmdir(args.output)
+                os.rmdir(output)
     lines = ["[INFO] multidevice run end: {} of {} devices done, result:{}".format(
         len(devices) - len(failed), len(devices), 1 if failed else 0)]
     throughputs = []
     for i, (code, report) in finished:
         if code == 0:
-            lines.append("i:{} device_{} throughput:{} start_time:{} end_time:{}".format(
-                i, devices[i], report["throughput"], report["start_time"], report["end_time"]))
+            lines.append(device_line(i, devices[i], report["throughput"], report["start_time"], report["end_time"]))
             throughputs.append(report["throughput"])
-    print_lines(*lines + ["[INFO] summary throughput:{}".format(sum(throughputs))])
+    print_lines(*lines + [summary_throughput_line(throughputs)])
     if failed:
         raise UserError("device{} {} failed (see above){}".format(
             "s" if len(failed) > 1 else "", ", ".join(str(devices[i]) for i in failed),
@@ -144,8 +138,8 @@ def _prepare(output: Optional[str], top: Optional[str]) -> List[str]:
     return created
 
 
-def _run_parts(args: argparse.Namespace, devices: List[int], parts: List[List[str]], folder: str,
-               top: Optional[str], threads: Optional[int], on_cpu: set,
+def _run_parts(devices: List[int], parts: List[List[str]], folder: str, top: Optional[str], threads: Optional[int],
+               on_cpu: set, cpu_threads: Optional[int],
                command: List[str]) -> List[Tuple[int, Tuple[int, Optional[dict]]]]:
     """Start one runner process per device and wait for all; (index, (exit code, report)) in completion order."""
     workdir = tempfile.mkdtemp(prefix="hrnetseg-devices-")
@@ -160,7 +154,7 @@ def _run_parts(args: argparse.Namespace, devices: List[int], parts: List[List[st
         for i, (device, part) in enumerate(zip(devices, parts)):
             spec = {"index": i, "device": device, "devices": devices, "folder": folder, "ids": part,
                     "first": first, "images": sum(len(p) for p in parts), "output": top,
-                    "threads": threads if device in on_cpu or args.cpu_threads else None,
+                    "threads": threads if device in on_cpu or cpu_threads else None,
                     "report": os.path.join(workdir, "report{}.json".format(i)), "command": command}
             first += len(part)
             spec_path = os.path.join(workdir, "shard{}.json".format(i))
@@ -214,7 +208,7 @@ def _remove_parts(top: str, devices: Sequence[int], created: List[str]) -> None:
         summary = summary_path_for(folder)
         try:
             with open(summary) as fh:
-                files = [out for entry in json.load(fh)["filesinfo"].values() for out in entry["outfiles"]]
+                files = listed_outfiles(json.load(fh))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             files = []
         for path in files:

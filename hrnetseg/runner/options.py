@@ -13,7 +13,7 @@ import sys
 from hrnetseg.backends.flags import backend_flags
 from hrnetseg.util.cli import ArgumentParser, nonnegative_int, plain_name, positive_int
 from hrnetseg.util.errors import UserError
-from hrnetseg.runner.outputs import OUTFMTS
+from hrnetseg.runner.layout import OUTFMTS
 
 TRUE_WORDS = ("yes", "true", "t", "y", "1")
 FALSE_WORDS = ("no", "false", "f", "n", "0")

@@ -1,5 +1,5 @@
 """The runner's output folder, as ais_bench writes it: OUTPUT/DIRNAME/<stem>_<k>.bin (or .npy, .txt), one
-float32 file per input and model output, and OUTPUT/DIRNAME_summary.json.
+float32 file per input and model output, and OUTPUT/DIRNAME_summary.json (the names: layout.py).
 
 The stem is the input file's name up to its first dot. BIN is the raw C-order data; NPY keeps the batch axis
 (1 x 19 x h x w); TXT is the array as rows of its last axis, every value written `%f` (6 decimals: lossy)
@@ -21,9 +21,8 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import (atomic_path, check_output_file, make_output_folder, remove_quietly,
                                  remove_stale_temporaries, write_target, write_text_atomic)
 from hrnetseg.util.locks import output_lock
-from hrnetseg.evaluation.model_outputs import OUTPUT_NAME, device_entry, summary_path_for
+from hrnetseg.runner.layout import OUTPUT_NAME, device_entry, output_name, output_stem, summary_path_for
 
-OUTFMTS = ("BIN", "NPY", "TXT")
 OUTPUT_DTYPE = "float32"   # what the runner writes, whatever the backend computes in (recorded in the summary)
 
 
@@ -39,7 +38,6 @@ class RunOutputs(object):
     def __init__(self, output: str, dirname: str, outfmt: str) -> None:
         self.output, self.folder = output, os.path.join(output, dirname)
         self.summary = summary_path_for(self.folder)
-        self.suffix = "." + outfmt.lower()
         self.outfmt = outfmt
         self.written: List[str] = []
         self._created_folder = False
@@ -108,7 +106,7 @@ class RunOutputs(object):
                                                       others[0]))
 
     def path_for(self, sample_id: str, k: int) -> str:
-        return os.path.join(self.folder, "{}_{}{}".format(output_stem(sample_id), k, self.suffix))
+        return os.path.join(self.folder, output_name(sample_id, k, self.outfmt))
 
     def write(self, sample_id: str, k: int, array: np.ndarray) -> str:
         """Write one input's output k (C x h x w, or 1 x C x h x w); its path."""
@@ -134,11 +132,6 @@ def _remove_empty_folder(path: str) -> None:
         os.rmdir(path)
     except OSError:
         pass   # not empty (files that were there before stay) or already gone
-
-
-def output_stem(sample_id: str) -> str:
-    """The stem of an input's output files: its name up to the first dot, as ais_bench cuts `<id>.bin`."""
-    return sample_id.split(".")[0]
 
 
 def check_output_stems(ids: Sequence[str]) -> None:

@@ -41,9 +41,9 @@ def batch_delay_s() -> float:
         raise UserError("{}={!r}: expected seconds".format(BATCH_DELAY_ENV, text))
 
 
-def worker_threads(args) -> int:
+def worker_threads(cpu_threads: Optional[int], cpus_per_worker: float) -> int:
     """A worker's model threads: --cpu_threads where the tool has it and it is given, else its CPUs."""
-    return getattr(args, "cpu_threads", None) or max(1, int(round(args.ray_cpus_per_worker)))
+    return cpu_threads or max(1, int(round(cpus_per_worker)))
 
 
 def check_reachable(address: str) -> None:

@@ -1,14 +1,17 @@
 """The --ray flags of python -m hrnetseg.evaluate and python -m hrnetseg.predict, checked before any work
-(no Ray needed to parse or refuse them)."""
+(no Ray needed to parse or refuse them), and their values as the drivers take them (RayOptions)."""
 from __future__ import annotations
 
 import argparse
+from collections import namedtuple
 from typing import Tuple
 
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.cli import positive_int
 
 ADDRESS_FORMS = "local, auto, HOST:PORT or ray://HOST:PORT"
+# The --ray flags' values: --ray, --ray_cpus_per_worker, --ray_gpus_per_worker, --ray_workers, --ray_batch_images
+RayOptions = namedtuple("RayOptions", ["address", "cpus_per_worker", "gpus_per_worker", "workers", "batch_images"])
 
 
 def add_ray_flags(parser: argparse.ArgumentParser, batch_note: str = "") -> None:
@@ -51,6 +54,11 @@ def host_and_port(address: str) -> Tuple[str, int]:
     if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
         raise UserError("--ray {}: expected {}".format(address, ADDRESS_FORMS))
     return host.strip("[]"), int(port)
+
+
+def ray_options(args: argparse.Namespace) -> RayOptions:
+    return RayOptions(args.ray, args.ray_cpus_per_worker, args.ray_gpus_per_worker, args.ray_workers,
+                      args.ray_batch_images)
 
 
 def check_ray_flags(args: argparse.Namespace) -> None:

@@ -9,7 +9,6 @@ that could not be read travel back. Videos are not sent to Ray (predict runs the
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections import namedtuple
@@ -24,6 +23,7 @@ from hrnetseg.prediction.per_input import UnreadableInput, image_outputs, predic
 from hrnetseg.scaleout.batches import BatchLedger, plan_batches
 from hrnetseg.scaleout.driver import RayRun, batch_delay_s, ray_session, run_batches, worker_count, worker_threads
 from hrnetseg.scaleout.evaluation import describe_workers
+from hrnetseg.scaleout.flags import RayOptions
 from hrnetseg.scaleout.worker import RayWorker, fetched
 
 PredictionConfig = namedtuple("PredictionConfig", ["kind", "model", "device", "precision", "preset",
@@ -107,33 +107,36 @@ class PredictionLedger(BatchLedger):
         return len(result["ids"])
 
 
-def predict_on_ray(args: argparse.Namespace, kind: str, model: str, tta, images: Sequence[Input],
-                   needed: List[Tuple[int, int]]) -> Tuple[Optional[PredictionLedger], Optional[RayRun], List[str]]:
-    """Predict the image inputs on Ray; returns (ledger, run, the inputs left alone because their outputs
-    exist). Ledger and run are None when no image needs predicting (Ray is then not started)."""
-    output = os.path.abspath(args.output)
+def predict_on_ray(options: RayOptions, kind: str, model: str, tta, images: Sequence[Input],
+                   needed: List[Tuple[int, int]], *, output: str, save: Sequence[str], overwrite: bool,
+                   skip_bad: bool, device: Optional[str], precision: str, preset: str, output_index: Optional[int],
+                   batchsize: Optional[int], warmup: Optional[int]
+                   ) -> Tuple[Optional[PredictionLedger], Optional[RayRun], List[str]]:
+    """Predict the image inputs on Ray, writing the `save` kinds of pictures under output, the model run as the
+    backend flags say; returns (ledger, run, the inputs left alone because their outputs exist). Ledger and run
+    are None when no image needs predicting (Ray is then not started)."""
     todo, left_alone = [], []
     for item in images:
-        kinds = kinds_to_write(args.output, item, args.save, args.overwrite)
+        kinds = kinds_to_write(output, item, save, overwrite)
         if kinds:   # absolute paths: a worker's working folder is not the driver's
             todo.append((item._replace(path=os.path.abspath(item.path)), kinds))
         else:
             left_alone.append(item.path)
     if not todo:
         return None, None, left_alone
-    config = PredictionConfig(kind=kind, model=os.path.abspath(model), device=args.device, precision=args.precision,
-                              preset=args.preset, output_index=args.output_index, batchsize=args.batchsize,
-                              warmup=args.warmup_count, threads=worker_threads(args),
-                              batch_delay_s=batch_delay_s(), tta=tta, needed=list(needed), output=output,
-                              skip_bad=args.skip_bad)
-    batches = plan_batches([item.path for item, _ in todo], args.ray_batch_images, 1)
+    config = PredictionConfig(kind=kind, model=os.path.abspath(model), device=device, precision=precision,
+                              preset=preset, output_index=output_index, batchsize=batchsize,
+                              warmup=warmup, threads=worker_threads(None, options.cpus_per_worker),
+                              batch_delay_s=batch_delay_s(), tta=tta, needed=list(needed),
+                              output=os.path.abspath(output), skip_bad=skip_bad)
+    batches = plan_batches([item.path for item, _ in todo], options.batch_images, 1)
     ledger = PredictionLedger(None)
-    with ray_session(args.ray) as ray:
-        workers = worker_count(ray, args.ray_workers, args.ray_cpus_per_worker, args.ray_gpus_per_worker)
+    with ray_session(options.address) as ray:
+        workers = worker_count(ray, options.workers, options.cpus_per_worker, options.gpus_per_worker)
         run = RayRun(ray, PredictionWorker, (config, (ray.put(todo),)), lambda loaded: batches, ledger, workers,
-                     args.ray_cpus_per_worker, args.ray_gpus_per_worker)
+                     options.cpus_per_worker, options.gpus_per_worker)
         print("predict: {} image{} on Ray at {}: {}{}".format(
-            len(todo), "" if len(todo) == 1 else "s", args.ray, describe_workers(args, workers),
+            len(todo), "" if len(todo) == 1 else "s", options.address, describe_workers(options, workers),
             "; {} left alone (outputs exist)".format(len(left_alone)) if left_alone else ""), flush=True)
         run_batches(run, len(todo), "predict (ray)", lambda: ledger.predicted,
                     "images predicted (their files are complete)")

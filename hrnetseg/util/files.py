@@ -23,6 +23,7 @@ import uuid
 from typing import Iterator, Optional
 
 from hrnetseg.util.errors import UserError
+from hrnetseg.util.processes import pid_alive
 
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")   # ".<name>.<pid>.<random>.tmp"
 
@@ -243,19 +244,6 @@ def remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID runs (on this machine, in this PID namespace)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temporaries(folder: str, names: str = "*") -> int:

@@ -21,14 +21,14 @@ import argparse
 import contextlib
 import errno
 import os
-import signal
 import stat
 import sys
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from hrnetseg.util.cli import ArgumentParser, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import not_a_folder_above, not_regular_reason, pid_alive
+from hrnetseg.util.files import not_a_folder_above, not_regular_reason
+from hrnetseg.util.processes import die_with_parent, is_ancestor, pid_alive
 
 try:
     import fcntl
@@ -38,7 +38,6 @@ except ImportError:  # pragma: no cover - not POSIX: no locking
 LOCK_SUFFIX = ".lock"
 EXIT_RETRY = 75          # `acquire`: the lock of a dead owner was removed; reopen the file and try again
 _TRIES = 3
-_ANCESTOR_DEPTH = 64
 
 _held = {}  # type: Dict[str, int]   lock path -> how many times this process holds it
 
@@ -47,29 +46,6 @@ def lock_path_for(output: str) -> str:
     """`<output>.lock` beside the real location of a folder or file output (symlinks and a trailing slash
     resolved)."""
     return os.path.realpath(os.fspath(output)) + LOCK_SUFFIX
-
-
-def _parent_of(pid: int) -> Optional[int]:
-    try:
-        with open("/proc/{}/stat".format(pid), "rb") as fh:
-            line = fh.read()
-    except OSError:
-        return None
-    # "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it
-    fields = line[line.rfind(b")") + 2:].split()
-    return int(fields[1]) if len(fields) > 1 else None
-
-
-def is_ancestor(pid: int) -> bool:
-    """Whether pid is this process's parent, grandparent, ... (through /proc; the parent only elsewhere)."""
-    parent = os.getppid()  # type: Optional[int]
-    for _ in range(_ANCESTOR_DEPTH):
-        if parent == pid:
-            return True
-        if parent is None or parent <= 1:
-            return False
-        parent = _parent_of(parent)
-    return False
 
 
 def read_owner(lock_path: str) -> Optional[int]:
@@ -272,26 +248,6 @@ def acquire_on_descriptor(fd: int, output: str, owner: int) -> str:
 
 
 # --- python3 -m hrnetseg.util.locks run -- CMD: a script's child that dies with the script --------------------------
-
-PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux; kept across exec), and exit now if the
-    parent is already gone (it died before the request was made).
-
-    The lock of a killed owner is taken over by the next run; a child of the owner that went on writing would
-    then write into the same output as that run. The kernel's "parent" is the forking thread."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
 
 def run_dying_with_parent(command: Sequence[str], parent: Optional[int] = None) -> None:
     """Become `command` (exec), which the kernel kills when the calling script dies: a script that holds output

@@ -1,13 +1,80 @@
-"""Processes: how many cores this process may use, and how many workers to start for a number of tasks.
+"""Processes: how many cores this process may use, how many workers to start for a number of tasks, whether a
+process runs or is one of ours, and children that die with their parent.
 
 Valid Python 3.7, standard library only.
 """
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from typing import Optional
+
+_ANCESTOR_DEPTH = 64
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or taskset narrows), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
 
 
 def default_workers(requested: Optional[int], tasks: int) -> int:
     """Parallel workers for `tasks` items: as requested, else one per core; never more than the items."""
-    return max(1, min(requested or os.cpu_count() or 1, tasks or 1))
+    return max(1, min(requested or cpu_cores(), tasks or 1))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs (on this machine, in this PID namespace)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _parent_of(pid: int) -> Optional[int]:
+    try:
+        with open("/proc/{}/stat".format(pid), "rb") as fh:
+            line = fh.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it
+    fields = line[line.rfind(b")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def is_ancestor(pid: int) -> bool:
+    """Whether pid is this process's parent, grandparent, ... (through /proc; the parent only elsewhere)."""
+    parent = os.getppid()  # type: Optional[int]
+    for _ in range(_ANCESTOR_DEPTH):
+        if parent == pid:
+            return True
+        if parent is None or parent <= 1:
+            return False
+        parent = _parent_of(parent)
+    return False
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; kept across exec), and exit now if the
+    parent is already gone (it died before the request was made).
+
+    The lock of a killed owner is taken over by the next run; a child of the owner that went on writing would
+    then write into the same output as that run. The kernel's "parent" is the forking thread."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)

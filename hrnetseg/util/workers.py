@@ -17,7 +17,7 @@ import sys
 from typing import Iterator, Optional, Sequence
 
 from hrnetseg.util.cli import progress
-from hrnetseg.util.locks import die_with_parent
+from hrnetseg.util.processes import die_with_parent
 
 THREADS_UP_TO = 4  # workers; beyond this, processes (the GIL would start to limit numpy-heavy work)
 
