@@ -24,6 +24,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import hrnetseg
 from hrnetseg.runner.summary import device_line, listed_outfiles, print_lines, summary_throughput_line
 from hrnetseg.backends import visible_gpu_count
 from hrnetseg.util.errors import UserError
@@ -147,7 +148,8 @@ def _run_parts(devices: List[int], parts: List[List[str]], folder: str, top: Opt
     finished = []  # type: List[Tuple[int, Tuple[int, Optional[dict]]]]
     parent = os.getpid()
     env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The device processes import this very package, installed or not: the folder that holds hrnetseg/ goes first.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(hrnetseg.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     try:
         first = 0
