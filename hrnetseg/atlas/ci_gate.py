@@ -48,7 +48,7 @@ def percent_floor(text: str) -> float:
 
 def fps_floors(text: str) -> Dict[int, float]:
     """--min_fps "1:9 4:7" -> {1: 9.0, 4: 7.0}."""
-    floors = {}  # type: Dict[int, float]
+    floors: Dict[int, float] = {}
     pairs = text.split()
     if not pairs:
         raise argparse.ArgumentTypeError("expected BATCH:FPS pairs such as \"1:9 4:7\", got {!r}".format(text))

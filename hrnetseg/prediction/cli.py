@@ -158,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model, kind = model_path(args)
     check_output(args.output, model)
     inputs, videos, sizes, bad = usable_inputs(args)
-    needed = []   # type: List[Tuple[int, int]]
+    needed: List[Tuple[int, int]] = []
     for height, width in sizes:
         needed.extend(size for size in tta.input_sizes(height, width) if size not in needed)
     created = make_output_folder(args.output, "--output")

@@ -150,7 +150,7 @@ def _run_parts(args: argparse.Namespace, devices: List[int], parts: List[List[st
     """Start one runner process per device and wait for all; (index, (exit code, report)) in completion order."""
     workdir = tempfile.mkdtemp(prefix="hrnetseg-devices-")
     running: Dict[int, Tuple[subprocess.Popen, str]] = {}
-    finished = []  # type: List[Tuple[int, Tuple[int, Optional[dict]]]]
+    finished: List[Tuple[int, Tuple[int, Optional[dict]]]] = []
     parent = os.getpid()
     env = dict(os.environ)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

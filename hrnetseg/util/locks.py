@@ -40,7 +40,7 @@ EXIT_RETRY = 75          # `acquire`: the lock of a dead owner was removed; reop
 _TRIES = 3
 _ANCESTOR_DEPTH = 64
 
-_held = {}  # type: Dict[str, int]   lock path -> how many times this process holds it
+_held: Dict[str, int] = {}  # lock path -> how many times this process holds it
 
 
 def lock_path_for(output: str) -> str:
@@ -62,7 +62,7 @@ def _parent_of(pid: int) -> Optional[int]:
 
 def is_ancestor(pid: int) -> bool:
     """Whether pid is this process's parent, grandparent, ... (through /proc; the parent only elsewhere)."""
-    parent = os.getppid()  # type: Optional[int]
+    parent: Optional[int] = os.getppid()
     for _ in range(_ANCESTOR_DEPTH):
         if parent == pid:
             return True
