@@ -52,8 +52,8 @@ def format_infer(args, infer: dict) -> str:
              .format(args.preset, args.height, args.width, weights, args.repeats, args.warmup, exported,
                      three_figures(infer["baseline_images_per_s"])),
              "",
-             "| case | device | images/s | ms/batch min | ms/batch median | speed vs baseline | rel. err output1 / output2 "
-             "| load s | first call s | peak RSS MiB | load avg before -> after |",
+             "| case | device | images/s | ms/batch min | ms/batch median | speed vs baseline "
+             "| rel. err output1 / output2 | load s | first call s | peak RSS MiB | load avg before -> after |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in infer["results"]:
         label = r["case"].label + (" (baseline, {})".format(r["tag"]) if r["tag"] else "")

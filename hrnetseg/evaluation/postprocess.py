@@ -1,9 +1,10 @@
 """Model outputs + Cityscapes labels -> mIoU (result.json), per-class table, optional pictures.
 
 Outputs are paired with labels by image id, never by order. Finding the outputs, ais_bench's naming and the
-outputs' dtype are hrnetseg.evaluation.model_outputs; logits -> labels is hrnetseg.evaluation.upsample_argmax; the pictures are
-hrnetseg.data.pictures; the confusion matrix and the scores are hrnetseg.evaluation.metrics. This module pairs and checks
-every file before anything is computed, runs the images through the worker pool, and writes the results.
+outputs' dtype are hrnetseg.evaluation.model_outputs; logits -> labels is hrnetseg.evaluation.upsample_argmax;
+the pictures are hrnetseg.data.pictures; the confusion matrix and the scores are hrnetseg.evaluation.metrics.
+This module pairs and checks every file before anything is computed, runs the images through the worker pool,
+and writes the results.
 Atlas-side module: numpy, opencv, pillow and tqdm only, valid Python 3.7.
 """
 from __future__ import annotations

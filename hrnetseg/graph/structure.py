@@ -11,7 +11,7 @@ What a rewrite costs in ONNX Runtime is measured in rewrite_check.py.
 
 Valid Python 3.7, no torch: it runs wherever the export runs, the Atlas host included.
 
-    python -m hrnetseg.graph.structure out_nodes hrnet.onnx     # prints e.g. /aux_head/aux_head.3/Conv:0;/cls_head/Conv:0
+    python -m hrnetseg.graph.structure out_nodes hrnet.onnx     # e.g. /aux_head/aux_head.3/Conv:0;/cls_head/Conv:0
     python -m hrnetseg.graph.structure list hrnet.onnx          # every Resize node, its shapes, mode and consumer
 """
 from __future__ import annotations

@@ -3,10 +3,10 @@ classes as labelIds / trainIds PNGs, the colour picture or the colours over the 
 
     python -m hrnetseg.predict --onnx hrnet.onnx --input photos/ dashcam.mp4 --output predictions
 
-Every image, whatever its size, goes through upstream HRNet-OCR's multi-scale inference (hrnetseg.evaluation.multiscale):
-its long side resized to --base_size x scale, sliding windows of --crop_size above scale 1.0, optionally
-flipped. A model with a fixed input size must take every size that needs (export with --dynamic_hw for any).
-Outputs keep the inputs' sub-folders; a rerun skips what exists unless --overwrite.
+Every image, whatever its size, goes through upstream HRNet-OCR's multi-scale inference
+(hrnetseg.evaluation.multiscale): its long side resized to --base_size x scale, sliding windows of --crop_size
+above scale 1.0, optionally flipped. A model with a fixed input size must take every size that needs (export
+with --dynamic_hw for any). Outputs keep the inputs' sub-folders; a rerun skips what exists unless --overwrite.
 """
 from __future__ import annotations
 
