@@ -128,5 +128,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if ok else 1
 
 
+def run() -> None:
+    """The console script hrnetseg-bench: main() under run_cli (one-line errors, exit code 2)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
     run_cli(main)
