@@ -23,7 +23,7 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence
 
-from hrnetseg.bench import REPO
+from hrnetseg.bench import DEFAULT_BENCHMARKS_MD
 from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int, run_cli
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import check_output_file, make_output_folder, require_file
@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep data, checkpoint, export and outputs here and reuse them (default: a temporary "
                              "folder)")
     parser.add_argument("--no_record", action="store_true", help="print only; do not append to BENCHMARKS.md")
-    parser.add_argument("--benchmarks_md", default=os.path.join(REPO, "BENCHMARKS.md"),
-                        help="the file the tables are appended to (default: BENCHMARKS.md in the repository root)")
+    parser.add_argument("--benchmarks_md", default=DEFAULT_BENCHMARKS_MD,
+                        help="the file the tables are appended to (default: BENCHMARKS.md in the repository root; "
+                             "for an installed copy, in the current folder)")
     return parser
 
 

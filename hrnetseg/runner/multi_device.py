@@ -30,6 +30,7 @@ from hrnetseg.backends import visible_gpu_count
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
 from hrnetseg.util.locks import die_with_parent, output_lock
+from hrnetseg.util.processes import env_for_python_children
 from hrnetseg.runner.devices import device_folder_name, device_parts
 from hrnetseg.evaluation.model_outputs import OUTPUT_NAME, device_entry, summary_path_for
 from hrnetseg.runner.inputs import check_bins, list_inputs
@@ -152,9 +153,7 @@ def _run_parts(args: argparse.Namespace, devices: List[int], parts: List[List[st
     running: Dict[int, Tuple[subprocess.Popen, str]] = {}
     finished: List[Tuple[int, Tuple[int, Optional[dict]]]] = []
     parent = os.getpid()
-    env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env = env_for_python_children()
     try:
         first = 0
         for i, (device, part) in enumerate(zip(devices, parts)):
