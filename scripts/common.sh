@@ -228,6 +228,7 @@ require_project_python() {
   [ "${HRNETSEG_CHECKED_PYTHON:-}" != "${checked}" ] || return 0
   command -v "${PYTHON}" >/dev/null 2>&1 || die "${PYTHON} not found: set PYTHON to the Python to run the steps with"
   problem="$("${PYTHON}" -c "${PROJECT_CHECK}" "${REPO_ROOT}" 2>&1)" || rc=$?
+  problem="${problem##*$'\n'}"   # its last line: the one the check prints, after any warnings of the Python
   [ "${rc}" = 0 ] || die "${PYTHON} ${problem:-cannot run (exit ${rc})}: install this checkout into it: \
 '${PYTHON} -m pip install -e ${REPO_ROOT}' (or a copy: '${PYTHON} -m pip install --no-deps ${REPO_ROOT}' after \
 its requirements, e.g. -r ${REPO_ROOT}/requirements-atlas.txt on the Atlas host)"
