@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--res_path", required=True,
                         help="folder of model outputs (ais_bench's --output/--output_dirname, e.g. results/bs1)")
     parser.add_argument("--data_path", required=True,
-                        help="labels: the gtFine/<split> folder (as the ModelZoo scripts take it), or a cityscapes root")
+                        help="labels: the gtFine/<split> folder (as the ModelZoo scripts take it), or a cityscapes "
+                             "root")
     parser.add_argument("--save_path", default=None, help="result.json to write (default: print only)")
     parser.add_argument("--split", default="val", type=plain_name,
                         help="split, when --data_path is a cityscapes root (default val)")
@@ -50,6 +51,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     save_pred=args.save_pred, save_confusion=args.save_confusion,
                     allow_missing=args.allow_missing, output_dtype=args.output_dtype)
     return 0
+
+
+def run() -> None:
+    """The console script hrnetseg-postprocess: main() under run_cli (one-line errors, exit code 2)."""
+    run_cli(main)
 
 
 if __name__ == "__main__":

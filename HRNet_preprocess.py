@@ -41,5 +41,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The console script hrnetseg-preprocess: main() under run_cli (one-line errors, exit code 2)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
     run_cli(main)

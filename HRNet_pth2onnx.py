@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "second size. For ONNX Runtime / OpenVINO, not atc: the .om needs a fixed size")
     parser.add_argument("--batch", type=batch_size_or_dynamic, default=None, metavar="dynamic|N",
                         help="batch size, or 'dynamic' (default) for a dynamic batch axis")
-    parser.add_argument("--opset", type=positive_int, default=11, help="ONNX opset (default: 11, what CANN 6 atc reads)")
+    parser.add_argument("--opset", type=positive_int, default=11,
+                        help="ONNX opset (default: 11, what CANN 6 atc reads)")
     parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
                         help="model variant (default: {})".format(DEFAULT_PRESET))
     parser.add_argument("--input_format", choices=MODEL_INPUT_DTYPES, default="float32",
@@ -92,6 +93,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("ONNX Runtime vs PyTorch {}{}: max abs error {:.3g}, relative error {:.3g}".format(
                 name, where, max_abs, rel))
     return 0
+
+
+def run() -> None:
+    """The console script hrnetseg-pth2onnx: main() under run_cli (one-line errors, exit code 2)."""
+    run_cli(main)
 
 
 if __name__ == "__main__":

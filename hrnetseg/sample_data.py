@@ -5,5 +5,11 @@ The command lives in hrnetseg.data.sample_scenes; this module keeps the command 
 from hrnetseg.data.sample_scenes import build_parser, main  # noqa: F401  (the entry point's interface)
 from hrnetseg.util.cli import run_cli
 
-if __name__ == "__main__":
+
+def run() -> None:
+    """The console script hrnetseg-sample-data: main() under run_cli (one-line errors, exit code 2)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    run()

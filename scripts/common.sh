@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared shell habits for scripts/*.sh; source it, do not run it.
 # Strict mode, a message naming the command that failed, flag parsing, the checks of arguments and tools, and the
 # project's virtual environment.
@@ -10,7 +11,6 @@ set -eEuo pipefail
 trap 'rc=$?; echo "error: command failed (exit ${rc}): ${BASH_COMMAND}" >&2; exit "${rc}"' ERR
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 
 log() { echo "==> $*" >&2; }
 die() { echo "error: $*" >&2; exit 2; }
@@ -188,26 +188,79 @@ require_positive_ints() {
   done
 }
 
-# ensure_venv REQUIREMENTS...: create ${HRNETSEG_VENV:-REPO/.venv} once, reinstall when a requirements
-# file changes, and point PYTHON at it. HRNETSEG_VENV=none uses ${PYTHON:-python3} as it is.
+# ensure_venv REQUIREMENTS...: create ${HRNETSEG_VENV:-REPO/.venv} once, install the requirements files and this
+# checkout (editable, pyproject.toml) into it, again when one of them changes, and point PYTHON at it.
+# HRNETSEG_VENV=none uses ${PYTHON:-python3} as it is (require_project_python checks it).
 # TORCH_INDEX_URL (e.g. the PyTorch CPU wheel index) is passed to pip as an extra index when set.
 ensure_venv() {
   local venv="${HRNETSEG_VENV:-${REPO_ROOT}/.venv}"
   if [ "${venv}" = "none" ]; then
     PYTHON="${PYTHON:-python3}"
+    require_project_python
     return 0
   fi
   local stamp want
   stamp="${venv}/.hrnetseg-stamp-$(echo "$*" | tr ' /' '__')"
-  want="$(cd "${REPO_ROOT}" && cat "$@" requirements.txt | sha256sum | cut -d' ' -f1)"
+  # the requirements, the project's metadata (its commands and modules) and the checkout it is installed from
+  want="$(cd "${REPO_ROOT}" && { cat "$@" requirements.txt pyproject.toml; echo "${REPO_ROOT}"; } | sha256sum | cut -d' ' -f1)"
   if [ ! -x "${venv}/bin/python" ] || [ "$(cat "${stamp}" 2>/dev/null || true)" != "${want}" ]; then
     log "setting up ${venv} from $* (first run only; torch is the large part)"
     [ -x "${venv}/bin/python" ] || "${BOOTSTRAP_PYTHON:-python3}" -m venv "${venv}"
     local args=() req
     for req in "$@"; do args+=(-r "${REPO_ROOT}/${req}"); done
     [ -z "${TORCH_INDEX_URL:-}" ] || args+=(--extra-index-url "${TORCH_INDEX_URL}")
-    "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check "${args[@]}"
+    # setuptools >= 70.1 builds the editable install below by itself (older ones need the wheel package)
+    "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check "${args[@]}" "setuptools>=70.1"
+    # this checkout, editable: imports need neither the current folder nor PYTHONPATH, and edits show at once
+    "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+      -e "${REPO_ROOT}"
     echo "${want}" > "${stamp}"
   fi
   PYTHON="${venv}/bin/python"
+  require_project_python
 }
+
+# require_project_python: die unless ${PYTHON} imports hrnetseg from this checkout (an editable install, or a copy
+# installed from it that still matches it), whatever the current folder: the scripts run `${PYTHON} -m hrnetseg.X`
+# and set no PYTHONPATH. Checked once per Python and checkout, the scripts that a script starts included.
+require_project_python() {
+  local checked="${PYTHON}:${REPO_ROOT}" problem rc=0
+  [ "${HRNETSEG_CHECKED_PYTHON:-}" != "${checked}" ] || return 0
+  command -v "${PYTHON}" >/dev/null 2>&1 || die "${PYTHON} not found: set PYTHON to the Python to run the steps with"
+  problem="$("${PYTHON}" -c "${PROJECT_CHECK}" "${REPO_ROOT}" 2>&1)" || rc=$?
+  problem="${problem##*$'\n'}"   # its last line: the one the check prints, after any warnings of the Python
+  [ "${rc}" = 0 ] || die "${PYTHON} ${problem:-cannot run (exit ${rc})}: install this checkout into it: \
+'${PYTHON} -m pip install -e ${REPO_ROOT}' (or a copy: '${PYTHON} -m pip install --no-deps ${REPO_ROOT}' after \
+its requirements, e.g. -r ${REPO_ROOT}/requirements-atlas.txt on the Atlas host)"
+  export HRNETSEG_CHECKED_PYTHON="${checked}"
+}
+# Python 3.7 and standard library only (the Atlas host's Python). Exit 0 when hrnetseg is this checkout's; else
+# one line saying what it imports instead.
+PROJECT_CHECK='
+import os, sys
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]   # not the current folder, as from any other folder
+repo = os.path.realpath(sys.argv[1])
+try:
+    import hrnetseg
+except ImportError as exc:
+    sys.exit("cannot import hrnetseg ({})".format(exc))
+found = os.path.dirname(os.path.realpath(hrnetseg.__file__))
+if os.path.dirname(found) == repo:
+    sys.exit(0)
+ours = os.path.join(repo, "hrnetseg")
+stale = []
+for folder, _, names in os.walk(ours):
+    for name in sorted(n for n in names if n.endswith(".py")):
+        mine = os.path.join(folder, name)
+        copy = os.path.join(found, os.path.relpath(mine, ours))
+        try:
+            with open(mine, "rb") as a, open(copy, "rb") as b:
+                same = a.read() == b.read()
+        except OSError:
+            same = False
+        if not same:
+            stale.append(os.path.relpath(mine, repo))
+if stale:
+    sys.exit("imports hrnetseg from {}, not this checkout ({} of its files differ, e.g. {})".format(
+        found, len(stale), stale[0]))
+'

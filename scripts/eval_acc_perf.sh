@@ -21,8 +21,9 @@
 # naming the batch sizes below a floor; --junit FILE writes a JUnit XML report (testsuite eval_acc_perf, testcases
 # bs<N>.accuracy and bs<N>.throughput) when the table is done, pass or fail, and when the run stops before it
 # (an error case for each batch size without figures).
-# Python is ${PYTHON:-python3}; ais_bench is ${AIS_BENCH:-python3 -m ais_bench}; its --help check gives up after
-# HRNETSEG_PROBE_TIMEOUT seconds (30).
+# Python is ${PYTHON:-python3}, with this checkout installed into it (on the Atlas host: pip install -r
+# requirements-atlas.txt, then pip install --no-deps REPO); ais_bench is ${AIS_BENCH:-python3 -m ais_bench}; its
+# --help check gives up after HRNETSEG_PROBE_TIMEOUT seconds (30).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PYTHON="${PYTHON:-python3}"
 
@@ -57,6 +58,7 @@ require_choice --input_format "${input_format}" float32 uint8
 if [ -d "${datasets_path}/cityscapes" ]; then gt_dir="${datasets_path}/cityscapes/gtFine/val"; else gt_dir="${datasets_path}/gtFine/val"; fi
 [ -d "${gt_dir}" ] || die "no labels folder ${gt_dir} (expected DATA/cityscapes/gtFine/val/<city>/*_gtFine_labelIds.png)"
 read -r -a ais_bench <<< "${AIS_BENCH:-python3 -m ais_bench}"
+require_project_python
 gate=()   # the CI gate's flags, checked now, judged after the table
 [ -z "${min_miou}" ] || gate+=(--min_miou "${min_miou}")
 [ -z "${min_fps}" ] || gate+=(--min_fps "${min_fps}")

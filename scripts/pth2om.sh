@@ -10,7 +10,7 @@
 # define the .om's outputs, as mmdeploy's Ascend backend converts; producers: atc --out_nodes with the nodes that
 # produce output1 and output2 (name:0;name:0, the older behaviour); anything else is passed to atc as given.
 # --soc_version defaults to the chip that `npu-smi info` reports (given up after HRNETSEG_PROBE_TIMEOUT seconds,
-# 30 by default); Python is ${PYTHON:-python3}.
+# 30 by default); Python is ${PYTHON:-python3}, with this checkout installed into it (pip install -e REPO).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PYTHON="${PYTHON:-python3}"
 
@@ -49,6 +49,7 @@ if [ -z "${soc_version}" ]; then
   log "soc_version ${soc_version} (from npu-smi info)"
 fi
 
+require_project_python
 mkdir -p "${output_dir}"
 onnx="${output_dir}/hrnet.onnx"
 step "${PYTHON}" "${REPO_ROOT}/HRNet_pth2onnx.py" --pth "${pth}" --save_path "${onnx}" --height "${height}" \

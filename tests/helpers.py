@@ -27,8 +27,7 @@ SAMPLE_IMAGES, SAMPLE_HEIGHT, SAMPLE_WIDTH = 3, 128, 256
 def run_script(args: Sequence[str], cwd: Path = REPO, env: dict = None, timeout: float = 600,
                input_text: str = None) -> subprocess.CompletedProcess:
     """Run `python <args>` (a top-level script or `-m module`) and capture text output."""
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env = dict(os.environ)   # hrnetseg: this checkout, installed editable into the tests' venv (scripts/test.sh)
     full_env.setdefault("HRNETSEG_PROGRESS", "0")
     if env:
         full_env.update(env)
@@ -89,8 +88,7 @@ def lock_held_elsewhere(path, orphan: bool = False, kill: bool = False) -> Itera
     forked child of a process that has already exited. kill: it ends with SIGKILL (its lock file stays behind,
     naming a dead PID), else it lets go normally."""
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), "orphan" if orphan else "-"], cwd=str(REPO),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = holder.stdout.readline().split()
     assert line and line[0] == "held", line
     pid = int(line[1])

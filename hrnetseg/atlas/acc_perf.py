@@ -9,7 +9,8 @@
         the images/s of the last ais_bench (or hrnetseg.runner.cli) throughput line, or of its `summary throughput:`
         line after a --device 0,1 run (the sum over the devices); exit 2 when it is missing, not a number, not
         finite or not above 0
-    python3 -m hrnetseg.atlas.acc_perf row --batch 4 --backend ais_bench --device npu:0 --fps 12.5 --result result_bs4.json
+    python3 -m hrnetseg.atlas.acc_perf row --batch 4 --backend ais_bench --device npu:0 --fps 12.5 \
+            --result result_bs4.json
         one row of the table: | batch | backend | device | throughput (fps) | mIoU |
         (--summary results/bs4_summary.json instead of --device: the device the local runner used;
         --shards results/bs4 instead: the devices of a --device 0,1 run, from its device<id>_summary.json files;

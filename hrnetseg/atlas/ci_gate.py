@@ -5,7 +5,8 @@ XML report for the Atlas host's CI job.
         before any work: exit 2 with one line for a floor that is not a number, a batch size given a floor that
         the run does not have, a report that cannot be written or whose path holds a file that is no report;
         with --written PATH ..., a report path that is one of the run's own files or folders, or inside one
-    python3 -m hrnetseg.atlas.ci_gate judge --min_miou 80.5 --min_fps "1:9 4:7" --junit report.xml results/bs1_row.json ...
+    python3 -m hrnetseg.atlas.ci_gate judge --min_miou 80.5 --min_fps "1:9 4:7" --junit report.xml \
+            results/bs1_row.json ...
         after the table: writes the report (always, pass or fail; atomically), then exit 1 with one line naming
         each batch size below a floor
     python3 -m hrnetseg.atlas.ci_gate judge ... --batch_sizes "1 4" --stopped 2 [ROW ...]
@@ -48,7 +49,7 @@ def percent_floor(text: str) -> float:
 
 def fps_floors(text: str) -> Dict[int, float]:
     """--min_fps "1:9 4:7" -> {1: 9.0, 4: 7.0}."""
-    floors = {}  # type: Dict[int, float]
+    floors: Dict[int, float] = {}
     pairs = text.split()
     if not pairs:
         raise argparse.ArgumentTypeError("expected BATCH:FPS pairs such as \"1:9 4:7\", got {!r}".format(text))

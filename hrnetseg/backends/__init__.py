@@ -50,10 +50,10 @@ class Backend:
     name = ""
     device = "cpu"
     precision = "fp32"
-    input = None   # type: InputSpec
-    output_names = ()   # type: Sequence[str]
+    input: InputSpec = None
+    output_names: Sequence[str] = ()
     copy_ms = (0.0, 0.0)
-    device_note = None   # type: Optional[str]
+    device_note: Optional[str] = None
 
     def run(self, batch: np.ndarray) -> List[np.ndarray]:
         raise NotImplementedError

@@ -58,7 +58,7 @@ class OpenVinoBackend(Backend):
             self.config["INFERENCE_NUM_THREADS"] = threads
         self.device = "cpu"
         self.precision = precision
-        self._compiled = {}   # type: Dict[Tuple[int, ...], object]
+        self._compiled: Dict[Tuple[int, ...], object] = {}
 
     def _request(self, shape: Tuple[int, ...]):
         """An infer request for one static input shape, compiled on first use."""

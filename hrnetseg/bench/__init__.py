@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import os
 
-# The repository root: children import hrnetseg from it, the commit is read from it, BENCHMARKS.md lives in it.
+# The folder hrnetseg was imported from: the repository root of a checkout (an editable install too; the commit is
+# read from it, BENCHMARKS.md lives in it), site-packages for an installed copy.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Where the tables are appended by default: the checkout's BENCHMARKS.md, else (an installed copy) the current
+# folder's.
+DEFAULT_BENCHMARKS_MD = (os.path.join(REPO, "BENCHMARKS.md") if os.path.isfile(os.path.join(REPO, "BENCHMARKS.md"))
+                         else "BENCHMARKS.md")
 

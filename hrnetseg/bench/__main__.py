@@ -23,7 +23,7 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence
 
-from hrnetseg.bench import REPO
+from hrnetseg.bench import DEFAULT_BENCHMARKS_MD
 from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int, run_cli
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import check_output_file, make_output_folder, require_file
@@ -49,29 +49,34 @@ def parse_stages(text: str) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of pre,infer,post (default all)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="comma-separated subset of pre,infer,post (default all)")
     parser.add_argument("--height", type=positive_int, default=1024, help="image height (default 1024)")
     parser.add_argument("--width", type=positive_int, default=2048, help="image width (default 2048)")
     parser.add_argument("--images", type=positive_int, default=8, help="data images for pre/post (default 8)")
     parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
                         help="model variant (default {}; tiny_ocr for tests)".format(DEFAULT_PRESET))
     parser.add_argument("--pth", default=None,
-                        help="official checkpoint (default: random weights, seed 0: speeds hold, errors are on random weights)")
+                        help="official checkpoint (default: random weights, seed 0: speeds hold, errors are on "
+                             "random weights)")
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
-                        help="comma-separated backend:precision:batch[:compile] inference cases (default {}); the baseline {} "
-                             "always runs first and last".format(",".join(DEFAULT_CASES), BASELINE_SPEC))
+                        help="comma-separated backend:precision:batch[:compile] inference cases (default {}); the "
+                             "baseline {} always runs first and last".format(",".join(DEFAULT_CASES), BASELINE_SPEC))
     parser.add_argument("--repeats", type=positive_int, default=3,
-                        help="timed runs per inference case, rounds per pre/post method (default 3; min and median reported)")
+                        help="timed runs per inference case, rounds per pre/post method (default 3; min and median "
+                             "reported)")
     parser.add_argument("--warmup", type=nonnegative_int, default=1,
                         help="untimed runs before timing, in every child (default 1; the first call, a torch.compile "
                              "included, is reported on its own)")
     parser.add_argument("--device", default="cpu", help="inference device: cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--workers", type=positive_int, default=None, help="our pre/post workers (default: all cores)")
     parser.add_argument("--workdir", default=None,
-                        help="keep data, checkpoint, export and outputs here and reuse them (default: a temporary folder)")
+                        help="keep data, checkpoint, export and outputs here and reuse them (default: a temporary "
+                             "folder)")
     parser.add_argument("--no_record", action="store_true", help="print only; do not append to BENCHMARKS.md")
-    parser.add_argument("--benchmarks_md", default=os.path.join(REPO, "BENCHMARKS.md"),
-                        help="the file the tables are appended to (default: BENCHMARKS.md in the repository root)")
+    parser.add_argument("--benchmarks_md", default=DEFAULT_BENCHMARKS_MD,
+                        help="the file the tables are appended to (default: BENCHMARKS.md in the repository root; "
+                             "for an installed copy, in the current folder)")
     return parser
 
 
@@ -126,6 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(file=sys.stderr)
         progress_note("appended to {}".format(args.benchmarks_md))
     return 0 if ok else 1
+
+
+def run() -> None:
+    """The console script hrnetseg-bench: main() under run_cli (one-line errors, exit code 2)."""
+    run_cli(main)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def parse_case(text: str) -> Case:
         raise UserError("--cases: {!r} is not backend:precision:batch[:compile] (like torch:bf16:1)".format(text))
     backend, precision, batch = parts[:3]
     if backend not in BACKENDS:
-        raise UserError("--cases {!r}: unknown backend {!r}; choose one of {}".format(text, backend, ", ".join(BACKENDS)))
+        raise UserError("--cases {!r}: unknown backend {!r}; choose one of {}".format(
+            text, backend, ", ".join(BACKENDS)))
     if precision not in PRECISIONS:
         raise UserError("--cases {!r}: unknown precision {!r}; choose one of {}".format(
             text, precision, ", ".join(PRECISIONS)))

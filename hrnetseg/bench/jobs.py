@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import Callable, Dict
 
-from hrnetseg.bench import REPO
+from hrnetseg.util.processes import env_for_python_children
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import require_file, write_text_atomic
 from hrnetseg.bench.machine import one_minute_load, peak_rss_mib
@@ -51,8 +51,7 @@ class Runner:
         job = dict(job, result=stem + ".result.json")
         with open(stem + ".json", "w") as fh:
             json.dump(job, fh)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env = env_for_python_children()
         env.setdefault("HRNETSEG_PROGRESS", "0")
         before = one_minute_load()
         proc = subprocess.run([sys.executable, "-m", "hrnetseg.bench", CHILD_FLAG, stem + ".json"], env=env,

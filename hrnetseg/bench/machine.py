@@ -28,7 +28,8 @@ def peak_rss_mib() -> float:
     if value is None:   # pragma: no cover - not Linux
         import resource
 
-        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+        per_mib = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0   # ru_maxrss: bytes on macOS, else KiB
+        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mib
     return value
 
 

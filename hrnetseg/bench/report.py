@@ -53,8 +53,8 @@ def format_infer(infer: dict, preset: str, pth: Optional[str], height: int, widt
              .format(preset, height, width, weights, repeats, warmup, exported,
                      three_figures(infer["baseline_images_per_s"])),
              "",
-             "| case | device | images/s | ms/batch min | ms/batch median | speed vs baseline | rel. err output1 / output2 "
-             "| load s | first call s | peak RSS MiB | load avg before -> after |",
+             "| case | device | images/s | ms/batch min | ms/batch median | speed vs baseline "
+             "| rel. err output1 / output2 | load s | first call s | peak RSS MiB | load avg before -> after |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in infer["results"]:
         label = r["case"].label + (" (baseline, {})".format(r["tag"]) if r["tag"] else "")

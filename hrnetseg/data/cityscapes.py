@@ -166,7 +166,7 @@ def _labels_only_hint(data: str) -> str:
 
 
 def _by_id(paths: Sequence[str], suffix: str) -> Dict[str, str]:
-    found = {}  # type: Dict[str, str]
+    found: Dict[str, str] = {}
     for path in paths:
         sample_id = os.path.basename(path)[: -len(suffix)]
         if sample_id in found:

@@ -33,7 +33,7 @@ from hrnetseg.util.workers import parallel_results
 # leaving a temporary file behind, like a power cut would. Used by the resume tests with --workers 1.
 KILL_AFTER_ENV = "HRNETSEG_TEST_KILL_AFTER"
 
-_TRANSFORM_TABLES = {}  # type: Dict[str, np.ndarray]   # dtype -> transform_lut(dtype), made once
+_TRANSFORM_TABLES: Dict[str, np.ndarray] = {}  # dtype -> transform_lut(dtype), made once
 _files_written_here = 0   # by this process, for the test hook
 
 

@@ -182,7 +182,7 @@ def generate(root: str, n: int = 4, height: int = 1024, width: int = 2048, seed:
     split = _checked_split(split)
     created_folders = _missing_folders(root)
     make_output_folder(root, "DIR")
-    created_files = set()   # type: Set[str]
+    created_files: Set[str] = set()
     try:
         # one writer: two runs with other seeds or sizes would pair one run's photo with the other's label
         with output_lock(root):

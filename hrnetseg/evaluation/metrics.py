@@ -67,9 +67,9 @@ class ConfusionMatrix(object):
     def reset(self) -> None:
         self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         self.images = 0
-        self.ids = []  # type: List[str]
-        self.skipped = []  # type: List[str]
-        self.output_index = None  # type: Optional[int]   # the model output evaluated, when known
+        self.ids: List[str] = []
+        self.skipped: List[str] = []
+        self.output_index: Optional[int] = None  # the model output evaluated, when known
 
     def update(self, pred: np.ndarray, gt: np.ndarray, image_id: Optional[str] = None) -> np.ndarray:
         """Add one image: trainId prediction and ground truth maps of one size. Returns its own matrix."""

@@ -49,7 +49,7 @@ def logits_shape(height: int, width: int) -> Tuple[int, int, int]:
 def _output_files_in(folder: str) -> Dict[Tuple[str, str], Dict[int, str]]:
     """(stem, ext) -> {file index: path} of the output names in folder (any kind of file: a FIFO or a link
     loop named like an output is refused when it is paired, never skipped unnoticed)."""
-    found = {}  # type: Dict[Tuple[str, str], Dict[int, str]]
+    found: Dict[Tuple[str, str], Dict[int, str]] = {}
     for name in sorted(os.listdir(folder)):
         match = OUTPUT_NAME.match(name)
         path = os.path.join(folder, name)
@@ -67,7 +67,7 @@ def _output_files_in(folder: str) -> Dict[Tuple[str, str], Dict[int, str]]:
 def _check_one_output_set(files: Dict[str, Dict[int, str]], folder: str) -> None:
     """Every image must have the same output files: mixed namings (_0/_1 beside _1/_2) would pair an aux
     output of one run with the main output of another."""
-    sets = {}  # type: Dict[Tuple[int, ...], str]
+    sets: Dict[Tuple[int, ...], str] = {}
     for sample_id in sorted(files):
         sets.setdefault(tuple(sorted(files[sample_id])), sample_id)
     if len(sets) > 1:
@@ -106,8 +106,8 @@ def _one_folder_or_shards(folder: str) -> Tuple[Dict[Tuple[str, str], Dict[int, 
         (stem, ext), by_index = sorted(found.items())[0]
         raise UserError("{} mixes device folders of a multi-device run ({}) with loose outputs ({}): keep one run "
                         "per folder".format(folder, ", ".join(shards), os.path.basename(sorted(by_index.values())[0])))
-    merged = {}  # type: Dict[Tuple[str, str], Dict[int, str]]
-    shard_of = {}  # type: Dict[str, str]
+    merged: Dict[Tuple[str, str], Dict[int, str]] = {}
+    shard_of: Dict[str, str] = {}
     for shard in shards:
         in_shard = _output_files_in(os.path.join(folder, shard))
         if not in_shard:
@@ -150,7 +150,7 @@ def find_outputs(res_path: str) -> Outputs:
         raise UserError("{} mixes {} outputs: keep one run per folder".format(
             folder, " and ".join("." + ext for ext in extensions)))
     indices = set()
-    files = {}  # type: Dict[str, Dict[int, str]]
+    files: Dict[str, Dict[int, str]] = {}
     for (stem, _), by_index in sorted(found.items()):
         sample_id = image_id(stem)
         if sample_id in files:

@@ -86,7 +86,7 @@ class TestTimeAugmentation:
 
     def input_sizes(self, height: int, width: int) -> List[Tuple[int, int]]:
         """Every (h, w) the model is run at for an image of this size, each once, in the order of the scales."""
-        sizes = []   # type: List[Tuple[int, int]]
+        sizes: List[Tuple[int, int]] = []
         for scale, (new_h, new_w) in zip(self.scales, self.scaled_sizes(height, width)):
             for h0, h1, w0, w1 in self.windows(scale, new_h, new_w):
                 if (h1 - h0, w1 - w0) not in sizes:

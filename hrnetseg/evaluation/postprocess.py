@@ -1,9 +1,10 @@
 """Model outputs + Cityscapes labels -> mIoU (result.json), per-class table, optional pictures.
 
 Outputs are paired with labels by image id, never by order. Finding the outputs, ais_bench's naming and the
-outputs' dtype are hrnetseg.evaluation.model_outputs; logits -> labels is hrnetseg.evaluation.upsample_argmax; the pictures are
-hrnetseg.data.pictures; the confusion matrix and the scores are hrnetseg.evaluation.metrics. This module pairs and checks
-every file before anything is computed, runs the images through the worker pool, and writes the results.
+outputs' dtype are hrnetseg.evaluation.model_outputs; logits -> labels is hrnetseg.evaluation.upsample_argmax;
+the pictures are hrnetseg.data.pictures; the confusion matrix and the scores are hrnetseg.evaluation.metrics.
+This module pairs and checks every file before anything is computed, runs the images through the worker pool,
+and writes the results.
 Atlas-side module: numpy, opencv, pillow and tqdm only, valid Python 3.7.
 """
 from __future__ import annotations
@@ -52,7 +53,8 @@ def regular_labels(labels: Dict[str, str], allow_missing: bool) -> Tuple[Dict[st
     """(the labels that are regular files, id -> why each other one is left out); labels that are not
     regular files (a FIFO would block the reader) are never opened: an error, or left out with
     --allow_missing."""
-    usable, left_out = {}, {}  # type: Dict[str, str], Dict[str, str]
+    usable: Dict[str, str] = {}
+    left_out: Dict[str, str] = {}
     for sample_id, path in labels.items():
         reason = not_regular_reason(path)
         if reason is None:
@@ -77,7 +79,7 @@ def pair_outputs(outputs: Outputs, file_index: int, labels: Dict[str, str], allo
     if missing and not allow_missing:
         raise UserError("{} of {} labels have no output in {}: {}; --allow_missing evaluates the rest".format(
             len(missing), len(labels), outputs.folder, _quote_ids(missing)))
-    summaries = {}  # type: Dict[str, Tuple[Optional[str], str]]   # per folder: each device shard has its own
+    summaries: Dict[str, Tuple[Optional[str], str]] = {}  # per folder: each device shard has its own
     pairs = []
     for sid in sorted(set(output_of) & set(labels)):
         size = cityscapes.image_size(labels[sid])
@@ -259,8 +261,8 @@ def _evaluate_pairs(pairs: Sequence[Pair], workers: Optional[int], save_vis: Opt
             remove_stale_temporaries(folder)  # of a killed run into this folder
     matrix = ConfusionMatrix()
     workers = default_workers(workers, len(pairs))
-    written = []  # type: List[str]
-    no_overlay = []  # type: List[str]
+    written: List[str] = []
+    no_overlay: List[str] = []
     pictures = picture_paths([pair.id for pair in pairs], save_vis, save_pred)
     existed = {path for path in pictures if os.path.exists(path)}
     tasks = [(pair, save_vis, save_pred) for pair in pairs]

@@ -128,7 +128,7 @@ class StreamingEvaluation(object):
         self.stages = [Stage("decode", decode_workers), Stage("infer", 1), Stage("evaluate", eval_workers)]
         self.matrix = ConfusionMatrix()
         self.stop = threading.Event()
-        self.error = None  # type: Optional[BaseException]
+        self.error: Optional[BaseException] = None
         self.wall_s = 0.0
         self.finished = threading.Event()   # set when every stage thread has returned
         self._running = 0

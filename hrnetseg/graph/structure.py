@@ -11,7 +11,7 @@ What a rewrite costs in ONNX Runtime is measured in rewrite_check.py.
 
 Valid Python 3.7, no torch: it runs wherever the export runs, the Atlas host included.
 
-    python -m hrnetseg.graph.structure out_nodes hrnet.onnx     # prints e.g. /aux_head/aux_head.3/Conv:0;/cls_head/Conv:0
+    python -m hrnetseg.graph.structure out_nodes hrnet.onnx     # e.g. /aux_head/aux_head.3/Conv:0;/cls_head/Conv:0
     python -m hrnetseg.graph.structure list hrnet.onnx          # every Resize node, its shapes, mode and consumer
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ def producers(graph) -> Dict[str, Tuple[object, int]]:
 
 def consumers(graph) -> Dict[str, List[object]]:
     """tensor name -> nodes reading it."""
-    found = {}   # type: Dict[str, List[object]]
+    found: Dict[str, List[object]] = {}
     for node in graph.node:
         for name in node.input:
             if name:
@@ -248,7 +248,7 @@ def output_producers(graph) -> List[str]:
 
 def name_counts(graph) -> Dict[str, int]:
     """node name -> how many of the graph's nodes carry it."""
-    counts = {}   # type: Dict[str, int]
+    counts: Dict[str, int] = {}
     for node in graph.node:
         counts[node.name] = counts.get(node.name, 0) + 1
     return counts

@@ -146,7 +146,7 @@ def other_size(height: int, width: int) -> Tuple[int, int]:
 
 def dynamic_axes_for(batch: Optional[int], dynamic_hw: bool) -> Optional[Dict[str, Dict[int, str]]]:
     """torch.onnx.export's dynamic_axes: the batch axis when batch is None, height and width with dynamic_hw."""
-    axes = {}   # type: Dict[str, Dict[int, str]]
+    axes: Dict[str, Dict[int, str]] = {}
     for name in (INPUT_NAME,) + OUTPUT_NAMES:
         named = {0: "batch"} if batch is None else {}
         if dynamic_hw:

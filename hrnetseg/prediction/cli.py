@@ -3,10 +3,10 @@ classes as labelIds / trainIds PNGs, the colour picture or the colours over the 
 
     python -m hrnetseg.predict --onnx hrnet.onnx --input photos/ dashcam.mp4 --output predictions
 
-Every image, whatever its size, goes through upstream HRNet-OCR's multi-scale inference (hrnetseg.evaluation.multiscale):
-its long side resized to --base_size x scale, sliding windows of --crop_size above scale 1.0, optionally
-flipped. A model with a fixed input size must take every size that needs (export with --dynamic_hw for any).
-Outputs keep the inputs' sub-folders; a rerun skips what exists unless --overwrite.
+Every image, whatever its size, goes through upstream HRNet-OCR's multi-scale inference
+(hrnetseg.evaluation.multiscale): its long side resized to --base_size x scale, sliding windows of --crop_size
+above scale 1.0, optionally flipped. A model with a fixed input size must take every size that needs (export
+with --dynamic_hw for any). Outputs keep the inputs' sub-folders; a rerun skips what exists unless --overwrite.
 """
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model, kind = model_path(args)
     check_output(args.output, model)
     inputs, videos, sizes, bad = usable_inputs(args)
-    needed = []   # type: List[Tuple[int, int]]
+    needed: List[Tuple[int, int]] = []
     for height, width in sizes:
         needed.extend(size for size in tta.input_sizes(height, width) if size not in needed)
     created = make_output_folder(args.output, "--output")

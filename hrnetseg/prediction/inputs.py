@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from hrnetseg.data import cityscapes
 from hrnetseg.util.errors import UserError
@@ -71,7 +71,8 @@ def find_inputs(paths: Sequence[str], output: Optional[str] = None) -> List[Unio
     The same file reached twice is taken once; two inputs whose outputs would have the same names are refused.
     """
     skip = os.path.realpath(output) if output else None
-    found, seen = [], set()   # type: List[Union[Input, BadInput]], set
+    found: List[Union[Input, BadInput]] = []
+    seen: Set[str] = set()
     for path in paths:
         if not path:
             raise UserError("--input has an empty name: give a file or folder")

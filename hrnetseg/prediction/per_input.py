@@ -45,7 +45,7 @@ class UnreadableInput(UserError):
 
 def save_kinds(text: str) -> Tuple[str, ...]:
     """argparse type of --save: KIND[,KIND...] of SAVE_KINDS, in the order given, each once."""
-    kinds = []   # type: List[str]
+    kinds: List[str] = []
     for kind in text.split(","):
         kind = kind.strip()
         if kind not in SAVE_KINDS:

@@ -1,7 +1,8 @@
 """Local inference runner with ais_bench's options, files, summary and printed lines, on ONNX Runtime, OpenVINO
 or PyTorch.
 
-    python3 -m hrnetseg.infer --model hrnet.onnx --input prep_dataset --output results --output_dirname bs4 --batchsize 4
+    python3 -m hrnetseg.infer --model hrnet.onnx --input prep_dataset --output results --output_dirname bs4 \
+        --batchsize 4
 
 Reads a preprocess folder (its manifest.json says dtype and shape; bins that do not fit the model's
 input are refused, never reinterpreted) in ais_bench's order (natural sort), runs it in batches (a short last

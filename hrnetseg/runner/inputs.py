@@ -140,5 +140,6 @@ def parse_indices(text: Optional[str], count: int) -> List[int]:
     if indices is None:
         return list(range(count))
     if any(not 0 <= i < count for i in indices):
-        raise UserError("--output_indices {} does not fit a model with {} outputs (0..{})".format(text, count, count - 1))
+        raise UserError("--output_indices {} does not fit a model with {} outputs (0..{})".format(
+            text, count, count - 1))
     return indices

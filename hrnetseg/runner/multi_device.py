@@ -24,13 +24,12 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import hrnetseg
 from hrnetseg.runner.summary import device_line, listed_outfiles, print_lines, summary_throughput_line
 from hrnetseg.backends import visible_gpu_count
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
 from hrnetseg.util.locks import output_lock
-from hrnetseg.util.processes import cpu_cores, die_with_parent
+from hrnetseg.util.processes import cpu_cores, die_with_parent, env_for_python_children
 from hrnetseg.runner.layout import (OUTPUT_NAME, default_dirname, device_entry, device_folder_name, device_parts,
                                     summary_path_for)
 from hrnetseg.runner.inputs import check_bins, list_inputs
@@ -145,12 +144,9 @@ def _run_parts(devices: List[int], parts: List[List[str]], folder: str, top: Opt
     """Start one runner process per device and wait for all; (index, (exit code, report)) in completion order."""
     workdir = tempfile.mkdtemp(prefix="hrnetseg-devices-")
     running: Dict[int, Tuple[subprocess.Popen, str]] = {}
-    finished = []  # type: List[Tuple[int, Tuple[int, Optional[dict]]]]
+    finished: List[Tuple[int, Tuple[int, Optional[dict]]]] = []
     parent = os.getpid()
-    env = dict(os.environ)
-    # The device processes import this very package, installed or not: the folder that holds hrnetseg/ goes first.
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(hrnetseg.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env = env_for_python_children()
     try:
         first = 0
         for i, (device, part) in enumerate(zip(devices, parts)):

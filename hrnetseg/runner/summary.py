@@ -63,7 +63,7 @@ def print_lines(*lines: str) -> None:
 def time_stats(times_ms: Sequence[float]) -> Dict[str, float]:
     """ais_bench's statistics of one list of times: min, max, mean, median, percentile(99%) (all 0.0 for an
     empty list, as it reports them) and count."""
-    stats = {"min": 0.0, "max": 0.0, "mean": 0.0, "median": 0.0, PERCENTILE_KEY: 0.0}  # type: Dict[str, float]
+    stats: Dict[str, float] = {"min": 0.0, "max": 0.0, "mean": 0.0, "median": 0.0, PERCENTILE_KEY: 0.0}
     if len(times_ms):
         times = np.asarray(times_ms, dtype=np.float64)
         stats.update({"min": float(times.min()), "max": float(times.max()), "mean": float(times.mean()),
@@ -117,10 +117,10 @@ class RunTimes(object):
     where nothing is copied) and how many real images it carried."""
 
     def __init__(self) -> None:
-        self.compute_ms = []  # type: List[float]
-        self.h2d_ms = []  # type: List[float]
-        self.d2h_ms = []  # type: List[float]
-        self.images = []  # type: List[int]
+        self.compute_ms: List[float] = []
+        self.h2d_ms: List[float] = []
+        self.d2h_ms: List[float] = []
+        self.images: List[int] = []
 
     def add(self, compute_ms: float, images: int, h2d_ms: float = 0.0, d2h_ms: float = 0.0) -> None:
         self.compute_ms.append(compute_ms)
@@ -159,7 +159,7 @@ class FilesInfo(object):
     the output files written for it, paths as the command line gave them."""
 
     def __init__(self) -> None:
-        self.samples = {}  # type: Dict[str, Dict[str, List[str]]]
+        self.samples: Dict[str, Dict[str, List[str]]] = {}
 
     def add(self, index: int, infile: str, outfile: str) -> None:
         entry = self.samples.setdefault(str(index), {"infiles": [infile], "outfiles": []})

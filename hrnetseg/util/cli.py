@@ -1,5 +1,5 @@
-"""Shared CLI habits: one-line errors with exit code 2 (the errors themselves: errors.py), progress bars, argparse types, and the ArgumentParser
-every command line is built with (`--some-flag` accepted for every `--some_flag`).
+"""Shared CLI habits: one-line errors with exit code 2 (the errors themselves: errors.py), progress bars, argparse
+types, and the ArgumentParser every command line is built with (`--some-flag` accepted for every `--some_flag`).
 
 Valid Python 3.7 and free of torch: the Atlas-side scripts use it.
 """
@@ -39,7 +39,8 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
     sys.exit(code or 0)
 
 
-def progress(iterable=None, total: Optional[int] = None, desc: str = "", unit: str = "img", disable: Optional[bool] = None):
+def progress(iterable=None, total: Optional[int] = None, desc: str = "", unit: str = "img",
+             disable: Optional[bool] = None):
     """A tqdm bar on stderr; hidden when stderr is not a terminal unless HRNETSEG_PROGRESS=1."""
     from tqdm import tqdm
 
@@ -128,5 +129,6 @@ def _adding_hyphenated_spellings(group):
 def plain_name(text: str) -> str:
     """A folder name such as a split (`val`) or an output dirname: no path separators, not `.` or `..`."""
     if not text or text in (".", "..") or "/" in text or os.sep in text or (os.altsep and os.altsep in text):
-        raise argparse.ArgumentTypeError("expected a plain name (no path separators, not . or ..), got {!r}".format(text))
+        raise argparse.ArgumentTypeError(
+            "expected a plain name (no path separators, not . or ..), got {!r}".format(text))
     return text

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import site
 import sys
-from typing import Optional
+from typing import Dict, Optional
 
 _ANCESTOR_DEPTH = 64
 PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
@@ -78,3 +79,17 @@ def die_with_parent(parent_pid: int) -> None:
             pass
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def env_for_python_children(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment for a child `python -m hrnetseg...` that must run this same hrnetseg: `env` (default
+    os.environ) with the folder this package was imported from first on PYTHONPATH, unless that folder is a
+    site-packages folder (an installed copy: the child finds it there, and site-packages on PYTHONPATH would
+    come before the standard library)."""
+    env = dict(os.environ if env is None else env)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    site_folders = set(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    site_folders.add(site.getusersitepackages() if hasattr(site, "getusersitepackages") else "")
+    if os.path.realpath(root) not in {os.path.realpath(folder) for folder in site_folders if folder}:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
