@@ -60,7 +60,7 @@ probe() {
   return "${rc}"
 }
 
-# lock_output PATH: hold PATH's lock (PATH.lock beside it; see hrnetseg/locks.py) until this script exits, so a
+# lock_output PATH: hold PATH's lock (PATH.lock beside it; see hrnetseg/util/locks.py) until this script exits, so a
 # second run writing PATH stops at once naming this one's PID; the script's children (preprocess, the runner)
 # share it. A lock an ancestor script already holds is shared, not taken again.
 LOCKED_FILES=()

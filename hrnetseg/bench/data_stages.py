@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from hrnetseg.evaluation import postprocess
-from hrnetseg.data import preprocess, sample_scenes as sample_data
+from hrnetseg.data import preprocess, sample_scenes
 from hrnetseg.bench import reference
 from hrnetseg.bench.report import progress_note
 
@@ -56,8 +56,8 @@ def make_data(root: str, n: int, height: int, width: int, seed: int = 0) -> dict
     res = os.path.join(root, "results", "bs1")
     stamp = os.path.join(root, "made-{}-{}x{}-{}".format(n, height, width, seed))
     if not os.path.exists(stamp):
-        sample_data.generate(data, n=n, height=height, width=width, seed=seed)
-        sample_data.write_fake_outputs(data, res, seed=seed)
+        sample_scenes.generate(data, n=n, height=height, width=width, seed=seed)
+        sample_scenes.write_fake_outputs(data, res, seed=seed)
         open(stamp, "w").close()
     return {"data": data, "res": res, "labels": os.path.join(data, "cityscapes", "gtFine", "val")}
 

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hrnetseg.runner import options as infer_options, multi_device
+from hrnetseg.runner import multi_device, options
 from hrnetseg.runner.summary import (DEVICE_KEY, FILESINFO_KEY, OUTPUT_DTYPE_KEY, PERCENTILE_KEY, THROUGHPUT_KEY,
                                      FilesInfo, RunTimes, print_lines)
 from hrnetseg.backends import Backend, backend_for_model, check_model_file, load_backend
@@ -39,7 +39,7 @@ from hrnetseg.runner.outputs import OUTPUT_DTYPE, RunOutputs, check_output_stems
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return infer_options.build_parser(__doc__.strip().splitlines()[0])
+    return options.build_parser(__doc__.strip().splitlines()[0])
 
 
 # ------------------------------------------------------------------------------------------------ runner
@@ -77,7 +77,7 @@ def run_inference(backend: Backend, folder: str, ids: Sequence[str], dtype: np.d
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     command = list(sys.argv) if argv is None else ["python3 -m hrnetseg.infer"] + list(argv)
-    infer_options.check_options(args)
+    options.check_options(args)
     check_model_file(args.model)
     kind = args.backend or backend_for_model(args.model)
     parse_index_list(args.output_indices)
