@@ -6,14 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_WIDTH, assert_user_error
+from helpers import RUNNER, TINY_HEIGHT, TINY_WIDTH, assert_user_error
 from hrnetseg.backends import load_backend
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.numerics import relative_error
 
 pytest.importorskip("openvino")
-
-RUNNER = ["-m", "hrnetseg.infer"]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
-"""python -m hrnetseg.bench: one command, every stage, ratios against the baselines, appended to BENCHMARKS.md."""
+"""python -m hrnetseg.bench: one command, every stage, ratios against the baselines, appended to BENCHMARKS.md;
+bad flags refused before the benchmark runs."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 
@@ -10,6 +12,8 @@ from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, run
 from hrnetseg.bench import report
 from hrnetseg.bench.__main__ import main as bench_main
 from hrnetseg.bench.cases import BASELINE_SPEC, DEFAULT_CASES, parse_case, parse_cases
+from hrnetseg.bench.jobs import CHILD_FLAG
+from hrnetseg.util.errors import UserError
 
 BENCH = ["-m", "hrnetseg.bench"]
 TINY = ["--preset", TINY_PRESET, "--height", TINY_HEIGHT, "--width", TINY_WIDTH, "--images", "2", "--repeats", "1"]
@@ -150,6 +154,34 @@ def test_bad_flags_one_line_exit_2(run, tmp_path, capsys, flags, fragment):
         result = run_in_process(bench_main, args, capsys)
     assert_user_error(result, fragment)
     assert result.stdout == "" and not (tmp_path / "w").exists()
+
+
+def test_bench_flags_refused_before_the_benchmark_runs(tmp_path):
+    """A FIFO as --benchmarks_md hung, and a folder failed with a traceback, after the whole benchmark; a file
+    as --workdir and a superscript batch size were tracebacks; a folder as --pth was 'not found'."""
+    os.mkfifo(str(tmp_path / "fifo.md"))
+    (tmp_path / "file").write_text("x")
+    cases = [(["--benchmarks_md", str(tmp_path / "fifo.md")], "cannot write --benchmarks_md .*fifo.md: it is a FIFO"),
+             (["--benchmarks_md", str(tmp_path)], "cannot write --benchmarks_md .*: it is a folder"),
+             (["--workdir", str(tmp_path / "file"), "--no_record"], "--workdir .*file exists and is a file"),
+             (["--workdir", "", "--no_record"], "--workdir is an empty name"),
+             (["--pth", str(tmp_path), "--no_record"], "checkpoint .* is a folder, not a regular file"),
+             (["--cases", "torch:fp32:\u00b2", "--no_record"], "the batch size must be a positive integer"),
+             (["--device", "gpu-1", "--no_record"], "--device must be cpu, cuda")]
+    for flags, fragment in cases:
+        with pytest.raises(UserError, match=fragment):
+            bench_main(flags + ["--stages", "infer", "--preset", "tiny_ocr"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.md", "file"]
+
+
+def test_bench_child_flag_without_a_job_file_is_one_line(tmp_path):
+    """The internal --_child flag: a traceback without its argument, a wait for ever on a FIFO."""
+    os.mkfifo(str(tmp_path / "job.json"))
+    (tmp_path / "other.json").write_text('{"job": "train"}')
+    for argv, fragment in (([], "takes one JOB.json"), ([str(tmp_path / "job.json")], "is a FIFO"),
+                           ([str(tmp_path / "other.json")], "is not a benchmark job the parent wrote")):
+        with pytest.raises(UserError, match=fragment):
+            bench_main([CHILD_FLAG] + argv)
 
 
 def test_case_spec_round_trip():

@@ -1,4 +1,4 @@
-"""The label table, finding data, the input transform and the synthetic scenes."""
+"""The label table, finding data and reading its images and labels, the input transform."""
 from __future__ import annotations
 
 import os
@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg.data import cityscapes, sample_scenes as sample_data
+from hrnetseg.data import cityscapes
 from hrnetseg.util.errors import UserError
 
-from helpers import SAMPLE_IMAGES, assert_user_error, run_script
+from helpers import SAMPLE_IMAGES, TINY_IMAGES
 
 
 def test_label_table_matches_cityscapes_scripts():
@@ -99,40 +99,13 @@ def test_find_labels_errors(tmp_path):
         cityscapes.find_labels(str(tmp_path))
 
 
-def test_sample_scenes_hold_every_class(sample_data_root):
-    for sample in cityscapes.find_images(str(sample_data_root)):
-        label = cv2.imread(sample.label, cv2.IMREAD_UNCHANGED)
-        image = cv2.imread(sample.image, cv2.IMREAD_COLOR)
-        assert label.shape == image.shape[:2] == (128, 256) and label.dtype == np.uint8
-        present = set(np.unique(cityscapes.labels_to_train_ids(label)).tolist())
-        assert set(range(19)) <= present and 255 in present
-
-
-@pytest.mark.parametrize("height,width", [(64, 128), (1024, 2048)])
-def test_scene_labels_every_class_at_extreme_sizes(height, width):
-    labels = sample_data.scene_labels(height, width, np.random.RandomState([3, 1]))
-    assert set(range(19)) <= set(np.unique(cityscapes.ID_TO_TRAIN[labels]).tolist())
-
-
-def test_sample_data_is_deterministic(tmp_path):
-    ids_a = sample_data.generate(str(tmp_path / "a"), n=2, height=64, width=128, seed=5)
-    ids_b = sample_data.generate(str(tmp_path / "b"), n=2, height=64, width=128, seed=5)
-    assert ids_a == ids_b
-    for sample in cityscapes.find_images(str(tmp_path / "a")):
-        other = str(sample.image).replace(str(tmp_path / "a"), str(tmp_path / "b"))
-        with open(sample.image, "rb") as fa, open(other, "rb") as fb:
-            assert fa.read() == fb.read()
-
-
-def test_sample_data_cli(tmp_path):
-    result = run_script(["-m", "hrnetseg.sample_data", tmp_path / "data", "--n", "2", "--height", "64",
-                         "--width", "128", "--seed", "1"])
-    assert result.returncode == 0, result.stderr
-    assert len(cityscapes.find_images(str(tmp_path / "data"))) == 2
-    assert_user_error(run_script(["-m", "hrnetseg.sample_data", tmp_path / "x", "--height", "32"]), "at least")
-    with pytest.raises(UserError, match="at most 4096x8192"):     # not a MemoryError traceback
-        sample_data.generate(str(tmp_path / "huge"), n=1, height=100000, width=200000)
-    assert not (tmp_path / "huge").exists()
+def test_split_and_data_folder_names_are_literal(tiny_data_root, tmp_path):
+    with pytest.raises(UserError, match="no images found"):
+        cityscapes.find_images(str(tiny_data_root), split="*")   # not every split at once
+    odd = tmp_path / "data[1]"
+    shutil.copytree(str(tiny_data_root / "cityscapes"), str(odd / "cityscapes"))
+    assert len(cityscapes.find_images(str(odd))) == TINY_IMAGES
+    assert len(cityscapes.find_labels(str(odd))) == TINY_IMAGES
 
 
 def test_damaged_pngs_are_refused_quietly(sample_data_root, tmp_path, capfd):

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import errno
-import glob
-import json
 import os
 import shutil
 import signal
@@ -13,22 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg.data import cityscapes, preprocess
 from hrnetseg.bench.reference import reference_preprocess
-from hrnetseg.util.errors import UserError
+from hrnetseg.data import cityscapes, preprocess
 from hrnetseg.data.manifest import read_manifest
+from hrnetseg.util.errors import UserError
 
-from helpers import SAMPLE_IMAGES, assert_user_error, run_script
+from helpers import (SAMPLE_IMAGES, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, bins, make_special, quiet,
+                     run_script)
 
 SCRIPT = "HRNet_preprocess.py"
-
-
-def _quiet(*_args):
-    pass
-
-
-def _bins(folder: Path) -> dict:
-    return {os.path.basename(p): Path(p).read_bytes() for p in sorted(glob.glob(str(folder / "*.bin")))}
 
 
 def _leftovers(folder: Path) -> list:
@@ -46,7 +37,7 @@ def clean_run(tmp_path_factory, sample_data_root) -> Path:
 
 def test_float32_bins_are_the_upstream_transform(clean_run, sample_data_root):
     samples = cityscapes.find_images(str(sample_data_root))
-    assert sorted(_bins(clean_run)) == [s.id + ".bin" for s in samples]
+    assert sorted(bins(clean_run)) == [s.id + ".bin" for s in samples]
     for sample in samples:
         data = np.fromfile(str(clean_run / (sample.id + ".bin")), dtype=np.float32).reshape(3, 128, 256)
         bgr = cv2.imread(sample.image, cv2.IMREAD_COLOR).astype(np.float64)
@@ -58,7 +49,7 @@ def test_float32_bins_are_the_upstream_transform(clean_run, sample_data_root):
 def test_same_bytes_as_the_reference_method(clean_run, sample_data_root, tmp_path):
     """The ModelZoo scripts' preprocess, restated in hrnetseg.baselines, writes the same bytes."""
     written = reference_preprocess(str(sample_data_root), str(tmp_path / "reference"))
-    ours = _bins(clean_run)
+    ours = bins(clean_run)
     assert len(written) == SAMPLE_IMAGES
     for path in written:
         sample_id = os.path.basename(path)[: -len("_gtFine_labelIds.bin")]
@@ -77,7 +68,7 @@ def test_manifest(clean_run):
 @pytest.mark.parametrize("dtype", ["float16", "uint8"])
 def test_other_dtypes(dtype, sample_data_root, tmp_path):
     manifest = preprocess.preprocess(str(sample_data_root / "cityscapes"), str(tmp_path), dtype=dtype, workers=2,
-                                     log=_quiet)
+                                     log=quiet)
     assert manifest["dtype"] == dtype
     assert (manifest["normalization"] is None) == (dtype == "uint8")
     for sample in cityscapes.find_images(str(sample_data_root)):
@@ -93,7 +84,7 @@ def test_other_dtypes(dtype, sample_data_root, tmp_path):
 def test_rerun_skips_finished_files_and_redoes_damaged_ones(clean_run, sample_data_root, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(str(clean_run), str(out))
-    names = sorted(_bins(out))
+    names = sorted(bins(out))
     keep, damaged = out / names[0], out / names[1]
     stamp = os.stat(str(keep)).st_mtime_ns
     damaged.write_bytes(b"short")
@@ -101,7 +92,7 @@ def test_rerun_skips_finished_files_and_redoes_damaged_ones(clean_run, sample_da
     assert result.returncode == 0, result.stderr
     assert "2 already there" in result.stdout
     assert os.stat(str(keep)).st_mtime_ns == stamp
-    assert _bins(out) == _bins(clean_run)
+    assert bins(out) == bins(clean_run)
 
 
 def test_killed_run_resumes_to_the_same_bins(clean_run, sample_data_root, tmp_path):
@@ -109,23 +100,23 @@ def test_killed_run_resumes_to_the_same_bins(clean_run, sample_data_root, tmp_pa
     args = [SCRIPT, "--src_path", sample_data_root, "--save_path", out, "--workers", "1"]
     killed = run_script(args, env={preprocess.KILL_AFTER_ENV: "1"})
     assert killed.returncode == -signal.SIGKILL
-    assert len(_bins(out)) == 1 and _leftovers(out), "the kill comes between writing a file and renaming it"
+    assert len(bins(out)) == 1 and _leftovers(out), "the kill comes between writing a file and renaming it"
     with pytest.raises(UserError, match="did not finish"):
         read_manifest(str(out))
     resumed = run_script(args)
     assert resumed.returncode == 0, resumed.stderr
     assert "1 already there" in resumed.stdout
-    assert _bins(out) == _bins(clean_run) and not _leftovers(out)
+    assert bins(out) == bins(clean_run) and not _leftovers(out)
     assert read_manifest(str(out))["ids"] == read_manifest(str(clean_run))["ids"]
 
 
 def test_limit_then_the_rest(sample_data_root, tmp_path, clean_run):
-    first = preprocess.preprocess(str(sample_data_root), str(tmp_path), limit=1, log=_quiet)
+    first = preprocess.preprocess(str(sample_data_root), str(tmp_path), limit=1, log=quiet)
     assert len(first["ids"]) == 1
-    rest = preprocess.preprocess(str(sample_data_root), str(tmp_path), log=_quiet)
+    rest = preprocess.preprocess(str(sample_data_root), str(tmp_path), log=quiet)
     assert rest["ids"] == read_manifest(str(clean_run))["ids"]
-    assert _bins(tmp_path) == _bins(clean_run)
-    again = preprocess.preprocess(str(sample_data_root), str(tmp_path), limit=1, log=_quiet)
+    assert bins(tmp_path) == bins(clean_run)
+    again = preprocess.preprocess(str(sample_data_root), str(tmp_path), limit=1, log=quiet)
     assert again["ids"] == rest["ids"][:1]   # a limited rerun lists its own images, not every bin present
 
 
@@ -153,15 +144,10 @@ def test_refuses_the_same_ids_from_another_data_set(clean_run, tmp_path):
     assert_user_error(result, "from " + os.path.realpath(str(other / "cityscapes")))
 
 
-def test_read_manifest_errors(tmp_path):
-    with pytest.raises(UserError, match="no manifest.json"):
-        read_manifest(str(tmp_path))
-    (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(UserError, match="cannot read"):
-        read_manifest(str(tmp_path))
-    (tmp_path / "manifest.json").write_text(json.dumps({"ids": []}))
-    with pytest.raises(UserError, match="not a usable preprocess manifest: keys shape, .* missing"):
-        read_manifest(str(tmp_path))
+def test_a_stray_test_hook_value_is_ignored(tiny_data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv(preprocess.KILL_AFTER_ENV, "x")      # was a ValueError traceback from the first write
+    manifest = preprocess.preprocess(str(tiny_data_root), str(tmp_path / "prep"), workers=1, log=quiet)
+    assert manifest["complete"] and len(manifest["ids"]) == len(cityscapes.find_images(str(tiny_data_root)))
 
 
 def test_missing_data_names_the_patterns(tmp_path):
@@ -208,6 +194,15 @@ def test_unwritable_output(sample_data_root, tmp_path):
                       "not a folder")
 
 
+@pytest.mark.parametrize("kind,fragment", [("FIFO", "exists and is a FIFO, not a folder"),
+                                           ("symbolic link loop", "is a symbolic link loop")])
+def test_save_path_must_be_a_folder(kind, fragment, tiny_data_root, tmp_path):
+    out = tmp_path / "out"
+    make_special(out, kind)
+    with pytest.raises(UserError, match="--save_path {} {}".format(out, fragment)):
+        preprocess.preprocess(str(tiny_data_root), str(out), log=quiet)
+
+
 def test_full_disk_mid_file_leaves_nothing_partial(sample_data_root, tmp_path, monkeypatch, capsys):
     import HRNet_preprocess
 
@@ -232,15 +227,26 @@ def test_full_disk_mid_file_leaves_nothing_partial(sample_data_root, tmp_path, m
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no space left" in err[0]
-    assert not _bins(tmp_path / "out") and not _leftovers(tmp_path / "out")
+    assert not bins(tmp_path / "out") and not _leftovers(tmp_path / "out")
 
 
 def test_not_enough_space_is_found_before_writing(sample_data_root, tmp_path, monkeypatch):
     usage = shutil.disk_usage(str(tmp_path))
     monkeypatch.setattr(preprocess.shutil, "disk_usage", lambda path: usage._replace(free=1000))
     with pytest.raises(UserError, match="not enough disk space"):
-        preprocess.preprocess(str(sample_data_root), str(tmp_path / "out"), log=_quiet)
-    assert not _bins(tmp_path / "out")
+        preprocess.preprocess(str(sample_data_root), str(tmp_path / "out"), log=quiet)
+    assert not bins(tmp_path / "out")
+
+
+def test_not_enough_space_says_the_real_figures(tiny_data_root, tmp_path, monkeypatch):
+    usage = shutil.disk_usage(str(tmp_path))
+    monkeypatch.setattr(preprocess.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    needed = TINY_IMAGES * 3 * TINY_HEIGHT * TINY_WIDTH * 4
+    with pytest.raises(UserError) as info:
+        preprocess.preprocess(str(tiny_data_root), str(tmp_path / "out"), log=quiet)
+    assert "{:.1f} kB needed, 1.0 kB free ({:.1f} kB short)".format(needed / 1e3, (needed - 1000) / 1e3) in str(
+        info.value)
+    assert [preprocess.size_text(n) for n in (0, 999, 3.1e6, 2.5e9)] == ["0 bytes", "999 bytes", "3.1 MB", "2.5 GB"]
 
 
 def test_image_of_another_size_is_named(sample_data_root, tmp_path):
@@ -256,5 +262,5 @@ def test_older_opencv_without_rgb_decoding(clean_run, sample_data_root, tmp_path
     monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)
     sample = cityscapes.find_images(str(sample_data_root))[0]
     assert preprocess.read_rgb(sample.image)[1] == "BGR"
-    preprocess.preprocess(str(sample_data_root), str(tmp_path), workers=2, log=_quiet)
-    assert _bins(tmp_path) == _bins(clean_run)
+    preprocess.preprocess(str(sample_data_root), str(tmp_path), workers=2, log=quiet)
+    assert bins(tmp_path) == bins(clean_run)

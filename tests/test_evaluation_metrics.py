@@ -1,17 +1,21 @@
-"""metrics: the confusion matrix, scores, shards and merge."""
+"""metrics: the confusion matrix, scores, shards and merge; damaged shards are refused in one line."""
 from __future__ import annotations
 
 import json
+import os
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hrnetseg.evaluation import metrics
+from hrnetseg.data import cityscapes
 from hrnetseg.data.cityscapes import CLASS_NAMES
-from hrnetseg.util.errors import UserError
+from hrnetseg.evaluation import metrics
 from hrnetseg.evaluation.metrics import ConfusionMatrix
+from hrnetseg.util.errors import UserError
 
-from helpers import assert_user_error, run_script
+from helpers import assert_user_error, run_script, strict
 
 
 def test_confusion_rows_are_ground_truth():
@@ -131,3 +135,64 @@ def test_a_damaged_output_index_in_a_shard_is_refused(tmp_path):
         np.savez(str(tmp_path / "bad.npz"), output_index=bad, **fields)
         with pytest.raises(UserError, match="output_index"):
             ConfusionMatrix.load(str(tmp_path / "bad.npz"))
+
+
+# --- damaged shards ------------------------------------------------------------------------------------------
+
+def _npz(path: Path, **arrays) -> Path:
+    fields = dict(matrix=np.eye(19, dtype=np.int64), images=np.int64(1), ids=np.array(["a"]),
+                  skipped=np.array([], dtype=np.str_), class_names=np.array(cityscapes.CLASS_NAMES))
+    fields.update(arrays)
+    np.savez(str(path), **{k: v for k, v in fields.items() if v is not None})
+    return path
+
+
+def test_merge_refuses_damaged_shards(tmp_path):
+    good = _npz(tmp_path / "good.npz")
+    assert metrics.ConfusionMatrix.load(str(good)).images == 1
+    pickled = tmp_path / "pickled.npz"
+    np.savez(str(pickled), matrix=np.array([{"a": 1}], dtype=object), images=np.int64(1), ids=np.array(["a"]),
+             skipped=np.array([]), class_names=np.array(cityscapes.CLASS_NAMES))
+    npy = tmp_path / "array.npz"
+    with open(str(npy), "wb") as fh:
+        np.save(fh, np.eye(19))
+    cases = {
+        "empty": (tmp_path / "empty.npz", "is not a confusion file"),
+        "truncated": (tmp_path / "cut.npz", "is not a confusion file"),
+        "no matrix": (_npz(tmp_path / "keys.npz", matrix=None), "\\(no matrix\\)"),
+        "strings": (_npz(tmp_path / "str.npz", matrix=np.full((19, 19), "5")), "damaged confusion matrix: <U1"),
+        "floats": (_npz(tmp_path / "float.npz", matrix=np.eye(19)), "damaged confusion matrix: float64"),
+        "3-D": (_npz(tmp_path / "3d.npz", matrix=np.zeros((19, 19, 2), np.int64)), "damaged confusion matrix"),
+        "negative": (_npz(tmp_path / "neg.npz", matrix=-np.eye(19, dtype=np.int64)), "counts from -1"),
+        "ids": (_npz(tmp_path / "ids.npz", images=np.int64(2)), "images 2 but 1 image ids"),
+        "images array": (_npz(tmp_path / "imgs.npz", images=np.array([1, 1])), "images \\[1, 1\\]"),
+        "numeric ids": (_npz(tmp_path / "numids.npz", ids=np.array([1])), "ids is int64"),
+        "no classes": (_npz(tmp_path / "none.npz", matrix=np.zeros((0, 0), np.int64), class_names=np.array([])),
+                       "damaged confusion matrix"),
+        "huge counts": (_npz(tmp_path / "huge.npz", matrix=np.full((19, 19), 2 ** 58, np.int64)), "in all"),
+        "pickle": (pickled, "is not a confusion file"),
+        "npy": (npy, "not an .npz archive"),
+        "fifo": (tmp_path / "fifo.npz", "is a FIFO, not a regular file"),
+    }
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:-40])
+    os.mkfifo(str(tmp_path / "fifo.npz"))
+    for name, (path, match) in cases.items():
+        with strict(), pytest.raises(UserError, match=match):
+            metrics.ConfusionMatrix.load(str(path))
+    other = _npz(tmp_path / "other.npz", ids=np.array(["b"]), class_names=np.array(["x"] * 19))
+    with pytest.raises(UserError, match="different classes"):
+        metrics.merge_files([str(good), str(other)])
+    big = [_npz(tmp_path / "big{}.npz".format(i), ids=np.array([str(i)]), matrix=np.full((19, 19), 2 ** 44, np.int64))
+           for i in range(2)]
+    with pytest.raises(UserError, match="more than 9.01e\\+15 pixels together"):   # int64 sums would wrap later
+        metrics.merge_files([str(path) for path in big])
+    out = tmp_path / "merged.json"
+    result = run_script(["-m", "hrnetseg.metrics", "merge", good, tmp_path / "cut.npz", "--save_path", out])
+    assert_user_error(result, "cut.npz is not a confusion file")
+    assert not out.exists()
+    fifo_out = run_script(["-m", "hrnetseg.metrics", "merge", good, "--save_path", tmp_path / "fifo.npz"])
+    assert_user_error(fifo_out, "cannot write --save_path", "FIFO")
+    itself = run_script(["-m", "hrnetseg.metrics", "merge", good, "--save_path", good])
+    assert_user_error(itself, "--save_path {} is one of the shards".format(good))
+    assert zipfile.is_zipfile(str(good))

@@ -1,9 +1,7 @@
 """HRNet_postprocess.py: pairing by id, namings, exact mIoU (cityscapesScripts, the ModelZoo scripts' method), pictures, shards, errors."""
 from __future__ import annotations
 
-import glob
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -16,27 +14,19 @@ from hrnetseg.evaluation import metrics, model_outputs, postprocess, upsample_ar
 from hrnetseg.bench.reference import reference_postprocess
 from hrnetseg.util.errors import UserError
 
-from helpers import SAMPLE_IMAGES, assert_user_error, run_in_process, run_script
+from helpers import SAMPLE_IMAGES, assert_user_error, output_ids, quiet, run_in_process, run_script
 
 SCRIPT = "HRNet_postprocess.py"
-
-
-def _quiet(*_args):
-    pass
 
 
 def _gt_dir(root: Path) -> Path:
     return root / "cityscapes" / "gtFine" / "val"
 
 
-def _ids(res: Path) -> list:
-    return sorted({os.path.basename(p).rsplit("_", 1)[0] for p in glob.glob(str(res / "*_1.bin"))})
-
-
 def _copy_outputs(res: Path, dest: Path, rename=lambda sid, index: "{}_{}.bin".format(sid, index),
                   ids=None, indices=(0, 1)) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    for sid in ids or _ids(res):
+    for sid in ids or output_ids(res):
         for index in indices:
             shutil.copy(str(res / "{}_{}.bin".format(sid, index)), str(dest / rename(sid, index)))
     return dest
@@ -91,7 +81,7 @@ def test_equals_the_reference_method(cli_run, sample_data_root, sample_results_p
 
 
 def test_pictures(cli_run, sample_data_root, sample_results_path):
-    for sid in _ids(sample_results_path):
+    for sid in output_ids(sample_results_path):
         pred = cv2.imread(str(cli_run["pred"] / (sid + "_labelIds.png")), cv2.IMREAD_UNCHANGED)
         logits = np.fromfile(str(sample_results_path / (sid + "_1.bin")), np.float32).reshape(19, 32, 64)
         train_ids = upsample_argmax.logits_to_labels(logits, 128, 256)
@@ -110,7 +100,7 @@ def test_other_namings_and_places_give_the_same_result(variant, cli_run, sample_
         _copy_outputs(sample_results_path, res, lambda sid, index: "{}_{}.bin".format(sid, index + 1))
     elif variant == "npy":
         res.mkdir()
-        for sid in _ids(sample_results_path):
+        for sid in output_ids(sample_results_path):
             for index in (0, 1):
                 array = np.fromfile(str(sample_results_path / "{}_{}.bin".format(sid, index)), np.float32)
                 np.save(str(res / "{}_{}.npy".format(sid, index)), array.reshape(1, 19, 32, 64))
@@ -145,22 +135,22 @@ def test_aux_output_and_single_output_models(cli_run, sample_data_root, sample_r
     assert messages[0].endswith(": evaluating output 0, the AUX head (no main output _1 files found)")
     assert len(warnings) == 1 and "only the auxiliary head's outputs" in warnings[0]
     warnings = []
-    postprocess.evaluate_folder(str(only), data, output_index=0, workers=1, log=_quiet, warn=warnings.append)
+    postprocess.evaluate_folder(str(only), data, output_index=0, workers=1, log=quiet, warn=warnings.append)
     assert warnings == []  # asked for on purpose
     with pytest.raises(UserError, match="no output 1"):
-        postprocess.evaluate_folder(str(only), data, output_index=1, log=_quiet)
+        postprocess.evaluate_folder(str(only), data, output_index=1, log=quiet)
     with pytest.raises(UserError, match="no output 2"):
-        postprocess.evaluate_folder(str(sample_results_path), data, output_index=2, log=_quiet)
+        postprocess.evaluate_folder(str(sample_results_path), data, output_index=2, log=quiet)
 
 
 def test_workers_do_not_change_the_result(cli_run, sample_data_root, sample_results_path):
     result = postprocess.evaluate_folder(str(sample_results_path), str(_gt_dir(sample_data_root)), workers=2,
-                                         log=_quiet)
+                                         log=quiet)
     assert result == cli_run["result"]
 
 
 def test_missing_output_is_an_error_unless_allowed(sample_data_root, sample_results_path, tmp_path):
-    ids = _ids(sample_results_path)
+    ids = output_ids(sample_results_path)
     res = _copy_outputs(sample_results_path, tmp_path / "bs1", ids=ids[1:])
     out = tmp_path / "result.json"
     args = [SCRIPT, "--res_path", res, "--data_path", _gt_dir(sample_data_root), "--save_path", out]
@@ -172,25 +162,25 @@ def test_missing_output_is_an_error_unless_allowed(sample_data_root, sample_resu
     result = json.loads(out.read_text())
     assert result["images"] == 2 and result["skipped"] == [ids[0]]
     assert result["confusion_matrix"] == postprocess.evaluate_folder(
-        str(res), str(_gt_dir(sample_data_root)), allow_missing=True, log=_quiet)["confusion_matrix"]
+        str(res), str(_gt_dir(sample_data_root)), allow_missing=True, log=quiet)["confusion_matrix"]
 
 
 def test_pairs_by_id_not_by_order(sample_data_root, sample_results_path, tmp_path):
     """An extra output sorting first must not shift the pairs (it is reported and ignored)."""
     res = _copy_outputs(sample_results_path, tmp_path / "bs1")
     for index in (0, 1):
-        shutil.copy(str(res / "{}_{}.bin".format(_ids(res)[0], index)), str(res / "aachen_000000_000019_{}.bin".format(
+        shutil.copy(str(res / "{}_{}.bin".format(output_ids(res)[0], index)), str(res / "aachen_000000_000019_{}.bin".format(
             index)))
     messages = []
     result = postprocess.evaluate_folder(str(res), str(_gt_dir(sample_data_root)), log=messages.append)
-    reference = postprocess.evaluate_folder(str(sample_results_path), str(_gt_dir(sample_data_root)), log=_quiet)
+    reference = postprocess.evaluate_folder(str(sample_results_path), str(_gt_dir(sample_data_root)), log=quiet)
     assert result == reference
     assert any("ignoring 1 outputs without label: aachen_000000_000019" in m for m in messages)
 
 
 def test_wrong_size_output_is_named_and_nothing_is_written(sample_data_root, sample_results_path, tmp_path):
     res = _copy_outputs(sample_results_path, tmp_path / "bs1")
-    bad = res / "{}_1.bin".format(_ids(res)[1])
+    bad = res / "{}_1.bin".format(output_ids(res)[1])
     bad.write_bytes(bad.read_bytes()[:-4])
     out, vis = tmp_path / "result.json", tmp_path / "vis"
     result = run_script([SCRIPT, "--res_path", res, "--data_path", _gt_dir(sample_data_root), "--save_path", out,
@@ -215,7 +205,7 @@ def test_unreadable_label_mid_run_leaves_nothing(sample_data_root, sample_result
 
 def test_nan_output_is_named(sample_data_root, sample_results_path, tmp_path):
     res = _copy_outputs(sample_results_path, tmp_path / "bs1")
-    bad = res / "{}_1.bin".format(_ids(res)[0])
+    bad = res / "{}_1.bin".format(output_ids(res)[0])
     array = np.fromfile(str(bad), np.float32)
     array[100] = np.nan
     array.tofile(str(bad))
@@ -245,8 +235,21 @@ def test_folder_errors(sample_data_root, sample_results_path, tmp_path, capsys):
                               tmp_path / "no" / "result.json"), "does not exist")
 
 
+def test_output_index_is_digits_only(capsys):
+    """int() reads "1_0" as 10 and Arabic-Indic digits as digits."""
+    import HRNet_postprocess
+
+    parser = HRNet_postprocess.build_parser()
+    required = ["--res_path", "r", "--data_path", "d"]
+    for text in ("1_0", "\u0663", " 1", "1\n", "-1", ""):
+        with pytest.raises(SystemExit):
+            parser.parse_args(required + ["--output_index", text])
+        assert "expected an output number 0, 1, ..., got {!r}".format(text) in capsys.readouterr().err
+    assert parser.parse_args(required + ["--output_index", "0"]).output_index == 0
+
+
 def test_shards_merge_into_the_same_result(cli_run, sample_data_root, sample_results_path, tmp_path):
-    ids = _ids(sample_results_path)
+    ids = output_ids(sample_results_path)
     gt = _gt_dir(sample_data_root)
     shards = []
     for name, part in (("a", ids[:2]), ("b", ids[2:])):
@@ -282,12 +285,12 @@ def test_float16_outputs(sample_data_root, sample_results_path, tmp_path):
     half, widened = tmp_path / "half", tmp_path / "widened"
     half.mkdir()
     widened.mkdir()
-    for sid in _ids(sample_results_path):
+    for sid in output_ids(sample_results_path):
         for index in (0, 1):
             name = "{}_{}.bin".format(sid, index)
             values = np.fromfile(str(sample_results_path / name), np.float32).astype(np.float16)
             values.tofile(str(half / name))
             values.astype(np.float32).tofile(str(widened / name))
     data = str(_gt_dir(sample_data_root))
-    assert postprocess.evaluate_folder(str(half), data, log=_quiet) == \
-        postprocess.evaluate_folder(str(widened), data, log=_quiet)
+    assert postprocess.evaluate_folder(str(half), data, log=quiet) == \
+        postprocess.evaluate_folder(str(widened), data, log=quiet)

@@ -15,17 +15,13 @@ import pytest
 from hrnetseg.evaluation import model_outputs, postprocess
 from hrnetseg.util.errors import UserError
 
-from helpers import SAMPLE_IMAGES, assert_user_error, run_script
+from helpers import SAMPLE_IMAGES, assert_user_error, output_ids, quiet, run_script
 
 SHAPE = (19, 32, 64)          # the outputs for the 128 x 256 sample labels
 
 
-def _quiet(*_args):
-    pass
-
-
 def evaluate(res, gt, **kwargs):
-    return postprocess.evaluate_folder(str(res), str(gt), workers=1, log=kwargs.pop("log", _quiet), warn=_quiet,
+    return postprocess.evaluate_folder(str(res), str(gt), workers=1, log=kwargs.pop("log", quiet), warn=quiet,
                                        **kwargs)
 
 
@@ -35,7 +31,7 @@ def refused(match, res, gt, **kwargs):
     return str(caught.value)
 
 
-# --- writing as ais_bench does ----------------------------------------------------------------------------
+# --- writing as ais_bench does -------------------------------------------------------------------------
 
 def save_as_ais_bench(array: np.ndarray, path_without_ext: Path, outfmt: str) -> Path:
     """One output of one image as ais_bench saves it: BIN raw C order, NPY with the batch axis, TXT the array
@@ -74,14 +70,9 @@ def ais_bench_run(outputs: dict, res: Path, outfmt: str = "BIN", devices=None) -
 
 
 @pytest.fixture(scope="module")
-def gt(sample_data_root) -> Path:
-    return sample_data_root / "cityscapes" / "gtFine" / "val"
-
-
-@pytest.fixture(scope="module")
 def logits(sample_results_path) -> dict:
     """{id: [aux, main]} float32 19 x 32 x 64 arrays: the sample outputs."""
-    ids = sorted(p.name[:-len("_1.bin")] for p in sample_results_path.glob("*_1.bin"))
+    ids = output_ids(sample_results_path)
     return {sid: [np.fromfile(str(sample_results_path / "{}_{}.bin".format(sid, k)), np.float32).reshape(SHAPE)
                   for k in (0, 1)] for sid in ids}
 
@@ -97,7 +88,7 @@ def text_run(tmp_path_factory, logits) -> Path:
     return ais_bench_run(logits, tmp_path_factory.mktemp("txt") / "bs1", "TXT", devices=[0, 1])
 
 
-# --- the formats and the shards ------------------------------------------------------------------------------
+# --- the formats and the shards -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("outfmt", ["BIN", "NPY"])
 def test_device_shards_are_one_set_equal_to_a_single_device_run(outfmt, logits, gt, reference, tmp_path):
@@ -159,7 +150,7 @@ def test_device_folders_sort_by_device_number_and_take_ascii_ids_only(tmp_path):
     assert [bool(model_outputs.OUTPUT_NAME.match(n)) for n in ("x_1.bin", "x_\u0661.bin")] == [True, False]
 
 
-# --- shards that are not one run -----------------------------------------------------------------------------
+# --- shards that are not one run ----------------------------------------------------------------------
 
 def test_shards_that_are_not_one_run_are_refused(logits, gt, tmp_path):
     res = ais_bench_run(logits, tmp_path / "bs1", "BIN", devices=[0, 1])
@@ -191,7 +182,7 @@ def test_mixed_formats_across_shards_are_refused(logits, gt, tmp_path):
     refused("mixes .bin and .txt outputs", tmp_path / "bs1", gt)
 
 
-# --- hostile TXT outputs -------------------------------------------------------------------------------------
+# --- hostile TXT outputs ------------------------------------------------------------------------------
 
 def first_value(word: str):
     """A change that writes word in place of the first value."""

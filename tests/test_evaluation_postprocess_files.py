@@ -1,16 +1,13 @@
-"""HRNet_postprocess.py and `metrics merge` under hostile input: output dtypes, damaged labels, outputs and
-shards, files that are not regular files, outputs held by another run. Each case: a correct result, a stated
-note, or one line with exit 2, and never a numpy warning before it."""
+"""HRNet_postprocess.py and its files under hostile input: output dtypes, damaged labels and outputs, files that are
+not regular files, a preprocess folder given as outputs, result files and picture folders of one name, outputs held
+by another run. Each case: a correct result, a stated note, or one line with exit 2, and never a numpy warning
+before it."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import warnings
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -18,53 +15,30 @@ import numpy as np
 import pytest
 
 from hrnetseg.data import cityscapes
-from hrnetseg.evaluation import metrics, model_outputs, postprocess
+from hrnetseg.evaluation import model_outputs, postprocess
+from hrnetseg.evaluation.postprocess import evaluate_folder
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.locks import lock_path_for
 
-from helpers import SAMPLE_IMAGES, assert_user_error, lock_held_elsewhere, run_script
+from helpers import SAMPLE_IMAGES, assert_user_error, lock_held_elsewhere, output_ids, quiet, run_script, strict
 
 SCRIPT = "HRNet_postprocess.py"
 SHAPE = (19, 32, 64)          # the outputs for the 128 x 256 sample labels
 F32, F16 = 19 * 32 * 64 * 4, 19 * 32 * 64 * 2
-
-
-def _quiet(*_args):
-    pass
-
-
-@contextlib.contextmanager
-def strict(seconds: int = 20):
-    """No numpy warning may slip out, and nothing may block (a FIFO opened by mistake would)."""
-    def hung(*_args):
-        raise AssertionError("blocked for {} s: a FIFO was opened?".format(seconds))
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+F32, F16 = 19 * 32 * 64 * 4, 19 * 32 * 64 * 2
 
 
 def evaluate(res, data, **kwargs):
     """evaluate_folder, quiet and strict; the notes it gives on stderr come back in kwargs['notes']."""
     notes = kwargs.pop("notes", [])
     with strict():
-        return postprocess.evaluate_folder(str(res), str(data), workers=1, log=_quiet, warn=notes.append, **kwargs)
+        return postprocess.evaluate_folder(str(res), str(data), workers=1, log=quiet, warn=notes.append, **kwargs)
 
 
 def refused(match, res, data, **kwargs):
     with pytest.raises(UserError, match=match) as caught:
         evaluate(res, data, **kwargs)
     return str(caught.value)
-
-
-def _ids(res: Path) -> list:
-    return sorted(p.name[:-len("_1.bin")] for p in res.glob("*_1.bin"))
 
 
 def _labels_copy(gt: Path, dest: Path) -> Path:
@@ -82,11 +56,6 @@ def _outputs_copy(sample_results_path: Path, dest: Path, convert=None) -> Path:
         else:
             convert(np.fromfile(str(path), np.float32).reshape(SHAPE)).tofile(str(dest / path.name))
     return dest
-
-
-@pytest.fixture(scope="module")
-def gt(sample_data_root) -> Path:
-    return sample_data_root / "cityscapes" / "gtFine" / "val"
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +179,7 @@ def test_npy_header_wins_and_must_agree(gt, half_reference, sample_results_path,
 
 def test_sizes_that_disagree_within_a_folder_are_refused(half, gt, sample_results_path, tmp_path):
     res = _outputs_copy(half, tmp_path / "bs1")
-    first = _ids(res)[0]
+    first = output_ids(res)[0]
     for index in (0, 1):
         shutil.copy(str(sample_results_path / "{}_{}.bin".format(first, index)), str(res))
     refused("outputs differ in size: .*{}_1.bin has float32's size".format(first), res, gt)
@@ -220,24 +189,42 @@ def test_sizes_that_disagree_within_a_folder_are_refused(half, gt, sample_result
 
 def test_non_finite_values_are_named_for_what_they_mean(half, gt, sample_results_path, tmp_path):
     res = _outputs_copy(half, tmp_path / "half")
-    bad = res / "{}_1.bin".format(_ids(res)[1])
+    bad = res / "{}_1.bin".format(output_ids(res)[1])
     values = np.fromfile(str(bad), np.uint16)
     values[::7] = 0x7E00                                     # float16 NaN: not float16 logits after all
     values.tofile(str(bad))
     refused("output {}: its size matched float16 19x32x64 but the values are not float16 logits .*"
             "--output_dtype".format(bad), res, gt)
     full = _outputs_copy(sample_results_path, tmp_path / "full")
-    bad = full / "{}_1.bin".format(_ids(full)[0])
+    bad = full / "{}_1.bin".format(output_ids(full)[0])
     array = np.fromfile(str(bad), np.float32)
     array[5] = -np.inf                                       # -inf in a class that is not the max: no warning
     array.tofile(str(bad))
     refused("output {} holds NaN/inf values \\(read as float32, the default\\)".format(bad), full, gt)
 
 
+def test_the_runner_summary_is_found_beside_a_symlinked_output_folder(tmp_path):
+    """ais_bench and the runner write OUT/DIRNAME_summary.json beside the name they were given, also when
+    OUT/DIRNAME is a link to a folder elsewhere; a --res_path that links to OUT/DIRNAME finds it too."""
+    from hrnetseg.evaluation.model_outputs import summary_output_dtype
+
+    store = tmp_path / "store" / "x"
+    store.mkdir(parents=True)
+    (tmp_path / "o3").mkdir()
+    (tmp_path / "o3" / "bs1").symlink_to(store)
+    (tmp_path / "o3" / "bs1_summary.json").write_text(json.dumps({"output_dtype": "float16"}))
+    assert summary_output_dtype(str(tmp_path / "o3" / "bs1")) == ("float16", str(tmp_path / "o3" / "bs1_summary.json"))
+    real = tmp_path / "results" / "bs4"
+    real.mkdir(parents=True)
+    (tmp_path / "results" / "bs4_summary.json").write_text(json.dumps({"output_dtype": "float32"}))
+    (tmp_path / "latest").symlink_to(real)
+    assert summary_output_dtype(str(tmp_path / "latest")) == ("float32", str(tmp_path / "results" / "bs4_summary.json"))
+
+
 # ------------------------------------------------------------------------------- outputs
 
 def test_damaged_and_odd_output_files(gt, sample_results_path, tmp_path):
-    ids = _ids(sample_results_path)
+    ids = output_ids(sample_results_path)
     cases = {
         "empty": lambda res: (res / "{}_1.bin".format(ids[0])).write_bytes(b""),
         "fifo": lambda res: (os.remove(str(res / "{}_1.bin".format(ids[0]))),
@@ -276,7 +263,7 @@ def test_hostile_npy_outputs(array, match, gt, sample_results_path, tmp_path):
     res.mkdir()
     for path in sample_results_path.glob("*.bin"):
         np.save(str(res / (path.name[:-4] + ".npy")), np.fromfile(str(path), np.float32).reshape(SHAPE))
-    bad = res / "{}_1.npy".format(_ids(sample_results_path)[0])
+    bad = res / "{}_1.npy".format(output_ids(sample_results_path)[0])
     if array is None:
         bad.write_bytes(bad.read_bytes()[:-10])
     elif isinstance(array, str):
@@ -285,6 +272,17 @@ def test_hostile_npy_outputs(array, match, gt, sample_results_path, tmp_path):
     else:
         np.save(str(bad), array, allow_pickle=True)
     refused("output {}.* {}".format(bad, match), res, gt)
+
+
+def test_a_preprocess_folder_as_res_path_is_named_for_what_it_is(tiny_prep_path, tiny_data_root, tmp_path):
+    """Its bins read as outputs (frankfurt_000000_000294.bin: output 294 of frankfurt_000000): the message was
+    'mixes output sets'."""
+    labels = str(tiny_data_root / "cityscapes" / "gtFine" / "val")
+    with pytest.raises(UserError, match="prep_dataset is a preprocess folder .*not model outputs"):
+        evaluate_folder(str(tiny_prep_path), labels, log=quiet, warn=quiet)
+    shutil.copytree(str(tiny_prep_path), str(tmp_path / "prep"))       # beside it, never taken for the outputs
+    with pytest.raises(UserError, match="no model outputs in"):
+        evaluate_folder(str(tmp_path), labels, log=quiet, warn=quiet)
 
 
 # ------------------------------------------------------------------------------- labels and photos
@@ -367,11 +365,25 @@ def test_outputs_that_are_not_regular_files_are_refused_before_any_work(gt, samp
     refused("--save_path and --save_confusion are the same file", sample_results_path, gt,
             save_path=str(tmp_path / "r.json"), save_confusion=str(tmp_path / "r.json"))
     res = _outputs_copy(sample_results_path, tmp_path / "bs1")
-    output = res / "{}_1.bin".format(_ids(res)[0])
+    output = res / "{}_1.bin".format(output_ids(res)[0])
     refused("--save_confusion {} is one of the inputs".format(output), res, gt, save_confusion=str(output))
     assert output.stat().st_size == F32
     split = run_script([SCRIPT, "--res_path", sample_results_path, "--data_path", gt.parents[1], "--split", "../val"])
     assert_user_error(split, "--split", "plain name")
+
+
+def test_a_result_file_and_a_picture_folder_of_one_name_are_refused_before_any_work(sample_results_path,
+                                                                                    sample_data_root, tmp_path):
+    labels = str(sample_data_root / "cityscapes" / "gtFine" / "val")
+    same = str(tmp_path / "same")
+    for files, folders in (({"save_path": same}, {"save_vis": same}),
+                           ({"save_confusion": same}, {"save_pred": same + os.sep})):
+        with pytest.raises(UserError, match="are the same path .*one is a file, the other a folder"):
+            evaluate_folder(str(sample_results_path), labels, log=quiet, warn=quiet, **files, **folders)
+        assert not os.path.lexists(same)
+    for flag in ("save_vis", "save_pred"):
+        with pytest.raises(UserError, match="--{} is empty: give a folder name".format(flag)):
+            evaluate_folder(str(sample_results_path), labels, log=quiet, warn=quiet, **{flag: ""})
 
 
 def test_a_second_run_on_the_same_result_stops_at_once(gt, sample_results_path, tmp_path):
@@ -385,82 +397,3 @@ def test_a_second_run_on_the_same_result_stops_at_once(gt, sample_results_path, 
     evaluate(sample_results_path, gt, save_path=str(out), save_vis=str(tmp_path / "vis"))
     assert out.exists() and not os.path.exists(lock_path_for(str(out)))
     assert not os.path.exists(lock_path_for(str(tmp_path / "vis")))
-
-
-# ------------------------------------------------------------------------------- merge
-
-def _npz(path: Path, **arrays) -> Path:
-    fields = dict(matrix=np.eye(19, dtype=np.int64), images=np.int64(1), ids=np.array(["a"]),
-                  skipped=np.array([], dtype=np.str_), class_names=np.array(cityscapes.CLASS_NAMES))
-    fields.update(arrays)
-    np.savez(str(path), **{k: v for k, v in fields.items() if v is not None})
-    return path
-
-
-def test_merge_refuses_damaged_shards(tmp_path):
-    good = _npz(tmp_path / "good.npz")
-    assert metrics.ConfusionMatrix.load(str(good)).images == 1
-    pickled = tmp_path / "pickled.npz"
-    np.savez(str(pickled), matrix=np.array([{"a": 1}], dtype=object), images=np.int64(1), ids=np.array(["a"]),
-             skipped=np.array([]), class_names=np.array(cityscapes.CLASS_NAMES))
-    npy = tmp_path / "array.npz"
-    with open(str(npy), "wb") as fh:
-        np.save(fh, np.eye(19))
-    cases = {
-        "empty": (tmp_path / "empty.npz", "is not a confusion file"),
-        "truncated": (tmp_path / "cut.npz", "is not a confusion file"),
-        "no matrix": (_npz(tmp_path / "keys.npz", matrix=None), "\\(no matrix\\)"),
-        "strings": (_npz(tmp_path / "str.npz", matrix=np.full((19, 19), "5")), "damaged confusion matrix: <U1"),
-        "floats": (_npz(tmp_path / "float.npz", matrix=np.eye(19)), "damaged confusion matrix: float64"),
-        "3-D": (_npz(tmp_path / "3d.npz", matrix=np.zeros((19, 19, 2), np.int64)), "damaged confusion matrix"),
-        "negative": (_npz(tmp_path / "neg.npz", matrix=-np.eye(19, dtype=np.int64)), "counts from -1"),
-        "ids": (_npz(tmp_path / "ids.npz", images=np.int64(2)), "images 2 but 1 image ids"),
-        "images array": (_npz(tmp_path / "imgs.npz", images=np.array([1, 1])), "images \\[1, 1\\]"),
-        "numeric ids": (_npz(tmp_path / "numids.npz", ids=np.array([1])), "ids is int64"),
-        "no classes": (_npz(tmp_path / "none.npz", matrix=np.zeros((0, 0), np.int64), class_names=np.array([])),
-                       "damaged confusion matrix"),
-        "huge counts": (_npz(tmp_path / "huge.npz", matrix=np.full((19, 19), 2 ** 58, np.int64)), "in all"),
-        "pickle": (pickled, "is not a confusion file"),
-        "npy": (npy, "not an .npz archive"),
-        "fifo": (tmp_path / "fifo.npz", "is a FIFO, not a regular file"),
-    }
-    (tmp_path / "empty.npz").write_bytes(b"")
-    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:-40])
-    os.mkfifo(str(tmp_path / "fifo.npz"))
-    for name, (path, match) in cases.items():
-        with strict(), pytest.raises(UserError, match=match):
-            metrics.ConfusionMatrix.load(str(path))
-    other = _npz(tmp_path / "other.npz", ids=np.array(["b"]), class_names=np.array(["x"] * 19))
-    with pytest.raises(UserError, match="different classes"):
-        metrics.merge_files([str(good), str(other)])
-    big = [_npz(tmp_path / "big{}.npz".format(i), ids=np.array([str(i)]), matrix=np.full((19, 19), 2 ** 44, np.int64))
-           for i in range(2)]
-    with pytest.raises(UserError, match="more than 9.01e\\+15 pixels together"):   # int64 sums would wrap later
-        metrics.merge_files([str(path) for path in big])
-    out = tmp_path / "merged.json"
-    result = run_script(["-m", "hrnetseg.metrics", "merge", good, tmp_path / "cut.npz", "--save_path", out])
-    assert_user_error(result, "cut.npz is not a confusion file")
-    assert not out.exists()
-    fifo_out = run_script(["-m", "hrnetseg.metrics", "merge", good, "--save_path", tmp_path / "fifo.npz"])
-    assert_user_error(fifo_out, "cannot write --save_path", "FIFO")
-    itself = run_script(["-m", "hrnetseg.metrics", "merge", good, "--save_path", good])
-    assert_user_error(itself, "--save_path {} is one of the shards".format(good))
-    assert zipfile.is_zipfile(str(good))
-
-
-def test_the_runner_summary_is_found_beside_a_symlinked_output_folder(tmp_path):
-    """ais_bench and the runner write OUT/DIRNAME_summary.json beside the name they were given, also when
-    OUT/DIRNAME is a link to a folder elsewhere; a --res_path that links to OUT/DIRNAME finds it too."""
-    from hrnetseg.evaluation.model_outputs import summary_output_dtype
-
-    store = tmp_path / "store" / "x"
-    store.mkdir(parents=True)
-    (tmp_path / "o3").mkdir()
-    (tmp_path / "o3" / "bs1").symlink_to(store)
-    (tmp_path / "o3" / "bs1_summary.json").write_text(json.dumps({"output_dtype": "float16"}))
-    assert summary_output_dtype(str(tmp_path / "o3" / "bs1")) == ("float16", str(tmp_path / "o3" / "bs1_summary.json"))
-    real = tmp_path / "results" / "bs4"
-    real.mkdir(parents=True)
-    (tmp_path / "results" / "bs4_summary.json").write_text(json.dumps({"output_dtype": "float32"}))
-    (tmp_path / "latest").symlink_to(real)
-    assert summary_output_dtype(str(tmp_path / "latest")) == ("float32", str(tmp_path / "results" / "bs4_summary.json"))

@@ -11,12 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process, run_script
+from helpers import (EVALUATE, TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process,
+                     run_script)
 from hrnetseg.data import cityscapes
 from hrnetseg.evaluation import streaming
 from hrnetseg.backends import Backend, InputSpec
 
-EVALUATE = ["-m", "hrnetseg.evaluate"]
 STAGE_LINE = re.compile(r"^(decode|infer|evaluate)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)%$", re.M)
 RATIO = re.compile(r"wall / slowest stage busy \((\w+)\) = ([\d.]+)")
 WALL = re.compile(r"wall ([\d.]+) s for (\d+) images")
@@ -25,7 +25,7 @@ WALL = re.compile(r"wall ([\d.]+) s for (\d+) images")
 def bin_pipeline(tmp, data, model, batch, capsys, extra=()):
     """HRNet_preprocess.py -> python -m hrnetseg.infer -> HRNet_postprocess.py, as a user runs them: the
     confusion matrix and result.json of the main output. The runner's main() runs under run_cli in this
-    process (torch and ONNX Runtime are loaded here already; its command line is tested in test_infer.py)."""
+    process (torch and ONNX Runtime are loaded here already; its command line is tested in test_runner_cli.py)."""
     from hrnetseg.runner import cli as infer
 
     prep, results = tmp / "prep", tmp / "results"

@@ -6,17 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, TTA_FLAGS
 from hrnetseg.data import cityscapes
 from hrnetseg.evaluation import cli as evaluate, streaming
 from hrnetseg.util.errors import UserError
 from hrnetseg.evaluation.metrics import ConfusionMatrix
 from hrnetseg.evaluation.multiscale import TestTimeAugmentation
 
-# 64 x 128 images, base 128, crop 32 x 64: scales 0.5 and 1.0 whole (32x64, 64x128); 1.5 makes 96 x 192, 3 x 3
-# windows whose last row and column are shifted back (stride 32 / 64 over 96 / 192 ends exactly: no shift) -
-# so crop 40 x 72: rows ceil(56/40)+1 = 3 (0, 40, 56), cols ceil(120/72)+1 = 3 (0, 72, 120)
-TTA_FLAGS = ["--scales", "0.5,1.0,1.5", "--flip", "--base_size", "128", "--crop_size", "40,72"]
+# TTA_FLAGS (helpers.py): scales 0.5 and 1.0 whole, 1.5 in 3 x 3 windows of 40 x 72, each twice with flip
 TTA = TestTimeAugmentation(scales=(0.5, 1.0, 1.5), flip=True, base_size=128, crop_size=(40, 72))
 PASSES = 2 * (1 + 1 + 9)
 

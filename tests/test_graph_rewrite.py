@@ -1,15 +1,15 @@
-"""The structural Resize rewrite (performance_optimize_resize.py) and the graph facts for atc (hrnetseg.graph.structure)."""
+"""The structural Resize rewrite (performance_optimize_resize.py): exactly the head's Resize nodes by default, others
+by name, the rest of the model as it was; a model it cannot check or rewrite is one line, and no file."""
 from __future__ import annotations
-
-import shutil
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper
 
-from hrnetseg.graph import structure as onnx_graph, rewrite_check
-from helpers import assert_user_error, run_in_process
+import performance_optimize_resize as resize_script
+from helpers import assert_failed_check, assert_user_error, no_runtime_warnings, run_in_process
+from helpers import run_in_process as cli
+from hrnetseg.graph import rewrite_check, structure as onnx_graph
 
 SCRIPT = "performance_optimize_resize.py"
 
@@ -25,21 +25,6 @@ def changed_nodes(before, after) -> list:
     return [a.name for a, b in zip(before.graph.node, after.graph.node) if a.SerializeToString() != b.SerializeToString()]
 
 
-def head_concat(graph):
-    made_by = onnx_graph.producers(graph)
-    concats = [n for n in graph.node if n.op_type == "Concat" and len(n.input) == 4
-               and sum(made_by[t][0].op_type == "Resize" for t in n.input if t in made_by) == 3]
-    assert len(concats) == 1
-    return concats[0]
-
-
-@pytest.fixture
-def tiny_copy(tmp_path, tiny_onnx_path):
-    path = tmp_path / "hrnet.onnx"
-    shutil.copy(tiny_onnx_path, path)
-    return path
-
-
 def no_head_model(path) -> None:
     """A valid IR 6 / opset 11 model with one Resize that feeds an Add, no 4-way Concat."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
@@ -52,14 +37,6 @@ def no_head_model(path) -> None:
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 11)])
     model.ir_version = 6
     onnx.save(model, str(path))
-
-
-def test_head_nodes_are_found_by_structure(tiny_onnx_path):
-    graph = onnx.load(str(tiny_onnx_path)).graph
-    head = onnx_graph.head_resize_nodes(graph)
-    concat = head_concat(graph)
-    assert [n.output[0] for n in head] == list(concat.input[1:])     # branches 2-4, in Concat order
-    assert len(onnx_graph.resize_nodes(graph)) == 13                 # 1 + 3 + 6 in the fuse layers, 3 in the head
 
 
 def test_default_rewrite_in_place_changes_exactly_the_head(run, tiny_copy, tiny_onnx_path):
@@ -128,29 +105,69 @@ def test_nothing_matched_is_refused_and_nothing_written(run, tmp_path, tiny_copy
     assert "argmax" not in unwritable.stdout   # refused before the slow comparison, not after it
 
 
-def test_list_shows_every_resize_with_shapes_and_consumer(run, tiny_onnx_path):
-    result = run([SCRIPT, tiny_onnx_path, "--list"])
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 13
-    head = [line for line in lines if line.endswith("[head]")]
-    assert len(head) == 3 and all("(Concat)" in line and "mode=linear" in line for line in head)
-    # Shapes come out concrete: the head's upsampled tensors end at branch-1 size (1/4 of 64x128).
-    assert all("-> batchx" in line and "x16x32" in line.split("->")[1] for line in head)
-
-
-def test_out_nodes_are_the_output_producers(run, tiny_onnx_path):
-    graph = onnx.load(str(tiny_onnx_path)).graph
-    made_by = {o: n.name for n in graph.node for o in n.output}
-    result = run(["-m", "hrnetseg.graph.structure", "out_nodes", tiny_onnx_path])
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "{}:0;{}:0".format(made_by["output1"], made_by["output2"])
-    assert made_by["output1"].startswith("/aux_head/") and made_by["output2"].startswith("/cls_head/")
-
-
 def test_check_input_and_compare_outputs():
     same = [np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)]
     assert rewrite_check.compare_outputs(same, same) == [(0.0, 1.0)]
     swapped = [same[0][:, ::-1]]
     rel, agree = rewrite_check.compare_outputs(same, swapped)[0]
     assert rel > 0 and agree == 0.0
+
+
+# --- models the rewrite cannot check or rewrite ---------------------------------------------------------------
+
+def small_model(path, second_input=False, tail="Add", external=False) -> None:
+    """A valid IR 6 / opset 11 model: y = tail(Resize(x) upsampled 2x), where tail adds a constant row (kept in
+    an external data file with external=True) or the second input z, or takes Log (NaN on a random input)."""
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])]
+    if second_input:
+        inputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 8, 8]))
+    inits = [helper.make_tensor("roi", TensorProto.FLOAT, [0], []),
+             helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])]
+    nodes = [helper.make_node("Resize", ["x", "roi", "scales"], ["up"], name="up", mode="linear")]
+    if tail == "Log":
+        nodes.append(helper.make_node("Log", ["up"], ["y"], name="log"))
+    else:
+        if not second_input:   # raw bytes: the only tensor save_as_external_data moves out
+            inits.append(helper.make_tensor("ones", TensorProto.FLOAT, [8], np.ones(8, np.float32).tobytes(), raw=True))
+        nodes.append(helper.make_node("Add", ["up", "z" if second_input else "ones"], ["y"], name="add"))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, [y], inits),
+                              opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    if external:
+        onnx.save(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    else:
+        onnx.save(model, str(path))
+
+
+def test_a_model_with_two_inputs_cannot_be_checked_but_can_be_rewritten_unchecked(tmp_path, capsys):
+    model = tmp_path / "two.onnx"
+    small_model(model, second_input=True)
+    out = tmp_path / "out.onnx"
+    result = cli(resize_script.main, [model, out, "--select", "all"], capsys)
+    assert_user_error(result, "the model has 2 inputs (x, z)", "--no_verify")
+    assert not out.exists()
+    result = cli(resize_script.main, [model, out, "--select", "all", "--no_verify"], capsys)
+    assert result.returncode == 0, result.stderr
+    assert [onnx_graph.attribute_value(n, "mode") for n in onnx.load(str(out)).graph.node if n.op_type == "Resize"] == ["nearest"]
+
+
+def test_a_model_whose_outputs_are_nan_fails_the_rewrite_check_without_warnings(tmp_path, capsys):
+    model = tmp_path / "log.onnx"
+    small_model(model, tail="Log")            # log of a random normal input: NaN
+    out = tmp_path / "out.onnx"
+    with no_runtime_warnings():
+        result = cli(resize_script.main, [model, out, "--select", "all"], capsys)
+    assert_failed_check(result, "the original model's y holds", "NaN", "--no_verify")
+    assert not out.exists()
+
+
+def test_external_data_is_never_read_and_the_rewrite_refuses_it(tmp_path, capsys):
+    model = tmp_path / "ext.onnx"
+    small_model(model, external=True)
+    (tmp_path / "weights.bin").write_bytes(b"")   # a reader of the external data would fail here
+    result = cli(resize_script.main, [model, "--list"], capsys)
+    assert result.returncode == 0 and "up " in result.stdout, result.stderr
+    out = tmp_path / "out.onnx"
+    assert_user_error(cli(resize_script.main, [model, out, "--select", "all"], capsys), "external data files")
+    assert not out.exists()

@@ -1,6 +1,8 @@
-"""ONNX export: parity with PyTorch in ONNX Runtime, dynamic batch, odd sizes, atomic writes, CLI."""
+"""ONNX export: parity with PyTorch in ONNX Runtime, dynamic batch, odd sizes, atomic writes, CLI; NaN or inf
+never passes the export's check (exit 1, no file); bad flags are one line."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -10,13 +12,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import HRNet_pth2onnx as pth2onnx
 import hrnetseg.model.export as export
-from helpers import REPO
-from hrnetseg.util.errors import UserError
-from hrnetseg.model.export import export_onnx
+from helpers import (EXPORT_ARGS, REPO, TINY_PRESET, assert_failed_check, assert_user_error, no_runtime_warnings,
+                     save_state)
+from helpers import run_in_process as cli
+from hrnetseg.model.export import MAX_RELATIVE_ERROR, check_errors, export_onnx, output_errors
 from hrnetseg.model.network import build_model, init_random_weights
-from hrnetseg.util.numerics import relative_error
 from hrnetseg.model.random_weights import write_official_checkpoint
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.numerics import relative_error
 
 
 def tiny_model(seed=0):
@@ -152,3 +157,85 @@ def test_cli_refuses_an_opset_the_model_cannot_use(tmp_path, capsys, opset):
                                                   opset], capsys)
     assert_user_error(result, "--opset {}".format(opset))
     assert not list(tmp_path.iterdir())
+
+
+# --- NaN or inf never passes the export's check ------------------------------------------------------------
+
+def finite_pair(shape=(1, 19, 4, 8)):
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal(shape).astype(np.float32)
+    return want + np.float32(1e-7), want
+
+
+@pytest.mark.parametrize("side,bad", [("ONNX Runtime's", np.nan), ("ONNX Runtime's", np.inf), ("PyTorch's", np.nan),
+                                      ("PyTorch's", -np.inf)])
+def test_nan_or_inf_in_either_output_fails_the_check(side, bad):
+    got, expected = finite_pair()
+    outputs = {"ONNX Runtime's": [got, got.copy()], "PyTorch's": [expected, expected.copy()]}
+    outputs[side][1][0, 3, 2, 1] = bad
+    with no_runtime_warnings(), pytest.raises(UserError) as info:
+        output_errors(outputs["ONNX Runtime's"], outputs["PyTorch's"])
+    assert info.value.exit_code == 1
+    assert "{} output2 holds 1 {} of 608 values".format(side, "NaN" if math.isnan(bad) else "inf") in str(info.value)
+
+
+def test_finite_outputs_give_their_errors():
+    got, expected = finite_pair()
+    errors = output_errors([got, got], [expected, expected])
+    assert set(errors) == {"output1", "output2"}
+    assert all(0 < rel <= MAX_RELATIVE_ERROR and 0 < max_abs < 1e-6 for max_abs, rel in errors.values())
+
+
+def test_a_nan_relative_error_never_passes():
+    """max() over (3.5e-7, nan) is 3.5e-7: the check looks at every output and NaN fails it."""
+    with no_runtime_warnings():
+        assert math.isnan(relative_error(np.array([np.nan, 1.0]), np.array([1.0, 1.0])))
+        assert math.isnan(relative_error(np.array([1.0, 1.0]), np.array([np.inf, 1.0])))
+    with pytest.raises(UserError) as info:
+        check_errors({"output1": (3.5e-7, 3.5e-7), "output2": (float("nan"), float("nan"))})
+    assert info.value.exit_code == 1 and "output2: relative error nan" in str(info.value)
+
+
+def test_weights_that_overflow_in_the_forward_pass_fail_the_export_and_write_nothing(tmp_path, capsys,
+                                                                                    official_state):
+    """Finite weights (one conv scaled by 1e30) whose forward pass overflows float32: NaN on both sides."""
+    def scale(state):
+        state["model.conv1.weight"] = state["model.conv1.weight"] * 1e30
+    pth = save_state(tmp_path / "huge.pth", official_state, scale)
+    out = tmp_path / "hrnet.onnx"
+    with no_runtime_warnings():
+        result = cli(pth2onnx.main, ["--pth", pth, "--save_path", out] + EXPORT_ARGS, capsys)
+    assert_failed_check(result, "holds", "NaN", "random check input", "not writing {}".format(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.pth"]
+
+
+# --- flags ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--height", "0"], "--height: expected a positive integer"), (["--width", "x"], "--width: expected a positive"),
+    (["--batch", "0"], "--batch: expected 'dynamic' or a positive integer"), (["--opset", "-1"], "--opset"),
+    (["--random_weights", str(2 ** 70)], "expected a seed from 0 to 18446744073709551615"),
+    (["--random_weights", "-1"], "expected a seed from 0 to"),
+    (["--preset", "w96"], "--preset: invalid choice"),
+])
+def test_bad_export_flags_are_one_line_errors(tmp_path, capsys, flags, fragment):
+    argv = ["--save_path", tmp_path / "m.onnx"] + (["--random_weights", "0"] if "--random_weights" not in flags
+                                                    else []) + flags
+    assert_user_error(cli(pth2onnx.main, argv, capsys), fragment)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_export_too_large_for_memory_is_one_line(tmp_path, capsys):
+    result = cli(pth2onnx.main, ["--random_weights", "0", "--preset", TINY_PRESET, "--height", "10000000",
+                                 "--width", "10000000", "--save_path", tmp_path / "m.onnx"], capsys)
+    assert_user_error(result, "not enough memory to export", "1 x 3 x 10000000 x 10000000")
+    assert not list(tmp_path.iterdir())
+
+
+def test_batch_flag_takes_dynamic_in_any_case_and_says_so_when_refused(capsys):
+    parser = pth2onnx.build_parser()
+    assert parser.parse_args(["--random_weights", "0", "--batch", "Dynamic"]).batch is None
+    assert parser.parse_args(["--random_weights", "0", "--batch", "4"]).batch == 4
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--random_weights", "0", "--batch", "dynamc"])
+    assert "--batch: expected 'dynamic' or a positive integer, got 'dynamc'" in capsys.readouterr().err

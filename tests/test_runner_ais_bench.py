@@ -11,18 +11,13 @@ import json
 import numpy as np
 import pytest
 
-from helpers import OUT_SHAPE, TINY_IMAGES, assert_user_error
+from helpers import OUT_SHAPE, RUNNER, TINY_IMAGES, assert_user_error, manifest_ids
 from hrnetseg.runner import cli as infer, options as infer_options
 from hrnetseg.util.errors import UserError
 
-RUNNER = ["-m", "hrnetseg.infer"]
 STATS_KEYS = {"min", "max", "mean", "median", "percentile(99%)", "count"}
 AIS_BENCH_KEYS = {"filesinfo", "args", "NPU_compute_time", "H2D_latency", "D2H_latency", "throughput",
                   "npu_compute_time_list", "pid"}
-
-
-def manifest_ids(prep) -> list:
-    return json.loads((prep / "manifest.json").read_text())["ids"]
 
 
 @pytest.fixture(scope="module")
@@ -177,19 +172,3 @@ def test_dymbatch_sets_the_batch_size():
 def test_a_bad_boolean_is_one_line(run, tiny_onnx_path, tiny_prep_path):
     result = run(RUNNER + ["--model", tiny_onnx_path, "--input", tiny_prep_path, "--display_all_summary", "maybe"])
     assert_user_error(result, "--display_all_summary", "expected a boolean")
-
-
-def test_an_unusable_gpu_number_falls_back_to_the_cpu_and_says_why(tiny_onnx_path):
-    import onnxruntime
-
-    from hrnetseg.backends import load_backend
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("this ONNX Runtime has a CUDA provider")
-    backend = load_backend("onnxruntime", str(tiny_onnx_path), device="1", cpu_fallback=True, threads=1)
-    assert backend.device == "cpu" and backend.device_note.startswith("--device 1: this ONNX Runtime has no CUDA")
-    openvino = load_backend("openvino", str(tiny_onnx_path), device="0", cpu_fallback=True)
-    assert openvino.device == "cpu" and "the openvino backend runs on the CPU" in openvino.device_note
-    assert load_backend("onnxruntime", str(tiny_onnx_path), device="cpu").device_note is None
-    with pytest.raises(UserError, match="^--device cuda: this ONNX Runtime has no CUDA provider"):
-        load_backend("onnxruntime", str(tiny_onnx_path), device="cuda")   # evaluate and `--device cuda`: an error

@@ -3,26 +3,20 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process
+from helpers import (OUT_SHAPE, RUNNER, TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error,
+                     manifest_ids, run_in_process)
 from hrnetseg.util.numerics import relative_error
 
-RUNNER = ["-m", "hrnetseg.infer"]
-OUT_SHAPE = (19, TINY_HEIGHT // 4, TINY_WIDTH // 4)
 # The parsing scripts/eval_acc_perf.sh applies to ais_bench's output and to ours.
 THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\(([\d.]+)\)/NPU_compute_time\.mean\(([\d.]+)\):\s*([\d.]+)\s*$",
                         re.M)
 COMPUTE = re.compile(r"NPU_compute_time \(ms\): min = [\d.]+, max = [\d.]+, mean = [\d.]+, median = [\d.]+, "
                      r"percentile\(99%\) = [\d.]+")
-
-
-def manifest_ids(prep) -> list:
-    return json.loads((prep / "manifest.json").read_text())["ids"]
 
 
 def read_out(path) -> np.ndarray:
@@ -124,13 +118,6 @@ def test_torch_backend_matches_onnxruntime(run, tmp_path, tiny_pth_path, tiny_pr
     assert out.size == int(np.prod(OUT_SHAPE)) and np.isfinite(out).all()   # float32 whatever the precision
 
 
-@pytest.fixture
-def prep_copy(tmp_path, tiny_prep_path):
-    path = tmp_path / "prep"
-    shutil.copytree(tiny_prep_path, path)
-    return path
-
-
 def edit_manifest(prep, **changes) -> None:
     manifest = json.loads((prep / "manifest.json").read_text())
     manifest.update(changes)
@@ -184,25 +171,3 @@ def test_refusals_are_one_clear_line(run, tmp_path, tiny_onnx_path, tiny_pth_pat
         refused("fp16 needs a GPU", model=tiny_pth_path, extra=["--preset", TINY_PRESET, "--precision", "fp16"])
     refused("does not fit", model=tiny_pth_path)    # a tiny checkpoint is not the default w48_ocr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.bin"))
-
-
-def test_torch_backend_folds_batchnorm_and_runs_bf16_weights_on_the_cpu(tiny_pth_path):
-    """The fast CPU path (folded BN, bf16 weights, channels_last) against the plain fp32 eager model."""
-    from hrnetseg.backends import load_backend
-    from hrnetseg.model.export import load_model
-
-    batch = np.random.default_rng(1).standard_normal((2, 3, TINY_HEIGHT, TINY_WIDTH), dtype=np.float32)
-    with torch.no_grad():
-        want = [t.numpy() for t in load_model(TINY_PRESET, pth=str(tiny_pth_path))(torch.from_numpy(batch))]
-    fp32 = load_backend("torch", str(tiny_pth_path), device="cpu", precision="fp32", preset=TINY_PRESET)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fp32.model.modules())
-    for got, ref in zip(fp32.run(batch), want):
-        assert relative_error(got, ref) < 1e-5
-    bf16 = load_backend("torch", str(tiny_pth_path), device="cpu", precision="bf16", preset=TINY_PRESET)
-    assert next(bf16.model.parameters()).dtype == torch.bfloat16
-    for got, ref in zip(bf16.run(batch), want):
-        assert got.dtype == np.float32 and 1e-6 < relative_error(got, ref) < 2e-2
-    uint8 = load_backend("torch", str(tiny_pth_path), device="cpu", precision="bf16", preset=TINY_PRESET,
-                         input_dtype="uint8")
-    pixels = np.random.default_rng(2).integers(0, 256, (1, 3, TINY_HEIGHT, TINY_WIDTH), dtype=np.uint8)
-    assert all(np.isfinite(out).all() for out in uint8.run(pixels))

@@ -9,18 +9,17 @@ import re
 import numpy as np
 import pytest
 
-from helpers import OUT_SHAPE, TINY_IMAGES
+from helpers import OUT_SHAPE, RUNNER, TINY_IMAGES, lock_held_elsewhere, manifest_ids, run_infer
 from hrnetseg.runner import cli as infer
 from hrnetseg.util.errors import UserError
 from hrnetseg.runner.multi_device import split_contiguous
 from hrnetseg.runner.inputs import natural_key
 
-RUNNER = ["-m", "hrnetseg.infer"]
 DEVICE_LINE = re.compile(r"^i:(\d+) device_(\d+) throughput:([\d.e+-]+) start_time:([\d.]+) end_time:([\d.]+)$")
 
 
 def sorted_ids(prep) -> list:
-    return sorted(json.loads((prep / "manifest.json").read_text())["ids"], key=natural_key)
+    return sorted(manifest_ids(prep), key=natural_key)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +114,13 @@ def test_device_layout_refusals(tmp_path, tiny_onnx_path, tiny_prep_path):
     refused("three", "0,1", "holds device2 from an earlier run")
     refused("three", "cpu", "holds device2 of an earlier --device 0,1 run")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["device2", "mixed", "three", "x_1.bin"]
+
+
+def test_a_second_device_split_run_into_the_same_folder_stops_at_once(tmp_path, tiny_onnx_path, tiny_prep_path):
+    with lock_held_elsewhere(tmp_path / "bs") as pid:
+        with pytest.raises(UserError, match=r"bs is being written by another run \(PID {}\)".format(pid)):
+            run_infer(tiny_onnx_path, tiny_prep_path, tmp_path, "--device", "0,1")
+    assert not (tmp_path / "bs").exists()   # no device process started
 
 
 def test_ctrl_c_stops_every_device_and_leaves_nothing(tmp_path, tiny_onnx_path, tiny_prep_path):

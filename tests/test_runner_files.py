@@ -1,32 +1,27 @@
-"""Hostile and damaged input to the runner (python3 -m hrnetseg.infer), the streaming evaluator
-(python -m hrnetseg.evaluate) and the checks of scripts/eval_acc_perf.sh (python3 -m hrnetseg.atlas.acc_perf):
-one-line refusals before any work, throughput of real images only, nothing half-written, one writer per output.
+"""The runner's files (python3 -m hrnetseg.infer) under hostile input, with a stand-in model: throughput of real
+images only, float32 outputs, nothing half-written, one writer per output, only the manifest's bins as inputs,
+refusals before the model loads.
 
-Most cases run in-process with a stand-in model (no model load, no Python start-up); the command-line path is
-exercised where the exit code and the one line on stderr are the point.
+The cases run in this process with the stand-in (no model load, no Python start-up); the command-line path is
+exercised in test_runner_cli.py.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
-import re
 import shutil
-import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import (OUT_SHAPE, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_infer,
-                      run_script)
-from hrnetseg.atlas import acc_perf, figures
-from hrnetseg.data import cityscapes
-from hrnetseg.evaluation import cli as evaluate, streaming
+from helpers import (OUT_SHAPE, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, lock_held_elsewhere, manifest_ids,
+                     refused_by_argparse, run_infer)
 from hrnetseg.runner import cli as infer, outputs as run_outputs
 from hrnetseg.util.errors import UserError
 
-# ------------------------------------------------------------------------------------- infer: throughput
+
+# --- throughput and outputs ------------------------------------------------------------------------------------
 
 def test_throughput_counts_real_images_only(tmp_path, tiny_onnx_path, tiny_prep_path, stub, capsys):
     # 5 images at batch 7: one run of 5 images and 2 padding rows. At batch 4 with --loop 2: runs of 4, 4, 1, 1.
@@ -51,7 +46,7 @@ def test_outputs_are_float32_whatever_the_backend_returns(tmp_path, monkeypatch,
     assert len(files) == TINY_IMAGES and all(f.stat().st_size == 4 * int(np.prod(OUT_SHAPE)) for f in files)
 
 
-# ---------------------------------------------------------------------- infer: failed runs leave nothing
+# --- failed runs leave nothing; one writer per output --------------------------------------------------------
 
 @pytest.mark.parametrize("failure", ["full disk", "Ctrl-C"])
 def test_a_failed_run_removes_what_it_wrote(tmp_path, monkeypatch, tiny_onnx_path, tiny_prep_path, stub, failure):
@@ -87,6 +82,21 @@ def test_a_failed_run_removes_what_it_wrote(tmp_path, monkeypatch, tiny_onnx_pat
     assert sorted(p.name for p in kept.rglob("*")) == ["bs", "earlier_notes.txt"]
 
 
+def test_a_full_disk_while_writing_txt_leaves_nothing(tmp_path, monkeypatch, tiny_onnx_path, tiny_prep_path, stub):
+    real_rows = run_outputs.text_rows
+
+    def rows(array):
+        for number, line in enumerate(real_rows(array)):
+            if number == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield line
+
+    monkeypatch.setattr(run_outputs, "text_rows", rows)
+    with pytest.raises(UserError, match="no space left on the device while writing"):
+        run_infer(tiny_onnx_path, tiny_prep_path, tmp_path / "out", "--outfmt", "TXT")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_second_run_into_the_same_folder_stops_at_once(tmp_path, tiny_onnx_path, tiny_prep_path, stub):
     with lock_held_elsewhere(tmp_path / "bs") as pid:
         with pytest.raises(UserError, match=r"bs is being written by another run \(PID {}\)".format(pid)):
@@ -94,7 +104,37 @@ def test_a_second_run_into_the_same_folder_stops_at_once(tmp_path, tiny_onnx_pat
     assert not stub.loaded and not (tmp_path / "bs").exists()   # before the model load and any write
 
 
-# ------------------------------------------------------------------------------------ infer: refusals
+@pytest.fixture
+def prep(prep_copy):
+    """prep_copy with one stale bin beside the listed ones (a rerun with --limit): (folder, ids)."""
+    ids = manifest_ids(prep_copy)
+    shutil.copy(str(prep_copy / "{}.bin".format(ids[0])), str(prep_copy / "stale_000000_000000.bin"))
+    return prep_copy, ids
+
+
+def test_outputs_of_an_earlier_run_that_would_stay_are_refused(tmp_path, tiny_onnx_path, prep, stub):
+    """A rerun on fewer images (or fewer outputs) left the earlier run's files under the new summary: the
+    postprocess evaluated both runs' outputs as one, exit 0. The earlier summary stays when refused."""
+    folder, ids = prep
+    out = tmp_path / "out"
+    run_infer(tiny_onnx_path, folder, out)
+    summary = (out / "bs_summary.json").read_text()
+    with pytest.raises(UserError, match=r"bs holds {} output files that this run would not replace \(e\.g\. "
+                                        r"{}_0\.bin\)".format(2 * len(ids) - 2, ids[1])):
+        run_infer(tiny_onnx_path, folder / "{}.bin".format(ids[0]), out)
+    with pytest.raises(UserError, match="bs holds {} output files".format(len(ids))):
+        run_infer(tiny_onnx_path, folder, out, "--output_indices", "1")
+    assert (out / "bs_summary.json").read_text() == summary and len(list((out / "bs").iterdir())) == 2 * len(ids)
+    run_infer(tiny_onnx_path, folder, out)                        # the same run again replaces every file
+    assert json.loads((out / "bs_summary.json").read_text())["images"] == len(ids)
+
+
+def test_inputs_that_would_write_the_same_output_names_are_refused(tmp_path):
+    with pytest.raises(UserError, match=r"inputs a\.x\.bin and a\.y\.bin would both write a_<n>"):
+        run_outputs.check_output_stems(["a.x", "b", "a.y"])
+
+
+# --- refusals before the model loads -------------------------------------------------------------------------
 
 def test_infer_refusals_before_the_model_loads(tmp_path, tiny_onnx_path, tiny_prep_path, stub):
     def refused(match, model=tiny_onnx_path, prep=tiny_prep_path, out=tmp_path / "out", extra=()):
@@ -135,14 +175,6 @@ def test_infer_refusals_before_the_model_loads(tmp_path, tiny_onnx_path, tiny_pr
     assert not any((tmp_path / "out").rglob("*.bin"))
 
 
-def refused_by_argparse(main, argv, capsys, *fragments) -> None:
-    """argparse's refusal: exit 2 and its one-line error naming the flag."""
-    with pytest.raises(SystemExit) as caught:
-        main(list(map(str, argv)))
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert caught.value.code == 2 and "error:" in last and all(f in last for f in fragments), last
-
-
 def test_infer_command_line_refusals(tmp_path, tiny_onnx_path, tiny_prep_path, stub, capsys):
     base = ["--model", tiny_onnx_path, "--input", tiny_prep_path, "--output", tmp_path]
     refused_by_argparse(infer.main, base + ["--preset", "w18"], capsys, "--preset", "invalid choice")
@@ -153,164 +185,19 @@ def test_infer_command_line_refusals(tmp_path, tiny_onnx_path, tiny_prep_path, s
     assert not stub.loaded and not (tmp_path / "bs1").exists()
 
 
-# -------------------------------------------------------------------------------------------- evaluate
-
-def non_regular_files(folder: Path):
-    """(what, path) for a FIFO, a socket and (as root) a character device, made in `folder`."""
-    os.mkfifo(str(folder / "fifo.json"))
-    made = [("a FIFO", folder / "fifo.json")]
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(folder / "socket.json"))
-    server.close()
-    made.append(("a socket", folder / "socket.json"))
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        import stat
-
-        os.mknod(str(folder / "null.json"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))   # /dev/null's numbers
-        made.append(("a character device", folder / "null.json"))
-    return made
+def test_input_files_must_be_listed_bins_of_their_folder(tmp_path, tiny_onnx_path, prep, stub):
+    """x.txt ran the x.bin beside it (named x in the outputs); a bin the manifest does not list ran too."""
+    folder, ids = prep
+    (folder / "{}.txt".format(ids[0])).write_bytes(b"not model input")
+    for name, fragment in (("{}.txt".format(ids[0]), "is not a .bin file of a preprocess folder"),
+                           ("manifest.json", "is not a .bin file of a preprocess folder"),
+                           ("stale_000000_000000.bin", "is not listed in .*manifest \\(a stale or foreign file\\)")):
+        with pytest.raises(UserError, match=fragment):
+            run_infer(tiny_onnx_path, folder / name, tmp_path / "out")
+    assert not stub.loaded and not (tmp_path / "out").exists()
 
 
-def test_evaluate_refuses_output_files_that_are_not_regular_before_any_work(tmp_path, tiny_onnx_path):
-    nowhere = str(tmp_path / "no_data")          # were the data set looked at first, this would be the error
-    for what, path in non_regular_files(tmp_path):
-        for flag in ("--save_path", "--save_confusion"):
-            with pytest.raises(UserError, match="cannot write {} {}: it is {}".format(flag, path, what)):
-                evaluate.main(["--datasets_path", nowhere, "--onnx", str(tiny_onnx_path), flag, str(path)])
-    with pytest.raises(UserError, match="name the same file"):
-        evaluate.main(["--datasets_path", nowhere, "--onnx", str(tiny_onnx_path), "--save_path",
-                       str(tmp_path / "r"), "--save_confusion", str(tmp_path / "." / "r")])
-
-
-def test_evaluate_command_line_refusals(tiny_data_root, tiny_onnx_path, capsys):
-    base = ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path]
-    refused_by_argparse(evaluate.main, base + ["--preset", "w18"], capsys, "--preset", "invalid choice")
-    refused_by_argparse(evaluate.main, base + ["--split", "../val"], capsys, "--split", "plain name")
-
-
-def test_evaluate_names_an_empty_image_or_label(tmp_path, tiny_data_root):
-    data = tmp_path / "data"
-    shutil.copytree(str(tiny_data_root), str(data))
-    samples = cityscapes.find_images(str(data))
-    Path(samples[0].image).write_bytes(b"")      # the first image: its size is read before the model loads
-    with pytest.raises(UserError, match="image {} cannot be decoded".format(samples[0].image)):
-        evaluate.main(["--datasets_path", str(data), "--onnx", str(tmp_path / "model_not_loaded_yet.onnx")])
-
-    size = (TINY_HEIGHT, TINY_WIDTH)
-    Path(samples[1].label).write_bytes(Path(samples[1].label).read_bytes()[:60])   # truncated label
-    with pytest.raises(UserError, match="label {}".format(re.escape(samples[1].label))):
-        streaming.decode(samples[1], "float32", size)
-    os.remove(samples[2].image)
-    os.mkfifo(samples[2].image)                  # never opened
-    with pytest.raises(UserError, match="image {} is a FIFO, not a regular file".format(samples[2].image)):
-        streaming.decode(samples[2], "float32", size)
-
-
-def test_evaluate_locks_its_output_files(tmp_path, tiny_data_root, tiny_onnx_path, monkeypatch):
-    loaded = []
-    monkeypatch.setattr(evaluate, "load_backend", lambda *a, **k: loaded.append(1))
-    with lock_held_elsewhere(tmp_path / "c.npz") as pid:
-        with pytest.raises(UserError, match=r"c.npz is being written by another run \(PID {}\)".format(pid)):
-            evaluate.main(["--datasets_path", str(tiny_data_root), "--onnx", str(tiny_onnx_path), "--save_path",
-                           str(tmp_path / "r.json"), "--save_confusion", str(tmp_path / "c.npz")])
-    assert not loaded and sorted(p.name for p in tmp_path.iterdir()) == []
-
-
-# -------------------------------------------------------------------- acc_perf: the checks of eval_acc_perf.sh
-
-LINE = "[INFO] throughput 1000*batchsize.mean(4)/NPU_compute_time.mean(100.0): {}\n"
-
-
-@pytest.mark.parametrize("text, value", [
-    (LINE.format("40.0"), 40.0),
-    ("[INFO] loading\n" + LINE.format("1e-3") + "[INFO] end\n", 0.001),
-    (LINE.format("1.0") + LINE.format("2.5"), 2.5),          # the last line counts
-])
-def test_throughput_is_read_from_the_last_line(tmp_path, text, value):
-    log = tmp_path / "bs4.log"
-    log.write_text(text)
-    assert acc_perf.throughput(str(log), "ais_bench --model m.om") == value
-
-
-@pytest.mark.parametrize("text, words", [
-    ("", "no 'throughput 1000*batchsize"),
-    ("[INFO] throughput: 12\n", "no 'throughput 1000*batchsize"),
-    (LINE.format("nan"), "'nan'"), (LINE.format("inf"), "'inf'"), (LINE.format("0.000"), "'0.000'"),
-    (LINE.format("-5"), "'-5'"), (LINE.format(""), "''"), (LINE.format("fast"), "'fast'"),
-])
-def test_an_unusable_throughput_is_an_error_naming_the_log_and_the_command(tmp_path, text, words):
-    log = tmp_path / "bs4.log"
-    log.write_text(text)
-    with pytest.raises(UserError) as caught:
-        acc_perf.throughput(str(log), "ais_bench --model m.om")
-    message = str(caught.value)
-    assert words in message and str(log) in message and "ais_bench --model m.om" in message
-
-
-def test_batch_sizes_larger_than_the_images_are_refused(tiny_prep_path):
-    assert acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4, TINY_IMAGES]) == []
-    [note] = acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4, TINY_IMAGES], counts_padding=True)
-    assert note.startswith("note: 5 images at batch size 4 leave a last batch of 1, which ais_bench pads and counts "
-                           "as 4") and note.endswith("the table's throughput is its figure x 5/8 (the images' own)")
-    # 2 runs of 4 in 1 s: ais_bench says 8 images/s, the 5 real images ran at 5 images/s
-    assert acc_perf.real_images_fps(8.0, 5, 4) == 5.0 and acc_perf.real_images_fps(8.0, 8, 4) == 8.0
-    with pytest.raises(UserError, match="batch sizes 8, 16 are larger than the {} images".format(TINY_IMAGES)):
-        acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 8, 16])
-
-
-def test_table_row_never_shows_a_zero_throughput_or_a_bad_miou(tmp_path):
-    result = tmp_path / "result.json"
-    result.write_text(json.dumps({"mIoU": 0.6526}))
-    assert acc_perf.table_row(1, "ais_bench", "npu:0", 0.004, acc_perf.miou(str(result))) == \
-        "| 1 | ais_bench | npu:0 | 0.004 | 65.26% |"
-    assert figures.format_fps(37.456) == "37.46"
-    for bad in ('{"mIoU": null}', '{"mIoU": 1.5}', '{"mIoU": "0.5"}', '{"mean_Iou": 0.5}', "[0.5]", "{"):
-        result.write_text(bad)
-        with pytest.raises(UserError, match="result"):
-            acc_perf.miou(str(result))
-    assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "1", "--backend", "x", "--device", "d",
-                                  "--fps", "nan", "--result", result]), "--fps")
-
-
-def test_the_ais_bench_row_counts_real_images_not_its_padding(tmp_path, tiny_prep_path):
-    """ais_bench reports 1000 x batch size / mean time for a padded last batch too; the table's fps is the
-    images' own, as the local runner's is."""
-    result = tmp_path / "result.json"
-    result.write_text(json.dumps({"mIoU": 0.5, "images": TINY_IMAGES}))
-    rows = {}
-    for backend in ("ais_bench", "onnxruntime"):
-        out = run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "4", "--backend", backend, "--device", "d",
-                          "--fps", "8.0", "--result", result, "--prep", tiny_prep_path])
-        assert out.returncode == 0, out.stderr
-        rows[backend] = out.stdout.strip()
-    assert rows == {"ais_bench": "| 4 | ais_bench | d | 5.00 | 50.00% |",       # 5 images, padded to 8
-                    "onnxruntime": "| 4 | onnxruntime | d | 8.00 | 50.00% |"}
-
-
-# ------------------------------------------------------------------------------ infer: --device 0,1, --outfmt TXT
-
-def test_a_second_device_split_run_into_the_same_folder_stops_at_once(tmp_path, tiny_onnx_path, tiny_prep_path):
-    with lock_held_elsewhere(tmp_path / "bs") as pid:
-        with pytest.raises(UserError, match=r"bs is being written by another run \(PID {}\)".format(pid)):
-            run_infer(tiny_onnx_path, tiny_prep_path, tmp_path, "--device", "0,1")
-    assert not (tmp_path / "bs").exists()   # no device process started
-
-
-def test_a_full_disk_while_writing_txt_leaves_nothing(tmp_path, monkeypatch, tiny_onnx_path, tiny_prep_path, stub):
-    real_rows = run_outputs.text_rows
-
-    def rows(array):
-        for number, line in enumerate(real_rows(array)):
-            if number == 3:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            yield line
-
-    monkeypatch.setattr(run_outputs, "text_rows", rows)
-    with pytest.raises(UserError, match="no space left on the device while writing"):
-        run_infer(tiny_onnx_path, tiny_prep_path, tmp_path / "out", "--outfmt", "TXT")
-    assert not (tmp_path / "out").exists()
-
-
-def test_inputs_that_would_write_the_same_output_names_are_refused(tmp_path):
-    with pytest.raises(UserError, match=r"inputs a\.x\.bin and a\.y\.bin would both write a_<n>"):
-        run_outputs.check_output_stems(["a.x", "b", "a.y"])
+def test_an_empty_output_name_is_refused(tmp_path, tiny_onnx_path, tiny_prep_path, stub):
+    with pytest.raises(UserError, match="--output is an empty name"):
+        run_infer(tiny_onnx_path, tiny_prep_path, "")
+    assert not stub.loaded

@@ -20,16 +20,13 @@ import time
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY_IMAGES, TINY_PRESET, assert_user_error, default_sigint, run_in_process, run_script
+from helpers import (EVALUATE, PREDICT, REPO, TINY_IMAGES, TINY_PRESET, TTA_FLAGS, assert_user_error, default_sigint,
+                     process_running, run_in_process, run_script)
 from hrnetseg.data import cityscapes
 from hrnetseg.scaleout import LOOPBACK_ENV
 from hrnetseg.scaleout.driver import BATCH_DELAY_ENV
 
-EVALUATE = ["-m", "hrnetseg.evaluate"]
-PREDICT = ["-m", "hrnetseg.predict"]
 WORKER_LINE = re.compile(r"^ray worker (\d+) pid (\d+) node (\S+)", re.M)
-# three scales (sliding windows at 1.5) and flip on the 64 x 128 tiny images: 22 forward passes per image
-TTA_FLAGS = ["--scales", "0.5,1.0,1.5", "--flip", "--base_size", "128", "--crop_size", "40,72"]
 
 
 # --- real Ray instances ---------------------------------------------------------------------------------------
@@ -65,16 +62,6 @@ def cluster(ray_env):
     nodes.wait_for_nodes()
     yield nodes
     nodes.shutdown()
-
-
-@pytest.fixture(scope="module")
-def local_npz(tmp_path_factory, tiny_data_root, tiny_onnx_path):
-    """The local streaming evaluation's confusion file at --batchsize 1 (the reference for every Ray run)."""
-    out = tmp_path_factory.mktemp("ray_ref") / "local.npz"
-    result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "1",
-                                    "--save_confusion", out])
-    assert result.returncode == 0, result.stderr
-    return out
 
 
 def same_as_local(local, npz, images=TINY_IMAGES):
@@ -216,9 +203,9 @@ def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path, ray_env, cluster,
     assert code == 130 and "Traceback" not in err, (code, out, err)
     assert "nothing written" in out and not (tmp_path / "r.json").exists()
     deadline = time.monotonic() + 20
-    while any(pid_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+    while any(process_running(pid) for pid in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(pid_alive(pid) for pid in pids.values())
+    assert not any(process_running(pid) for pid in pids.values())
 
 
 def test_predict_on_a_cluster_with_a_worker_killed_writes_the_local_files(tmp_path, ray_env, cluster,
@@ -243,12 +230,3 @@ def test_predict_on_a_cluster_with_a_worker_killed_writes_the_local_files(tmp_pa
     ours = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*") if p.is_file())
     assert ours == local and len(ours) == 2 * TINY_IMAGES   # no temporaries left behind
     assert all((tmp_path / "ray" / p).read_bytes() == (tmp_path / "local" / p).read_bytes() for p in ours)
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open("/proc/{}/stat".format(pid)) as fh:   # a zombie has exited
-        return fh.read().split(")")[-1].split()[0] != "Z"

@@ -1,11 +1,12 @@
-"""The shell scripts of the deploy path, with stand-in atc / npu-smi / ais_bench / trtexec written into tmp_path.
+"""scripts/eval_acc_perf.sh end to end, with a stand-in ais_bench (it runs the same model through the local runner
+and writes what ais_bench writes: BIN/NPY/TXT, the device<id>/ shards of --device 0,1, fp16 outputs): the command
+lines, the table, the backends, several devices, .om sidecars, the CI gate, and refusals before any work.
 
 Each stand-in logs its arguments (one JSON list per call) so the tests can assert the exact command lines.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,37 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import onnx
-import pytest
+from helpers import REPO, TINY_PRESET, assert_user_error, bash, calls, table_rows
 
-from helpers import REPO, TINY_PRESET, assert_user_error
-from hrnetseg.graph import structure as onnx_graph
-
-ASCEND_TOOLS = ("atc", "npu-smi", "trtexec", "ais_bench")
-NPU_SMI_TABLE = """\
-+-------------------|-----------------|------------------------------------------------------+
-| NPU     Name      | Health          | Power(W)     Temp(C)           Hugepages-Usage(page) |
-| Chip    Device    | Bus-Id          | AICore(%)    Memory-Usage(MB)                        |
-+===================+=================+======================================================+
-| 0       310P3     | OK              | 15.8         42                0    / 0              |
-| 0       0         | 0000:82:00.0    | 0            1074 / 21534                            |
-+===================+=================+======================================================+
-"""
-ATC = r'''
-import json, os, sys
-args = sys.argv[1:]
-with open(os.environ["STUB_LOG"], "a") as fh:
-    fh.write(json.dumps(["atc"] + args) + "\n")
-if os.environ.get("STUB_FAIL"):
-    sys.exit(3)
-for arg in args:
-    if arg.startswith("--output="):
-        open(arg[len("--output="):] + ".om", "wb").close()
-'''
-NPU_SMI = r'''
-import sys
-sys.stdout.write(open(sys.argv[0] + ".txt").read())
-'''
 AIS_BENCH = r'''
 import glob, json, os, shutil, subprocess, sys, time
 import numpy as np
@@ -116,56 +88,6 @@ if os.environ.get("STUB_FLOAT16"):   # an .om made with atc --output_type=FP16; 
         json.dump(summary, fh)
 sys.exit(code)
 '''
-TRTEXEC = r'''
-import json, os, sys
-args = sys.argv[1:]
-with open(os.environ["STUB_LOG"], "a") as fh:
-    fh.write(json.dumps(["trtexec"] + args) + "\n")
-batch = int(args[2].split(":")[1].split("x")[0])
-print("[I] Host Latency: min = 1 ms, max = 999 ms, mean = 999.0 ms, median = 5 ms")
-print("[01/01/2024-00:00:00] [I] GPU Compute Time: min = 100 ms, max = 300 ms, mean = %.1f ms, median = 7 ms, "
-      "percentile(99%%) = 290 ms" % (160.0 * batch))
-'''
-
-
-def write_tool(folder: Path, name: str, body: str) -> None:
-    path = folder / name
-    path.write_text("#!{}\n{}".format(sys.executable, body))
-    path.chmod(0o755)
-
-
-def clean_path(extra: Path) -> str:
-    """PATH with the stand-ins first and no real Ascend or TensorRT tool behind them."""
-    keep = [d for d in os.environ.get("PATH", "").split(os.pathsep)
-            if d and not any(os.path.exists(os.path.join(d, tool)) for tool in ASCEND_TOOLS)]
-    return os.pathsep.join([str(extra)] + keep)
-
-
-@pytest.fixture
-def tools(tmp_path):
-    """A bin folder (empty: add stand-ins with write_tool), the environment that puts it on PATH, the call log."""
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    log = tmp_path / "calls.jsonl"
-    env = dict(os.environ, PATH=clean_path(folder), PYTHON=sys.executable, STUB_LOG=str(log), HRNETSEG_PROGRESS="0")
-    env.pop("AIS_BENCH", None)
-    return folder, env, log
-
-
-def calls(log: Path, tool: str) -> list:
-    if not log.exists():
-        return []
-    return [c[1:] for c in map(json.loads, log.read_text().splitlines()) if c[0] == tool]
-
-
-def bash(script: str, *args, env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(REPO / "scripts" / script)] + [str(a) for a in args], env=env, cwd=str(cwd),
-                          capture_output=True, text=True, timeout=600)
-
-
-def resize_mode(node) -> str:
-    """A Resize node's mode attribute ("" when the node does not set it)."""
-    return "".join(onnx.helper.get_attribute_value(a).decode() for a in node.attribute if a.name == "mode")
 
 
 def eval_with_ais_bench(program: str, tmp_path: Path, data: Path, env: dict) -> subprocess.CompletedProcess:
@@ -177,100 +99,6 @@ def eval_with_ais_bench(program: str, tmp_path: Path, data: Path, env: dict) -> 
     return bash("eval_acc_perf.sh", "--datasets_path", data, "--model_dir", tmp_path, "--batch_sizes", "1",
                 "--limit", "1", "--output_dir", tmp_path / "eval",
                 env=dict(env, AIS_BENCH="{} {}".format(sys.executable, stub)))
-
-
-def table_rows(stdout: str) -> list:
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in stdout.splitlines()
-            if re.match(r"^\| \d+ \|", line)]
-
-
-# ----------------------------------------------------------------------------------------------- pth2om.sh
-
-def test_pth2om_calls_atc_per_batch_size_and_writes_sidecars(tools, tmp_path, tiny_pth_path):
-    """By default no --out_nodes: the graph's outputs (output1, output2) define the .om's, as mmdeploy converts."""
-    folder, env, log = tools
-    write_tool(folder, "atc", ATC)
-    out = tmp_path / "om"
-    result = bash("pth2om.sh", "--pth", tiny_pth_path, "--soc_version", "Ascend310P3", "--height", 256, "--width", 512,
-                  "--preset", TINY_PRESET, "--output_dir", out, env=env)
-    assert result.returncode == 0, result.stderr
-    onnx_path = out / "hrnet.onnx"
-    model = onnx.load(str(onnx_path))
-    assert [o.name for o in model.graph.output] == ["output1", "output2"]
-    assert calls(log, "atc") == [
-        ["--framework=5", "--model={}".format(onnx_path), "--output={}/hrnet_bs{}".format(out, bs), "--input_format=NCHW",
-         "--input_shape=image:{},3,256,512".format(bs), "--log=error", "--soc_version=Ascend310P3"] for bs in (1, 4)]
-    assert "out_nodes: none given to atc" in result.stderr
-    for bs in (1, 4):
-        assert (out / "hrnet_bs{}.om".format(bs)).exists()
-        assert json.loads((out / "hrnet_bs{}.om.json".format(bs)).read_text()) == {
-            "batch": bs, "height": 256, "width": 512, "input_format": "NCHW", "input_dtype": "float32"}
-    assert sorted(p.name for p in out.iterdir()) == ["hrnet.onnx", "hrnet_bs1.om", "hrnet_bs1.om.json",
-                                                     "hrnet_bs4.om", "hrnet_bs4.om.json"]   # no temporaries left
-    head = onnx_graph.head_resize_nodes(model.graph)         # rewritten in place, as the ModelZoo scripts do
-    modes = {n.name: resize_mode(n) for n in onnx_graph.resize_nodes(model.graph)}
-    assert sorted(k for k, v in modes.items() if v == "nearest") == sorted(n.name for n in head)
-    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param          # one dynamic-batch export
-
-
-def test_pth2om_reads_the_chip_and_stops_at_the_first_failure(tools, tmp_path, tiny_pth_path):
-    folder, env, log = tools
-    write_tool(folder, "atc", ATC)
-    write_tool(folder, "npu-smi", NPU_SMI)
-    (folder / "npu-smi.txt").write_text(NPU_SMI_TABLE)
-    result = bash("pth2om.sh", "--pth", tiny_pth_path, "--height", 64, "--width", 128, "--preset", TINY_PRESET,
-                  "--output_dir", tmp_path / "om", "--no_rewrite", "--precision_mode", "allow_mix_precision",
-                  "--batch_sizes", "2 8", "--out_nodes", "producers", env=dict(env, STUB_FAIL="1"))
-    assert result.returncode == 3, result.stderr
-    [only] = calls(log, "atc")
-    model = onnx.load(str(tmp_path / "om" / "hrnet.onnx"))                       # --no_rewrite: still linear
-    made_by = {o: n.name for n in model.graph.node for o in n.output}              # producers: the older behaviour
-    assert "--out_nodes={}:0;{}:0".format(made_by["output1"], made_by["output2"]) in only
-    assert "--soc_version=Ascend310P3" in only and only[-1] == "--precision_mode=allow_mix_precision"
-    assert "--input_shape=image:2,3,64,128" in only
-    assert "error: command failed (exit 3): atc --framework=5" in result.stderr.splitlines()[-1]
-    assert {resize_mode(n) for n in onnx_graph.resize_nodes(model.graph)} == {"linear"}
-    assert not list((tmp_path / "om").glob("*.om*"))                               # no sidecar without its .om
-
-
-PYTHON_WITH_A_READY_EXPORT = r'''
-import os, shutil, sys
-# Python for pth2om.sh, with the export already done: HRNet_pth2onnx.py copies STUB_ONNX to its --save_path
-if os.path.basename(sys.argv[1]) == "HRNet_pth2onnx.py":
-    shutil.copy(os.environ["STUB_ONNX"], sys.argv[sys.argv.index("--save_path") + 1])
-    sys.exit(0)
-os.execv(sys.executable, [sys.executable] + sys.argv[1:])
-'''
-
-
-def test_pth2om_passes_an_out_nodes_list_as_given(tools, tmp_path, tiny_onnx_path):
-    folder, env, log = tools
-    write_tool(folder, "atc", ATC)
-    write_tool(folder, "python_ready_export", PYTHON_WITH_A_READY_EXPORT)
-    out = tmp_path / "om"
-    result = bash("pth2om.sh", "--pth", tiny_onnx_path, "--soc_version", "Ascend310P3", "--height", 64, "--width", 128,
-                  "--batch_sizes", "2", "--output_dir", out, "--no_rewrite", "--input_format", "uint8",
-                  "--out_nodes", "/head/Conv:0;/aux/Conv:0",
-                  env=dict(env, PYTHON=str(folder / "python_ready_export"), STUB_ONNX=str(tiny_onnx_path)))
-    assert result.returncode == 0, result.stderr
-    [only] = calls(log, "atc")
-    assert only[-1] == "--out_nodes=/head/Conv:0;/aux/Conv:0" and "--input_shape=image:2,3,64,128" in only
-    assert json.loads((out / "hrnet_bs2.om.json").read_text()) == {
-        "batch": 2, "height": 64, "width": 128, "input_format": "NCHW", "input_dtype": "uint8"}
-
-
-def test_pth2om_refuses_before_the_export(tools, tmp_path, tiny_pth_path):
-    folder, env, _ = tools
-    out = tmp_path / "om"
-    common = ["--pth", tiny_pth_path, "--output_dir", out]
-    assert_user_error(bash("pth2om.sh", *common, env=env), "atc not found")
-    write_tool(folder, "atc", ATC)
-    assert_user_error(bash("pth2om.sh", *common, env=env), "npu-smi not found")
-    assert_user_error(bash("pth2om.sh", *common, "--batch_sizes", "1 x", env=env), "--batch_sizes")
-    assert_user_error(bash("pth2om.sh", "--output_dir", out, env=env), "--pth")
-    assert_user_error(bash("pth2om.sh", *common, "--bogus", env=env), "--bogus")
-    assert_user_error(bash("pth2om.sh", "--pth", tmp_path / "none.pth", env=env), "not found")
-    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------------ eval_acc_perf.sh
@@ -355,58 +183,9 @@ def test_eval_refuses_bad_arguments(tools, tmp_path, tiny_data_root):
     assert_user_error(bash("eval_acc_perf.sh", "--datasets_path", tmp_path / "nope", env=env), "not found")
 
 
-# ---------------------------------------------------------------------------------------------- perf_gpu.sh
-
-def test_perf_gpu_reads_the_mean_gpu_compute_time_by_name(tools, tmp_path, tiny_onnx_path):
-    folder, env, log = tools
-    write_tool(folder, "trtexec", TRTEXEC)
-    result = bash("perf_gpu.sh", "--onnx", tiny_onnx_path, "--output_dir", tmp_path, env=env)
-    assert result.returncode == 0, result.stderr
-    assert calls(log, "trtexec") == [["--onnx={}".format(tiny_onnx_path), "--fp16",
-                                      "--shapes=image:{}x3x1024x2048".format(bs)] for bs in (1, 4)]
-    rows = table_rows(result.stdout)
-    assert rows == [["1", "160.00", "6.25"], ["4", "640.00", "6.25"]]     # fps = N * 1000 / mean
-
-
-def test_perf_gpu_names_a_failed_trtexec_run_and_its_time(tools, tmp_path, tiny_onnx_path):
-    folder, env, _ = tools
-    write_tool(folder, "trtexec", "import sys\nprint('[E] engine build failed')\nsys.exit(4)\n")
-    result = bash("perf_gpu.sh", "--onnx", tiny_onnx_path, "--output_dir", tmp_path, env=env)
-    assert result.returncode == 4 and "engine build failed" in result.stderr
-    assert re.match(r"error: command failed \(exit 4\): trtexec --onnx=\S+ --fp16 --shapes=image:1x3x1024x2048 "
-                    r"\(after \d+ s\)$", result.stderr.splitlines()[-1]), result.stderr
-
-
-def test_perf_gpu_without_trtexec_says_so(tools, tiny_onnx_path):
-    _, env, _ = tools
-    result = bash("perf_gpu.sh", "--onnx", tiny_onnx_path, env=env)
-    assert result.returncode != 0 and "trtexec not found" in result.stderr
-
-
-# ------------------------------------------------------------------------------------------------- demo.sh
-
-def test_demo_runs_the_whole_pipeline_small(tools, tmp_path):
-    _, env, _ = tools
-    out = tmp_path / "demo"
-    result = bash("demo.sh", "--preset", TINY_PRESET, "--height", 64, "--width", 128, "--output_dir", out,
-                  "--device", "cpu", env=dict(env, HRNETSEG_VENV="none"))
-    assert result.returncode == 0, result.stderr
-    assert [r[:3] for r in table_rows(result.stdout)] == [["1", "onnxruntime", "cpu"], ["4", "onnxruntime", "cpu"]]
-    assert "meaningless" in result.stdout and "random weights" in result.stderr
-    assert "argmax agreement" in result.stdout
-    assert (out / "hrnet.onnx").exists() and (out / "result_bs1.json").exists() and (out / "result_bs4.json").exists()
-
-
-def test_demo_refuses_an_output_dir_that_is_a_file(tools, tmp_path):
-    _, env, _ = tools
-    (tmp_path / "a_file").write_text("")
-    result = bash("demo.sh", "--output_dir", tmp_path / "a_file", env=dict(env, HRNETSEG_VENV="none"))
-    assert_user_error(result, "--output_dir", "not a folder")
-
-
 def test_eval_without_a_usable_throughput_says_so(tools, tmp_path, tiny_data_root):
     """One clear line naming the log and the command, never a bare failed-command trace or 0.00 in the table
-    (python3 -m hrnetseg.atlas.acc_perf throughput; its cases are in test_hostile_runner.py)."""
+    (python3 -m hrnetseg.atlas.acc_perf throughput; its cases are in test_atlas_acc_perf.py)."""
     _, env, _ = tools
     result = eval_with_ais_bench("print('[INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(1.000): "
                                  "0.000')\n", tmp_path, tiny_data_root, env)
@@ -428,7 +207,7 @@ def test_eval_limit_gets_its_own_prep_folder(tools, tmp_path, tiny_onnx_path, ti
     assert json.loads((out / "result_bs1.json").read_text())["images"] == 2
 
 
-# ------------------------------------------------------------------- hostile runs: locks, batch sizes, hung tools
+# ------------------------------------------------------------------- hostile runs: locks, batch sizes, failed tools
 
 def eval_with_ais_bench_stub(tmp_path, env, tiny_onnx_path, batch_sizes=(1,), **extra_env):
     """(the environment, models folder) for eval_acc_perf.sh with the ais_bench stand-in and .om files."""
@@ -490,33 +269,6 @@ def test_eval_passes_output_dtype_float16_for_an_fp16_om(tools, tmp_path, tiny_o
     assert len(outputs) == 1 and outputs[0].stat().st_size == 2 * 19 * (64 // 4) * (128 // 4)    # float16 files
     assert json.loads((out / "result_bs1.json").read_text())["images"] == 1
     assert [r[:3] for r in table_rows(result.stdout)] == [["1", "ais_bench", "npu:0"]]
-
-
-HANG = "import time\ntime.sleep(120)\n"
-
-
-def test_hung_probes_stop_the_scripts_with_one_line(tools, tmp_path, tiny_pth_path, tiny_data_root):
-    folder, env, _ = tools
-    write_tool(folder, "atc", ATC)
-    write_tool(folder, "npu-smi", HANG)
-    hung = tmp_path / "hung_ais_bench.py"
-    hung.write_text(HANG)
-    (tmp_path / "hrnet_bs1.om").write_bytes(b"om")
-    env = dict(env, HRNETSEG_PROBE_TIMEOUT="1", AIS_BENCH="{} {}".format(sys.executable, hung))
-    commands = {"pth2om.sh": ["--pth", tiny_pth_path, "--output_dir", tmp_path / "om"],
-                "eval_acc_perf.sh": ["--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--batch_sizes", "1",
-                                     "--output_dir", tmp_path / "eval"]}
-    began = time.monotonic()
-    running = {name: subprocess.Popen(["bash", str(REPO / "scripts" / name)] + [str(a) for a in args], env=env,
-                                      cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for name, args in commands.items()}
-    results = {name: subprocess.CompletedProcess(p.args, 0, *p.communicate(timeout=60)) for name, p in running.items()}
-    for name, process in running.items():
-        results[name].returncode = process.returncode
-    assert time.monotonic() - began < 30
-    assert_user_error(results["pth2om.sh"], "'npu-smi info' did not answer within 1 s", "HRNETSEG_PROBE_TIMEOUT")
-    assert_user_error(results["eval_acc_perf.sh"], "--help' did not answer within 1 s")
-    assert not (tmp_path / "om").exists() and not (tmp_path / "eval").exists()
 
 
 def test_a_failed_long_step_names_the_command_and_its_time(tools, tmp_path, tiny_data_root):
@@ -608,7 +360,7 @@ def test_eval_gate_flags_are_checked_before_any_work(tools, tmp_path, tiny_data_
     shutil.copy(__file__, str(tmp_path / "hrnet.onnx"))    # never run: every case stops first
     common = ["--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--output_dir", tmp_path / "eval"]
     for flags, fragment in ((["--min_fps", "8:5"], "floor for batch size 8 but the run has --batch_sizes \"1 4\""),
-                            (["--junit", tmp_path], "it is a folder"),   # the others: test_hostile_atlas_checks
+                            (["--junit", tmp_path], "it is a folder"),   # the others: test_atlas_ci_gate
                             (["--junit", tmp_path / "eval" / "result_bs1.json"],   # the report would replace it
                              "one of the files which eval_acc_perf.sh writes")):
         assert_user_error(bash("eval_acc_perf.sh", *common, *flags, env=env), fragment)

@@ -1,12 +1,12 @@
-"""hrnetseg.util.cli's ArgumentParser (the hyphenated flag spellings) and the one shape of the four top-level scripts."""
+"""hrnetseg.util.cli's ArgumentParser (the hyphenated flag spellings) and argument types, and the one shape of the
+four top-level scripts."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, load_script
 from hrnetseg.util.cli import ArgumentParser, positive_int
 
 TOP_LEVEL_SCRIPTS = ("HRNet_preprocess.py", "HRNet_pth2onnx.py", "performance_optimize_resize.py",
@@ -77,11 +77,15 @@ def test_a_flag_given_both_spellings_is_added_once():
     assert parser.parse_args(["--no-verify"]).no_verify
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name[:-3], str(REPO / name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_positive_int_takes_ascii_digits_only():
+    import argparse
+
+    from hrnetseg.util.cli import positive_int
+
+    assert positive_int("12") == 12
+    for bad in ("1_0", "\u0663", "0", "-1", " 1", "", "1.0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(bad)
 
 
 @pytest.mark.parametrize("name", TOP_LEVEL_SCRIPTS)

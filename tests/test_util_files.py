@@ -1,4 +1,5 @@
-"""File-system safety and output locks: what may be read or replaced, and one writer per output."""
+"""File-system safety: what may be read or replaced, non-regular files and empty paths named for what they are,
+symbolic links written through, temporaries of dead writers removed, nothing left by a Ctrl-C."""
 from __future__ import annotations
 
 import os
@@ -6,17 +7,16 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from helpers import REPO, assert_user_error, lock_held_elsewhere, run_script
-from hrnetseg.util.errors import UserError
+from helpers import assert_user_error, quiet, run_script
+from hrnetseg.evaluation.postprocess import evaluate_folder
 from hrnetseg.util import locks
+from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import (atomic_path, check_output_file, make_output_folder, remove_stale_temporaries,
-                                 remove_stale_temporaries_beside, require_file, write_text_atomic)
-from hrnetseg.util.locks import acquire_on_descriptor, lock_path_for, output_lock, read_owner
+                                 remove_stale_temporaries_beside, require_file, require_folder, write_text_atomic)
 
 
 def special_files(folder):
@@ -34,8 +34,6 @@ def special_files(folder):
         pass
     return found
 
-
-# --------------------------------------------------------------------------------------------- files
 
 def test_outputs_that_are_not_regular_files_are_refused_before_any_work(tmp_path):
     for kind, path in special_files(tmp_path).items():
@@ -87,6 +85,32 @@ def test_inputs_say_what_they_are(tmp_path):
         make_output_folder(str(found["FIFO"]), "--save_path")
 
 
+def test_an_empty_path_is_named_as_such_not_as_not_found():
+    for check, what in ((require_file, "confusion file"), (require_folder, "label folder")):
+        with pytest.raises(UserError, match=r"^no {} given \(an empty path\)$".format(what)):
+            check("", what)
+    with pytest.raises(UserError, match="^DIR is empty: give a folder name$"):
+        make_output_folder("", "DIR")
+    assert_user_error(run_script(["HRNet_preprocess.py", "--src_path", "", "--save_path", "x"]), "no data folder given")
+
+
+def test_an_output_under_a_file_names_the_file_not_a_missing_folder(sample_results_path, sample_data_root, tmp_path):
+    """'folder x.txt does not exist' (it does), 'cannot create lock file ...: File exists', 'Not a directory'."""
+    (tmp_path / "x.txt").write_text("precious")
+    blocked = "{} is a file, not a folder".format(tmp_path / "x.txt")
+    labels = str(sample_data_root / "cityscapes" / "gtFine" / "val")
+    for flag in ("save_path", "save_confusion", "save_vis", "save_pred"):
+        with pytest.raises(UserError, match="--{} .*: {}$".format(flag, blocked)):
+            evaluate_folder(str(sample_results_path), labels, log=quiet, warn=quiet,
+                            **{flag: str(tmp_path / "x.txt" / "sub" / "out")})
+    with pytest.raises(UserError, match="cannot create output folder DIR .*: {}$".format(blocked)):
+        make_output_folder(str(tmp_path / "x.txt" / "data"), "DIR")
+    with pytest.raises(UserError, match="cannot create lock file .*: {}$".format(blocked)):
+        with locks.output_lock(str(tmp_path / "x.txt" / "out")):
+            pass
+    assert (tmp_path / "x.txt").read_text() == "precious"
+
+
 def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / ".hrnet.onnx.{}.abc123_x.tmp".format(int(dead.stdout))
@@ -107,106 +131,6 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
             assert ".x.bin.{}.".format(os.getpid()) in tmp
             raise RuntimeError
     assert not (tmp_path / "x.bin").exists()
-
-
-# --------------------------------------------------------------------------------------------- locks
-
-def test_a_second_writer_stops_at_once_naming_the_first(tmp_path):
-    out = tmp_path / "results" / "bs1"
-    with lock_held_elsewhere(out, kill=True) as pid:
-        assert read_owner(lock_path_for(str(out))) == pid
-        assert lock_path_for(str(out) + "/") == str(tmp_path / "results" / "bs1.lock")   # beside, not inside
-        began = time.monotonic()
-        with pytest.raises(UserError, match="another run \\(PID {}\\)".format(pid)):
-            with output_lock(str(out)):
-                pass
-        assert time.monotonic() - began < 2
-    with output_lock(str(out)):          # the kernel released the killed holder's lock
-        with output_lock(str(out)):      # re-entrant in one process
-            assert read_owner(lock_path_for(str(out))) == os.getpid()
-    assert not os.path.exists(lock_path_for(str(out)))    # removed when released
-
-
-def test_a_lock_kept_by_an_orphan_of_a_dead_owner_is_taken_over(tmp_path, capsys):
-    out = tmp_path / "prep"
-    with lock_held_elsewhere(out, orphan=True):
-        with output_lock(str(out)):
-            assert read_owner(lock_path_for(str(out))) == os.getpid()
-        assert "took over" in capsys.readouterr().err
-
-
-SCRIPT = """
-source "{common}"
-PYTHON="{python}"
-lock_output "$1"
-echo "locked by $$"
-"{python}" -c "from hrnetseg.util.locks import output_lock
-with output_lock('$1'): print('child shares it')"
-sleep "$2"
-"""
-
-
-def test_shell_scripts_hold_a_lock_their_children_share(tmp_path):
-    script = tmp_path / "writer.sh"
-    script.write_text(SCRIPT.format(common=REPO / "scripts" / "common.sh", python=sys.executable))
-    out = tmp_path / "results" / "bs4"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    first = subprocess.Popen(["bash", str(script), str(out), "3"], stdout=subprocess.PIPE, text=True, env=env)
-    assert first.stdout.readline().strip() == "locked by {}".format(first.pid)
-    assert first.stdout.readline().strip() == "child shares it"
-    second = subprocess.run(["bash", str(script), str(out), "0"], capture_output=True, text=True, env=env)
-    assert_user_error(second, "PID {}".format(first.pid))
-    assert first.wait() == 0
-    assert not os.path.exists(lock_path_for(str(out)))
-    again = subprocess.run(["bash", str(script), str(out), "0"], capture_output=True, text=True, env=env)
-    assert again.returncode == 0, again.stderr
-
-
-def test_probes_run_under_a_timeout(tmp_path):
-    script = tmp_path / "probe.sh"
-    script.write_text('source "{}"\nprobe "$@" || echo "status $?"\necho "output: ${{PROBE_OUTPUT}}"\n'.format(
-        REPO / "scripts" / "common.sh"))
-    hung = subprocess.run(["bash", str(script), "sleep", "20"], capture_output=True, text=True, timeout=15,
-                          env=dict(os.environ, HRNETSEG_PROBE_TIMEOUT="1"))
-    assert_user_error(hung, "'sleep 20' did not answer within 1 s", "HRNETSEG_PROBE_TIMEOUT")
-    answered = subprocess.run(["bash", str(script), "sh", "-c", "echo hi; exit 3"], capture_output=True, text=True)
-    assert answered.stdout.splitlines() == ["status 3", "output: hi"]
-    bad = subprocess.run(["bash", str(script), "true"], capture_output=True, text=True,
-                         env=dict(os.environ, HRNETSEG_PROBE_TIMEOUT="soon"))
-    assert_user_error(bad, "HRNETSEG_PROBE_TIMEOUT")
-
-
-def test_cli_lock_path_command(tmp_path):
-    result = run_script(["-m", "hrnetseg.util.locks", "path", tmp_path / "results" / "bs1"])
-    assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "results" / "bs1.lock")
-
-
-def test_an_output_whose_folder_we_may_not_write_runs_unlocked_and_says_so(tmp_path, monkeypatch, capsys):
-    real_open = os.open
-
-    def refuse_lock_files(path, *args, **kwargs):
-        if str(path).endswith(".lock"):
-            raise PermissionError(13, "Permission denied")
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(locks.os, "open", refuse_lock_files)
-    with output_lock(str(tmp_path / "mount")):
-        pass
-    assert "is not locked against a second run" in capsys.readouterr().err
-
-
-def test_a_lock_file_removed_after_the_script_opened_it_is_opened_again(tmp_path):
-    """The previous owner finishing between the script's open and its lock: retry (exit 75), never an error,
-    and never a lock on a file that is no longer the lock."""
-    out = tmp_path / "results" / "bs1"
-    lock = lock_path_for(str(out))
-    os.makedirs(os.path.dirname(lock))
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
-    try:
-        os.remove(lock)
-        assert acquire_on_descriptor(fd, str(out), os.getpid()) == "retry"
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize("call", ["open", "mkdir"])
