@@ -1,21 +1,25 @@
-"""The tests' fixtures: expensive artefacts shared per session, the stand-in backend. Helpers: helpers.py."""
+"""The tests' fixtures: expensive artefacts built once per session (a checkpoint, its export, synthetic data, their
+preprocess and model-like outputs, a reference evaluation), private copies to change, the stand-in backend and the
+stand-in tools' folder. Helpers: helpers.py."""
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from helpers import (SAMPLE_HEIGHT, SAMPLE_IMAGES, SAMPLE_WIDTH, TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH,
-                      StubBackend, run_script)
+                      StubBackend, clean_path, run_script)
+
 
 @pytest.fixture
 def run():
     return run_script
 
 
-# --- deploy-path fixtures: a small official-format checkpoint and its dynamic-batch export -----
-
-
+# --- the deploy path: a small official-format checkpoint, its dynamic-batch export, tiny data --------------
 
 @pytest.fixture(scope="session")
 def tiny_pth_path(tmp_path_factory) -> Path:
@@ -40,6 +44,20 @@ def tiny_onnx_path(tmp_path_factory, tiny_pth_path) -> Path:
     return path
 
 
+@pytest.fixture
+def tiny_copy(tmp_path, tiny_onnx_path) -> Path:
+    """A private copy of tiny_onnx_path, tmp_path / hrnet.onnx, free to change."""
+    path = tmp_path / "hrnet.onnx"
+    shutil.copy(str(tiny_onnx_path), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def official_state():
+    """tiny_ocr's official-format state dict (seed 0). Changes replace its tensors in a copy, never edit them."""
+    from hrnetseg.model.random_weights import official_state_dict
+
+    return official_state_dict(TINY_PRESET, seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +80,27 @@ def tiny_prep_path(tmp_path_factory, tiny_data_root) -> Path:
     return out
 
 
-# --- data-step fixtures: synthetic Cityscapes scenes and model-like outputs ---------------------
+@pytest.fixture
+def prep_copy(tmp_path, tiny_prep_path) -> Path:
+    """A private copy of tiny_prep_path, tmp_path / prep, free to change."""
+    path = tmp_path / "prep"
+    shutil.copytree(tiny_prep_path, path)
+    return path
 
 
+@pytest.fixture(scope="session")
+def local_npz(tmp_path_factory, tiny_data_root, tiny_onnx_path) -> Path:
+    """The local streaming evaluation's confusion file for the tiny data at --batchsize 1 (run in this process):
+    the reference for the scale-out runs. Shared: do not change it."""
+    from hrnetseg.evaluation import cli as evaluate
+
+    out = tmp_path_factory.mktemp("local_npz") / "local.npz"
+    assert evaluate.main(["--datasets_path", str(tiny_data_root), "--onnx", str(tiny_onnx_path), "--batchsize", "1",
+                          "--save_confusion", str(out)]) == 0
+    return out
+
+
+# --- the data steps: synthetic Cityscapes scenes and model-like outputs ---------------------------------
 
 @pytest.fixture(scope="session")
 def sample_data_root(tmp_path_factory) -> Path:
@@ -88,6 +124,12 @@ def sample_results_path(tmp_path_factory, sample_data_root) -> Path:
     return res
 
 
+@pytest.fixture(scope="session")
+def gt(sample_data_root) -> Path:
+    """sample_data_root's label folder, cityscapes/gtFine/val."""
+    return sample_data_root / "cityscapes" / "gtFine" / "val"
+
+
 # --- the runner with a stand-in model -------------------------------------------------------------------------
 
 @pytest.fixture
@@ -104,3 +146,17 @@ def stub(monkeypatch):
 
     monkeypatch.setattr(infer, "load_backend", load)
     return backend
+
+
+# --- the shell scripts' stand-in tools -------------------------------------------------------------------------
+
+@pytest.fixture
+def tools(tmp_path):
+    """A bin folder (empty: add stand-ins with helpers.write_tool), the environment that puts it first on PATH,
+    the stand-ins' call log."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    log = tmp_path / "calls.jsonl"
+    env = dict(os.environ, PATH=clean_path(folder), PYTHON=sys.executable, STUB_LOG=str(log), HRNETSEG_PROGRESS="0")
+    env.pop("AIS_BENCH", None)
+    return folder, env, log

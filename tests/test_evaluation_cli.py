@@ -1,0 +1,123 @@
+"""python -m hrnetseg.evaluate refuses bad input in one line before any work: output files that are not regular
+files or are the model itself, a model path that is not a file or is empty, an empty image or label, a second run
+on the same output files, bad flag and test hook values."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from helpers import TINY_HEIGHT, TINY_WIDTH, lock_held_elsewhere, refused_by_argparse, run_infer
+from hrnetseg.data import cityscapes
+from hrnetseg.evaluation import cli as evaluate, streaming
+from hrnetseg.util.errors import UserError
+
+
+# --- output files ---------------------------------------------------------------------------------------------
+
+def non_regular_files(folder: Path):
+    """(what, path) for a FIFO, a socket and (as root) a character device, made in `folder`."""
+    os.mkfifo(str(folder / "fifo.json"))
+    made = [("a FIFO", folder / "fifo.json")]
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(folder / "socket.json"))
+    server.close()
+    made.append(("a socket", folder / "socket.json"))
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        import stat
+
+        os.mknod(str(folder / "null.json"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))   # /dev/null's numbers
+        made.append(("a character device", folder / "null.json"))
+    return made
+
+
+def test_evaluate_refuses_output_files_that_are_not_regular_before_any_work(tmp_path, tiny_onnx_path):
+    nowhere = str(tmp_path / "no_data")          # were the data set looked at first, this would be the error
+    for what, path in non_regular_files(tmp_path):
+        for flag in ("--save_path", "--save_confusion"):
+            with pytest.raises(UserError, match="cannot write {} {}: it is {}".format(flag, path, what)):
+                evaluate.main(["--datasets_path", nowhere, "--onnx", str(tiny_onnx_path), flag, str(path)])
+    with pytest.raises(UserError, match="name the same file"):
+        evaluate.main(["--datasets_path", nowhere, "--onnx", str(tiny_onnx_path), "--save_path",
+                       str(tmp_path / "r"), "--save_confusion", str(tmp_path / "." / "r")])
+
+
+def test_evaluate_never_writes_its_result_over_the_model(tmp_path, tiny_onnx_path):
+    """--save_path hrnet.onnx replaced the model with the result JSON, exit 0."""
+    model = tmp_path / "hrnet.onnx"
+    shutil.copy(str(tiny_onnx_path), str(model))
+    os.symlink(model.name, str(tmp_path / "link.json"))
+    nowhere = str(tmp_path / "no_data")          # refused before the data set is looked at
+    for flag, path in (("--save_path", model), ("--save_confusion", tmp_path / "link.json")):
+        with pytest.raises(UserError, match="{} {} is the model file itself".format(flag, path)):
+            evaluate.main(["--datasets_path", nowhere, "--onnx", str(model), flag, str(path)])
+    assert model.read_bytes() == tiny_onnx_path.read_bytes()
+
+
+def test_evaluate_locks_its_output_files(tmp_path, tiny_data_root, tiny_onnx_path, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(evaluate, "load_backend", lambda *a, **k: loaded.append(1))
+    with lock_held_elsewhere(tmp_path / "c.npz") as pid:
+        with pytest.raises(UserError, match=r"c.npz is being written by another run \(PID {}\)".format(pid)):
+            evaluate.main(["--datasets_path", str(tiny_data_root), "--onnx", str(tiny_onnx_path), "--save_path",
+                           str(tmp_path / "r.json"), "--save_confusion", str(tmp_path / "c.npz")])
+    assert not loaded and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --- the model and the data ---------------------------------------------------------------------------------
+
+def test_evaluate_says_what_a_model_path_is(tmp_path, tiny_data_root):
+    """A FIFO, a folder or a link loop given as the model was 'model not found' (and the FIFO never opened)."""
+    os.mkfifo(str(tmp_path / "fifo.onnx"))
+    (tmp_path / "folder.onnx").mkdir()
+    os.symlink("loop.onnx", str(tmp_path / "loop.onnx"))
+    for name, what in (("fifo.onnx", "is a FIFO, not a regular file"), ("folder.onnx", "is a folder, not a regular"),
+                       ("loop.onnx", "is a symbolic link loop")):
+        with pytest.raises(UserError, match="model {} {}".format(tmp_path / name, what)):
+            evaluate.main(["--datasets_path", str(tiny_data_root), "--onnx", str(tmp_path / name)])
+
+
+def test_an_empty_model_name_is_one_line(tmp_path, tiny_prep_path, stub):
+    """evaluate --onnx '' was a traceback (the empty name taken for no model at all)."""
+    for flag in ("--onnx", "--pth"):
+        with pytest.raises(UserError, match="{} is an empty name: give the model file".format(flag)):
+            evaluate.main(["--datasets_path", str(tmp_path), flag, ""])
+    with pytest.raises(UserError, match="--model is an empty name"):
+        run_infer("", tiny_prep_path)
+    assert not stub.loaded
+
+
+def test_evaluate_names_an_empty_image_or_label(tmp_path, tiny_data_root):
+    data = tmp_path / "data"
+    shutil.copytree(str(tiny_data_root), str(data))
+    samples = cityscapes.find_images(str(data))
+    Path(samples[0].image).write_bytes(b"")      # the first image: its size is read before the model loads
+    with pytest.raises(UserError, match="image {} cannot be decoded".format(samples[0].image)):
+        evaluate.main(["--datasets_path", str(data), "--onnx", str(tmp_path / "model_not_loaded_yet.onnx")])
+
+    size = (TINY_HEIGHT, TINY_WIDTH)
+    Path(samples[1].label).write_bytes(Path(samples[1].label).read_bytes()[:60])   # truncated label
+    with pytest.raises(UserError, match="label {}".format(re.escape(samples[1].label))):
+        streaming.decode(samples[1], "float32", size)
+    os.remove(samples[2].image)
+    os.mkfifo(samples[2].image)                  # never opened
+    with pytest.raises(UserError, match="image {} is a FIFO, not a regular file".format(samples[2].image)):
+        streaming.decode(samples[2], "float32", size)
+
+
+# --- flags and the test hook ---------------------------------------------------------------------------------
+
+def test_evaluate_command_line_refusals(tiny_data_root, tiny_onnx_path, capsys):
+    base = ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path]
+    refused_by_argparse(evaluate.main, base + ["--preset", "w18"], capsys, "--preset", "invalid choice")
+    refused_by_argparse(evaluate.main, base + ["--split", "../val"], capsys, "--split", "plain name")
+
+
+def test_evaluate_test_hook_value_that_is_not_a_count_is_one_line(tmp_path, tiny_onnx_path, monkeypatch):
+    monkeypatch.setenv(streaming.INTERRUPT_AFTER_ENV, "two")
+    with pytest.raises(UserError, match="HRNETSEG_TEST_INTERRUPT_AFTER='two': expected a number of images"):
+        evaluate.main(["--datasets_path", str(tmp_path), "--onnx", str(tiny_onnx_path)])
