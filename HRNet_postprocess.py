@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from hrnetseg.util.cli import ArgumentParser, output_index, plain_name, positive_int, run_cli
 from hrnetseg.evaluation.postprocess import OUTPUT_DTYPES, evaluate_folder
+from hrnetseg.util.cli import ArgumentParser, output_index, plain_name, positive_int, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

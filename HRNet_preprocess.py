@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from hrnetseg.util.cli import ArgumentParser, plain_name, positive_int, run_cli
 from hrnetseg.data.preprocess import DTYPES, preprocess
+from hrnetseg.util.cli import ArgumentParser, plain_name, positive_int, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

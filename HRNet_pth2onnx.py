@@ -10,11 +10,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from hrnetseg.model.presets import DEFAULT_PRESET, MODEL_INPUT_DTYPES, PRESET_NAMES
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli, whole_number
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import check_output_file, remove_stale_temporaries_beside, require_file
 from hrnetseg.util.locks import output_lock
-from hrnetseg.model.presets import DEFAULT_PRESET, MODEL_INPUT_DTYPES, PRESET_NAMES
 
 MAX_SEED = 2 ** 64 - 1   # torch.Generator.manual_seed takes an unsigned 64-bit seed
 

@@ -34,11 +34,11 @@ from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from hrnetseg.evaluation.multiscale import DEFAULT_CROP_SIZE
+from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError, exception_line
 from hrnetseg.util.files import require_file
-from hrnetseg.evaluation.multiscale import DEFAULT_CROP_SIZE
-from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
 
 TOLERANCE = 1e-5
 ONNX_TOLERANCE = 1e-4       # ONNX Runtime's kernels round differently from torch's
@@ -114,8 +114,8 @@ def import_upstream(folder: str):
         raise UserError("yacs is needed for upstream's config: pip install -r requirements-dev.txt")
     sys.path.insert(0, lib)
     try:
-        from config import config as default_config   # upstream lib/config (yacs CfgNode)
-        import models.seg_hrnet_ocr as seg_hrnet_ocr   # upstream lib/models
+        import models.seg_hrnet_ocr as seg_hrnet_ocr  # upstream lib/models
+        from config import config as default_config  # upstream lib/config (yacs CfgNode)
     except Exception as exc:   # anything upstream raises on import is a setup problem, shown on one line
         raise UserError("cannot import upstream's model from {}: {}: {}".format(lib, type(exc).__name__, exc))
     return default_config, seg_hrnet_ocr
@@ -204,7 +204,7 @@ def upstream_dataset(cfg, tta, list_folder: str):
     """Upstream's Cityscapes dataset object as tools/test.py builds it for testing (its base and crop size),
     over a one-line test list: only its transform and multi_scale_inference are used."""
     try:
-        import datasets   # upstream lib/datasets (lib is on sys.path since upstream_config)
+        import datasets  # upstream lib/datasets (lib is on sys.path since upstream_config)
     except Exception as exc:
         raise UserError("cannot import upstream's datasets from {}: {}: {}".format(
             os.path.dirname(list_folder), type(exc).__name__, exc))
@@ -296,8 +296,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     from hrnetseg.model.checkpoint import load_checkpoint
-    from hrnetseg.util.numerics import max_abs_error, relative_error
     from hrnetseg.model.network import build_model
+    from hrnetseg.util.numerics import max_abs_error, relative_error
 
     upstream = build_upstream_model(folder)
     load_upstream_weights(upstream, args.pth)

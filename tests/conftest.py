@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (SAMPLE_HEIGHT, SAMPLE_IMAGES, SAMPLE_WIDTH, TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH,
-                      StubBackend, clean_path, run_script)
+from helpers import (
+    SAMPLE_HEIGHT,
+    SAMPLE_IMAGES,
+    SAMPLE_WIDTH,
+    TINY_HEIGHT,
+    TINY_IMAGES,
+    TINY_PRESET,
+    TINY_WIDTH,
+    StubBackend,
+    clean_path,
+    run_script,
+)
 
 
 @pytest.fixture
@@ -62,7 +72,8 @@ def official_state():
 
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory) -> Path:
-    """TINY_IMAGES synthetic scenes at TINY_HEIGHT x TINY_WIDTH in the ModelZoo scripts' ./data layout (root/cityscapes/...)."""
+    """TINY_IMAGES synthetic scenes at TINY_HEIGHT x TINY_WIDTH in the ModelZoo scripts' ./data layout
+    (root/cityscapes/...)."""
     from hrnetseg.data.sample_scenes import generate
 
     root = tmp_path_factory.mktemp("tiny_data")

@@ -12,10 +12,10 @@ import pytest
 
 from hrnetseg.atlas import acc_perf, figures
 from hrnetseg.data.manifest import read_manifest
+from hrnetseg.runner import layout
 from hrnetseg.util.errors import UserError
 
 from helpers import TINY_IMAGES, assert_user_error, run_script
-
 
 # --- the throughput in ais_bench's log ------------------------------------------------------------------------
 
@@ -109,7 +109,8 @@ def test_a_result_that_does_not_count_every_preprocessed_image_gives_no_row(tiny
         result.write_text(json.dumps({"mIoU": 0.5, "images": images}))
         with pytest.raises(UserError, match=words):
             acc_perf.check_every_image_counted(str(result), str(tiny_prep_path))
-    assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "1", "--backend", "x", "--device", "d",
+    assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "1", "--backend", "x",
+                                  "--device", "d",
                                   "--fps", "5", "--result", result, "--prep", tiny_prep_path]), "not a count")
 
 
@@ -125,7 +126,8 @@ def test_table_row_never_shows_a_zero_throughput_or_a_bad_miou(tmp_path):
         result.write_text(bad)
         with pytest.raises(UserError, match="result"):
             acc_perf.miou(str(result))
-    assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "1", "--backend", "x", "--device", "d",
+    assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "1", "--backend", "x",
+                                  "--device", "d",
                                   "--fps", "nan", "--result", result]), "--fps")
 
 
@@ -186,15 +188,16 @@ def test_row_of_shards_takes_padding_out_device_by_device(tmp_path, tiny_prep_pa
     assert acc_perf.shards_device(acc_perf.shard_summaries(str(runner))) == "cuda:0,cuda:1"
     result = tmp_path / "result.json"
     result.write_text(json.dumps({"mIoU": 0.5, "images": TINY_IMAGES}))
-    shown = run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "4", "--backend", "ais_bench", "--shards", res,
+    shown = run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "4", "--backend", "ais_bench", "--shards",
+                        res,
                         "--fps", "30.0", "--result", result, "--prep", tiny_prep_path])
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == "| 4 | ais_bench | npu:0,npu:1 | 17.50 | 50.00% |\n"
 
 
 def test_the_padding_note_counts_each_device_part(tiny_prep_path):
-    assert acc_perf.device_parts(5, 2) == [3, 2] and acc_perf.device_parts(3, 2) == [2, 1]
-    assert acc_perf.device_parts(1, 2) == [1, 0] and acc_perf.device_parts(8, 3) == [3, 3, 2]
+    assert layout.device_parts(5, 2) == [3, 2] and layout.device_parts(3, 2) == [2, 1]
+    assert layout.device_parts(1, 2) == [1, 0] and layout.device_parts(8, 3) == [3, 3, 2]
     [note] = acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4], counts_padding=True, devices=2)
     assert note.startswith("note: 5 images split 3+2 across 2 devices run at batch size 4 as 8: ")
     assert acc_perf.check_batch_sizes(str(tiny_prep_path), [1], counts_padding=True, devices=5) == []

@@ -98,7 +98,8 @@ def test_a_sidecar_that_is_not_a_regular_file_is_never_opened(om, tiny_prep_path
     result = run_script(["-m", "hrnetseg.atlas.om_sidecar", "check", om, "--prep", tiny_prep_path, "--batch", "4"],
                         timeout=60)
     assert_user_error(result, ".om sidecar {}".format(sidecar), "FIFO")
-    result = run_script(["-m", "hrnetseg.atlas.om_sidecar", "write", om, "--batch", "4", "--height", "64", "--width", "128",
+    result = run_script(["-m", "hrnetseg.atlas.om_sidecar", "write", om, "--batch", "4", "--height", "64", "--width",
+                         "128",
                          "--input_dtype", "float32"], timeout=60)
     assert_user_error(result, "not a regular file")                  # never replaced either
     assert sidecar.is_fifo()

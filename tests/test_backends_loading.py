@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH
 from hrnetseg.backends import batching
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.numerics import relative_error
+
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH
 
 
 def test_torch_backend_folds_batchnorm_and_runs_bf16_weights_on_the_cpu(tiny_pth_path):

@@ -6,10 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from helpers import RUNNER, TINY_HEIGHT, TINY_WIDTH, assert_user_error
 from hrnetseg.backends import load_backend
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.numerics import relative_error
+
+from helpers import RUNNER, TINY_HEIGHT, TINY_WIDTH, assert_user_error
 
 pytest.importorskip("openvino")
 

@@ -8,12 +8,13 @@ import shutil
 
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process
 from hrnetseg.bench import report
 from hrnetseg.bench.__main__ import main as bench_main
 from hrnetseg.bench.cases import BASELINE_SPEC, DEFAULT_CASES, parse_case, parse_cases
 from hrnetseg.bench.jobs import CHILD_FLAG
 from hrnetseg.util.errors import UserError
+
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process
 
 BENCH = ["-m", "hrnetseg.bench"]
 TINY = ["--preset", TINY_PRESET, "--height", TINY_HEIGHT, "--width", TINY_WIDTH, "--images", "2", "--repeats", "1"]
@@ -148,7 +149,8 @@ def test_failed_case_is_a_row_not_a_crash(run, tmp_path, tiny_run):
 ])
 def test_bad_flags_one_line_exit_2(run, tmp_path, capsys, flags, fragment):
     args = flags + ["--workdir", tmp_path / "w", "--no_record"]
-    if flags == ["--cases", "torch:fp32"]:   # the real command line once; the bench's main() in this process for the rest
+    if flags == ["--cases",
+                 "torch:fp32"]:   # the real command line once; the bench's main() in this process for the rest
         result = run(BENCH + args, timeout=60)
     else:
         result = run_in_process(bench_main, args, capsys)

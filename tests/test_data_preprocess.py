@@ -16,8 +16,17 @@ from hrnetseg.data import cityscapes, preprocess
 from hrnetseg.data.manifest import read_manifest
 from hrnetseg.util.errors import UserError
 
-from helpers import (SAMPLE_IMAGES, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, bins, make_special, quiet,
-                     run_script)
+from helpers import (
+    SAMPLE_IMAGES,
+    TINY_HEIGHT,
+    TINY_IMAGES,
+    TINY_WIDTH,
+    assert_user_error,
+    bins,
+    make_special,
+    quiet,
+    run_script,
+)
 
 SCRIPT = "HRNet_preprocess.py"
 

@@ -17,8 +17,17 @@ from hrnetseg.data import cityscapes, preprocess
 from hrnetseg.data.manifest import MANIFEST, MANIFEST_VERSION, read_manifest, source_signature
 from hrnetseg.util.errors import UserError
 
-from helpers import (TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, assert_user_error, bins, find_images, make_special, quiet,
-                     run_script)
+from helpers import (
+    TINY_HEIGHT,
+    TINY_IMAGES,
+    TINY_WIDTH,
+    assert_user_error,
+    bins,
+    find_images,
+    make_special,
+    quiet,
+    run_script,
+)
 
 SCRIPT = "HRNet_preprocess.py"
 FIRST_CITY = "aachen"        # sorts before the synthetic cities: its images come first, where the size is probed

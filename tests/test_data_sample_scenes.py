@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg.data import cityscapes, sample_scenes as sample_data
+from hrnetseg.data import cityscapes, sample_scenes
 from hrnetseg.util import locks
 from hrnetseg.util.errors import UserError
 
@@ -27,13 +27,13 @@ def test_sample_scenes_hold_every_class(sample_data_root):
 
 @pytest.mark.parametrize("height,width", [(64, 128), (1024, 2048)])
 def test_scene_labels_every_class_at_extreme_sizes(height, width):
-    labels = sample_data.scene_labels(height, width, np.random.RandomState([3, 1]))
+    labels = sample_scenes.scene_labels(height, width, np.random.RandomState([3, 1]))
     assert set(range(19)) <= set(np.unique(cityscapes.ID_TO_TRAIN[labels]).tolist())
 
 
 def test_sample_data_is_deterministic(tmp_path):
-    ids_a = sample_data.generate(str(tmp_path / "a"), n=2, height=64, width=128, seed=5)
-    ids_b = sample_data.generate(str(tmp_path / "b"), n=2, height=64, width=128, seed=5)
+    ids_a = sample_scenes.generate(str(tmp_path / "a"), n=2, height=64, width=128, seed=5)
+    ids_b = sample_scenes.generate(str(tmp_path / "b"), n=2, height=64, width=128, seed=5)
     assert ids_a == ids_b
     for sample in cityscapes.find_images(str(tmp_path / "a")):
         other = str(sample.image).replace(str(tmp_path / "a"), str(tmp_path / "b"))
@@ -48,7 +48,7 @@ def test_sample_data_cli(tmp_path):
     assert len(cityscapes.find_images(str(tmp_path / "data"))) == 2
     assert_user_error(run_script(["-m", "hrnetseg.sample_data", tmp_path / "x", "--height", "32"]), "at least")
     with pytest.raises(UserError, match="at most 4096x8192"):     # not a MemoryError traceback
-        sample_data.generate(str(tmp_path / "huge"), n=1, height=100000, width=200000)
+        sample_scenes.generate(str(tmp_path / "huge"), n=1, height=100000, width=200000)
     assert not (tmp_path / "huge").exists()
 
 
@@ -75,7 +75,7 @@ def test_seed_out_of_range_through_the_cli(tmp_path):
                       "--seed", "0 to 4294967295")
     assert not (tmp_path / "d").exists()
     with pytest.raises(UserError, match="--seed must be an integer from 0 to 4294967295"):
-        sample_data.generate(str(tmp_path / "d"), n=1, height=64, width=128, seed=2 ** 32)
+        sample_scenes.generate(str(tmp_path / "d"), n=1, height=64, width=128, seed=2 ** 32)
 
 
 def test_a_second_sample_data_run_into_the_folder_stops_at_once(tmp_path):
@@ -83,15 +83,15 @@ def test_a_second_sample_data_run_into_the_folder_stops_at_once(tmp_path):
     root = tmp_path / "data"
     with lock_held_elsewhere(root) as pid:
         with pytest.raises(UserError, match=r"is being written by another run \(PID {}\)".format(pid)):
-            sample_data.generate(str(root), n=1, height=64, width=128)
+            sample_scenes.generate(str(root), n=1, height=64, width=128)
         assert not root.exists()
-    assert sample_data.generate(str(root), n=1, height=64, width=128) == [sample_data.sample_id(0)]
+    assert sample_scenes.generate(str(root), n=1, height=64, width=128) == [sample_scenes.sample_id(0)]
     assert not os.path.exists(locks.lock_path_for(str(root)))
 
 
 def test_sample_data_on_a_full_disk_removes_what_it_wrote(tmp_path, monkeypatch):
     root = tmp_path / "data"
-    sample_data.generate(str(root), n=1, height=64, width=128, seed=0)     # a scene from before
+    sample_scenes.generate(str(root), n=1, height=64, width=128, seed=0)     # a scene from before
     before = file_tree(root)
     real_open = open
     temporaries = []
@@ -105,7 +105,7 @@ def test_sample_data_on_a_full_disk_removes_what_it_wrote(tmp_path, monkeypatch)
 
     monkeypatch.setattr("builtins.open", full_disk_open)
     with pytest.raises(UserError, match="no space left on the device while writing .*lindau"):
-        sample_data.generate(str(root), n=3, height=64, width=128, seed=0)
+        sample_scenes.generate(str(root), n=3, height=64, width=128, seed=0)
     monkeypatch.undo()
     assert file_tree(root) == before
 
@@ -113,6 +113,6 @@ def test_sample_data_on_a_full_disk_removes_what_it_wrote(tmp_path, monkeypatch)
     monkeypatch.setattr("builtins.open", full_disk_open)
     temporaries.clear()
     with pytest.raises(UserError, match="no space left"):
-        sample_data.generate(str(fresh), n=3, height=64, width=128, seed=0)
+        sample_scenes.generate(str(fresh), n=3, height=64, width=128, seed=0)
     monkeypatch.undo()
     assert not (tmp_path / "fresh").exists()

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_WIDTH, lock_held_elsewhere, refused_by_argparse, run_infer
 from hrnetseg.data import cityscapes
-from hrnetseg.evaluation import cli as evaluate, streaming
+from hrnetseg.evaluation import cli as evaluate
+from hrnetseg.evaluation import streaming
 from hrnetseg.util.errors import UserError
 
+from helpers import TINY_HEIGHT, TINY_WIDTH, lock_held_elsewhere, refused_by_argparse, run_infer
 
 # --- output files ---------------------------------------------------------------------------------------------
 

@@ -177,7 +177,7 @@ def test_merge_refuses_damaged_shards(tmp_path):
     (tmp_path / "empty.npz").write_bytes(b"")
     (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:-40])
     os.mkfifo(str(tmp_path / "fifo.npz"))
-    for name, (path, match) in cases.items():
+    for path, match in cases.values():
         with strict(), pytest.raises(UserError, match=match):
             metrics.ConfusionMatrix.load(str(path))
     other = _npz(tmp_path / "other.npz", ids=np.array(["b"]), class_names=np.array(["x"] * 19))

@@ -1,5 +1,5 @@
-"""hrnetseg.evaluation.multiscale against a straightforward restatement of upstream HRNet-OCR's multi-scale + flip testing
-(torch, one window at a time, as lib/datasets/cityscapes.py at 0bbb288 loops), on the tiny model with small
+"""hrnetseg.evaluation.multiscale against a straightforward restatement of upstream HRNet-OCR's multi-scale + flip
+testing (torch, one window at a time, as lib/datasets/cityscapes.py at 0bbb288 loops), on the tiny model with small
 base and crop sizes so that the whole-image branch, the sliding windows and the shifted last window all occur."""
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import re
 import numpy as np
 import pytest
 
+from hrnetseg.evaluation.multiscale import (
+    TestTimeAugmentation,
+    check_model_takes,
+    main_output_runner,
+    predict_train_ids,
+    sliding_windows,
+    summed_scores,
+)
+from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
 from hrnetseg.util.errors import UserError
-from hrnetseg.evaluation.multiscale import (TestTimeAugmentation, add_tta_flags, check_model_takes,
-                                            main_output_runner, predict_train_ids, sliding_windows, summed_scores,
-                                            tta_from_args)
 
 from helpers import TINY_PRESET, StubBackend
 

@@ -1,4 +1,5 @@
-"""HRNet_postprocess.py: pairing by id, namings, exact mIoU (cityscapesScripts, the ModelZoo scripts' method), pictures, shards, errors."""
+"""HRNet_postprocess.py: pairing by id, namings, exact mIoU (cityscapesScripts, the ModelZoo scripts' method),
+pictures, shards, errors."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from hrnetseg.bench.reference import reference_postprocess
 from hrnetseg.data import cityscapes
 from hrnetseg.evaluation import metrics, model_outputs, postprocess, upsample_argmax
-from hrnetseg.bench.reference import reference_postprocess
 from hrnetseg.util.errors import UserError
 
 from helpers import SAMPLE_IMAGES, assert_user_error, output_ids, quiet, run_in_process, run_script
@@ -169,7 +170,8 @@ def test_pairs_by_id_not_by_order(sample_data_root, sample_results_path, tmp_pat
     """An extra output sorting first must not shift the pairs (it is reported and ignored)."""
     res = _copy_outputs(sample_results_path, tmp_path / "bs1")
     for index in (0, 1):
-        shutil.copy(str(res / "{}_{}.bin".format(output_ids(res)[0], index)), str(res / "aachen_000000_000019_{}.bin".format(
+        shutil.copy(str(res / "{}_{}.bin".format(output_ids(res)[0], index)),
+                    str(res / "aachen_000000_000019_{}.bin".format(
             index)))
     messages = []
     result = postprocess.evaluate_folder(str(res), str(_gt_dir(sample_data_root)), log=messages.append)

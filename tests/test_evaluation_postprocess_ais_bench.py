@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrnetseg.evaluation import model_outputs, postprocess
+from hrnetseg.evaluation import postprocess
+from hrnetseg.runner import layout
 from hrnetseg.util.errors import UserError
 
 from helpers import SAMPLE_IMAGES, assert_user_error, output_ids, quiet, run_script
@@ -143,11 +144,11 @@ def test_device_folders_sort_by_device_number_and_take_ascii_ids_only(tmp_path):
         (tmp_path / name).mkdir()
     for name in ("device1_summary.json", "device3"):
         (tmp_path / name).write_text("")
-    assert model_outputs.device_folders(str(tmp_path)) == ["device1", "device2", "device10"]
-    assert [model_outputs.device_entry(n) for n in ("device10", "device10_summary.json", "device\u0663",
-                                                    "bs1_summary.json")] == ["device10", "device10", None, None]
+    assert layout.device_folders(str(tmp_path)) == ["device1", "device2", "device10"]
+    assert [layout.device_entry(n) for n in ("device10", "device10_summary.json", "device\u0663",
+                                             "bs1_summary.json")] == ["device10", "device10", None, None]
     # nor is x_\u0661.bin (another script's 1) output 1 of x
-    assert [bool(model_outputs.OUTPUT_NAME.match(n)) for n in ("x_1.bin", "x_\u0661.bin")] == [True, False]
+    assert [bool(layout.OUTPUT_NAME.match(n)) for n in ("x_1.bin", "x_\u0661.bin")] == [True, False]
 
 
 # --- shards that are not one run ----------------------------------------------------------------------

@@ -340,7 +340,8 @@ def test_photos_that_cannot_be_read_only_lose_their_overlay(sample_data_root, sa
     photos[0].write_bytes(b"")
     photos[1].write_bytes(photos[1].read_bytes()[:500])
     vis = tmp_path / "vis"
-    result = run_script([SCRIPT, "--res_path", sample_results_path, "--data_path", data / "cityscapes" / "gtFine" / "val",
+    result = run_script([SCRIPT, "--res_path", sample_results_path, "--data_path",
+                         data / "cityscapes" / "gtFine" / "val",
                          "--save_vis", vis])
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.strip()]

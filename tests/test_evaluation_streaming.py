@@ -11,11 +11,20 @@ import time
 import numpy as np
 import pytest
 
-from helpers import (EVALUATE, TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error, run_in_process,
-                     run_script)
+from hrnetseg.backends import Backend, InputSpec
 from hrnetseg.data import cityscapes
 from hrnetseg.evaluation import streaming
-from hrnetseg.backends import Backend, InputSpec
+
+from helpers import (
+    EVALUATE,
+    TINY_HEIGHT,
+    TINY_IMAGES,
+    TINY_PRESET,
+    TINY_WIDTH,
+    assert_user_error,
+    run_in_process,
+    run_script,
+)
 
 STAGE_LINE = re.compile(r"^(decode|infer|evaluate)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)%$", re.M)
 RATIO = re.compile(r"wall / slowest stage busy \((\w+)\) = ([\d.]+)")

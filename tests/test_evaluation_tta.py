@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, TTA_FLAGS
 from hrnetseg.data import cityscapes
-from hrnetseg.evaluation import cli as evaluate, streaming
-from hrnetseg.util.errors import UserError
+from hrnetseg.evaluation import cli as evaluate
+from hrnetseg.evaluation import streaming
 from hrnetseg.evaluation.metrics import ConfusionMatrix
 from hrnetseg.evaluation.multiscale import TestTimeAugmentation
+from hrnetseg.util.errors import UserError
+
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, TTA_FLAGS
 
 # TTA_FLAGS (helpers.py): scales 0.5 and 1.0 whole, 1.5 in 3 x 3 windows of 40 x 72, each twice with flip
 TTA = TestTimeAugmentation(scales=(0.5, 1.0, 1.5), flip=True, base_size=128, crop_size=(40, 72))

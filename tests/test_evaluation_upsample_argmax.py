@@ -6,9 +6,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from hrnetseg.data import sample_scenes as sample_data
-from hrnetseg.evaluation import upsample_argmax
+from hrnetseg.data import sample_scenes
 from hrnetseg.data.cityscapes import ID_TO_TRAIN
+from hrnetseg.evaluation import upsample_argmax
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -21,8 +21,8 @@ def torch_labels(logits: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def realistic_logits(height: int, width: int, seed: int) -> np.ndarray:
     rng = np.random.RandomState(seed)
-    labels = sample_data.scene_labels(max(height, 64), max(width, 128), rng)[:height, :width]
-    return sample_data.fake_logits(ID_TO_TRAIN[labels], rng)
+    labels = sample_scenes.scene_labels(max(height, 64), max(width, 128), rng)[:height, :width]
+    return sample_scenes.fake_logits(ID_TO_TRAIN[labels], rng)
 
 
 def near_ties(logits: np.ndarray, seed: int) -> np.ndarray:
@@ -51,7 +51,8 @@ def test_matches_torch_with_ties_and_one_ulp_near_ties(seed):
     height, width = max(height, 70), max(width, 70)  # torch uses another kernel when height + width <= 128
     base = (rng.standard_normal((19, h, w)) * 3).astype(np.float32)
     for logits in (near_ties(base, seed), np.round(base), np.zeros_like(base)):
-        assert np.array_equal(upsample_argmax.logits_to_labels(logits, height, width), torch_labels(logits, height, width))
+        assert np.array_equal(upsample_argmax.logits_to_labels(logits, height, width), torch_labels(logits, height,
+                                                                                                    width))
 
 
 def test_matches_torch_on_noise_dense_path_and_identity_size():

@@ -7,9 +7,10 @@ import onnx
 from onnx import TensorProto, helper
 
 import performance_optimize_resize as resize_script
+from hrnetseg.graph import rewrite_check, structure
+
 from helpers import assert_failed_check, assert_user_error, no_runtime_warnings, run_in_process
 from helpers import run_in_process as cli
-from hrnetseg.graph import rewrite_check, structure as onnx_graph
 
 SCRIPT = "performance_optimize_resize.py"
 
@@ -22,7 +23,8 @@ def resize_attrs(model) -> dict:
 def changed_nodes(before, after) -> list:
     """Names of nodes whose serialized form differs (the graphs must have the same nodes in the same order)."""
     assert [n.name for n in before.graph.node] == [n.name for n in after.graph.node]
-    return [a.name for a, b in zip(before.graph.node, after.graph.node) if a.SerializeToString() != b.SerializeToString()]
+    return [a.name for a, b in zip(before.graph.node,
+                                   after.graph.node) if a.SerializeToString() != b.SerializeToString()]
 
 
 def no_head_model(path) -> None:
@@ -34,7 +36,8 @@ def no_head_model(path) -> None:
              helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])]
     nodes = [helper.make_node("Resize", ["x", "roi", "scales"], ["up"], name="up", mode="linear"),
              helper.make_node("Add", ["up", "one"], ["y"], name="add")]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 11)])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("",
+                                                                                                                 11)])
     model.ir_version = 6
     onnx.save(model, str(path))
 
@@ -44,7 +47,7 @@ def test_default_rewrite_in_place_changes_exactly_the_head(run, tiny_copy, tiny_
     result = run([SCRIPT, tiny_copy, tiny_copy])
     assert result.returncode == 0, result.stderr
     after = onnx.load(str(tiny_copy))
-    head = {n.name for n in onnx_graph.head_resize_nodes(before.graph)}
+    head = {n.name for n in structure.head_resize_nodes(before.graph)}
     assert set(changed_nodes(before, after)) == head and len(head) == 3
     for name, attrs in resize_attrs(after).items():
         assert attrs["mode"] == (b"nearest" if name in head else b"linear")
@@ -70,7 +73,7 @@ def test_ir_version_and_opset_are_kept(run, tmp_path, tiny_copy):
 
 def test_select_all_and_by_name(run, tmp_path, tiny_copy):
     graph = onnx.load(str(tiny_copy)).graph
-    fuse = [n.name for n in onnx_graph.resize_nodes(graph)][:2]     # the ModelZoo scripts' 4th node was one of these
+    fuse = [n.name for n in structure.resize_nodes(graph)][:2]     # the ModelZoo scripts' 4th node was one of these
     out = tmp_path / "named.onnx"
     result = run([SCRIPT, tiny_copy, out, "--select", ",".join(fuse)])
     assert result.returncode == 0, result.stderr
@@ -149,7 +152,8 @@ def test_a_model_with_two_inputs_cannot_be_checked_but_can_be_rewritten_unchecke
     assert not out.exists()
     result = cli(resize_script.main, [model, out, "--select", "all", "--no_verify"], capsys)
     assert result.returncode == 0, result.stderr
-    assert [onnx_graph.attribute_value(n, "mode") for n in onnx.load(str(out)).graph.node if n.op_type == "Resize"] == ["nearest"]
+    resizes = [n for n in onnx.load(str(out)).graph.node if n.op_type == "Resize"]
+    assert [structure.attribute_value(n, "mode") for n in resizes] == ["nearest"]
 
 
 def test_a_model_whose_outputs_are_nan_fails_the_rewrite_check_without_warnings(tmp_path, capsys):

@@ -10,16 +10,17 @@ import pytest
 from onnx import TensorProto, helper
 
 import performance_optimize_resize as resize_script
+from hrnetseg.graph import structure
+from hrnetseg.util.errors import UserError
+
 from helpers import assert_user_error, run_script
 from helpers import run_in_process as cli
-from hrnetseg.graph import structure as onnx_graph
-from hrnetseg.util.errors import UserError
 
 SCRIPT = "performance_optimize_resize.py"
 
 
 def head_concat(graph):
-    made_by = onnx_graph.producers(graph)
+    made_by = structure.producers(graph)
     concats = [n for n in graph.node if n.op_type == "Concat" and len(n.input) == 4
                and sum(made_by[t][0].op_type == "Resize" for t in n.input if t in made_by) == 3]
     assert len(concats) == 1
@@ -28,10 +29,10 @@ def head_concat(graph):
 
 def test_head_nodes_are_found_by_structure(tiny_onnx_path):
     graph = onnx.load(str(tiny_onnx_path)).graph
-    head = onnx_graph.head_resize_nodes(graph)
+    head = structure.head_resize_nodes(graph)
     concat = head_concat(graph)
     assert [n.output[0] for n in head] == list(concat.input[1:])     # branches 2-4, in Concat order
-    assert len(onnx_graph.resize_nodes(graph)) == 13                 # 1 + 3 + 6 in the fuse layers, 3 in the head
+    assert len(structure.resize_nodes(graph)) == 13                 # 1 + 3 + 6 in the fuse layers, 3 in the head
 
 
 def test_list_shows_every_resize_with_shapes_and_consumer(run, tiny_onnx_path):
@@ -89,7 +90,7 @@ def test_files_that_are_not_onnx_models_get_one_line_from_every_tool(tmp_path, c
     path = damaged_onnx(tmp_path, tiny_onnx_path, kind)
     out = tmp_path / "out.onnx"
     for main, argv in ((resize_script.main, [path, "--list"]), (resize_script.main, [path, out]),
-                       (onnx_graph.main, ["list", path]), (onnx_graph.main, ["out_nodes", path])):
+                       (structure.main, ["out_nodes", path])):
         result = cli(main, argv, capsys)
         assert_user_error(result, fragment)
         assert result.stdout == ""
@@ -141,20 +142,20 @@ def graph_with_names(first: str, second: str, resize_names=("up", "up2")):
 
 def test_out_nodes_refuses_names_atc_cannot_tell_apart():
     """atc --out_nodes names nodes: a shared name, or one holding its ';' separator, picks the wrong node."""
-    assert onnx_graph.output_producers(graph_with_names("aux", "main")) == ["aux:0", "main:0"]
+    assert structure.output_producers(graph_with_names("aux", "main")) == ["aux:0", "main:0"]
     with pytest.raises(UserError, match="graph output y2 is named up, a name 2 nodes share"):
-        onnx_graph.output_producers(graph_with_names("aux", "up", resize_names=("up", "up2")))
+        structure.output_producers(graph_with_names("aux", "up", resize_names=("up", "up2")))
     with pytest.raises(UserError, match="graph output y1 is named 'aux;main:0': atc --out_nodes separates"):
-        onnx_graph.output_producers(graph_with_names("aux;main:0", "main"))
+        structure.output_producers(graph_with_names("aux;main:0", "main"))
 
 
 def test_graph_commands_take_the_hyphenated_spelling_too():
-    assert onnx_graph.build_parser().parse_args(["out-nodes", "m.onnx"]).command == "out_nodes"
+    assert structure.build_parser().parse_args(["out-nodes", "m.onnx"]).command == "out_nodes"
 
 
 def test_select_refuses_a_resize_name_two_nodes_share():
     """Unrefused, only the last of the two would change, silently."""
     graph = graph_with_names("aux", "main", resize_names=("up", "up"))
     with pytest.raises(UserError, match="2 Resize nodes are named up: --select cannot tell them apart"):
-        onnx_graph.select_resize_nodes(graph, "up")
-    assert len(onnx_graph.select_resize_nodes(graph, "all")) == 2
+        structure.select_resize_nodes(graph, "up")
+    assert len(structure.select_resize_nodes(graph, "all")) == 2

@@ -12,12 +12,13 @@ import torch
 
 import HRNet_pth2onnx
 import HRNet_pth2onnx as pth2onnx
-from helpers import EXPORT_ARGS, TINY_PRESET, assert_user_error, no_runtime_warnings, run_in_process, save_state
-from helpers import run_in_process as cli
 from hrnetseg.model.checkpoint import load_checkpoint, official_to_model_keys, read_state_dict
 from hrnetseg.model.network import build_model, init_random_weights
 from hrnetseg.model.random_weights import official_state_dict, write_official_checkpoint
 from hrnetseg.util.errors import UserError
+
+from helpers import EXPORT_ARGS, TINY_PRESET, assert_user_error, no_runtime_warnings, run_in_process, save_state
+from helpers import run_in_process as cli
 
 PRESET = "tiny_ocr"
 

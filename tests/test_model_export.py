@@ -14,14 +14,22 @@ import torch
 
 import HRNet_pth2onnx as pth2onnx
 import hrnetseg.model.export as export
-from helpers import (EXPORT_ARGS, REPO, TINY_PRESET, assert_failed_check, assert_user_error, no_runtime_warnings,
-                     save_state)
-from helpers import run_in_process as cli
 from hrnetseg.model.export import MAX_RELATIVE_ERROR, check_errors, export_onnx, output_errors
 from hrnetseg.model.network import build_model, init_random_weights
 from hrnetseg.model.random_weights import write_official_checkpoint
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.numerics import relative_error
+
+from helpers import (
+    EXPORT_ARGS,
+    REPO,
+    TINY_PRESET,
+    assert_failed_check,
+    assert_user_error,
+    no_runtime_warnings,
+    save_state,
+)
+from helpers import run_in_process as cli
 
 
 def tiny_model(seed=0):
@@ -106,6 +114,7 @@ def test_cli_exports_an_official_w48_checkpoint(tmp_path, capsys):
     """The script's main() under run_cli in this process (torch is loaded here already; the tests below run
     its command line)."""
     import HRNet_pth2onnx
+
     from helpers import run_in_process
 
     pth = write_official_checkpoint(tmp_path / "hrnet.pth", "w48_ocr", seed=1, wrapped=True)
@@ -150,6 +159,7 @@ def test_verification_reuses_the_trace_forward(tmp_path, monkeypatch):
 def test_cli_refuses_an_opset_the_model_cannot_use(tmp_path, capsys, opset):
     """The script's main() under run_cli in this process (the tests above run the real command line)."""
     import HRNet_pth2onnx
+
     from helpers import assert_user_error, run_in_process
 
     result = run_in_process(HRNet_pth2onnx.main, ["--random_weights", "0", "--preset", "tiny_ocr", "--height", "64",

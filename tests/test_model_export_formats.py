@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import hrnetseg.model.export as export
-from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, load_script, run_in_process
 from hrnetseg.data.cityscapes import MEAN, STD
 from hrnetseg.model.network import build_model, init_random_weights
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.numerics import relative_error
 
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, load_script, run_in_process
 
 # --- --dynamic_hw --------------------------------------------------------------------------------------------
 
@@ -106,8 +106,8 @@ def test_uint8_export_matches_float32_model(uint8_onnx, tiny_onnx_path):
 def test_uint8_bins_through_the_runner_match_float32_bins(tmp_path, uint8_onnx, tiny_onnx_path, tiny_data_root,
                                                           tiny_prep_path, capsys):
     """The runner's main() under run_cli in this process (test_runner_cli.py runs its command line)."""
-    from hrnetseg.runner import cli as infer
     from hrnetseg.data.preprocess import preprocess
+    from hrnetseg.runner import cli as infer
 
     def run(args):
         return run_in_process(infer.main, args, capsys)

@@ -11,9 +11,10 @@ import pytest
 
 import HRNet_pth2onnx as pth2onnx
 import performance_optimize_resize as resize_script
+from hrnetseg.graph import structure
+
 from helpers import EXPORT_ARGS, assert_user_error, lock_held_elsewhere, save_state
 from helpers import run_in_process as cli
-from hrnetseg.graph import structure as onnx_graph
 
 
 def export_argv(tiny_pth_path, out):
@@ -82,7 +83,7 @@ def test_a_symlinked_output_is_written_through_and_dead_runs_temporaries_beside_
     assert result.returncode == 0, result.stderr
     assert link.is_symlink() and os.readlink(str(link)) == str(tiny_copy)
     graph = onnx.load(str(tiny_copy)).graph
-    modes = {onnx_graph.attribute_value(node, "mode") for node in onnx_graph.head_resize_nodes(graph)}
+    modes = {structure.attribute_value(node, "mode") for node in structure.head_resize_nodes(graph)}
     assert modes == ({"linear"} if script == "export" else {"nearest"})
     assert not dead.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["elsewhere", "hrnet.onnx", live.name])

@@ -29,7 +29,8 @@ def test_w48_ocr_has_exactly_the_official_keys_shapes_and_dtypes():
     for key, shape, dtype in expected:
         assert tuple(state[key].shape) == shape, key
         assert str(state[key].dtype) == "torch." + dtype, key
-    params = sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    params = sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var",
+                                                                        "num_batches_tracked")))
     assert abs(params / 1e6 - 70.4) < 0.05
 
 

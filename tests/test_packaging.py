@@ -8,9 +8,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 from helpers import REPO, assert_user_error
 

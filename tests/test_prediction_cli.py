@@ -13,12 +13,13 @@ import os
 import numpy as np
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_script
-from hrnetseg.data import cityscapes
-from hrnetseg.prediction import cli as predict
 from hrnetseg.backends import Backend, InputSpec
-from hrnetseg.util.errors import UserError
+from hrnetseg.data import cityscapes
 from hrnetseg.evaluation.multiscale import TestTimeAugmentation, main_output_runner, predict_train_ids
+from hrnetseg.prediction import cli as predict
+from hrnetseg.util.errors import UserError
+
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_script
 
 SMALL = ["--base_size", "64", "--crop_size", "32,48"]   # every run: one model run per image at scale 1.0
 SCALES = ["--scales", "0.5,1.0,1.5"]
@@ -179,7 +180,7 @@ def test_a_video_gives_an_overlay_video_and_per_frame_pngs(tmp_path, tiny_pth_pa
 
 
 def test_a_failing_video_leaves_no_video_and_no_temporary(tmp_path, tiny_pth_path, colour_model, monkeypatch):
-    from hrnetseg.prediction import per_input as prediction
+    from hrnetseg.prediction import per_input
 
     clip = tmp_path / "clip.mp4"
     write_video(clip)
@@ -191,7 +192,7 @@ def test_a_failing_video_leaves_no_video_and_no_temporary(tmp_path, tiny_pth_pat
             raise UserError("the model failed on frame 3")
         return np.zeros(bgr.shape[:2], np.uint8)
 
-    monkeypatch.setattr(prediction, "predict_picture", failing)
+    monkeypatch.setattr(per_input, "predict_picture", failing)
     (tmp_path / "out").mkdir()
     with pytest.raises(UserError, match="frame 3"):
         run_predict(tiny_pth_path, [clip], tmp_path / "out")

@@ -13,8 +13,8 @@ from helpers import REPO, run_script
 ATLAS_PACKAGES = ("util", "data", "runner", "evaluation", "atlas", "graph")
 ATLAS_SIDE = sorted(path.relative_to(REPO).as_posix() for package in ATLAS_PACKAGES
                     for path in (REPO / "hrnetseg" / package).glob("*.py")) + [
-    "hrnetseg/__init__.py", "hrnetseg/model/__init__.py", "hrnetseg/model/presets.py", "hrnetseg/metrics.py", "hrnetseg/sample_data.py", "HRNet_preprocess.py",
-    "HRNet_postprocess.py", "performance_optimize_resize.py"]
+    "hrnetseg/__init__.py", "hrnetseg/model/__init__.py", "hrnetseg/model/presets.py", "hrnetseg/metrics.py",
+    "hrnetseg/sample_data.py", "HRNet_preprocess.py", "HRNet_postprocess.py", "performance_optimize_resize.py"]
 CLAIM = "Python 3.7"   # what a module's docstring says when it must run there
 
 
@@ -61,11 +61,13 @@ def test_steps_run_without_torch(sample_data_root, sample_results_path, tmp_path
     merge = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.metrics", "merge", tmp_path / "c.npz", "--save_path",
                         tmp_path / "m.json"])
     assert merge.returncode == 0, merge.stderr
-    check = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.atlas.acc_perf", "check_batch_sizes", tmp_path / "prep", "1"])
+    check = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.atlas.acc_perf", "check_batch_sizes", tmp_path / "prep",
+                        "1"])
     assert check.returncode == 0, check.stderr
     sidecar = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.atlas.om_sidecar", "check", tmp_path / "none.om", "--prep",
                           tmp_path / "prep", "--batch", "1"])
-    gate = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.atlas.ci_gate", "check", "--batch_sizes", "1", "--min_fps", "1:2"])
+    gate = run_script(["-c", BLOCK_TORCH, "-m", "hrnetseg.atlas.ci_gate", "check", "--batch_sizes", "1", "--min_fps",
+                       "1:2"])
     assert sidecar.returncode == 0 and gate.returncode == 0, sidecar.stderr + gate.stderr
     assert sidecar.stderr.startswith("warning: no none.om.json beside") and gate.stderr == ""
     assert "torch" not in prep.stderr + post.stderr + merge.stderr + check.stderr

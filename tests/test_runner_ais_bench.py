@@ -11,9 +11,11 @@ import json
 import numpy as np
 import pytest
 
-from helpers import OUT_SHAPE, RUNNER, TINY_IMAGES, assert_user_error, manifest_ids
-from hrnetseg.runner import cli as infer, options as infer_options
+from hrnetseg.runner import cli as infer
+from hrnetseg.runner import options as infer_options
 from hrnetseg.util.errors import UserError
+
+from helpers import OUT_SHAPE, RUNNER, TINY_IMAGES, assert_user_error, manifest_ids
 
 STATS_KEYS = {"min", "max", "mean", "median", "percentile(99%)", "count"}
 AIS_BENCH_KEYS = {"filesinfo", "args", "NPU_compute_time", "H2D_latency", "D2H_latency", "throughput",

@@ -8,13 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import (OUT_SHAPE, RUNNER, TINY_HEIGHT, TINY_IMAGES, TINY_PRESET, TINY_WIDTH, assert_user_error,
-                     manifest_ids, run_in_process)
 from hrnetseg.util.numerics import relative_error
 
+from helpers import (
+    OUT_SHAPE,
+    RUNNER,
+    TINY_HEIGHT,
+    TINY_IMAGES,
+    TINY_PRESET,
+    TINY_WIDTH,
+    assert_user_error,
+    manifest_ids,
+    run_in_process,
+)
+
 # The parsing scripts/eval_acc_perf.sh applies to ais_bench's output and to ours.
-THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\(([\d.]+)\)/NPU_compute_time\.mean\(([\d.]+)\):\s*([\d.]+)\s*$",
-                        re.M)
+THROUGHPUT = re.compile(r"throughput 1000\*batchsize\.mean\(([\d.]+)\)/NPU_compute_time\.mean\(([\d.]+)\):"
+                        r"\s*([\d.]+)\s*$", re.M)
 COMPUTE = re.compile(r"NPU_compute_time \(ms\): min = [\d.]+, max = [\d.]+, mean = [\d.]+, median = [\d.]+, "
                      r"percentile\(99%\) = [\d.]+")
 

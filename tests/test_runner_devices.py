@@ -9,11 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from helpers import OUT_SHAPE, RUNNER, TINY_IMAGES, lock_held_elsewhere, manifest_ids, run_infer
 from hrnetseg.runner import cli as infer
-from hrnetseg.util.errors import UserError
-from hrnetseg.runner.multi_device import split_contiguous
 from hrnetseg.runner.inputs import natural_key
+from hrnetseg.runner.multi_device import split_contiguous
+from hrnetseg.util.errors import UserError
+
+from helpers import OUT_SHAPE, RUNNER, TINY_IMAGES, lock_held_elsewhere, manifest_ids, run_infer
 
 DEVICE_LINE = re.compile(r"^i:(\d+) device_(\d+) throughput:([\d.e+-]+) start_time:([\d.]+) end_time:([\d.]+)$")
 
@@ -52,7 +53,8 @@ def test_layout_is_ais_bench_s_and_outputs_equal_one_device(two_devices, tiny_pr
     assert not (out / "split_summary.json").exists()
     for device, part in ((0, ids[:3]), (1, ids[3:])):   # 5 on 2: ceil(5/2) = 3, then 2
         folder = out / "split" / "device{}".format(device)
-        assert sorted(p.name for p in folder.iterdir()) == sorted("{}_{}.bin".format(i, k) for i in part for k in (0, 1))
+        assert sorted(p.name for p in folder.iterdir()) == sorted("{}_{}.bin".format(i, k) for i in part for k in (0,
+                                                                                                                   1))
         summary = json.loads((out / "split" / "device{}_summary.json".format(device)).read_text())
         assert summary["images"] == len(part) and summary["NPU_compute_time"]["count"] == len(part)
         assert [summary["filesinfo"][str(n)]["outfiles"][0] for n in range(len(part))] == [

@@ -15,11 +15,20 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import (OUT_SHAPE, TINY_HEIGHT, TINY_IMAGES, TINY_WIDTH, lock_held_elsewhere, manifest_ids,
-                     refused_by_argparse, run_infer)
-from hrnetseg.runner import cli as infer, outputs as run_outputs
+from hrnetseg.runner import cli as infer
+from hrnetseg.runner import outputs as run_outputs
 from hrnetseg.util.errors import UserError
 
+from helpers import (
+    OUT_SHAPE,
+    TINY_HEIGHT,
+    TINY_IMAGES,
+    TINY_WIDTH,
+    lock_held_elsewhere,
+    manifest_ids,
+    refused_by_argparse,
+    run_infer,
+)
 
 # --- throughput and outputs ------------------------------------------------------------------------------------
 

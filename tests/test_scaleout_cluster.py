@@ -20,11 +20,23 @@ import time
 import numpy as np
 import pytest
 
-from helpers import (EVALUATE, PREDICT, REPO, TINY_IMAGES, TINY_PRESET, TTA_FLAGS, assert_user_error, default_sigint,
-                     process_running, run_in_process, run_script)
 from hrnetseg.data import cityscapes
 from hrnetseg.scaleout import LOOPBACK_ENV
 from hrnetseg.scaleout.driver import BATCH_DELAY_ENV
+
+from helpers import (
+    EVALUATE,
+    PREDICT,
+    REPO,
+    TINY_IMAGES,
+    TINY_PRESET,
+    TTA_FLAGS,
+    assert_user_error,
+    default_sigint,
+    process_running,
+    run_in_process,
+    run_script,
+)
 
 WORKER_LINE = re.compile(r"^ray worker (\d+) pid (\d+) node (\S+)", re.M)
 

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from helpers import EVALUATE, assert_user_error, run_script, worker_config
-from hrnetseg.util.errors import UserError
 from hrnetseg.scaleout import LOOPBACK_ENV, REQUIREMENTS, import_ray
-from hrnetseg.scaleout.batches import Ledger, MAX_ATTEMPTS, plan_batches
+from hrnetseg.scaleout.batches import MAX_ATTEMPTS, Ledger, plan_batches
+from hrnetseg.util.errors import UserError
 
+from helpers import EVALUATE, assert_user_error, run_script, worker_config
 
 # --- the ledger and the plan, without Ray -------------------------------------------------------------------
 

@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import TINY_HEIGHT, TINY_WIDTH, worker_config
 from hrnetseg.data import cityscapes
 from hrnetseg.scaleout.batches import plan_batches
+
+from helpers import TINY_HEIGHT, TINY_WIDTH, worker_config
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 
 from helpers import ATC, REPO, assert_user_error, bash_plus_env, process_gone, write_tool
 
-
 # --- flags --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("script, args", [

@@ -52,7 +52,8 @@ if code == 0 and (len(devices) > 1 or flags.get("--outfmt", "BIN") != "BIN"):
         for sid in ids[i * size:(i + 1) * size]:
             for k in (0, 1):
                 array = np.fromfile(os.path.join(single, "%s_%d.bin" % (sid, k)), np.float32).reshape(
-                    (1, 19) + tuple(-(-v // 4) for v in json.load(open(flags["--input"] + "/manifest.json"))["shape"][1:]))
+                    (1,
+                     19) + tuple(-(-v // 4) for v in json.load(open(flags["--input"] + "/manifest.json"))["shape"][1:]))
                 stem = os.path.join(part, "%s_%d" % (sid, k))
                 if flags.get("--outfmt") == "NPY":
                     np.save(stem + ".npy", array)
@@ -118,7 +119,8 @@ def test_eval_with_ais_bench_and_om_files(tools, tmp_path, tiny_onnx_path, tiny_
     assert result.returncode == 0, result.stderr
     runs = [c for c in calls(log, "ais_bench") if c != ["--help"]]
     assert runs == [["--model", "{}/hrnet_bs{}.om".format(models, bs), "--input", "{}/prep_dataset".format(out),
-                     "--output", "{}/results".format(out), "--output_dirname", "bs{}".format(bs), "--batchsize", str(bs)]
+                     "--output", "{}/results".format(out), "--output_dirname", "bs{}".format(bs),
+                     "--batchsize", str(bs)]
                     for bs in (1, 4)]
     rows = table_rows(result.stdout)
     assert [r[:3] for r in rows] == [["1", "ais_bench", "npu:0"], ["4", "ais_bench", "npu:0"]]
@@ -297,6 +299,7 @@ def test_eval_on_two_devices_with_a_failing_gate(tools, tmp_path, tiny_onnx_path
     device column the device summaries', the mIoU that of every image (a one-device run's); a floor above the
     mIoU exits 1 after the table, and the JUnit report names the failing case."""
     import xml.etree.ElementTree as ET
+
     from hrnetseg.evaluation import postprocess
 
     _, env, log = tools

@@ -6,8 +6,9 @@ import json
 
 import onnx
 
+from hrnetseg.graph import structure
+
 from helpers import ATC, NPU_SMI, TINY_PRESET, assert_user_error, bash, calls, write_tool
-from hrnetseg.graph import structure as onnx_graph
 
 NPU_SMI_TABLE = """\
 +-------------------|-----------------|------------------------------------------------------+
@@ -37,7 +38,8 @@ def test_pth2om_calls_atc_per_batch_size_and_writes_sidecars(tools, tmp_path, ti
     model = onnx.load(str(onnx_path))
     assert [o.name for o in model.graph.output] == ["output1", "output2"]
     assert calls(log, "atc") == [
-        ["--framework=5", "--model={}".format(onnx_path), "--output={}/hrnet_bs{}".format(out, bs), "--input_format=NCHW",
+        ["--framework=5", "--model={}".format(onnx_path), "--output={}/hrnet_bs{}".format(out, bs),
+         "--input_format=NCHW",
          "--input_shape=image:{},3,256,512".format(bs), "--log=error", "--soc_version=Ascend310P3"] for bs in (1, 4)]
     assert "out_nodes: none given to atc" in result.stderr
     for bs in (1, 4):
@@ -46,8 +48,8 @@ def test_pth2om_calls_atc_per_batch_size_and_writes_sidecars(tools, tmp_path, ti
             "batch": bs, "height": 256, "width": 512, "input_format": "NCHW", "input_dtype": "float32"}
     assert sorted(p.name for p in out.iterdir()) == ["hrnet.onnx", "hrnet_bs1.om", "hrnet_bs1.om.json",
                                                      "hrnet_bs4.om", "hrnet_bs4.om.json"]   # no temporaries left
-    head = onnx_graph.head_resize_nodes(model.graph)         # rewritten in place, as the ModelZoo scripts do
-    modes = {n.name: resize_mode(n) for n in onnx_graph.resize_nodes(model.graph)}
+    head = structure.head_resize_nodes(model.graph)         # rewritten in place, as the ModelZoo scripts do
+    modes = {n.name: resize_mode(n) for n in structure.resize_nodes(model.graph)}
     assert sorted(k for k, v in modes.items() if v == "nearest") == sorted(n.name for n in head)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param          # one dynamic-batch export
 
@@ -68,7 +70,7 @@ def test_pth2om_reads_the_chip_and_stops_at_the_first_failure(tools, tmp_path, t
     assert "--soc_version=Ascend310P3" in only and only[-1] == "--precision_mode=allow_mix_precision"
     assert "--input_shape=image:2,3,64,128" in only
     assert "error: command failed (exit 3): atc --framework=5" in result.stderr.splitlines()[-1]
-    assert {resize_mode(n) for n in onnx_graph.resize_nodes(model.graph)} == {"linear"}
+    assert {resize_mode(n) for n in structure.resize_nodes(model.graph)} == {"linear"}
     assert not list((tmp_path / "om").glob("*.om*"))                               # no sidecar without its .om
 
 

@@ -6,8 +6,9 @@ import ast
 
 import pytest
 
-from helpers import REPO, load_script
 from hrnetseg.util.cli import ArgumentParser, positive_int
+
+from helpers import REPO, load_script
 
 TOP_LEVEL_SCRIPTS = ("HRNet_preprocess.py", "HRNet_pth2onnx.py", "performance_optimize_resize.py",
                      "HRNet_postprocess.py")

@@ -11,12 +11,21 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import assert_user_error, quiet, run_script
 from hrnetseg.evaluation.postprocess import evaluate_folder
 from hrnetseg.util import locks
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import (atomic_path, check_output_file, make_output_folder, remove_stale_temporaries,
-                                 remove_stale_temporaries_beside, require_file, require_folder, write_text_atomic)
+from hrnetseg.util.files import (
+    atomic_path,
+    check_output_file,
+    make_output_folder,
+    remove_stale_temporaries,
+    remove_stale_temporaries_beside,
+    require_file,
+    require_folder,
+    write_text_atomic,
+)
+
+from helpers import assert_user_error, quiet, run_script
 
 
 def special_files(folder):

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from helpers import REPO, assert_user_error, lock_held_elsewhere, run_script
 from hrnetseg.util import locks
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.locks import acquire_on_descriptor, lock_path_for, output_lock, read_owner
+
+from helpers import REPO, assert_user_error, lock_held_elsewhere, run_script
 
 
 def test_a_second_writer_stops_at_once_naming_the_first(tmp_path):

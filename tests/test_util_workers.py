@@ -41,9 +41,9 @@ def test_parallel_results_stops_early_on_error():
 FORK_AFTER_OPENCV = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from hrnetseg.data import preprocess, sample_scenes as sample_data
+from hrnetseg.data import preprocess, sample_scenes
 from hrnetseg.util.workers import parallel_results
-sample_data.generate(sys.argv[2], n=1, height=256, width=512)  # leaves OpenCV's thread pool in a state that
+sample_scenes.generate(sys.argv[2], n=1, height=256, width=512)  # leaves OpenCV's thread pool in a state that
 with parallel_results(preprocess._convert_one, tasks, 2, "x", processes=True) as results:  # hung children
     print(sorted(r[0] for r in results))
 """
@@ -64,7 +64,8 @@ STOP_EARLY_WITH_A_SIGTERM_HANDLER = """
 import signal, sys, time
 sys.path.insert(0, sys.argv[1])
 from hrnetseg.util.workers import parallel_results
-signal.signal(signal.SIGTERM, lambda signum, frame: None)   # a parent's handler that does not exit (Ray's driver has one)
+signal.signal(signal.SIGTERM, lambda signum,
+              frame: None)   # a parent's handler that does not exit (Ray's driver has one)
 def slow(x):
     time.sleep(0.05)
     return x

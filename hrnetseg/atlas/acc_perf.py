@@ -30,16 +30,21 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+from hrnetseg.atlas.figures import decimal_value, format_fps
+from hrnetseg.data.manifest import read_manifest
+from hrnetseg.evaluation.model_outputs import shard_image_counts
+from hrnetseg.runner.layout import (
+    AIS_BENCH_INPUT_SUFFIXES,
+    DEVICE_FOLDER,
+    device_folders,
+    device_list,
+    device_parts,
+    summary_path_for,
+)
+from hrnetseg.runner.summary import DEVICE_KEY, THROUGHPUT_KEY, THROUGHPUT_LINE, parse_throughput
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.atlas.figures import decimal_value, format_fps
 from hrnetseg.util.files import read_json, read_text, require_folder, write_text_atomic
-from hrnetseg.data.manifest import read_manifest
-from hrnetseg.runner.layout import (AIS_BENCH_INPUT_SUFFIXES, DEVICE_FOLDER, device_folders, device_list,
-                                    device_parts, summary_path_for)
-from hrnetseg.runner.summary import DEVICE_KEY, THROUGHPUT_KEY, THROUGHPUT_LINE, parse_throughput
-from hrnetseg.evaluation.model_outputs import shard_image_counts
-
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
 

@@ -21,12 +21,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from hrnetseg.util.files import read_json
-from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
-from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import write_text_atomic
 from hrnetseg.data.manifest import read_manifest
 from hrnetseg.model.presets import MODEL_INPUT_DTYPES
+from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import read_json, write_text_atomic
 
 SUFFIX = ".json"   # hrnet_bs4.om -> hrnet_bs4.om.json
 LAYOUT = "NCHW"    # atc --input_format, as scripts/pth2om.sh passes it

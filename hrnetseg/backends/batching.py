@@ -10,8 +10,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from hrnetseg.util.errors import UserError
 from hrnetseg.backends import Backend, InputSpec
+from hrnetseg.util.errors import UserError
 
 
 def shape_fits_input_spec(spec: InputSpec, shape: Sequence[int]) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Tuple
 
-from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int
-from hrnetseg.model.presets import DEFAULT_PRESET, PRESET_NAMES
 from hrnetseg.backends import BACKENDS, PRECISIONS
+from hrnetseg.model.presets import DEFAULT_PRESET, PRESET_NAMES
+from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int
 
 
 def backend_flags(backend_help: str, precision_help: str, warmup_help: str,

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from hrnetseg.util.errors import UserError, exception_line
 from hrnetseg.backends import Backend, DeviceUnavailable, InputSpec
+from hrnetseg.util.errors import UserError, exception_line
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
              "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64,

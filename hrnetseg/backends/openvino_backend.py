@@ -11,8 +11,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from hrnetseg.util.errors import UserError, exception_line
 from hrnetseg.backends import Backend, DeviceUnavailable, InputSpec
+from hrnetseg.util.errors import UserError, exception_line
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 OV_TYPES = {"f32": np.float32, "f16": np.float16, "u8": np.uint8}

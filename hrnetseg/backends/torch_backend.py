@@ -11,8 +11,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from hrnetseg.util.errors import UserError, exception_line
 from hrnetseg.backends import Backend, DeviceUnavailable, InputSpec
+from hrnetseg.util.errors import UserError, exception_line
 
 
 def fold_batchnorm(model):
@@ -29,7 +29,7 @@ class TorchBackend(Backend):
                  input_dtype: str = "float32", compile: bool = False, threads: Optional[int] = None) -> None:
         import torch
 
-        from hrnetseg.model.export import NormalizingInput, OUTPUT_NAMES, load_model
+        from hrnetseg.model.export import OUTPUT_NAMES, NormalizingInput, load_model
 
         if device_kind == "cuda" and not torch.cuda.is_available():
             raise DeviceUnavailable("torch sees no usable GPU here (use --device cpu)")

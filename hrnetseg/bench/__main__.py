@@ -24,16 +24,16 @@ import tempfile
 from typing import List, Optional, Sequence
 
 from hrnetseg.bench import DEFAULT_BENCHMARKS_MD
-from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int, run_cli
-from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import check_output_file, make_output_folder, require_file
-from hrnetseg.model.presets import DEFAULT_PRESET, PRESET_NAMES
 from hrnetseg.bench.cases import BASELINE_SPEC, DEFAULT_CASES, parse_cases
 from hrnetseg.bench.data_stages import data_stage, data_step_job
 from hrnetseg.bench.infer_stage import infer_job, infer_stage, prepare_job
 from hrnetseg.bench.jobs import CHILD_FLAG, Runner, child_main
 from hrnetseg.bench.machine import load_average_text
 from hrnetseg.bench.report import block_heading, format_data, format_infer, progress_note, record
+from hrnetseg.model.presets import DEFAULT_PRESET, PRESET_NAMES
+from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int, run_cli
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import check_output_file, make_output_folder, require_file
 
 STAGES = ("pre", "infer", "post")
 CHILD_JOBS = {"prepare": prepare_job, "infer": infer_job, "pre": data_step_job, "post": data_step_job}

@@ -5,8 +5,8 @@ import argparse
 from dataclasses import dataclass
 from typing import List, Tuple
 
-from hrnetseg.util.errors import UserError
 from hrnetseg.util.cli import positive_int
+from hrnetseg.util.errors import UserError
 
 BASELINE_SPEC = "onnxruntime:fp32:1"
 # Cheap defaults (1024x2048 on 2 cores: ~13 s, ~6.5 s, ~15 s and ~7.5 s per image), the recommended CPU setting second.

@@ -16,10 +16,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from hrnetseg.evaluation import postprocess
-from hrnetseg.data import preprocess, sample_scenes
 from hrnetseg.bench import reference
 from hrnetseg.bench.report import progress_note
+from hrnetseg.data import preprocess, sample_scenes
+from hrnetseg.evaluation import postprocess
 
 REFERENCE, OURS = "reference", "ours"   # the methods, in the bench's rows and its jobs' "method" key
 

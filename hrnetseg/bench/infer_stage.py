@@ -14,11 +14,10 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import write_text_atomic
 from hrnetseg.bench.cases import BASELINE_SPEC, Case, parse_case
 from hrnetseg.bench.report import progress_note, three_figures
-
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import write_text_atomic
 
 # ------------------------------------------------------------------------------------- child side: the jobs
 

@@ -12,10 +12,10 @@ import subprocess
 import sys
 from typing import Callable, Dict
 
-from hrnetseg.util.processes import env_for_python_children
+from hrnetseg.bench.machine import one_minute_load, peak_rss_mib
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import require_file, write_text_atomic
-from hrnetseg.bench.machine import one_minute_load, peak_rss_mib
+from hrnetseg.util.processes import env_for_python_children
 
 CHILD_FLAG = "--_child"
 

@@ -10,8 +10,8 @@ import sys
 from typing import Dict, Optional, Sequence, Tuple
 
 from hrnetseg.bench import REPO
-from hrnetseg.util.files import write_text_atomic
 from hrnetseg.bench.machine import machine_line
+from hrnetseg.util.files import write_text_atomic
 
 SECTION = "## One-command benchmark"
 SECTION_INTRO = "Blocks appended by `python -m hrnetseg.bench` (hrnetseg/bench/), newest last."

@@ -21,12 +21,20 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from hrnetseg.data import cityscapes
+from hrnetseg.data.manifest import (
+    DTYPES,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    check_folder_settings,
+    recorded_sources,
+    source_signature,
+    write_manifest,
+)
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.processes import default_workers
 from hrnetseg.util.files import atomic_path, make_output_folder, remove_stale_temporaries
 from hrnetseg.util.locks import output_lock
-from hrnetseg.data.manifest import (DTYPES, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, check_folder_settings,
-                                    recorded_sources, source_signature, write_manifest)
+from hrnetseg.util.processes import default_workers
 from hrnetseg.util.workers import parallel_results
 
 # Test hook: a process that has renamed this many files kills itself (SIGKILL) just before the next rename,

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Set
 import cv2
 import numpy as np
 
-from hrnetseg.data.cityscapes import ID_TO_TRAIN, IMAGE_SUFFIX, LABELS, LABEL_SUFFIX, NUM_CLASSES
+from hrnetseg.data.cityscapes import ID_TO_TRAIN, IMAGE_SUFFIX, LABEL_SUFFIX, LABELS, NUM_CLASSES
 from hrnetseg.util.cli import ArgumentParser, plain_name, positive_int, run_cli, whole_number
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_bytes_atomic

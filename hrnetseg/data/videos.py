@@ -18,8 +18,14 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import (check_output_file, describe_os_error, is_stale_temporary, not_regular_reason,
-                                 temporary_name, write_target)
+from hrnetseg.util.files import (
+    check_output_file,
+    describe_os_error,
+    is_stale_temporary,
+    not_regular_reason,
+    temporary_name,
+    write_target,
+)
 
 # what OpenCV's FFmpeg backend reads; the extensions tell videos from images when a folder is searched
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")

@@ -25,21 +25,26 @@ import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
-from hrnetseg.data import cityscapes
 from hrnetseg.backends import backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.batching import batch_size_for, pad_batch
 from hrnetseg.backends.flags import backend_flags
-from hrnetseg.util.errors import EXIT_INTERRUPTED, UserError
+from hrnetseg.data import cityscapes
+from hrnetseg.evaluation.metrics import ConfusionMatrix, format_table, write_result
+from hrnetseg.evaluation.multiscale import TestTimeAugmentation
+from hrnetseg.evaluation.streaming import (
+    AugmentedStreamingEvaluation,
+    StreamingEvaluation,
+    check_backend,
+    interrupt_after_count,
+    stage_report,
+)
+from hrnetseg.evaluation.tta_flags import add_tta_flags, single_scale_from_args, tta_from_args
+from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags, ray_options
 from hrnetseg.util.cli import ArgumentParser, output_index, plain_name, positive_int, progress, run_cli
+from hrnetseg.util.errors import EXIT_INTERRUPTED, UserError
 from hrnetseg.util.files import check_output_file
 from hrnetseg.util.locks import output_locks
 from hrnetseg.util.processes import cpu_cores
-from hrnetseg.evaluation.metrics import ConfusionMatrix, format_table, write_result
-from hrnetseg.evaluation.multiscale import TestTimeAugmentation
-from hrnetseg.evaluation.tta_flags import add_tta_flags, single_scale_from_args, tta_from_args
-from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags, ray_options
-from hrnetseg.evaluation.streaming import (AugmentedStreamingEvaluation, StreamingEvaluation, check_backend,
-                                           interrupt_after_count, stage_report)
 
 NOTICE_S = 1.0        # after Ctrl-C, how long to wait for the batch in flight before saying so
 

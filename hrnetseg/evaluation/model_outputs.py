@@ -23,11 +23,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hrnetseg.data.cityscapes import NUM_CLASSES, image_id
-from hrnetseg.util.errors import UserError, exception_line
+from hrnetseg.data.manifest import MANIFEST
 from hrnetseg.runner.layout import OUTPUT_NAME, device_folders, summary_path_for
 from hrnetseg.runner.summary import OUTPUT_DTYPE_KEY
+from hrnetseg.util.errors import UserError, exception_line
 from hrnetseg.util.files import not_regular_reason, require_file, require_folder
-from hrnetseg.data.manifest import MANIFEST
 
 AIS_BENCH, BENCHMARK = "ais_bench", "benchmark"
 ROLE = {AIS_BENCH: {0: "aux", 1: "main"}, BENCHMARK: {1: "aux", 2: "main"}}

@@ -30,8 +30,8 @@ import numpy as np
 from hrnetseg.backends import Backend, InputSpec
 from hrnetseg.backends.batching import output_rows, pad_batch, shape_fits_input_spec
 from hrnetseg.data.cityscapes import NUM_CLASSES
-from hrnetseg.util.errors import UserError
 from hrnetseg.evaluation.upsample_argmax import upsample_bilinear
+from hrnetseg.util.errors import UserError
 
 RunMain = Callable[[np.ndarray], np.ndarray]
 DEFAULT_BASE_SIZE = 2048               # upstream's TEST.BASE_SIZE for Cityscapes

@@ -18,17 +18,33 @@ import numpy as np
 
 from hrnetseg.data import cityscapes
 from hrnetseg.data.cityscapes import read_train_ids
-from hrnetseg.util.errors import UserError
-from hrnetseg.util.processes import default_workers
-from hrnetseg.util.files import (check_output_file, make_output_folder, not_a_folder_above, not_regular_reason,
-                                 remove_stale_temporaries, require_folder)
-from hrnetseg.util.locks import output_locks
-from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion, format_table, write_result
-from hrnetseg.evaluation.model_outputs import (AIS_BENCH, BY_SIZE, DEFAULT, OUTPUT_DTYPES, Outputs, choose_file_index,
-                                               find_outputs, load_logits, logits_shape, output_file_dtype,
-                                               summary_output_dtype)
 from hrnetseg.data.pictures import picture_paths, remove_pictures, save_pictures
+from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion, format_table, write_result
+from hrnetseg.evaluation.model_outputs import (
+    AIS_BENCH,
+    BY_SIZE,
+    DEFAULT,
+    OUTPUT_DTYPES,
+    Outputs,
+    choose_file_index,
+    find_outputs,
+    load_logits,
+    logits_shape,
+    output_file_dtype,
+    summary_output_dtype,
+)
 from hrnetseg.evaluation.upsample_argmax import logits_to_labels
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import (
+    check_output_file,
+    make_output_folder,
+    not_a_folder_above,
+    not_regular_reason,
+    remove_stale_temporaries,
+    require_folder,
+)
+from hrnetseg.util.locks import output_locks
+from hrnetseg.util.processes import default_workers
 from hrnetseg.util.workers import parallel_results
 
 IDS_QUOTED = 5  # ids quoted in an error message, at most

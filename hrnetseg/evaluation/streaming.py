@@ -19,16 +19,23 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hrnetseg.data import cityscapes
 from hrnetseg.backends import Backend
 from hrnetseg.backends.batching import output_rows, pad_batch, shape_fits_input_spec
-from hrnetseg.util.errors import UserError
-from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion
-from hrnetseg.evaluation.multiscale import (TestTimeAugmentation, check_model_takes, combine_scales,
-                                            main_output_index, main_output_runner, predict_train_ids, scale_runs)
-from hrnetseg.evaluation.upsample_argmax import logits_to_labels
-from hrnetseg.evaluation.postprocess import logits_shape, read_train_ids
+from hrnetseg.data import cityscapes
 from hrnetseg.data.preprocess import DTYPES, convert, read_rgb
+from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion
+from hrnetseg.evaluation.multiscale import (
+    TestTimeAugmentation,
+    check_model_takes,
+    combine_scales,
+    main_output_index,
+    main_output_runner,
+    predict_train_ids,
+    scale_runs,
+)
+from hrnetseg.evaluation.postprocess import logits_shape, read_train_ids
+from hrnetseg.evaluation.upsample_argmax import logits_to_labels
+from hrnetseg.util.errors import UserError
 
 POLL_S = 0.1          # how often a blocked stage looks at the stop flag
 # Test hook: after this many evaluated images the process sends itself SIGINT (a Ctrl-C at a known point).

@@ -7,8 +7,13 @@ import argparse
 import math
 from typing import Tuple
 
-from hrnetseg.evaluation.multiscale import (DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE, MAX_SCALE, UPSTREAM_SCALES,
-                                           TestTimeAugmentation)
+from hrnetseg.evaluation.multiscale import (
+    DEFAULT_BASE_SIZE,
+    DEFAULT_CROP_SIZE,
+    MAX_SCALE,
+    UPSTREAM_SCALES,
+    TestTimeAugmentation,
+)
 
 
 def scale_list(text: str) -> Tuple[float, ...]:

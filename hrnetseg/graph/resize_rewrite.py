@@ -9,8 +9,14 @@ from __future__ import annotations
 import sys
 
 from hrnetseg.graph.rewrite_check import check_input, compare_outputs, run_onnxruntime
-from hrnetseg.graph.structure import (DEFAULT_NEAREST_MODE, SELECT_HEAD, load_onnx, select_resize_nodes,
-                                      set_resize_mode, uses_external_data)
+from hrnetseg.graph.structure import (
+    DEFAULT_NEAREST_MODE,
+    SELECT_HEAD,
+    load_onnx,
+    select_resize_nodes,
+    set_resize_mode,
+    uses_external_data,
+)
 from hrnetseg.util.errors import UserError, exception_line
 from hrnetseg.util.files import atomic_path, check_output_file, remove_stale_temporaries_beside
 from hrnetseg.util.locks import output_lock

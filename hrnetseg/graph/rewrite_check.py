@@ -11,9 +11,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from hrnetseg.graph.structure import format_shape
 from hrnetseg.util.errors import UserError, exception_line, one_line
 from hrnetseg.util.numerics import relative_error
-from hrnetseg.graph.structure import format_shape
 
 UNKNOWN_DIM_DEFAULT = 256    # spatial size used for a random check input when the graph leaves it open
 

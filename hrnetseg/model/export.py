@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from hrnetseg.model.checkpoint import load_checkpoint
 from hrnetseg.data.cityscapes import MEAN, STD
+from hrnetseg.model.checkpoint import load_checkpoint
+from hrnetseg.model.network import build_model, init_random_weights
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import atomic_path
-from hrnetseg.model.network import build_model, init_random_weights
 from hrnetseg.util.numerics import check_outputs_finite, max_abs_error, relative_error
 
 INPUT_NAME = "image"

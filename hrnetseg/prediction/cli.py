@@ -21,17 +21,24 @@ import numpy as np
 
 from hrnetseg.backends import backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.flags import backend_flags
+from hrnetseg.data.videos import VideoInfo, remove_stale_video_temporaries
+from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner
+from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
+from hrnetseg.prediction.inputs import BadInput, Input, find_inputs, look_at
+from hrnetseg.prediction.per_input import (
+    DEFAULT_SAVE,
+    SAVE_KINDS,
+    UnreadableInput,
+    planned_outputs,
+    predict_image_file,
+    predict_video_file,
+    save_kinds,
+)
+from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags, ray_options
 from hrnetseg.util.cli import ArgumentParser, output_index, progress, run_cli
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, not_regular_reason, remove_stale_temporaries
 from hrnetseg.util.locks import output_lock
-from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner
-from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
-from hrnetseg.prediction.inputs import BadInput, Input, find_inputs, look_at
-from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags, ray_options
-from hrnetseg.prediction.per_input import (DEFAULT_SAVE, SAVE_KINDS, UnreadableInput, planned_outputs,
-                                           predict_image_file, predict_video_file, save_kinds)
-from hrnetseg.data.videos import VideoInfo, remove_stale_video_temporaries
 
 MAX_SIZES_SHOWN = 3   # image sizes whose forward passes the first lines name
 

@@ -9,9 +9,9 @@ from collections import namedtuple
 from typing import Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from hrnetseg.data import cityscapes
+from hrnetseg.data.videos import VIDEO_SUFFIXES, VideoInfo, probe
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import not_regular_reason
-from hrnetseg.data.videos import VIDEO_SUFFIXES, VideoInfo, probe
 
 # what OpenCV's imread decodes; the extensions tell images from videos
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

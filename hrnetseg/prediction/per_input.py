@@ -20,11 +20,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hrnetseg.data import cityscapes
-from hrnetseg.util.errors import UserError
 from hrnetseg.data.pictures import color_picture, label_ids_picture, overlay_picture, write_png
-from hrnetseg.prediction.inputs import Input, read_photo
 from hrnetseg.data.preprocess import convert
 from hrnetseg.data.videos import VideoInfo, atomic_video, frames
+from hrnetseg.prediction.inputs import Input, read_photo
+from hrnetseg.util.errors import UserError
 
 SAVE_KINDS = ("labelIds", "trainIds", "color", "overlay")
 DEFAULT_SAVE = ("overlay",)

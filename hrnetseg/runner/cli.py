@@ -25,17 +25,32 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hrnetseg.runner import multi_device, options
-from hrnetseg.runner.summary import (DEVICE_KEY, FILESINFO_KEY, OUTPUT_DTYPE_KEY, PERCENTILE_KEY, THROUGHPUT_KEY,
-                                     FilesInfo, RunTimes, print_lines)
 from hrnetseg.backends import Backend, backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.batching import batch_size_for, output_rows, pad_batch
-from hrnetseg.util.cli import progress, run_cli
-from hrnetseg.runner.layout import default_dirname, device_folder_name, device_list
 from hrnetseg.data.manifest import read_manifest
-from hrnetseg.runner.inputs import (check_bins, check_bins_fit_model, input_path, list_inputs, parse_index_list,
-                                    parse_indices, read_bin)
+from hrnetseg.runner import multi_device, options
+from hrnetseg.runner.inputs import (
+    check_bins,
+    check_bins_fit_model,
+    input_path,
+    list_inputs,
+    parse_index_list,
+    parse_indices,
+    read_bin,
+)
+from hrnetseg.runner.layout import default_dirname, device_folder_name, device_list
 from hrnetseg.runner.outputs import OUTPUT_DTYPE, RunOutputs, check_output_stems
+from hrnetseg.runner.summary import (
+    DEVICE_KEY,
+    FILESINFO_KEY,
+    OUTPUT_DTYPE_KEY,
+    PERCENTILE_KEY,
+    THROUGHPUT_KEY,
+    FilesInfo,
+    RunTimes,
+    print_lines,
+)
+from hrnetseg.util.cli import progress, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,10 +13,10 @@ import numpy as np
 
 from hrnetseg.backends import Backend
 from hrnetseg.backends.batching import array_bytes, shape_fits_input_spec
-from hrnetseg.util.errors import UserError
-from hrnetseg.util.cli import output_index
-from hrnetseg.util.files import not_regular_reason, require_file
 from hrnetseg.data.manifest import read_manifest
+from hrnetseg.util.cli import output_index
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import not_regular_reason, require_file
 
 BIN_SUFFIX = ".bin"   # the preprocess folder's input files: <id>.bin
 

@@ -24,16 +24,22 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from hrnetseg.runner.summary import device_line, listed_outfiles, print_lines, summary_throughput_line
 from hrnetseg.backends import visible_gpu_count
+from hrnetseg.runner.inputs import check_bins, list_inputs
+from hrnetseg.runner.layout import (
+    OUTPUT_NAME,
+    default_dirname,
+    device_entry,
+    device_folder_name,
+    device_parts,
+    summary_path_for,
+)
+from hrnetseg.runner.outputs import check_output_stems
+from hrnetseg.runner.summary import device_line, listed_outfiles, print_lines, summary_throughput_line
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
 from hrnetseg.util.locks import output_lock
 from hrnetseg.util.processes import cpu_cores, die_with_parent, env_for_python_children
-from hrnetseg.runner.layout import (OUTPUT_NAME, default_dirname, device_entry, device_folder_name, device_parts,
-                                    summary_path_for)
-from hrnetseg.runner.inputs import check_bins, list_inputs
-from hrnetseg.runner.outputs import check_output_stems
 
 POLL_S = 0.05
 STOP_S = 30   # seconds an interrupted device process has to remove its files before it is killed

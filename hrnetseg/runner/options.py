@@ -11,9 +11,9 @@ import argparse
 import sys
 
 from hrnetseg.backends.flags import backend_flags
+from hrnetseg.runner.layout import OUTFMTS
 from hrnetseg.util.cli import ArgumentParser, nonnegative_int, plain_name, positive_int
 from hrnetseg.util.errors import UserError
-from hrnetseg.runner.layout import OUTFMTS
 
 TRUE_WORDS = ("yes", "true", "t", "y", "1")
 FALSE_WORDS = ("no", "false", "f", "n", "0")

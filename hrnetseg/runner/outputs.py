@@ -17,11 +17,18 @@ from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
 
-from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import (atomic_path, check_output_file, make_output_folder, remove_quietly,
-                                 remove_stale_temporaries, write_target, write_text_atomic)
-from hrnetseg.util.locks import output_lock
 from hrnetseg.runner.layout import OUTPUT_NAME, device_entry, output_name, output_stem, summary_path_for
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import (
+    atomic_path,
+    check_output_file,
+    make_output_folder,
+    remove_quietly,
+    remove_stale_temporaries,
+    write_target,
+    write_text_atomic,
+)
+from hrnetseg.util.locks import output_lock
 
 OUTPUT_DTYPE = "float32"   # what the runner writes, whatever the backend computes in (recorded in the summary)
 

@@ -11,8 +11,8 @@ from typing import Dict, List, Optional, Sequence, Set
 
 import numpy as np
 
-from hrnetseg.util.errors import UserError
 from hrnetseg.evaluation.metrics import ConfusionMatrix
+from hrnetseg.util.errors import UserError
 
 MAX_ATTEMPTS = 3      # a batch that fails this many times fails the run
 

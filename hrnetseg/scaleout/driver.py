@@ -18,11 +18,11 @@ import time
 from collections import deque
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from hrnetseg.util.errors import UserError, exception_line
-from hrnetseg.util.cli import progress
 from hrnetseg.scaleout import import_ray
 from hrnetseg.scaleout.batches import Batch, BatchLedger
 from hrnetseg.scaleout.flags import host_and_port
+from hrnetseg.util.cli import progress
+from hrnetseg.util.errors import UserError, exception_line
 
 IN_FLIGHT = 2          # batches queued per worker: the next one is there when the current one ends
 POLL_S = 0.5           # how often the driver looks at the clock while waiting (Ctrl-C, restart deadlines)

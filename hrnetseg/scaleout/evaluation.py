@@ -7,8 +7,15 @@ from typing import List, Optional, Tuple
 
 from hrnetseg.data.cityscapes import NUM_CLASSES, Sample
 from hrnetseg.scaleout.batches import Ledger, plan_batches
-from hrnetseg.scaleout.driver import (RayRun, batch_delay_s, engine_entry, ray_session, run_batches, worker_count,
-                                      worker_threads)
+from hrnetseg.scaleout.driver import (
+    RayRun,
+    batch_delay_s,
+    engine_entry,
+    ray_session,
+    run_batches,
+    worker_count,
+    worker_threads,
+)
 from hrnetseg.scaleout.flags import RayOptions
 from hrnetseg.scaleout.worker import EvaluationWorker, WorkerConfig
 

@@ -6,8 +6,8 @@ import argparse
 from collections import namedtuple
 from typing import Tuple
 
-from hrnetseg.util.errors import UserError
 from hrnetseg.util.cli import positive_int
+from hrnetseg.util.errors import UserError
 
 ADDRESS_FORMS = "local, auto, HOST:PORT or ray://HOST:PORT"
 # The --ray flags' values: --ray, --ray_cpus_per_worker, --ray_gpus_per_worker, --ray_workers, --ray_batch_images

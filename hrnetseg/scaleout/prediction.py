@@ -16,7 +16,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hrnetseg.util.errors import UserError
 from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner
 from hrnetseg.prediction.inputs import Input
 from hrnetseg.prediction.per_input import UnreadableInput, image_outputs, predict_image_file
@@ -25,6 +24,7 @@ from hrnetseg.scaleout.driver import RayRun, batch_delay_s, ray_session, run_bat
 from hrnetseg.scaleout.evaluation import describe_workers
 from hrnetseg.scaleout.flags import RayOptions
 from hrnetseg.scaleout.worker import RayWorker, fetched
+from hrnetseg.util.errors import UserError
 
 PredictionConfig = namedtuple("PredictionConfig", ["kind", "model", "device", "precision", "preset",
                                                    "output_index", "batchsize", "warmup", "threads",

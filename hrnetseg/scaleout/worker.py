@@ -20,9 +20,13 @@ from typing import Dict, Optional, Sequence
 from hrnetseg.backends import load_backend
 from hrnetseg.backends.batching import batch_size_for, pad_batch
 from hrnetseg.data.cityscapes import Sample
+from hrnetseg.evaluation.streaming import (
+    INTERRUPT_AFTER_ENV,
+    AugmentedStreamingEvaluation,
+    StreamingEvaluation,
+    check_backend,
+)
 from hrnetseg.util.errors import UserError, one_line
-from hrnetseg.evaluation.streaming import (AugmentedStreamingEvaluation, INTERRUPT_AFTER_ENV, StreamingEvaluation,
-                                           check_backend)
 
 # What a worker needs to load and run the model the way the local evaluation would.
 WorkerConfig = namedtuple("WorkerConfig", ["kind", "model", "device", "precision", "preset", "input_dtype",

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from hrnetseg.util.errors import EXIT_INTERRUPTED, UserError, one_line
 
+
 def program_name() -> str:
     """How the user started this program, for usage and error lines: `python3 -m hrnetseg.infer` for a module
     run with -m (a package's __main__ named by its package), the file's name for a script (HRNet_preprocess.py)

@@ -39,7 +39,7 @@ LOCK_SUFFIX = ".lock"
 EXIT_RETRY = 75          # `acquire`: the lock of a dead owner was removed; reopen the file and try again
 _TRIES = 3
 
-_held = {}  # type: Dict[str, int]   lock path -> how many times this process holds it
+_held: Dict[str, int] = {}  # lock path -> how many times this process holds it
 
 
 def lock_path_for(output: str) -> str:

@@ -54,7 +54,7 @@ def _parent_of(pid: int) -> Optional[int]:
 
 def is_ancestor(pid: int) -> bool:
     """Whether pid is this process's parent, grandparent, ... (through /proc; the parent only elsewhere)."""
-    parent = os.getppid()  # type: Optional[int]
+    parent: Optional[int] = os.getppid()
     for _ in range(_ANCESTOR_DEPTH):
         if parent == pid:
             return True
