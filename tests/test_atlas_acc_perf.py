@@ -15,7 +15,7 @@ from hrnetseg.data.manifest import read_manifest
 from hrnetseg.runner import layout
 from hrnetseg.util.errors import UserError
 
-from helpers import TINY_IMAGES, assert_user_error, run_script
+from helpers import TINY_IMAGES, assert_user_error, run_infer, run_script
 
 # --- the throughput in ais_bench's log ------------------------------------------------------------------------
 
@@ -67,8 +67,9 @@ def test_a_throughput_is_a_plain_decimal_number(tmp_path, text):
 def test_batch_sizes_larger_than_the_images_are_refused(tiny_prep_path):
     assert acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4, TINY_IMAGES]) == []
     [note] = acc_perf.check_batch_sizes(str(tiny_prep_path), [1, 4, TINY_IMAGES], counts_padding=True)
-    assert note.startswith("note: 5 images at batch size 4 leave a last batch of 1, which ais_bench pads and counts "
-                           "as 4") and note.endswith("the table's throughput is its figure x 5/8 (the images' own)")
+    assert note.startswith("note: 5 images at batch size 4 leave a last batch of 1, which the inference tool pads "
+                           "and counts as 4, as ais_bench does")
+    assert note.endswith("the table's throughput is its figure x 5/8 (the images' own)")
     # 2 runs of 4 in 1 s: ais_bench says 8 images/s, the 5 real images ran at 5 images/s
     assert acc_perf.real_images_fps(8.0, 5, 4) == 5.0 and acc_perf.real_images_fps(8.0, 8, 4) == 8.0
     with pytest.raises(UserError, match="batch sizes 8, 16 are larger than the {} images".format(TINY_IMAGES)):
@@ -131,9 +132,9 @@ def test_table_row_never_shows_a_zero_throughput_or_a_bad_miou(tmp_path):
                                   "--fps", "nan", "--result", result]), "--fps")
 
 
-def test_the_ais_bench_row_counts_real_images_not_its_padding(tmp_path, tiny_prep_path):
-    """ais_bench reports 1000 x batch size / mean time for a padded last batch too; the table's fps is the
-    images' own, as the local runner's is."""
+def test_the_row_counts_real_images_not_the_padding(tmp_path, tiny_prep_path):
+    """ais_bench, and the local runner that matches it, report 1000 x batch size / mean time for a padded last batch
+    too; the table's fps is the images' own for both."""
     result = tmp_path / "result.json"
     result.write_text(json.dumps({"mIoU": 0.5, "images": TINY_IMAGES}))
     rows = {}
@@ -143,7 +144,25 @@ def test_the_ais_bench_row_counts_real_images_not_its_padding(tmp_path, tiny_pre
         assert out.returncode == 0, out.stderr
         rows[backend] = out.stdout.strip()
     assert rows == {"ais_bench": "| 4 | ais_bench | d | 5.00 | 50.00% |",       # 5 images, padded to 8
-                    "onnxruntime": "| 4 | onnxruntime | d | 8.00 | 50.00% |"}
+                    "onnxruntime": "| 4 | onnxruntime | d | 5.00 | 50.00% |"}
+
+
+def test_the_runner_row_is_its_real_images_figure(tmp_path, tiny_onnx_path, tiny_prep_path, stub, capsys):
+    """5 images at bs4 through the runner: its log's figure is ais_bench's (B = 4, 1000 * 4 / mean), the table's fps
+    its summary's throughput_real_images (1000 * 2.5 / mean)."""
+    run_infer(tiny_onnx_path, tiny_prep_path, tmp_path / "results", "--batchsize", 4)
+    log = tmp_path / "bs4.log"
+    log.write_text(capsys.readouterr().out)
+    summary = json.loads((tmp_path / "results" / "bs_summary.json").read_text())
+    fps = acc_perf.throughput(str(log), "python3 -m hrnetseg.infer")
+    assert fps == summary["throughput"] == 1000.0 * 4 / summary["NPU_compute_time"]["mean"]
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"mIoU": 0.5, "images": TINY_IMAGES}))
+    record = tmp_path / "row.json"
+    assert acc_perf.main(["row", "--batch", "4", "--backend", "onnxruntime", "--summary",
+                          str(tmp_path / "results" / "bs_summary.json"), "--fps", repr(fps), "--result", str(result),
+                          "--prep", str(tiny_prep_path), "--record", str(record)]) == 0
+    assert json.loads(record.read_text())["fps"] == pytest.approx(summary["throughput_real_images"], rel=1e-12)
 
 
 # --- the figures of a --device 0,1 run -----------------------------------------------------------------------
@@ -162,6 +181,13 @@ def _shards(res: Path, figures, images, device_key=False) -> Path:
             summary["device"] = "cuda:{}".format(i)
         Path(str(folder) + "_summary.json").write_text(json.dumps(summary))
     return res
+
+
+def mark_run(res: Path, device: int, run_id: str) -> None:
+    """The runner's run id (and a model) in res/device<device>_summary.json."""
+    path = res / "device{}_summary.json".format(device)
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), run_id=run_id,
+                                    model_file={"path": "/m.onnx", "size": 1, "mtime_ns": 1})))
 
 
 def test_the_summed_throughput_line_of_a_multi_device_run_wins(tmp_path):
@@ -183,8 +209,10 @@ def test_row_of_shards_takes_padding_out_device_by_device(tmp_path, tiny_prep_pa
     assert acc_perf.shards_device(summaries) == "npu:0,npu:1"
     assert acc_perf.shards_fps(30.0, summaries, str(res), 4, counts_padding=True) == 10.0 * 3 / 4 + 20.0 * 2 / 4
     assert acc_perf.shards_fps(30.0, summaries, str(res), 1, counts_padding=True) == 30.0
-    assert acc_perf.shards_fps(30.0, summaries, str(res), 4, counts_padding=False) == 30.0   # the local runner
+    assert acc_perf.shards_fps(30.0, summaries, str(res), 4, counts_padding=False) == 30.0   # no --prep: as given
     runner = _shards(tmp_path / "runner", [10.0, 20.0], [3, 2], device_key=True)
+    for device in (0, 1):   # the runner's summaries: one run id and model throughout
+        mark_run(runner, device, "r")
     assert acc_perf.shards_device(acc_perf.shard_summaries(str(runner))) == "cuda:0,cuda:1"
     result = tmp_path / "result.json"
     result.write_text(json.dumps({"mIoU": 0.5, "images": TINY_IMAGES}))
@@ -207,8 +235,10 @@ def test_a_device_list_ais_bench_would_split_wrongly_is_refused_before_inference
     """--device 0,0: ais_bench runs two processes into device0/ (hours, then a summed throughput that is not the
     device summaries'); the runner refuses it too, with the same line."""
     check = ["check_batch_sizes", str(tiny_prep_path), "4", "--backend", "ais_bench", "--device"]
-    for device, fragment in (("0,0", "--device 0,0 names a device twice"), ("0,,1", "holds ids 0..255"),
-                             ("0,256", "holds ids 0..255")):
+    for device, fragment in (("0,0", "--device 0,0 names a device twice"),
+                             ("0,,1", r"--device 0,,1: a device id is an integer 0\.\.255"),
+                             ("0,256", r"--device 0,256: a device id is an integer 0\.\.255"),
+                             ("256", r"--device 256: a device id is an integer 0\.\.255")):
         with pytest.raises(UserError, match=fragment):
             acc_perf.main(check + [device])
     assert acc_perf.main(check + ["1,0"]) == 0 and "split 3+2 across 2 devices" in capsys.readouterr().err
@@ -225,7 +255,10 @@ def test_a_device_list_ais_bench_would_split_wrongly_is_refused_before_inference
     (lambda res: (res / "device1_summary.json").write_text(json.dumps({"throughput": 20.0, "device": ""})),
      "names no device"),
     (lambda res: shutil.rmtree(str(res)) or res.mkdir(), "holds no device<id> folders"),
-], ids=["stale", "string", "not_json", "missing", "no_device", "no_shards"])
+    (lambda res: [mark_run(res, d, "r{}".format(d)) for d in (0, 1)],
+     "device folders .*device0 and .*device1 are from different runs \\(run r0 and r1\\)"),
+    (lambda res: mark_run(res, 1, "r1"), "device folders .*device1 and .*device0 are not one run"),
+], ids=["stale", "string", "not_json", "missing", "no_device", "no_shards", "other_run", "ids_missing"])
 def test_device_summaries_that_are_not_this_run_are_one_line(damage, match, tmp_path):
     res = _shards(tmp_path / "bs4", [10.0, 20.0], [3, 2])
     damage(res)

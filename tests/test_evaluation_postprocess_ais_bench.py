@@ -175,6 +175,37 @@ def test_shards_that_are_not_one_run_are_refused(logits, gt, tmp_path):
     refused("1 of 3 labels have no output", res, gt)          # only device0's part: never scored as the whole
 
 
+def mark_run(res: Path, device: int, **keys) -> None:
+    """Add keys (the runner's run_id, model_file) to res/device<device>_summary.json, or remove those given None."""
+    path = res / "device{}_summary.json".format(device)
+    summary = json.loads(path.read_text())
+    summary.update(keys)
+    path.write_text(json.dumps({key: value for key, value in summary.items() if value is not None}))
+
+
+def test_shards_of_different_runs_or_models_are_refused(logits, gt, reference, tmp_path):
+    """The runner's device summaries record the run and the model: device folders of two runs (or a model changed
+    between them) are one line naming both folders and what differs. ais_bench's record neither: accepted (the
+    cases above); a mix of the two is refused."""
+    res = ais_bench_run(logits, tmp_path / "bs1", "BIN", devices=[0, 1])
+    model = {"path": "/m/hrnet.onnx", "size": 10, "mtime_ns": 1}
+    for device in (0, 1):
+        mark_run(res, device, run_id="a" * 32, model_file=model)
+    assert evaluate(res, gt) == reference
+    mark_run(res, 1, run_id="b" * 32)
+    message = refused("device folders .*device0 and .*device1 are from different runs", res, gt)
+    assert "a" * 32 in message and "b" * 32 in message and str(res / "device0") in message
+    mark_run(res, 1, run_id="a" * 32, model_file=dict(model, size=11))
+    refused(r"device folders .*device0 and .*device1 ran different models \(model size 10 and 11\)", res, gt)
+    mark_run(res, 1, run_id=None, model_file=None)   # ais_bench's summary beside the runner's
+    refused("device folders .*device0 and .*device1 are not one run: the summary of the first records run a+, the "
+            "other's none", res, gt)
+    (res / "device1_summary.json").unlink()
+    refused("the other has no summary", res, gt)
+    mark_run(res, 0, run_id=None, model_file=None)   # no run recorded anywhere, a summary missing: as before
+    assert evaluate(res, gt) == reference
+
+
 def test_mixed_formats_across_shards_are_refused(logits, gt, tmp_path):
     first = dict(list(sorted(logits.items()))[:2])
     ais_bench_run(first, tmp_path / "bs1", "BIN", devices=[0])

@@ -1,4 +1,4 @@
-"""The runner as ais_bench (the CANN 6 era frontend): its summary file, printed block, --outfmt NPY/TXT, options.
+"""The runner as ais_bench (the CANN 6 era frontend): its summary file, printed lines, --outfmt NPY/TXT, options.
 
 The formats checked here are ais_bench's as documented in README.md (summary keys, full-float printed lines, NPY
 with the batch axis, TXT rows of `%f ` values); the byte-for-byte comparison with the real frontend is a
@@ -15,7 +15,7 @@ from hrnetseg.runner import cli as infer
 from hrnetseg.runner import options as infer_options
 from hrnetseg.util.errors import UserError
 
-from helpers import OUT_SHAPE, RUNNER, TINY_IMAGES, assert_user_error, manifest_ids
+from helpers import OUT_SHAPE, RUNNER, TINY_IMAGES, assert_user_error, manifest_ids, run_infer
 
 STATS_KEYS = {"min", "max", "mean", "median", "percentile(99%)", "count"}
 AIS_BENCH_KEYS = {"filesinfo", "args", "NPU_compute_time", "H2D_latency", "D2H_latency", "throughput",
@@ -56,8 +56,9 @@ def test_summary_file_has_ais_bench_keys_units_and_ours(formats, tiny_prep_path)
     times = summary["npu_compute_time_list"]
     assert len(times) == runs and summary["NPU_compute_time"]["mean"] == pytest.approx(np.mean(times))
     assert summary["NPU_compute_time"]["median"] == pytest.approx(np.median(times))
-    # real images per run: 4, 4, 1, 1 (the padded batch counts its one image)
-    assert summary["throughput"] == pytest.approx(1000 * 2.5 / np.mean(times))
+    # ais_bench's figure: every run at the batch size, 4 (the padded last batch too); ours: 4, 4, 1, 1 real images
+    assert summary["throughput"] == pytest.approx(1000 * 4 / np.mean(times))
+    assert summary["throughput_real_images"] == pytest.approx(1000 * 2.5 / np.mean(times))
     assert isinstance(summary["pid"], int) and summary["args"][0].endswith("infer.py")   # sys.argv, as ais_bench
     assert summary["args"][1] == "-m" and summary["args"][-2:] == ["--run_mode", "full"]
     assert all(isinstance(arg, str) for arg in summary["args"]) and "--display_all_summary" in summary["args"]
@@ -87,7 +88,7 @@ def test_printed_block_is_ais_bench_s_with_full_floats(formats):
             [stats_line("NPU_compute_time", summary["NPU_compute_time"])] + \
             ([stats_line("D2H_latency", summary["D2H_latency"])] if all_lines else []) + \
             ["[INFO] throughput 1000*batchsize.mean({})/NPU_compute_time.mean({!r}): {!r}".format(
-                2.5, summary["NPU_compute_time"]["mean"], summary["throughput"]),   # 4, 1 real images per run
+                4, summary["NPU_compute_time"]["mean"], summary["throughput"]),   # the padded batch at full size
              "[INFO] ------------------------------------------------------"]
         assert lines[start + 1:start + 1 + len(expected)] == expected
 
@@ -95,10 +96,11 @@ def test_printed_block_is_ais_bench_s_with_full_floats(formats):
 def test_first_line_says_the_cpu_runs_for_device_0_and_npu_options_are_noted_once(formats):
     import onnxruntime
 
-    _, runs = formats
+    out, runs = formats
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this ONNX Runtime has a CUDA provider: --device 0 may run on a GPU")
-    first = runs["bin"].stdout.splitlines()[0]
+    output_path, first = runs["bin"].stdout.splitlines()[:2]   # the folder made, then the model loaded
+    assert output_path == "[INFO] output path:{}".format(out / "bin")
     assert first.startswith("[INFO] onnxruntime on cpu") and "--device 0:" in first and "running on the CPU" in first
     notes = [line for line in runs["bin"].stderr.splitlines() if "ignored off an Ascend NPU" in line]
     assert notes == ["note: ignored off an Ascend NPU: --profiler, --run_mode, --dymHW"]
@@ -154,9 +156,11 @@ def test_ais_bench_option_syntax():
     (["--output", "o", "--output_batchsize_axis", "1"], "hold the batch on axis 0"),
     (["--dymBatch", "4", "--batchsize", "2"], "--dymBatch 4 and --batchsize 2 disagree"),
     (["--profiler", "1", "--dump", "1", "--output", "o"], "cannot both be true"),
+    (["--output", "o", "--output_batchsize_axis", "-1"], "hold the batch on axis 0"),
     (["--device", "0,0"], "names a device twice"),
-    (["--device", "0,cuda"], "ids 0..255"),
-    (["--device", "0,256"], "ids 0..255"),
+    (["--device", "0,cuda"], r"--device 0,cuda: a device id is an integer 0\.\.255"),
+    (["--device", "0,256"], r"--device 0,256: a device id is an integer 0\.\.255"),
+    (["--device", "256"], r"--device 256: a device id is an integer 0\.\.255"),   # alone as in a list
 ])
 def test_option_refusals(tmp_path, tiny_onnx_path, tiny_prep_path, argv, message):
     with pytest.raises(UserError, match=message):
@@ -174,3 +178,39 @@ def test_dymbatch_sets_the_batch_size():
 def test_a_bad_boolean_is_one_line(run, tiny_onnx_path, tiny_prep_path):
     result = run(RUNNER + ["--model", tiny_onnx_path, "--input", tiny_prep_path, "--display_all_summary", "maybe"])
     assert_user_error(result, "--display_all_summary", "expected a boolean")
+
+
+def test_one_device_id_and_a_list_of_them_are_read_by_one_rule():
+    from hrnetseg.backends import parse_device
+    from hrnetseg.runner.layout import device_ids, device_list
+
+    for text in ("256", "0,256"):
+        with pytest.raises(UserError, match=r"--device {}: a device id is an integer 0\.\.255".format(text)):
+            device_ids(text)
+    with pytest.raises(UserError, match=r"--device 256: a device id is an integer 0\.\.255"):
+        parse_device("256")   # evaluate and predict read a bare id by the same rule
+    assert device_ids("255") == [255] and device_list("255") is None and device_list("0, 1") == [0, 1]
+    assert parse_device(" 255 ") == ("cuda", 255) and device_ids("cuda:1") is None and device_ids(None) is None
+
+
+def test_output_path_line_infiles_as_given_and_batch_axis_0(tmp_path, monkeypatch, tiny_onnx_path, prep_copy, stub,
+                                                            capsys):
+    """ais_bench prints `output path:` once it has made OUTPUT/DIRNAME, before the inference, the folder as
+    os.path.join spells it; its filesinfo names each input as the command line did (a folder joined with the file's
+    name, or a file as given: relative stays relative); --output_batchsize_axis 0 is the default it takes."""
+    from hrnetseg.runner.inputs import natural_key
+
+    monkeypatch.chdir(tmp_path)
+    ids = sorted(manifest_ids(prep_copy), key=natural_key)
+    for spec, dirname, infiles in (
+            ("prep", "out", ["prep/{}.bin".format(i) for i in ids]),
+            ("./prep/{1}.bin,prep//{0}.bin".format(*ids), "files/", ["./prep/{}.bin".format(ids[1]),
+                                                                     "prep//{}.bin".format(ids[0])])):
+        assert run_infer(tiny_onnx_path, spec, dirname, "--output_batchsize_axis", "0") == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == "[INFO] output path:{}bs".format(dirname if dirname.endswith("/") else dirname + "/")
+        assert lines[1].startswith("[INFO] stub on cpu")
+        summary = json.loads((tmp_path / dirname / "bs_summary.json").read_text())
+        assert [summary["filesinfo"][str(n)]["infiles"] for n in range(len(infiles))] == [[f] for f in infiles]
+    run_infer(tiny_onnx_path, "prep", None)   # a timing run makes no folder and prints no output path
+    assert "output path" not in capsys.readouterr().out

@@ -71,19 +71,21 @@ def test_bs1_and_bs4_agree_and_padding_is_dropped(bs1_bs4, tiny_prep_path):
 
 def test_summary_lines_and_json(bs1_bs4):
     out, runs = bs1_bs4
-    # real images per timed run: bs1 carries 1 every run; bs4 carries 4, then 1 padded to 4: 2.5, not 4
-    for batch, images_per_run, printed in ((1, 1.0, "1"), (4, 2.5, "2.5")):
+    # ais_bench's B: the batch size of every run (bs4's padded last batch of 1 too); the real images: 1, then 2.5
+    for batch, images_per_run in ((1, 1.0), (4, 2.5)):
         result = runs[batch]
         assert COMPUTE.search(result.stdout), result.stdout
         match = THROUGHPUT.search(result.stdout)
-        assert match and match.group(1) == printed, result.stdout
+        assert match and match.group(1) == str(batch), result.stdout
         summary = json.loads((out / "bs{}_summary.json".format(batch)).read_text())
         assert summary["backend"] == "onnxruntime" and summary["device"] == "cpu" and summary["precision"] == "fp32"
         assert summary["batchsize"] == batch and summary["images"] == TINY_IMAGES
-        assert summary["batchsize_mean"] == images_per_run and summary["output_dtype"] == "float32"
+        assert summary["batchsize_mean"] == batch and summary["real_images_per_run"] == images_per_run
+        assert summary["output_dtype"] == "float32"
         times = summary["compute_time_ms"]
         assert times["min"] <= times["median"] <= times["max"] and times["min"] <= times["p99"] <= times["max"]
-        assert summary["throughput"] == pytest.approx(1000 * images_per_run / times["mean"])
+        assert summary["throughput"] == pytest.approx(1000 * batch / times["mean"])
+        assert summary["throughput_real_images"] == pytest.approx(1000 * images_per_run / times["mean"])
         assert float(match.group(3)) == pytest.approx(summary["throughput"], rel=1e-3)
         assert summary["warmup_count"] == 1              # ais_bench's default
 

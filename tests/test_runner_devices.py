@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hrnetseg.runner import cli as infer
+from hrnetseg.runner import multi_device
 from hrnetseg.runner.inputs import natural_key
 from hrnetseg.runner.multi_device import split_contiguous
 from hrnetseg.util.errors import UserError
@@ -95,11 +96,47 @@ def test_a_failed_device_fails_the_run_and_removes_the_other_parts(run, tmp_path
                            "--output_dirname", "bs1", "--device", "0,1", "--warmup_count", "0"])
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "that this run would not replace" in result.stderr
-    assert result.stderr.strip().splitlines()[-1].endswith("device 1 failed (see above); the other devices' "
-                                                           "outputs were removed")
+    # device 0 finished (3 images x 2 outputs and its summary): removed, and said; device 1 removed its own
+    assert result.stderr.strip().splitlines()[-1].endswith("device 1 failed (see above); removed what device 0 "
+                                                           "wrote (7 files)")
     assert "[INFO] summary throughput:" in result.stdout
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "bs1", "bs1/device1", "bs1/device1/another_0.bin"]
+
+
+def test_the_failure_message_says_what_was_removed_and_only_that(tmp_path):
+    """Nothing finished: no removal claimed; a listed file that cannot be removed (here a folder in its place) is
+    named, not claimed removed."""
+    assert multi_device.removal_note([], []) == ""
+    top = tmp_path / "bs"
+    (top / "device0" / "a_0.bin").mkdir(parents=True)   # os.remove cannot remove it
+    (top / "device0" / "a_1.bin").write_bytes(b"x")
+    (top / "device0_summary.json").write_text(json.dumps({"filesinfo": {"0": {
+        "infiles": ["prep/a.bin"], "outfiles": [str(top / "device0" / "a_0.bin"), str(top / "device0" / "a_1.bin"),
+                                                str(top / "device0" / "gone_0.bin")]}}}))
+    removed, kept = multi_device._remove_parts(str(top), [0, 1], [])
+    assert removed == [(0, 2)] and kept == [str(top / "device0" / "a_0.bin")]   # a_1.bin and the summary
+    assert multi_device.removal_note(removed, kept) == (
+        "; removed what device 0 wrote (2 files); could not remove {}: remove it before evaluating this folder"
+        .format(kept[0]))
+    assert multi_device.removal_note([(0, 7), (2, 1)], []) == "; removed what devices 0, 2 wrote (8 files)"
+
+
+def test_device_summaries_record_one_run_and_the_model(two_devices, tiny_onnx_path):
+    """Each device process records the run id its parent made and the model file it ran; a one-device run records
+    its own id; each device process prints ais_bench's output path line for its device folder."""
+    out, runs = two_devices
+    device_summaries = [json.loads((out / "split" / "device{}_summary.json".format(d)).read_text()) for d in (0, 1)]
+    one = json.loads((out / "one_summary.json").read_text())
+    stat = tiny_onnx_path.stat()
+    model = {"path": str(tiny_onnx_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    assert [s["model_file"] for s in device_summaries] == [model, model] and one["model_file"] == model
+    assert re.fullmatch("[0-9a-f]{32}", one["run_id"]) and device_summaries[0]["run_id"] == device_summaries[1][
+        "run_id"] != one["run_id"]
+    lines = runs["split"].stdout.splitlines()
+    assert sorted(line for line in lines if "output path:" in line) == [
+        "[INFO] output path:{}".format(out / "split" / "device{}".format(d)) for d in (0, 1)]
+    assert runs["one"].stdout.splitlines()[0] == "[INFO] output path:{}".format(out / "one")
 
 
 def test_device_layout_refusals(tmp_path, tiny_onnx_path, tiny_prep_path):

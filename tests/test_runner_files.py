@@ -1,6 +1,6 @@
-"""The runner's files (python3 -m hrnetseg.infer) under hostile input, with a stand-in model: throughput of real
-images only, float32 outputs, nothing half-written, one writer per output, only the manifest's bins as inputs,
-refusals before the model loads.
+"""The runner's files (python3 -m hrnetseg.infer) under hostile input, with a stand-in model: ais_bench's
+throughput and ours of the real images, float32 outputs, nothing half-written, one writer per output, only the
+manifest's bins as inputs, refusals before the model loads.
 
 The cases run in this process with the stand-in (no model load, no Python start-up); the command-line path is
 exercised in test_runner_cli.py.
@@ -32,18 +32,30 @@ from helpers import (
 
 # --- throughput and outputs ------------------------------------------------------------------------------------
 
-def test_throughput_counts_real_images_only(tmp_path, tiny_onnx_path, tiny_prep_path, stub, capsys):
+def test_throughput_counts_a_padded_batch_in_full_as_ais_bench_and_the_real_images_apart(
+        tmp_path, tiny_onnx_path, tiny_prep_path, stub, capsys):
     # 5 images at batch 7: one run of 5 images and 2 padding rows. At batch 4 with --loop 2: runs of 4, 4, 1, 1.
+    # ais_bench's B and throughput count every run at the batch size; our real images' figure counts 5 and 2.5.
     for batch, loop, images_per_run in ((7, 1, 5.0), (4, 2, 2.5)):
         out = tmp_path / "bs{}".format(batch)
         run_infer(tiny_onnx_path, tiny_prep_path, out, "--batchsize", batch, "--loop", loop)
-        printed = capsys.readouterr().out
+        printed = capsys.readouterr().out.splitlines()
         summary = json.loads((out / "bs_summary.json").read_text())
-        assert "batchsize.mean({:g})/".format(images_per_run) in printed, printed
-        assert summary["batchsize"] == batch and summary["batchsize_mean"] == images_per_run
-        assert summary["throughput"] == pytest.approx(1000 * images_per_run / summary["compute_time_ms"]["mean"])
+        mean = summary["NPU_compute_time"]["mean"]
+        assert summary["batchsize"] == batch and summary["batchsize_mean"] == batch
+        assert summary["throughput"] == 1000.0 * batch / mean
+        assert summary["real_images_per_run"] == images_per_run
+        assert summary["throughput_real_images"] == 1000.0 * images_per_run / mean
         assert summary["output_dtype"] == "float32" and summary["images"] == TINY_IMAGES
+        assert printed[-3:] == [
+            "[INFO] throughput 1000*batchsize.mean({})/NPU_compute_time.mean({!r}): {!r}".format(
+                batch, mean, summary["throughput"]),
+            "[INFO] ------------------------------------------------------",
+            "[INFO] throughput of the real images 1000*images.mean({:g})/NPU_compute_time.mean({!r}): {!r}".format(
+                images_per_run, mean, summary["throughput_real_images"])]
     assert stub.batches[:1] == [7]
+    run_infer(tiny_onnx_path, tiny_prep_path, tmp_path / "bs5", "--batchsize", TINY_IMAGES)   # no padding: no line
+    assert capsys.readouterr().out.splitlines()[-1] == "[INFO] ------------------------------------------------------"
 
 
 def test_outputs_are_float32_whatever_the_backend_returns(tmp_path, monkeypatch, tiny_onnx_path, tiny_prep_path, stub):

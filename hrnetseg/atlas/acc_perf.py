@@ -4,7 +4,7 @@
         exit 2 when a batch size is larger than the number of images PREP's manifest lists, or when a device
         list names a device twice or is no list of ids (ais_bench would run for hours first); with ais_bench,
         exit 2 when PREP holds a .bin (.BIN, .npy, .NPY) its manifest does not list (ais_bench would run it
-        too), and a note for each batch size whose padded last batch inflates the throughput
+        too); a note for each batch size whose padded last batch inflates the throughput
     python3 -m hrnetseg.atlas.acc_perf throughput --log results/bs4.log --command "ais_bench ..."
         the images/s of the last ais_bench (or hrnetseg.runner.cli) throughput line, or of its `summary throughput:`
         line after a --device 0,1 run (the sum over the devices); exit 2 when it is missing, not a number, not
@@ -14,8 +14,9 @@
         one row of the table: | batch | backend | device | throughput (fps) | mIoU |
         (--summary results/bs4_summary.json instead of --device: the device the local runner used;
         --shards results/bs4 instead: the devices of a --device 0,1 run, from its device<id>_summary.json files;
-        --prep PREP: exit 2 unless the result counts every image PREP's manifest lists; with ais_bench, whose
-        figure counts a padded last batch as full, the fps of PREP's images, device by device with --shards)
+        --prep PREP: exit 2 unless the result counts every image PREP's manifest lists; and since the figure
+        counts a padded last batch as full, as ais_bench and the runner (which matches it) print it, the fps of
+        PREP's images, device by device with --shards: the runner's throughput_real_images)
 
 Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, the output folders
 through hrnetseg.runner.layout and hrnetseg.evaluation.model_outputs, the throughput lines through
@@ -41,7 +42,7 @@ from hrnetseg.runner.layout import (
     device_parts,
     summary_path_for,
 )
-from hrnetseg.runner.summary import DEVICE_KEY, THROUGHPUT_KEY, THROUGHPUT_LINE, parse_throughput
+from hrnetseg.runner.summary import DEVICE_KEY, THROUGHPUT_KEY, THROUGHPUT_LINE, check_one_run, parse_throughput
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import read_json, read_text, require_folder, write_text_atomic
@@ -75,7 +76,8 @@ def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = Fa
     images that do not exist (or, as ais_bench counts, padding counted as images).
 
     Returns notes for the batch sizes that leave a padded last batch where the tool counts padding as
-    images (counts_padding: ais_bench reports 1000 * model batch size / mean time for every run).
+    images (counts_padding: ais_bench, and the runner that matches it, report 1000 * batch size / mean time
+    for every run).
     reads_every_bin: the tool runs every .bin of the folder (ais_bench): bins the manifest does not list are
     an error.
     devices: how many devices the input is split across (--device 0,1): each pads its own last batch.
@@ -95,13 +97,15 @@ def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = Fa
     for size in sizes if counts_padding and devices > 1 else ():
         padded = sum(padded_images(part, size) for part in parts)
         if padded != count:
-            notes.append("note: {} images split {} across {} devices run at batch size {} as {}: ais_bench pads "
-                         "each device's last batch and counts it as {}; the table's throughput takes that out device "
-                         "by device".format(count, "+".join(map(str, parts)), devices, size, padded, size))
+            notes.append("note: {} images split {} across {} devices run at batch size {} as {}: the inference tool "
+                         "pads each device's last batch and counts it as {}, as ais_bench does; the table's "
+                         "throughput takes that out device by device".format(
+                             count, "+".join(map(str, parts)), devices, size, padded, size))
     for size in sizes if counts_padding and devices == 1 else ():
         if padded_images(count, size) != count:
-            notes.append("note: {} images at batch size {} leave a last batch of {}, which ais_bench pads and counts "
-                         "as {}: the table's throughput is its figure x {}/{} (the images' own)".format(
+            notes.append("note: {} images at batch size {} leave a last batch of {}, which the inference tool pads "
+                         "and counts as {}, as ais_bench does: the table's throughput is its figure x {}/{} (the "
+                         "images' own)".format(
                              count, size, count - (padded_images(count, size) - size), size, count,
                              padded_images(count, size)))
     return notes
@@ -178,6 +182,7 @@ def shard_summaries(res: str) -> List[Tuple[str, str, dict]]:
     for shard in shards:
         path = summary_path_for(os.path.join(res, shard))
         found.append((shard, path, read_json(path, "device summary")))
+    check_one_run([(os.path.join(res, shard), summary) for shard, _, summary in found])
     return found
 
 
@@ -196,8 +201,8 @@ def shards_device(summaries: Sequence[Tuple[str, str, dict]]) -> str:
 def shards_fps(fps: float, summaries: Sequence[Tuple[str, str, dict]], res: str, batch: int,
                counts_padding: bool) -> float:
     """The images/s of a multi-device run: its summed figure, which must be the sum of the device summaries'
-    (else they are not this run's); where the tool counts a padded last batch as full (ais_bench), each
-    device's figure is taken for the images that device ran."""
+    (else they are not this run's); where the tool counts a padded last batch as full (ais_bench, and the runner
+    that matches it), each device's figure is taken for the images that device ran."""
     figures = []
     for _, path, summary in summaries:
         value = summary.get(THROUGHPUT_KEY)
@@ -236,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default=None, help="the run's --device: a list 0,1 splits the input across the "
                        "devices (checked here: ids 0..255, none twice)")
     check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench runs every "
-                       ".bin of the folder, and counts a padded last batch as full: a note says where that happens)")
+                       ".bin of the folder)")
     fps = commands.add_parser("throughput", help="print the images/s of the last throughput line of a log")
     fps.add_argument("--log", required=True, help="what ais_bench or python3 -m hrnetseg.infer printed")
     fps.add_argument("--command", default="", help="the command that wrote the log (for the error message)")
@@ -253,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     row.add_argument("--record", default=None, metavar="FILE", help="also write the row's figures, unrounded, as "
                      "JSON (for python3 -m hrnetseg.atlas.ci_gate judge)")
     row.add_argument("--prep", default=None, help="the preprocess folder: the result must count every image its "
-                     "manifest lists (and, for ais_bench, the fps counts them, not its padding)")
+                     "manifest lists (and the fps counts them, not the padding of a short last batch)")
     return parser
 
 
@@ -262,23 +267,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.subcommand == "check_batch_sizes":
         ais_bench = args.backend == "ais_bench"
-        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=ais_bench, reads_every_bin=ais_bench,
+        for note in check_batch_sizes(args.prep, args.sizes, counts_padding=True, reads_every_bin=ais_bench,
                                       devices=len(device_list(args.device) or [args.device])):
             print(note, file=sys.stderr)
     elif args.subcommand == "throughput":
         print(repr(throughput(args.log, args.command)))
     elif args.subcommand == "row":
-        ais_bench = args.backend == "ais_bench"   # it counts its padding as images; the local runner does not
-        fps = args.fps
+        fps = args.fps   # ais_bench's figure, padding counted as images (the runner prints the same)
         if args.shards is not None:
             summaries = shard_summaries(args.shards)
             device = shards_device(summaries)
-            fps = shards_fps(fps, summaries, args.shards, args.batch, ais_bench and args.prep is not None)
+            fps = shards_fps(fps, summaries, args.shards, args.batch, args.prep is not None)
         else:
             device = args.device if args.device is not None else summary_device(args.summary)
         if args.prep is not None:
             check_every_image_counted(args.result, args.prep)
-            if ais_bench and args.shards is None:
+            if args.shards is None:
                 fps = real_images_fps(fps, len(listed_ids(args.prep)), args.batch)
         fraction = miou(args.result)
         if args.record is not None:

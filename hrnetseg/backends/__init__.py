@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from hrnetseg.runner.layout import device_ids
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import require_file
 
@@ -80,10 +81,13 @@ def check_model_file(model: str) -> None:
 
 
 def parse_device(device: Optional[str]) -> Tuple[str, int]:
-    """'cpu' -> ('cpu', 0); 'cuda' / 'cuda:N' / 'N' -> ('cuda', N); None or 'auto' -> ('auto', 0)."""
+    """'cpu' -> ('cpu', 0); 'cuda' / 'cuda:N' / 'N' -> ('cuda', N); None or 'auto' -> ('auto', 0). A bare id N is
+    ais_bench's, read by the rule that reads its lists (0..255: hrnetseg.runner.layout.device_ids)."""
     text = (device or "auto").strip().lower()
     if text in ("auto", "cpu"):
         return text, 0
+    if re.fullmatch(r"[0-9]+", text):
+        return "cuda", device_ids(text)[0]
     match = re.fullmatch(r"(?:cuda:?|gpu:?)?(\d+)|cuda|gpu", text)
     if not match:
         raise UserError("--device must be cpu, cuda, cuda:N or a GPU number N, not {!r}".format(device))

@@ -4,8 +4,9 @@ file is which output, their dtype, and reading one as logits.
 ais_bench names the outputs of image `<id>` `<id>_0.bin` (aux) and `<id>_1.bin` (main), `.npy` with --outfmt
 NPY (with the batch axis: 1 x 19 x h x w), `.txt` with --outfmt TXT (decimal text, lossy); the older benchmark
 tool `_1` (aux) and `_2` (main). With `--device 0,1` ais_bench splits the input across the devices and writes
-OUT/DIRNAME/device0/, OUT/DIRNAME/device1/, ...: disjoint shards of one run, read here as one set; the names of
-those files and folders are hrnetseg.runner.layout's.
+OUT/DIRNAME/device0/, OUT/DIRNAME/device1/, ...: disjoint shards of one run, read here as one set (the runner's
+device summaries must record one run and model; ais_bench's record neither); the names of those files and folders
+are hrnetseg.runner.layout's.
 The dtype (float32, or float16 from an .om built with fp16 outputs) is taken from what knows it: the NPY
 header, then --output_dtype, then the runner's summary beside the output folder (OUT/DIRNAME_summary.json, or
 OUT/DIRNAME/device<id>_summary.json for a shard, as ais_bench and python3 -m hrnetseg.infer write it); only
@@ -25,7 +26,7 @@ import numpy as np
 from hrnetseg.data.cityscapes import NUM_CLASSES, image_id
 from hrnetseg.data.manifest import MANIFEST
 from hrnetseg.runner.layout import OUTPUT_NAME, device_folders, summary_path_for
-from hrnetseg.runner.summary import OUTPUT_DTYPE_KEY
+from hrnetseg.runner.summary import OUTPUT_DTYPE_KEY, check_one_run
 from hrnetseg.util.errors import UserError, exception_line
 from hrnetseg.util.files import not_regular_reason, require_file, require_folder
 
@@ -97,7 +98,8 @@ def _one_folder_or_shards(folder: str) -> Tuple[Dict[Tuple[str, str], Dict[int, 
     """(stem, ext) -> {file index: path} of folder, or of all its device<id> shards together (and their names).
 
     The shards of ais_bench --device 0,1 are disjoint parts of one input: an image in two of them, loose
-    outputs beside them, or a shard without outputs means the folder does not hold one run."""
+    outputs beside them, a shard without outputs, or device summaries of different runs or models
+    (hrnetseg.runner.summary.check_one_run) mean the folder does not hold one run."""
     shards = device_folders(folder)
     found = _output_files_in(folder)
     if not shards:
@@ -106,6 +108,8 @@ def _one_folder_or_shards(folder: str) -> Tuple[Dict[Tuple[str, str], Dict[int, 
         (stem, ext), by_index = sorted(found.items())[0]
         raise UserError("{} mixes device folders of a multi-device run ({}) with loose outputs ({}): keep one run "
                         "per folder".format(folder, ", ".join(shards), os.path.basename(sorted(by_index.values())[0])))
+    check_one_run([(os.path.join(folder, shard), read_summary(summary_path_for(os.path.join(folder, shard))))
+                   for shard in shards])
     merged: Dict[Tuple[str, str], Dict[int, str]] = {}
     shard_of: Dict[str, str] = {}
     for shard in shards:
@@ -231,15 +235,11 @@ def find_summary(folder: str) -> str:
     return resolved if os.path.lexists(resolved) else given
 
 
-def summary_output_dtype(folder: str) -> Tuple[Optional[str], str]:
-    """(the "output_dtype" the runner's summary records, or None, the summary's path).
-
-    `python3 -m hrnetseg.infer` records it; ais_bench's summary has no such key (None: not known). A summary
-    that is there but cannot be read is an error: it may be the one place that knows the dtype.
-    """
-    path = find_summary(folder)
+def read_summary(path: str) -> Optional[dict]:
+    """The summary (ais_bench's or the runner's) at path, None when there is none; a UserError when it is there
+    but cannot be read: it may be the one place that knows the dtype, or the run."""
     if not os.path.lexists(path):
-        return None, path
+        return None
     reason = not_regular_reason(path)
     if reason is not None:
         raise UserError("runner summary {} {}".format(path, reason))
@@ -250,6 +250,19 @@ def summary_output_dtype(folder: str) -> Tuple[Optional[str], str]:
         raise UserError("cannot read the runner summary {}: {}; repair or remove it".format(path, exc))
     if not isinstance(summary, dict):
         raise UserError("runner summary {} is not a JSON object; repair or remove it".format(path))
+    return summary
+
+
+def summary_output_dtype(folder: str) -> Tuple[Optional[str], str]:
+    """(the "output_dtype" the runner's summary records, or None, the summary's path).
+
+    `python3 -m hrnetseg.infer` records it; ais_bench's summary has no such key (None: not known). A summary
+    that is there but cannot be read is an error: it may be the one place that knows the dtype.
+    """
+    path = find_summary(folder)
+    summary = read_summary(path)
+    if summary is None:
+        return None, path
     dtype = summary.get(OUTPUT_DTYPE_KEY)
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise UserError("runner summary {} says output_dtype {!r}; this postprocess reads {}".format(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections import namedtuple
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,13 +35,19 @@ def input_path(folder: str, sample_id: str) -> str:
     return os.path.join(folder, sample_id + BIN_SUFFIX)
 
 
-def list_inputs(spec: str) -> Tuple[str, List[str], dict]:
-    """(folder, ids, manifest) for a preprocess folder or comma-separated .bin files from one folder."""
+# folder: the preprocess folder (its manifest); ids in run order; paths: each id's input file as ais_bench names it
+# (filesinfo's infiles): the folder given joined with the file's name, or the file as the command line gave it
+Inputs = namedtuple("Inputs", ["folder", "ids", "manifest", "paths"])
+
+
+def list_inputs(spec: str) -> Inputs:
+    """The inputs of a preprocess folder or of comma-separated .bin files from one folder."""
     if os.path.isdir(spec):
         folder = spec
         manifest = read_manifest(folder)
         ids = manifest["ids"]   # plain, distinct names: read_manifest checks them (they become file names)
         ids = sorted(ids, key=lambda sample_id: natural_key(input_path(folder, sample_id)))
+        paths = [input_path(folder, sample_id) for sample_id in ids]
     else:
         files = [f.strip() for f in spec.split(",") if f.strip()]
         if not files:
@@ -63,19 +70,19 @@ def list_inputs(spec: str) -> Tuple[str, List[str], dict]:
         if unlisted:   # a bin left from an earlier run (stale) or copied in: not what the manifest describes
             raise UserError("--input file {} is not listed in {}'s manifest (a stale or foreign file): rerun "
                             "HRNet_preprocess.py for it".format(unlisted[0], folder))
+        paths = files   # as given: ais_bench neither makes them absolute nor resolves links
     if not ids:
         raise UserError("no input files in {} (its manifest lists none)".format(spec))
-    return folder, list(ids), manifest
+    return Inputs(folder, list(ids), manifest, list(paths))
 
 
-def check_bins(manifest: dict, folder: str, ids: Sequence[str]) -> Tuple[np.dtype, Tuple[int, ...]]:
+def check_bins(manifest: dict, paths: Sequence[str]) -> Tuple[np.dtype, Tuple[int, ...]]:
     """The bins' (dtype, C x H x W) when every bin is a regular file of that size (checked before the model
     loads); a UserError naming the first that is not."""
     dtype = np.dtype(manifest["dtype"])
     shape = tuple(int(v) for v in manifest["shape"])
     size = array_bytes(dtype, shape)
-    for sample_id in ids:
-        path = input_path(folder, sample_id)
+    for path in paths:
         reason = not_regular_reason(path)
         if reason == "not found":
             raise UserError("input file missing: {}".format(path))

@@ -5,9 +5,9 @@
   its first dot and the extension --outfmt's (OUTFMTS: BIN, NPY, TXT); read back with OUTPUT_NAME. DIRNAME is
   --output_dirname, by default the time the run began (default_dirname).
 - The summary: OUT/DIRNAME_summary.json beside the folder (SUMMARY_SUFFIX, summary_path_for).
-- --device 0,1: the device list; the input files, in natural-sort order, cut into contiguous parts of
-  ceil(n / devices), the first part to the first device listed; each device writing OUT/DIRNAME/device<id>/ and
-  OUT/DIRNAME/device<id>_summary.json.
+- --device N and --device 0,1: ids 0..255, read by one rule for one id and a list (device_ids). With a list, the
+  input files, in natural-sort order, cut into contiguous parts of ceil(n / devices), the first part to the first
+  device listed; each device writing OUT/DIRNAME/device<id>/ and OUT/DIRNAME/device<id>_summary.json.
 
 Atlas-side module: standard library only, valid Python 3.7.
 """
@@ -55,19 +55,29 @@ def summary_path_for(folder: str) -> str:
 
 # --- --device 0,1 ----------------------------------------------------------------------------------------
 
-def device_list(text: Optional[str]) -> Optional[List[int]]:
-    """The NPU/GPU ids of `--device 0,1` (None for one device); each an integer 0..255, none twice."""
-    if text is None or "," not in text:
+def device_ids(text: Optional[str]) -> Optional[List[int]]:
+    """The NPU/GPU ids of ais_bench's `--device N` or `--device 0,1`, each an integer 0..MAX_DEVICE_ID, none
+    twice; None for a device named otherwise (cpu, cuda, cuda:N) or not given. One id and a list are read by
+    this one rule, so an id refused in a list is refused alone."""
+    if text is None:
         return None
     parts = [part.strip() for part in text.split(",")]
+    if len(parts) == 1 and not re.fullmatch(r"[0-9]+", parts[0]):
+        return None
     if not all(re.fullmatch(r"[0-9]+", part) and int(part) <= MAX_DEVICE_ID for part in parts):
-        raise UserError("--device {}: a list of devices holds ids 0..{} separated by commas".format(
+        raise UserError("--device {}: a device id is an integer 0..{} (several: ids separated by commas)".format(
             text, MAX_DEVICE_ID))
     ids = [int(part) for part in parts]
     if len(set(ids)) != len(ids):
         raise UserError("--device {} names a device twice: both would write device{}/".format(
             text, [i for i in ids if ids.count(i) > 1][0]))
     return ids
+
+
+def device_list(text: Optional[str]) -> Optional[List[int]]:
+    """The ids of `--device 0,1` (device_ids); None for one device."""
+    ids = device_ids(text)
+    return ids if ids is not None and len(ids) > 1 else None
 
 
 def device_parts(count: int, devices: int) -> List[int]:

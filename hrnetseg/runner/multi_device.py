@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from hrnetseg.backends import visible_gpu_count
@@ -81,10 +82,11 @@ def run_devices(input_spec: str, device: str, devices: List[int], output: Option
     """Run the parts of --input `input_spec` on the `devices` of --device `device` in parallel, print ais_bench's
     per-device lines and the summed throughput; exit code 0, or a UserError with exit code 1 when a device
     failed. cpu_threads: --cpu_threads, for every device (default: the cores shared by the CPU processes)."""
-    folder, ids, manifest = list_inputs(input_spec)
+    folder, ids, manifest, paths = list_inputs(input_spec)
     check_output_stems(ids)
-    check_bins(manifest, folder, ids)
+    check_bins(manifest, paths)
     parts = split_contiguous(ids, len(devices))
+    path_parts = split_contiguous(paths, len(devices))
     if len(parts) < len(devices):
         raise UserError("--device {}: {} images for {} devices: in parts of ceil({}/{}) = {} images, device {} "
                         "gets none".format(device, len(ids), len(devices), len(ids), len(devices),
@@ -102,18 +104,21 @@ def run_devices(input_spec: str, device: str, devices: List[int], output: Option
         "with {} of {} CPU threads each".format("s" if len(on_cpu) > 1 else "", ", ".join(map(str, on_cpu)),
                                                 threads, cpu_cores()) if on_cpu else ""))
     output_existed = output is None or os.path.isdir(output)   # the lock file may create --output
+    removed: List[Tuple[int, int]] = []
+    kept: List[str] = []
     try:
         with output_lock(top) if top is not None else contextlib.nullcontext():
             created = _prepare(output, top)
             try:
-                finished = _run_parts(devices, parts, folder, top, threads, set(on_cpu), cpu_threads, command)
+                finished = _run_parts(devices, parts, path_parts, folder, top, threads, set(on_cpu), cpu_threads,
+                                      command)
             except BaseException:   # Ctrl-C: the devices stopped, each removing its files; the finished go too
                 if top is not None:
                     _remove_parts(top, devices, created)
                 raise
             failed = [i for i, (code, _) in finished if code != 0]
             if failed and top is not None:
-                _remove_parts(top, [devices[i] for i, (code, _) in finished if code == 0], created)
+                removed, kept = _remove_parts(top, [devices[i] for i, (code, _) in finished if code == 0], created)
     finally:
         if not output_existed:   # empty once the lock file beside DIRNAME is gone: the run made it
             with contextlib.suppress(OSError):
@@ -129,8 +134,22 @@ def run_devices(input_spec: str, device: str, devices: List[int], output: Option
     if failed:
         raise UserError("device{} {} failed (see above){}".format(
             "s" if len(failed) > 1 else "", ", ".join(str(devices[i]) for i in failed),
-            "; the other devices' outputs were removed" if top is not None else ""), exit_code=1)
+            removal_note(removed, kept)), exit_code=1)
     return 0
+
+
+def removal_note(removed: Sequence[Tuple[int, int]], kept: Sequence[str]) -> str:
+    """What the failure message says of the finished devices' files: what was removed (device, files), and what
+    could not be (paths): nothing when nothing was there to remove."""
+    note = ""
+    if removed:
+        note += "; removed what device{} {} wrote ({} file{})".format(
+            "s" if len(removed) > 1 else "", ", ".join(str(device) for device, _ in removed),
+            sum(count for _, count in removed), "" if sum(count for _, count in removed) == 1 else "s")
+    if kept:
+        note += "; could not remove {}{}: remove {} before evaluating this folder".format(
+            kept[0], " and {} more".format(len(kept) - 1) if len(kept) > 1 else "", "it" if len(kept) == 1 else "them")
+    return note
 
 
 def _prepare(output: Optional[str], top: Optional[str]) -> List[str]:
@@ -144,11 +163,13 @@ def _prepare(output: Optional[str], top: Optional[str]) -> List[str]:
     return created
 
 
-def _run_parts(devices: List[int], parts: List[List[str]], folder: str, top: Optional[str], threads: Optional[int],
-               on_cpu: set, cpu_threads: Optional[int],
+def _run_parts(devices: List[int], parts: List[List[str]], path_parts: List[List[str]], folder: str,
+               top: Optional[str], threads: Optional[int], on_cpu: set, cpu_threads: Optional[int],
                command: List[str]) -> List[Tuple[int, Tuple[int, Optional[dict]]]]:
-    """Start one runner process per device and wait for all; (index, (exit code, report)) in completion order."""
+    """Start one runner process per device and wait for all; (index, (exit code, report)) in completion order.
+    The devices' summaries record one run id, made here."""
     workdir = tempfile.mkdtemp(prefix="hrnetseg-devices-")
+    run_id = uuid.uuid4().hex
     running: Dict[int, Tuple[subprocess.Popen, str]] = {}
     finished: List[Tuple[int, Tuple[int, Optional[dict]]]] = []
     parent = os.getpid()
@@ -157,7 +178,8 @@ def _run_parts(devices: List[int], parts: List[List[str]], folder: str, top: Opt
         first = 0
         for i, (device, part) in enumerate(zip(devices, parts)):
             spec = {"index": i, "device": device, "devices": devices, "folder": folder, "ids": part,
-                    "first": first, "images": sum(len(p) for p in parts), "output": top,
+                    "paths": path_parts[i], "run_id": run_id, "first": first,
+                    "images": sum(len(p) for p in parts), "output": top,
                     "threads": threads if device in on_cpu or cpu_threads else None,
                     "report": os.path.join(workdir, "report{}.json".format(i)), "command": command}
             first += len(part)
@@ -204,9 +226,12 @@ def _read_report(path: str) -> Optional[dict]:
         return None
 
 
-def _remove_parts(top: str, devices: Sequence[int], created: List[str]) -> None:
-    """What the devices that finished wrote (the files their summaries list, the summaries, their folders when
-    empty), and the folders this run made, when empty."""
+def _remove_parts(top: str, devices: Sequence[int], created: List[str]) -> Tuple[List[Tuple[int, int]], List[str]]:
+    """Remove what the devices that finished wrote (the files their summaries list, the summaries, their folders
+    when empty), and the folders this run made, when empty. Returns (device, files removed) for each device that
+    had files removed, and the files that could not be removed."""
+    removed: List[Tuple[int, int]] = []
+    kept: List[str] = []
     for device in devices:
         folder = os.path.join(top, device_folder_name(device))
         summary = summary_path_for(folder)
@@ -215,14 +240,27 @@ def _remove_parts(top: str, devices: Sequence[int], created: List[str]) -> None:
                 files = listed_outfiles(json.load(fh))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             files = []
-        for path in files:
-            remove_quietly(path)
-        remove_quietly(summary)
+        count = sum(_remove(path, kept) for path in files + [summary])
+        if count:
+            removed.append((device, count))
         with contextlib.suppress(OSError):
             os.rmdir(folder)
     for path in reversed(created):
         with contextlib.suppress(OSError):
             os.rmdir(path)
+    return removed, kept
+
+
+def _remove(path: str, kept: List[str]) -> bool:
+    """Whether path was removed; one that is there but cannot be removed is added to kept."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        kept.append(path)
+        return False
+    return True
 
 
 # --- one device's process --------------------------------------------------------------------------------------

@@ -61,8 +61,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--display_all_summary", type=ais_bool, default=False,
                         help="true: also print the host-to-device and device-to-host copy times (0 on the CPU)")
     parser.add_argument("--debug", type=ais_bool, default=False, help="true: print the model's inputs and outputs")
-    parser.add_argument("--output_batchsize_axis", type=nonnegative_int, default=0,
-                        help="the outputs' batch axis, split into one file per input (0, the model's)")
+    parser.add_argument("--output_batchsize_axis", type=int, default=0,
+                        help="the outputs' batch axis, split into one file per input: an int, as ais_bench; only 0, "
+                             "the HRNet outputs' (N x 19 x h x w), is taken")
     parser.add_argument("--dymBatch", type=nonnegative_int, default=0,
                         help="batch size for a dynamic-batch model, as --batchsize (0: not given)")
     parser.add_argument("--compile", action="store_true",

@@ -18,6 +18,7 @@ from typing import Dict, Iterator, List, Sequence
 import numpy as np
 
 from hrnetseg.runner.layout import OUTPUT_NAME, device_entry, output_name, output_stem, summary_path_for
+from hrnetseg.runner.summary import output_path_line, print_lines
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import (
     atomic_path,
@@ -82,6 +83,7 @@ class RunOutputs(object):
     def _prepare(self) -> None:
         make_output_folder(self.output, "--output")
         self._created_folder = make_output_folder(self.folder, "--output_dirname")
+        print_lines(output_path_line(self.folder))   # where ais_bench prints it: the folder made, nothing run yet
         remove_stale_temporaries(self.folder)
 
     def begin(self, ids: Sequence[str], indices: Sequence[int]) -> None:
