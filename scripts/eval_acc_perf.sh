@@ -13,7 +13,7 @@
 # A batch size larger than the number of images is refused (its padding would be timed as images), and so is a
 # result that does not count every preprocessed image.
 # --device 0,1 (ais_bench, or the local runner): the input split across the devices, results/bs<N>/device<id>/;
-# the table's fps is the run's `summary throughput:` (ais_bench's padding taken out device by device), its device
+# the table's fps is the run's `summary throughput:` (the padding taken out device by device), its device
 # column the device summaries', its mIoU that of every image.
 # With ais_bench, each hrnet_bs<N>.om.json (written by scripts/pth2om.sh) is checked against the bins before the
 # run: another dtype, size or batch size stops the script (exit 2); an .om without one gets a warning.
