@@ -14,9 +14,9 @@
         one row of the table: | batch | backend | device | throughput (fps) | mIoU |
         (--summary results/bs4_summary.json instead of --device: the device the local runner used;
         --shards results/bs4 instead: the devices of a --device 0,1 run, from its device<id>_summary.json files;
-        --prep PREP: exit 2 unless the result counts every image PREP's manifest lists; and since the figure
-        counts a padded last batch as full, as ais_bench and the runner (which matches it) print it, the fps of
-        PREP's images, device by device with --shards: the runner's throughput_real_images)
+        --prep PREP: exit 2 unless the result counts every image PREP's manifest lists, and the fps is that of
+        PREP's images, device by device with --shards: ais_bench's figure, and the runner's, which matches it,
+        count a padded last batch in full; for the runner this gives its summary's throughput_real_images)
 
 Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, the output folders
 through hrnetseg.runner.layout and hrnetseg.evaluation.model_outputs, the throughput lines through
