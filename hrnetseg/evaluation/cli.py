@@ -156,6 +156,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     samples = labelled_samples(args.datasets_path, args.split, args.limit)
     size = first_image_size(samples)
     tta.input_sizes(*size)   # a scale that leaves no pixels: refused before the model loads
+    for sample in samples:   # from the headers, before the model loads; decoding checks each label again
+        image = cityscapes.image_size(sample.image)
+        if image is not None:   # an image that cannot be read is refused where it is decoded
+            cityscapes.check_label_header(sample.label, image, "its image {}".format(sample.image))
     check_model_file(model)
     with output_locks(args.save_path, args.save_confusion):
         tta = None if single_scale_from_args(args, *size) else tta
