@@ -235,16 +235,18 @@ def parity_image(args: argparse.Namespace):
 def compare_multi_scale(args: argparse.Namespace, folder: str) -> int:
     import tempfile
 
+    from hrnetseg.evaluation.multiscale import check_memory, check_model_takes, main_output_runner, summed_scores
+
+    tta = tta_from_args(args)
+    picture = parity_image(args)
+    check_memory(tta, [picture.shape[:2]])   # before torch, upstream's code and the models are loaded
+
     import numpy as np
     import torch
 
     from hrnetseg.backends import load_backend
-    from hrnetseg.evaluation.multiscale import check_memory, check_model_takes, main_output_runner, summed_scores
     from hrnetseg.util.numerics import max_abs_error, relative_error
 
-    tta = tta_from_args(args)
-    picture = parity_image(args)
-    check_memory(tta, [picture.shape[:2]])   # before the models are built
     cfg, seg_hrnet_ocr = upstream_config(folder)
     upstream = seg_hrnet_ocr.get_seg_model(cfg)
     load_upstream_weights(upstream, args.pth)
