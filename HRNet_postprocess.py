@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "--output_type=FP16). Default: the .npy header, else the runner's "
                              "<res_path>_summary.json, else float32 (a .bin of exactly float16's size is read "
                              "as float16, with a note). Sources that disagree are an error")
+    parser.add_argument("--prep_path", default=None, metavar="DIR",
+                        help="the preprocess folder (HRNet_preprocess.py --save_path) the outputs were made from: "
+                             "every label must be the size of its images (default: each label is held to the "
+                             "size of its leftImg8bit photo where that lies beside it)")
     parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     parser.add_argument("--save_vis", default=None, metavar="DIR",
                         help="write <id>_color.png (Cityscapes palette) and <id>_overlay.png (over the photo)")
@@ -49,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluate_folder(args.res_path, args.data_path, output_index=args.output_index, split=args.split,
                     workers=args.workers, save_path=args.save_path, save_vis=args.save_vis,
                     save_pred=args.save_pred, save_confusion=args.save_confusion,
-                    allow_missing=args.allow_missing, output_dtype=args.output_dtype)
+                    allow_missing=args.allow_missing, output_dtype=args.output_dtype, prep_path=args.prep_path)
     return 0
 
 

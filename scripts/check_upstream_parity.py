@@ -235,21 +235,25 @@ def parity_image(args: argparse.Namespace):
 def compare_multi_scale(args: argparse.Namespace, folder: str) -> int:
     import tempfile
 
+    from hrnetseg.evaluation.multiscale import check_memory, check_model_takes, main_output_runner, summed_scores
+
+    tta = tta_from_args(args)
+    picture = parity_image(args)
+    check_memory(tta, [picture.shape[:2]])   # before torch, upstream's code and the models are loaded
+
     import numpy as np
     import torch
 
     from hrnetseg.backends import load_backend
-    from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner, summed_scores
     from hrnetseg.util.numerics import max_abs_error, relative_error
 
-    tta = tta_from_args(args)
     cfg, seg_hrnet_ocr = upstream_config(folder)
     upstream = seg_hrnet_ocr.get_seg_model(cfg)
     load_upstream_weights(upstream, args.pth)
     upstream.eval()
     with tempfile.TemporaryDirectory() as list_folder:
         dataset = upstream_dataset(cfg, tta, list_folder)
-    image = dataset.input_transform(parity_image(args))   # float32 H x W x 3, upstream's own normalization
+    image = dataset.input_transform(picture)   # float32 H x W x 3, upstream's own normalization
     height, width = image.shape[:2]
     ours = {"PyTorch (ours)": (load_backend("torch", args.pth, device="cpu", preset=PRESET), TOLERANCE)}
     if args.onnx is not None:

@@ -11,7 +11,8 @@
 # --output_dtype float16: the .om files were made with atc --output_type=FP16 (ais_bench then writes float16);
 # passed to HRNet_postprocess.py (without it: the runner summary says, else float32, else float16 by size).
 # A batch size larger than the number of images is refused (its padding would be timed as images), and so is a
-# result that does not count every preprocessed image.
+# result that does not count every preprocessed image. A label of another size than the preprocessed images is
+# refused before inference (the postprocess, given --prep_path, holds every label to that size as well).
 # --device 0,1 (ais_bench, or the local runner): the input split across the devices, results/bs<N>/device<id>/;
 # the table's fps is the run's `summary throughput:` (the padding taken out device by device), its device
 # column the device summaries', its mIoU that of every image.
@@ -144,6 +145,8 @@ prep_args=(--src_path "${datasets_path}" --save_path "${prep}" --dtype "${input_
 step "${PYTHON}" "${REPO_ROOT}/HRNet_preprocess.py" "${prep_args[@]}"
 "${PYTHON}" -m hrnetseg.atlas.acc_perf check_batch_sizes "${prep}" "${sizes[@]}" --backend "${backend}" \
   --device "${device:-0}" || exit $?   # --device 0,1: the input is split across the devices
+# a label of another size than its image would stop the postprocess after the whole inference
+"${PYTHON}" -m hrnetseg.atlas.acc_perf check_labels "${prep}" --data_path "${gt_dir}" || exit $?
 if [ "${backend}" = ais_bench ]; then   # the bins must be what each .om takes: ais_bench would crash or misread them
   for bs in "${sizes[@]}"; do
     "${PYTHON}" -m hrnetseg.atlas.om_sidecar check "${model_dir}/hrnet_bs${bs}.om" --prep "${prep}" --batch "${bs}" || exit $?
@@ -179,7 +182,7 @@ for bs in "${sizes[@]}"; do
   "${GUARDED[@]}" 2>&1 | tee "${run_log}" || failed "$?" "${began}" "${cmd[*]}"
   fps="$("${PYTHON}" -m hrnetseg.atlas.acc_perf throughput --log "${run_log}" --command "${cmd[*]}")" || exit $?
 
-  post_args=(--res_path "${res}" --data_path "${gt_dir}" --save_path "${result}")
+  post_args=(--res_path "${res}" --data_path "${gt_dir}" --save_path "${result}" --prep_path "${prep}")
   [ -z "${output_dtype}" ] || post_args+=(--output_dtype "${output_dtype}")   # else: the runner summary, then float32
   [ -z "${limit}" ] || post_args+=(--allow_missing)   # --limit N: only the first N labels have outputs
   step "${PYTHON}" "${REPO_ROOT}/HRNet_postprocess.py" "${post_args[@]}"

@@ -150,6 +150,25 @@ def manifest_ids(prep) -> list:
     return json.loads((prep / "manifest.json").read_text())["ids"]
 
 
+def write_manifest_by_hand(folder: Path, ids, height: int, width: int) -> Path:
+    """A preprocess folder (made if need be) whose manifest.json lists `ids` made from height x width images, float32;
+    no bins. Returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": "hrnetseg-preprocess", "version": 2, "ids": list(ids), "shape": [3, height, width],
+        "dtype": "float32", "layout": "NCHW", "normalization": None, "split": "val", "complete": True}))
+    return folder
+
+
+def cut_label_short(label: Path, rows: int = 1) -> Path:
+    """A labelIds PNG cut `rows` rows short, in place: a model output for it (a quarter of its size, rounded up)
+    keeps the size of the full label's, so only its image's size can tell them apart."""
+    import cv2
+
+    cv2.imwrite(str(label), cv2.imread(str(label), cv2.IMREAD_UNCHANGED)[:-rows])
+    return label
+
+
 def find_images(root) -> list:
     """The samples of a data folder, as the tools find them."""
     return cityscapes.find_images(str(root))

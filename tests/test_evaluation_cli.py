@@ -16,7 +16,16 @@ from hrnetseg.evaluation import cli as evaluate
 from hrnetseg.evaluation import streaming
 from hrnetseg.util.errors import UserError
 
-from helpers import TINY_HEIGHT, TINY_WIDTH, lock_held_elsewhere, refused_by_argparse, run_infer
+from helpers import (
+    TINY_HEIGHT,
+    TINY_WIDTH,
+    assert_user_error,
+    cut_label_short,
+    lock_held_elsewhere,
+    refused_by_argparse,
+    run_in_process,
+    run_infer,
+)
 
 # --- output files ---------------------------------------------------------------------------------------------
 
@@ -108,6 +117,21 @@ def test_evaluate_names_an_empty_image_or_label(tmp_path, tiny_data_root):
     os.mkfifo(samples[2].image)                  # never opened
     with pytest.raises(UserError, match="image {} is a FIFO, not a regular file".format(samples[2].image)):
         streaming.decode(samples[2], "float32", size)
+
+
+def test_evaluate_refuses_a_label_of_another_size_than_its_image(tmp_path, tiny_data_root, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(str(tiny_data_root), str(data))
+    sample = cityscapes.find_images(str(data))[1]
+    cut_label_short(Path(sample.label))
+    # from the headers, before the model loads (there is none)
+    result = run_in_process(evaluate.main, ["--datasets_path", data, "--onnx", tmp_path / "not_loaded.onnx"], capsys)
+    assert_user_error(result, "label {} is {}x{} but its image {} is {}x{}".format(
+        sample.label, TINY_HEIGHT - 1, TINY_WIDTH, sample.image, TINY_HEIGHT, TINY_WIDTH))
+    # and decoded, in the decode stage of the local pipeline and of every Ray worker: the same rule
+    with pytest.raises(UserError, match="label {} is {}x{} but its image is {}x{}".format(
+            re.escape(sample.label), TINY_HEIGHT - 1, TINY_WIDTH, TINY_HEIGHT, TINY_WIDTH)):
+        streaming.decode(sample, "float32", (TINY_HEIGHT, TINY_WIDTH))
 
 
 # --- flags and the test hook ---------------------------------------------------------------------------------

@@ -5,20 +5,28 @@ from __future__ import annotations
 
 import math
 import re
+import tracemalloc
 
 import numpy as np
 import pytest
 
+from hrnetseg.evaluation import multiscale
 from hrnetseg.evaluation.multiscale import (
+    MAX_SIDE,
     TestTimeAugmentation,
+    check_memory,
     check_model_takes,
+    combine_scales,
     main_output_runner,
+    memory_needed,
     predict_train_ids,
+    scale_runs,
     sliding_windows,
     summed_scores,
 )
 from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
 from hrnetseg.util.errors import UserError
+from hrnetseg.util.memory import size_text
 
 from helpers import TINY_PRESET, StubBackend
 
@@ -195,6 +203,15 @@ def test_flags_parse_and_refuse_bad_values():
                         ("--crop_size", "1,2,3"), ("--base_size", "0"), ("--base_size", "-5"), ("--base_size", "1.5")):
         with pytest.raises(SystemExit):
             parser.parse_args([flag, value])
+    # numbers in ASCII digits only, sides bounded (a float must hold every size they make)
+    for flag, value in (("--scales", "0.5,40"), ("--scales", "\u0661"), ("--scales", "0.5,1_0"), ("--scales", " 1"),
+                        ("--scales", "1e400"), ("--base_size", "\u0661\u0662\u0668"), ("--base_size", "1_024"),
+                        ("--base_size", str(MAX_SIDE + 1)), ("--base_size", "1" + "0" * 400),
+                        ("--crop_size", "\u0661,2"), ("--crop_size", "1,{}".format(MAX_SIDE + 1))):
+        with pytest.raises(SystemExit):
+            parser.parse_args([flag, value])
+    assert tta_from_args(parser.parse_args(["--scales", ".5,1.,2", "--base_size", str(MAX_SIDE)])).scales == (
+        0.5, 1.0, 2.0)
     with pytest.raises(UserError, match="no pixels left"):
         TestTimeAugmentation(scales=(0.01,), base_size=16).input_sizes(10, 20)
     with pytest.raises(UserError):
@@ -216,3 +233,43 @@ def test_upsample_bilinear_is_torchs_align_corners_upsample(shape, out):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
     if shape[1:] == out:
         np.testing.assert_array_equal(got, maps)   # same size: a copy, as torch gives
+
+
+@pytest.mark.parametrize("tta", [
+    TestTimeAugmentation(scales=(0.5, 1.0, 1.5), flip=True, base_size=128, crop_size=(40, 72)),
+    TestTimeAugmentation(scales=(1.0,), base_size=256),
+    TestTimeAugmentation(scales=(0.5, 2.0), flip=True, base_size=128, crop_size=(7, 9))])
+def test_the_memory_estimate_covers_what_the_merge_allocates(tta):
+    # as the pipeline does it: every scale's logits made (the infer stage), then merged; tracemalloc counts
+    # numpy's buffers. The estimate adds the image's copies and the next image's inputs, made meanwhile.
+    import cv2  # noqa: F401 - imported before the count starts: its own allocations are not the merge's
+
+    height, width = 64, 128
+    image = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
+
+    def run_main(batch):
+        return np.ones((len(batch), 19, -(-batch.shape[2] // 4), -(-batch.shape[3] // 4)), np.float32)
+
+    tracemalloc.start()
+    try:
+        combine_scales(height, width, [(run.without_batch(), run_main(run.batch)) for run in scale_runs(image, tta)],
+                       tta.flip)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= memory_needed(tta, height, width) <= 2 * peak
+
+
+def test_scales_that_need_more_memory_than_is_available_are_refused(monkeypatch):
+    monkeypatch.setattr(multiscale, "available_memory", lambda: 8 * 10 ** 9)
+    huge = TestTimeAugmentation(base_size=100000)
+    needed = memory_needed(huge, 64, 128)
+    assert needed > 19 * 50000 * 100000 * 4   # the 19-class map of the 50000 x 100000 image it resizes to, at least
+    with pytest.raises(UserError, match=re.escape(
+            "scales 1, base size 100000, crop size 1024x2048 need about {} of memory for a 64x128 image (the "
+            "multi-scale merge's 19-class maps and model inputs; the model's own memory not counted), but 8.0 GB is "
+            "available: lower --base_size or the largest of --scales".format(size_text(needed)))):
+        check_memory(huge, [(16, 64), (64, 128)])   # the size that needs the most is named
+    check_memory(TestTimeAugmentation(scales=(0.5, 1.0, 1.5), flip=True, base_size=128), [(64, 128)])   # fits
+    monkeypatch.setattr(multiscale, "available_memory", lambda: None)
+    check_memory(huge, [(64, 128)])   # not known: nothing refused

@@ -16,7 +16,17 @@ from hrnetseg.evaluation import postprocess
 from hrnetseg.runner import layout
 from hrnetseg.util.errors import UserError
 
-from helpers import SAMPLE_IMAGES, assert_user_error, output_ids, quiet, run_script
+from helpers import (
+    SAMPLE_HEIGHT,
+    SAMPLE_IMAGES,
+    SAMPLE_WIDTH,
+    assert_user_error,
+    cut_label_short,
+    output_ids,
+    quiet,
+    run_script,
+    write_manifest_by_hand,
+)
 
 SHAPE = (19, 32, 64)          # the outputs for the 128 x 256 sample labels
 
@@ -135,6 +145,25 @@ def test_each_shard_reads_its_own_summary_for_the_dtype(logits, gt, tmp_path):
     path = res / "device1_summary.json"
     path.write_text(json.dumps(dict(json.loads(path.read_text()), output_dtype="float32")))
     refused("device1.* has .* bytes of data, not .* as float32", res, gt)
+
+
+def test_each_shard_holds_its_labels_to_the_images_its_summary_names(logits, gt, tmp_path, monkeypatch):
+    # ais_bench's summaries name the input files as it was given them (prep/<id>.bin, from where it ran); the
+    # preprocess manifest there gives the images' size, which a label a row short does not have (its output
+    # would fit it: a quarter of the size, rounded up)
+    monkeypatch.chdir(tmp_path)
+    write_manifest_by_hand(tmp_path / "prep", sorted(logits), SAMPLE_HEIGHT, SAMPLE_WIDTH)
+    res = ais_bench_run(logits, tmp_path / "out" / "bs1", devices=[0, 1])
+    labels = tmp_path / "labels"
+    for label in gt.glob("*/*.png"):   # labels only: no photo beside them to tell the size
+        (labels / label.parent.name).mkdir(parents=True, exist_ok=True)
+        (labels / label.parent.name / label.name).write_bytes(label.read_bytes())
+    last = sorted(logits)[-1]   # in device1/
+    short = cut_label_short(next(labels.glob("*/{}_*.png".format(last))))
+    message = refused("is {}x{} but the image its output was made from".format(SAMPLE_HEIGHT - 1, SAMPLE_WIDTH),
+                      res, labels)
+    assert message.startswith("label {}".format(short)) and "(prep/manifest.json) is {}x{}".format(
+        SAMPLE_HEIGHT, SAMPLE_WIDTH) in message
 
 
 def test_device_folders_sort_by_device_number_and_take_ascii_ids_only(tmp_path):

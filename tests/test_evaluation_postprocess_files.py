@@ -20,7 +20,21 @@ from hrnetseg.evaluation.postprocess import evaluate_folder
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.locks import lock_path_for
 
-from helpers import SAMPLE_IMAGES, assert_user_error, lock_held_elsewhere, output_ids, quiet, run_script, strict
+from helpers import (
+    SAMPLE_HEIGHT,
+    SAMPLE_IMAGES,
+    SAMPLE_WIDTH,
+    assert_user_error,
+    cut_label_short,
+    load_script,
+    lock_held_elsewhere,
+    output_ids,
+    quiet,
+    run_in_process,
+    run_script,
+    strict,
+    write_manifest_by_hand,
+)
 
 SCRIPT = "HRNet_postprocess.py"
 SHAPE = (19, 32, 64)          # the outputs for the 128 x 256 sample labels
@@ -315,6 +329,38 @@ def test_labels_that_are_not_labelids_are_refused(gt, sample_results_path, tmp_p
         cityscapes.read_train_ids(str(target))
 
 
+def test_a_label_of_another_size_than_its_image_is_refused(sample_data_root, sample_results_path, tmp_path, capsys):
+    # a row short, the label still fits its output (a quarter of the size, rounded up): scored, the prediction
+    # would be stretched onto the label's grid; only the image's size tells
+    data = tmp_path / "data"
+    shutil.copytree(str(sample_data_root), str(data))
+    gt_dir = data / "cityscapes" / "gtFine" / "val"
+    label = cut_label_short(sorted(gt_dir.glob("*/*" + cityscapes.LABEL_SUFFIX))[0])
+    short, full = "{}x{}".format(SAMPLE_HEIGHT - 1, SAMPLE_WIDTH), "{}x{}".format(SAMPLE_HEIGHT, SAMPLE_WIDTH)
+    postprocess_main = load_script(SCRIPT).main
+    # held to its photo beside it
+    result = run_in_process(postprocess_main, ["--res_path", sample_results_path, "--data_path", gt_dir], capsys)
+    assert_user_error(result, "label {} is {} but its image ".format(label, short), "leftImg8bit.png is " + full)
+    # held to the images the outputs were made from: the preprocess folder's manifest, given; no photos needed
+    labels_only = _labels_copy(gt_dir, tmp_path / "labels_only")
+    prep = write_manifest_by_hand(tmp_path / "prep", output_ids(sample_results_path), SAMPLE_HEIGHT, SAMPLE_WIDTH)
+    result = run_in_process(postprocess_main, ["--res_path", sample_results_path, "--data_path", labels_only,
+                                               "--prep_path", prep], capsys)
+    assert_user_error(result, "{} is {} but the image its output was made from ({}) is {}".format(
+        label.name, short, prep / "manifest.json", full))
+    # ... or the one the runner's summary names as its input
+    res = _outputs_copy(sample_results_path, tmp_path / "res" / "bs1")
+    Path(str(res) + "_summary.json").write_text(json.dumps({"input": str(prep)}))
+    refused("is {} but the image its output was made from".format(short), res, labels_only)
+    # nothing tells the image's size: scored, with a note saying that a label this close would pass
+    notes = []
+    assert evaluate(sample_results_path, labels_only, notes=notes)["images"] == SAMPLE_IMAGES
+    assert notes == ["note: the size of the images behind {} of {} outputs is not known (no --prep_path, no runner "
+                     "summary naming the preprocess folder, no leftImg8bit photo beside the labels, e.g. {}): their "
+                     "labels are held to the outputs' size only, which a label up to 3 pixels off passes".format(
+                         SAMPLE_IMAGES, SAMPLE_IMAGES, sorted(labels_only.glob("*/*.png"))[0])]
+
+
 def test_a_label_that_is_a_fifo_is_never_opened(gt, sample_results_path, reference, tmp_path):
     data = _labels_copy(gt, tmp_path / "data")
     labels = cityscapes.find_labels(str(data))
@@ -345,8 +391,10 @@ def test_photos_that_cannot_be_read_only_lose_their_overlay(sample_data_root, sa
                          "--save_vis", vis])
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(notes) == 1 and notes[0].startswith("note: --save_vis wrote no overlay for 2 of 3 images (photo "), notes
-    assert "cannot be decoded" in notes[0]
+    # the empty photo's header tells no size either: its label is held to its output's size only, and said so
+    assert len(notes) == 2 and notes[0].startswith("note: the size of the images behind 1 of 3 outputs is not known")
+    assert notes[1].startswith("note: --save_vis wrote no overlay for 2 of 3 images (photo "), notes
+    assert "cannot be decoded" in notes[1]
     assert len(list(vis.glob("*_color.png"))) == 3 and len(list(vis.glob("*_overlay.png"))) == 1
 
 

@@ -3,17 +3,27 @@ stages gives the per-image function's confusion matrix; the default stays the si
 cannot take the sizes is refused in one line."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from hrnetseg.data import cityscapes
 from hrnetseg.evaluation import cli as evaluate
-from hrnetseg.evaluation import streaming
+from hrnetseg.evaluation import multiscale, streaming
 from hrnetseg.evaluation.metrics import ConfusionMatrix
 from hrnetseg.evaluation.multiscale import TestTimeAugmentation
 from hrnetseg.util.errors import UserError
 
-from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, TTA_FLAGS
+from helpers import (
+    TINY_HEIGHT,
+    TINY_PRESET,
+    TINY_WIDTH,
+    TTA_FLAGS,
+    assert_user_error,
+    refused_by_argparse,
+    run_in_process,
+)
 
 # TTA_FLAGS (helpers.py): scales 0.5 and 1.0 whole, 1.5 in 3 x 3 windows of 40 x 72, each twice with flip
 TTA = TestTimeAugmentation(scales=(0.5, 1.0, 1.5), flip=True, base_size=128, crop_size=(40, 72))
@@ -77,3 +87,14 @@ def test_uint8_input_is_refused_with_tta(tiny_data_root, tiny_pth_path):
     with pytest.raises(UserError, match="feeds the normalized float32 image"):
         evaluate.main(["--datasets_path", str(tiny_data_root), "--pth", str(tiny_pth_path), "--preset", TINY_PRESET,
                        "--input_dtype", "uint8", "--flip", "--base_size", "128"])
+
+
+def test_scales_and_sizes_beyond_the_memory_are_refused_at_once(tiny_data_root, tiny_onnx_path, capsys, monkeypatch):
+    monkeypatch.setattr(multiscale, "available_memory", lambda: 8 * 10 ** 9)
+    base = ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path]
+    began = time.perf_counter()
+    result = run_in_process(evaluate.main, base + ["--base_size", "100000"], capsys)
+    assert time.perf_counter() - began < 1.0   # from the first image's header: no label read, no model loaded
+    assert_user_error(result, "scales 1, base size 100000, crop size 1024x2048 need about ",
+                      " of memory for a {}x{} image".format(TINY_HEIGHT, TINY_WIDTH), "but 8.0 GB is available")
+    refused_by_argparse(evaluate.main, base + ["--scales", "0.5,40"], capsys, "--scales", "scales in (0, 8]")

@@ -9,6 +9,7 @@ torch and ONNX Runtime.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +20,15 @@ from hrnetseg.evaluation.multiscale import TestTimeAugmentation, main_output_run
 from hrnetseg.prediction import cli as predict
 from hrnetseg.util.errors import UserError
 
-from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_script
+from helpers import (
+    TINY_HEIGHT,
+    TINY_PRESET,
+    TINY_WIDTH,
+    assert_user_error,
+    lock_held_elsewhere,
+    run_in_process,
+    run_script,
+)
 
 SMALL = ["--base_size", "64", "--crop_size", "32,48"]   # every run: one model run per image at scale 1.0
 SCALES = ["--scales", "0.5,1.0,1.5"]
@@ -303,6 +312,23 @@ def test_a_fixed_size_model_that_cannot_take_a_needed_size_is_refused_first(tmp_
     assert predict.main(flags + ["--input", str(scene), "--save", "trainIds"]) == 0
     assert read(out / "scene_trainIds.png").shape == (TINY_HEIGHT, TINY_WIDTH)
     assert "onnxruntime on cpu" in capsys.readouterr().out
+
+
+def test_scales_and_sizes_beyond_the_memory_are_refused_first(tmp_path, tiny_onnx_path, capsys, monkeypatch):
+    from hrnetseg.evaluation import multiscale
+
+    monkeypatch.setattr(multiscale, "available_memory", lambda: 8 * 10 ** 9)
+    scene, out = tmp_path / "scene.png", tmp_path / "out"
+    cv2().imwrite(str(scene), picture(7, TINY_HEIGHT, TINY_WIDTH))
+    flags = ["--onnx", tiny_onnx_path, "--input", scene, "--output", out]
+    began = time.perf_counter()
+    result = run_in_process(predict.main, flags + ["--base_size", "100000"], capsys)
+    assert time.perf_counter() - began < 1.0   # from the header: nothing decoded, no model loaded
+    assert_user_error(result, "base size 100000", "need about ", "for a {}x{} image".format(TINY_HEIGHT, TINY_WIDTH),
+                      "but 8.0 GB is available")
+    assert not out.exists()
+    result = run_in_process(predict.main, flags + ["--scales", "0.5,40"], capsys)
+    assert result.returncode == 2 and "--scales" in result.stderr and "(0, 8]" in result.stderr
 
 
 def test_outputs_that_would_share_a_name_and_the_output_inside_an_input_folder(tmp_path, tiny_pth_path, colour_model):

@@ -13,7 +13,7 @@ from hrnetseg.scaleout import LOOPBACK_ENV, REQUIREMENTS, import_ray
 from hrnetseg.scaleout.batches import MAX_ATTEMPTS, Ledger, plan_batches
 from hrnetseg.util.errors import UserError
 
-from helpers import EVALUATE, assert_user_error, run_script, worker_config
+from helpers import EVALUATE, assert_user_error, refused_by_argparse, run_script, worker_config
 
 # --- the ledger and the plan, without Ray -------------------------------------------------------------------
 
@@ -244,6 +244,26 @@ def test_ray_flags_are_refused_in_one_line(capsys, tiny_data_root, tiny_onnx_pat
         with pytest.raises(SystemExit) as caught:
             evaluate.main(base + ["--ray", "local", flag, value])
         assert caught.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_ray_shares_are_numbers_ray_takes_before_ray_sees_them(capsys, tiny_data_root, tmp_path):
+    from hrnetseg.evaluation import cli as evaluate
+    from hrnetseg.prediction import cli as predict
+
+    # refused by the parser: before the data, the model or Ray is looked at
+    evaluate_base = ["--datasets_path", tiny_data_root, "--onnx", tmp_path / "x.onnx", "--ray", "local"]
+    predict_base = ["--onnx", tmp_path / "x.onnx", "--input", tmp_path, "--output", tmp_path / "o", "--ray", "local"]
+    # not numbers (NaN, another script's digit, a digit group, a space), not finite, not > 0 for CPUs, finer than
+    # Ray's 0.0001 (Ray's own traceback), more than the one GPU a worker runs its model on
+    for flag, values in (("--ray_cpus_per_worker", ("0", "nan", "-1", "1e400", "\u0661", "1_0", " 1", "1e-9")),
+                         ("--ray_gpus_per_worker", ("nan", "-0.5", "inf", "\u0661", "0.00001", "1.5", "2"))):
+        for value in values:
+            for main, base in ((evaluate.main, evaluate_base), (predict.main, predict_base)):
+                refused_by_argparse(main, base + [flag, value], capsys, flag)
+    from hrnetseg.scaleout.flags import cpus_per_worker, gpus_per_worker
+
+    assert [cpus_per_worker(v) for v in ("1", "0.5", "4", ".25", "0.0001")] == [1.0, 0.5, 4.0, 0.25, 0.0001]
+    assert [gpus_per_worker(v) for v in ("0", "0.25", "1", "1.0")] == [0.0, 0.25, 1.0, 1.0]
 
 
 def test_predict_ray_flags_are_checked_first(tmp_path, tiny_onnx_path):

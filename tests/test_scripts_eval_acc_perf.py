@@ -14,7 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import REPO, TINY_PRESET, assert_user_error, bash, calls, table_rows
+from helpers import (
+    REPO,
+    TINY_HEIGHT,
+    TINY_PRESET,
+    TINY_WIDTH,
+    assert_user_error,
+    bash,
+    calls,
+    cut_label_short,
+    table_rows,
+)
 
 AIS_BENCH = r'''
 import glob, json, os, shutil, subprocess, sys, time
@@ -374,3 +384,16 @@ def test_eval_gate_flags_are_checked_before_any_work(tools, tmp_path, tiny_data_
                              "one of the files which eval_acc_perf.sh writes")):
         assert_user_error(bash("eval_acc_perf.sh", *common, *flags, env=env), fragment)
     assert not (tmp_path / "eval").exists()
+
+
+def test_eval_refuses_a_label_of_another_size_than_its_image_before_ais_bench(tools, tmp_path, tiny_data_root):
+    # a row short, the label would still fit its output (a quarter of the size, rounded up); the postprocess holds
+    # it to the preprocessed images' size too (--prep_path), for every backend and --device list
+    _, env, log = tools
+    data = tmp_path / "data"
+    shutil.copytree(str(tiny_data_root), str(data))
+    label = cut_label_short(sorted(data.rglob("*_gtFine_labelIds.png"))[0])   # the first image: within --limit 1
+    result = eval_with_ais_bench(AIS_BENCH, tmp_path, data, env)
+    assert_user_error(result, "label ", label.name, "is {}x{} but the image its output was made from".format(
+        TINY_HEIGHT - 1, TINY_WIDTH), "is {}x{}".format(TINY_HEIGHT, TINY_WIDTH))
+    assert [c for c in calls(log, "ais_bench") if c != ["--help"]] == []     # stopped before the inference

@@ -64,6 +64,20 @@ def test_unpatched_upstream_is_refused_in_one_line(tmp_path):
     assert len(stderr_lines(result)) == 1, result.stderr
 
 
+def test_scales_beyond_the_memory_are_refused_before_upstream_is_imported(tmp_path):
+    # a folder that passes the checkout check, with no upstream code to import: the refusal comes first
+    models = tmp_path / "lib" / "models"
+    models.mkdir(parents=True)
+    (models / "seg_hrnet_ocr.py").write_text("def get_seg_model(cfg, **kwargs):\n    pass\n")
+    (tmp_path / CONFIG).parent.mkdir(parents=True)
+    (tmp_path / CONFIG).write_text("")
+    (tmp_path / "w.pth").write_bytes(b"")
+    result = run_script([SCRIPT, "--upstream", tmp_path, "--pth", tmp_path / "w.pth", "--height", "64", "--width",
+                         "128", "--base_size", str(1 << 20)], timeout=60)
+    assert_user_error(result, "base size 1048576", "of memory for a 64x128 image", "is available")
+    assert len(stderr_lines(result)) == 1, result.stderr
+
+
 def test_patch_is_a_reviewable_unified_diff_of_upstream_lib():
     text = PATCH.read_text()
     old = re.findall(r"^--- (\S+)", text, flags=re.M)

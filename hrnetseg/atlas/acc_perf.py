@@ -5,6 +5,9 @@
         list names a device twice or is no list of ids (ais_bench would run for hours first); with ais_bench,
         exit 2 when PREP holds a .bin (.BIN, .npy, .NPY) its manifest does not list (ais_bench would run it
         too); a note for each batch size whose padded last batch inflates the throughput
+    python3 -m hrnetseg.atlas.acc_perf check_labels PREP --data_path data/cityscapes/gtFine/val
+        exit 2 when a label of an image PREP's manifest lists is not the size of PREP's images (from the headers:
+        the postprocess would refuse it after the whole inference)
     python3 -m hrnetseg.atlas.acc_perf throughput --log results/bs4.log --command "ais_bench ..."
         the images/s of the last ais_bench (or hrnetseg.runner.cli) throughput line, or of its `summary throughput:`
         line after a --device 0,1 run (the sum over the devices); exit 2 when it is missing, not a number, not
@@ -18,9 +21,9 @@
         PREP's images, device by device with --shards: ais_bench's figure, and the runner's, which matches it,
         count a padded last batch in full; for the runner this gives its summary's throughput_real_images)
 
-Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, the output folders
-through hrnetseg.runner.layout and hrnetseg.evaluation.model_outputs, the throughput lines through
-hrnetseg.runner.summary), valid Python 3.7.
+Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, the labels' headers
+through hrnetseg.data.cityscapes, the output folders through hrnetseg.runner.layout and
+hrnetseg.evaluation.model_outputs, the throughput lines through hrnetseg.runner.summary), valid Python 3.7.
 """
 from __future__ import annotations
 
@@ -32,8 +35,10 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 from hrnetseg.atlas.figures import decimal_value, format_fps
+from hrnetseg.data.cityscapes import check_label_header, find_labels
 from hrnetseg.data.manifest import read_manifest
 from hrnetseg.evaluation.model_outputs import shard_image_counts
+from hrnetseg.evaluation.postprocess import preprocess_image_size
 from hrnetseg.runner.layout import (
     AIS_BENCH_INPUT_SUFFIXES,
     DEVICE_FOLDER,
@@ -109,6 +114,16 @@ def check_batch_sizes(prep: str, sizes: Sequence[int], counts_padding: bool = Fa
                              count, size, count - (padded_images(count, size) - size), size, count,
                              padded_images(count, size)))
     return notes
+
+
+def check_labels(prep: str, data_path: str) -> None:
+    """The labels of PREP's images against the size of those images, from the headers, before inference: the
+    same check HRNet_postprocess.py --prep_path makes. A missing label is the postprocess's to report."""
+    made_from = preprocess_image_size(prep)
+    labels = find_labels(data_path, read_manifest(prep)["split"])
+    for sample_id in listed_ids(prep):
+        if sample_id in labels:
+            check_label_header(labels[sample_id], *made_from)
 
 
 def padded_images(count: int, batch: int) -> int:
@@ -242,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "devices (checked here: ids 0..255, none twice)")
     check.add_argument("--backend", default="", help="the backend that will run the batches (ais_bench runs every "
                        ".bin of the folder)")
+    labels = commands.add_parser("check_labels", help="refuse labels of another size than the preprocessed images")
+    labels.add_argument("prep", help="the preprocess folder (its manifest.json gives the images' size and ids)")
+    labels.add_argument("--data_path", required=True, help="the labels, as HRNet_postprocess.py --data_path")
     fps = commands.add_parser("throughput", help="print the images/s of the last throughput line of a log")
     fps.add_argument("--log", required=True, help="what ais_bench or python3 -m hrnetseg.infer printed")
     fps.add_argument("--command", default="", help="the command that wrote the log (for the error message)")
@@ -270,6 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for note in check_batch_sizes(args.prep, args.sizes, counts_padding=True, reads_every_bin=ais_bench,
                                       devices=len(device_list(args.device) or [args.device])):
             print(note, file=sys.stderr)
+    elif args.subcommand == "check_labels":
+        check_labels(args.prep, args.data_path)
     elif args.subcommand == "throughput":
         print(repr(throughput(args.log, args.command)))
     elif args.subcommand == "row":
@@ -290,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                        "fps": fps, "miou": fraction}) + "\n")
         print(table_row(args.batch, args.backend, device, fps, fraction))
     else:
-        parser.error("choose a command: check_batch_sizes, throughput or row")
+        parser.error("choose a command: check_batch_sizes, check_labels, throughput or row")
     return 0
 
 

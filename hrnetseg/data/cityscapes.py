@@ -268,8 +268,24 @@ def unreadable_reason(path: str) -> str:
     return "cannot be decoded (empty, corrupt, truncated or not an image)"
 
 
-def read_train_ids(label_path: str) -> np.ndarray:
-    """A gtFine labelIds PNG as trainIds (uint8, 255 ignored); UserError when it is not one."""
+def check_label_size(label_path: str, label_size: Sequence[int], expected: Sequence[int],
+                     image_named: str = "its image") -> None:
+    """Refuse a label of another size than the image the prediction was made from: every scorer (the
+    postprocess, the streaming evaluation, its Ray workers) passes through here. Scored anyway, the prediction
+    would be stretched onto the label's grid, a wrong number without a word.
+
+    image_named: the image in words, for the message ("its image", "the image the outputs were made from").
+    """
+    if tuple(label_size) != tuple(expected):
+        raise UserError("label {} is {}x{} but {} is {}x{}: a label is scored only at the size of the image its "
+                        "prediction was made from".format(label_path, label_size[0], label_size[1], image_named,
+                                                          expected[0], expected[1]))
+
+
+def read_train_ids(label_path: str, expected: Optional[Sequence[int]] = None,
+                   image_named: str = "its image") -> np.ndarray:
+    """A gtFine labelIds PNG as trainIds (uint8, 255 ignored); UserError when it is not one, or (expected
+    given: the size of its image) when it is not that size (check_label_size)."""
     import cv2
 
     label = read_image(label_path, cv2.IMREAD_UNCHANGED)
@@ -282,6 +298,8 @@ def read_train_ids(label_path: str) -> np.ndarray:
         raise UserError("label {} holds the value {}, which is not a Cityscapes label id (0-{}; "
                         "cityscapesScripts: 'Unknown label with id {}'): pass *_gtFine_labelIds.png files, not "
                         "trainIds or colour PNGs".format(label_path, top, LAST_LABEL_ID, top))
+    if expected is not None:
+        check_label_size(label_path, label.shape, expected, image_named)
     return cv2.LUT(label, ID_TO_TRAIN)
 
 
@@ -301,3 +319,15 @@ def image_size(path: str) -> Optional[Tuple[int, int]]:
     except Exception:  # PIL raises many types for broken files
         return None
     return height, width
+
+
+def check_label_header(label_path: str, expected: Optional[Sequence[int]] = None,
+                       image_named: str = "its image") -> Tuple[int, int]:
+    """The label's (height, width) from its header alone, checked against the size of its image (expected
+    given) as check_label_size checks it: the scorers run this on every label before any work."""
+    size = image_size(label_path)
+    if size is None:
+        raise UserError("label {} {}".format(label_path, unreadable_reason(label_path)))
+    if expected is not None:
+        check_label_size(label_path, size, expected, image_named)
+    return size

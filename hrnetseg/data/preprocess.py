@@ -34,6 +34,7 @@ from hrnetseg.data.manifest import (
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import atomic_path, make_output_folder, remove_stale_temporaries
 from hrnetseg.util.locks import output_lock
+from hrnetseg.util.memory import size_text
 from hrnetseg.util.processes import default_workers
 from hrnetseg.util.workers import parallel_results
 
@@ -194,14 +195,6 @@ def common_shape(samples, skip_bad: bool) -> Tuple[Tuple[int, int], str]:
                 raise UserError("cannot use image {}: is {}x{} but {} (the model takes one size); --skip_bad "
                                 "skips such files".format(sample.image, size[0], size[1], reference))
     return shape, reference
-
-
-def size_text(size: float) -> str:
-    """A byte count in the largest decimal unit that keeps the figure at 1 or more: "3.1 MB", "512 bytes"."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return "{:.1f} {}".format(size / scale, unit)
-    return "{} bytes".format(int(size))
 
 
 def _check_free_space(out: str, needed: int) -> None:

@@ -30,7 +30,7 @@ from hrnetseg.backends.batching import batch_size_for, pad_batch
 from hrnetseg.backends.flags import backend_flags
 from hrnetseg.data import cityscapes
 from hrnetseg.evaluation.metrics import ConfusionMatrix, format_table, write_result
-from hrnetseg.evaluation.multiscale import TestTimeAugmentation
+from hrnetseg.evaluation.multiscale import TestTimeAugmentation, check_memory
 from hrnetseg.evaluation.streaming import (
     AugmentedStreamingEvaluation,
     StreamingEvaluation,
@@ -155,7 +155,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kind = args.backend or backend_for_model(model)
     samples = labelled_samples(args.datasets_path, args.split, args.limit)
     size = first_image_size(samples)
-    tta.input_sizes(*size)   # a scale that leaves no pixels: refused before the model loads
+    if not single_scale_from_args(args, *size):
+        check_memory(tta, [size])   # also a scale that leaves no pixels: refused before anything is read
+    for sample in samples:   # from the headers, before the model loads; decoding checks each label again
+        image = cityscapes.image_size(sample.image)
+        if image is not None:   # an image that cannot be read is refused where it is decoded
+            cityscapes.check_label_header(sample.label, image, "its image {}".format(sample.image))
     check_model_file(model)
     with output_locks(args.save_path, args.save_confusion):
         tta = None if single_scale_from_args(args, *size) else tta

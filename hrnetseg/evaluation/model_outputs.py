@@ -26,9 +26,9 @@ import numpy as np
 from hrnetseg.data.cityscapes import NUM_CLASSES, image_id
 from hrnetseg.data.manifest import MANIFEST
 from hrnetseg.runner.layout import OUTPUT_NAME, device_folders, summary_path_for
-from hrnetseg.runner.summary import OUTPUT_DTYPE_KEY, check_one_run
+from hrnetseg.runner.summary import FILESINFO_KEY, INPUT_KEY, OUTPUT_DTYPE_KEY, check_one_run
 from hrnetseg.util.errors import UserError, exception_line
-from hrnetseg.util.files import not_regular_reason, require_file, require_folder
+from hrnetseg.util.files import not_regular_reason, read_json, require_file, require_folder
 
 AIS_BENCH, BENCHMARK = "ais_bench", "benchmark"
 ROLE = {AIS_BENCH: {0: "aux", 1: "main"}, BENCHMARK: {1: "aux", 2: "main"}}
@@ -268,6 +268,23 @@ def summary_output_dtype(folder: str) -> Tuple[Optional[str], str]:
         raise UserError("runner summary {} says output_dtype {!r}; this postprocess reads {}".format(
             path, dtype, " or ".join(OUTPUT_DTYPES)))
     return dtype, path
+
+
+def summary_input_folder(folder: str) -> Optional[str]:
+    """The folder the outputs' inputs were read from, as the summary beside the output folder records it: the
+    runner's "input", else the folder of ais_bench's first filesinfo input file (a path as ais_bench was given it);
+    None where no summary says. Read after summary_output_dtype, which refuses a summary that cannot be read."""
+    path = find_summary(folder)
+    if not os.path.lexists(path):
+        return None
+    summary = read_json(path, "runner summary")
+    if isinstance(summary.get(INPUT_KEY), str):
+        return summary[INPUT_KEY]
+    try:
+        infile = next(iter(summary[FILESINFO_KEY].values()))["infiles"][0]
+    except (KeyError, TypeError, AttributeError, IndexError, StopIteration):
+        return None
+    return os.path.dirname(infile) if isinstance(infile, str) else None
 
 
 def _npy_header(path: str) -> Tuple[Tuple[int, ...], np.dtype]:

@@ -32,12 +32,18 @@ from hrnetseg.backends.batching import output_rows, pad_batch, shape_fits_input_
 from hrnetseg.data.cityscapes import NUM_CLASSES
 from hrnetseg.evaluation.upsample_argmax import upsample_bilinear
 from hrnetseg.util.errors import UserError
+from hrnetseg.util.memory import available_memory, size_text
 
 RunMain = Callable[[np.ndarray], np.ndarray]
 DEFAULT_BASE_SIZE = 2048               # upstream's TEST.BASE_SIZE for Cityscapes
 DEFAULT_CROP_SIZE = (1024, 2048)       # upstream's TEST.IMAGE_SIZE (W, H = 2048, 1024), here as (H, W)
 UPSTREAM_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)   # upstream's TEST.SCALE_LIST for its published numbers
 MAX_SCALE = 8.0                        # beyond this a Cityscapes image would need gigabytes per scale
+# a side in pixels (--base_size, --crop_size) is at most this: the merge's 19-class map of a base size above it
+# alone would take terabytes (check_memory says how much less fits; this keeps every size a float can hold)
+MAX_SIDE = 1 << 20
+FLOAT32 = 4                            # bytes
+WINDOW_OVERHEAD = 512                  # bytes per model input besides its pixels: its window, tuple and array views
 Window = Tuple[int, int, int, int]     # h0, h1, w0, w1
 
 
@@ -60,10 +66,11 @@ class TestTimeAugmentation:
                 raise UserError("scale {!r} is not a number in (0, {:g}]".format(scale, MAX_SCALE))
         if len(set(self.scales)) != len(self.scales):
             raise UserError("--scales names a scale twice: {}".format(",".join("{:g}".format(s) for s in self.scales)))
-        if not (isinstance(self.base_size, int) and self.base_size > 0):
-            raise UserError("--base_size must be a positive number of pixels, not {!r}".format(self.base_size))
-        if len(self.crop_size) != 2 or not all(isinstance(v, int) and v > 0 for v in self.crop_size):
-            raise UserError("--crop_size must be two positive sizes H,W, not {!r}".format(self.crop_size))
+        if not (isinstance(self.base_size, int) and 0 < self.base_size <= MAX_SIDE):
+            raise UserError("--base_size must be a number of pixels from 1 to {}, not {!r}".format(
+                MAX_SIDE, self.base_size))
+        if len(self.crop_size) != 2 or not all(isinstance(v, int) and 0 < v <= MAX_SIDE for v in self.crop_size):
+            raise UserError("--crop_size must be two sizes H,W from 1 to {}, not {!r}".format(MAX_SIDE, self.crop_size))
 
     def is_plain(self) -> bool:
         """One scale 1.0 and no flip: today's single-scale path (when the image's long side is the base size)."""
@@ -119,12 +126,18 @@ def scaled_size(height: int, width: int, base_size: int, scale: float) -> Tuple[
     return size
 
 
+def window_grid(new_h: int, new_w: int, crop_size: Tuple[int, int]) -> Tuple[int, int]:
+    """(rows, columns) of upstream's windows over a resized image (its ceil formula, in float as upstream
+    computes it); each window is min(crop, image) in size."""
+    crop_h, crop_w = crop_size
+    return (int(math.ceil(1.0 * (new_h - crop_h) / crop_h)) + 1, int(math.ceil(1.0 * (new_w - crop_w) / crop_w)) + 1)
+
+
 def sliding_windows(new_h: int, new_w: int, crop_size: Tuple[int, int]) -> List[Window]:
     """Upstream's windows over a resized image: stride one crop, the last of a row / column shifted back to
-    end at the border (the count from its ceil formula, in float as upstream computes it)."""
+    end at the border."""
     crop_h, crop_w = crop_size
-    rows = int(math.ceil(1.0 * (new_h - crop_h) / crop_h)) + 1
-    cols = int(math.ceil(1.0 * (new_w - crop_w) / crop_w)) + 1
+    rows, cols = window_grid(new_h, new_w, crop_size)
     windows = []
     for r in range(rows):
         for c in range(cols):
@@ -132,6 +145,55 @@ def sliding_windows(new_h: int, new_w: int, crop_size: Tuple[int, int]) -> List[
             w1 = min(c * crop_w + crop_w, new_w)
             windows.append((max(h1 - crop_h, 0), h1, max(w1 - crop_w, 0), w1))
     return windows
+
+
+def memory_needed(tta: TestTimeAugmentation, height: int, width: int) -> int:
+    """Bytes the multi-scale merge allocates for one height x width image, at its peak (float32 throughout).
+
+    Counted for the whole image: the decoded image and its H x W x 3 copy, the 19 x H x W sum of the scales'
+    maps, and every scale's logits (19 x h/4 x w/4 per model input: the infer stage hands them on together).
+    Added to that, for the largest scale, what the infer stage holds (the resized h x w image and the batch of
+    windows, x 2 with flip, each window as the model takes it plus WINDOW_OVERHEAD) and what the merge holds (the
+    pipeline runs both at once, on two images): while the scale's 19 x h x w map is built, the map and its count
+    over the windows, and one window's upsampled map in the making (3 of its size: the result, a gathered copy
+    and a product; 4 with the flipped input's added), then its exp(); while the map is upsampled to H x W, the map,
+    the pass across (19 x h x W, 3 of them at once in the making) and then the result in the making (3 x 19 x H x
+    W) beside the pass across.
+    Not counted: the model's own working memory (it depends on the backend and the device) and the images the
+    stages' queues hold besides.
+    """
+    full_map = NUM_CLASSES * height * width * FLOAT32
+    whole_image = 2 * 3 * height * width * FLOAT32 + full_map
+    logits = infer = merge = 0
+    for scale, (new_h, new_w) in zip(tta.scales, tta.scaled_sizes(height, width)):
+        if scale <= 1.0:
+            windows, (win_h, win_w) = 1, (new_h, new_w)
+        else:
+            rows, cols = window_grid(new_h, new_w, tta.crop_size)
+            windows, (win_h, win_w) = rows * cols, (min(tta.crop_size[0], new_h), min(tta.crop_size[1], new_w))
+        inputs = windows * (2 if tta.flip else 1)
+        logits += inputs * NUM_CLASSES * -(-win_h // 4) * -(-win_w // 4) * FLOAT32
+        infer = max(infer, 3 * new_h * new_w * FLOAT32 + inputs * (3 * win_h * win_w * FLOAT32 + WINDOW_OVERHEAD))
+        scale_map = NUM_CLASSES * new_h * new_w * FLOAT32
+        window_maps = (4 if tta.flip else 3) * NUM_CLASSES * win_h * win_w * FLOAT32
+        building = window_maps if windows == 1 else scale_map + new_h * new_w * FLOAT32 + window_maps
+        across = NUM_CLASSES * new_h * width * FLOAT32
+        merge = max(merge, building, scale_map + max(3 * across, across + 3 * full_map))
+    return whole_image + logits + infer + merge
+
+
+def check_memory(tta: TestTimeAugmentation, sizes: Sequence[Tuple[int, int]]) -> None:
+    """Refuse, before any work, scales and sizes whose merge needs more memory (memory_needed, for the largest of
+    the image sizes) than this machine has available; nothing is refused where that is not known."""
+    if not sizes:
+        return
+    needed, (height, width) = max((memory_needed(tta, h, w), (h, w)) for h, w in sizes)
+    available = available_memory()
+    if available is not None and needed > available:
+        raise UserError("{} need about {} of memory for a {}x{} image (the multi-scale merge's 19-class maps and "
+                        "model inputs; the model's own memory not counted), but {} is available: lower --base_size "
+                        "or the largest of --scales".format(tta.describe(), size_text(needed), height, width,
+                                                            size_text(available)))
 
 
 def check_model_takes(input_spec: InputSpec, sizes: Sequence[Tuple[int, int]]) -> None:

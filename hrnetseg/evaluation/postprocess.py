@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hrnetseg.data import cityscapes
-from hrnetseg.data.cityscapes import read_train_ids
+from hrnetseg.data.cityscapes import check_label_header, read_train_ids
+from hrnetseg.data.manifest import MANIFEST, read_manifest
 from hrnetseg.data.pictures import picture_paths, remove_pictures, save_pictures
 from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion, format_table, write_result
 from hrnetseg.evaluation.model_outputs import (
@@ -31,6 +32,7 @@ from hrnetseg.evaluation.model_outputs import (
     load_logits,
     logits_shape,
     output_file_dtype,
+    summary_input_folder,
     summary_output_dtype,
 )
 from hrnetseg.evaluation.upsample_argmax import logits_to_labels
@@ -49,8 +51,14 @@ from hrnetseg.util.workers import parallel_results
 
 IDS_QUOTED = 5  # ids quoted in an error message, at most
 
-# size: (H, W) of the label; dtype_from: what decided the dtype (a source name of resolve_output_dtype)
-Pair = namedtuple("Pair", ["id", "output", "label", "image", "dtype", "size", "dtype_from"])
+# size: (H, W) of the label, which is the size of its image where that is known; size_from: that image, in words
+# (for the message when the label has changed since); dtype_from: what decided the dtype (a source name of
+# resolve_output_dtype)
+Pair = namedtuple("Pair", ["id", "output", "label", "image", "dtype", "size", "size_from", "dtype_from"])
+# The image a label must match: (H, W) and that image in words
+MadeFrom = Tuple[Tuple[int, int], str]
+# Pair.size_from where the image's size is not known (the label's own header gave Pair.size)
+SIZE_FROM_LABEL = "the label when this run began"
 
 
 def _quote_ids(ids: Sequence[str]) -> str:
@@ -82,10 +90,43 @@ def regular_labels(labels: Dict[str, str], allow_missing: bool) -> Tuple[Dict[st
     return usable, left_out
 
 
+def preprocess_image_size(prep_path: str) -> MadeFrom:
+    """The size of the images a preprocess folder's bins were made from (its manifest's C x H x W: the
+    preprocess keeps the images' size), and those images in words."""
+    shape = read_manifest(prep_path)["shape"]
+    return (shape[1], shape[2]), "the image its output was made from ({})".format(os.path.join(prep_path, MANIFEST))
+
+
+def recorded_image_size(folder: str) -> Optional[MadeFrom]:
+    """The size of the images an output folder's outputs were made from, from the preprocess manifest of the
+    input folder its summary names (summary_input_folder); None where no summary names a preprocess folder that
+    is still there and readable."""
+    prep = summary_input_folder(folder)
+    if prep is None or not os.path.isfile(os.path.join(prep, MANIFEST)):
+        return None
+    try:
+        return preprocess_image_size(prep)
+    except UserError:   # not the folder it was, or unfinished: the other sources decide
+        return None
+
+
+def label_image_size(label: str, made_from: Optional[MadeFrom]) -> Optional[MadeFrom]:
+    """The size a label must have: that of the images the outputs were made from (made_from: --prep_path's
+    manifest, or the one its output folder's summary leads to), else that of its own photo (the leftImg8bit
+    image beside a gtFine label), else None (not known: then only the outputs' size, a quarter of the image's
+    rounded up, is checked against the label's)."""
+    if made_from is not None:
+        return made_from
+    photo = cityscapes.image_for_label(label)
+    size = cityscapes.image_size(photo) if photo is not None else None
+    return (size, "its image {}".format(photo)) if size is not None else None
+
+
 def pair_outputs(outputs: Outputs, file_index: int, labels: Dict[str, str], allow_missing: bool = False,
-                 want_images: bool = False, output_dtype_flag: Optional[str] = None
-                 ) -> Tuple[List[Pair], List[str], List[str]]:
-    """Pairs (sorted by id), the label ids without output, the output ids without label; checks every file."""
+                 want_images: bool = False, output_dtype_flag: Optional[str] = None,
+                 made_from: Optional[MadeFrom] = None) -> Tuple[List[Pair], List[str], List[str]]:
+    """Pairs (sorted by id), the label ids without output, the output ids without label; checks every file,
+    each label against the size of its image (label_image_size)."""
     output_of = {sid: by_index[file_index] for sid, by_index in outputs.files.items() if file_index in by_index}
     missing = sorted(set(labels) - set(output_of))
     extra = sorted(set(output_of) - set(labels))
@@ -96,18 +137,20 @@ def pair_outputs(outputs: Outputs, file_index: int, labels: Dict[str, str], allo
         raise UserError("{} of {} labels have no output in {}: {}; --allow_missing evaluates the rest".format(
             len(missing), len(labels), outputs.folder, _quote_ids(missing)))
     summaries: Dict[str, Tuple[Optional[str], str]] = {}  # per folder: each device shard has its own
+    sources: Dict[str, Optional[MadeFrom]] = {}
     pairs = []
     for sid in sorted(set(output_of) & set(labels)):
-        size = cityscapes.image_size(labels[sid])
-        if size is None:
-            raise UserError("label {} {}".format(labels[sid], cityscapes.unreadable_reason(labels[sid])))
         folder = os.path.dirname(output_of[sid])
         if folder not in summaries:
             summaries[folder] = summary_output_dtype(folder)
+            sources[folder] = made_from if made_from is not None else recorded_image_size(folder)
+        known = label_image_size(labels[sid], sources[folder])
+        size = check_label_header(labels[sid], *known) if known else check_label_header(labels[sid])
+        size_from = known[1] if known else SIZE_FROM_LABEL
         dtype, source = output_file_dtype(output_of[sid], outputs.ext, logits_shape(*size), labels[sid],
                                           output_dtype_flag, summaries[folder])
         image = cityscapes.image_for_label(labels[sid]) if want_images else None
-        pairs.append(Pair(sid, output_of[sid], labels[sid], image, dtype, size, source))
+        pairs.append(Pair(sid, output_of[sid], labels[sid], image, dtype, size, size_from, source))
     _one_dtype_by_size(pairs)
     return pairs, missing, extra
 
@@ -138,9 +181,7 @@ def check_finite(logits: np.ndarray, pair: Pair) -> None:
 
 def evaluate_pair(pair: Pair, vis_dir: Optional[str] = None, pred_dir: Optional[str] = None):
     """(confusion matrix, files written, why there is no overlay or None) for one output and its label."""
-    gt = read_train_ids(pair.label)
-    if gt.shape != tuple(pair.size):
-        raise UserError("label {} changed size while being evaluated".format(pair.label))
+    gt = read_train_ids(pair.label, pair.size, pair.size_from)
     logits = load_logits(pair.output, pair.dtype, logits_shape(*pair.size))
     try:
         pred = logits_to_labels(logits, gt.shape[0], gt.shape[1])
@@ -196,18 +237,21 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
                     save_vis: Optional[str] = None, save_pred: Optional[str] = None,
                     save_confusion: Optional[str] = None, allow_missing: bool = False,
                     log: Callable[[str], None] = print, output_dtype: Optional[str] = None,
-                    warn: Callable[[str], None] = _to_stderr) -> dict:
+                    warn: Callable[[str], None] = _to_stderr, prep_path: Optional[str] = None) -> dict:
     """Evaluate every output in res_path against its label under data_path; returns the result dict.
 
     data_path: the gtFine/<split> folder (as the ModelZoo scripts take it), a cityscapes root, or the folder
     holding cityscapes/.
     output_index: ais_bench's 0-based output number (0 = aux, 1 = main); None = main (or the only one).
     output_dtype: float32 or float16 (see resolve_output_dtype); None = not known.
+    prep_path: the preprocess folder the outputs were made from: every label must have its images' size (its
+    manifest's); None: each label is held to its own photo's size where that is beside it (label_image_size).
     Everything is checked before anything is computed; on an error nothing is written. The outputs are
     locked (`<output>.lock`) for the run: a second run writing one of them stops at once.
     """
     if output_dtype is not None and output_dtype not in OUTPUT_DTYPES:
         raise UserError("--output_dtype {!r}: expected {}".format(output_dtype, " or ".join(OUTPUT_DTYPES)))
+    made_from = preprocess_image_size(prep_path) if prep_path is not None else None
     outputs = find_outputs(res_path)
     file_index, described, aux_only = choose_file_index(outputs, output_index)
     require_folder(data_path, "label folder")
@@ -215,7 +259,7 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
     _check_result_paths(save_path, save_confusion, save_vis, save_pred)
     with output_locks(save_path, save_confusion, save_vis, save_pred):
         pairs, missing, extra = pair_outputs(outputs, file_index, labels, allow_missing, want_images=bool(save_vis),
-                                             output_dtype_flag=output_dtype)
+                                             output_dtype_flag=output_dtype, made_from=made_from)
         _check_not_an_input(pairs, (("--save_path", save_path), ("--save_confusion", save_confusion)))
         extra = [sid for sid in extra if sid not in left_out]
         missing = [sid for sid in missing if sid not in left_out]
@@ -262,6 +306,12 @@ def _report_left_out(pairs: Sequence[Pair], missing: Sequence[str], extra: Seque
             len(left_out), _quote_ids([left_out[sid] for sid in sorted(left_out)])))
     if extra:
         log("ignoring {} outputs without label: {}".format(len(extra), _quote_ids(extra)))
+    unknown = [pair for pair in pairs if pair.size_from == SIZE_FROM_LABEL]
+    if unknown:
+        warn("note: the size of the images behind {} of {} outputs is not known (no --prep_path, no runner summary "
+             "naming the preprocess folder, no leftImg8bit photo beside the labels, e.g. {}): their labels are held "
+             "to the outputs' size only, which a label up to 3 pixels off passes".format(
+                 len(unknown), len(pairs), unknown[0].label))
     by_size = [pair for pair in pairs if pair.dtype_from == BY_SIZE]
     if by_size:
         warn("note: reading {} outputs as float16 by their size (pass --output_dtype to be explicit)".format(

@@ -33,7 +33,7 @@ from hrnetseg.evaluation.multiscale import (
     predict_train_ids,
     scale_runs,
 )
-from hrnetseg.evaluation.postprocess import logits_shape, read_train_ids
+from hrnetseg.evaluation.postprocess import logits_shape
 from hrnetseg.evaluation.upsample_argmax import logits_to_labels
 from hrnetseg.util.errors import UserError
 
@@ -107,11 +107,7 @@ def decode(sample: cityscapes.Sample, dtype: str, size: Tuple[int, int]) -> Tupl
     if image.shape[:2] != tuple(size):
         raise UserError("image {} is {}x{} but the first image is {}x{} (the model takes one size)".format(
             sample.image, image.shape[0], image.shape[1], size[0], size[1]))
-    gt = read_train_ids(sample.label)
-    if gt.shape != tuple(size):
-        raise UserError("label {} is {}x{} but its image is {}x{}".format(
-            sample.label, gt.shape[0], gt.shape[1], size[0], size[1]))
-    return convert(image, dtype, order), gt
+    return convert(image, dtype, order), cityscapes.read_train_ids(sample.label, size)
 
 
 class StreamingEvaluation(object):

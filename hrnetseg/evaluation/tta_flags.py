@@ -1,19 +1,22 @@
-"""The flags of test-time augmentation (python -m hrnetseg.evaluate and python -m hrnetseg.predict): --scales,
---flip, --base_size and --crop_size, parsed, and the multiscale.TestTimeAugmentation they ask for.
+"""The flags of test-time augmentation (python -m hrnetseg.evaluate, python -m hrnetseg.predict and
+scripts/check_upstream_parity.py): --scales, --flip, --base_size and --crop_size, parsed (numbers in ASCII digits,
+through hrnetseg.util.cli), and the multiscale.TestTimeAugmentation they ask for. The memory they need is checked
+against what the machine has (multiscale.check_memory) once the tools know the images' sizes, before any work.
 """
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Tuple
 
 from hrnetseg.evaluation.multiscale import (
     DEFAULT_BASE_SIZE,
     DEFAULT_CROP_SIZE,
     MAX_SCALE,
+    MAX_SIDE,
     UPSTREAM_SCALES,
     TestTimeAugmentation,
 )
+from hrnetseg.util.cli import decimal_number, whole_number
 
 
 def scale_list(text: str) -> Tuple[float, ...]:
@@ -21,10 +24,10 @@ def scale_list(text: str) -> Tuple[float, ...]:
     scales = []
     for part in text.split(","):
         try:
-            value = float(part)
-        except ValueError:
-            value = float("nan")
-        if not (math.isfinite(value) and 0 < value <= MAX_SCALE) or part.strip() != part or "_" in part:
+            value = decimal_number(part)
+        except argparse.ArgumentTypeError:
+            value = 0.0
+        if not 0 < value <= MAX_SCALE:
             raise argparse.ArgumentTypeError("expected comma-separated scales in (0, {:g}] such as 0.5,1.0,1.5, "
                                              "got {!r}".format(MAX_SCALE, text))
         scales.append(value)
@@ -36,16 +39,17 @@ def scale_list(text: str) -> Tuple[float, ...]:
 def crop_size(text: str) -> Tuple[int, int]:
     """argparse type: H,W in pixels, e.g. 1024,2048."""
     parts = text.split(",")
-    if len(parts) != 2 or not all(p.isdigit() and p.isascii() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError("expected the crop size as H,W (two positive integers such as 1024,2048), "
-                                         "got {!r}".format(text))
-    return int(parts[0]), int(parts[1])
+    what = "the crop size as H,W (two integers from 1 to {} such as 1024,2048)".format(MAX_SIDE)
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError("expected {}, got {!r}".format(what, text))
+    try:
+        return whole_number(parts[0], 1, MAX_SIDE), whole_number(parts[1], 1, MAX_SIDE)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError("expected {}, got {!r}".format(what, text))
 
 
 def base_size(text: str) -> int:
-    if not (text.isdigit() and text.isascii() and int(text) > 0):
-        raise argparse.ArgumentTypeError("expected a positive number of pixels, got {!r}".format(text))
-    return int(text)
+    return whole_number(text, 1, MAX_SIDE, "a number of pixels from 1 to {}".format(MAX_SIDE))
 
 
 def add_tta_flags(parser) -> None:

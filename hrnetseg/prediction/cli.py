@@ -22,7 +22,7 @@ import numpy as np
 from hrnetseg.backends import backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.flags import backend_flags
 from hrnetseg.data.videos import VideoInfo, remove_stale_video_temporaries
-from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner
+from hrnetseg.evaluation.multiscale import check_memory, check_model_takes, main_output_runner
 from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
 from hrnetseg.prediction.inputs import BadInput, Input, find_inputs, look_at
 from hrnetseg.prediction.per_input import (
@@ -166,6 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model, kind = model_path(args)
     check_output(args.output, model)
     inputs, videos, sizes, bad = usable_inputs(args)
+    check_memory(tta, sizes)   # before the sizes' windows are listed, and before any work
     needed: List[Tuple[int, int]] = []
     for height, width in sizes:
         needed.extend(size for size in tta.input_sizes(height, width) if size not in needed)

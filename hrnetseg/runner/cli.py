@@ -45,6 +45,7 @@ from hrnetseg.runner.outputs import OUTPUT_DTYPE, RunOutputs, check_output_stems
 from hrnetseg.runner.summary import (
     DEVICE_KEY,
     FILESINFO_KEY,
+    INPUT_KEY,
     MODEL_FILE_KEY,
     OUTPUT_DTYPE_KEY,
     PERCENTILE_KEY,
@@ -180,7 +181,7 @@ def run_model(args: argparse.Namespace, kind: str, inputs: Inputs, bins: Tuple[n
         "compute_time_ms": {"min": compute["min"], "max": compute["max"], "mean": compute["mean"],
                             "median": compute["median"], "p99": compute[PERCENTILE_KEY]},
         "wall_time_s": wall, "loop": args.loop, "warmup_count": warmup,
-        "model": os.path.abspath(args.model), "input": os.path.abspath(folder),
+        "model": os.path.abspath(args.model), INPUT_KEY: os.path.abspath(folder),
         "output": os.path.abspath(outputs.folder), "outfmt": args.outfmt, "output_indices": indices,
         OUTPUT_DTYPE_KEY: OUTPUT_DTYPE,
     })

@@ -55,9 +55,11 @@ PERCENTILE_KEY = "percentile({}%)".format(PERCENTILE)
 RULE_TITLE = "-----------------Performance Summary------------------"
 RULE_END = "------------------------------------------------------"
 # The summary's keys that other steps read: the files of each sample (a failed --device 0,1 run removes those of
-# its finished devices), the throughput and the device (the table, atlas/acc_perf.py; ais_bench's summary names no
-# device) and the dtype of the output files (the postprocess, evaluation/model_outputs.py; ours only)
+# its finished devices; the postprocess finds the input folder from them), the throughput and the device (the table,
+# atlas/acc_perf.py; ais_bench's summary names no device), the dtype of the output files and the input folder (the
+# postprocess, evaluation/model_outputs.py; ours only)
 FILESINFO_KEY = "filesinfo"
+INPUT_KEY = "input"
 THROUGHPUT_KEY = "throughput"
 DEVICE_KEY = "device"
 OUTPUT_DTYPE_KEY = "output_dtype"

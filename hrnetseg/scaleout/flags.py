@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections import namedtuple
 from typing import Tuple
 
-from hrnetseg.util.cli import positive_int
+from hrnetseg.util.cli import decimal_number, positive_int
 from hrnetseg.util.errors import UserError
 
 ADDRESS_FORMS = "local, auto, HOST:PORT or ray://HOST:PORT"
+# Ray counts resources in steps of this (its MIN_RESOURCE_GRANULARITY): a finer share is refused by Ray itself,
+# with a traceback, once the actors are made
+RAY_RESOURCE_STEP = 0.0001
 # The --ray flags' values: --ray, --ray_cpus_per_worker, --ray_gpus_per_worker, --ray_workers, --ray_batch_images
 RayOptions = namedtuple("RayOptions", ["address", "cpus_per_worker", "gpus_per_worker", "workers", "batch_images"])
 
@@ -21,30 +25,44 @@ def add_ray_flags(parser: argparse.ArgumentParser, batch_note: str = "") -> None
                        help="run on Ray: local (start one on this machine, loopback only), auto (the cluster this "
                             "node belongs to), HOST:PORT or ray://HOST:PORT; the data and the model must be at "
                             "the same path on every node")
-    group.add_argument("--ray_cpus_per_worker", type=positive_float, default=1.0, metavar="N",
-                       help="CPUs per worker, the model's threads unless --cpu_threads (default 1)")
-    group.add_argument("--ray_gpus_per_worker", type=nonnegative_float, default=0.0, metavar="N",
-                       help="GPUs per worker (default 0); a worker with a GPU runs its model there")
+    group.add_argument("--ray_cpus_per_worker", type=cpus_per_worker, default=1.0, metavar="N",
+                       help="CPUs per worker, the model's threads unless --cpu_threads (default 1; a share such as "
+                            "0.5 puts two workers on a CPU)")
+    group.add_argument("--ray_gpus_per_worker", type=gpus_per_worker, default=0.0, metavar="N",
+                       help="GPUs per worker: 0 (default) or a share of one GPU up to 1 (0.25: four workers share "
+                            "a GPU); a worker with a GPU runs its model there")
     group.add_argument("--ray_workers", type=positive_int, default=None, metavar="N",
                        help="workers (default: the cluster's CPUs / CPUs per worker)")
     group.add_argument("--ray_batch_images", type=positive_int, default=8, metavar="N",
                        help="images per unit of work (default 8{})".format(batch_note))
 
 
-def positive_float(text: str) -> float:
-    value = nonnegative_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("expected a number > 0, got {!r}".format(text))
+def ray_share(text: str, what: str) -> float:
+    """argparse type body: a number of CPUs or GPUs as Ray takes it: ASCII digits, finite, >= 0, in Ray's steps
+    of RAY_RESOURCE_STEP."""
+    value = decimal_number(text, what)
+    steps = (value - math.floor(value)) / RAY_RESOURCE_STEP   # of the fraction: whole numbers are whole steps
+    if abs(steps - round(steps)) > 1e-6:
+        raise argparse.ArgumentTypeError("expected {} in Ray's steps of {:g}, got {!r}".format(
+            what, RAY_RESOURCE_STEP, text))
     return value
 
 
-def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("expected a number >= 0, got {!r}".format(text))
+def cpus_per_worker(text: str) -> float:
+    what = "a number of CPUs > 0 such as 1, 4 or 0.5"
+    value = ray_share(text, what)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected {}, got {!r}".format(what, text))
+    return value
+
+
+def gpus_per_worker(text: str) -> float:
+    """0 (no GPU), or a share of one GPU up to 1: a worker runs its one model on one GPU, so more would only
+    keep GPUs from the other workers."""
+    value = ray_share(text, "0 or a share of one GPU up to 1 (a worker runs its model on one GPU)")
+    if value > 1:
+        raise argparse.ArgumentTypeError("expected 0 or a share of one GPU up to 1 (a worker runs its model on one "
+                                         "GPU), got {!r}".format(text))
     return value
 
 

@@ -6,6 +6,7 @@ Valid Python 3.7 and free of torch: the Atlas-side scripts use it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -59,6 +60,20 @@ def whole_number(text: str, minimum: int = 0, maximum: Optional[int] = None, wha
             what or ("an integer >= {}".format(minimum) if maximum is None else
                      "an integer from {} to {}".format(minimum, maximum)), text))
     return int(text)
+
+
+# a decimal number in ASCII digits: digits with a point (`2`, `0.25`, `2.`, `.5`), then an exponent if need be
+_DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def decimal_number(text: str, what: str = "a number") -> float:
+    """argparse type body: a finite number >= 0 written in ASCII digits (a point and an exponent allowed, no sign).
+    float() alone also reads "nan", "inf", "1_0", " 1" and other scripts' digits (Arabic-Indic ones, say), and
+    "1e400" as inf."""
+    value = float(text) if _DECIMAL.fullmatch(text) else float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("expected {}, got {!r}".format(what, text))
+    return value
 
 
 def positive_int(text: str) -> int:
