@@ -122,10 +122,15 @@ def test_table_row_never_shows_a_zero_throughput_or_a_bad_miou(tmp_path):
     assert acc_perf.table_row(1, "ais_bench", "npu:0", 0.004, acc_perf.miou(str(result))) == \
         "| 1 | ais_bench | npu:0 | 0.004 | 65.26% |"
     assert figures.format_fps(37.456) == "37.46"
-    for bad in ('{"mIoU": null}', '{"mIoU": 1.5}', '{"mIoU": "0.5"}', '{"mean_Iou": 0.5}', "[0.5]", "{"):
+    for bad in ('{"mIoU": null}', '{"mIoU": 1.5}', '{"mIoU": "0.5"}', '{"mean_Iou": 0.5}', "[0.5]", "{",
+                "[" * 100000 + "]" * 100000):
         result.write_text(bad)
         with pytest.raises(UserError, match="result"):
             acc_perf.miou(str(result))
+    summary = tmp_path / "bs1_summary.json"   # the runner summary that names the device
+    summary.write_text('{"device": ' * 100000 + '"cpu"' + "}" * 100000)
+    with pytest.raises(UserError, match="runner summary .* deeper than 100 levels"):
+        acc_perf.summary_device(str(summary))
     assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "1", "--backend", "x",
                                   "--device", "d",
                                   "--fps", "nan", "--result", result]), "--fps")
@@ -221,11 +226,13 @@ def test_a_device_list_ais_bench_would_split_wrongly_is_refused_before_inference
     (lambda res: (res / "device1_summary.json").write_text(json.dumps({"throughput": "20"})),
      "device1_summary.json holds throughput '20', not a positive number"),
     (lambda res: (res / "device1_summary.json").write_text("{"), "device1_summary.json is not JSON"),
+    (lambda res: (res / "device1_summary.json").write_text("[" * 100000 + "]" * 100000),
+     "device1_summary.json nests arrays or objects deeper than 100 levels"),
     (lambda res: (res / "device1_summary.json").unlink(), "device summary not found"),
     (lambda res: (res / "device1_summary.json").write_text(json.dumps({"throughput": 20.0, "device": ""})),
      "names no device"),
     (lambda res: shutil.rmtree(str(res)) or res.mkdir(), "holds no device<id> folders"),
-], ids=["stale", "string", "not_json", "missing", "no_device", "no_shards"])
+], ids=["stale", "string", "not_json", "deep", "missing", "no_device", "no_shards"])
 def test_device_summaries_that_are_not_this_run_are_one_line(damage, match, tmp_path):
     res = _shards(tmp_path / "bs4", [10.0, 20.0], [3, 2])
     damage(res)

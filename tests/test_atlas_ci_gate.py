@@ -87,7 +87,8 @@ def test_a_report_path_that_cannot_be_written_and_damaged_rows(tmp_path, capsys)
     (tmp_path / "file").write_text("")
     gate_refuses(capsys, "is a file", "check", "--batch_sizes", "1", "--junit", tmp_path / "file" / "r.xml")
     row = tmp_path / "bs1.json"
-    for content in ('{"batch": 1, "fps": NaN, "miou": 0.5}', '{"batch": true, "fps": 1, "miou": 0.5}', "[]", ""):
+    for content in ('{"batch": 1, "fps": NaN, "miou": 0.5}', '{"batch": true, "fps": 1, "miou": 0.5}', "[]", "",
+                    "[" * 100000 + "]" * 100000):
         row.write_text(content)
         gate_refuses(capsys, str(row), "judge", "--min_miou", "50", row)
 

@@ -196,3 +196,15 @@ def test_merge_refuses_damaged_shards(tmp_path):
     itself = run_script(["-m", "hrnetseg.metrics", "merge", good, "--save_path", good])
     assert_user_error(itself, "--save_path {} is one of the shards".format(good))
     assert zipfile.is_zipfile(str(good))
+
+
+def test_a_shard_that_unpacks_far_beyond_its_size_is_refused_before_it_is_unpacked(tmp_path, monkeypatch):
+    """The archive's members are sized from its directory: a small compressed file that would unpack to more than
+    the reader's cap never reaches np.load."""
+    fields = dict(matrix=np.zeros((19, 19), np.int64), images=np.int64(0), ids=np.array([], dtype=np.str_),
+                  skipped=np.zeros(100000, dtype="<U8"), class_names=np.array(cityscapes.CLASS_NAMES))
+    np.savez_compressed(str(tmp_path / "packed.npz"), **fields)
+    monkeypatch.setattr(metrics, "MAX_BYTES", 1024 * 1024)
+    assert (tmp_path / "packed.npz").stat().st_size < 100000
+    with pytest.raises(UserError, match=r"packed.npz is not a .*\(its arrays unpack to 32\d+ bytes, more than 1 MiB"):
+        metrics.ConfusionMatrix.load(str(tmp_path / "packed.npz"))

@@ -102,6 +102,25 @@ def test_a_failed_device_fails_the_run_and_removes_the_other_parts(run, tmp_path
         "bs1", "bs1/device1", "bs1/device1/another_0.bin"]
 
 
+def test_a_damaged_device_part_or_report_is_one_line_or_a_failed_device(tmp_path, stub, tiny_prep_path):
+    """The files between the parent of --device 0,1 and its device processes go through the one reader: a part
+    nested 100000 deep, cut short or of wrong types is one line naming it; such a report is a failed device."""
+    from hrnetseg.runner import multi_device
+
+    model, part = tmp_path / "model.onnx", tmp_path / "shard0.json"
+    model.write_bytes(b"stand-in")
+    for content, fragment in (("[" * 100000 + "]" * 100000, "nests arrays or objects deeper than 100 levels"),
+                              ('{"index": 0', "is not JSON"), (json.dumps({"index": "0"}), "has no 'device'")):
+        part.write_text(content)
+        with pytest.raises(UserError, match="device part {} {}".format(part, re.escape(fragment))):
+            run_infer(model, tiny_prep_path, None, "--shard", part)
+    assert not stub.loaded
+    report = tmp_path / "report0.json"
+    for content in ("[" * 100000 + "]" * 100000, '{"throughput": "9", "start_time": 0, "end_time": 1}'):
+        report.write_text(content)
+        assert multi_device._read_report(str(report)) is None
+
+
 def test_device_layout_refusals(tmp_path, tiny_onnx_path, tiny_prep_path):
     def refused(dirname, device, message):
         with pytest.raises(UserError, match=message):

@@ -44,7 +44,8 @@ from hrnetseg.runner.layout import (
 from hrnetseg.runner.summary import DEVICE_KEY, THROUGHPUT_KEY, THROUGHPUT_LINE, parse_throughput
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import read_json, read_text, require_folder, write_text_atomic
+from hrnetseg.util.files import require_folder, write_text_atomic
+from hrnetseg.util.structured import read_json, read_text
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ def real_images_fps(fps: float, count: int, batch: int) -> float:
 def throughput(log: str, command: str) -> float:
     """The images/s the run reported; a UserError naming the log and the command when there is none usable."""
     source = "{} (the output of: {})".format(log, command) if command else log
-    text = parse_throughput(read_text(log, "log"))
+    text = parse_throughput(read_text(log, "log", lenient=True))
     if text is None:
         raise UserError("no '{}' line in {}".format(THROUGHPUT_LINE, source))
     value = decimal_value(text)

@@ -29,7 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from hrnetseg.atlas.figures import decimal_value, format_fps
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import check_output_file, make_output_folder, not_a_folder_above, read_json, write_bytes_atomic
+from hrnetseg.util.files import check_output_file, make_output_folder, not_a_folder_above, write_bytes_atomic
+from hrnetseg.util.structured import read_json
 
 SUITE = "eval_acc_perf"
 EXIT_BELOW_FLOOR = 1
