@@ -134,6 +134,11 @@ def test_table_row_never_shows_a_zero_throughput_or_a_bad_miou(tmp_path):
     assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "1", "--backend", "x",
                                   "--device", "d",
                                   "--fps", "nan", "--result", result]), "--fps")
+    result.write_text(json.dumps({"mIoU": 0.5}))
+    with pytest.raises(UserError, match="--record {} is the result of this run".format(result)):
+        acc_perf.main(["row", "--batch", "1", "--backend", "x", "--device", "d", "--fps", "5", "--result",
+                       str(result), "--record", str(result)])
+    assert json.loads(result.read_text()) == {"mIoU": 0.5}
 
 
 def test_the_ais_bench_row_counts_real_images_not_its_padding(tmp_path, tiny_prep_path):

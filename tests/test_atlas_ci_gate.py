@@ -91,6 +91,7 @@ def test_a_report_path_that_cannot_be_written_and_damaged_rows(tmp_path, capsys)
                     "[" * 100000 + "]" * 100000):
         row.write_text(content)
         gate_refuses(capsys, str(row), "judge", "--min_miou", "50", row)
+    gate_refuses(capsys, "--junit {} is a table row of this run".format(row), "judge", "--junit", row, row)
 
 
 def test_a_report_path_that_would_replace_other_files_is_refused(tmp_path, capsys):
@@ -106,6 +107,9 @@ def test_a_report_path_that_would_replace_other_files_is_refused(tmp_path, capsy
     check = ["check", "--batch_sizes", "1", "--written"] + written + ["--junit"]
     gate_refuses(capsys, "one of the files which", *check, written[1])
     gate_refuses(capsys, "inside {},".format(written[0]), *check, written[0] / "manifest.json")
+    # the run's own lock (eval_acc_perf.sh removes the report's path first: that deleted the lock mid-run)
+    gate_refuses(capsys, "--junit {0}.lock is the lock file of the output of eval_acc_perf.sh {0}".format(written[1]),
+                 *check, str(written[1]) + ".lock")
     (tmp_path / "eval").mkdir()
     os.symlink(str(written[1]), str(tmp_path / "link.xml"))   # a link to the result is the result
     gate_refuses(capsys, "one of the files which", *check, tmp_path / "link.xml")

@@ -104,3 +104,12 @@ def test_a_sidecar_that_is_not_a_regular_file_is_never_opened(om, tiny_prep_path
                          "--input_dtype", "float32"], timeout=60)
     assert_user_error(result, "not a regular file")                  # never replaced either
     assert sidecar.is_fifo()
+
+
+def test_a_sidecar_name_that_links_to_the_om_is_never_written_into_it(om):
+    before = om.read_bytes()
+    os.remove(str(om) + ".json")
+    os.symlink(om.name, str(om) + ".json")
+    with pytest.raises(UserError, match="the sidecar {}.json is the .om of this run".format(om)):
+        om_sidecar.write_sidecar(str(om), 4, TINY_HEIGHT, TINY_WIDTH, "float32")
+    assert om.read_bytes() == before

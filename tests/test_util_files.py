@@ -17,6 +17,7 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import (
     atomic_path,
     check_output_file,
+    check_outputs_apart,
     make_output_folder,
     remove_stale_temporaries,
     remove_stale_temporaries_beside,
@@ -172,3 +173,34 @@ def test_a_ctrl_c_that_lands_as_the_temporary_appears_leaves_nothing(tmp_path, m
     assert os.listdir(str(tmp_path)) == []
     write("b.png" if call == "open" else "b.mp4")
     assert os.listdir(str(tmp_path)) == ["b.png" if call == "open" else "b.mp4"]
+
+
+def test_outputs_apart_from_inputs_by_link_hard_link_and_lock(tmp_path):
+    """One rule for every tool: an output may not be an input (by name, through a symbolic link, as a hard link,
+    or a name not there yet that resolves to one), another output, or a lock the run holds; each refusal is one
+    line naming both roles."""
+    model = tmp_path / "hrnet.onnx"
+    model.write_bytes(b"model")
+    os.symlink(str(model), str(tmp_path / "link.json"))
+    os.link(str(model), str(tmp_path / "hard.json"))
+    (tmp_path / "sub").mkdir()
+    os.symlink(str(tmp_path / "sub"), str(tmp_path / "via"))
+    inputs = {"the model": str(model), "a label": [str(tmp_path / "a.png"), None]}
+
+    def refused(outputs, fragment, **kwargs):
+        with pytest.raises(UserError, match=fragment):
+            check_outputs_apart(outputs, inputs, **kwargs)
+
+    refused({"--save_path": str(model)}, "--save_path .*hrnet.onnx is the model of this run .*would replace")
+    refused({"--save_path": str(tmp_path / "link.json")}, r"link.json is the model of this run \(.*hrnet.onnx\)")
+    refused({"--save_path": str(tmp_path / "hard.json")}, "hard.json is the model")
+    refused({"--save_path": str(tmp_path / "sub" / ".." / "a.png")}, "is a label of this run")   # not there yet
+    refused({"--save_path": str(tmp_path / "r.json"), "--save_confusion": str(tmp_path / "via" / ".." / "r.json")},
+            "--save_path .*r.json and --save_confusion .*r.json are the same file")
+    refused({"--save_path": str(tmp_path / "r.json"), "--save_confusion": str(tmp_path / "r.json.lock")},
+            "--save_confusion .*r.json.lock is the lock file of --save_path .*r.json: writing it would break the lock")
+    refused({"a picture": [str(tmp_path / "vis.lock")]}, "is the lock file of --save_vis", locked={
+        "--save_vis": str(tmp_path / "vis")})
+    with locks.output_lock(str(tmp_path / "held")):
+        refused({"--junit": str(tmp_path / "held.lock")}, "is a lock file this run holds")
+    check_outputs_apart({"--save_path": str(tmp_path / "r.json"), "--save_confusion": None}, inputs)

@@ -31,7 +31,7 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 from hrnetseg.atlas.figures import decimal_value, format_fps
-from hrnetseg.data.manifest import read_manifest
+from hrnetseg.data.manifest import MANIFEST, read_manifest
 from hrnetseg.evaluation.model_outputs import shard_image_counts
 from hrnetseg.runner.layout import (
     AIS_BENCH_INPUT_SUFFIXES,
@@ -44,7 +44,7 @@ from hrnetseg.runner.layout import (
 from hrnetseg.runner.summary import DEVICE_KEY, THROUGHPUT_KEY, THROUGHPUT_LINE, parse_throughput
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import require_folder, write_text_atomic
+from hrnetseg.util.files import check_output_file, check_outputs_apart, require_folder, write_text_atomic
 from hrnetseg.util.structured import read_json, read_text
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
@@ -228,6 +228,19 @@ def positive_number(text: str) -> float:
     return value
 
 
+def check_record_path(args: argparse.Namespace) -> None:
+    """`row --record` can be written and is none of the files the row is read from."""
+    if args.record is None:
+        return
+    check_output_file(args.record, "--record")
+    shards = args.shards if args.shards is not None and os.path.isdir(args.shards) else None
+    check_outputs_apart({"--record": args.record}, {
+        "the result": args.result, "the runner summary": args.summary,
+        "the preprocess manifest": os.path.join(args.prep, MANIFEST) if args.prep is not None else None,
+        "a device summary": [summary_path_for(os.path.join(shards, shard)) for shard in device_folders(shards)]
+        if shards is not None else None})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     commands = parser.add_subparsers(dest="subcommand")
@@ -271,6 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.subcommand == "row":
         ais_bench = args.backend == "ais_bench"   # it counts its padding as images; the local runner does not
         fps = args.fps
+        check_record_path(args)
         if args.shards is not None:
             summaries = shard_summaries(args.shards)
             device = shards_device(summaries)

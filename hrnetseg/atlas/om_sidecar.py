@@ -25,7 +25,7 @@ from hrnetseg.data.manifest import read_manifest
 from hrnetseg.model.presets import MODEL_INPUT_DTYPES
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import write_text_atomic
+from hrnetseg.util.files import check_outputs_apart, write_text_atomic
 from hrnetseg.util.structured import read_json
 
 SUFFIX = ".json"   # hrnet_bs4.om -> hrnet_bs4.om.json
@@ -44,6 +44,7 @@ def sidecar(batch: int, height: int, width: int, input_dtype: str) -> dict:
 def write_sidecar(om: str, batch: int, height: int, width: int, input_dtype: str) -> str:
     """Write (atomically) the sidecar of om; returns its path."""
     path = sidecar_path(om)
+    check_outputs_apart({"the sidecar": path}, {"the .om": om})   # written through a link: never into the .om
     write_text_atomic(path, json.dumps(sidecar(batch, height, width, input_dtype), indent=1) + "\n")
     return path
 

@@ -32,7 +32,7 @@ from hrnetseg.data.manifest import (
     write_manifest,
 )
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import atomic_path, make_output_folder, remove_stale_temporaries
+from hrnetseg.util.files import atomic_path, check_outputs_apart, make_output_folder, remove_stale_temporaries
 from hrnetseg.util.locks import output_lock
 from hrnetseg.util.processes import default_workers
 from hrnetseg.util.workers import parallel_results
@@ -211,6 +211,15 @@ def _check_free_space(out: str, needed: int) -> None:
             out, size_text(needed), size_text(free), size_text(needed - free)))
 
 
+def _check_outputs_apart(samples, save_path: str) -> None:
+    """The manifest and the bins may not be a source image or a lock (a bin that is a symbolic link is replaced,
+    never written through: see _linked_ids)."""
+    bins = [os.path.join(save_path, sample.id + ".bin") for sample in samples]
+    check_outputs_apart({"the manifest": os.path.join(save_path, MANIFEST),
+                         "the bin": [path for path in bins if not os.path.islink(path)]},
+                        {"a source image": [sample.image for sample in samples]}, locked={"--save_path": save_path})
+
+
 # --- the step -------------------------------------------------------------------------------------
 
 def preprocess(src_path: str, save_path: str, split: str = "val", dtype: str = "float32",
@@ -231,6 +240,7 @@ def preprocess(src_path: str, save_path: str, split: str = "val", dtype: str = "
         samples = samples[:limit]
     (height, width), reference = common_shape(samples, skip_bad)
     settings = settings_for((3, height, width), dtype, split, dataset_root(samples[0].image))
+    _check_outputs_apart(samples, save_path)
     make_output_folder(save_path, "--save_path")   # before the lock: its messages name a bad --save_path
     with output_lock(save_path):
         old = check_folder_settings(save_path, settings)

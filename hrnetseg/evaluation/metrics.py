@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import zipfile
 import zlib
@@ -24,7 +23,7 @@ import numpy as np
 from hrnetseg.data.cityscapes import CLASS_NAMES, IGNORE, NUM_CLASSES
 from hrnetseg.util.cli import ArgumentParser, progress, run_cli
 from hrnetseg.util.errors import UserError, exception_line
-from hrnetseg.util.files import check_output_file, write_bytes_atomic, write_text_atomic
+from hrnetseg.util.files import check_output_file, check_outputs_apart, write_bytes_atomic, write_text_atomic
 from hrnetseg.util.locks import output_lock
 from hrnetseg.util.structured import MAX_BYTES, read_bytes
 
@@ -280,8 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command != "merge":
         parser.error("choose a command: merge")
     check_output_file(args.save_path, "--save_path")
-    if any(os.path.realpath(path) == os.path.realpath(args.save_path) for path in args.files):
-        raise UserError("--save_path {} is one of the shards: give another name".format(args.save_path))
+    check_outputs_apart({"--save_path": args.save_path}, {"a shard": args.files})
     with output_lock(args.save_path):
         result = merge_files(args.files).compute()
         print(format_table(result))

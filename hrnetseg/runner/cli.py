@@ -27,7 +27,7 @@ import numpy as np
 
 from hrnetseg.backends import Backend, backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.batching import batch_size_for, output_rows, pad_batch
-from hrnetseg.data.manifest import read_manifest
+from hrnetseg.data.manifest import MANIFEST, read_manifest
 from hrnetseg.runner import multi_device, options
 from hrnetseg.runner.inputs import (
     check_bins,
@@ -115,6 +115,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             outputs = RunOutputs(args.output, args.output_dirname or default_dirname(), args.outfmt)
         outputs.check(folder)
+        outputs.check_apart(ids, {"the model": args.model, "an input file": [input_path(folder, i) for i in ids],
+                                  "the preprocess manifest": os.path.join(folder, MANIFEST),
+                                  "the device part": args.shard})
     with outputs.open() if outputs is not None else contextlib.nullcontext():
         report = run_model(args, kind, folder, ids, manifest, bins, outputs, command, shard)
     if shard is not None:
