@@ -223,6 +223,9 @@ def test_a_device_list_ais_bench_would_split_wrongly_is_refused_before_inference
             acc_perf.main(check + [device])
     assert acc_perf.main(check + ["1,0"]) == 0 and "split 3+2 across 2 devices" in capsys.readouterr().err
     assert acc_perf.main(check + ["cuda:1"]) == 0 and "pads and counts" in capsys.readouterr().err   # one device
+    for device in ("\u0661", "0,\u0661", "cuda:\u0661"):   # an Arabic-Indic one: no device ais_bench knows
+        with pytest.raises(UserError, match="device numbers are written in ASCII digits"):
+            acc_perf.main(check + [device])
 
 
 @pytest.mark.parametrize("damage, match", [

@@ -73,9 +73,13 @@ def test_a_failing_gate_names_each_batch_size_and_still_writes_the_report(tmp_pa
     (["--min_fps", "0:9"], "BATCH:FPS"),
     (["--min_fps", "4:-1"], "BATCH:FPS"),
     (["--min_fps", "١:9"], "BATCH:FPS"),
+    (["--min_fps", "1:\u0669"], "BATCH:FPS"),
+    (["--min_miou", "\u0668\u0660"], "percentage from 0 to 100"),
+    (["--min_miou", "8_0"], "percentage from 0 to 100"),
     (["--min_fps", " "], "BATCH:FPS"),
     (["--min_fps", "8:1"], "floor for batch size 8"),
-], ids=["fraction", "over_100", "nan", "twice", "zero_batch", "negative", "other_digits", "empty", "unknown_batch"])
+], ids=["fraction", "over_100", "nan", "twice", "zero_batch", "negative", "other_digits", "other_digits_fps",
+        "other_digits_miou", "underscore_miou", "empty", "unknown_batch"])
 def test_gate_flags_are_refused_in_one_line(args, fragment, capsys):
     gate_refuses(capsys, fragment, "check", "--batch_sizes", "1 4", *args)
 

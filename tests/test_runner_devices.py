@@ -128,6 +128,8 @@ def test_device_layout_refusals(tmp_path, tiny_onnx_path, tiny_prep_path):
                         "--output_dirname", dirname, "--device", device])
 
     refused("many", "0,1,2,3,4,5", r"5 images for 6 devices: in parts of ceil\(5/6\) = 1 images, device 5 gets none")
+    for device in ("0,\u0661", "cuda:\u0661", "\u0661"):   # \d and int() take an Arabic-Indic one as 1
+        refused("odd", device, "device numbers are written in ASCII digits 0-9")
     (tmp_path / "mixed").mkdir()
     (tmp_path / "mixed" / "x_1.bin").write_bytes(b"x")   # a one-device run's output beside the device folders
     refused("mixed", "0,1", "holds x_1.bin from an earlier run")

@@ -204,3 +204,48 @@ def test_outputs_apart_from_inputs_by_link_hard_link_and_lock(tmp_path):
     with locks.output_lock(str(tmp_path / "held")):
         refused({"--junit": str(tmp_path / "held.lock")}, "is a lock file this run holds")
     check_outputs_apart({"--save_path": str(tmp_path / "r.json"), "--save_confusion": None}, inputs)
+
+
+READ_ONLY_CHECKS = """
+import sys
+from hrnetseg.util import locks
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import check_output_file, make_output_folder, write_text_atomic
+ro = sys.argv[1]
+for call in (lambda: check_output_file(ro + "/r.json", "--save_path"),
+             lambda: make_output_folder(ro + "/vis", "--save_vis"),
+             lambda: write_text_atomic(ro + "/r.json", "{}")):
+    try:
+        call()
+    except UserError as exc:
+        print(exc)
+with locks.output_lock(ro + "/out"):
+    pass
+"""
+
+
+def test_a_read_only_file_system_is_named_as_such(tmp_path):
+    """EROFS was reported as "permission denied", which sends the user to chmod: in a mount namespace of its own
+    the test mounts a read-only tmpfs and has the output checks, a write and a lock meet it."""
+    import errno
+    import shutil
+
+    from hrnetseg.util.files import describe_os_error
+
+    assert describe_os_error(OSError(errno.EROFS, "Read-only file system"), "x") == \
+        "cannot write x: read-only file system"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to mount a read-only file system in a namespace of the test's own")
+    mount = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=64k,ro none "$1" && shift && '
+                            'exec "$@"', "sh", str(ro), sys.executable, "-c", READ_ONLY_CHECKS, str(ro)],
+                           capture_output=True, text=True, timeout=60)
+    if mount.returncode != 0 and not mount.stdout and ("unshare" in mount.stderr or "mount" in mount.stderr):
+        pytest.skip("a user and mount namespace cannot be made here: {}".format(mount.stderr.strip()))
+    assert mount.returncode == 0, mount.stderr
+    assert mount.stdout.splitlines() == [
+        "cannot write --save_path {}/r.json: folder {} is on a read-only file system".format(ro, ro),
+        "cannot create output folder --save_vis {}/vis: read-only file system".format(ro),
+        "cannot write {}/r.json: read-only file system".format(ro)], mount.stdout
+    assert "(its folder is on a read-only file system)" in mount.stderr and "permission" not in mount.stdout

@@ -32,7 +32,13 @@ from hrnetseg.data.manifest import (
     write_manifest,
 )
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import atomic_path, check_outputs_apart, make_output_folder, remove_stale_temporaries
+from hrnetseg.util.files import (
+    atomic_path,
+    check_outputs_apart,
+    make_output_folder,
+    os_error_reason,
+    remove_stale_temporaries,
+)
 from hrnetseg.util.locks import output_lock
 from hrnetseg.util.processes import default_workers
 from hrnetseg.util.workers import parallel_results
@@ -108,7 +114,8 @@ def _write_bin(path: str, array: np.ndarray) -> None:
         with open(tmp, "wb") as fh:
             fh.write(array.data)
         kill_after = os.environ.get(KILL_AFTER_ENV, "")
-        if kill_after.isdigit() and _files_written_here >= int(kill_after):   # anything else: no test is running
+        # anything but a count in ASCII digits: no test is running
+        if kill_after.isdigit() and kill_after.isascii() and _files_written_here >= int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
     _files_written_here += 1
 
@@ -164,7 +171,7 @@ def _remove_bins(out: str, ids) -> None:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise UserError("cannot remove the outdated {}: {}".format(path, exc.strerror or exc))
+            raise UserError("cannot remove the outdated {}: {}".format(path, os_error_reason(exc)))
 
 
 # --- checks before the work -----------------------------------------------------------------------

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Tuple
 
 from hrnetseg.evaluation.multiscale import (
@@ -14,17 +13,15 @@ from hrnetseg.evaluation.multiscale import (
     UPSTREAM_SCALES,
     TestTimeAugmentation,
 )
+from hrnetseg.util.cli import plain_decimal
 
 
 def scale_list(text: str) -> Tuple[float, ...]:
     """argparse type: comma-separated positive scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75."""
     scales = []
     for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            value = float("nan")
-        if not (math.isfinite(value) and 0 < value <= MAX_SCALE) or part.strip() != part or "_" in part:
+        value = plain_decimal(part)   # ASCII digits only: float() also reads "1_0" and other scripts' digits
+        if value is None or not 0 < value <= MAX_SCALE:
             raise argparse.ArgumentTypeError("expected comma-separated scales in (0, {:g}] such as 0.5,1.0,1.5, "
                                              "got {!r}".format(MAX_SCALE, text))
         scales.append(value)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 from typing import List, Optional, Sequence, Tuple
@@ -135,7 +136,7 @@ def run_model(args: argparse.Namespace, kind: str, folder: str, ids: List[str], 
     threads = shard["threads"] if shard is not None else args.cpu_threads
     backend = load_backend(kind, args.model, device=device, precision=args.precision, preset=args.preset,
                            input_dtype=manifest["dtype"], compile=args.compile, threads=threads,
-                           cpu_fallback=device is not None and device.strip().isdigit())
+                           cpu_fallback=device is not None and re.fullmatch(r"[0-9]+", device.strip()) is not None)
     check_bins_fit_model(manifest, backend, folder, dtype, shape)
     batch = batch_size_for(backend, args.batchsize)
     warmup = args.warmup_count

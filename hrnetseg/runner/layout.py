@@ -56,7 +56,10 @@ def summary_path_for(folder: str) -> str:
 # --- --device 0,1 ----------------------------------------------------------------------------------------
 
 def device_list(text: Optional[str]) -> Optional[List[int]]:
-    """The NPU/GPU ids of `--device 0,1` (None for one device); each an integer 0..255, none twice."""
+    """The NPU/GPU ids of `--device 0,1` (None for one device); each an integer 0..255, none twice. A device
+    written with digits other than ASCII ones (`cuda:\u0661`), one or a list, is refused too."""
+    if text is not None and any(char.isdigit() and not char.isascii() for char in text):
+        raise UserError("--device {!r}: device numbers are written in ASCII digits 0-9".format(text))
     if text is None or "," not in text:
         return None
     parts = [part.strip() for part in text.split(",")]

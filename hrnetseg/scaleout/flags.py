@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections import namedtuple
 from typing import Tuple
 
-from hrnetseg.util.cli import positive_int
+from hrnetseg.util.cli import decimal_number, positive_int
 from hrnetseg.util.errors import UserError
 
 ADDRESS_FORMS = "local, auto, HOST:PORT or ray://HOST:PORT"
@@ -32,26 +33,17 @@ def add_ray_flags(parser: argparse.ArgumentParser, batch_note: str = "") -> None
 
 
 def positive_float(text: str) -> float:
-    value = nonnegative_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("expected a number > 0, got {!r}".format(text))
-    return value
+    return decimal_number(text, 0.0, above=True)
 
 
 def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("expected a number >= 0, got {!r}".format(text))
-    return value
+    return decimal_number(text, 0.0)
 
 
 def host_and_port(address: str) -> Tuple[str, int]:
     """HOST:PORT (a Ray head's GCS address) split; anything else is a one-line error."""
     host, _, port = address.rpartition(":")
-    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host.strip("[]") or not re.fullmatch(r"[0-9]+", port) or not 0 < int(port) < 65536:
         raise UserError("--ray {}: expected {}".format(address, ADDRESS_FORMS))
     return host.strip("[]"), int(port)
 

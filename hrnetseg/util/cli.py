@@ -61,6 +61,25 @@ def whole_number(text: str, minimum: int = 0, maximum: Optional[int] = None, wha
     return int(text)
 
 
+_DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def plain_decimal(text: str) -> Optional[float]:
+    """The value of a plain decimal number written in ASCII (digits, a point, an exponent: 0.5, 1e-3, .75), None
+    for anything else. float() alone also reads "1_0" as 10, " 1", "nan", "inf" and other scripts' digits
+    ("\u0661" as 1), none of which a number typed as a flag or read from a log may be."""
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
+def decimal_number(text: str, minimum: float = 0.0, above: bool = False, what: str = "") -> float:
+    """argparse type body: a plain ASCII decimal number (plain_decimal) >= minimum (> minimum with `above`), finite."""
+    value = plain_decimal(text)
+    if value is None or value == float("inf") or value < minimum or (above and value == minimum):
+        raise argparse.ArgumentTypeError("expected {}, got {!r}".format(
+            what or "a number {} {:g}".format(">" if above else ">=", minimum), text))
+    return value
+
+
 def positive_int(text: str) -> int:
     return whole_number(text, 1, what="a positive integer")
 
