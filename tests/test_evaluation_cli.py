@@ -54,7 +54,8 @@ def test_evaluate_never_writes_its_result_over_the_model(tmp_path, tiny_onnx_pat
     os.symlink(model.name, str(tmp_path / "link.json"))
     nowhere = str(tmp_path / "no_data")          # refused before the data set is looked at
     for flag, path in (("--save_path", model), ("--save_confusion", tmp_path / "link.json")):
-        with pytest.raises(UserError, match="{} {} is the model of this run .*would replace".format(flag, path)):
+        with pytest.raises(UserError, match="{} {} is the model of this run.*: writing it would replace".format(
+                flag, path)):
             evaluate.main(["--datasets_path", nowhere, "--onnx", str(model), flag, str(path)])
     assert model.read_bytes() == tiny_onnx_path.read_bytes()
 

@@ -191,7 +191,7 @@ def test_outputs_apart_from_inputs_by_link_hard_link_and_lock(tmp_path):
         with pytest.raises(UserError, match=fragment):
             check_outputs_apart(outputs, inputs, **kwargs)
 
-    refused({"--save_path": str(model)}, "--save_path .*hrnet.onnx is the model of this run .*would replace")
+    refused({"--save_path": str(model)}, "--save_path .*hrnet.onnx is the model of this run: writing it would replace")
     refused({"--save_path": str(tmp_path / "link.json")}, r"link.json is the model of this run \(.*hrnet.onnx\)")
     refused({"--save_path": str(tmp_path / "hard.json")}, "hard.json is the model")
     refused({"--save_path": str(tmp_path / "sub" / ".." / "a.png")}, "is a label of this run")   # not there yet

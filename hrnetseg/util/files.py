@@ -297,6 +297,7 @@ def remove_stale_temporaries_beside(path: str) -> int:
 
 # --- outputs apart from inputs ----------------------------------------------------------------------------
 
+BREAKS_LOCK = "writing it would break the lock"
 Paths = Union[None, str, Iterable[Optional[str]]]   # one path (str or os.PathLike), several, or none
 
 
@@ -351,29 +352,27 @@ def check_outputs_apart(outputs: Mapping[str, Paths], inputs: Optional[Mapping[s
     from hrnetseg.util.locks import held_lock_paths, lock_path_for  # locks.py builds on this module
 
     resolve = _Resolver()
-    protected: Dict[Tuple, str] = {}
+    protected: Dict[Tuple, Tuple[str, str, str]] = {}   # key -> (what the file is, its name, what writing would do)
 
-    def protect(key: Tuple, description: str) -> None:
-        protected.setdefault(key, description)
+    def protect(path: str, what: str, harm: str) -> None:
+        protected.setdefault(_file_key(path, resolve), (what, path, harm))
 
     for role, paths in (inputs or {}).items():
         for path in _listed(paths):
-            protect(_file_key(path, resolve), "is {} of this run ({}): writing it would replace that input".format(
-                role, path))
+            protect(path, "is {} of this run".format(role), "writing it would replace that input")
     for role, paths in list(outputs.items()) + list((locked or {}).items()):
         for path in _listed(paths):
-            lock = lock_path_for(path)
-            protect(_file_key(lock, resolve), "is the lock file of {} {}: writing it would break the lock".format(
-                role, path))
+            protect(lock_path_for(path), "is the lock file of {} {}".format(role, path), BREAKS_LOCK)
     for lock in held_lock_paths():
-        protect(_file_key(lock, resolve), "is a lock file this run holds ({}): writing it would break the "
-                                          "lock".format(lock))
+        protect(lock, "is a lock file this run holds", BREAKS_LOCK)
     written: Dict[Tuple, str] = {}
     for role, paths in outputs.items():
         for path in _listed(paths):
             key = _file_key(path, resolve)
             if key in protected:
-                raise UserError("{} {} {}; give it another name".format(role, path, protected[key]))
+                what, name, harm = protected[key]
+                shown = "" if os.path.abspath(name) == os.path.abspath(path) else " ({})".format(name)
+                raise UserError("{} {} {}{}: {}; give it another name".format(role, path, what, shown, harm))
             if key in written:
                 raise UserError("{} and {} {} are the same file: give two names".format(written[key], role, path))
             written[key] = "{} {}".format(role, path)
