@@ -343,8 +343,8 @@ def check_outputs_apart(outputs: Mapping[str, Paths], inputs: Optional[Mapping[s
 
     outputs: role -> the file(s) the run writes ("--save_path", "a --save_vis picture"); no two may be one file.
     inputs: role -> the file(s) it reads ("the model", "a label"): the files the run lists, never a folder
-    walked again. locked: role -> the folder outputs it locks. Every output's lock (`<output>.lock`), the
-    lock of each locked folder, and every lock this process holds are protected too.
+    walked again. locked: role -> the folder outputs it locks. The lock (`<output>.lock`) of each output named
+    on its own, of each locked folder, and every lock this process holds are protected too.
     A name is compared by what it is: the same (device, inode) for files that exist (symbolic and hard links
     count), the same resolved path for one that does not exist yet. Raises a one-line UserError naming both
     roles.
@@ -360,7 +360,10 @@ def check_outputs_apart(outputs: Mapping[str, Paths], inputs: Optional[Mapping[s
     for role, paths in (inputs or {}).items():
         for path in _listed(paths):
             protect(path, "is {} of this run".format(role), "writing it would replace that input")
-    for role, paths in list(outputs.items()) + list((locked or {}).items()):
+    # the locks a run takes: one per file output named on its own (`--save_path`), one per locked folder; the
+    # files of a list (pictures, bins) are held through their folder's
+    single = [(role, path) for role, path in outputs.items() if isinstance(path, (str, os.PathLike))]
+    for role, paths in single + list((locked or {}).items()):
         for path in _listed(paths):
             protect(lock_path_for(path), "is the lock file of {} {}".format(role, path), BREAKS_LOCK)
     for lock in held_lock_paths():
