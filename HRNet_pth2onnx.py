@@ -6,14 +6,12 @@ python3 HRNet_pth2onnx.py --pth hrnet.pth --save_path hrnet_any_size.onnx --dyna
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
 from hrnetseg.model.presets import DEFAULT_PRESET, MODEL_INPUT_DTYPES, PRESET_NAMES
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli, whole_number
-from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import check_output_file, remove_stale_temporaries_beside, require_file
+from hrnetseg.util.files import check_output_file, check_outputs_apart, remove_stale_temporaries_beside, require_file
 from hrnetseg.util.locks import output_lock
 
 MAX_SEED = 2 ** 64 - 1   # torch.Generator.manual_seed takes an unsigned 64-bit seed
@@ -67,9 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_output_file(args.save_path, "--save_path")
     if args.pth is not None:
         require_file(args.pth, "checkpoint")
-        if os.path.exists(args.save_path) and os.path.samefile(args.pth, args.save_path):
-            raise UserError("--save_path {} is the checkpoint itself: the export would replace it; give the ONNX "
-                            "file another name".format(args.save_path))
+    check_outputs_apart({"--save_path": args.save_path}, {"the checkpoint": args.pth})
     from hrnetseg.model.export import check_opset, export_onnx, load_model
 
     check_opset(args.opset)

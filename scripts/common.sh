@@ -15,6 +15,11 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { echo "==> $*" >&2; }
 die() { echo "error: $*" >&2; exit 2; }
 
+# A positive integer in ASCII digits. The digits are listed, not a range: what a range such as 0-9 takes depends on
+# the locale's collation in some C libraries, and other scripts' digits (U+0661, a superscript two) are no number
+# the tools that get the value read.
+POSITIVE_INT='^[123456789][0123456789]*$'
+
 # step CMD...: log the command, run it, and on failure print it (expanded) with its run time and exit with
 # its status.
 step() {
@@ -48,7 +53,7 @@ failed() {
 PROBE_OUTPUT=""
 probe() {
   local limit="${HRNETSEG_PROBE_TIMEOUT:-30}" rc=0 out
-  [[ "${limit}" =~ ^[1-9][0-9]*$ ]] || die "HRNETSEG_PROBE_TIMEOUT takes a whole number of seconds, not '${limit}'"
+  [[ "${limit}" =~ ${POSITIVE_INT} ]] || die "HRNETSEG_PROBE_TIMEOUT takes a whole number of seconds, not '${limit}'"
   out="$(mktemp)"
   timeout --kill-after=5 "${limit}" "$@" > "${out}" 2>&1 < /dev/null || rc=$?
   # shellcheck disable=SC2034  # read by the script that called probe
@@ -178,13 +183,13 @@ require_output_folder() {
   [ ! -e "$2" ] || [ -d "$2" ] || die "$1 $2 exists and is not a folder"
 }
 
-# require_positive_ints FLAG VALUE...: die unless every value is a positive integer.
+# require_positive_ints FLAG VALUE...: die unless every value is a positive integer in ASCII digits.
 require_positive_ints() {
   local flag="$1" value
   shift
   [ $# -gt 0 ] || die "${flag} is empty"
   for value in "$@"; do
-    [[ "${value}" =~ ^[1-9][0-9]*$ ]] || die "${flag} takes positive integers, not '${value}'"
+    [[ "${value}" =~ ${POSITIVE_INT} ]] || die "${flag} takes positive integers (ASCII digits), not '${value}'"
   done
 }
 

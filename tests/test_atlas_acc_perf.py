@@ -123,13 +123,23 @@ def test_table_row_never_shows_a_zero_throughput_or_a_bad_miou(tmp_path):
     assert acc_perf.table_row(1, "ais_bench", "npu:0", 0.004, acc_perf.miou(str(result))) == \
         "| 1 | ais_bench | npu:0 | 0.004 | 65.26% |"
     assert figures.format_fps(37.456) == "37.46"
-    for bad in ('{"mIoU": null}', '{"mIoU": 1.5}', '{"mIoU": "0.5"}', '{"mean_Iou": 0.5}', "[0.5]", "{"):
+    for bad in ('{"mIoU": null}', '{"mIoU": 1.5}', '{"mIoU": "0.5"}', '{"mean_Iou": 0.5}', "[0.5]", "{",
+                "[" * 100000 + "]" * 100000):
         result.write_text(bad)
         with pytest.raises(UserError, match="result"):
             acc_perf.miou(str(result))
+    summary = tmp_path / "bs1_summary.json"   # the runner summary that names the device
+    summary.write_text('{"device": ' * 100000 + '"cpu"' + "}" * 100000)
+    with pytest.raises(UserError, match="runner summary .* deeper than 100 levels"):
+        acc_perf.summary_device(str(summary))
     assert_user_error(run_script(["-m", "hrnetseg.atlas.acc_perf", "row", "--batch", "1", "--backend", "x",
                                   "--device", "d",
                                   "--fps", "nan", "--result", result]), "--fps")
+    result.write_text(json.dumps({"mIoU": 0.5}))
+    with pytest.raises(UserError, match="--record {} is the result of this run".format(result)):
+        acc_perf.main(["row", "--batch", "1", "--backend", "x", "--device", "d", "--fps", "5", "--result",
+                       str(result), "--record", str(result)])
+    assert json.loads(result.read_text()) == {"mIoU": 0.5}
 
 
 def test_the_row_counts_real_images_not_the_padding(tmp_path, tiny_prep_path):
@@ -243,6 +253,9 @@ def test_a_device_list_ais_bench_would_split_wrongly_is_refused_before_inference
             acc_perf.main(check + [device])
     assert acc_perf.main(check + ["1,0"]) == 0 and "split 3+2 across 2 devices" in capsys.readouterr().err
     assert acc_perf.main(check + ["cuda:1"]) == 0 and "pads and counts" in capsys.readouterr().err   # one device
+    for device in ("\u0661", "0,\u0661", "cuda:\u0661"):   # an Arabic-Indic one: no device ais_bench knows
+        with pytest.raises(UserError, match="device numbers are written in ASCII digits"):
+            acc_perf.main(check + [device])
 
 
 @pytest.mark.parametrize("damage, match", [
@@ -251,6 +264,8 @@ def test_a_device_list_ais_bench_would_split_wrongly_is_refused_before_inference
     (lambda res: (res / "device1_summary.json").write_text(json.dumps({"throughput": "20"})),
      "device1_summary.json holds throughput '20', not a positive number"),
     (lambda res: (res / "device1_summary.json").write_text("{"), "device1_summary.json is not JSON"),
+    (lambda res: (res / "device1_summary.json").write_text("[" * 100000 + "]" * 100000),
+     "device1_summary.json nests arrays or objects deeper than 100 levels"),
     (lambda res: (res / "device1_summary.json").unlink(), "device summary not found"),
     (lambda res: (res / "device1_summary.json").write_text(json.dumps({"throughput": 20.0, "device": ""})),
      "names no device"),
@@ -258,7 +273,7 @@ def test_a_device_list_ais_bench_would_split_wrongly_is_refused_before_inference
     (lambda res: [mark_run(res, d, "r{}".format(d)) for d in (0, 1)],
      "device folders .*device0 and .*device1 are from different runs \\(run r0 and r1\\)"),
     (lambda res: mark_run(res, 1, "r1"), "device folders .*device1 and .*device0 are not one run"),
-], ids=["stale", "string", "not_json", "missing", "no_device", "no_shards", "other_run", "ids_missing"])
+], ids=["stale", "string", "not_json", "deep", "missing", "no_device", "no_shards", "other_run", "ids_missing"])
 def test_device_summaries_that_are_not_this_run_are_one_line(damage, match, tmp_path):
     res = _shards(tmp_path / "bs4", [10.0, 20.0], [3, 2])
     damage(res)

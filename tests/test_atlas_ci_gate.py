@@ -73,9 +73,13 @@ def test_a_failing_gate_names_each_batch_size_and_still_writes_the_report(tmp_pa
     (["--min_fps", "0:9"], "BATCH:FPS"),
     (["--min_fps", "4:-1"], "BATCH:FPS"),
     (["--min_fps", "١:9"], "BATCH:FPS"),
+    (["--min_fps", "1:\u0669"], "BATCH:FPS"),
+    (["--min_miou", "\u0668\u0660"], "percentage from 0 to 100"),
+    (["--min_miou", "8_0"], "percentage from 0 to 100"),
     (["--min_fps", " "], "BATCH:FPS"),
     (["--min_fps", "8:1"], "floor for batch size 8"),
-], ids=["fraction", "over_100", "nan", "twice", "zero_batch", "negative", "other_digits", "empty", "unknown_batch"])
+], ids=["fraction", "over_100", "nan", "twice", "zero_batch", "negative", "other_digits", "other_digits_fps",
+        "other_digits_miou", "underscore_miou", "empty", "unknown_batch"])
 def test_gate_flags_are_refused_in_one_line(args, fragment, capsys):
     gate_refuses(capsys, fragment, "check", "--batch_sizes", "1 4", *args)
 
@@ -87,9 +91,11 @@ def test_a_report_path_that_cannot_be_written_and_damaged_rows(tmp_path, capsys)
     (tmp_path / "file").write_text("")
     gate_refuses(capsys, "is a file", "check", "--batch_sizes", "1", "--junit", tmp_path / "file" / "r.xml")
     row = tmp_path / "bs1.json"
-    for content in ('{"batch": 1, "fps": NaN, "miou": 0.5}', '{"batch": true, "fps": 1, "miou": 0.5}', "[]", ""):
+    for content in ('{"batch": 1, "fps": NaN, "miou": 0.5}', '{"batch": true, "fps": 1, "miou": 0.5}', "[]", "",
+                    "[" * 100000 + "]" * 100000):
         row.write_text(content)
         gate_refuses(capsys, str(row), "judge", "--min_miou", "50", row)
+    gate_refuses(capsys, "--junit {} is a table row of this run".format(row), "judge", "--junit", row, row)
 
 
 def test_a_report_path_that_would_replace_other_files_is_refused(tmp_path, capsys):
@@ -105,6 +111,9 @@ def test_a_report_path_that_would_replace_other_files_is_refused(tmp_path, capsy
     check = ["check", "--batch_sizes", "1", "--written"] + written + ["--junit"]
     gate_refuses(capsys, "one of the files which", *check, written[1])
     gate_refuses(capsys, "inside {},".format(written[0]), *check, written[0] / "manifest.json")
+    # the run's own lock (eval_acc_perf.sh removes the report's path first: that deleted the lock mid-run)
+    gate_refuses(capsys, "--junit {0}.lock is the lock file of the output of eval_acc_perf.sh {0}".format(written[1]),
+                 *check, str(written[1]) + ".lock")
     (tmp_path / "eval").mkdir()
     os.symlink(str(written[1]), str(tmp_path / "link.xml"))   # a link to the result is the result
     gate_refuses(capsys, "one of the files which", *check, tmp_path / "link.xml")

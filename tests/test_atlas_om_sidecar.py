@@ -73,8 +73,9 @@ def test_bins_that_do_not_fit_the_om_are_one_line(changes, batch, match, om, tin
 @pytest.mark.parametrize("content, match", [
     (b"", ".om sidecar .*json is not JSON"),
     (b"{not json", "is not JSON"),
-    (b"\xff\xfe", "is not JSON"),
-    (b"[1, 2]", "holds no JSON object"),
+    (b"\xff\xfe", "is not UTF-8 text"),
+    (b"[1, 2]", "holds an array where an object belongs"),
+    (b"[" * 100000 + b"]" * 100000, "nests arrays or objects deeper than 100 levels"),
     (b'{"batch": 4}', "height, width, input_format, input_dtype missing"),
     (b'{"batch": "4", "height": 64, "width": 128, "input_format": "NCHW", "input_dtype": "float32"}',
      "batch is '4', not a positive integer"),
@@ -84,7 +85,7 @@ def test_bins_that_do_not_fit_the_om_are_one_line(changes, batch, match, om, tin
     (b'{"batch": 4, "height": 64, "width": 128, "input_format": "NCHW", "input_dtype": "float64"}',
      "input_dtype is 'float64'"),
     (b'{"batch": 4, "height": 64, "width": 128, "input_format": 1, "input_dtype": "float32"}', "input_format is 1"),
-], ids=["empty", "not_json", "not_utf8", "list", "keys", "string", "bool", "zero", "dtype", "format"])
+], ids=["empty", "not_json", "not_utf8", "list", "deep", "keys", "string", "bool", "zero", "dtype", "format"])
 def test_damaged_sidecars_are_one_line(content, match, om, tiny_prep_path):
     Path(str(om) + ".json").write_bytes(content)
     with pytest.raises(UserError, match=match):
@@ -103,3 +104,12 @@ def test_a_sidecar_that_is_not_a_regular_file_is_never_opened(om, tiny_prep_path
                          "--input_dtype", "float32"], timeout=60)
     assert_user_error(result, "not a regular file")                  # never replaced either
     assert sidecar.is_fifo()
+
+
+def test_a_sidecar_name_that_links_to_the_om_is_never_written_into_it(om):
+    before = om.read_bytes()
+    os.remove(str(om) + ".json")
+    os.symlink(om.name, str(om) + ".json")
+    with pytest.raises(UserError, match="the sidecar {}.json is the .om of this run".format(om)):
+        om_sidecar.write_sidecar(str(om), 4, TINY_HEIGHT, TINY_WIDTH, "float32")
+    assert om.read_bytes() == before

@@ -64,3 +64,13 @@ def test_a_batch_too_large_for_memory_is_one_line():
     with pytest.raises(UserError, match=r"not enough memory for a batch of 10000000000000 x 3x{}x{} float32 "
                                         r"\(.* GB\): choose a smaller --batchsize".format(TINY_HEIGHT, TINY_WIDTH)):
         batching.pad_batch([], 10 ** 13, (3, TINY_HEIGHT, TINY_WIDTH), np.float32)
+
+
+def test_a_device_number_is_ascii_digits():
+    """re's \\d takes an Arabic-Indic one, which int() reads as 1: --device cuda:\u0661 ran on GPU 1."""
+    from hrnetseg.backends import parse_device
+
+    assert parse_device("cuda:1") == ("cuda", 1) and parse_device("2") == ("cuda", 2)
+    for device in ("cuda:\u0661", "\u0661", "gpu\u00b2"):
+        with pytest.raises(UserError, match="--device must be cpu, cuda, cuda:N or a GPU number N"):
+            parse_device(device)

@@ -19,7 +19,7 @@ def test_read_manifest_errors(tmp_path):
     with pytest.raises(UserError, match="no manifest.json"):
         read_manifest(str(tmp_path))
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="is not JSON"):
         read_manifest(str(tmp_path))
     (tmp_path / "manifest.json").write_text(json.dumps({"ids": []}))
     with pytest.raises(UserError, match="not a usable preprocess manifest: keys shape, .* missing"):
@@ -27,9 +27,9 @@ def test_read_manifest_errors(tmp_path):
 
 
 @pytest.mark.parametrize("content,fragment", [
-    ("{not json", "cannot read"),
-    ("[" * 100000, "cannot read"),
-    (b"\xff\xfe{}", "cannot read"),
+    ("{not json", "is not JSON (damaged or cut short"),
+    ("[" * 100000 + "]" * 100000, "nests arrays or objects deeper than 100 levels"),
+    (b"\xff\xfe{}", "is not UTF-8 text (byte 0xff at offset 0)"),
     ([], "holds a JSON list instead of an object"),
     ('{"ids": []}', "keys shape, dtype, layout, normalization, split are missing"),
     ({"format": "ais_bench"}, "format is 'ais_bench'"),

@@ -118,3 +118,21 @@ def test_a_symlinked_bin_is_replaced_never_written_through(tiny_data_root, tiny_
     for sample_id in ids[:3]:
         path = out / (sample_id + ".bin")
         assert not path.is_symlink() and path.read_bytes() == (tiny_prep_path / (sample_id + ".bin")).read_bytes()
+
+
+def test_a_manifest_that_is_a_source_image_or_a_lock_is_refused_before_any_work(tiny_data_root, tmp_path):
+    """manifest.json is written through a symbolic link: one to a source image (or the folder's own lock, which
+    the run holds) would be replaced. Refused before any bin is made, naming both."""
+    image = find_images(tiny_data_root)[0].image
+    before = open(image, "rb").read()
+    out = tmp_path / "prep"
+    out.mkdir()
+    os.symlink(image, str(out / "manifest.json"))
+    with pytest.raises(UserError, match="the manifest {} is a source image of this run \\({}\\)".format(
+            out / "manifest.json", image)):
+        preprocess.preprocess(str(tiny_data_root), str(out), workers=1, log=quiet)
+    (out / "manifest.json").unlink()
+    os.symlink(lock_path_for(str(out)), str(out / "manifest.json"))
+    with pytest.raises(UserError, match="is the lock file of --save_path"):
+        preprocess.preprocess(str(tiny_data_root), str(out), workers=1, log=quiet)
+    assert open(image, "rb").read() == before and sorted(os.listdir(str(out))) == ["manifest.json"]

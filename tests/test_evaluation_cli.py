@@ -21,6 +21,7 @@ from helpers import (
     TINY_WIDTH,
     assert_user_error,
     cut_label_short,
+    find_images,
     lock_held_elsewhere,
     refused_by_argparse,
     run_in_process,
@@ -51,7 +52,7 @@ def test_evaluate_refuses_output_files_that_are_not_regular_before_any_work(tmp_
         for flag in ("--save_path", "--save_confusion"):
             with pytest.raises(UserError, match="cannot write {} {}: it is {}".format(flag, path, what)):
                 evaluate.main(["--datasets_path", nowhere, "--onnx", str(tiny_onnx_path), flag, str(path)])
-    with pytest.raises(UserError, match="name the same file"):
+    with pytest.raises(UserError, match="are the same file: give two names"):
         evaluate.main(["--datasets_path", nowhere, "--onnx", str(tiny_onnx_path), "--save_path",
                        str(tmp_path / "r"), "--save_confusion", str(tmp_path / "." / "r")])
 
@@ -63,9 +64,33 @@ def test_evaluate_never_writes_its_result_over_the_model(tmp_path, tiny_onnx_pat
     os.symlink(model.name, str(tmp_path / "link.json"))
     nowhere = str(tmp_path / "no_data")          # refused before the data set is looked at
     for flag, path in (("--save_path", model), ("--save_confusion", tmp_path / "link.json")):
-        with pytest.raises(UserError, match="{} {} is the model file itself".format(flag, path)):
+        with pytest.raises(UserError, match="{} {} is the model of this run.*: writing it would replace".format(
+                flag, path)):
             evaluate.main(["--datasets_path", nowhere, "--onnx", str(model), flag, str(path)])
     assert model.read_bytes() == tiny_onnx_path.read_bytes()
+
+
+def test_evaluate_never_writes_over_an_image_or_label_or_its_own_lock(tmp_path, tiny_data_root, tiny_onnx_path,
+                                                                      monkeypatch):
+    """--save_path pointed at a label PNG replaced the label: an image or label of the run, named directly,
+    through a symbolic link or as a hard link, and the lock file of the other output, are refused before the
+    model loads."""
+    monkeypatch.setattr(evaluate, "load_backend", lambda *a, **k: pytest.fail("the model was loaded"))
+    sample = find_images(tiny_data_root)[0]
+    label_bytes, image_bytes = Path(sample.label).read_bytes(), Path(sample.image).read_bytes()
+    os.symlink(sample.image, str(tmp_path / "image_link.npz"))
+    os.link(sample.label, str(tmp_path / "label_hard_link.json"))
+    base = ["--datasets_path", str(tiny_data_root), "--onnx", str(tiny_onnx_path)]
+    for flags, fragment in (
+            (["--save_path", sample.label], "--save_path {} is a label of this run".format(sample.label)),
+            (["--save_confusion", str(tmp_path / "image_link.npz")], "is an image of this run ({})".format(
+                sample.image)),
+            (["--save_path", str(tmp_path / "label_hard_link.json")], "is a label of this run"),
+            (["--save_path", str(tmp_path / "r.json"), "--save_confusion", str(tmp_path / "r.json.lock")],
+             "--save_confusion {}.lock is the lock file of --save_path".format(tmp_path / "r.json"))):
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            evaluate.main(base + flags)
+    assert Path(sample.label).read_bytes() == label_bytes and Path(sample.image).read_bytes() == image_bytes
 
 
 def test_evaluate_locks_its_output_files(tmp_path, tiny_data_root, tiny_onnx_path, monkeypatch):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hrnetseg.data.cityscapes import CLASS_NAMES
 from hrnetseg.evaluation import metrics
 from hrnetseg.evaluation.metrics import ConfusionMatrix
 from hrnetseg.util.errors import UserError
+from hrnetseg.util.locks import lock_path_for, output_lock
 
 from helpers import assert_user_error, run_script, strict
 
@@ -194,5 +196,23 @@ def test_merge_refuses_damaged_shards(tmp_path):
     fifo_out = run_script(["-m", "hrnetseg.metrics", "merge", good, "--save_path", tmp_path / "fifo.npz"])
     assert_user_error(fifo_out, "cannot write --save_path", "FIFO")
     itself = run_script(["-m", "hrnetseg.metrics", "merge", good, "--save_path", good])
-    assert_user_error(itself, "--save_path {} is one of the shards".format(good))
+    assert_user_error(itself, "--save_path {} is a shard of this run".format(good))
+    os.symlink(str(good), str(tmp_path / "link.json"))   # through a link
+    with pytest.raises(UserError, match=re.escape("is a shard of this run ({})".format(good))):
+        metrics.main(["merge", str(good), "--save_path", str(tmp_path / "link.json")])
+    with output_lock(str(tmp_path / "table.json")):   # as a script that holds its outputs' locks runs it
+        with pytest.raises(UserError, match="is a lock file this run holds"):
+            metrics.main(["merge", str(good), "--save_path", lock_path_for(str(tmp_path / "table.json"))])
     assert zipfile.is_zipfile(str(good))
+
+
+def test_a_shard_that_unpacks_far_beyond_its_size_is_refused_before_it_is_unpacked(tmp_path, monkeypatch):
+    """The archive's members are sized from its directory: a small compressed file that would unpack to more than
+    the reader's cap never reaches np.load."""
+    fields = dict(matrix=np.zeros((19, 19), np.int64), images=np.int64(0), ids=np.array([], dtype=np.str_),
+                  skipped=np.zeros(100000, dtype="<U8"), class_names=np.array(cityscapes.CLASS_NAMES))
+    np.savez_compressed(str(tmp_path / "packed.npz"), **fields)
+    monkeypatch.setattr(metrics, "MAX_BYTES", 1024 * 1024)
+    assert (tmp_path / "packed.npz").stat().st_size < 100000
+    with pytest.raises(UserError, match=r"packed.npz is not a .*\(its arrays unpack to 32\d+ bytes, more than 1 MiB"):
+        metrics.ConfusionMatrix.load(str(tmp_path / "packed.npz"))

@@ -200,7 +200,9 @@ def test_flags_parse_and_refuse_bad_values():
     for flag, value in (("--scales", ""), ("--scales", "0"), ("--scales", "-1"), ("--scales", "nan"),
                         ("--scales", "inf"), ("--scales", "1,1.0"), ("--scales", "1,,2"), ("--scales", "1e9"),
                         ("--crop_size", "1024"), ("--crop_size", "0,5"), ("--crop_size", "a,b"),
-                        ("--crop_size", "1,2,3"), ("--base_size", "0"), ("--base_size", "-5"), ("--base_size", "1.5")):
+                        ("--crop_size", "1,2,3"), ("--base_size", "0"), ("--base_size", "-5"), ("--base_size", "1.5"),
+                        ("--scales", "0.5,\u0661.5"), ("--scales", "1_0"), ("--scales", "\u00b2"),
+                        ("--crop_size", "\u0661,2"), ("--base_size", "\u0661\u0662\u0668")):
         with pytest.raises(SystemExit):
             parser.parse_args([flag, value])
     # numbers in ASCII digits only, sides bounded (a float must hold every size they make)

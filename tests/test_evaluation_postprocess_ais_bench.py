@@ -145,6 +145,8 @@ def test_each_shard_reads_its_own_summary_for_the_dtype(logits, gt, tmp_path):
     path = res / "device1_summary.json"
     path.write_text(json.dumps(dict(json.loads(path.read_text()), output_dtype="float32")))
     refused("device1.* has .* bytes of data, not .* as float32", res, gt)
+    path.write_text('{"output_dtype": ' * 100000 + '"float16"' + "}" * 100000)
+    refused("runner summary .*device1_summary.json nests arrays or objects deeper than 100 levels", res, gt)
 
 
 def test_each_shard_holds_its_labels_to_the_images_its_summary_names(logits, gt, tmp_path, monkeypatch):

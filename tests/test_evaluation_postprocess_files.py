@@ -157,8 +157,9 @@ def test_float16_outputs_by_flag_by_summary_and_by_size(half, gt, half_reference
             output_dtype="float32")
     summary.write_text(json.dumps({"throughput": 5.0}))      # ais_bench's summary: no dtype, nothing known
     assert evaluate(res, gt, output_dtype="float16") == reference
-    for text, match in (("[1", "cannot read the runner summary"), ("[1]", "not a JSON object"),
-                        ('{"output_dtype": "int8"}', "output_dtype 'int8'"), ("\xff", "cannot read")):
+    for text, match in (("[1", "runner summary .* is not JSON .*; repair or remove it"),
+                        ("[1]", "holds an array where an object belongs"),
+                        ('{"output_dtype": "int8"}', "output_dtype 'int8'"), ("\xff", "is not UTF-8 text")):
         summary.write_bytes(text.encode("latin-1"))
         refused(match, res, gt)
     summary.unlink()
@@ -411,11 +412,11 @@ def test_outputs_that_are_not_regular_files_are_refused_before_any_work(gt, samp
         refused("--{} {}.*{}".format(flag, path, match), sample_results_path, gt, save_pred=str(pred),
                 **{flag: str(path)})
         assert not pred.exists()                           # refused before any work
-    refused("--save_path and --save_confusion are the same file", sample_results_path, gt,
+    refused("--save_path .*r.json and --save_confusion .*r.json are the same file", sample_results_path, gt,
             save_path=str(tmp_path / "r.json"), save_confusion=str(tmp_path / "r.json"))
     res = _outputs_copy(sample_results_path, tmp_path / "bs1")
     output = res / "{}_1.bin".format(output_ids(res)[0])
-    refused("--save_confusion {} is one of the inputs".format(output), res, gt, save_confusion=str(output))
+    refused("--save_confusion {} is a model output of this run".format(output), res, gt, save_confusion=str(output))
     assert output.stat().st_size == F32
     split = run_script([SCRIPT, "--res_path", sample_results_path, "--data_path", gt.parents[1], "--split", "../val"])
     assert_user_error(split, "--split", "plain name")
@@ -446,3 +447,32 @@ def test_a_second_run_on_the_same_result_stops_at_once(gt, sample_results_path, 
     evaluate(sample_results_path, gt, save_path=str(out), save_vis=str(tmp_path / "vis"))
     assert out.exists() and not os.path.exists(lock_path_for(str(out)))
     assert not os.path.exists(lock_path_for(str(tmp_path / "vis")))
+
+
+def test_no_result_or_picture_replaces_an_input_or_a_lock(gt, sample_results_path, tmp_path):
+    """--save_path pointed at a label PNG replaced the label. A label, a photo (through a --save_vis picture that
+    links to it), the runner summary and the lock of a picture folder are each refused before anything is
+    written, naming both roles."""
+    res = _outputs_copy(sample_results_path, tmp_path / "bs1")
+    labels = _labels_copy(gt, tmp_path)
+    label = sorted(labels.rglob("*_gtFine_labelIds.png"))[0]
+    sample_id = label.name[:-len("_gtFine_labelIds.png")]
+    before = {path: path.read_bytes() for path in (label, *res.iterdir())}
+    summary = Path(str(res) + "_summary.json")
+    summary.write_text(json.dumps({"output_dtype": "float32"}))
+    vis = tmp_path / "vis"
+    vis.mkdir()
+    os.symlink(str(label), str(vis / (sample_id + "_color.png")))
+    for match, kwargs in (
+            ("--save_path {} is a label of this run".format(label), dict(save_path=str(label))),
+            ("a --save_vis picture {} is a label of this run \\({}\\)".format(vis / (sample_id + "_color.png"), label),
+             dict(save_vis=str(vis))),
+            ("--save_confusion {} is a runner summary of this run".format(summary), dict(save_confusion=str(summary))),
+            ("--save_path {} is the lock file of --save_pred".format(lock_path_for(str(tmp_path / "pred"))),
+             dict(save_pred=str(tmp_path / "pred"), save_path=lock_path_for(str(tmp_path / "pred"))))):
+        refused(match, res, labels.parents[1], **kwargs)
+    assert all(path.read_bytes() == data for path, data in before.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bs1", "bs1_summary.json", "cityscapes", "vis"]
+    result = run_script([SCRIPT, "--res_path", res, "--data_path", labels, "--save_path", label])
+    assert_user_error(result, "--save_path {} is a label of this run".format(label))
+    assert label.read_bytes() == before[label]

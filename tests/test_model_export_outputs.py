@@ -12,6 +12,7 @@ import pytest
 import HRNet_pth2onnx as pth2onnx
 import performance_optimize_resize as resize_script
 from hrnetseg.graph import structure
+from hrnetseg.util.locks import lock_path_for, output_lock
 
 from helpers import EXPORT_ARGS, assert_user_error, lock_held_elsewhere, save_state
 from helpers import run_in_process as cli
@@ -48,8 +49,21 @@ def test_the_checkpoint_itself_is_refused_as_the_output(tmp_path, capsys, offici
     before = (tmp_path / "hrnet.pth").read_bytes()
     for out in (pth, link):
         assert_user_error(cli(pth2onnx.main, ["--pth", pth, "--save_path", out] + EXPORT_ARGS, capsys),
-                          "is the checkpoint itself")
+                          "--save_path {} is the checkpoint of this run".format(out))
     assert (tmp_path / "hrnet.pth").read_bytes() == before
+
+
+@pytest.mark.parametrize("script", ["export", "rewrite"])
+def test_an_output_that_is_a_lock_the_run_holds_is_refused(tmp_path, capsys, tiny_pth_path, tiny_copy, script):
+    """A script that holds its outputs' locks runs the step: writing one of those lock files would let a second
+    run in. (The rewrite's OUT may be IN, the ModelZoo form; anything else is an output like any other.)"""
+    held = str(tmp_path / "models")
+    with output_lock(held):
+        if script == "export":
+            result = cli(pth2onnx.main, export_argv(tiny_pth_path, lock_path_for(held)), capsys)
+        else:
+            result = cli(resize_script.main, [tiny_copy, lock_path_for(held)], capsys)
+    assert_user_error(result, "{} is a lock file this run holds".format(lock_path_for(held)))
 
 
 @pytest.mark.parametrize("script", ["export", "rewrite"])

@@ -343,12 +343,30 @@ def test_outputs_that_would_share_a_name_and_the_output_inside_an_input_folder(t
         run_predict(tiny_pth_path, [top], top)
     cv2().imwrite(str(top / "b_overlay.png"), picture(9, TINY_HEIGHT, TINY_WIDTH))
     cv2().imwrite(str(tmp_path / "b.png"), picture(9, TINY_HEIGHT, TINY_WIDTH))
-    with pytest.raises(UserError, match="the output .*b_overlay.png of .*b.png is the input"):
+    with pytest.raises(UserError, match="the output .*b_overlay.png is the input of this run"):
         run_predict(tiny_pth_path, [top / "b_overlay.png", tmp_path / "b.png"], top)
     (top / "b_overlay.png").unlink()
     for _ in range(2):   # the outputs inside the input folder are not taken as inputs on the rerun
         assert run_predict(tiny_pth_path, [top], top / "predictions") == 0
     assert sorted(p.name for p in (top / "predictions").iterdir()) == ["a_overlay.png"]
+
+
+def test_overwrite_through_a_symlinked_output_never_replaces_the_model(tmp_path, tiny_pth_path, monkeypatch):
+    """predict --overwrite through an output that linked to the model replaced the model being run: an output
+    that is the model, or an input, through a symbolic or a hard link, is refused before the model loads."""
+    monkeypatch.setattr(predict, "load_backend", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    model, image, out = tmp_path / "hrnet.pth", tmp_path / "a.png", tmp_path / "out"
+    model.write_bytes(tiny_pth_path.read_bytes())
+    cv2().imwrite(str(image), picture(11, TINY_HEIGHT, TINY_WIDTH))
+    out.mkdir()
+    os.symlink(str(model), str(out / "a_overlay.png"))
+    with pytest.raises(UserError, match="the output {} is the model of this run".format(out / "a_overlay.png")):
+        run_predict(model, [image], out, "--overwrite")
+    (out / "a_overlay.png").unlink()
+    os.link(str(image), str(out / "a_overlay.png"))
+    with pytest.raises(UserError, match="the output .*a_overlay.png is the input of this run"):
+        run_predict(model, [image], out, "--overwrite")
+    assert model.read_bytes() == tiny_pth_path.read_bytes()
 
 
 def test_a_second_run_into_the_output_is_refused_and_leftovers_are_removed(tmp_path, tiny_pth_path, colour_model):

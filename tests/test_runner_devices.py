@@ -139,6 +139,25 @@ def test_device_summaries_record_one_run_and_the_model(two_devices, tiny_onnx_pa
     assert runs["one"].stdout.splitlines()[0] == "[INFO] output path:{}".format(out / "one")
 
 
+def test_a_damaged_device_part_or_report_is_one_line_or_a_failed_device(tmp_path, stub, tiny_prep_path):
+    """The files between the parent of --device 0,1 and its device processes go through the one reader: a part
+    nested 100000 deep, cut short or of wrong types is one line naming it; such a report is a failed device."""
+    from hrnetseg.runner import multi_device
+
+    model, part = tmp_path / "model.onnx", tmp_path / "shard0.json"
+    model.write_bytes(b"stand-in")
+    for content, fragment in (("[" * 100000 + "]" * 100000, "nests arrays or objects deeper than 100 levels"),
+                              ('{"index": 0', "is not JSON"), (json.dumps({"index": "0"}), "has no 'device'")):
+        part.write_text(content)
+        with pytest.raises(UserError, match="device part {} {}".format(part, re.escape(fragment))):
+            run_infer(model, tiny_prep_path, None, "--shard", part)
+    assert not stub.loaded
+    report = tmp_path / "report0.json"
+    for content in ("[" * 100000 + "]" * 100000, '{"throughput": "9", "start_time": 0, "end_time": 1}'):
+        report.write_text(content)
+        assert multi_device._read_report(str(report)) is None
+
+
 def test_device_layout_refusals(tmp_path, tiny_onnx_path, tiny_prep_path):
     def refused(dirname, device, message):
         with pytest.raises(UserError, match=message):
@@ -146,6 +165,8 @@ def test_device_layout_refusals(tmp_path, tiny_onnx_path, tiny_prep_path):
                         "--output_dirname", dirname, "--device", device])
 
     refused("many", "0,1,2,3,4,5", r"5 images for 6 devices: in parts of ceil\(5/6\) = 1 images, device 5 gets none")
+    for device in ("0,\u0661", "cuda:\u0661", "\u0661"):   # \d and int() take an Arabic-Indic one as 1
+        refused("odd", device, "device numbers are written in ASCII digits 0-9")
     (tmp_path / "mixed").mkdir()
     (tmp_path / "mixed" / "x_1.bin").write_bytes(b"x")   # a one-device run's output beside the device folders
     refused("mixed", "0,1", "holds x_1.bin from an earlier run")

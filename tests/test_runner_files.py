@@ -196,6 +196,30 @@ def test_infer_refusals_before_the_model_loads(tmp_path, tiny_onnx_path, tiny_pr
     assert not any((tmp_path / "out").rglob("*.bin"))
 
 
+def test_no_output_or_summary_replaces_the_model_a_bin_or_the_manifest(tmp_path, tiny_onnx_path, prep_copy, stub):
+    """An output file or the summary that links to (or is a hard link of) the model, a bin or the manifest would
+    be written through: refused before the model loads, naming both."""
+    model = tmp_path / "hrnet.onnx"
+    shutil.copy(str(tiny_onnx_path), str(model))
+    first = manifest_ids(prep_copy)[0]
+    folder = tmp_path / "out" / "bs"
+    folder.mkdir(parents=True)
+    before = {path: path.read_bytes() for path in (model, prep_copy / "manifest.json", prep_copy / (first + ".bin"))}
+    cases = ((folder / (first + "_1.bin"), model, "the output file {} is the model of this run"),
+             (folder / (first + "_0.bin"), prep_copy / (first + ".bin"), "the output file {} is an input file of"),
+             (tmp_path / "out" / "bs_summary.json", prep_copy / "manifest.json", "the summary {} is the preprocess "
+                                                                                "manifest of this run"))
+    for link, target, fragment in cases:
+        os.symlink(str(target), str(link))
+        with pytest.raises(UserError, match=fragment.format(link)):
+            run_infer(model, prep_copy, tmp_path / "out")
+        link.unlink()
+    os.link(str(model), str(folder / (first + "_1.bin")))
+    with pytest.raises(UserError, match="is the model of this run"):
+        run_infer(model, prep_copy, tmp_path / "out")
+    assert not stub.loaded and all(path.read_bytes() == data for path, data in before.items())
+
+
 def test_infer_command_line_refusals(tmp_path, tiny_onnx_path, tiny_prep_path, stub, capsys):
     base = ["--model", tiny_onnx_path, "--input", tiny_prep_path, "--output", tmp_path]
     refused_by_argparse(infer.main, base + ["--preset", "w18"], capsys, "--preset", "invalid choice")

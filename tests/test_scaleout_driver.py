@@ -236,11 +236,12 @@ def test_ray_flags_are_refused_in_one_line(capsys, tiny_data_root, tiny_onnx_pat
         evaluate.main(base + ["--ray_workers", "2"])
     with pytest.raises(UserError, match="--ray is empty"):
         evaluate.main(base + ["--ray", " "])
-    for address in ("nohost", "host:99999", ":6379", "host:"):
+    for address in ("nohost", "host:99999", ":6379", "host:", "host:\u0666379", "host:6379\u00b2"):
         with pytest.raises(UserError, match="expected local, auto, HOST:PORT"):
             evaluate.main(base + ["--ray", address])
     for flag, value in (("--ray_workers", "0"), ("--ray_cpus_per_worker", "0"), ("--ray_gpus_per_worker", "nan"),
-                        ("--ray_batch_images", "-1")):
+                        ("--ray_batch_images", "-1"), ("--ray_cpus_per_worker", "\u0662"),
+                        ("--ray_gpus_per_worker", "1_0")):
         with pytest.raises(SystemExit) as caught:
             evaluate.main(base + ["--ray", "local", flag, value])
         assert caught.value.code == 2 and flag in capsys.readouterr().err

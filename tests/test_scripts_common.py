@@ -57,6 +57,22 @@ def test_flags_as_users_write_them(tmp_path, args, said):
         assert result.returncode == 0 and result.stdout.strip() == said, result
 
 
+INTS_SCRIPT = 'source "{common}"\nrequire_positive_ints --batch_sizes "$@"\necho ok\n'
+
+
+def test_integers_in_flags_are_ascii_digits_in_any_locale(tmp_path):
+    """An Arabic-Indic one, a superscript two or 1_0 is no batch size, whatever the locale says a range holds."""
+    script = tmp_path / "ints.sh"
+    script.write_text(INTS_SCRIPT.format(common=REPO / "scripts" / "common.sh"))
+    for locale in ("C", "C.UTF-8"):
+        env = dict(os.environ, LC_ALL=locale)
+        for value in ("\u0661", "1\u00b2", "1_0", "\uff11", "0", " 1"):
+            result = subprocess.run(["bash", str(script), "4", value], capture_output=True, text=True, env=env)
+            assert_user_error(result, "--batch_sizes takes positive integers (ASCII digits), not '{}'".format(value))
+        accepted = subprocess.run(["bash", str(script), "1", "40"], capture_output=True, text=True, env=env)
+        assert accepted.returncode == 0 and accepted.stdout == "ok\n", accepted
+
+
 def test_an_output_dir_that_is_a_file_is_one_line_before_any_work(tmp_path):
     (tmp_path / "a_file").write_text("")
     (tmp_path / "x.pth").write_bytes(b"pth")

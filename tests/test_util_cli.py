@@ -89,6 +89,23 @@ def test_positive_int_takes_ascii_digits_only():
             positive_int(bad)
 
 
+def test_decimal_numbers_in_flags_take_ascii_digits_only():
+    """float() reads "\u0661" (an Arabic-Indic one) as 1, "1_0" as 10, " 1" as 1 and "nan"; no flag may."""
+    import argparse
+
+    from hrnetseg.util.cli import decimal_number, plain_decimal
+
+    assert [plain_decimal(text) for text in ("0.5", "1e-3", ".75", "2.")] == [0.5, 0.001, 0.75, 2.0]
+    for bad in ("\u0661", "1\u00b2", "\u0661.5", "1_0", " 1", "1 ", "nan", "inf", "+1", "-1", "0x1", "", "\uff11"):
+        assert plain_decimal(bad) is None, bad
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a number"):
+            decimal_number(bad)
+    assert decimal_number("0") == 0.0
+    for bad in ("0", "1e999"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a number > 0"):
+            decimal_number(bad, above=True)
+
+
 @pytest.mark.parametrize("name", TOP_LEVEL_SCRIPTS)
 def test_top_level_scripts_have_one_shape(name):
     """A module docstring, build_parser() -> argparse.ArgumentParser, main(argv=None) -> int, run_cli(main)."""

@@ -17,6 +17,7 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import (
     atomic_path,
     check_output_file,
+    check_outputs_apart,
     make_output_folder,
     remove_stale_temporaries,
     remove_stale_temporaries_beside,
@@ -172,3 +173,79 @@ def test_a_ctrl_c_that_lands_as_the_temporary_appears_leaves_nothing(tmp_path, m
     assert os.listdir(str(tmp_path)) == []
     write("b.png" if call == "open" else "b.mp4")
     assert os.listdir(str(tmp_path)) == ["b.png" if call == "open" else "b.mp4"]
+
+
+def test_outputs_apart_from_inputs_by_link_hard_link_and_lock(tmp_path):
+    """One rule for every tool: an output may not be an input (by name, through a symbolic link, as a hard link,
+    or a name not there yet that resolves to one), another output, or a lock the run holds; each refusal is one
+    line naming both roles."""
+    model = tmp_path / "hrnet.onnx"
+    model.write_bytes(b"model")
+    os.symlink(str(model), str(tmp_path / "link.json"))
+    os.link(str(model), str(tmp_path / "hard.json"))
+    (tmp_path / "sub").mkdir()
+    os.symlink(str(tmp_path / "sub"), str(tmp_path / "via"))
+    inputs = {"the model": str(model), "a label": [str(tmp_path / "a.png"), None]}
+
+    def refused(outputs, fragment, **kwargs):
+        with pytest.raises(UserError, match=fragment):
+            check_outputs_apart(outputs, inputs, **kwargs)
+
+    refused({"--save_path": str(model)}, "--save_path .*hrnet.onnx is the model of this run: writing it would replace")
+    refused({"--save_path": str(tmp_path / "link.json")}, r"link.json is the model of this run \(.*hrnet.onnx\)")
+    refused({"--save_path": str(tmp_path / "hard.json")}, "hard.json is the model")
+    refused({"--save_path": str(tmp_path / "sub" / ".." / "a.png")}, "is a label of this run")   # not there yet
+    refused({"--save_path": str(tmp_path / "r.json"), "--save_confusion": str(tmp_path / "via" / ".." / "r.json")},
+            "--save_path .*r.json and --save_confusion .*r.json are the same file")
+    refused({"--save_path": str(tmp_path / "r.json"), "--save_confusion": str(tmp_path / "r.json.lock")},
+            "--save_confusion .*r.json.lock is the lock file of --save_path .*r.json: writing it would break the lock")
+    refused({"a picture": [str(tmp_path / "vis.lock")]}, "is the lock file of --save_vis", locked={
+        "--save_vis": str(tmp_path / "vis")})
+    with locks.output_lock(str(tmp_path / "held")):
+        refused({"--junit": str(tmp_path / "held.lock")}, "is a lock file this run holds")
+    check_outputs_apart({"--save_path": str(tmp_path / "r.json"), "--save_confusion": None}, inputs)
+
+
+READ_ONLY_CHECKS = """
+import sys
+from hrnetseg.util import locks
+from hrnetseg.util.errors import UserError
+from hrnetseg.util.files import check_output_file, make_output_folder, write_text_atomic
+ro = sys.argv[1]
+for call in (lambda: check_output_file(ro + "/r.json", "--save_path"),
+             lambda: make_output_folder(ro + "/vis", "--save_vis"),
+             lambda: write_text_atomic(ro + "/r.json", "{}")):
+    try:
+        call()
+    except UserError as exc:
+        print(exc)
+with locks.output_lock(ro + "/out"):
+    pass
+"""
+
+
+def test_a_read_only_file_system_is_named_as_such(tmp_path):
+    """EROFS was reported as "permission denied", which sends the user to chmod: in a mount namespace of its own
+    the test mounts a read-only tmpfs and has the output checks, a write and a lock meet it."""
+    import errno
+    import shutil
+
+    from hrnetseg.util.files import describe_os_error
+
+    assert describe_os_error(OSError(errno.EROFS, "Read-only file system"), "x") == \
+        "cannot write x: read-only file system"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to mount a read-only file system in a namespace of the test's own")
+    mount = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=64k,ro none "$1" && shift && '
+                            'exec "$@"', "sh", str(ro), sys.executable, "-c", READ_ONLY_CHECKS, str(ro)],
+                           capture_output=True, text=True, timeout=60)
+    if mount.returncode != 0 and not mount.stdout and ("unshare" in mount.stderr or "mount" in mount.stderr):
+        pytest.skip("a user and mount namespace cannot be made here: {}".format(mount.stderr.strip()))
+    assert mount.returncode == 0, mount.stderr
+    assert mount.stdout.splitlines() == [
+        "cannot write --save_path {}/r.json: folder {} is on a read-only file system".format(ro, ro),
+        "cannot create output folder --save_vis {}/vis: read-only file system".format(ro),
+        "cannot write {}/r.json: read-only file system".format(ro)], mount.stdout
+    assert "(its folder is on a read-only file system)" in mount.stderr and "permission" not in mount.stdout

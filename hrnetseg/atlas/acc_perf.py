@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from hrnetseg.atlas.figures import decimal_value, format_fps
 from hrnetseg.data.cityscapes import check_label_header, find_labels
-from hrnetseg.data.manifest import read_manifest
+from hrnetseg.data.manifest import MANIFEST, read_manifest
 from hrnetseg.evaluation.model_outputs import shard_image_counts
 from hrnetseg.evaluation.postprocess import preprocess_image_size
 from hrnetseg.runner.layout import (
@@ -50,7 +50,8 @@ from hrnetseg.runner.layout import (
 from hrnetseg.runner.summary import DEVICE_KEY, THROUGHPUT_KEY, THROUGHPUT_LINE, check_one_run, parse_throughput
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import read_json, read_text, require_folder, write_text_atomic
+from hrnetseg.util.files import check_output_file, check_outputs_apart, require_folder, write_text_atomic
+from hrnetseg.util.structured import read_json, read_text
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
 
@@ -142,7 +143,7 @@ def real_images_fps(fps: float, count: int, batch: int) -> float:
 def throughput(log: str, command: str) -> float:
     """The images/s the run reported; a UserError naming the log and the command when there is none usable."""
     source = "{} (the output of: {})".format(log, command) if command else log
-    text = parse_throughput(read_text(log, "log"))
+    text = parse_throughput(read_text(log, "log", lenient=True))
     if text is None:
         raise UserError("no '{}' line in {}".format(THROUGHPUT_LINE, source))
     value = decimal_value(text)
@@ -247,6 +248,19 @@ def positive_number(text: str) -> float:
     return value
 
 
+def check_record_path(args: argparse.Namespace) -> None:
+    """`row --record` can be written and is none of the files the row is read from."""
+    if args.record is None:
+        return
+    check_output_file(args.record, "--record")
+    shards = args.shards if args.shards is not None and os.path.isdir(args.shards) else None
+    check_outputs_apart({"--record": args.record}, {
+        "the result": args.result, "the runner summary": args.summary,
+        "the preprocess manifest": os.path.join(args.prep, MANIFEST) if args.prep is not None else None,
+        "a device summary": [summary_path_for(os.path.join(shards, shard)) for shard in device_folders(shards)]
+        if shards is not None else None})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     commands = parser.add_subparsers(dest="subcommand")
@@ -294,6 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(repr(throughput(args.log, args.command)))
     elif args.subcommand == "row":
         fps = args.fps   # ais_bench's figure, padding counted as images (the runner prints the same)
+        check_record_path(args)
         if args.shards is not None:
             summaries = shard_summaries(args.shards)
             device = shards_device(summaries)

@@ -27,9 +27,16 @@ import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from hrnetseg.atlas.figures import decimal_value, format_fps
-from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
+from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import check_output_file, make_output_folder, not_a_folder_above, read_json, write_bytes_atomic
+from hrnetseg.util.files import (
+    check_output_file,
+    check_outputs_apart,
+    make_output_folder,
+    not_a_folder_above,
+    write_bytes_atomic,
+)
+from hrnetseg.util.structured import read_json
 
 SUITE = "eval_acc_perf"
 EXIT_BELOW_FLOOR = 1
@@ -180,7 +187,8 @@ def check_report_path(path: Optional[str], written: Sequence[str] = ()) -> None:
     """The report can be written: a regular file's name (or none yet) in a folder that is there, or that
     eval_acc_perf.sh will make (--junit OUTPUT_DIR/report.xml before OUTPUT_DIR exists); not a file that holds
     something else (the script removes the report's path first: --junit hrnet_bs1.om would delete the model),
-    nor one of the files and folders the script itself writes (`written`), which it would replace or remove."""
+    nor one of the files and folders the script itself writes (`written`), which it would replace or remove, nor
+    the lock file of one (the script holds them: removing one would let a second run in)."""
     if path is None:
         return
     folder = os.path.dirname(os.path.abspath(path))
@@ -197,6 +205,7 @@ def check_report_path(path: Optional[str], written: Sequence[str] = ()) -> None:
             where = "one of the files" if target == other_target else "inside {},".format(other)
             raise UserError("--junit {} is {} which eval_acc_perf.sh writes: give the report a path of its own".format(
                 path, where))
+    check_outputs_apart({"--junit": path}, locked={"the output of eval_acc_perf.sh": written})
     if os.path.isfile(target) and not _holds_a_report(target):
         raise UserError("--junit {} exists and is not a JUnit report: it would be replaced; give the report a path "
                         "of its own".format(path))
@@ -232,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     decide = commands.add_parser("judge", help="write the report, then exit 1 naming each batch size below a floor")
     decide.add_argument("rows", nargs="*", help="the table rows (hrnetseg.atlas.acc_perf row --record FILE)")
     decide.add_argument("--batch_sizes", default="", help="the run's batch sizes (with --stopped)")
-    decide.add_argument("--stopped", type=int, default=None, metavar="EXIT_CODE",
+    decide.add_argument("--stopped", type=nonnegative_int, default=None, metavar="EXIT_CODE",
                         help="the script stopped with this exit code before its table: report what there is")
     add_gate_flags(decide)
     return parser
@@ -248,6 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.junit:
             make_output_folder(os.path.dirname(os.path.abspath(args.junit)), "--junit's folder")
         check_output_file(args.junit, "--junit")
+        check_outputs_apart({"--junit": args.junit}, {"a table row": args.rows})
         cases = judge([read_row(path) for path in args.rows], args.min_miou, args.min_fps,
                       batch_sizes(args.batch_sizes), args.stopped)
         if args.junit:

@@ -5,14 +5,13 @@ Valid Python 3.7, no torch: the Atlas host runs it.
 """
 from __future__ import annotations
 
-import re
-
-_DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
+from hrnetseg.util.cli import plain_decimal
 
 
 def decimal_value(text: str) -> float:
-    """The value of a plain decimal number (digits, point, exponent), NaN for anything else."""
-    return float(text) if _DECIMAL.fullmatch(text) else float("nan")
+    """The value of a plain decimal number in ASCII (digits, point, exponent), NaN for anything else."""
+    value = plain_decimal(text)
+    return float("nan") if value is None else value
 
 
 def format_fps(fps: float) -> str:

@@ -10,8 +10,8 @@ happen to fit, computes on misread data. scripts/pth2om.sh therefore writes `hrn
         exit 2 with one line when the bins do not fit the .om (dtype, layout, height x width, batch); an .om
         without a sidecar (made before pth2om.sh wrote one) gets a one-line warning and no check
 
-Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, JSON files as
-hrnetseg.atlas.acc_perf reads them), valid Python 3.7.
+Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, the sidecar
+through hrnetseg.util.structured), valid Python 3.7.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from hrnetseg.data.manifest import read_manifest
 from hrnetseg.model.presets import MODEL_INPUT_DTYPES
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import read_json, write_text_atomic
+from hrnetseg.util.files import check_outputs_apart, write_text_atomic
+from hrnetseg.util.structured import read_json
 
 SUFFIX = ".json"   # hrnet_bs4.om -> hrnet_bs4.om.json
 LAYOUT = "NCHW"    # atc --input_format, as scripts/pth2om.sh passes it
@@ -43,6 +44,7 @@ def sidecar(batch: int, height: int, width: int, input_dtype: str) -> dict:
 def write_sidecar(om: str, batch: int, height: int, width: int, input_dtype: str) -> str:
     """Write (atomically) the sidecar of om; returns its path."""
     path = sidecar_path(om)
+    check_outputs_apart({"the sidecar": path}, {"the .om": om})   # written through a link: never into the .om
     write_text_atomic(path, json.dumps(sidecar(batch, height, width, input_dtype), indent=1) + "\n")
     return path
 

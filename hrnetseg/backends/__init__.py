@@ -88,7 +88,7 @@ def parse_device(device: Optional[str]) -> Tuple[str, int]:
         return text, 0
     if re.fullmatch(r"[0-9]+", text):
         return "cuda", device_ids(text)[0]
-    match = re.fullmatch(r"(?:cuda:?|gpu:?)?(\d+)|cuda|gpu", text)
+    match = re.fullmatch(r"(?:cuda:?|gpu:?)?([0-9]+)|cuda|gpu", text)   # ASCII digits: \d takes other scripts' too
     if not match:
         raise UserError("--device must be cpu, cuda, cuda:N or a GPU number N, not {!r}".format(device))
     return "cuda", int(match.group(1) or 0)

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import not_regular_reason, write_text_atomic
+from hrnetseg.util.structured import read_json
 
 DTYPES = ("float32", "float16", "uint8")  # what the bins may hold
 MANIFEST = "manifest.json"
@@ -38,11 +39,7 @@ def read_manifest(folder: str, require_complete: bool = True) -> dict:
         raise UserError("no {} in {}: make the folder with HRNet_preprocess.py".format(MANIFEST, folder))
     if reason is not None:
         raise UserError("{} {}".format(path, reason))
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError, RecursionError) as exc:   # ValueError: not JSON, not UTF-8
-        raise UserError("cannot read {}: {}".format(path, exc))
+    manifest = read_json(path, "preprocess manifest", expect=None)   # manifest_problem names a wrong type
     problem = manifest_problem(manifest)
     if problem is not None:
         raise UserError("{} is not a usable preprocess manifest: {}; remake the folder with HRNet_preprocess.py "

@@ -32,7 +32,13 @@ from hrnetseg.data.manifest import (
     write_manifest,
 )
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import atomic_path, make_output_folder, remove_stale_temporaries
+from hrnetseg.util.files import (
+    atomic_path,
+    check_outputs_apart,
+    make_output_folder,
+    os_error_reason,
+    remove_stale_temporaries,
+)
 from hrnetseg.util.locks import output_lock
 from hrnetseg.util.memory import size_text
 from hrnetseg.util.processes import default_workers
@@ -109,7 +115,8 @@ def _write_bin(path: str, array: np.ndarray) -> None:
         with open(tmp, "wb") as fh:
             fh.write(array.data)
         kill_after = os.environ.get(KILL_AFTER_ENV, "")
-        if kill_after.isdigit() and _files_written_here >= int(kill_after):   # anything else: no test is running
+        # anything but a count in ASCII digits: no test is running
+        if kill_after.isdigit() and kill_after.isascii() and _files_written_here >= int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
     _files_written_here += 1
 
@@ -165,7 +172,7 @@ def _remove_bins(out: str, ids) -> None:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise UserError("cannot remove the outdated {}: {}".format(path, exc.strerror or exc))
+            raise UserError("cannot remove the outdated {}: {}".format(path, os_error_reason(exc)))
 
 
 # --- checks before the work -----------------------------------------------------------------------
@@ -204,6 +211,15 @@ def _check_free_space(out: str, needed: int) -> None:
             out, size_text(needed), size_text(free), size_text(needed - free)))
 
 
+def _check_outputs_apart(samples, save_path: str) -> None:
+    """The manifest and the bins may not be a source image or a lock (a bin that is a symbolic link is replaced,
+    never written through: see _linked_ids)."""
+    bins = [os.path.join(save_path, sample.id + ".bin") for sample in samples]
+    check_outputs_apart({"the manifest": os.path.join(save_path, MANIFEST),
+                         "the bin": [path for path in bins if not os.path.islink(path)]},
+                        {"a source image": [sample.image for sample in samples]}, locked={"--save_path": save_path})
+
+
 # --- the step -------------------------------------------------------------------------------------
 
 def preprocess(src_path: str, save_path: str, split: str = "val", dtype: str = "float32",
@@ -224,6 +240,7 @@ def preprocess(src_path: str, save_path: str, split: str = "val", dtype: str = "
         samples = samples[:limit]
     (height, width), reference = common_shape(samples, skip_bad)
     settings = settings_for((3, height, width), dtype, split, dataset_root(samples[0].image))
+    _check_outputs_apart(samples, save_path)
     make_output_folder(save_path, "--save_path")   # before the lock: its messages name a bad --save_path
     with output_lock(save_path):
         old = check_folder_settings(save_path, settings)

@@ -42,7 +42,7 @@ from hrnetseg.evaluation.tta_flags import add_tta_flags, single_scale_from_args,
 from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags, ray_options
 from hrnetseg.util.cli import ArgumentParser, output_index, plain_name, positive_int, progress, run_cli
 from hrnetseg.util.errors import EXIT_INTERRUPTED, UserError
-from hrnetseg.util.files import check_output_file
+from hrnetseg.util.files import check_output_file, check_outputs_apart
 from hrnetseg.util.locks import output_locks
 from hrnetseg.util.processes import cpu_cores
 
@@ -121,17 +121,15 @@ def report_interrupted(pipeline: StreamingEvaluation, total: int) -> None:
         os._exit(EXIT_INTERRUPTED)
 
 
-def check_outputs(save_path: Optional[str], save_confusion: Optional[str], model: Optional[str] = None) -> None:
-    """Refuse, before any work, output files that cannot be written, one file asked for twice, and the model
-    file as an output (the result would replace it)."""
+def check_outputs(save_path: Optional[str], save_confusion: Optional[str], model: Optional[str] = None,
+                  samples: Sequence[cityscapes.Sample] = ()) -> None:
+    """Refuse, before any work, output files that cannot be written, one file asked for twice, and an output
+    that is an input of the run (the model, an image, a label) or a lock it holds: it would be replaced."""
     check_output_file(save_path, "--save_path")
     check_output_file(save_confusion, "--save_confusion")
-    if save_path and save_confusion and os.path.realpath(save_path) == os.path.realpath(save_confusion):
-        raise UserError("--save_path and --save_confusion name the same file {}: give two names".format(save_path))
-    for flag, path in (("--save_path", save_path), ("--save_confusion", save_confusion)):
-        if path and model and os.path.isfile(path) and os.path.isfile(model) and os.path.samefile(path, model):
-            raise UserError("{} {} is the model file itself: the result would replace it; give another name"
-                            .format(flag, path))
+    check_outputs_apart({"--save_path": save_path, "--save_confusion": save_confusion},
+                        {"the model": model, "an image": [sample.image for sample in samples],
+                         "a label": [sample.label for sample in samples]})
 
 
 def first_image_size(samples: Sequence[cityscapes.Sample]) -> Tuple[int, int]:
@@ -154,6 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     interrupt_after_count()
     kind = args.backend or backend_for_model(model)
     samples = labelled_samples(args.datasets_path, args.split, args.limit)
+    check_outputs(args.save_path, args.save_confusion, model, samples)
     size = first_image_size(samples)
     if not single_scale_from_args(args, *size):
         check_memory(tta, [size])   # also a scale that leaves no pixels: refused before anything is read

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import zipfile
 import zlib
@@ -24,8 +23,9 @@ import numpy as np
 from hrnetseg.data.cityscapes import CLASS_NAMES, IGNORE, NUM_CLASSES
 from hrnetseg.util.cli import ArgumentParser, progress, run_cli
 from hrnetseg.util.errors import UserError, exception_line
-from hrnetseg.util.files import check_output_file, require_file, write_bytes_atomic, write_text_atomic
+from hrnetseg.util.files import check_output_file, check_outputs_apart, write_bytes_atomic, write_text_atomic
 from hrnetseg.util.locks import output_lock
+from hrnetseg.util.structured import MAX_BYTES, read_bytes
 
 TITLE = "overall statistical evaluation"
 SHARD_KEYS = ("matrix", "images", "ids", "skipped", "class_names")  # the arrays of a --save_confusion file
@@ -127,17 +127,16 @@ class ConfusionMatrix(object):
     def load(cls, path: str) -> "ConfusionMatrix":
         """A shard written by `save`; any other file (not a zip, keys missing, wrong dtypes or shapes, negative
         counts, ids that do not match the image count, pickled objects) is a one-line UserError."""
-        require_file(path, "confusion file")
+        archive = io.BytesIO(read_bytes(path, "confusion file"))
         try:
-            with open(path, "rb") as fh:
-                data = np.load(fh, allow_pickle=False)
-                if not hasattr(data, "files"):  # an .npy: np.load gave the array itself
-                    raise ValueError("an .npy array, not an .npz archive")
-                absent = [key for key in SHARD_KEYS if key not in data.files]
-                if absent:
-                    raise ValueError("no {}".format(", ".join(absent)))
-                fields = {key: np.asarray(data[key]) for key in SHARD_KEYS + (OUTPUT_INDEX_KEY,)
-                          if key in data.files}
+            _check_unpacked_size(archive)
+            data = np.load(archive, allow_pickle=False)
+            if not hasattr(data, "files"):  # an .npy: np.load gave the array itself
+                raise ValueError("an .npy array, not an .npz archive")
+            absent = [key for key in SHARD_KEYS if key not in data.files]
+            if absent:
+                raise ValueError("no {}".format(", ".join(absent)))
+            fields = {key: np.asarray(data[key]) for key in SHARD_KEYS + (OUTPUT_INDEX_KEY,) if key in data.files}
         except (OSError, ValueError, TypeError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise UserError("{} is not a confusion file written by --save_confusion ({})".format(
                 path, exception_line(exc)))
@@ -173,6 +172,20 @@ class ConfusionMatrix(object):
                 raise UserError("{} holds a damaged confusion file: output_index {}".format(path, index.tolist()))
             shard.output_index = int(index)
         return shard
+
+
+def _check_unpacked_size(archive: io.BytesIO) -> None:
+    """A zip archive whose members unpack to more than a shard can hold (a few ids per image, a 19 x 19 matrix)
+    is refused before np.load unpacks them: a small compressed file could otherwise fill the memory. Not a zip:
+    left to np.load, which names what it is."""
+    if not zipfile.is_zipfile(archive):
+        archive.seek(0)
+        return
+    with zipfile.ZipFile(archive) as members:
+        unpacked = sum(member.file_size for member in members.infolist())
+    archive.seek(0)
+    if unpacked > MAX_BYTES:
+        raise ValueError("its arrays unpack to {} bytes, more than {} MiB".format(unpacked, MAX_BYTES // 2 ** 20))
 
 
 def _total(matrix: np.ndarray) -> float:
@@ -266,8 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command != "merge":
         parser.error("choose a command: merge")
     check_output_file(args.save_path, "--save_path")
-    if any(os.path.realpath(path) == os.path.realpath(args.save_path) for path in args.files):
-        raise UserError("--save_path {} is one of the shards: give another name".format(args.save_path))
+    check_outputs_apart({"--save_path": args.save_path}, {"a shard": args.files})
     with output_lock(args.save_path):
         result = merge_files(args.files).compute()
         print(format_table(result))

@@ -16,7 +16,6 @@ Atlas-side module: numpy only, valid Python 3.7.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections import namedtuple
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -28,7 +27,8 @@ from hrnetseg.data.manifest import MANIFEST
 from hrnetseg.runner.layout import OUTPUT_NAME, device_folders, summary_path_for
 from hrnetseg.runner.summary import FILESINFO_KEY, INPUT_KEY, OUTPUT_DTYPE_KEY, check_one_run
 from hrnetseg.util.errors import UserError, exception_line
-from hrnetseg.util.files import not_regular_reason, read_json, require_file, require_folder
+from hrnetseg.util.files import require_file, require_folder
+from hrnetseg.util.structured import read_json
 
 AIS_BENCH, BENCHMARK = "ais_bench", "benchmark"
 ROLE = {AIS_BENCH: {0: "aux", 1: "main"}, BENCHMARK: {1: "aux", 2: "main"}}
@@ -240,17 +240,10 @@ def read_summary(path: str) -> Optional[dict]:
     but cannot be read: it may be the one place that knows the dtype, or the run."""
     if not os.path.lexists(path):
         return None
-    reason = not_regular_reason(path)
-    if reason is not None:
-        raise UserError("runner summary {} {}".format(path, reason))
     try:
-        with open(path, "rb") as fh:
-            summary = json.loads(fh.read().decode("utf-8"))
-    except (OSError, ValueError) as exc:  # json's and utf-8's errors are ValueErrors
-        raise UserError("cannot read the runner summary {}: {}; repair or remove it".format(path, exc))
-    if not isinstance(summary, dict):
-        raise UserError("runner summary {} is not a JSON object; repair or remove it".format(path))
-    return summary
+        return read_json(path, "runner summary")
+    except UserError as exc:
+        raise UserError("{}; repair or remove it".format(exc))
 
 
 def summary_output_dtype(folder: str) -> Tuple[Optional[str], str]:

@@ -29,6 +29,7 @@ from hrnetseg.evaluation.model_outputs import (
     Outputs,
     choose_file_index,
     find_outputs,
+    find_summary,
     load_logits,
     logits_shape,
     output_file_dtype,
@@ -39,6 +40,7 @@ from hrnetseg.evaluation.upsample_argmax import logits_to_labels
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import (
     check_output_file,
+    check_outputs_apart,
     make_output_folder,
     not_a_folder_above,
     not_regular_reason,
@@ -220,8 +222,7 @@ def _check_result_paths(save_path: Optional[str], save_confusion: Optional[str],
                    save_pred: Optional[str]) -> None:
     check_output_file(save_path, "--save_path")
     check_output_file(save_confusion, "--save_confusion")
-    if save_path and save_confusion and os.path.realpath(save_path) == os.path.realpath(save_confusion):
-        raise UserError("--save_path and --save_confusion are the same file {}: give two names".format(save_path))
+    check_outputs_apart({"--save_path": save_path, "--save_confusion": save_confusion})
     _check_picture_folder(save_vis, "--save_vis")
     _check_picture_folder(save_pred, "--save_pred")
     # a result file where a picture folder will be made (or the other way round) would fail after all the work
@@ -260,7 +261,7 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
     with output_locks(save_path, save_confusion, save_vis, save_pred):
         pairs, missing, extra = pair_outputs(outputs, file_index, labels, allow_missing, want_images=bool(save_vis),
                                              output_dtype_flag=output_dtype, made_from=made_from)
-        _check_not_an_input(pairs, (("--save_path", save_path), ("--save_confusion", save_confusion)))
+        _check_outputs_apart_from_inputs(outputs, labels, pairs, save_path, save_confusion, save_vis, save_pred)
         extra = [sid for sid in extra if sid not in left_out]
         missing = [sid for sid in missing if sid not in left_out]
         log("found {} for {} images in {}{}{}".format(
@@ -289,12 +290,20 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
     return result
 
 
-def _check_not_an_input(pairs: Sequence[Pair], files: Sequence[Tuple[str, Optional[str]]]) -> None:
-    """A result file must not replace one of the files it is computed from."""
-    inputs = {os.path.realpath(path) for pair in pairs for path in (pair.output, pair.label)}
-    for flag, path in files:
-        if path is not None and os.path.realpath(path) in inputs:
-            raise UserError("{} {} is one of the inputs: give another name".format(flag, path))
+def _check_outputs_apart_from_inputs(outputs: Outputs, labels: Dict[str, str], pairs: Sequence[Pair],
+                                     save_path: Optional[str], save_confusion: Optional[str], save_vis: Optional[str],
+                                     save_pred: Optional[str]) -> None:
+    """No result file or picture may replace a file the run reads (a model output, a label, a photo, a runner
+    summary) or a lock it holds."""
+    ids = [pair.id for pair in pairs]
+    check_outputs_apart(
+        {"--save_path": save_path, "--save_confusion": save_confusion,
+         "a --save_vis picture": picture_paths(ids, save_vis, None),
+         "a --save_pred picture": picture_paths(ids, None, save_pred)},
+        {"a model output": [path for by_index in outputs.files.values() for path in by_index.values()],
+         "a label": labels.values(), "a photo": [pair.image for pair in pairs],
+         "a runner summary": sorted({find_summary(os.path.dirname(pair.output)) for pair in pairs})},
+        locked={"--save_vis": save_vis, "--save_pred": save_pred})
 
 
 def _report_left_out(pairs: Sequence[Pair], missing: Sequence[str], extra: Sequence[str], left_out: Dict[str, str],

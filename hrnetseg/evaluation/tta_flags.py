@@ -16,18 +16,15 @@ from hrnetseg.evaluation.multiscale import (
     UPSTREAM_SCALES,
     TestTimeAugmentation,
 )
-from hrnetseg.util.cli import decimal_number, whole_number
+from hrnetseg.util.cli import plain_decimal, whole_number
 
 
 def scale_list(text: str) -> Tuple[float, ...]:
     """argparse type: comma-separated positive scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75."""
     scales = []
     for part in text.split(","):
-        try:
-            value = decimal_number(part)
-        except argparse.ArgumentTypeError:
-            value = 0.0
-        if not 0 < value <= MAX_SCALE:
+        value = plain_decimal(part)   # ASCII digits only: float() also reads "1_0" and other scripts' digits
+        if value is None or not 0 < value <= MAX_SCALE:
             raise argparse.ArgumentTypeError("expected comma-separated scales in (0, {:g}] such as 0.5,1.0,1.5, "
                                              "got {!r}".format(MAX_SCALE, text))
         scales.append(value)

@@ -6,6 +6,7 @@ performance_optimize_resize.py is its command line. Valid Python 3.7, no torch.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from hrnetseg.graph.rewrite_check import check_input, compare_outputs, run_onnxruntime
@@ -18,7 +19,7 @@ from hrnetseg.graph.structure import (
     uses_external_data,
 )
 from hrnetseg.util.errors import UserError, exception_line
-from hrnetseg.util.files import atomic_path, check_output_file, remove_stale_temporaries_beside
+from hrnetseg.util.files import atomic_path, check_output_file, check_outputs_apart, remove_stale_temporaries_beside
 from hrnetseg.util.locks import output_lock
 from hrnetseg.util.numerics import check_outputs_finite
 
@@ -28,6 +29,8 @@ def rewrite_file(input_path: str, output_path: str, select: str = SELECT_HEAD, m
     """Rewrite the model in `input_path` into `output_path` (which may be the same file): checked, locked and
     written atomically; prints what changed, the price in ONNX Runtime and the file written."""
     check_output_file(output_path, "OUT")
+    if not _same_file(input_path, output_path):   # in place (IN twice) is the ModelZoo scripts' form
+        check_outputs_apart({"OUT": output_path}, {"IN": input_path})
     import onnx
 
     with output_lock(output_path):
@@ -40,6 +43,13 @@ def rewrite_file(input_path: str, output_path: str, select: str = SELECT_HEAD, m
     print("wrote {} (IR version {}, opset {})".format(
         output_path, model.ir_version, ", ".join("{}:{}".format(o.domain or "ai.onnx", o.version)
                                                  for o in model.opset_import)))
+
+
+def _same_file(one: str, other: str) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
 
 
 def load_rewritable(path: str):

@@ -37,7 +37,7 @@ from hrnetseg.prediction.per_input import (
 from hrnetseg.scaleout.flags import add_ray_flags, check_ray_flags, ray_options
 from hrnetseg.util.cli import ArgumentParser, output_index, progress, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import make_output_folder, not_regular_reason, remove_stale_temporaries
+from hrnetseg.util.files import check_outputs_apart, make_output_folder, not_regular_reason, remove_stale_temporaries
 from hrnetseg.util.locks import output_lock
 
 MAX_SIZES_SHOWN = 3   # image sizes whose forward passes the first lines name
@@ -136,17 +136,18 @@ def refuse(item: BadInput) -> None:
 
 
 def refuse_blocked_outputs(output: str, inputs: Sequence[Input], kinds: Sequence[str],
-                           videos: Dict[str, VideoInfo]) -> None:
-    """An existing output that is a folder, FIFO or device, or one of the inputs, is never replaced: refused
-    before the model loads."""
-    sources = {os.path.realpath(item.path): item.path for item in inputs}
+                           videos: Dict[str, VideoInfo], model: str) -> None:
+    """An existing output that is a folder, FIFO or device, or an input of the run (the model, an image or
+    video, also through a symbolic link: --overwrite writes through it), is never replaced: refused before the
+    model loads."""
+    planned = []
     for item in inputs:
         for path in planned_outputs(output, item, kinds, videos.get(item.path)):
             if os.path.lexists(path) and not_regular_reason(path) is not None:
                 raise UserError("cannot write {}: it {}".format(path, not_regular_reason(path)))
-            if os.path.realpath(path) in sources:
-                raise UserError("the output {} of {} is the input {}: give another --output".format(
-                    path, item.path, sources[os.path.realpath(path)]))
+            planned.append(path)
+    check_outputs_apart({"the output": planned}, {"the model": model, "the input": [item.path for item in inputs]},
+                        locked={"--output": output})
 
 
 def remove_leftovers(output: str) -> None:
@@ -174,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with output_lock(args.output):
             remove_leftovers(args.output)
-            refuse_blocked_outputs(args.output, inputs, args.save, videos)
+            refuse_blocked_outputs(args.output, inputs, args.save, videos, model)
             if args.ray is not None:
                 return run_on_ray(args, kind, model, tta, inputs, videos, sizes, needed, bad)
             return run(args, kind, model, tta, inputs, videos, sizes, needed, bad)

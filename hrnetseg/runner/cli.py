@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 import uuid
@@ -29,7 +30,7 @@ import numpy as np
 
 from hrnetseg.backends import Backend, backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.batching import batch_size_for, output_rows, pad_batch
-from hrnetseg.data.manifest import read_manifest
+from hrnetseg.data.manifest import MANIFEST, read_manifest
 from hrnetseg.runner import multi_device, options
 from hrnetseg.runner.inputs import (
     Inputs,
@@ -123,6 +124,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             outputs = RunOutputs(args.output, args.output_dirname or default_dirname(), args.outfmt)
         outputs.check(inputs.folder)
+        outputs.check_apart(inputs.ids, {"the model": args.model, "an input file": list(inputs.paths),
+                                         "the preprocess manifest": os.path.join(inputs.folder, MANIFEST),
+                                         "the device part": args.shard})
     with outputs.open() if outputs is not None else contextlib.nullcontext():
         report = run_model(args, kind, inputs, bins, outputs, command, shard)
     if shard is not None:
@@ -141,7 +145,7 @@ def run_model(args: argparse.Namespace, kind: str, inputs: Inputs, bins: Tuple[n
     threads = shard["threads"] if shard is not None else args.cpu_threads
     backend = load_backend(kind, args.model, device=device, precision=args.precision, preset=args.preset,
                            input_dtype=manifest["dtype"], compile=args.compile, threads=threads,
-                           cpu_fallback=device is not None and device.strip().isdigit())
+                           cpu_fallback=device is not None and re.fullmatch(r"[0-9]+", device.strip()) is not None)
     check_bins_fit_model(manifest, backend, folder, dtype, shape)
     batch = batch_size_for(backend, args.batchsize)
     warmup = args.warmup_count

@@ -59,6 +59,8 @@ def device_ids(text: Optional[str]) -> Optional[List[int]]:
     """The NPU/GPU ids of ais_bench's `--device N` or `--device 0,1`, each an integer 0..MAX_DEVICE_ID, none
     twice; None for a device named otherwise (cpu, cuda, cuda:N) or not given. One id and a list are read by
     this one rule, so an id refused in a list is refused alone."""
+    if text is not None and any(char.isdigit() and not char.isascii() for char in text):
+        raise UserError("--device {!r}: device numbers are written in ASCII digits 0-9".format(text))
     if text is None:
         return None
     parts = [part.strip() for part in text.split(",")]

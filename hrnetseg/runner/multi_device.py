@@ -41,9 +41,14 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
 from hrnetseg.util.locks import output_lock
 from hrnetseg.util.processes import cpu_cores, die_with_parent, env_for_python_children
+from hrnetseg.util.structured import read_json, require_keys, require_list_of
 
 POLL_S = 0.05
 STOP_S = 30   # seconds an interrupted device process has to remove its files before it is killed
+# what the parent writes for each device process (its part) and what that process writes back (its report)
+SHARD_KEYS = {"index": int, "device": int, "devices": list, "folder": str, "ids": list, "first": int, "images": int,
+              "output": (str, type(None)), "threads": (int, type(None)), "report": str, "command": list}
+REPORT_KEYS = {"throughput": float, "start_time": float, "end_time": float}
 
 
 def split_contiguous(items: Sequence[str], parts: int) -> List[List[str]]:
@@ -218,11 +223,10 @@ def _device_process_setup(parent: int) -> None:
 
 
 def _read_report(path: str) -> Optional[dict]:
+    """A device process's report; None when it wrote none that is usable (the device counts as failed)."""
     try:
-        with open(path) as fh:
-            report = json.load(fh)
-        return report if all(key in report for key in ("throughput", "start_time", "end_time")) else None
-    except (OSError, ValueError):
+        return require_keys(read_json(path, "device report"), REPORT_KEYS, "device report", path)
+    except UserError:
         return None
 
 
@@ -236,9 +240,8 @@ def _remove_parts(top: str, devices: Sequence[int], created: List[str]) -> Tuple
         folder = os.path.join(top, device_folder_name(device))
         summary = summary_path_for(folder)
         try:
-            with open(summary) as fh:
-                files = listed_outfiles(json.load(fh))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            files = listed_outfiles(read_json(summary, "device summary"))
+        except (UserError, KeyError, TypeError, AttributeError):
             files = []
         count = sum(_remove(path, kept) for path in files + [summary])
         if count:
@@ -267,11 +270,11 @@ def _remove(path: str, kept: List[str]) -> bool:
 
 def read_shard(path: str) -> dict:
     """The part of the input, the device and the threads the parent gave this process."""
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise UserError("cannot read the device part {}: {}".format(path, exc))
+    shard = require_keys(read_json(path, "device part"), SHARD_KEYS, "device part", path)
+    require_list_of(shard["ids"], str, "device part", path, "ids")
+    require_list_of(shard["devices"], int, "device part", path, "devices")
+    require_list_of(shard["command"], str, "device part", path, "command")
+    return shard
 
 
 def shard_note(shard: dict, device: str) -> str:

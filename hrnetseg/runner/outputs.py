@@ -23,6 +23,7 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import (
     atomic_path,
     check_output_file,
+    check_outputs_apart,
     make_output_folder,
     remove_quietly,
     remove_stale_temporaries,
@@ -63,6 +64,21 @@ class RunOutputs(object):
                             .format(self.folder))
         if os.path.isdir(self.output):   # else it is made, empty, after the lock
             check_output_file(self.summary, "summary")
+
+    def check_apart(self, ids: Sequence[str], inputs: Dict[str, object]) -> None:
+        """Refuse, before the model loads, a file this run would write that is one of its inputs (`inputs`:
+        role -> path or paths, as check_outputs_apart takes them) or a lock it holds: the output files of these
+        inputs that are there now (whatever the output number: how many outputs the model has is not known
+        yet; a file not there yet is nobody's input) and the summary."""
+        stems = {output_stem(sample_id) for sample_id in ids}
+        present = []
+        if os.path.isdir(self.folder):
+            for name in os.listdir(self.folder):
+                match = OUTPUT_NAME.match(name)
+                if match and match.group("stem") in stems and match.group("ext") == self.outfmt.lower():
+                    present.append(os.path.join(self.folder, name))
+        check_outputs_apart({"the output file": sorted(present), "the summary": self.summary}, inputs,
+                            locked={"the output folder": self.folder})
 
     @contextlib.contextmanager
     def open(self) -> Iterator["RunOutputs"]:

@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from hrnetseg.scaleout import import_ray
 from hrnetseg.scaleout.batches import Batch, BatchLedger
 from hrnetseg.scaleout.flags import host_and_port
-from hrnetseg.util.cli import progress
+from hrnetseg.util.cli import plain_decimal, progress
 from hrnetseg.util.errors import UserError, exception_line
 
 IN_FLIGHT = 2          # batches queued per worker: the next one is there when the current one ends
@@ -35,10 +35,10 @@ BATCH_DELAY_ENV = "HRNETSEG_TEST_RAY_BATCH_DELAY_S"
 
 def batch_delay_s() -> float:
     text = os.environ.get(BATCH_DELAY_ENV, "").strip() or "0"
-    try:
-        return max(0.0, float(text))
-    except ValueError:
+    value = plain_decimal(text)
+    if value is None:
         raise UserError("{}={!r}: expected seconds".format(BATCH_DELAY_ENV, text))
+    return value
 
 
 def worker_threads(cpu_threads: Optional[int], cpus_per_worker: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections import namedtuple
 from typing import Tuple
 
@@ -40,7 +41,7 @@ def add_ray_flags(parser: argparse.ArgumentParser, batch_note: str = "") -> None
 def ray_share(text: str, what: str) -> float:
     """argparse type body: a number of CPUs or GPUs as Ray takes it: ASCII digits, finite, >= 0, in Ray's steps
     of RAY_RESOURCE_STEP."""
-    value = decimal_number(text, what)
+    value = decimal_number(text, what=what)
     steps = (value - math.floor(value)) / RAY_RESOURCE_STEP   # of the fraction: whole numbers are whole steps
     if abs(steps - round(steps)) > 1e-6:
         raise argparse.ArgumentTypeError("expected {} in Ray's steps of {:g}, got {!r}".format(
@@ -69,7 +70,7 @@ def gpus_per_worker(text: str) -> float:
 def host_and_port(address: str) -> Tuple[str, int]:
     """HOST:PORT (a Ray head's GCS address) split; anything else is a one-line error."""
     host, _, port = address.rpartition(":")
-    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host.strip("[]") or not re.fullmatch(r"[0-9]+", port) or not 0 < int(port) < 65536:
         raise UserError("--ray {}: expected {}".format(address, ADDRESS_FORMS))
     return host.strip("[]"), int(port)
 

@@ -6,7 +6,6 @@ Valid Python 3.7 and free of torch: the Atlas-side scripts use it.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
@@ -62,17 +61,22 @@ def whole_number(text: str, minimum: int = 0, maximum: Optional[int] = None, wha
     return int(text)
 
 
-# a decimal number in ASCII digits: digits with a point (`2`, `0.25`, `2.`, `.5`), then an exponent if need be
 _DECIMAL = re.compile(r"([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?")
 
 
-def decimal_number(text: str, what: str = "a number") -> float:
-    """argparse type body: a finite number >= 0 written in ASCII digits (a point and an exponent allowed, no sign).
-    float() alone also reads "nan", "inf", "1_0", " 1" and other scripts' digits (Arabic-Indic ones, say), and
-    "1e400" as inf."""
-    value = float(text) if _DECIMAL.fullmatch(text) else float("nan")
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError("expected {}, got {!r}".format(what, text))
+def plain_decimal(text: str) -> Optional[float]:
+    """The value of a plain decimal number written in ASCII (digits, a point, an exponent: 0.5, 1e-3, .75), None
+    for anything else. float() alone also reads "1_0" as 10, " 1", "nan", "inf" and other scripts' digits
+    ("\u0661" as 1), none of which a number typed as a flag or read from a log may be."""
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
+def decimal_number(text: str, minimum: float = 0.0, above: bool = False, what: str = "") -> float:
+    """argparse type body: a plain ASCII decimal number (plain_decimal) >= minimum (> minimum with `above`), finite."""
+    value = plain_decimal(text)
+    if value is None or value == float("inf") or value < minimum or (above and value == minimum):
+        raise argparse.ArgumentTypeError("expected {}, got {!r}".format(
+            what or "a number {} {:g}".format(">" if above else ">=", minimum), text))
     return value
 
 

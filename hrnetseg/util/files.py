@@ -3,6 +3,7 @@
 - Inputs are read only when they are regular files (a FIFO named *.png would block a reader forever).
 - A file output that exists must be a regular file, or a symbolic link to one (written through, next to
   its target); a device, FIFO, socket or folder is refused before any work.
+- No output of a run may be, or resolve to, one of its inputs or a lock it holds (check_outputs_apart).
 - Files are written under a temporary name in the target's folder and renamed into place, so a file that
   exists is complete. The temporary name holds the writer's PID, so the leftovers of a killed run are
   recognised and removed by the next run into the same folder.
@@ -15,17 +16,16 @@ import contextlib
 import errno
 import fnmatch
 import glob
-import json
 import os
 import re
 import stat
 import uuid
-from typing import Iterator, Optional
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.processes import pid_alive
 
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")   # ".<name>.<pid>.<random>.tmp"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp$")   # ".<name>.<pid>.<random>.tmp"
 
 
 # --- what a path is ---------------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def check_output_file(path: Optional[str], flag: str = "") -> None:
             raise UserError("cannot write {}: {}".format(what, blocked))
         raise UserError("cannot write {}: folder {} does not exist".format(what, folder))
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError("cannot write {}: folder {} is not writable".format(what, folder))
+        raise UserError("cannot write {}: folder {} {}".format(what, folder, unwritable_folder_reason(folder)))
 
 
 def make_output_folder(path: Optional[str], flag: str = "") -> bool:
@@ -167,19 +167,38 @@ def make_output_folder(path: Optional[str], flag: str = "") -> bool:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise UserError("cannot create output folder {}: {}".format(what, not_a_folder_above(path) or exc.strerror
-                                                                       or exc))
+        raise UserError("cannot create output folder {}: {}".format(what, not_a_folder_above(path) or
+                                                                       os_error_reason(exc)))
     if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError("cannot write to output folder {}: permission denied".format(what))
+        raise UserError("cannot write to output folder {}: it {}".format(what, unwritable_folder_reason(path)))
     return created
+
+
+def os_error_reason(exc: OSError) -> str:
+    """An OSError's cause in words: a read-only file system is not a permission problem (chmod cannot fix it)."""
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return exc.strerror or str(exc)
+
+
+def unwritable_folder_reason(folder: str) -> str:
+    """Why a folder that os.access calls unwritable is so: on a read-only file system (a read-only mount), or
+    not writable to us (its permissions)."""
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
+    except OSError:
+        read_only = False
+    return "is on a read-only file system" if read_only else "is not writable"
 
 
 def describe_os_error(exc: OSError, path: str) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device while writing {}".format(path)
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "cannot write {}: permission denied".format(path)
-    return "cannot write {}: {}".format(path, exc.strerror or exc)
+    return "cannot write {}: {}".format(path, os_error_reason(exc))
 
 
 @contextlib.contextmanager
@@ -276,22 +295,87 @@ def remove_stale_temporaries_beside(path: str) -> int:
                                     glob.escape(os.path.basename(target)))
 
 
-# --- small text and JSON files with one-line errors ----------------------------------------------------
+# --- outputs apart from inputs ----------------------------------------------------------------------------
 
-def read_text(path: str, what: str) -> str:
-    require_file(path, what)
+BREAKS_LOCK = "writing it would break the lock"
+Paths = Union[None, str, Iterable[Optional[str]]]   # one path (str or os.PathLike), several, or none
+
+
+def _listed(paths: Paths) -> List[str]:
+    if paths is None:
+        return []
+    if isinstance(paths, (str, os.PathLike)):
+        return [os.fspath(paths)]
+    return [os.fspath(path) for path in paths if path is not None]
+
+
+class _Resolver(object):
+    """os.path.realpath for many files of few folders: each folder is resolved once, then only the file itself
+    is looked at (a symbolic link resolved in full)."""
+
+    def __init__(self) -> None:
+        self._folders: Dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        absolute = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+        folder, name = os.path.split(absolute)
+        if name in ("", ".", ".."):
+            return os.path.realpath(absolute)
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(folder)
+        joined = os.path.join(self._folders[folder], name)
+        return os.path.realpath(joined) if os.path.islink(joined) else joined
+
+
+def _file_key(path: str, resolve: _Resolver) -> Tuple:
+    """What makes two names one file: (device, inode) of an existing file, so symbolic and hard links count;
+    the resolved path of one not there yet (a lock file before it is taken, a link to nothing)."""
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise UserError("cannot read {} {}: {}".format(what, path, exc.strerror or exc))
+        info = os.stat(path)
+    except OSError:
+        return ("path", resolve(path))
+    return ("file", info.st_dev, info.st_ino)
 
 
-def read_json(path: str, what: str) -> dict:
-    try:
-        data = json.loads(read_text(path, what))
-    except ValueError as exc:
-        raise UserError("{} {} is not JSON: {}".format(what, path, exc))
-    if not isinstance(data, dict):
-        raise UserError("{} {} holds no JSON object".format(what, path))
-    return data
+def check_outputs_apart(outputs: Mapping[str, Paths], inputs: Optional[Mapping[str, Paths]] = None,
+                        locked: Optional[Mapping[str, Paths]] = None) -> None:
+    """Refuse, before any work, a file the run would write that is one of the files it reads or a lock it holds.
+
+    outputs: role -> the file(s) the run writes ("--save_path", "a --save_vis picture"); no two may be one file.
+    inputs: role -> the file(s) it reads ("the model", "a label"): the files the run lists, never a folder
+    walked again. locked: role -> the folder outputs it locks. The lock (`<output>.lock`) of each output named
+    on its own, of each locked folder, and every lock this process holds are protected too.
+    A name is compared by what it is: the same (device, inode) for files that exist (symbolic and hard links
+    count), the same resolved path for one that does not exist yet. Raises a one-line UserError naming both
+    roles.
+    """
+    from hrnetseg.util.locks import held_lock_paths, lock_path_for  # locks.py builds on this module
+
+    resolve = _Resolver()
+    protected: Dict[Tuple, Tuple[str, str, str]] = {}   # key -> (what the file is, its name, what writing would do)
+
+    def protect(path: str, what: str, harm: str) -> None:
+        protected.setdefault(_file_key(path, resolve), (what, path, harm))
+
+    for role, paths in (inputs or {}).items():
+        for path in _listed(paths):
+            protect(path, "is {} of this run".format(role), "writing it would replace that input")
+    # the locks a run takes: one per file output named on its own (`--save_path`), one per locked folder; the
+    # files of a list (pictures, bins) are held through their folder's
+    single = [(role, path) for role, path in outputs.items() if isinstance(path, (str, os.PathLike))]
+    for role, paths in single + list((locked or {}).items()):
+        for path in _listed(paths):
+            protect(lock_path_for(path), "is the lock file of {} {}".format(role, path), BREAKS_LOCK)
+    for lock in held_lock_paths():
+        protect(lock, "is a lock file this run holds", BREAKS_LOCK)
+    written: Dict[Tuple, str] = {}
+    for role, paths in outputs.items():
+        for path in _listed(paths):
+            key = _file_key(path, resolve)
+            if key in protected:
+                what, name, harm = protected[key]
+                shown = "" if os.path.abspath(name) == os.path.abspath(path) else " ({})".format(name)
+                raise UserError("{} {} {}{}: {}; give it another name".format(role, path, what, shown, harm))
+            if key in written:
+                raise UserError("{} and {} {} are the same file: give two names".format(written[key], role, path))
+            written[key] = "{} {}".format(role, path)

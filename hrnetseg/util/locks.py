@@ -21,13 +21,14 @@ import argparse
 import contextlib
 import errno
 import os
+import re
 import stat
 import sys
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from hrnetseg.util.cli import ArgumentParser, run_cli
+from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import not_a_folder_above, not_regular_reason
+from hrnetseg.util.files import not_a_folder_above, not_regular_reason, os_error_reason, unwritable_folder_reason
 from hrnetseg.util.processes import die_with_parent, is_ancestor, pid_alive
 
 try:
@@ -48,13 +49,18 @@ def lock_path_for(output: str) -> str:
     return os.path.realpath(os.fspath(output)) + LOCK_SUFFIX
 
 
+def held_lock_paths() -> List[str]:
+    """The lock files this process holds now (output_lock), which no output of it may replace."""
+    return sorted(_held)
+
+
 def read_owner(lock_path: str) -> Optional[int]:
     try:
-        with open(lock_path, "r") as fh:
+        with open(lock_path, "rb") as fh:
             text = fh.read(64).strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    return int(text) if re.fullmatch(rb"[0-9]+", text) else None
 
 
 def _busy_error(output: str, owner: Optional[int]) -> UserError:
@@ -131,7 +137,8 @@ def check_lock_file(lock_path: str) -> str:
 
 
 class _NoPlaceForLock(Exception):
-    """The lock file cannot be made where it belongs: the output's parent folder is not writable to us."""
+    """The lock file cannot be made where it belongs: the output's parent folder is not writable to us (or on
+    a read-only file system); the message says which."""
 
 
 def _open_lock_file(lock_path: str) -> int:
@@ -145,9 +152,11 @@ def _open_lock_file(lock_path: str) -> int:
         if exc.errno == errno.ELOOP:
             check_lock_file(lock_path)
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and not os.path.lexists(lock_path):
-            raise _NoPlaceForLock()
+            raise _NoPlaceForLock("its folder {}".format(
+                "is on a read-only file system" if exc.errno == errno.EROFS else
+                unwritable_folder_reason(os.path.dirname(lock_path))))
         raise UserError("cannot create lock file {}: {}".format(
-            lock_path, not_a_folder_above(os.path.dirname(lock_path)) or exc.strerror or exc))
+            lock_path, not_a_folder_above(os.path.dirname(lock_path)) or os_error_reason(exc)))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         check_lock_file(lock_path)
@@ -173,11 +182,11 @@ def output_lock(output: Optional[str]) -> Iterator[None]:
         return
     try:
         fd = _acquire(output, lock_path)
-    except _NoPlaceForLock:
+    except _NoPlaceForLock as why:
         # a folder output in a folder we may not write to (an output folder on a mount point, `.` in a home
         # folder): the output itself is writable, so run, unprotected, and say so
-        print("note: {} is not locked against a second run: cannot create {} (its folder is not writable)".format(
-            output, lock_path), file=sys.stderr)
+        print("note: {} is not locked against a second run: cannot create {} ({})".format(
+            output, lock_path, why), file=sys.stderr)
         fd = None
     _held[lock_path] = 1
     try:
@@ -270,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "regular file is at its name)")
     path.add_argument("output", help="the folder or file to protect")
     acquire = commands.add_parser("acquire", help="lock OUTPUT.lock through descriptor FD, opened by the caller")
-    acquire.add_argument("--fd", type=int, required=True, help="descriptor open on OUTPUT.lock (kept by the caller)")
-    acquire.add_argument("--owner", type=int, required=True, help="PID to record as the owner (the caller's)")
+    acquire.add_argument("--fd", type=nonnegative_int, required=True,
+                         help="descriptor open on OUTPUT.lock (kept by the caller)")
+    acquire.add_argument("--owner", type=positive_int, required=True, help="PID to record as the owner (the caller's)")
     acquire.add_argument("output", help="the folder or file to protect")
     commands.add_parser("run", help="run [--parent PID] -- CMD ARGS...: become CMD, which dies with the calling "
                                     "script (PID: the script's own, to notice one that is already gone)")
@@ -282,7 +292,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:   # taken literally: CMD's own flags are not this parser's
         rest, parent = argv[1:], None
-        if rest[:1] == ["--parent"] and len(rest) > 1 and rest[1].isdigit():
+        if rest[:1] == ["--parent"] and len(rest) > 1 and re.fullmatch(r"[0-9]+", rest[1]):
             rest, parent = rest[2:], int(rest[1])
         run_dying_with_parent(rest[1:] if rest[:1] == ["--"] else rest, parent)
     parser = build_parser()
