@@ -369,3 +369,18 @@ def table_rows(stdout: str) -> list:
     """The cells of the rows of a script's markdown table whose first cell is a number (a batch size)."""
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in stdout.splitlines()
             if re.match(r"^\| \d+ \|", line)]
+
+
+def png_declaring(path, height: int, width: int) -> Path:
+    """A small PNG whose header declares height x width RGB pixels (its chunks sound, its pixel data a few
+    bytes that would not decode): what a decoder would be asked to make, without the bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    Path(path).write_bytes(cityscapes.PNG_SIGNATURE + chunk(b"IHDR", header) +
+                           chunk(b"IDAT", zlib.compress(bytes(280000), 0)) + chunk(b"IEND", b""))
+    return Path(path)
