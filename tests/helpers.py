@@ -384,3 +384,39 @@ def png_declaring(path, height: int, width: int) -> Path:
     Path(path).write_bytes(cityscapes.PNG_SIGNATURE + chunk(b"IHDR", header) +
                            chunk(b"IDAT", zlib.compress(bytes(280000), 0)) + chunk(b"IEND", b""))
     return Path(path)
+
+
+# --- a full disk: a small tmpfs in the test's own user and mount namespace --------------------------------------
+
+FULL_DISK_PRELUDE = """
+import os, sys
+disk = sys.argv[1]
+with open(os.path.join(disk, "filler"), "wb", buffering=0) as fh:   # fill it up
+    try:
+        while True:
+            fh.write(bytes(4096))
+    except OSError:
+        pass
+"""
+
+
+def full_disk_skip_reason():
+    """Why the full-disk tests cannot run here (no unshare, or no permission for a user namespace), or None."""
+    try:
+        probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "unshare is not available: {}".format(exc)
+    return None if probe.returncode == 0 else "no user and mount namespace: {}".format(
+        probe.stderr.decode(errors="replace").strip())
+
+
+def on_a_full_disk(disk: Path, script: str, *args, size: str = "64k") -> subprocess.CompletedProcess:
+    """Run `python -c PRELUDE+script disk ARGS` with a `size` tmpfs mounted at `disk` (an empty folder) that the
+    prelude fills up, in a user and mount namespace of its own (the mount is gone when it ends); text output."""
+    disk.mkdir(exist_ok=True)
+    command = 'mount -t tmpfs -o size={} tmpfs "$1" && shift && exec "$@"'.format(size)
+    env = dict(os.environ, HRNETSEG_PROGRESS="0", PYTHONPATH=os.pathsep.join(
+        [str(REPO), str(REPO / "tests")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    return subprocess.run(["unshare", "-rm", "sh", "-c", command, "sh", str(disk), sys.executable, "-c",
+                           FULL_DISK_PRELUDE + script, str(disk)] + [str(a) for a in args],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=str(REPO))
