@@ -336,6 +336,7 @@ def _declared_size(source) -> Tuple[Optional[Tuple[int, int]], str]:
 # inherit it, Ray workers are given it.
 DEFAULT_MAX_PIXELS = 50000000
 _max_pixels = DEFAULT_MAX_PIXELS
+_pil_limit: List[Optional[int]] = []   # PIL's own limit as it was before set_max_pixels raised it
 
 
 def set_max_pixels(limit: int) -> None:
@@ -344,8 +345,10 @@ def set_max_pixels(limit: int) -> None:
     from PIL import Image
 
     _max_pixels = int(limit)
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < _max_pixels:
-        Image.MAX_IMAGE_PIXELS = _max_pixels   # PIL refuses headers above twice its limit: keep that above ours
+    if not _pil_limit:
+        _pil_limit.append(Image.MAX_IMAGE_PIXELS)
+    if _pil_limit[0] is not None:   # PIL refuses headers above twice its limit: keep that above ours
+        Image.MAX_IMAGE_PIXELS = max(_pil_limit[0], _max_pixels)
 
 
 def max_pixels() -> int:
