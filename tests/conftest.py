@@ -18,7 +18,6 @@ from helpers import (
     TINY_IMAGES,
     TINY_PRESET,
     TINY_WIDTH,
-    ColourModel,
     StubBackend,
     clean_path,
     run_script,
@@ -172,8 +171,10 @@ def default_pixel_budget():
 
 @pytest.fixture
 def colour_model(monkeypatch):
-    """python -m hrnetseg.predict runs helpers.ColourModel, whatever model file it is given."""
+    """python -m hrnetseg.predict runs media_helpers.ColourModel, whatever model file it is given."""
     from hrnetseg.prediction import cli as predict
+
+    from media_helpers import ColourModel
 
     model = ColourModel()
     monkeypatch.setattr(predict, "load_backend", lambda *args, **kwargs: model)

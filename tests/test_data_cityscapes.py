@@ -12,7 +12,8 @@ import pytest
 from hrnetseg.data import cityscapes
 from hrnetseg.util.errors import UserError
 
-from helpers import SAMPLE_IMAGES, TINY_IMAGES, load_script, png_declaring
+from helpers import SAMPLE_IMAGES, TINY_IMAGES, load_script
+from media_helpers import png_declaring
 
 
 def test_label_table_matches_cityscapes_scripts():

@@ -18,20 +18,15 @@ from hrnetseg.evaluation.multiscale import main_output_runner
 from hrnetseg.prediction import cli as predict
 from hrnetseg.util.errors import UserError
 
-from helpers import (
+from helpers import TINY_HEIGHT, TINY_PRESET, TINY_WIDTH, assert_user_error, lock_held_elsewhere, run_script
+from media_helpers import (
     SMALL,
-    TINY_HEIGHT,
-    TINY_PRESET,
-    TINY_WIDTH,
     VIDEO,
-    assert_user_error,
     by_colour,
     direct_prediction,
-    lock_held_elsewhere,
     picture,
     read,
     run_predict,
-    run_script,
     video_frames,
     write_video,
 )

@@ -14,7 +14,8 @@ from hrnetseg.data import videos
 from hrnetseg.prediction import cli as predict
 from hrnetseg.util.errors import UserError
 
-from helpers import picture, png_declaring, read, run_in_process, run_predict, write_video
+from helpers import run_in_process
+from media_helpers import picture, png_declaring, read, run_predict, write_video
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from hrnetseg.data import cityscapes
 from hrnetseg.util.errors import UserError
 
-from helpers import (
+from media_helpers import (
     by_colour,
     full_disk_skip_reason,
     on_a_full_disk,
@@ -139,7 +139,7 @@ FULL_DISK_PREDICT = r"""
 import subprocess
 from hrnetseg.prediction import cli
 from hrnetseg.util.cli import run_cli
-from helpers import ColourModel
+from media_helpers import ColourModel
 cli.load_backend = lambda *args, **kwargs: ColourModel()
 model, photo, clip = sys.argv[2:5]
 

@@ -14,7 +14,8 @@ from hrnetseg.util import locks
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.locks import acquire_on_descriptor, lock_path_for, output_lock, read_owner
 
-from helpers import REPO, assert_user_error, full_disk_skip_reason, lock_held_elsewhere, on_a_full_disk, run_script
+from helpers import REPO, assert_user_error, lock_held_elsewhere, run_script
+from media_helpers import full_disk_skip_reason, on_a_full_disk
 
 
 def test_a_second_writer_stops_at_once_naming_the_first(tmp_path):
