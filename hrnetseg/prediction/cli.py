@@ -288,7 +288,7 @@ def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input
                 print("predict: skipping {}: {}".format(exc.path, exc.reason), file=sys.stderr, flush=True)
                 bad.append(BadInput(exc.path, exc.reason))
                 continue
-            record.add(record_key(item), outcome.source, kinds, settings)
+            record.add(record_key(item), outcome.source, kinds, settings, outcome.predicted if item.video else None)
             record.save()
             written += len(outcome.written)
     wall = time.perf_counter() - started

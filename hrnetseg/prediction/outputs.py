@@ -64,7 +64,7 @@ def input_kinds(item: Input, kinds: Sequence[str]) -> Tuple[str, ...]:
 
 
 def kind_files(output: str, item: Input, kind: str, info: Optional[VideoInfo]) -> List[str]:
-    """The files of one kind of one input (a video's frames as many as its header says)."""
+    """The files of one kind of one input (a video's frames as many as `info` gives)."""
     if not item.video:
         return [image_outputs(output, item, [kind])[kind]]
     if kind == VIDEO_KIND:
@@ -163,15 +163,23 @@ class OutputRecord(object):
                 if entry["kinds"].pop(kind, None) is not None:
                     self._changed = True
 
-    def add(self, key: str, source: Source, kinds: Sequence[str], settings: dict) -> None:
-        """These kinds of `key` are finished, made from `source` with `settings`. An entry of another source
-        is replaced: its other kinds were made from the file as it was."""
+    def frames(self, key: str) -> Optional[int]:
+        """How many frames a video's outputs were made of (its header's count may differ from what decodes)."""
+        frames = self.entries.get(key, {}).get("frames")
+        return frames if isinstance(frames, int) and not isinstance(frames, bool) and frames > 0 else None
+
+    def add(self, key: str, source: Source, kinds: Sequence[str], settings: dict,
+            frames: Optional[int] = None) -> None:
+        """These kinds of `key` are finished, made from `source` with `settings` (a video: `frames` frames). An
+        entry of another source is replaced: its other kinds were made from the file as it was."""
         digest = settings_digest(settings)
         self.settings[digest] = settings
         entry = self.entries.get(key)
         if not _made_from(entry, source):
             entry = self.entries[key] = {"source": source[0], "size": source[1], "mtime_ns": source[2], "kinds": {}}
         entry["kinds"].update({kind: digest for kind in kinds})
+        if frames is not None:
+            entry["frames"] = int(frames)
         self._changed = True
 
     def save(self, force: bool = False) -> None:
@@ -195,6 +203,8 @@ def kinds_to_write(record: OutputRecord, output: str, item: Input, kinds: Sequen
     if overwrite:
         return wanted
     recorded = record.current_kinds(record_key(item), source_of(item.path))
+    if item.video and recorded and record.frames(record_key(item)):
+        info = info._replace(frames=record.frames(record_key(item)))
     digest = settings_digest(settings)
     return tuple(kind for kind in wanted
                  if recorded.get(kind) != digest or not kind_sound(output, item, kind, size, info))
