@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from hrnetseg.data.cityscapes import add_max_pixels_flag, set_max_pixels
 from hrnetseg.evaluation.postprocess import OUTPUT_DTYPES, evaluate_folder
 from hrnetseg.util.cli import ArgumentParser, output_index, plain_name, positive_int, run_cli
 
@@ -45,11 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow_missing", action="store_true",
                         help="evaluate the labels that have outputs and list the others (and labels that are not "
                              "regular files), instead of stopping")
+    add_max_pixels_flag(parser)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    set_max_pixels(args.max_pixels)
     evaluate_folder(args.res_path, args.data_path, output_index=args.output_index, split=args.split,
                     workers=args.workers, save_path=args.save_path, save_vis=args.save_vis,
                     save_pred=args.save_pred, save_confusion=args.save_confusion,

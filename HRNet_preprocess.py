@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from hrnetseg.data.cityscapes import add_max_pixels_flag, set_max_pixels
 from hrnetseg.data.preprocess import DTYPES, preprocess
 from hrnetseg.util.cli import ArgumentParser, plain_name, positive_int, run_cli
 
@@ -31,11 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip_bad", action="store_true",
                         help="leave out unreadable images (and anything at an image's name that is not a regular "
                              "file) and list them at the end instead of stopping")
+    add_max_pixels_flag(parser)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    set_max_pixels(args.max_pixels)
     preprocess(args.src_path, args.save_path, split=args.split, dtype=args.dtype, workers=args.workers,
                limit=args.limit, skip_bad=args.skip_bad)
     return 0

@@ -223,9 +223,11 @@ def parity_image(args: argparse.Namespace):
     import numpy as np
 
     if args.image is not None:
-        image = cv2.imread(args.image, cv2.IMREAD_COLOR)
+        from hrnetseg.data.cityscapes import read_image, unreadable_reason
+
+        image = read_image(args.image, cv2.IMREAD_COLOR)
         if image is None:
-            raise UserError("{} is not an image OpenCV can read".format(args.image))
+            raise UserError("--image {} {}".format(args.image, unreadable_reason(args.image)))
         return image
     rng = np.random.default_rng(args.seed)
     small = rng.integers(0, 256, (max(2, args.height // 16), max(2, args.width // 16), 3), dtype=np.uint8)

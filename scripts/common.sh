@@ -79,7 +79,7 @@ lock_output() {
     return 0
   fi
   for _ in 1 2 3 4 5; do
-    exec {fd}>>"${lock_file}" || die "cannot create lock file ${lock_file}"
+    { exec {fd}>>"${lock_file}"; } 2>/dev/null || lock_failed "${lock_file}"
     rc=0
     answer="$("${PYTHON}" -m hrnetseg.util.locks acquire --fd "${fd}" --owner "$$" "$1")" || rc=$?
     [ "${rc}" = 75 ] || break   # 75: the file was removed (by a finishing or dead owner) since it was opened
@@ -93,6 +93,16 @@ lock_output() {
   else
     exec {fd}>&-   # shared with the ancestor that holds it
   fi
+}
+# lock_failed LOCK_FILE: the one line for a lock file that cannot be created, in the system's words (touch says
+# why: a full disk, a read-only file system, ...); a full disk exits 1, as the Python tools do, the rest 2.
+lock_failed() {
+  local why
+  why="$(LC_ALL=C touch -- "$1" 2>&1)" || true
+  why="${why##*: }"
+  echo "error: cannot create lock file $1: ${why:-it cannot be opened}" >&2
+  case "${why}" in "No space left on device"|"Disk quota exceeded") exit 1 ;; esac
+  exit 2
 }
 # At exit the lock files go (the descriptors, closed by the exit itself, still hold the locks while they do).
 release_outputs() { [ "${#LOCKED_FILES[@]}" = 0 ] || rm -f -- "${LOCKED_FILES[@]}"; }

@@ -159,6 +159,28 @@ def stub(monkeypatch):
     return backend
 
 
+@pytest.fixture(autouse=True)
+def default_pixel_budget():
+    """The tools set the pixel budget for their whole process (--max_pixels): each test starts from the default."""
+    yield
+    from hrnetseg.data import cityscapes
+
+    if cityscapes.max_pixels() != cityscapes.DEFAULT_MAX_PIXELS:
+        cityscapes.set_max_pixels(cityscapes.DEFAULT_MAX_PIXELS)
+
+
+@pytest.fixture
+def colour_model(monkeypatch):
+    """python -m hrnetseg.predict runs media_helpers.ColourModel, whatever model file it is given."""
+    from hrnetseg.prediction import cli as predict
+
+    from media_helpers import ColourModel
+
+    model = ColourModel()
+    monkeypatch.setattr(predict, "load_backend", lambda *args, **kwargs: model)
+    return model
+
+
 # --- the shell scripts' stand-in tools -------------------------------------------------------------------------
 
 @pytest.fixture

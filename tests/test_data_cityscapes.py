@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import cv2
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 from hrnetseg.data import cityscapes
 from hrnetseg.util.errors import UserError
 
-from helpers import SAMPLE_IMAGES, TINY_IMAGES
+from helpers import SAMPLE_IMAGES, TINY_IMAGES, load_script
+from media_helpers import png_declaring
 
 
 def test_label_table_matches_cityscapes_scripts():
@@ -152,3 +154,33 @@ def test_unreadable_reason_says_permission_denied(sample_data_root, monkeypatch)
     assert cityscapes.unreadable_reason(image).startswith("cannot be decoded")
     monkeypatch.setattr(cityscapes.os, "access", lambda path, mode: False)   # as a user without read access
     assert cityscapes.unreadable_reason(image) == "cannot be read: permission denied"
+
+
+def test_a_png_declaring_more_pixels_than_the_budget_is_refused_from_its_header(tmp_path):
+    """A 280 kB PNG declaring 12000 x 8000 pixels (23 GB once predicted): refused before anything is decoded."""
+    big = str(png_declaring(tmp_path / "big.png", 8000, 12000))
+    began = time.perf_counter()
+    assert cityscapes.image_size(big) is None
+    assert cityscapes.read_image(big, cv2.IMREAD_COLOR) is None
+    reason = cityscapes.unreadable_reason(big)
+    assert time.perf_counter() - began < 0.5
+    assert reason == "declares 8000x12000 pixels (96.0 Mpx), above the limit of 50.0 Mpx (--max_pixels raises it)"
+    huge = str(png_declaring(tmp_path / "huge.png", 20000, 20000))   # beyond PIL's own decompression-bomb limit
+    assert cityscapes.image_size(huge) is None and "above the limit of 50.0 Mpx" in cityscapes.unreadable_reason(huge)
+    try:
+        cityscapes.set_max_pixels(400000000)
+        assert cityscapes.image_size(big) == (8000, 12000) and cityscapes.image_size(huge) == (20000, 20000)
+    finally:
+        cityscapes.set_max_pixels(cityscapes.DEFAULT_MAX_PIXELS)
+    assert cityscapes.image_size(big) is None
+
+
+@pytest.mark.parametrize("script", ["HRNet_preprocess.py", "HRNet_postprocess.py", "hrnetseg.evaluate",
+                                    "hrnetseg.predict"])
+def test_every_tool_that_decodes_images_takes_max_pixels(script):
+    import importlib
+
+    module = load_script(script) if script.endswith(".py") else importlib.import_module(
+        {"hrnetseg.evaluate": "hrnetseg.evaluation.cli", "hrnetseg.predict": "hrnetseg.prediction.cli"}[script])
+    action = next(a for a in module.build_parser()._actions if a.dest == "max_pixels")
+    assert action.default == cityscapes.DEFAULT_MAX_PIXELS and "--max_pixels" in action.option_strings

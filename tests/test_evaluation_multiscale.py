@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from hrnetseg.backends import Backend, InputSpec
 from hrnetseg.evaluation import multiscale
 from hrnetseg.evaluation.multiscale import (
     MAX_SIDE,
@@ -275,3 +276,63 @@ def test_scales_that_need_more_memory_than_is_available_are_refused(monkeypatch)
     check_memory(TestTimeAugmentation(scales=(0.5, 1.0, 1.5), flip=True, base_size=128), [(64, 128)])   # fits
     monkeypatch.setattr(multiscale, "available_memory", lambda: None)
     check_memory(huge, [(64, 128)])   # not known: nothing refused
+
+
+class LinearModel(Backend):
+    """A stand-in whose class scores are a fixed linear function of every 4th pixel's colour (many classes
+    per picture, boundaries everywhere)."""
+
+    name, device, precision = "linear", "cpu", "fp32"
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(1)
+        self.weights = rng.standard_normal((19, 3)).astype(np.float32) * 3
+        self.input = InputSpec("image", np.dtype("float32"), (None, 3, None, None))
+        self.output_names = ["output"]
+
+    def run(self, batch):
+        return [np.einsum("kc,nchw->nkhw", self.weights, batch[:, :, ::4, ::4]).astype(np.float32)]
+
+
+@pytest.mark.parametrize("band_rows", [1, 3, 7])
+def test_labels_made_in_bands_of_rows_equal_the_whole_map(band_rows):
+    """Predict's full-size work in bands of rows (tiny bands here) gives the labels of the whole summed map,
+    bit for bit: every scale's upsample, band by band, is those rows of the whole upsample."""
+    from hrnetseg.evaluation.multiscale import combine_scales, labels_from_scales, scale_runs
+    from hrnetseg.evaluation.upsample_argmax import upsample_bilinear
+
+    image = normalized_image(37, 53, 3)
+    tta = TestTimeAugmentation(scales=(0.5, 1.0, 1.5), flip=True, base_size=64, crop_size=(32, 48))
+    run_main = main_output_runner(LinearModel())
+    runs = [(run.without_batch(), run_main(run.batch)) for run in scale_runs(image, tta)]
+    whole = combine_scales(37, 53, runs, flip=True).argmax(axis=0).astype(np.uint8)
+    assert len(np.unique(whole)) >= 5   # a telling map
+    np.testing.assert_array_equal(labels_from_scales(37, 53, runs, True, band_rows=band_rows), whole)
+    np.testing.assert_array_equal(predict_train_ids(image, run_main, tta), whole)   # the default band size
+
+    maps = np.random.default_rng(band_rows).standard_normal((4, 9, 13)).astype(np.float32)
+    full = upsample_bilinear(maps, 37, 53)
+    for start in range(0, 37, band_rows):
+        stop = min(start + band_rows, 37)
+        np.testing.assert_array_equal(upsample_bilinear(maps, 37, 53, (start, stop)), full[:, start:stop])
+    np.testing.assert_array_equal(upsample_bilinear(maps, 9, 53, (2, 5)), upsample_bilinear(maps, 9, 53)[:, 2:5])
+
+
+def test_a_large_photo_never_gets_its_full_size_class_scores_at_once(monkeypatch):
+    """19 x H x W float32 would be 76 bytes per pixel; in bands, the full-size work is a few bands of rows."""
+    import tracemalloc
+
+    from hrnetseg.evaluation import multiscale
+
+    monkeypatch.setattr(multiscale, "BAND_BYTES", 1 << 20)
+    image = normalized_image(600, 800, 4)   # 5.8 MB itself
+    tta = TestTimeAugmentation(scales=(0.5, 1.0), base_size=64, crop_size=(32, 48))
+    run_main = main_output_runner(LinearModel())
+    tracemalloc.start()
+    try:
+        labels = predict_train_ids(image, run_main, tta)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert labels.shape == (600, 800)
+    assert peak < 8 * (1 << 20), peak   # the whole map: 36 MB

@@ -14,9 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from hrnetseg.backends import Backend, InputSpec
 from hrnetseg.data import cityscapes
-from hrnetseg.evaluation.multiscale import TestTimeAugmentation, main_output_runner, predict_train_ids
+from hrnetseg.evaluation.multiscale import main_output_runner
 from hrnetseg.prediction import cli as predict
 from hrnetseg.util.errors import UserError
 
@@ -29,80 +28,26 @@ from helpers import (
     run_in_process,
     run_script,
 )
+from media_helpers import (
+    SMALL,
+    VIDEO,
+    by_colour,
+    direct_prediction,
+    picture,
+    read,
+    run_predict,
+    video_frames,
+    write_video,
+)
 
-SMALL = ["--base_size", "64", "--crop_size", "32,48"]   # every run: one model run per image at scale 1.0
 SCALES = ["--scales", "0.5,1.0,1.5"]
 ODD = (37, 53)          # a JPEG of odd size: scaled to 44x64, 22x32 and 66x96 (windows of 32x48, the last shifted)
-VIDEO = (3, 7.0, 48, 80)   # frames, fps, height, width
 
 
 def cv2():
     import cv2 as module
 
     return module
-
-
-def picture(seed: int, height: int, width: int) -> np.ndarray:
-    """A smooth BGR scene (JPEG keeps it close), not noise."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
-    return cv2().resize(small, (width, height), interpolation=cv2().INTER_LINEAR)
-
-
-def write_video(path, frames=VIDEO[0], fps=VIDEO[1], height=VIDEO[2], width=VIDEO[3]) -> None:
-    writer = cv2().VideoWriter(str(path), cv2().VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    assert writer.isOpened()
-    for index in range(frames):
-        writer.write(picture(100 + index, height, width))
-    writer.release()
-
-
-def video_frames(path):
-    capture = cv2().VideoCapture(str(path))
-    fps, found = capture.get(cv2().CAP_PROP_FPS), []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        found.append(frame)
-    capture.release()
-    return found, fps
-
-
-class ColourModel(Backend):
-    """A stand-in model: the main output's class scores are a fixed linear function of the colour of every 4th
-    pixel (the real outputs are a quarter of the input); the aux output is all zeros (class 0 everywhere)."""
-
-    name, device, precision = "colour", "cpu", "fp32"
-
-    def __init__(self) -> None:
-        rng = np.random.default_rng(0)
-        self.weights = rng.standard_normal((19, 3)).astype(np.float32) * 4
-        self.bias = rng.standard_normal(19).astype(np.float32)
-        self.input = InputSpec("image", np.dtype("float32"), (None, 3, None, None))
-        self.output_names = ["output1", "output2"]
-
-    def run(self, batch):
-        logits = np.einsum("kc,nchw->nkhw", self.weights, batch[:, :, ::4, ::4]) + self.bias[:, None, None]
-        return [np.zeros_like(logits), logits.astype(np.float32)]
-
-
-@pytest.fixture
-def colour_model(monkeypatch):
-    """predict.main runs the ColourModel, whatever model file it is given."""
-    model = ColourModel()
-    monkeypatch.setattr(predict, "load_backend", lambda *args, **kwargs: model)
-    return model
-
-
-def direct_prediction(run_main, bgr: np.ndarray, scales=(1.0,), flip: bool = False) -> np.ndarray:
-    """trainIds of a BGR picture straight from hrnetseg.evaluation.multiscale, on the reference transform."""
-    image = np.ascontiguousarray(cityscapes.reference_transform(bgr).transpose(1, 2, 0))
-    return predict_train_ids(image, run_main, TestTimeAugmentation(scales, flip, 64, (32, 48)))
-
-
-def by_colour(bgr: np.ndarray, scales=(1.0,)) -> np.ndarray:
-    return direct_prediction(main_output_runner(ColourModel()), bgr, scales)
 
 
 @pytest.fixture(scope="module")
@@ -112,17 +57,6 @@ def by_torch(tiny_pth_path):
 
     run_main = main_output_runner(load_backend("torch", str(tiny_pth_path), device="cpu", preset=TINY_PRESET))
     return lambda bgr, scales=(1.0,), flip=False: direct_prediction(run_main, bgr, scales, flip)
-
-
-def run_predict(model, inputs, out, *extra):
-    return predict.main(["--pth", str(model), "--preset", TINY_PRESET, "--input", *map(str, inputs),
-                         "--output", str(out), *SMALL, *map(str, extra)])
-
-
-def read(path, flags=None):
-    image = cv2().imread(str(path), cv2().IMREAD_UNCHANGED if flags is None else flags)
-    assert image is not None, path
-    return image
 
 
 def check_kinds(photo, stem_path, train_ids):
@@ -150,7 +84,7 @@ def test_png_jpeg_of_odd_size_and_a_folder_every_kind(tmp_path, tiny_pth_path, c
     made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert made == sorted(["day/rain/odd_{}.png".format(k) for k in ("color", "labelIds", "overlay", "trainIds")] +
                           ["frankfurt_000000_000294_{}.png".format(k)
-                           for k in ("color", "labelIds", "overlay", "trainIds")])
+                           for k in ("color", "labelIds", "overlay", "trainIds")] + ["predict_record.json"])
     for source, stem in ((png, out / "frankfurt_000000_000294"), (jpeg, out / "day" / "rain" / "odd")):
         photo = read(source, cv2().IMREAD_COLOR)
         train_ids = by_colour(photo, (0.5, 1.0, 1.5))
@@ -220,7 +154,7 @@ def test_rerun_keeps_what_exists_unless_overwrite(tmp_path, tiny_pth_path, colou
 
     assert run_predict(tiny_pth_path, [image], out, *kinds) == 0
     printed = capsys.readouterr().out
-    assert "predicted 0 images" in printed and "left alone 1 input whose outputs exist" in printed
+    assert "predicted 0 images" in printed and "left alone 1 input whose outputs are up to date" in printed
     assert {p: os.stat(p).st_ino for p in first} == first
 
     label.unlink()   # one kind missing: only it is written again
@@ -348,7 +282,7 @@ def test_outputs_that_would_share_a_name_and_the_output_inside_an_input_folder(t
     (top / "b_overlay.png").unlink()
     for _ in range(2):   # the outputs inside the input folder are not taken as inputs on the rerun
         assert run_predict(tiny_pth_path, [top], top / "predictions") == 0
-    assert sorted(p.name for p in (top / "predictions").iterdir()) == ["a_overlay.png"]
+    assert sorted(p.name for p in (top / "predictions").iterdir()) == ["a_overlay.png", "predict_record.json"]
 
 
 def test_overwrite_through_a_symlinked_output_never_replaces_the_model(tmp_path, tiny_pth_path, monkeypatch):

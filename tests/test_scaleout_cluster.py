@@ -240,5 +240,5 @@ def test_predict_on_a_cluster_with_a_worker_killed_writes_the_local_files(tmp_pa
     assert "wrote {} files".format(2 * TINY_IMAGES) in out   # each image's files counted once
     local = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*") if p.is_file())
     ours = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*") if p.is_file())
-    assert ours == local and len(ours) == 2 * TINY_IMAGES   # no temporaries left behind
+    assert ours == local and len(ours) == 2 * TINY_IMAGES + 1   # and the record; no temporaries left behind
     assert all((tmp_path / "ray" / p).read_bytes() == (tmp_path / "local" / p).read_bytes() for p in ours)

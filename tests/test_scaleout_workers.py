@@ -68,7 +68,7 @@ def prediction_config(model, output, **changes):
     fields = dict(kind="onnxruntime", model=str(model), device=None, precision="fp32", preset="w48_ocr",
                   output_index=None, batchsize=None, warmup=None, threads=1, batch_delay_s=0.0,
                   tta=TestTimeAugmentation(base_size=TINY_WIDTH), needed=[(TINY_HEIGHT, TINY_WIDTH)],
-                  output=str(output), skip_bad=False)
+                  output=str(output), skip_bad=False, max_pixels=50000000)
     fields.update(changes)
     return PredictionConfig(**fields)
 
@@ -77,7 +77,8 @@ def test_prediction_worker_writes_the_local_files_and_names_what_it_cannot_read(
                                                                                 tiny_data_root, tiny_onnx_path):
     from hrnetseg.prediction import cli as predict
     from hrnetseg.prediction.inputs import find_inputs
-    from hrnetseg.scaleout.prediction import PredictionLedger, PredictionWorker, kinds_to_write
+    from hrnetseg.prediction.outputs import OutputRecord, kinds_to_write
+    from hrnetseg.scaleout.prediction import PredictionLedger, PredictionWorker
 
     photos = tmp_path / "photos"
     shutil.copytree(str(tiny_data_root / "cityscapes" / "leftImg8bit" / "val"), str(photos))
@@ -86,10 +87,15 @@ def test_prediction_worker_writes_the_local_files_and_names_what_it_cannot_read(
     local = sorted(p for p in (tmp_path / "local").rglob("*.png"))
     items = sorted(find_inputs([str(photos)], str(tmp_path / "ray")))   # as predict lists them
     paths = [item.path for item in items]
-    # the driver's decision: everything for a new folder; only the missing kinds where some exist
-    assert kinds_to_write(str(tmp_path / "ray"), items[0], ("labelIds", "color"), False) == ("labelIds", "color")
-    assert kinds_to_write(str(tmp_path / "local"), items[0], ("labelIds", "color"), False) == ()
-    assert kinds_to_write(str(tmp_path / "local"), items[0], ("color",), True) == ("color",)
+    # the driver's decision: everything for a new folder; nothing where the record vouches for every kind
+    record, size = OutputRecord(str(tmp_path / "local")), (TINY_HEIGHT, TINY_WIDTH)
+    (settings,) = record.settings.values()
+    kinds = ("labelIds", "color")
+    assert kinds_to_write(OutputRecord(str(tmp_path / "ray")), str(tmp_path / "ray"), items[0], kinds, settings,
+                          size, None, False) == kinds
+    assert kinds_to_write(record, str(tmp_path / "local"), items[0], kinds, settings, size, None, False) == ()
+    assert kinds_to_write(record, str(tmp_path / "local"), items[0], ("color",), settings, size, None, True) == \
+        ("color",)
 
     worker = PredictionWorker(2, prediction_config(tiny_onnx_path, tmp_path / "ray"),
                               [(item, ("labelIds", "color")) for item in items])

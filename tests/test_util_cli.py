@@ -127,3 +127,19 @@ def test_the_locks_parser_is_one_too():
     from hrnetseg.util import locks
 
     assert isinstance(locks.build_parser(), ArgumentParser)
+
+
+def test_a_name_that_is_not_utf8_prints_on_a_strict_terminal():
+    """Python keeps such a name's bytes as lone surrogates; printing it must not end the tool."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom hrnetseg.util.cli import run_cli\nfrom hrnetseg.util.errors import UserError\n"
+            "def main(argv):\n    name = os.fsdecode(b'clip\\xff.mp4')\n    print('skipped', name)\n"
+            "    raise UserError('cannot use ' + name)\n"
+            "run_cli(main, [])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO),
+                            env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+    assert result.returncode == 2 and result.stdout == "skipped clip\\udcff.mp4\n", result
+    assert result.stderr == "-c: error: cannot use clip\\udcff.mp4\n", result.stderr

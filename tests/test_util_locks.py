@@ -15,6 +15,7 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.util.locks import acquire_on_descriptor, lock_path_for, output_lock, read_owner
 
 from helpers import REPO, assert_user_error, lock_held_elsewhere, run_script
+from media_helpers import full_disk_skip_reason, on_a_full_disk
 
 
 def test_a_second_writer_stops_at_once_naming_the_first(tmp_path):
@@ -117,3 +118,42 @@ def test_a_lock_file_that_is_not_a_regular_file_is_refused_never_written_through
     with locks.output_lock(str(tmp_path / "plain_out")):
         assert (tmp_path / "plain_out.lock").read_text().strip() == str(os.getpid())
     assert not (tmp_path / "plain_out.lock").exists()
+
+
+FULL_DISK_LOCKS = r"""
+import subprocess
+TAKE = (
+    "import sys\nfrom hrnetseg.util.cli import run_cli\nfrom hrnetseg.util.locks import output_lock\n"
+    "def take(argv):\n    with output_lock(argv[0]):\n        print('held')\nrun_cli(take, sys.argv[1:])\n")
+script = os.path.join(disk, "..", "lock.sh")
+with open(script, "w") as fh:
+    fh.write('source "{}/scripts/common.sh"\nPYTHON="{}"\nlock_output "$1"\necho locked\n'.format(
+        os.getcwd(), sys.executable))
+print("shell", subprocess.run(["bash", script, os.path.join(disk, "by_shell")]).returncode, flush=True)
+print("python", subprocess.run([sys.executable, "-c", TAKE, os.path.join(disk, "by_python")]).returncode, flush=True)
+print("left", sorted(os.listdir(disk)), flush=True)
+nodes = os.path.join(disk, "..", "nodes")   # a tmpfs without a free inode: the lock file cannot even be made
+os.makedirs(nodes)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=2", "tmpfs", nodes], check=True)
+open(os.path.join(nodes, "filler"), "w").close()
+print("shell", subprocess.run(["bash", script, os.path.join(nodes, "by_shell")]).returncode, flush=True)
+print("python", subprocess.run([sys.executable, "-c", TAKE, os.path.join(nodes, "by_python")]).returncode, flush=True)
+print("left", sorted(os.listdir(nodes)), flush=True)
+"""
+
+
+def test_a_lock_on_a_full_disk_is_one_line_and_leaves_no_lock_file(tmp_path):
+    """A lock file made on a full disk that its owner cannot be written into, and one that cannot be made at all:
+    one line, exit 1, no empty lock file left (by Python, and by lock_output in scripts/common.sh)."""
+    reason = full_disk_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    result = on_a_full_disk(tmp_path / "disk", FULL_DISK_LOCKS)
+    assert result.stdout.splitlines() == ["shell 1", "python 1", "left ['filler']"] * 2, (result.stdout,
+                                                                                          result.stderr)
+    full = "no space left on the device while writing {}"
+    assert result.stderr.splitlines() == [
+        "python3 -m hrnetseg.util.locks: error: " + full.format(tmp_path / "disk" / "by_shell.lock"),
+        "-c: error: " + full.format(tmp_path / "disk" / "by_python.lock"),
+        "error: cannot create lock file {}: No space left on device".format(tmp_path / "nodes" / "by_shell.lock"),
+        "-c: error: " + full.format(tmp_path / "nodes" / "by_python.lock")], result.stderr

@@ -14,7 +14,7 @@ import numpy as np
 
 from hrnetseg.data import cityscapes
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import remove_quietly, write_bytes_atomic
+from hrnetseg.util.files import atomic_path, remove_quietly
 
 # the files of image <id>: <id> + suffix
 PREDICTION_SUFFIX = "_labelIds.png"   # in --save_pred
@@ -44,13 +44,33 @@ def overlay_picture(photo: np.ndarray, color: np.ndarray) -> np.ndarray:
 
 
 def write_png(path: str, image: np.ndarray) -> None:
-    """`image` as a PNG at `path`, written atomically."""
+    """`image` as a PNG at `path`, written atomically and read back before it is renamed into place: a file that
+    does not decode to the same pixels (a write the disk lost) never appears under the name (exit 1)."""
     import cv2
 
     ok, data = cv2.imencode(".png", image)
     if not ok:  # pragma: no cover
         raise UserError("cannot encode {}".format(path))
-    write_bytes_atomic(path, data.tobytes())
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data.tobytes())
+        if not png_matches(tmp, image):
+            raise UserError("cannot write {}: the file written does not decode back to the picture (is the disk "
+                            "full?)".format(path), exit_code=1)
+
+
+def png_matches(path: str, image: np.ndarray) -> bool:
+    """Whether the file at `path` decodes to exactly `image` (PNG is lossless)."""
+    import cv2
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) \
+            if data and cityscapes.png_intact(data) else None
+    except (OSError, cv2.error):
+        return False
+    return decoded is not None and decoded.shape == image.shape and np.array_equal(decoded, image)
 
 
 def save_pictures(pred: np.ndarray, sample_id: str, vis_dir: Optional[str], pred_dir: Optional[str],

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Set
 import cv2
 import numpy as np
 
-from hrnetseg.data.cityscapes import ID_TO_TRAIN, IMAGE_SUFFIX, LABEL_SUFFIX, LABELS, NUM_CLASSES
+from hrnetseg.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, LABELS, NUM_CLASSES, read_train_ids
 from hrnetseg.util.cli import ArgumentParser, plain_name, positive_int, run_cli, whole_number
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_bytes_atomic
@@ -264,7 +264,7 @@ def write_fake_outputs(root: str, res_dir: str, split: str = "val", naming: str 
         if ids is not None and sid not in ids:
             continue
         rng = np.random.RandomState([seed, len(written), 7])
-        train_ids = ID_TO_TRAIN[cv2.imread(label_path, cv2.IMREAD_UNCHANGED)]
+        train_ids = read_train_ids(label_path)
         main_out = fake_logits(train_ids, rng)
         aux_out = fake_logits(train_ids, rng, noise=3.0)
         for index, array in ((first, aux_out), (first + 1, main_out)):

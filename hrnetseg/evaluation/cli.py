@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_path", default=None, help="result.json to write (HRNet_postprocess.py's format)")
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
+    cityscapes.add_max_pixels_flag(parser)
     add_tta_flags(parser)
     add_ray_flags(parser, "; rounded up to whole --batchsize batches")
     return parser
@@ -142,6 +143,7 @@ def first_image_size(samples: Sequence[cityscapes.Sample]) -> Tuple[int, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    cityscapes.set_max_pixels(args.max_pixels)
     tta = tta_from_args(args)
     model = args.onnx if args.onnx is not None else args.pth   # "" is a (bad) name, not "no model"
     if not model:

@@ -45,6 +45,7 @@ MAX_SIDE = 1 << 20
 FLOAT32 = 4                            # bytes
 WINDOW_OVERHEAD = 512                  # bytes per model input besides its pixels: its window, tuple and array views
 Window = Tuple[int, int, int, int]     # h0, h1, w0, w1
+BAND_BYTES = 16 << 20                  # full-size float32 class scores made at once (the work takes ~5 times that)
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,25 @@ def combine_scales(height: int, width: int, runs: Iterable[Tuple[ScaleRun, np.nd
     return total
 
 
+def labels_from_scales(height: int, width: int, runs: Iterable[Tuple[ScaleRun, np.ndarray]], flip: bool,
+                       band_rows: Optional[int] = None) -> np.ndarray:
+    """The H x W uint8 argmax of combine_scales, identical to it, made in bands of rows: the full-size class
+    scores exist BAND_BYTES at a time (19 x band x W float32), never 19 x H x W. Each scale's own map (its
+    size set by --base_size and the scale, not by the photo's) is kept until the last band."""
+    maps = [scale_scores(run, logits, flip) for run, logits in runs]
+    band_rows = band_rows or max(1, BAND_BYTES // (NUM_CLASSES * width * 4))
+    labels = np.empty((height, width), dtype=np.uint8)
+    for start in range(0, height, band_rows):
+        stop = min(start + band_rows, height)
+        total = np.zeros((NUM_CLASSES, stop - start, width), dtype=np.float32)
+        for scores in maps:
+            total += upsample_bilinear(scores, height, width, (start, stop))
+        if not np.isfinite(total).all():
+            raise UserError("the summed scores are not finite (NaN or overflowing logits from the model)")
+        labels[start:stop] = total.argmax(axis=0)
+    return labels
+
+
 def summed_scores(image_hwc: np.ndarray, run_main: RunMain, tta: TestTimeAugmentation) -> np.ndarray:
     """Upstream's multi_scale_inference for one normalized float32 H x W x 3 image: the 19 x H x W float32 sum
     over scales of exp(logits), each scale's map upsampled to the image's size."""
@@ -298,8 +318,12 @@ def summed_scores(image_hwc: np.ndarray, run_main: RunMain, tta: TestTimeAugment
 
 
 def predict_train_ids(image_hwc: np.ndarray, run_main: RunMain, tta: TestTimeAugmentation) -> np.ndarray:
-    """The H x W uint8 trainIds: argmax over classes of summed_scores (ties to the lower class, as torch)."""
-    return summed_scores(image_hwc, run_main, tta).argmax(axis=0).astype(np.uint8)
+    """The H x W uint8 trainIds: argmax over classes of summed_scores (ties to the lower class, as torch), made
+    in bands of rows (labels_from_scales), so a large photo never needs its 19 x H x W scores at once."""
+    _check_image(image_hwc)
+    height, width = image_hwc.shape[:2]
+    return labels_from_scales(height, width, ((run.without_batch(), run_main(run.batch))
+                                              for run in scale_runs(image_hwc, tta)), tta.flip)
 
 
 def main_output_index(requested: Optional[int], outputs: int) -> int:

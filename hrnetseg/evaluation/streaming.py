@@ -27,7 +27,7 @@ from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion
 from hrnetseg.evaluation.multiscale import (
     TestTimeAugmentation,
     check_model_takes,
-    combine_scales,
+    labels_from_scales,
     main_output_index,
     main_output_runner,
     predict_train_ids,
@@ -296,7 +296,7 @@ def tta_confusion(image: np.ndarray, labels: np.ndarray, backend: Backend, tta: 
 class AugmentedStreamingEvaluation(StreamingEvaluation):
     """The same stages with test-time augmentation: infer runs the model on every scale's inputs (one image
     at a time, --batchsize inputs per model run), evaluate resizes, sums and takes the argmax
-    (multiscale.combine_scales), so the model and the CPU work overlap as before."""
+    (multiscale.labels_from_scales), so the model and the CPU work overlap as before."""
 
     def __init__(self, backend: Backend, samples: Sequence[cityscapes.Sample], size: Tuple[int, int], batch: int,
                  output_index: int, queue_size: int, tta: TestTimeAugmentation, decode_workers: int = 1,
@@ -319,7 +319,7 @@ class AugmentedStreamingEvaluation(StreamingEvaluation):
             self._put(self.inferred, None)
 
     def labels_of(self, sample_id: str, inferred, shape: Tuple[int, int]) -> np.ndarray:
-        return combine_scales(shape[0], shape[1], inferred, self.tta.flip).argmax(axis=0).astype(np.uint8)
+        return labels_from_scales(shape[0], shape[1], inferred, self.tta.flip)
 
 
 # ---------------------------------------------------------------------------------------------- the report

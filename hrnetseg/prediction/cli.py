@@ -6,7 +6,8 @@ classes as labelIds / trainIds PNGs, the colour picture or the colours over the 
 Every image, whatever its size, goes through upstream HRNet-OCR's multi-scale inference
 (hrnetseg.evaluation.multiscale): its long side resized to --base_size x scale, sliding windows of --crop_size
 above scale 1.0, optionally flipped. A model with a fixed input size must take every size that needs (export
-with --dynamic_hw for any). Outputs keep the inputs' sub-folders; a rerun skips what exists unless --overwrite.
+with --dynamic_hw for any). Outputs keep the inputs' sub-folders; a rerun keeps the outputs that are up to date
+(hrnetseg.prediction.outputs) unless --overwrite.
 """
 from __future__ import annotations
 
@@ -21,15 +22,16 @@ import numpy as np
 
 from hrnetseg.backends import backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.flags import backend_flags
+from hrnetseg.data import cityscapes
 from hrnetseg.data.videos import VideoInfo, remove_stale_video_temporaries
 from hrnetseg.evaluation.multiscale import check_memory, check_model_takes, main_output_runner
 from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
-from hrnetseg.prediction.inputs import BadInput, Input, find_inputs, look_at
+from hrnetseg.prediction.inputs import BadInput, Input, SameAs, find_inputs, look_at
+from hrnetseg.prediction.outputs import RECORD, OutputRecord, kinds_to_write, planned_outputs, record_key
 from hrnetseg.prediction.per_input import (
     DEFAULT_SAVE,
     SAVE_KINDS,
     UnreadableInput,
-    planned_outputs,
     predict_image_file,
     predict_video_file,
     save_kinds,
@@ -72,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="leave out inputs that cannot be read (missing, empty, truncated, not an image or "
                              "video, not a regular file) and list them at the end (default: stop at the first)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="write every output again (default: a rerun keeps the outputs that exist)")
+                        help="write every output again (default: a rerun keeps the outputs made from the same input "
+                             "with the same settings that decode whole; see predict_record.json)")
+    cityscapes.add_max_pixels_flag(parser)
     add_tta_flags(parser)
     add_ray_flags(parser, "; images go to Ray, videos run in this process")
     return parser
@@ -102,12 +106,17 @@ def check_output(output: str, model: str) -> None:
         raise UserError("--output {} is the model file".format(output))
 
 
-def usable_inputs(args: argparse.Namespace) -> Tuple[List[Input], Dict[str, VideoInfo], List[Tuple[int, int]],
+def usable_inputs(args: argparse.Namespace) -> Tuple[List[Input], Dict[str, VideoInfo], Dict[str, Tuple[int, int]],
                                                      List[BadInput]]:
-    """The inputs that can be read (from their headers), each video's info, every image or frame size, and the
-    bad ones; without --skip_bad the first bad one stops the run here, before the model is loaded."""
-    usable, videos, sizes, bad = [], {}, [], []
+    """The inputs that can be read (from their headers), each video's info, each input's image or frame size,
+    and the bad ones; without --skip_bad the first bad one stops the run here, before the model is loaded. A
+    name that leads to a file or folder already taken is said on stderr (predicted once)."""
+    usable, videos, size_of, bad = [], {}, {}, []
     for item in find_inputs(args.input, args.output):
+        if isinstance(item, SameAs):
+            print("predict: {} is {} again: predicted once, as {}".format(item.path, item.first, item.first),
+                  file=sys.stderr, flush=True)
+            continue
         if isinstance(item, Input):
             size, info, reason = look_at(item)
             if size is None:
@@ -119,8 +128,7 @@ def usable_inputs(args: argparse.Namespace) -> Tuple[List[Input], Dict[str, Vide
             continue
         if info is not None:
             videos[item.path] = info
-        if size not in sizes:
-            sizes.append(size)
+        size_of[item.path] = size
         usable.append(item)
     for item in bad:
         print("predict: skipping {}: {}".format(item.path, item.reason), file=sys.stderr, flush=True)
@@ -128,7 +136,7 @@ def usable_inputs(args: argparse.Namespace) -> Tuple[List[Input], Dict[str, Vide
         raise UserError("nothing to predict: none of the {} input{} can be read{}".format(
             len(bad), "" if len(bad) == 1 else "s", " (e.g. {}: {})".format(bad[0].path, bad[0].reason) if bad
             else ""))
-    return usable, videos, sizes, bad
+    return usable, videos, size_of, bad
 
 
 def refuse(item: BadInput) -> None:
@@ -137,12 +145,21 @@ def refuse(item: BadInput) -> None:
 
 def refuse_blocked_outputs(output: str, inputs: Sequence[Input], kinds: Sequence[str],
                            videos: Dict[str, VideoInfo], model: str) -> None:
-    """An existing output that is a folder, FIFO or device, or an input of the run (the model, an image or
-    video, also through a symbolic link: --overwrite writes through it), is never replaced: refused before the
-    model loads."""
-    planned = []
+    """Before the model loads: an existing output that is a folder, FIFO or device, or an input of the run (the
+    model, an image or video, also through a symbolic link: --overwrite writes through it), is never replaced;
+    two inputs whose outputs would have one name (a video's frame folder and a sub-folder of the inputs) are
+    refused, naming both."""
+    owner: Dict[str, str] = {}
+    record = os.path.join(output, RECORD)
+    if os.path.lexists(record) and not_regular_reason(record) is not None:
+        raise UserError("cannot write {}: it {}".format(record, not_regular_reason(record)))
+    planned = [record]
     for item in inputs:
         for path in planned_outputs(output, item, kinds, videos.get(item.path)):
+            if path in owner:
+                raise UserError("{} and {} would both be written as {}: rename one, or predict them into separate "
+                                "--output folders".format(owner[path], item.path, path))
+            owner[path] = item.path
             if os.path.lexists(path) and not_regular_reason(path) is not None:
                 raise UserError("cannot write {}: it {}".format(path, not_regular_reason(path)))
             planned.append(path)
@@ -154,19 +171,47 @@ def remove_leftovers(output: str) -> None:
     """The temporaries of killed runs anywhere under the output folder (this run holds its lock)."""
     for folder, subfolders, _ in os.walk(output):
         remove_stale_temporaries(folder, "*.png")
+        remove_stale_temporaries(folder, RECORD)
         remove_stale_video_temporaries(folder)
         subfolders[:] = [name for name in subfolders if not name.endswith(".tmp")]
+
+
+def run_settings(args: argparse.Namespace, kind: str, model: str, tta) -> dict:
+    """What decides an output's pixels besides its source: the model file as it is now, how it is run, the
+    test-time augmentation. An output made otherwise is made again."""
+    info = os.stat(model)
+    return {"model": os.path.realpath(model), "model_size": int(info.st_size),
+            "model_mtime_ns": int(info.st_mtime_ns), "backend": kind, "precision": args.precision,
+            "preset": args.preset, "output_index": args.output_index, "scales": list(tta.scales), "flip": tta.flip,
+            "base_size": tta.base_size, "crop_size": list(tta.crop_size)}
+
+
+def plan_outputs(args: argparse.Namespace, record: OutputRecord, settings: dict, inputs: Sequence[Input],
+                 videos: Dict[str, VideoInfo], size_of: Dict[str, Tuple[int, int]]) -> Dict[str, Tuple[str, ...]]:
+    """input path -> the kinds this run writes (none: left alone). The record stops vouching for them, on disk,
+    before any of them is rewritten."""
+    plan = {item.path: kinds_to_write(record, args.output, item, args.save, settings, size_of[item.path],
+                                      videos.get(item.path), args.overwrite) for item in inputs}
+    for item in inputs:
+        record.forget(record_key(item), plan[item.path])
+    record.save(force=True)
+    return plan
 
 
 # ------------------------------------------------------------------------------------------------- the CLI
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    cityscapes.set_max_pixels(args.max_pixels)
     tta = tta_from_args(args)
     check_ray_flags(args)
     model, kind = model_path(args)
     check_output(args.output, model)
-    inputs, videos, sizes, bad = usable_inputs(args)
+    inputs, videos, size_of, bad = usable_inputs(args)
+    sizes: List[Tuple[int, int]] = []
+    for size in size_of.values():
+        if size not in sizes:
+            sizes.append(size)
     check_memory(tta, sizes)   # before the sizes' windows are listed, and before any work
     needed: List[Tuple[int, int]] = []
     for height, width in sizes:
@@ -176,19 +221,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with output_lock(args.output):
             remove_leftovers(args.output)
             refuse_blocked_outputs(args.output, inputs, args.save, videos, model)
-            if args.ray is not None:
-                return run_on_ray(args, kind, model, tta, inputs, videos, sizes, needed, bad)
-            return run(args, kind, model, tta, inputs, videos, sizes, needed, bad)
+            record = OutputRecord(args.output)
+            settings = run_settings(args, kind, model, tta)
+            plan = plan_outputs(args, record, settings, inputs, videos, size_of)
+            try:
+                code = (run_on_ray if args.ray is not None else run)(args, kind, model, tta, inputs, videos, sizes,
+                                                                     needed, bad, plan, record, settings)
+            except BaseException:
+                with contextlib.suppress(UserError):   # the error in flight is the one to report
+                    record.save(force=True)
+                raise
+            record.save(force=True)
+            return code
     except BaseException:
-        if created:   # a run that failed before writing anything leaves no empty folder behind
+        if created:   # a run that failed before writing any output leaves no folder behind
             with contextlib.suppress(OSError):
-                os.rmdir(args.output)
+                if set(os.listdir(args.output)) <= {RECORD}:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(args.output, RECORD))
+                    os.rmdir(args.output)
         raise
 
 
 def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input], videos: Dict[str, VideoInfo],
-        sizes: List[Tuple[int, int]], needed: List[Tuple[int, int]], bad: List[BadInput]) -> int:
-    """Load the model, check it takes every size needed, predict each input in turn, print the summary."""
+        sizes: List[Tuple[int, int]], needed: List[Tuple[int, int]], bad: List[BadInput],
+        plan: Dict[str, Tuple[str, ...]], record: OutputRecord, settings: dict) -> int:
+    """Load the model, check it takes every size needed, predict each input in turn (the kinds `plan` gives it),
+    add what is finished to the record, print the summary."""
     began = time.perf_counter()
     backend = load_backend(kind, model, device=args.device, precision=args.precision, preset=args.preset)
     check_model_takes(backend.input, needed)   # before the slow part: every size the scales need
@@ -211,15 +270,18 @@ def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input
     total = images + sum(info.frames for info in videos.values())
     with progress(total=total, desc="predict") as bar:
         for item in inputs:
+            kinds = plan[item.path]
+            if not kinds:
+                skipped.append(item.path)
+                bar.update(videos[item.path].frames if item.video else 1)
+                continue
             try:
                 if item.video:
-                    outcome = predict_video_file(item, args.output, args.save, run_main, tta, videos[item.path],
-                                                 args.overwrite, on_frame=lambda: bar.update(1))
+                    outcome = predict_video_file(item, args.output, kinds, run_main, tta, videos[item.path],
+                                                 on_frame=lambda: bar.update(1))
                     predicted_frames += outcome.predicted
-                    if outcome.skipped:
-                        bar.update(videos[item.path].frames)
                 else:
-                    outcome = predict_image_file(item, args.output, args.save, run_main, tta, args.overwrite)
+                    outcome = predict_image_file(item, args.output, kinds, run_main, tta)
                     predicted_images += outcome.predicted
                     bar.update(1)
             except UnreadableInput as exc:
@@ -228,9 +290,9 @@ def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input
                 print("predict: skipping {}: {}".format(exc.path, exc.reason), file=sys.stderr, flush=True)
                 bad.append(BadInput(exc.path, exc.reason))
                 continue
+            record.add(record_key(item), outcome.source, kinds, settings, outcome.predicted if item.video else None)
+            record.save()
             written += len(outcome.written)
-            if outcome.skipped:
-                skipped.append(item.path)
     wall = time.perf_counter() - started
     print(summary(predicted_images, predicted_frames, wall, written, args.output, skipped, bad))
     return 0
@@ -238,7 +300,7 @@ def run(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input
 
 def run_on_ray(args: argparse.Namespace, kind: str, model: str, tta, inputs: List[Input],
                videos: Dict[str, VideoInfo], sizes: List[Tuple[int, int]], needed: List[Tuple[int, int]],
-               bad: List[BadInput]) -> int:
+               bad: List[BadInput], plan: Dict[str, Tuple[str, ...]], record: OutputRecord, settings: dict) -> int:
     """The image files on a Ray cluster (hrnetseg.scaleout), then the videos here, as run() does them."""
     from hrnetseg.scaleout.driver import worker_report
     from hrnetseg.scaleout.prediction import predict_on_ray
@@ -246,8 +308,8 @@ def run_on_ray(args: argparse.Namespace, kind: str, model: str, tta, inputs: Lis
     images = [item for item in inputs if not item.video]
     if images:
         ledger, ray_run, left_alone = predict_on_ray(
-            ray_options(args), kind, model, tta, images, needed, output=args.output, save=args.save,
-            overwrite=args.overwrite, skip_bad=args.skip_bad, device=args.device, precision=args.precision,
+            ray_options(args), kind, model, tta, images, needed, output=args.output, plan=plan, record=record,
+            settings=settings, skip_bad=args.skip_bad, device=args.device, precision=args.precision,
             preset=args.preset, output_index=args.output_index, batchsize=args.batchsize,
             warmup=args.warmup_count)
         if ray_run is not None:
@@ -260,7 +322,7 @@ def run_on_ray(args: argparse.Namespace, kind: str, model: str, tta, inputs: Lis
         return 0
     print("predict: {} video{} in this process (videos are not split over Ray)".format(
         len(clips), "" if len(clips) == 1 else "s"), flush=True)
-    return run(args, kind, model, tta, clips, videos, sizes, needed, [])
+    return run(args, kind, model, tta, clips, videos, sizes, needed, [], plan, record, settings)
 
 
 def summary(images: int, frames: int, wall: float, written: int, output: str, skipped: Sequence[str],
@@ -272,7 +334,7 @@ def summary(images: int, frames: int, wall: float, written: int, output: str, sk
                                       done / wall if wall > 0 else 0.0, wall / done if done else 0.0, written,
                                       "" if written == 1 else "s", output)]
     if skipped:
-        lines.append("left alone {} input{} whose outputs exist (--overwrite writes them again)".format(
+        lines.append("left alone {} input{} whose outputs are up to date (--overwrite writes them again)".format(
             len(skipped), "" if len(skipped) == 1 else "s"))
     if bad:
         lines.append("skipped {} unreadable input{}: {}".format(len(bad), "" if len(bad) == 1 else "s", "; ".join(

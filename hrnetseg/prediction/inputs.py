@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
-from typing import Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from hrnetseg.data import cityscapes
 from hrnetseg.data.videos import VIDEO_SUFFIXES, VideoInfo, probe
@@ -23,6 +23,8 @@ CITYSCAPES_IMAGE_SUFFIX = os.path.splitext(cityscapes.IMAGE_SUFFIX)[0]
 Input = namedtuple("Input", ["path", "folder", "stem", "video"])
 # an input that cannot be used, and why (in words)
 BadInput = namedtuple("BadInput", ["path", "reason"])
+# a name that leads to a file or folder already taken (a link to it, or named twice): predicted once, as `first`
+SameAs = namedtuple("SameAs", ["path", "first"])
 # EXIF orientations that turn the picture by 90 degrees: OpenCV decodes it turned, height and width swapped
 EXIF_ORIENTATION_TAG = 0x0112
 TURNED_ORIENTATIONS = (5, 6, 7, 8)
@@ -51,28 +53,65 @@ def _not_media(path: str) -> str:
         ", ".join(s[1:] for s in IMAGE_SUFFIXES[:3]) + ", ...", ", ".join(s[1:] for s in VIDEO_SUFFIXES[:3]) + ", ...")
 
 
-def _walk(root: str, skip: Optional[str]) -> Iterable[Tuple[str, str]]:
-    """(file, its folder relative to root) for every image or video under root, sorted, hidden names and the
-    folder `skip` (the output folder, when it lies inside) left out."""
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".") and
-                               os.path.realpath(os.path.join(folder, name)) != skip)
-        relative = os.path.relpath(folder, root)
-        for name in sorted(names):
-            if not name.startswith(".") and media_kind(name):
-                yield os.path.join(folder, name), "" if relative == "." else relative
+def _walk(root: str, skip: Optional[str], found: List[Union[Input, BadInput, SameAs]],
+          folders: Dict[str, str]) -> Optional[int]:
+    """Append every image or video under root to `found` (files sorted, then sub-folders), following symbolic
+    links to files and folders; hidden names and the folder `skip` (the output folder, when it lies inside)
+    are passed over. A link back to a folder above it (a loop) and a folder that cannot be listed are BadInputs;
+    a folder reached a second time (two links to it) is a SameAs. folders: real path -> the name it was first
+    reached by, over every --input. Returns how many images and videos were found (None: root was a SameAs)."""
+    count = 0
+
+    def visit(folder: str, relative: str, above: Tuple[str, ...]) -> None:
+        nonlocal count
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            found.append(BadInput(folder, "cannot be listed: {}".format(exc.strerror or exc)))
+            return
+        subfolders = []
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                subfolders.append(name)
+            elif media_kind(name):
+                found.append(Input(path, relative, stem_of(path), media_kind(path) == "video"))
+                count += 1
+        for name in subfolders:
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if real == skip:
+                continue
+            if real in above:
+                found.append(BadInput(path, "is a symbolic link loop (back to {})".format(folders.get(real, real))))
+            elif real in folders:
+                found.append(SameAs(path, folders[real]))
+            else:
+                folders[real] = path
+                visit(path, os.path.join(relative, name) if relative else name, above + (real,))
+
+    real_root = os.path.realpath(root)
+    if real_root in folders:
+        found.append(SameAs(root, folders[real_root]))
+        return None
+    folders[real_root] = root
+    visit(root, "", (real_root,))
+    return count
 
 
-def find_inputs(paths: Sequence[str], output: Optional[str] = None) -> List[Union[Input, BadInput]]:
+def find_inputs(paths: Sequence[str], output: Optional[str] = None) -> List[Union[Input, BadInput, SameAs]]:
     """The inputs named by --input (files, or folders searched recursively), in the order given, with a BadInput
     in its place for a name that is no input (missing, not an image or video by extension, a folder without
-    any). The output folder is not searched.
+    any, a symbolic link loop) and a SameAs for a file or folder reached a second time (taken once). The output
+    folder is not searched.
 
-    The same file reached twice is taken once; two inputs whose outputs would have the same names are refused.
+    Two inputs whose outputs would have the same names are refused.
     """
     skip = os.path.realpath(output) if output else None
-    found: List[Union[Input, BadInput]] = []
-    seen: Set[str] = set()
+    found: List[Union[Input, BadInput, SameAs]] = []
+    folders: Dict[str, str] = {}
     for path in paths:
         if not path:
             raise UserError("--input has an empty name: give a file or folder")
@@ -80,8 +119,7 @@ def find_inputs(paths: Sequence[str], output: Optional[str] = None) -> List[Unio
             if os.path.realpath(path) == skip:
                 raise UserError("--output {} is the input folder {}: the next run would take its pictures as "
                                 "inputs; give another folder (one inside it is fine)".format(output, path))
-            entries = list(_walk(path, skip))
-            if not entries:
+            if _walk(path, skip, found, folders) == 0:
                 found.append(BadInput(path, "holds no images ({}) or videos ({})".format(
                     ", ".join(s[1:] for s in IMAGE_SUFFIXES), ", ".join(s[1:] for s in VIDEO_SUFFIXES))))
         else:
@@ -89,14 +127,25 @@ def find_inputs(paths: Sequence[str], output: Optional[str] = None) -> List[Unio
             if reason is not None:   # missing, a FIFO or device (never opened), or no image or video by name
                 found.append(BadInput(path, reason))
                 continue
-            entries = [(path, "")]
-        for file, folder in entries:
-            real = os.path.realpath(file)
-            if real not in seen:
-                seen.add(real)
-                found.append(Input(file, folder, stem_of(file), media_kind(file) == "video"))
+            found.append(Input(path, "", stem_of(path), media_kind(path) == "video"))
+    found = _taken_once(found)
     refuse_shared_outputs([item for item in found if isinstance(item, Input)])
     return found
+
+
+def _taken_once(found: List[Union[Input, BadInput, SameAs]]) -> List[Union[Input, BadInput, SameAs]]:
+    """Each file once: a later name of a file already found (a link to it, or named twice) becomes a SameAs."""
+    first: Dict[str, str] = {}
+    kept: List[Union[Input, BadInput, SameAs]] = []
+    for item in found:
+        if isinstance(item, Input):
+            real = os.path.realpath(item.path)
+            if real in first:
+                item = SameAs(item.path, first[real])
+            else:
+                first[real] = item.path
+        kept.append(item)
+    return kept
 
 
 def refuse_shared_outputs(inputs: Sequence[Input]) -> None:

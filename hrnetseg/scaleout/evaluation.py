@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Tuple
 
-from hrnetseg.data.cityscapes import NUM_CLASSES, Sample
+from hrnetseg.data.cityscapes import NUM_CLASSES, Sample, max_pixels
 from hrnetseg.scaleout.batches import Ledger, plan_batches
 from hrnetseg.scaleout.driver import (
     RayRun,
@@ -31,7 +31,7 @@ def evaluate_on_ray(options: RayOptions, kind: str, model: str, samples: List[Sa
                           preset=preset, input_dtype=input_dtype, size=tuple(size), batchsize=batchsize,
                           output_index=output_index, warmup=warmup,
                           threads=worker_threads(cpu_threads, options.cpus_per_worker), batch_delay_s=batch_delay_s(),
-                          tta=tta)
+                          tta=tta, max_pixels=max_pixels())
     ids = [s.id for s in samples]
     ledger = Ledger(None, NUM_CLASSES)
 

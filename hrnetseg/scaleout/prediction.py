@@ -1,24 +1,27 @@
 """python -m hrnetseg.predict --ray: image files predicted by PredictionWorker actors, batches of paths.
 
-The driver decides once, before any work, which pictures each image still needs (all with --overwrite,
-else the kinds whose files are missing, as a run in one process does) and leaves out the images that need
-none. A worker reads its images from their paths (the same on every node) and writes exactly those files
-into the shared output folder, each atomically (prediction.predict_image_file), so a batch that runs again
-after its worker died rewrites the same files with the same pictures. Only counts and the paths of inputs
-that could not be read travel back. Videos are not sent to Ray (predict runs them in its own process).
+The driver decides once, before any work, which pictures each image still needs (hrnetseg.prediction.outputs,
+as a run in one process does) and leaves out the images that need none. A worker reads its images from their
+paths (the same on every node) and writes exactly those files into the shared output folder, each atomically
+(prediction.predict_image_file), so a batch that runs again after its worker died rewrites the same files with
+the same pictures. Counts, the source each image was read as and the paths of inputs that could not be read
+travel back; the driver adds each finished image to the output folder's record. Videos are not sent to Ray
+(predict runs them in its own process).
 """
 from __future__ import annotations
 
 import os
 import time
 from collections import namedtuple
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from hrnetseg.data.cityscapes import max_pixels, set_max_pixels
 from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner
 from hrnetseg.prediction.inputs import Input
-from hrnetseg.prediction.per_input import UnreadableInput, image_outputs, predict_image_file
+from hrnetseg.prediction.outputs import OutputRecord, record_key
+from hrnetseg.prediction.per_input import UnreadableInput, predict_image_file
 from hrnetseg.scaleout.batches import BatchLedger, plan_batches
 from hrnetseg.scaleout.driver import RayRun, batch_delay_s, ray_session, run_batches, worker_count, worker_threads
 from hrnetseg.scaleout.evaluation import describe_workers
@@ -28,14 +31,10 @@ from hrnetseg.util.errors import UserError
 
 PredictionConfig = namedtuple("PredictionConfig", ["kind", "model", "device", "precision", "preset",
                                                    "output_index", "batchsize", "warmup", "threads",
-                                                   "batch_delay_s", "tta", "needed", "output", "skip_bad"])
-# needed: every model input size the images need (checked once per worker before any batch)
-
-
-def kinds_to_write(output: str, item: Input, kinds: Sequence[str], overwrite: bool) -> Tuple[str, ...]:
-    """The kinds this run writes for an image: all with overwrite, else those whose file is missing."""
-    paths = image_outputs(output, item, kinds)
-    return tuple(kind for kind in kinds if overwrite or not os.path.lexists(paths[kind]))
+                                                   "batch_delay_s", "tta", "needed", "output", "skip_bad",
+                                                   "max_pixels"])
+# needed: every model input size the images need (checked once per worker before any batch); max_pixels: the
+# driver's pixel budget (hrnetseg.data.cityscapes.set_max_pixels)
 
 
 class PredictionWorker(RayWorker):
@@ -46,6 +45,7 @@ class PredictionWorker(RayWorker):
         self.config = config
         self.items: Dict[str, Tuple[Input, Tuple[str, ...]]] = {item.path: (item, kinds)
                                                               for item, kinds in fetched(listing)}
+        set_max_pixels(config.max_pixels)
         began = time.perf_counter()
         try:
             self.backend = self.load(config.kind, config.model, config.device, config.precision, config.preset,
@@ -59,22 +59,21 @@ class PredictionWorker(RayWorker):
         self.load_s = time.perf_counter() - began
 
     def run_batch(self, batch_id: int, paths: Sequence[str]) -> dict:
-        """{"ids", "predicted", "written", "bad": [(path, reason)], "busy_s"}; or {"error": ...} (an input that
-        cannot be read without --skip_bad, an output that cannot be written)."""
+        """{"ids", "predicted", "written", "done": [(path, source)], "bad": [(path, reason)], "busy_s"}; or
+        {"error": ...} (an input that cannot be read without --skip_bad, an output that cannot be written)."""
         if self.error is not None:
             return {"batch": batch_id, "error": self.error}
         if self.config.batch_delay_s:
             time.sleep(self.config.batch_delay_s)   # test hook: a batch that takes a while (see driver.py)
         began = time.perf_counter()
-        predicted, written, bad = 0, 0, []
+        predicted, written, done, bad = 0, 0, [], []
         try:
             for path in paths:
                 if path not in self.items:
                     raise UserError("input {} is not in the listing the driver sent".format(path))
                 item, kinds = self.items[path]
                 try:
-                    outcome = predict_image_file(item, self.config.output, kinds, self.run_main, self.config.tta,
-                                                 overwrite=True)
+                    outcome = predict_image_file(item, self.config.output, kinds, self.run_main, self.config.tta)
                 except UnreadableInput as exc:
                     if not self.config.skip_bad:
                         raise
@@ -82,21 +81,24 @@ class PredictionWorker(RayWorker):
                     continue
                 predicted += outcome.predicted
                 written += len(outcome.written)
+                done.append((path, list(outcome.source)))
         except UserError as exc:
             return {"batch": batch_id, "error": self.failure(exc)}
         seconds = time.perf_counter() - began
         self.busy_s += seconds
-        return {"batch": batch_id, "ids": list(paths), "predicted": predicted, "written": written, "bad": bad,
-                "busy_s": seconds, "pid": os.getpid()}
+        return {"batch": batch_id, "ids": list(paths), "predicted": predicted, "written": written, "done": done,
+                "bad": bad, "busy_s": seconds, "pid": os.getpid()}
 
 
 class PredictionLedger(BatchLedger):
-    """The images predicted and files written, each batch counted once; the inputs that could not be read."""
+    """The images predicted and files written, each batch counted once; the inputs that could not be read. Each
+    finished image goes into the output folder's record (`finished(path, source)`)."""
 
-    def __init__(self, batches) -> None:
+    def __init__(self, batches, finished: Callable[[str, Sequence], None] = lambda path, source: None) -> None:
         super().__init__(batches)
         self.predicted, self.written = 0, 0
         self.bad: List[Tuple[str, str]] = []
+        self.finished = finished
 
     def add_result(self, batch_id: int, result: dict) -> int:
         if not self.accept(batch_id, result["ids"]):
@@ -104,22 +106,26 @@ class PredictionLedger(BatchLedger):
         self.predicted += int(result["predicted"])
         self.written += int(result["written"])
         self.bad.extend((str(path), str(reason)) for path, reason in result["bad"])
+        for path, source in result.get("done", []):
+            self.finished(path, source)
         return len(result["ids"])
 
 
 def predict_on_ray(options: RayOptions, kind: str, model: str, tta, images: Sequence[Input],
-                   needed: List[Tuple[int, int]], *, output: str, save: Sequence[str], overwrite: bool,
-                   skip_bad: bool, device: Optional[str], precision: str, preset: str, output_index: Optional[int],
-                   batchsize: Optional[int], warmup: Optional[int]
-                   ) -> Tuple[Optional[PredictionLedger], Optional[RayRun], List[str]]:
-    """Predict the image inputs on Ray, writing the `save` kinds of pictures under output, the model run as the
-    backend flags say; returns (ledger, run, the inputs left alone because their outputs exist). Ledger and run
-    are None when no image needs predicting (Ray is then not started)."""
-    todo, left_alone = [], []
+                   needed: List[Tuple[int, int]], *, output: str, plan: Dict[str, Tuple[str, ...]],
+                   record: Optional[OutputRecord], settings: dict, skip_bad: bool, device: Optional[str],
+                   precision: str, preset: str, output_index: Optional[int], batchsize: Optional[int],
+                   warmup: Optional[int]) -> Tuple[Optional[PredictionLedger], Optional[RayRun], List[str]]:
+    """Predict the image inputs on Ray, writing the kinds of pictures `plan` gives each (input path -> kinds)
+    under output, the model run as the backend flags say, each finished image added to `record`; returns
+    (ledger, run, the inputs left alone because their outputs are up to date). Ledger and run are None when no
+    image needs predicting (Ray is then not started)."""
+    todo, left_alone, by_path = [], [], {}
     for item in images:
-        kinds = kinds_to_write(output, item, save, overwrite)
+        kinds = plan[item.path]
         if kinds:   # absolute paths: a worker's working folder is not the driver's
             todo.append((item._replace(path=os.path.abspath(item.path)), kinds))
+            by_path[os.path.abspath(item.path)] = (item, kinds)
         else:
             left_alone.append(item.path)
     if not todo:
@@ -128,9 +134,16 @@ def predict_on_ray(options: RayOptions, kind: str, model: str, tta, images: Sequ
                               preset=preset, output_index=output_index, batchsize=batchsize,
                               warmup=warmup, threads=worker_threads(None, options.cpus_per_worker),
                               batch_delay_s=batch_delay_s(), tta=tta, needed=list(needed),
-                              output=os.path.abspath(output), skip_bad=skip_bad)
+                              output=os.path.abspath(output), skip_bad=skip_bad, max_pixels=max_pixels())
     batches = plan_batches([item.path for item, _ in todo], options.batch_images, 1)
-    ledger = PredictionLedger(None)
+
+    def finished(path: str, source: Sequence) -> None:
+        if record is not None and path in by_path:
+            item, kinds = by_path[path]
+            record.add(record_key(item), tuple(source), kinds, settings)
+            record.save()
+
+    ledger = PredictionLedger(None, finished)
     with ray_session(options.address) as ray:
         workers = worker_count(ray, options.workers, options.cpus_per_worker, options.gpus_per_worker)
         run = RayRun(ray, PredictionWorker, (config, (ray.put(todo),)), lambda loaded: batches, ledger, workers,

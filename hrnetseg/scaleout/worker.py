@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence
 
 from hrnetseg.backends import load_backend
 from hrnetseg.backends.batching import batch_size_for, pad_batch
-from hrnetseg.data.cityscapes import Sample
+from hrnetseg.data.cityscapes import DEFAULT_MAX_PIXELS, Sample, set_max_pixels
 from hrnetseg.evaluation.streaming import (
     INTERRUPT_AFTER_ENV,
     AugmentedStreamingEvaluation,
@@ -31,8 +31,9 @@ from hrnetseg.util.errors import UserError, one_line
 # What a worker needs to load and run the model the way the local evaluation would.
 WorkerConfig = namedtuple("WorkerConfig", ["kind", "model", "device", "precision", "preset", "input_dtype",
                                            "size", "batchsize", "output_index", "warmup", "threads",
-                                           "batch_delay_s", "tta"])
-# tta: a multiscale.TestTimeAugmentation, or None for the single-scale path
+                                           "batch_delay_s", "tta", "max_pixels"], defaults=(DEFAULT_MAX_PIXELS,))
+# tta: a multiscale.TestTimeAugmentation, or None for the single-scale path; max_pixels: the driver's pixel
+# budget (hrnetseg.data.cityscapes.set_max_pixels)
 
 
 def node_address() -> str:
@@ -102,6 +103,7 @@ class EvaluationWorker(RayWorker):
         super().__init__(index)
         self.config = config
         self.samples: Dict[str, Sample] = {sample.id: sample for sample in fetched(samples)}
+        set_max_pixels(config.max_pixels)
         began = time.perf_counter()
         try:
             self.backend = self.load(config.kind, config.model, config.device, config.precision, config.preset,

@@ -29,6 +29,7 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
             argv: Optional[Sequence[str]] = None) -> None:
     """Run a script's main(); user errors become one line on stderr, never a traceback."""
     prog = program_name()
+    printable_names()
     try:
         code = main(argv)
     except UserError as exc:
@@ -38,6 +39,14 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
         print("{}: interrupted".format(prog), file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(code or 0)
+
+
+def printable_names() -> None:
+    """A file name that is not valid UTF-8 (Python keeps its bytes as lone surrogates) prints as escapes
+    instead of stopping the tool with UnicodeEncodeError on a terminal that takes strict UTF-8."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def progress(iterable=None, total: Optional[int] = None, desc: str = "", unit: str = "img",

@@ -22,7 +22,7 @@ import stat
 import uuid
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
-from hrnetseg.util.errors import UserError
+from hrnetseg.util.errors import EXIT_USER_ERROR, UserError
 from hrnetseg.util.processes import pid_alive
 
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp$")   # ".<name>.<pid>.<random>.tmp"
@@ -201,6 +201,15 @@ def describe_os_error(exc: OSError, path: str) -> str:
     return "cannot write {}: {}".format(path, os_error_reason(exc))
 
 
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(exc: OSError, path: str) -> UserError:
+    """A failed write of `path` as a one-line UserError: a full disk (or quota) exits 1, as a failed check does
+    (no flag can fix it); the rest 2."""
+    return UserError(describe_os_error(exc, path), exit_code=1 if exc.errno in FULL_DISK_ERRNOS else EXIT_USER_ERROR)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside `path`; rename it into place only when the block succeeds.
@@ -230,7 +239,7 @@ def atomic_path(path: str) -> Iterator[str]:
     except OSError as exc:
         if created or not isinstance(exc, FileExistsError):   # a file of that name that is not ours stays
             remove_quietly(tmp)
-        raise UserError(describe_os_error(exc, path))
+        raise write_error(exc, path)
     except BaseException:
         remove_quietly(tmp)
         raise

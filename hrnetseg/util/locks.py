@@ -28,7 +28,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import not_a_folder_above, not_regular_reason, os_error_reason, unwritable_folder_reason
+from hrnetseg.util.files import (
+    FULL_DISK_ERRNOS,
+    not_a_folder_above,
+    not_regular_reason,
+    os_error_reason,
+    unwritable_folder_reason,
+    write_error,
+)
 from hrnetseg.util.processes import die_with_parent, is_ancestor, pid_alive
 
 try:
@@ -77,10 +84,19 @@ def _same_file(fd: int, path: str) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def _record_owner(fd: int, owner: int) -> None:
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, "{}\n".format(owner).encode("ascii"))
+def _record_owner(fd: int, owner: int, lock_path: str) -> None:
+    """Write the owner's PID into the lock file we hold. When that fails (a full disk), the file is removed
+    (a lock file naming nobody would read as a run that has not started yet) and the run stops in one line."""
+    try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        if os.write(fd, "{}\n".format(owner).encode("ascii")) == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as exc:
+        if _same_file(fd, lock_path):
+            with contextlib.suppress(OSError):
+                os.remove(lock_path)
+        raise write_error(exc, lock_path)
 
 
 def _identity(path: str) -> Optional[Tuple[int, int]]:
@@ -155,6 +171,8 @@ def _open_lock_file(lock_path: str) -> int:
             raise _NoPlaceForLock("its folder {}".format(
                 "is on a read-only file system" if exc.errno == errno.EROFS else
                 unwritable_folder_reason(os.path.dirname(lock_path))))
+        if exc.errno in FULL_DISK_ERRNOS:
+            raise write_error(exc, lock_path)
         raise UserError("cannot create lock file {}: {}".format(
             lock_path, not_a_folder_above(os.path.dirname(lock_path)) or os_error_reason(exc)))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -208,7 +226,11 @@ def _acquire(output: str, lock_path: str) -> Optional[int]:
         fd = _open_lock_file(lock_path)
         if _try_lock(fd):
             if _same_file(fd, lock_path):   # not a file the previous holder removed meanwhile
-                _record_owner(fd, os.getpid())
+                try:
+                    _record_owner(fd, os.getpid(), lock_path)
+                except UserError:
+                    os.close(fd)
+                    raise
                 return fd
             os.close(fd)
             continue
@@ -245,7 +267,7 @@ def acquire_on_descriptor(fd: int, output: str, owner: int) -> str:
     if _try_lock(fd):
         if not _same_file(fd, lock_path):   # removed between the check and the lock: not the lock any more
             return "retry"
-        _record_owner(fd, owner)
+        _record_owner(fd, owner, lock_path)
         return "locked"
     seen = _identity(lock_path)
     holder = read_owner(lock_path)
