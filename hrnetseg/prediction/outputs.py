@@ -30,7 +30,8 @@ from hrnetseg.data import cityscapes
 from hrnetseg.data.videos import VideoInfo, check_video_file, video_suffix
 from hrnetseg.prediction.inputs import Input
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import not_regular_reason, read_json, write_text_atomic
+from hrnetseg.util.files import not_regular_reason, write_text_atomic
+from hrnetseg.util.structured import read_json
 
 VIDEO_KIND = "overlay"     # the kind a video gets as a video; the others as per-frame PNGs
 RECORD = "predict_record.json"
