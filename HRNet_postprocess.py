@@ -11,6 +11,7 @@ import argparse
 from typing import Optional, Sequence
 
 from hrnetseg.evaluation.postprocess import OUTPUT_DTYPES, evaluate_folder
+from hrnetseg.evaluation.report import add_report_flags
 from hrnetseg.util.cli import ArgumentParser, output_index, plain_name, positive_int, run_cli
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow_missing", action="store_true",
                         help="evaluate the labels that have outputs and list the others (and labels that are not "
                              "regular files), instead of stopping")
+    add_report_flags(parser)
     return parser
 
 
@@ -53,7 +55,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluate_folder(args.res_path, args.data_path, output_index=args.output_index, split=args.split,
                     workers=args.workers, save_path=args.save_path, save_vis=args.save_vis,
                     save_pred=args.save_pred, save_confusion=args.save_confusion,
-                    allow_missing=args.allow_missing, output_dtype=args.output_dtype, prep_path=args.prep_path)
+                    allow_missing=args.allow_missing, output_dtype=args.output_dtype, prep_path=args.prep_path,
+                    report=args.report, report_worst=args.report_worst)
     return 0
 
 
