@@ -222,6 +222,42 @@ def _evaluate_task(task):
     return ("ok", pair.id, counts, written, no_overlay, pictures)
 
 
+def pictures_again(res_path: str, data_path: str, worst: Sequence[dict], output_dtype: Optional[str] = None,
+                   prep_path: Optional[str] = None, split: str = "val",
+                   output_index: Optional[int] = None) -> List[html_report.Worst]:
+    """The report's worst images with their pictures, made again from their outputs, labels and photos: `worst`
+    is the list an evaluation of res_path recorded (report.WORST_KEY: ids and scores), as eval_acc_perf.sh's
+    report takes it from a batch size's result. Each image's figures must be those recorded (else the result is
+    not of these outputs)."""
+    if not worst:
+        return []
+    made_from = preprocess_image_size(prep_path) if prep_path is not None else None
+    outputs = find_outputs(res_path)
+    file_index, _, _ = choose_file_index(outputs, output_index)
+    labels = cityscapes.find_labels(data_path, split)
+    ids = [entry["id"] for entry in worst]
+    unlabelled = [sid for sid in ids if sid not in labels]
+    if unlabelled:
+        raise UserError("the result names {} among the worst images, with no label in {}".format(
+            _quote_ids(unlabelled), data_path))
+    pairs, missing, _ = pair_outputs(outputs, file_index, {sid: labels[sid] for sid in ids}, allow_missing=True,
+                                     want_images=True, output_dtype_flag=output_dtype, made_from=made_from)
+    if missing:
+        raise UserError("the result names {} among the worst images, with no output in {}".format(
+            _quote_ids(missing), outputs.folder))
+    by_id = {pair.id: pair for pair in pairs}
+    made = []
+    for entry in worst:
+        pred, gt = predicted_labels(by_id[entry["id"]])
+        scores = html_report.image_scores(confusion(pred, gt))
+        if scores.miou is None or abs(scores.miou - entry["mIoU"]) > 1e-9:
+            raise UserError("the result gives image {} an mIoU of {!r}, its output in {} {!r}: the result is not of "
+                            "these outputs".format(entry["id"], entry["mIoU"], outputs.folder, scores.miou))
+        made.append(html_report.Worst(entry["id"], scores.miou, scores.pixel_accuracy, html_report.image_pictures(
+            html_report.read_photo(by_id[entry["id"]].image), gt, pred)))
+    return made
+
+
 # --- the step -------------------------------------------------------------------------------------
 
 def _check_picture_folder(path: Optional[str], flag: str) -> None:

@@ -24,7 +24,7 @@ import html
 import math
 import threading
 from collections import namedtuple
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -118,10 +118,13 @@ class WorstImages(object):
             if len(self._keys) == self.limit:
                 self._bound.value = self._keys[-1][0]
 
-    def consider(self, image_id: str, counts: np.ndarray, make_pictures: Callable[[], Dict[str, bytes]]) -> None:
-        """Score one image and offer it, making its pictures only when it could enter the list."""
+    def consider(self, image_id: str, counts: np.ndarray, photo: Optional[str], gt: np.ndarray,
+                 pred: np.ndarray) -> None:
+        """Score one image (its confusion counts, trainId ground truth and prediction, the path of its photo) and
+        offer it, making its pictures only when it could enter the list."""
         scores = image_scores(counts)
-        self.offer(image_id, scores, make_pictures() if self.wants(scores.miou) else None)
+        pictures = image_pictures(read_photo(photo), gt, pred) if self.wants(scores.miou) else None
+        self.offer(image_id, scores, pictures)
 
     def entries(self) -> List[Worst]:
         with self._lock:
