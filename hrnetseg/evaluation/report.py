@@ -444,7 +444,8 @@ footer{font-size:12px;margin-top:18px}
 """
 
 # Adds what a static page cannot: the heat map cell under the pointer spelt out, the bars sorted by IoU. Marks
-# <body data-report-ready> with what it found (the browser test reads it; an error lands there too).
+# <body data-report-ready> with what it found (the browser test reads it; an error lands there too) and
+# <body data-layout> with where the charts are.
 SCRIPT = """
 (function () {
   var body = document.body;
@@ -477,6 +478,16 @@ SCRIPT = """
     document.querySelectorAll(".toolbar button").forEach(function (button) {
       button.addEventListener("click", function () { place(button.getAttribute("data-sort") === "iou"); });
     });
+    // where the charts are (page pixels: left, top, width, height), for the browser test's look at its screenshot
+    var box = function (id) {
+      var element = document.getElementById(id);
+      if (!element) { return null; }
+      var r = element.getBoundingClientRect();
+      return [Math.round(r.left + window.scrollX), Math.round(r.top + window.scrollY), Math.round(r.width),
+              Math.round(r.height)];
+    };
+    body.setAttribute("data-layout", JSON.stringify({bars: box("iou-bars"), heatmap: box("heatmap"),
+                                                     worst: box("worst")}));
     body.setAttribute("data-report-ready", "ok: " + bars.length + " bars, " + cells.length + " cells, " +
                       document.querySelectorAll("#worst img").length + " pictures");
   } catch (error) {
