@@ -138,7 +138,7 @@ if [ -n "${report}" ]; then   # before any work: not a file the run reads or wri
   [ -z "${pth}" ] || models+=("${pth}")
   "${PYTHON}" -m hrnetseg.atlas.acc_perf check_report "${report}" --output_dir "${output_dir}" \
     --written "${written[@]}" ${junit:+"${junit}"} --data_path "${gt_dir}" --inputs "${models[@]+"${models[@]}"}" \
-    ${report_worst:+--worst "${report_worst}"} || exit $?
+    ${report_worst:+--report_worst "${report_worst}"} || exit $?
   written+=("${report}")   # so --junit may not be it either
 fi
 [ -z "${junit}" ] || "${PYTHON}" -m hrnetseg.atlas.ci_gate check --batch_sizes "${batch_sizes}" --junit "${junit}" \
@@ -202,7 +202,8 @@ for bs in "${sizes[@]}"; do
   post_args=(--res_path "${res}" --data_path "${gt_dir}" --save_path "${result}" --prep_path "${prep}")
   [ -z "${output_dtype}" ] || post_args+=(--output_dtype "${output_dtype}")   # else: the runner summary, then float32
   [ -z "${limit}" ] || post_args+=(--allow_missing)   # --limit N: only the first N labels have outputs
-  [ -z "${report}" ] || post_args+=(--report_worst "${report_worst:-6}")   # the worst images' ids, for the report
+  # the worst images' ids and scores, for the report (6: hrnetseg/evaluation/report.py's DEFAULT_WORST)
+  [ -z "${report}" ] || post_args+=(--report_worst "${report_worst:-6}")
   step "${PYTHON}" "${REPO_ROOT}/HRNet_postprocess.py" "${post_args[@]}"
   # --device 0,1: one device<id>/ folder and device<id>_summary.json per device, no combined summary
   [[ "${device}" != *,* ]] || where=(--shards "${res}")

@@ -21,7 +21,7 @@
         PREP's images, device by device with --shards: ais_bench's figure, and the runner's, which matches it,
         count a padded last batch in full; for the runner this gives its summary's throughput_real_images)
     python3 -m hrnetseg.atlas.acc_perf check_report report.html --output_dir OUT --written PATH ... \
-            [--data_path GT] [--inputs MODEL ...] [--worst N]
+            [--data_path GT] [--inputs MODEL ...] [--report_worst N]
         before any work: exit 2 when the report cannot be written (a folder, a missing folder other than
         OUT, which the script makes), or is, or is inside, one of the files and folders the script writes, or is
         one of its inputs (a label, a photo, a model)
@@ -267,17 +267,17 @@ def check_report_path(path: str, output_dir: str, written: Sequence[str] = (), d
     """--report can be written: a file name in a folder that is there, or in OUTPUT_DIR (which the script makes);
     not one of the files and folders the script writes, nor inside one (it would be replaced or removed), nor one
     of the run's inputs: a label or photo of data_path, a model (`inputs`)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(folder) or os.path.realpath(folder) != os.path.realpath(output_dir):
-        check_output_file(path, "--report")
-    elif not_a_folder_above(folder) is not None:
-        raise UserError("cannot write --report {}: {}".format(path, not_a_folder_above(folder)))
     target = os.path.realpath(path)
     for other in written:
         other_target = os.path.realpath(other)
         if target == other_target or target.startswith(other_target.rstrip(os.sep) + os.sep):
             raise UserError("--report {} is {} which eval_acc_perf.sh writes: give the report a path of its own".format(
                 path, "one of the files" if target == other_target else "inside {},".format(other)))
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder) or os.path.realpath(folder) != os.path.realpath(output_dir):
+        check_output_file(path, "--report")
+    elif not_a_folder_above(folder) is not None:
+        raise UserError("cannot write --report {}: {}".format(path, not_a_folder_above(folder)))
     labels = list(find_labels(data_path).values()) if data_path is not None else []
     check_outputs_apart({"--report": path}, {"a label": labels, "a photo": [image_for_label(label) for label in labels],
                                              "a model": inputs},
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the files and folders the run writes: the report may not be one of them or inside one")
     check.add_argument("--data_path", default=None, help="the labels (their photos beside them): not to be replaced")
     check.add_argument("--inputs", nargs="*", default=[], metavar="FILE", help="other files the run reads (models)")
-    check.add_argument("--worst", type=html_report.worst_count, default=None, metavar="N",
+    check.add_argument("--report_worst", type=html_report.worst_count, default=None, metavar="N",
                        help="the --report_worst the script passes on (checked here)")
     report = commands.add_parser("report", help="write the run's HTML report")
     report.add_argument("report", help="the HTML report to write")
