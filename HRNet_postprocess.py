@@ -1,7 +1,7 @@
 """Model outputs + Cityscapes labels -> mIoU: per-class table on stdout, result.json, optional pictures.
 
     python3 HRNet_postprocess.py --res_path results/bs1 --data_path data/cityscapes/gtFine/val/ \
-        --save_path ./result_bs1.json
+        --save_path ./result_bs1.json [--report report.html]
 
 Runs on the Atlas host (the Python that CANN and ais_bench live in): numpy, opencv, pillow, tqdm; no torch.
 """

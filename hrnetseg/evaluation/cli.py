@@ -16,6 +16,10 @@ wall time; Ctrl-C stops and prints what was evaluated so far.
 the infer stage runs every scale's inputs (sliding windows above 1.0), the evaluate stage sums the scales'
 maps; it needs a model that takes every size the scales make (HRNet_pth2onnx.py --dynamic_hw, or --pth).
 The default (--scales 1.0, no --flip, an image whose long side is --base_size) is the single-scale path above.
+
+--report FILE.html writes the page of hrnetseg.evaluation.report (IoU bars, heat map, the --report_worst N worst
+images, which the evaluate stage keeps while it scores); --report_worst alone puts their ids and scores into
+--save_path's JSON.
 """
 from __future__ import annotations
 
