@@ -333,9 +333,10 @@ def test_eval_on_two_devices_with_a_failing_gate(tools, tmp_path, tiny_onnx_path
     write_sidecars(models, (2,))
     out, report = tmp_path / "eval", tmp_path / "ci" / "report.xml"
     report.parent.mkdir()
+    page = tmp_path / "ci" / "report.html"
     result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", models, "--output_dir", out,
                   "--batch_sizes", "2", "--limit", "3", "--device", "0,1", "--min_miou", "99.9", "--min_fps", "2:1",
-                  "--junit", report, env=env)
+                  "--junit", report, "--report", page, "--report_worst", "2", env=env)
     assert result.returncode == 1, result.stderr
     assert [c[-2:] for c in calls(log, "ais_bench") if c != ["--help"]] == [["--device", "0,1"]]
     assert "note: 3 images split 2+1 across 2 devices run at batch size 2 as 4" in result.stderr
@@ -363,7 +364,10 @@ def test_eval_on_two_devices_with_a_failing_gate(tools, tmp_path, tiny_onnx_path
     assert cases["bs2.accuracy"].find("failure").get("message") == "mIoU {:.2f}% < 99.90%".format(
         100 * saved["mIoU"])
     assert cases["bs2.throughput"].find("failure") is None and cases["bs2.throughput"].find("skipped") is None
-    assert sorted(p.name for p in report.parent.iterdir()) == ["report.xml"]     # written whole, nothing else
+    assert sorted(p.name for p in report.parent.iterdir()) == ["report.html", "report.xml"]   # whole, nothing else
+    # the HTML report is written before the gate judges: the worst images' pictures from the device folders
+    html = page.read_text()
+    assert "npu:0,npu:1" in html and html.count('src="data:image/png;base64,') == 8
 
 
 def test_eval_refuses_bins_that_do_not_fit_the_om_before_ais_bench(tools, tmp_path, tiny_onnx_path, tiny_data_root):
