@@ -39,7 +39,8 @@ MAX_WORST = 100
 PICTURE_WIDTH = 256            # the pictures' width in the page (downscaled; a smaller image is kept as it is)
 PICTURE_NAMES = ("image", "ground truth", "prediction", "errors")
 WORST_KEY = "worst_images"     # the result dict's list of the worst images' ids and scores
-RANKED_BY = "per-image mIoU (the classes in the image's ground truth or prediction), then pixel accuracy"
+RANKED_BY = ("the lowest per-image mIoU (the mean IoU over the classes in the image's ground truth or prediction; "
+             "on a tie, the lower pixel accuracy)")
 
 BAR_COLOUR = "#3b73b9"         # the IoU bars (the browser test looks for it)
 # the heat map's scale (ColorBrewer's OrRd): white at 0% of a row, dark red at 100%
@@ -367,7 +368,7 @@ def _data_uri(png: bytes) -> str:
 
 def worst_images_section(entries: Sequence[Worst], limit: int, scored: int, note: Optional[str] = None) -> str:
     parts = ['<section id="worst"><h2>The {} worst images</h2>'.format(len(entries) if entries else limit),
-             '<p class="caption">Ranked by {} among the {} images scored. Error map: <span class="key" '
+             '<p class="caption">The images of {} among the {} scored. Error map: <span class="key" '
              'style="background:{w}"></span> wrong class, <span class="key" style="background:{r}"></span> right '
              '(the photo, dimmed), <span class="key" style="background:{i}"></span> not evaluated (ignore label).'
              '</p>'.format(_text(RANKED_BY), scored, w=_hex(WRONG_BGR[::-1]), r=_hex(RIGHT_BGR[::-1]),
