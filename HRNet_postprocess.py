@@ -1,7 +1,7 @@
 """Model outputs + Cityscapes labels -> mIoU: per-class table on stdout, result.json, optional pictures.
 
     python3 HRNet_postprocess.py --res_path results/bs1 --data_path data/cityscapes/gtFine/val/ \
-        --save_path ./result_bs1.json
+        --save_path ./result_bs1.json [--report report.html]
 
 Runs on the Atlas host (the Python that CANN and ais_bench live in): numpy, opencv, pillow, tqdm; no torch.
 """
@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from hrnetseg.data.cityscapes import add_max_pixels_flag, set_max_pixels
 from hrnetseg.evaluation.postprocess import OUTPUT_DTYPES, evaluate_folder
+from hrnetseg.evaluation.report import add_report_flags
 from hrnetseg.util.cli import ArgumentParser, output_index, plain_name, positive_int, run_cli
 
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluate the labels that have outputs and list the others (and labels that are not "
                              "regular files), instead of stopping")
     add_max_pixels_flag(parser)
+    add_report_flags(parser)
     return parser
 
 
@@ -56,7 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluate_folder(args.res_path, args.data_path, output_index=args.output_index, split=args.split,
                     workers=args.workers, save_path=args.save_path, save_vis=args.save_vis,
                     save_pred=args.save_pred, save_confusion=args.save_confusion,
-                    allow_missing=args.allow_missing, output_dtype=args.output_dtype, prep_path=args.prep_path)
+                    allow_missing=args.allow_missing, output_dtype=args.output_dtype, prep_path=args.prep_path,
+                    report=args.report, report_worst=args.report_worst)
     return 0
 
 

@@ -5,6 +5,7 @@
 #       [--backend auto|ais_bench|onnxruntime|openvino|torch] [--precision fp32|fp16|bf16] [--device D] [--limit N]
 #       [--input_format float32|uint8] [--output_dtype float32|float16]
 #       [--preset w48_ocr] [--output_dir .] [--min_miou PERCENT] [--min_fps "BATCH:FPS ..."] [--junit FILE]
+#       [--report FILE.html] [--report_worst N]
 # Writes OUTPUT_DIR/prep_dataset[_uint8][_limitN]/, OUTPUT_DIR/results/bs<N>/ (replaced each run), result_bs<N>.json;
 # they are locked while it runs (a second run into the same OUTPUT_DIR stops at once, naming this one's PID).
 # auto: ais_bench when MODEL_DIR holds hrnet_bs<N>.om files, else the local runner (hrnet.onnx, else --pth).
@@ -22,6 +23,9 @@
 # naming the batch sizes below a floor; --junit FILE writes a JUnit XML report (testsuite eval_acc_perf, testcases
 # bs<N>.accuracy and bs<N>.throughput) when the table is done, pass or fail, and when the run stops before it
 # (an error case for each batch size without figures).
+# --report FILE.html: one self-contained HTML page for the run, written after the table: the table's figures, the
+# per-class IoU bars, the confusion heat map and the --report_worst N (default 6) worst images of the last batch size
+# (python3 -m hrnetseg.atlas.acc_perf report; each result_bs<N>.json lists its worst images' ids and scores).
 # Python is ${PYTHON:-python3}, with this checkout installed into it (on the Atlas host: pip install -r
 # requirements-atlas.txt, then pip install --no-deps REPO); ais_bench is ${AIS_BENCH:-python3 -m ais_bench}; its
 # --help check gives up after HRNETSEG_PROBE_TIMEOUT seconds (30).
@@ -43,8 +47,10 @@ output_dir="."
 min_miou=""
 min_fps=""
 junit=""
+report=""
+report_worst=""
 flags="datasets_path model_dir pth batch_sizes backend precision device limit input_format output_dtype preset output_dir"
-flags+=" min_miou min_fps junit"
+flags+=" min_miou min_fps junit report report_worst"
 parse_flags "${flags}" "" "$@"
 
 require_given "--datasets_path DATA" "${datasets_path}" "the folder holding cityscapes/"
@@ -125,14 +131,25 @@ for bs in "${sizes[@]}"; do
             "${output_dir}/results/bs${bs}_summary.json" "${output_dir}/results/bs${bs}_row.json"
             "${output_dir}/result_bs${bs}.json")
 done
+[ -n "${report}" ] || [ -z "${report_worst}" ] || die "--report_worst needs --report FILE.html"
+if [ -n "${report}" ]; then   # before any work: not a file the run reads or writes, nor the --junit report
+  models=("${om_files[@]+"${om_files[@]}"}")
+  [ ! -f "${model_dir}/hrnet.onnx" ] || models+=("${model_dir}/hrnet.onnx")
+  [ -z "${pth}" ] || models+=("${pth}")
+  "${PYTHON}" -m hrnetseg.atlas.acc_perf check_report "${report}" --output_dir "${output_dir}" \
+    --written "${written[@]}" ${junit:+"${junit}"} --data_path "${gt_dir}" --inputs "${models[@]+"${models[@]}"}" \
+    ${report_worst:+--report_worst "${report_worst}"} || exit $?
+  written+=("${report}")   # so --junit may not be it either
+fi
 [ -z "${junit}" ] || "${PYTHON}" -m hrnetseg.atlas.ci_gate check --batch_sizes "${batch_sizes}" --junit "${junit}" \
   --written "${written[@]}" || exit $?
 lock_output "${prep}"
 for bs in "${sizes[@]}"; do
   lock_output "${output_dir}/results/bs${bs}"
   lock_output "${output_dir}/result_bs${bs}.json"
-  [ "${#gate[@]}" = 0 ] || lock_output "${output_dir}/results/bs${bs}_row.json"
+  [ "${#gate[@]}" = 0 ] && [ -z "${report}" ] || lock_output "${output_dir}/results/bs${bs}_row.json"
 done
+[ -z "${report}" ] || lock_output "${report}"
 if [ -n "${junit}" ]; then
   lock_output "${junit}"
   [ -L "${junit}" ] || rm -f -- "${junit}"   # an earlier run's report must not stand for this one
@@ -185,11 +202,14 @@ for bs in "${sizes[@]}"; do
   post_args=(--res_path "${res}" --data_path "${gt_dir}" --save_path "${result}" --prep_path "${prep}")
   [ -z "${output_dtype}" ] || post_args+=(--output_dtype "${output_dtype}")   # else: the runner summary, then float32
   [ -z "${limit}" ] || post_args+=(--allow_missing)   # --limit N: only the first N labels have outputs
+  # the worst images' ids and scores, for the report (6: hrnetseg/evaluation/report.py's DEFAULT_WORST)
+  [ -z "${report}" ] || post_args+=(--report_worst "${report_worst:-6}")
   step "${PYTHON}" "${REPO_ROOT}/HRNet_postprocess.py" "${post_args[@]}"
   # --device 0,1: one device<id>/ folder and device<id>_summary.json per device, no combined summary
   [[ "${device}" != *,* ]] || where=(--shards "${res}")
   row_args=(--batch "${bs}" --backend "${backend}" "${where[@]}" --fps "${fps}" --result "${result}" --prep "${prep}")
-  [ "${#gate[@]}" = 0 ] || { row_args+=(--record "${record}"); records+=("${record}"); }
+  # the row's figures: for the gate and the report
+  [ "${#gate[@]}" = 0 ] && [ -z "${report}" ] || { row_args+=(--record "${record}"); records+=("${record}"); }
   row="$("${PYTHON}" -m hrnetseg.atlas.acc_perf row "${row_args[@]}")" || exit $?
   rows+=("${row}")
 done
@@ -199,5 +219,11 @@ echo "| batch | backend | device | throughput (fps) | mIoU |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo "(per batch size: ${output_dir}/result_bs<N>.json, ${output_dir}/results/bs<N>/, ${output_dir}/results/bs<N>.log)"
+if [ -n "${report}" ]; then   # the last batch size's figures and worst images, the table's rows
+  report_args=(--rows "${records[@]}" --result "${result}" --res_path "${res}" --data_path "${gt_dir}" --prep "${prep}")
+  [ -z "${output_dtype}" ] || report_args+=(--output_dtype "${output_dtype}")
+  "${PYTHON}" -m hrnetseg.atlas.acc_perf report "${report}" "${report_args[@]}" || exit $?
+  echo "report: ${report}"
+fi
 report_pending=0   # the judge writes it, pass or fail
 [ "${#gate[@]}" = 0 ] || "${PYTHON}" -m hrnetseg.atlas.ci_gate judge "${gate[@]}" "${records[@]}" || exit $?

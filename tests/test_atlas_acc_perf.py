@@ -5,6 +5,7 @@ never a zero or a bad mIoU), bins ais_bench would read that the manifest does no
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -281,3 +282,92 @@ def test_device_summaries_that_are_not_this_run_are_one_line(damage, match, tmp_
         summaries = acc_perf.shard_summaries(str(res))
         acc_perf.shards_device(summaries)
         acc_perf.shards_fps(30.0, summaries, str(res), 4, counts_padding=True)
+
+
+# --- the run's HTML report (check_report before any work, report after the table) -------------------------------
+
+def test_report_path_is_checked_before_any_work(tmp_path, sample_data_root):
+    gt = sample_data_root / "cityscapes" / "gtFine" / "val"
+    label = sorted(gt.rglob("*_gtFine_labelIds.png"))[0]
+    photo = sorted((sample_data_root / "cityscapes" / "leftImg8bit").rglob("*.png"))[0]
+    out = tmp_path / "eval"
+    model = tmp_path / "hrnet_bs1.om"
+    model.write_bytes(b"om")
+    written = [str(out / "results" / "bs1"), str(out / "result_bs1.json")]
+    check = ["check_report", "--output_dir", str(out), "--data_path", str(gt), "--inputs", str(model),
+             "--written"] + written
+    acc_perf.main([check[0], str(out / "report.html")] + check[1:])      # in --output_dir, which the script makes
+    for report, fragment in ((out / "results" / "bs1" / "r.html", "is inside {}, which eval_acc_perf.sh writes".format(
+                                 written[0])),
+                             (out / "result_bs1.json", "is one of the files which eval_acc_perf.sh writes"),
+                             (label, "--report {} is a label of this run".format(label)),
+                             (photo, "--report {} is a photo of this run".format(photo)),
+                             (model, "--report {} is a model of this run".format(model)),
+                             (tmp_path / "none" / "r.html", "folder {} does not exist".format(tmp_path / "none")),
+                             (tmp_path, "it is a folder")):
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            acc_perf.main([check[0], str(report)] + check[1:])
+    with pytest.raises(SystemExit):
+        acc_perf.main([check[0], str(out / "r.html"), "--output_dir", str(out), "--report_worst", "-1"])
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, sample_data_root, sample_results_path) -> dict:
+    """The sample outputs evaluated as eval_acc_perf.sh evaluates a batch size (its 2 worst images recorded), and the
+    table's rows of two batch sizes."""
+    from hrnetseg.evaluation import postprocess
+
+    folder = tmp_path_factory.mktemp("evaluated")
+    gt = sample_data_root / "cityscapes" / "gtFine" / "val"
+    result = folder / "result_bs4.json"
+    saved = postprocess.evaluate_folder(str(sample_results_path), str(gt), save_path=str(result), report_worst=2,
+                                        workers=1, log=lambda _: None)
+    rows = []
+    for batch, fps in ((1, 12.5), (4, 0.5)):
+        rows.append(folder / "bs{}_row.json".format(batch))
+        rows[-1].write_text(json.dumps({"batch": batch, "backend": "ais_bench", "device": "npu:0", "fps": fps,
+                                        "miou": saved["mIoU"]}))
+    return {"result": result, "rows": rows, "gt": gt, "res": sample_results_path, "saved": saved}
+
+
+def test_the_run_report_has_the_table_and_the_last_batch_sizes_worst_images(evaluated, tmp_path):
+    page = tmp_path / "report.html"
+    acc_perf.main(["report", str(page), "--rows"] + [str(r) for r in evaluated["rows"]] +
+                  ["--result", str(evaluated["result"]), "--res_path", str(evaluated["res"]), "--data_path",
+                   str(evaluated["gt"])])
+    html = page.read_text()
+    miou = "{:.2f}%".format(100 * evaluated["saved"]["mIoU"])
+    assert "<td>1</td><td>ais_bench</td><td>npu:0</td><td>12.50</td><td>{}</td>".format(miou) in html
+    assert "<td>4</td><td>ais_bench</td><td>npu:0</td><td>0.5</td>" in html      # the table's own fps format
+    assert "those of batch size 4" in html and "The 2 worst images" in html
+    assert html.count('src="data:image/png;base64,') == 8
+    for entry in evaluated["saved"]["worst_images"]:
+        assert "<code>{}</code>".format(entry["id"]) in html
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_the_run_report_refuses_a_result_that_is_not_of_the_outputs_and_damaged_rows(evaluated, tmp_path):
+    page = tmp_path / "report.html"
+    result = json.loads(evaluated["result"].read_text())
+    result["worst_images"][0]["mIoU"] += 0.01
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(result))
+    args = ["report", str(page), "--res_path", str(evaluated["res"]), "--data_path", str(evaluated["gt"])]
+    with pytest.raises(UserError, match="the result gives image {} an mIoU of .*: the result is not of these "
+                                        "outputs".format(result["worst_images"][0]["id"])):
+        acc_perf.main(args + ["--rows", str(evaluated["rows"][0]), "--result", str(other)])
+    result["worst_images"][0]["id"] = "nowhere_000000_000000"
+    other.write_text(json.dumps(result))
+    with pytest.raises(UserError, match="names nowhere_000000_000000 among the worst images, with no label"):
+        acc_perf.main(args + ["--rows", str(evaluated["rows"][0]), "--result", str(other)])
+    row = tmp_path / "row.json"
+    row.write_text(json.dumps({"batch": 1, "backend": "x", "device": "npu:0", "fps": "fast", "miou": 0.5}))
+    with pytest.raises(UserError, match="table row {}: 'fps' is \"fast\", not a number".format(row)):
+        acc_perf.main(args + ["--rows", str(row), "--result", str(evaluated["result"])])
+    with pytest.raises(UserError, match="--report {} is a table row of this run".format(row)):
+        acc_perf.main(["report", str(row)] + args[2:] + ["--rows", str(row), "--result", str(evaluated["result"])])
+    del result["worst_images"]                       # a result written without --report_worst: said in the page
+    other.write_text(json.dumps(result))
+    acc_perf.main(args + ["--rows", str(evaluated["rows"][0]), "--result", str(other)])
+    assert "lists none (HRNet_postprocess.py --report_worst N records them)" in page.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "report.html", "row.json"]

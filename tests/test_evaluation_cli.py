@@ -93,6 +93,28 @@ def test_evaluate_never_writes_over_an_image_or_label_or_its_own_lock(tmp_path, 
     assert Path(sample.label).read_bytes() == label_bytes and Path(sample.image).read_bytes() == image_bytes
 
 
+def test_evaluate_refuses_a_report_path_before_the_model_loads(tmp_path, tiny_data_root, tiny_onnx_path, monkeypatch,
+                                                                capsys):
+    """--report at a label would replace it; in a missing folder, as a folder or as another output's name it could
+    not be written after the whole run: each is one line before the model loads, and nothing is written."""
+    monkeypatch.setattr(evaluate, "load_backend", lambda *a, **k: pytest.fail("the model was loaded"))
+    sample = find_images(tiny_data_root)[0]
+    label_bytes = Path(sample.label).read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    base = ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--save_path", out / "r.json"]
+    for report, fragment in ((sample.label, "--report {} is a label of this run".format(sample.label)),
+                             (tiny_onnx_path, "--report {} is the model of this run".format(tiny_onnx_path)),
+                             (out / "missing" / "r.html", "folder {} does not exist".format(out / "missing")),
+                             (out, "--report {}: it is a folder".format(out)),
+                             (out / "r.json", "are the same file")):
+        result = run_in_process(evaluate.main, base + ["--report", report], capsys)
+        assert_user_error(result, fragment)
+    assert Path(sample.label).read_bytes() == label_bytes and sorted(out.iterdir()) == []
+    result = run_in_process(evaluate.main, base + ["--ray", "auto", "--report_worst", "3"], capsys)
+    assert_user_error(result, "--report_worst 3: not with --ray")
+
+
 def test_evaluate_locks_its_output_files(tmp_path, tiny_data_root, tiny_onnx_path, monkeypatch):
     loaded = []
     monkeypatch.setattr(evaluate, "load_backend", lambda *a, **k: loaded.append(1))

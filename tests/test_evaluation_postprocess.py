@@ -282,6 +282,54 @@ def test_process_workers_give_the_same_counts(cli_run, sample_data_root, sample_
     assert total.tolist() == cli_run["result"]["confusion_matrix"]
 
 
+def test_report_and_the_worst_images_in_the_result(sample_data_root, sample_results_path, tmp_path):
+    """--report writes the HTML page, --report_worst N puts the N worst images' ids and scores into the result
+    (lowest per-image mIoU first, the figures of each image's own confusion matrix)."""
+    from hrnetseg.evaluation import report
+
+    gt = _gt_dir(sample_data_root)
+    page, out = tmp_path / "report.html", tmp_path / "result.json"
+    result = run_script([SCRIPT, "--res_path", sample_results_path, "--data_path", gt, "--save_path", out,
+                         "--report", page, "--report_worst", "2"])
+    assert result.returncode == 0, result.stderr
+    assert "report: {}".format(page) in result.stdout
+    worst = json.loads(out.read_text())["worst_images"]
+    outputs = model_outputs.find_outputs(str(sample_results_path))
+    pairs, _, _ = postprocess.pair_outputs(outputs, 1, cityscapes.find_labels(str(gt)))
+    scored = sorted((report.image_scores(metrics.confusion(*postprocess.predicted_labels(pair))), pair.id)
+                    for pair in pairs)
+    assert worst == [{"id": sid, "mIoU": s.miou, "pixel_accuracy": s.pixel_accuracy} for s, sid in scored[:2]]
+    html = page.read_text()
+    assert "The 2 worst images" in html and html.count('src="data:image/png;base64,') == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "result.json"]   # no temporaries left
+    # without --report_worst (and --report) the result has no list: the layout of today's result.json
+    assert "worst_images" not in postprocess.evaluate_folder(str(sample_results_path), str(gt), log=quiet)
+
+
+def test_forked_workers_make_pictures_only_for_images_that_could_be_among_the_worst(sample_data_root,
+                                                                                      sample_results_path):
+    """The worst list's bound lives in memory the forked workers inherit: a bound the parent lowers before the
+    pool starts keeps every worker from making pictures; an open list gets every image's pictures."""
+    from hrnetseg.evaluation import report
+    from hrnetseg.util.workers import parallel_results
+
+    outputs = model_outputs.find_outputs(str(sample_results_path))
+    pairs, _, _ = postprocess.pair_outputs(outputs, 1, cityscapes.find_labels(str(_gt_dir(sample_data_root))),
+                                           want_images=True)
+    for full, expected in ((True, None), (False, list(report.PICTURE_NAMES))):
+        worst = report.WorstImages(1, shared=True)
+        if full:
+            worst.offer("perfectly_wrong", report.Scores(0.0, 0.0))   # no image can rank below it
+        postprocess._worst_in_progress = worst
+        try:
+            with parallel_results(postprocess._evaluate_task, [(p, None, None) for p in pairs], 2, "t",
+                                  processes=True) as results:
+                pictures = [result[5] for result in results]
+        finally:
+            postprocess._worst_in_progress = None
+        assert [sorted(p) if p else p for p in pictures] == [sorted(expected) if expected else None] * len(pairs)
+
+
 def test_float16_outputs(sample_data_root, sample_results_path, tmp_path):
     """fp16 outputs (an .om built with fp16 outputs) are read as such and evaluated in float32."""
     half, widened = tmp_path / "half", tmp_path / "widened"

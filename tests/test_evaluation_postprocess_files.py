@@ -436,6 +436,24 @@ def test_a_result_file_and_a_picture_folder_of_one_name_are_refused_before_any_w
             evaluate_folder(str(sample_results_path), labels, log=quiet, warn=quiet, **{flag: ""})
 
 
+def test_a_report_path_that_cannot_be_written_is_one_line_before_any_work(gt, sample_results_path, tmp_path,
+                                                                         capsys):
+    main = load_script(SCRIPT).main
+    vis = tmp_path / "vis"
+    common = ["--res_path", sample_results_path, "--data_path", gt, "--save_vis", vis]
+    for report, fragment in ((tmp_path / "no_folder" / "r.html", "folder {} does not exist".format(
+                                 tmp_path / "no_folder")),
+                             (tmp_path, "it is a folder; give a file name"),
+                             (vis, "--report and --save_vis are the same path"),
+                             (tmp_path / "r.json", "--save_path {} and --report {} are the same file".format(
+                                 tmp_path / "r.json", tmp_path / "r.json"))):
+        result = run_in_process(main, common + ["--save_path", tmp_path / "r.json", "--report", report], capsys)
+        assert_user_error(result, "--report", fragment)
+        assert sorted(p.name for p in tmp_path.iterdir()) == []       # nothing written, no folder made
+    result = run_in_process(main, common + ["--report_worst", "101"], capsys)
+    assert result.returncode == 2 and "expected an integer from 0 to 100, got '101'" in result.stderr
+
+
 def test_a_second_run_on_the_same_result_stops_at_once(gt, sample_results_path, tmp_path):
     out = tmp_path / "result.json"
     with lock_held_elsewhere(out, kill=True) as pid:
@@ -469,7 +487,10 @@ def test_no_result_or_picture_replaces_an_input_or_a_lock(gt, sample_results_pat
              dict(save_vis=str(vis))),
             ("--save_confusion {} is a runner summary of this run".format(summary), dict(save_confusion=str(summary))),
             ("--save_path {} is the lock file of --save_pred".format(lock_path_for(str(tmp_path / "pred"))),
-             dict(save_pred=str(tmp_path / "pred"), save_path=lock_path_for(str(tmp_path / "pred"))))):
+             dict(save_pred=str(tmp_path / "pred"), save_path=lock_path_for(str(tmp_path / "pred")))),
+            ("--report {} is a label of this run".format(label), dict(report=str(label))),
+            ("--report {} is a model output of this run".format(res / (sample_id + "_1.bin")),
+             dict(report=str(res / (sample_id + "_1.bin")), report_worst=2))):
         refused(match, res, labels.parents[1], **kwargs)
     assert all(path.read_bytes() == data for path, data in before.items())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bs1", "bs1_summary.json", "cityscapes", "vis"]

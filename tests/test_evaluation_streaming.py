@@ -42,7 +42,8 @@ def bin_pipeline(tmp, data, model, batch, capsys, extra=()):
              [infer.main, "--model", model, "--input", prep, "--output", results, "--output_dirname",
               "bs{}".format(batch), "--batchsize", str(batch)] + list(extra),
              ["HRNet_postprocess.py", "--res_path", results / "bs{}".format(batch), "--data_path", data,
-              "--save_path", tmp / "bins.json", "--save_confusion", tmp / "bins.npz", "--workers", "1"]]
+              "--save_path", tmp / "bins.json", "--save_confusion", tmp / "bins.npz", "--workers", "1",
+              "--report_worst", "2"]]
     for step in steps:
         result = run_in_process(step[0], step[1:], capsys) if callable(step[0]) else run_script(step)
         assert result.returncode == 0, (step, result.stdout, result.stderr)
@@ -74,9 +75,16 @@ def test_same_confusion_matrix_as_the_bin_pipeline(tmp_path, tiny_data_root, tin
     else:
         batch, model, flags, extra = 2, tiny_pth_path, ["--pth", tiny_pth_path], ["--preset", TINY_PRESET]
     bins_npz, bins_json = bin_pipeline(tmp_path, tiny_data_root, model, batch, capsys, extra)
-    stream_npz, stream_json, result = run_streaming(tmp_path, tiny_data_root, flags, batch, extra)
+    page = tmp_path / "report.html"
+    stream_npz, stream_json, result = run_streaming(tmp_path, tiny_data_root, flags, batch,
+                                                    extra + ["--report", page, "--report_worst", "2"])
     same_matrix(bins_npz, stream_npz)
-    assert json.loads(stream_json.read_text()) == json.loads(bins_json.read_text())   # same result.json, same mIoU
+    # same result.json, same mIoU, and the same two worst images with the same per-image figures
+    assert json.loads(stream_json.read_text()) == json.loads(bins_json.read_text())
+    assert len(json.loads(stream_json.read_text())["worst_images"]) == 2
+    html = page.read_text()
+    assert "The 2 worst images" in html and html.count('src="data:image/png;base64,') == 8
+    assert "report: {}".format(page) in result.stdout
 
     out = result.stdout
     assert "mIoU" in out and "{} on cpu (fp32), batch size {}".format(backend, batch) in out

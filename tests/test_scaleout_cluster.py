@@ -123,10 +123,13 @@ def test_ray_local_gives_the_local_confusion_matrix(tmp_path, capsys, ray_env, t
     assert local.returncode == 0, local.stderr
     result = run_script(EVALUATE + ["--datasets_path", tiny_data_root, "--onnx", tiny_onnx_path, "--batchsize", "2",
                                     "--ray", "local", "--ray_workers", "2", "--ray_batch_images", "3",
-                                    "--save_confusion", tmp_path / "ray.npz", "--save_path", tmp_path / "ray.json"],
+                                    "--save_confusion", tmp_path / "ray.npz", "--save_path", tmp_path / "ray.json",
+                                    "--report", tmp_path / "ray.html"],
                         env=ray_env, timeout=300)
     assert result.returncode == 0, (result.stdout, result.stderr)
     same_as_local(tmp_path / "local.npz", tmp_path / "ray.npz")
+    page = (tmp_path / "ray.html").read_text()   # the bars and the heat map; no worst images, saying why
+    assert page.count('class="bar-row"') == 19 and "the Ray workers return one confusion matrix per batch" in page
     ray_result = json.loads((tmp_path / "ray.json").read_text())
     engine = ray_result.pop("engine")
     assert ray_result == json.loads((tmp_path / "local.json").read_text())

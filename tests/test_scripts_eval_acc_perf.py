@@ -124,8 +124,9 @@ def test_eval_with_ais_bench_and_om_files(tools, tmp_path, tiny_onnx_path, tiny_
         (models / "hrnet_bs{}.om".format(bs)).write_bytes(b"om")
     out = tmp_path / "eval"
     env = dict(env, AIS_BENCH="{} {}".format(sys.executable, stub), STUB_ONNX=str(tiny_onnx_path))
+    page = out / "report.html"     # in --output_dir, which the script makes
     result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", models, "--output_dir", out,
-                  env=env)
+                  "--report", page, "--report_worst", "3", env=env)
     assert result.returncode == 0, result.stderr
     runs = [c for c in calls(log, "ais_bench") if c != ["--help"]]
     assert runs == [["--model", "{}/hrnet_bs{}.om".format(models, bs), "--input", "{}/prep_dataset".format(out),
@@ -142,6 +143,15 @@ def test_eval_with_ais_bench_and_om_files(tools, tmp_path, tiny_onnx_path, tiny_
     assert ("5 images at batch size 4 leave a last batch of 1, which the inference tool pads and counts as 4, as "
             "ais_bench does") in result.stderr
     assert "warning: no hrnet_bs4.om.json beside {}/hrnet_bs4.om".format(models) in result.stderr   # not checked
+    # --report: one page for the run, the table's rows, the last batch size's figures and its 3 worst images
+    assert "report: {}".format(page) in result.stdout
+    html = page.read_text()
+    for row in rows:
+        assert "<td>{}</td><td>ais_bench</td><td>npu:0</td><td>{}</td><td>{}</td>".format(*row[:1], *row[3:5]) in html
+    saved = json.loads((out / "result_bs4.json").read_text())
+    assert [entry["id"] for entry in saved["worst_images"]] == re.findall(r"<code>([^<]+)</code>", html)
+    assert len(saved["worst_images"]) == 3 and html.count('src="data:image/png;base64,') == 12
+    assert "those of batch size 4" in html and not list(out.rglob("*.lock"))
 
 
 def test_eval_auto_stops_when_om_files_exist_but_ais_bench_does_not_start(tools, tmp_path, tiny_data_root):
@@ -323,9 +333,10 @@ def test_eval_on_two_devices_with_a_failing_gate(tools, tmp_path, tiny_onnx_path
     write_sidecars(models, (2,))
     out, report = tmp_path / "eval", tmp_path / "ci" / "report.xml"
     report.parent.mkdir()
+    page = tmp_path / "ci" / "report.html"
     result = bash("eval_acc_perf.sh", "--datasets_path", tiny_data_root, "--model_dir", models, "--output_dir", out,
                   "--batch_sizes", "2", "--limit", "3", "--device", "0,1", "--min_miou", "99.9", "--min_fps", "2:1",
-                  "--junit", report, env=env)
+                  "--junit", report, "--report", page, "--report_worst", "2", env=env)
     assert result.returncode == 1, result.stderr
     assert [c[-2:] for c in calls(log, "ais_bench") if c != ["--help"]] == [["--device", "0,1"]]
     assert "note: 3 images split 2+1 across 2 devices run at batch size 2 as 4" in result.stderr
@@ -353,7 +364,10 @@ def test_eval_on_two_devices_with_a_failing_gate(tools, tmp_path, tiny_onnx_path
     assert cases["bs2.accuracy"].find("failure").get("message") == "mIoU {:.2f}% < 99.90%".format(
         100 * saved["mIoU"])
     assert cases["bs2.throughput"].find("failure") is None and cases["bs2.throughput"].find("skipped") is None
-    assert sorted(p.name for p in report.parent.iterdir()) == ["report.xml"]     # written whole, nothing else
+    assert sorted(p.name for p in report.parent.iterdir()) == ["report.html", "report.xml"]   # whole, nothing else
+    # the HTML report is written before the gate judges: the worst images' pictures from the device folders
+    html = page.read_text()
+    assert "npu:0,npu:1" in html and html.count('src="data:image/png;base64,') == 8
 
 
 def test_eval_refuses_bins_that_do_not_fit_the_om_before_ais_bench(tools, tmp_path, tiny_onnx_path, tiny_data_root):
@@ -384,6 +398,28 @@ def test_eval_gate_flags_are_checked_before_any_work(tools, tmp_path, tiny_data_
                              "one of the files which eval_acc_perf.sh writes")):
         assert_user_error(bash("eval_acc_perf.sh", *common, *flags, env=env), fragment)
     assert not (tmp_path / "eval").exists()
+
+
+def test_eval_report_flags_are_checked_before_any_work(tools, tmp_path, tiny_data_root):
+    """--report may not replace an input (a label), sit in a folder the run replaces, be the --junit report, or come
+    with --report_worst alone: one line each, before the preprocess (the other cases: test_atlas_acc_perf)."""
+    _, env, _ = tools
+    shutil.copy(__file__, str(tmp_path / "hrnet.onnx"))    # never run: every case stops first
+    label = sorted(tiny_data_root.rglob("*_gtFine_labelIds.png"))[0]
+    out = tmp_path / "eval"
+    common = ["--datasets_path", tiny_data_root, "--model_dir", tmp_path, "--output_dir", out]
+    for flags, fragment in ((["--report", label], "--report {} is a label of this run".format(label)),
+                            (["--report", tmp_path / "hrnet.onnx"], "is a model of this run"),
+                            (["--report", out / "results" / "bs1" / "r.html"], "is inside {}/results/bs1, which "
+                                                                              "eval_acc_perf.sh writes".format(out)),
+                            (["--report", tmp_path / "r.xml", "--junit", tmp_path / "r.xml"],
+                             "--report {} is one of the files which eval_acc_perf.sh writes".format(
+                                 tmp_path / "r.xml")),
+                            (["--report_worst", "2"], "--report_worst needs --report FILE.html"),
+                            (["--report", tmp_path / "r.html", "--report_worst", "x"],
+                             "--report_worst/--report-worst: expected an integer from 0 to 100, got 'x'")):
+        assert_user_error(bash("eval_acc_perf.sh", *common, *flags, env=env), fragment)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bin", "hrnet.onnx"]
 
 
 def test_eval_refuses_a_label_of_another_size_than_its_image_before_ais_bench(tools, tmp_path, tiny_data_root):

@@ -20,6 +20,17 @@
         --prep PREP: exit 2 unless the result counts every image PREP's manifest lists, and the fps is that of
         PREP's images, device by device with --shards: ais_bench's figure, and the runner's, which matches it,
         count a padded last batch in full; for the runner this gives its summary's throughput_real_images)
+    python3 -m hrnetseg.atlas.acc_perf check_report report.html --output_dir OUT --written PATH ... \
+            [--data_path GT] [--inputs MODEL ...] [--report_worst N]
+        before any work: exit 2 when the report cannot be written (a folder, a missing folder other than
+        OUT, which the script makes), or is, or is inside, one of the files and folders the script writes, or is
+        one of its inputs (a label, a photo, a model)
+    python3 -m hrnetseg.atlas.acc_perf report report.html --rows results/bs1_row.json ... --result result_bs4.json \
+            --res_path results/bs4 --data_path GT [--prep PREP] [--output_dtype float16]
+        after the table: the HTML report of the run (hrnetseg.evaluation.report): the table's figures per batch
+        size (the rows' --record files), the bars, heat map and worst images of the last batch size (its result,
+        written by HRNet_postprocess.py --report_worst N; the worst images' pictures are made again from their
+        outputs, labels and photos)
 
 Atlas-side module: standard library only (the manifest is read through hrnetseg.data.manifest, the labels' headers
 through hrnetseg.data.cityscapes, the output folders through hrnetseg.runner.layout and
@@ -35,10 +46,11 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 from hrnetseg.atlas.figures import decimal_value, format_fps
-from hrnetseg.data.cityscapes import check_label_header, find_labels
+from hrnetseg.data.cityscapes import check_label_header, find_labels, image_for_label
 from hrnetseg.data.manifest import MANIFEST, read_manifest
-from hrnetseg.evaluation.model_outputs import shard_image_counts
-from hrnetseg.evaluation.postprocess import preprocess_image_size
+from hrnetseg.evaluation import report as html_report
+from hrnetseg.evaluation.model_outputs import OUTPUT_DTYPES, shard_image_counts
+from hrnetseg.evaluation.postprocess import pictures_again, preprocess_image_size
 from hrnetseg.runner.layout import (
     AIS_BENCH_INPUT_SUFFIXES,
     DEVICE_FOLDER,
@@ -50,8 +62,14 @@ from hrnetseg.runner.layout import (
 from hrnetseg.runner.summary import DEVICE_KEY, THROUGHPUT_KEY, THROUGHPUT_LINE, check_one_run, parse_throughput
 from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli
 from hrnetseg.util.errors import UserError
-from hrnetseg.util.files import check_output_file, check_outputs_apart, require_folder, write_text_atomic
-from hrnetseg.util.structured import read_json, read_text
+from hrnetseg.util.files import (
+    check_output_file,
+    check_outputs_apart,
+    not_a_folder_above,
+    require_folder,
+    write_text_atomic,
+)
+from hrnetseg.util.structured import read_json, read_text, require_keys
 
 # --- check_batch_sizes ---------------------------------------------------------------------------------
 
@@ -239,6 +257,67 @@ def table_row(batch: int, backend: str, device: str, fps: float, miou_fraction: 
     return "| {} | {} | {} | {} | {:.2f}% |".format(batch, backend, device, format_fps(fps), 100.0 * miou_fraction)
 
 
+# --- the report -----------------------------------------------------------------------------------------
+
+TABLE_HEADERS = ("batch", "backend", "device", "throughput (fps)", "mIoU")
+
+
+def check_report_path(path: str, output_dir: str, written: Sequence[str] = (), data_path: Optional[str] = None,
+                      inputs: Sequence[str] = ()) -> None:
+    """--report can be written: a file name in a folder that is there, or in OUTPUT_DIR (which the script makes);
+    not one of the files and folders the script writes, nor inside one (it would be replaced or removed), nor one
+    of the run's inputs: a label or photo of data_path, a model (`inputs`)."""
+    target = os.path.realpath(path)
+    for other in written:
+        other_target = os.path.realpath(other)
+        if target == other_target or target.startswith(other_target.rstrip(os.sep) + os.sep):
+            raise UserError("--report {} is {} which eval_acc_perf.sh writes: give the report a path of its own".format(
+                path, "one of the files" if target == other_target else "inside {},".format(other)))
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder) or os.path.realpath(folder) != os.path.realpath(output_dir):
+        check_output_file(path, "--report")
+    elif not_a_folder_above(folder) is not None:
+        raise UserError("cannot write --report {}: {}".format(path, not_a_folder_above(folder)))
+    labels = list(find_labels(data_path).values()) if data_path is not None else []
+    check_outputs_apart({"--report": path}, {"a label": labels, "a photo": [image_for_label(label) for label in labels],
+                                             "a model": inputs},
+                        locked={"the output of eval_acc_perf.sh": written})
+
+
+def read_record(path: str) -> dict:
+    """A table row's figures (row --record)."""
+    record = require_keys(read_json(path, "table row"), {"batch": int, "backend": str, "device": str, "fps": float,
+                                                        "miou": float}, "table row", path)
+    return dict(record)
+
+
+def write_run_report(path: str, rows: Sequence[str], result_path: str, res_path: str, data_path: str,
+                     prep: Optional[str] = None, output_dtype: Optional[str] = None) -> None:
+    """The run's report: the table (one row per --record file), then the last batch size's figures and worst
+    images."""
+    check_output_file(path, "--report")
+    check_outputs_apart({"--report": path}, {"a table row": rows, "the result": result_path})
+    records = [read_record(row) for row in rows]
+    result = html_report.check_result(read_json(result_path, "result"), "result", result_path)
+    worst_recorded = result.get(html_report.WORST_KEY)
+    worst = pictures_again(res_path, data_path, worst_recorded, output_dtype, prep) if worst_recorded else None
+    table = [(str(r["batch"]), r["backend"], r["device"], format_fps(r["fps"]), "{:.2f}%".format(100.0 * r["miou"]))
+             for r in records]
+    last = records[-1]["batch"] if records else None
+    note = "The bars, the heat map and the worst images below are those of batch size {} ({}).".format(
+        last, result_path)
+    if len({round(r["miou"], 12) for r in records}) > 1:
+        note += " The batch sizes' mIoU differ: their outputs are not the same."
+    details = [("results", result_path), ("model outputs", res_path), ("labels", data_path)]
+    page = html_report.render(
+        result, "Segmentation report: eval_acc_perf.sh", details, worst,
+        len(worst_recorded) if worst_recorded else html_report.DEFAULT_WORST,
+        worst_note=None if worst_recorded is not None else "No worst images: {} lists none (HRNet_postprocess.py "
+                                                           "--report_worst N records them).".format(result_path),
+        table=(TABLE_HEADERS, table), table_note=note)
+    html_report.write_report(path, page)
+
+
 # --- the command line -----------------------------------------------------------------------------------
 
 def positive_number(text: str) -> float:
@@ -291,6 +370,26 @@ def build_parser() -> argparse.ArgumentParser:
                      "JSON (for python3 -m hrnetseg.atlas.ci_gate judge)")
     row.add_argument("--prep", default=None, help="the preprocess folder: the result must count every image its "
                      "manifest lists (and the fps counts them, not the padding of a short last batch)")
+    check = commands.add_parser("check_report", help="refuse a --report path that cannot be written or would "
+                                "replace a file the run reads or writes")
+    check.add_argument("report", help="the HTML report's path")
+    check.add_argument("--output_dir", required=True, help="the script's --output_dir (it may not exist yet)")
+    check.add_argument("--written", nargs="*", default=[], metavar="PATH",
+                       help="the files and folders the run writes: the report may not be one of them or inside one")
+    check.add_argument("--data_path", default=None, help="the labels (their photos beside them): not to be replaced")
+    check.add_argument("--inputs", nargs="*", default=[], metavar="FILE", help="other files the run reads (models)")
+    check.add_argument("--report_worst", type=html_report.worst_count, default=None, metavar="N",
+                       help="the --report_worst the script passes on (checked here)")
+    report = commands.add_parser("report", help="write the run's HTML report")
+    report.add_argument("report", help="the HTML report to write")
+    report.add_argument("--rows", nargs="+", required=True, metavar="ROW.json",
+                        help="the table's rows (row --record files), in the table's order")
+    report.add_argument("--result", required=True, help="the last batch size's result (HRNet_postprocess.py)")
+    report.add_argument("--res_path", required=True, help="that batch size's model outputs")
+    report.add_argument("--data_path", required=True, help="the labels, as HRNet_postprocess.py --data_path")
+    report.add_argument("--prep", default=None, help="the preprocess folder (the labels' size)")
+    report.add_argument("--output_dtype", default=None, choices=OUTPUT_DTYPES,
+                        help="as HRNet_postprocess.py --output_dtype")
     return parser
 
 
@@ -324,8 +423,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             write_text_atomic(args.record, json.dumps({"batch": args.batch, "backend": args.backend, "device": device,
                                                        "fps": fps, "miou": fraction}) + "\n")
         print(table_row(args.batch, args.backend, device, fps, fraction))
+    elif args.subcommand == "check_report":
+        check_report_path(args.report, args.output_dir, args.written, args.data_path, args.inputs)
+    elif args.subcommand == "report":
+        write_run_report(args.report, args.rows, args.result, args.res_path, args.data_path, args.prep,
+                         args.output_dtype)
     else:
-        parser.error("choose a command: check_batch_sizes, check_labels, throughput or row")
+        parser.error("choose a command: check_batch_sizes, check_labels, throughput, row, check_report or report")
     return 0
 
 

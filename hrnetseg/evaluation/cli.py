@@ -16,6 +16,10 @@ wall time; Ctrl-C stops and prints what was evaluated so far.
 the infer stage runs every scale's inputs (sliding windows above 1.0), the evaluate stage sums the scales'
 maps; it needs a model that takes every size the scales make (HRNet_pth2onnx.py --dynamic_hw, or --pth).
 The default (--scales 1.0, no --flip, an image whose long side is --base_size) is the single-scale path above.
+
+--report FILE.html writes the page of hrnetseg.evaluation.report (IoU bars, heat map, the --report_worst N worst
+images, which the evaluate stage keeps while it scores); --report_worst alone puts their ids and scores into
+--save_path's JSON.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from hrnetseg.backends import backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.batching import batch_size_for, pad_batch
 from hrnetseg.backends.flags import backend_flags
 from hrnetseg.data import cityscapes
+from hrnetseg.evaluation import report as html_report
 from hrnetseg.evaluation.metrics import ConfusionMatrix, format_table, write_result
 from hrnetseg.evaluation.multiscale import TestTimeAugmentation, check_memory
 from hrnetseg.evaluation.streaming import (
@@ -83,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
     cityscapes.add_max_pixels_flag(parser)
+    html_report.add_report_flags(parser)
     add_tta_flags(parser)
     add_ray_flags(parser, "; rounded up to whole --batchsize batches")
     return parser
@@ -123,12 +129,13 @@ def report_interrupted(pipeline: StreamingEvaluation, total: int) -> None:
 
 
 def check_outputs(save_path: Optional[str], save_confusion: Optional[str], model: Optional[str] = None,
-                  samples: Sequence[cityscapes.Sample] = ()) -> None:
+                  samples: Sequence[cityscapes.Sample] = (), report: Optional[str] = None) -> None:
     """Refuse, before any work, output files that cannot be written, one file asked for twice, and an output
     that is an input of the run (the model, an image, a label) or a lock it holds: it would be replaced."""
     check_output_file(save_path, "--save_path")
     check_output_file(save_confusion, "--save_confusion")
-    check_outputs_apart({"--save_path": save_path, "--save_confusion": save_confusion},
+    check_output_file(report, "--report")
+    check_outputs_apart({"--save_path": save_path, "--save_confusion": save_confusion, "--report": report},
                         {"the model": model, "an image": [sample.image for sample in samples],
                          "a label": [sample.label for sample in samples]})
 
@@ -150,11 +157,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError("{} is an empty name: give the model file".format("--onnx" if args.onnx is not None
                                                                           else "--pth"))
     check_ray_flags(args)
-    check_outputs(args.save_path, args.save_confusion, model)
+    if args.ray is not None and args.report_worst:
+        raise UserError("--report_worst {}: not with --ray (its workers return one confusion matrix per batch, no "
+                        "per-image figures); --report alone draws the bars and the heat map".format(args.report_worst))
+    check_outputs(args.save_path, args.save_confusion, model, report=args.report)
     interrupt_after_count()
     kind = args.backend or backend_for_model(model)
     samples = labelled_samples(args.datasets_path, args.split, args.limit)
-    check_outputs(args.save_path, args.save_confusion, model, samples)
+    check_outputs(args.save_path, args.save_confusion, model, samples, args.report)
     size = first_image_size(samples)
     if not single_scale_from_args(args, *size):
         check_memory(tta, [size])   # also a scale that leaves no pixels: refused before anything is read
@@ -163,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if image is not None:   # an image that cannot be read is refused where it is decoded
             cityscapes.check_label_header(sample.label, image, "its image {}".format(sample.image))
     check_model_file(model)
-    with output_locks(args.save_path, args.save_confusion):
+    with output_locks(args.save_path, args.save_confusion, args.report):
         tta = None if single_scale_from_args(args, *size) else tta
         if args.ray is not None:
             return run_on_ray(args, kind, model, samples, size, tta)
@@ -200,14 +210,15 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
         print("test-time augmentation: {}; {} forward passes per image (model inputs {})".format(
             tta.describe(), passes, ", ".join("{}x{}".format(h, w) for h, w in tta.input_sizes(*size))), flush=True)
 
+    worst = html_report.worst_collector(args.report, args.report_worst)
     with progress(total=len(samples), desc="evaluate") as bar:
         stage_workers = (args.decode_workers or workers, args.eval_workers or workers)
         if augmented:
             pipeline = AugmentedStreamingEvaluation(backend, samples, size, batch, index, queue_size, tta,
-                                                    *stage_workers, on_evaluated=bar.update)
+                                                    *stage_workers, on_evaluated=bar.update, worst=worst)
         else:
             pipeline = StreamingEvaluation(backend, samples, dtype, size, batch, index, queue_size, *stage_workers,
-                                           on_evaluated=bar.update)
+                                           on_evaluated=bar.update, worst=worst)
         try:
             pipeline.run()
         except KeyboardInterrupt:
@@ -215,8 +226,18 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
             report_interrupted(pipeline, len(samples))
             raise
     report_and_save(args, pipeline.matrix, index, stage_report(pipeline.stages, pipeline.wall_s,
-                                                               pipeline.matrix.images), passes if augmented else 0)
+                                                               pipeline.matrix.images), passes if augmented else 0,
+                    worst=worst, details=_report_details(args, model, backend.name, backend.device, backend.precision,
+                                                         tta))
     return 0
+
+
+def _report_details(args: argparse.Namespace, model: str, backend: str, device: str, precision: str,
+                    tta: Optional[TestTimeAugmentation]) -> List[Tuple[str, str]]:
+    """The report's lines under its title: what was evaluated, on what."""
+    return [("model", model), ("backend", "{} on {} ({})".format(backend, device, precision)),
+            ("data", "{} ({} split)".format(args.datasets_path, args.split)),
+            ("testing", tta.describe() if tta is not None else "single scale")]
 
 
 def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[cityscapes.Sample],
@@ -232,28 +253,37 @@ def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[ci
         warmup=args.warmup_count, cpu_threads=args.cpu_threads, datasets_path=args.datasets_path)
     passes = tta.forward_passes(*size) if tta is not None else 0
     report_and_save(args, ledger.matrix, evaluation.loaded["output_index"], worker_report(evaluation), passes,
-                    engine=engine)
+                    engine=engine, details=_report_details(args, model, kind, args.device or "default device",
+                                                           args.precision, tta) + [("engine", "Ray")],
+                    worst_note="No worst images: the Ray workers return one confusion matrix per batch, not per "
+                               "image (run without --ray for them).")
     return 0
 
 
 def report_and_save(args: argparse.Namespace, matrix: ConfusionMatrix, index: int, timing: List[str],
-                    passes: int = 0, engine: Optional[dict] = None) -> None:
+                    passes: int = 0, engine: Optional[dict] = None, worst: Optional[html_report.WorstImages] = None,
+                    details: Sequence[Tuple[str, str]] = (), worst_note: Optional[str] = None) -> None:
     """Print the mIoU table, the timing lines and (test-time augmentation) the forward passes; write
-    --save_confusion and --save_path."""
+    --save_confusion, --save_path and --report."""
     matrix.ids.sort()
     matrix.output_index = index
-    result = matrix.compute()
+    result = html_report.add_to_result(matrix.compute(), worst)
     print(format_table(result))
     print("\n".join(timing))
     if passes:
         print("forward passes: {} per image, {} in all".format(passes, passes * matrix.images))
     if engine is not None:
         result["engine"] = engine
+    page = html_report.run_page(   # made before any file is written: a failure leaves none of them
+        result, "Segmentation report: python -m hrnetseg.evaluate", details, worst, worst_note) if args.report else None
     if args.save_confusion:
         matrix.save(args.save_confusion)
     if args.save_path:
         write_result(args.save_path, result)
         print("result: {}".format(args.save_path))
+    if page is not None:
+        html_report.write_report(args.report, page)
+        print("report: {}".format(args.report))
 
 if __name__ == "__main__":
     run_cli(main, sys.argv[1:])

@@ -4,7 +4,7 @@ Outputs are paired with labels by image id, never by order. Finding the outputs,
 outputs' dtype are hrnetseg.evaluation.model_outputs; logits -> labels is hrnetseg.evaluation.upsample_argmax;
 the pictures are hrnetseg.data.pictures; the confusion matrix and the scores are hrnetseg.evaluation.metrics.
 This module pairs and checks every file before anything is computed, runs the images through the worker pool,
-and writes the results.
+and writes the results (and, with --report, the HTML page of hrnetseg.evaluation.report).
 Atlas-side module: numpy, opencv, pillow and tqdm only, valid Python 3.7.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from hrnetseg.data import cityscapes
 from hrnetseg.data.cityscapes import check_label_header, read_train_ids
 from hrnetseg.data.manifest import MANIFEST, read_manifest
 from hrnetseg.data.pictures import picture_paths, remove_pictures, save_pictures
+from hrnetseg.evaluation import report as html_report
 from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion, format_table, write_result
 from hrnetseg.evaluation.model_outputs import (
     AIS_BENCH,
@@ -181,8 +182,8 @@ def check_finite(logits: np.ndarray, pair: Pair) -> None:
                     "broken".format(pair.output, pair.dtype, pair.dtype_from))
 
 
-def evaluate_pair(pair: Pair, vis_dir: Optional[str] = None, pred_dir: Optional[str] = None):
-    """(confusion matrix, files written, why there is no overlay or None) for one output and its label."""
+def predicted_labels(pair: Pair) -> Tuple[np.ndarray, np.ndarray]:
+    """(trainId prediction, trainId ground truth) of one output and its label."""
     gt = read_train_ids(pair.label, pair.size, pair.size_from)
     logits = load_logits(pair.output, pair.dtype, logits_shape(*pair.size))
     try:
@@ -190,18 +191,71 @@ def evaluate_pair(pair: Pair, vis_dir: Optional[str] = None, pred_dir: Optional[
     except ValueError as exc:
         check_finite(logits, pair)  # the likely cause, said in words
         raise UserError("output {}: {}".format(pair.output, exc))
+    return pred, gt
+
+
+def evaluate_pair(pair: Pair, vis_dir: Optional[str] = None, pred_dir: Optional[str] = None,
+                  worst: Optional[html_report.WorstImages] = None):
+    """(confusion matrix, files written, why there is no overlay or None, the report's pictures or None) for one
+    output and its label; the pictures only when `worst` says the image could be one of the worst."""
+    pred, gt = predicted_labels(pair)
     written, no_overlay = save_pictures(pred, pair.id, vis_dir, pred_dir, pair.image) if (vis_dir or pred_dir) \
         else ([], None)
-    return confusion(pred, gt), written, no_overlay
+    counts = confusion(pred, gt)
+    pictures = None
+    if worst is not None and worst.wants(html_report.image_scores(counts).miou):
+        pictures = html_report.image_pictures(html_report.read_photo(pair.image), gt, pred)
+    return counts, written, no_overlay, pictures
+
+
+# The worst-images list of the run in progress, for _evaluate_task. A global, not a task field: its bound lives in
+# shared memory, which forked workers reach only by inheriting it (it cannot be pickled into a task).
+_worst_in_progress: Optional[html_report.WorstImages] = None
 
 
 def _evaluate_task(task):
     pair, vis_dir, pred_dir = task
     try:
-        counts, written, no_overlay = evaluate_pair(pair, vis_dir, pred_dir)
+        counts, written, no_overlay, pictures = evaluate_pair(pair, vis_dir, pred_dir, _worst_in_progress)
     except UserError as exc:
         return ("error", str(exc))
-    return ("ok", pair.id, counts, written, no_overlay)
+    return ("ok", pair.id, counts, written, no_overlay, pictures)
+
+
+def pictures_again(res_path: str, data_path: str, worst: Sequence[dict], output_dtype: Optional[str] = None,
+                   prep_path: Optional[str] = None, split: str = "val",
+                   output_index: Optional[int] = None) -> List[html_report.Worst]:
+    """The report's worst images with their pictures, made again from their outputs, labels and photos: `worst`
+    is the list an evaluation of res_path recorded (report.WORST_KEY: ids and scores), as eval_acc_perf.sh's
+    report takes it from a batch size's result. Each image's figures must be those recorded (else the result is
+    not of these outputs)."""
+    if not worst:
+        return []
+    made_from = preprocess_image_size(prep_path) if prep_path is not None else None
+    outputs = find_outputs(res_path)
+    file_index, _, _ = choose_file_index(outputs, output_index)
+    labels = cityscapes.find_labels(data_path, split)
+    ids = [entry["id"] for entry in worst]
+    unlabelled = [sid for sid in ids if sid not in labels]
+    if unlabelled:
+        raise UserError("the result names {} among the worst images, with no label in {}".format(
+            _quote_ids(unlabelled), data_path))
+    pairs, missing, _ = pair_outputs(outputs, file_index, {sid: labels[sid] for sid in ids}, allow_missing=True,
+                                     want_images=True, output_dtype_flag=output_dtype, made_from=made_from)
+    if missing:
+        raise UserError("the result names {} among the worst images, with no output in {}".format(
+            _quote_ids(missing), outputs.folder))
+    by_id = {pair.id: pair for pair in pairs}
+    made = []
+    for entry in worst:
+        pred, gt = predicted_labels(by_id[entry["id"]])
+        scores = html_report.image_scores(confusion(pred, gt))
+        if scores.miou is None or abs(scores.miou - entry["mIoU"]) > 1e-9:
+            raise UserError("the result gives image {} an mIoU of {!r}, its output in {} {!r}: the result is not of "
+                            "these outputs".format(entry["id"], entry["mIoU"], outputs.folder, scores.miou))
+        made.append(html_report.Worst(entry["id"], scores.miou, scores.pixel_accuracy, html_report.image_pictures(
+            html_report.read_photo(by_id[entry["id"]].image), gt, pred)))
+    return made
 
 
 # --- the step -------------------------------------------------------------------------------------
@@ -219,14 +273,16 @@ def _check_picture_folder(path: Optional[str], flag: str) -> None:
 
 
 def _check_result_paths(save_path: Optional[str], save_confusion: Optional[str], save_vis: Optional[str],
-                   save_pred: Optional[str]) -> None:
+                        save_pred: Optional[str], report: Optional[str] = None) -> None:
     check_output_file(save_path, "--save_path")
     check_output_file(save_confusion, "--save_confusion")
-    check_outputs_apart({"--save_path": save_path, "--save_confusion": save_confusion})
+    check_output_file(report, "--report")
+    check_outputs_apart({"--save_path": save_path, "--save_confusion": save_confusion, "--report": report})
     _check_picture_folder(save_vis, "--save_vis")
     _check_picture_folder(save_pred, "--save_pred")
     # a result file where a picture folder will be made (or the other way round) would fail after all the work
-    for file_flag, file_path in (("--save_path", save_path), ("--save_confusion", save_confusion)):
+    for file_flag, file_path in (("--save_path", save_path), ("--save_confusion", save_confusion),
+                                 ("--report", report)):
         for folder_flag, folder in (("--save_vis", save_vis), ("--save_pred", save_pred)):
             if file_path and folder and os.path.realpath(file_path) == os.path.realpath(folder):
                 raise UserError("{} and {} are the same path {}: one is a file, the other a folder; give two "
@@ -238,7 +294,8 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
                     save_vis: Optional[str] = None, save_pred: Optional[str] = None,
                     save_confusion: Optional[str] = None, allow_missing: bool = False,
                     log: Callable[[str], None] = print, output_dtype: Optional[str] = None,
-                    warn: Callable[[str], None] = _to_stderr, prep_path: Optional[str] = None) -> dict:
+                    warn: Callable[[str], None] = _to_stderr, prep_path: Optional[str] = None,
+                    report: Optional[str] = None, report_worst: Optional[int] = None) -> dict:
     """Evaluate every output in res_path against its label under data_path; returns the result dict.
 
     data_path: the gtFine/<split> folder (as the ModelZoo scripts take it), a cityscapes root, or the folder
@@ -247,6 +304,9 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
     output_dtype: float32 or float16 (see resolve_output_dtype); None = not known.
     prep_path: the preprocess folder the outputs were made from: every label must have its images' size (its
     manifest's); None: each label is held to its own photo's size where that is beside it (label_image_size).
+    report: the HTML report to write (hrnetseg.evaluation.report); report_worst: how many of the worst images it
+    shows (default report.DEFAULT_WORST), their ids and scores also in the result (report.WORST_KEY), with or
+    without a report.
     Everything is checked before anything is computed; on an error nothing is written. The outputs are
     locked (`<output>.lock`) for the run: a second run writing one of them stops at once.
     """
@@ -257,11 +317,15 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
     file_index, described, aux_only = choose_file_index(outputs, output_index)
     require_folder(data_path, "label folder")
     labels, left_out = regular_labels(cityscapes.find_labels(data_path, split), allow_missing)
-    _check_result_paths(save_path, save_confusion, save_vis, save_pred)
-    with output_locks(save_path, save_confusion, save_vis, save_pred):
-        pairs, missing, extra = pair_outputs(outputs, file_index, labels, allow_missing, want_images=bool(save_vis),
+    _check_result_paths(save_path, save_confusion, save_vis, save_pred, report)
+    # shared: the workers may be forked processes (util/workers.py), which read the list's bound
+    worst = html_report.worst_collector(report, report_worst, shared=True)
+    with output_locks(save_path, save_confusion, save_vis, save_pred, report):
+        pairs, missing, extra = pair_outputs(outputs, file_index, labels, allow_missing,
+                                             want_images=bool(save_vis) or bool(worst and worst.limit),
                                              output_dtype_flag=output_dtype, made_from=made_from)
-        _check_outputs_apart_from_inputs(outputs, labels, pairs, save_path, save_confusion, save_vis, save_pred)
+        _check_outputs_apart_from_inputs(outputs, labels, pairs, save_path, save_confusion, save_vis, save_pred,
+                                         report)
         extra = [sid for sid in extra if sid not in left_out]
         missing = [sid for sid in missing if sid not in left_out]
         log("found {} for {} images in {}{}{}".format(
@@ -277,27 +341,34 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
         _report_left_out(pairs, missing, extra, left_out, log, warn)
         created = [path for path, flag in ((save_vis, "--save_vis"), (save_pred, "--save_pred"))
                    if make_output_folder(path, flag)]
-        matrix = _evaluate_pairs(pairs, workers, save_vis, save_pred, created, warn)
+        matrix = _evaluate_pairs(pairs, workers, save_vis, save_pred, created, warn, worst)
         matrix.skipped = sorted(missing + list(left_out))
         matrix.output_index = file_index - (0 if outputs.naming == AIS_BENCH else 1)   # ais_bench's numbering
-        result = matrix.compute()
+        result = html_report.add_to_result(matrix.compute(), worst)
         log(format_table(result))
+        page = html_report.run_page(   # made before any file is written: a failure leaves none of them
+            result, "Segmentation report: HRNet_postprocess.py",
+            [("model outputs", "{} ({})".format(outputs.folder, described)), ("labels", data_path)],
+            worst) if report else None
         if save_confusion:
             matrix.save(save_confusion)
         if save_path:
             write_result(save_path, result)
             log("result: {}".format(save_path))
+        if page is not None:
+            html_report.write_report(report, page)
+            log("report: {}".format(report))
     return result
 
 
 def _check_outputs_apart_from_inputs(outputs: Outputs, labels: Dict[str, str], pairs: Sequence[Pair],
                                      save_path: Optional[str], save_confusion: Optional[str], save_vis: Optional[str],
-                                     save_pred: Optional[str]) -> None:
-    """No result file or picture may replace a file the run reads (a model output, a label, a photo, a runner
-    summary) or a lock it holds."""
+                                     save_pred: Optional[str], report: Optional[str] = None) -> None:
+    """No result file, report or picture may replace a file the run reads (a model output, a label, a photo, a
+    runner summary) or a lock it holds."""
     ids = [pair.id for pair in pairs]
     check_outputs_apart(
-        {"--save_path": save_path, "--save_confusion": save_confusion,
+        {"--save_path": save_path, "--save_confusion": save_confusion, "--report": report,
          "a --save_vis picture": picture_paths(ids, save_vis, None),
          "a --save_pred picture": picture_paths(ids, None, save_pred)},
         {"a model output": [path for by_index in outputs.files.values() for path in by_index.values()],
@@ -328,9 +399,11 @@ def _report_left_out(pairs: Sequence[Pair], missing: Sequence[str], extra: Seque
 
 
 def _evaluate_pairs(pairs: Sequence[Pair], workers: Optional[int], save_vis: Optional[str],
-                    save_pred: Optional[str], created: Sequence[str], warn: Callable[[str], None]) -> ConfusionMatrix:
-    """The confusion matrix over all pairs, pictures written; on any failure the pictures this run made
-    (and the folders it created, when empty) are removed."""
+                    save_pred: Optional[str], created: Sequence[str], warn: Callable[[str], None],
+                    worst: Optional[html_report.WorstImages] = None) -> ConfusionMatrix:
+    """The confusion matrix over all pairs, pictures written, every image offered to `worst`; on any failure the
+    pictures this run made (and the folders it created, when empty) are removed."""
+    global _worst_in_progress
     for folder in (save_vis, save_pred):
         if folder:
             remove_stale_temporaries(folder)  # of a killed run into this folder
@@ -341,6 +414,7 @@ def _evaluate_pairs(pairs: Sequence[Pair], workers: Optional[int], save_vis: Opt
     pictures = picture_paths([pair.id for pair in pairs], save_vis, save_pred)
     existed = {path for path in pictures if os.path.exists(path)}
     tasks = [(pair, save_vis, save_pred) for pair in pairs]
+    _worst_in_progress = worst   # before the pool forks its workers
     try:
         with parallel_results(_evaluate_task, tasks, workers, "postprocess") as results:
             for result in results:
@@ -350,6 +424,8 @@ def _evaluate_pairs(pairs: Sequence[Pair], workers: Optional[int], save_vis: Opt
                 written.extend(result[3])
                 if result[4]:
                     no_overlay.append(result[4])
+                if worst is not None:
+                    worst.offer(result[1], html_report.image_scores(result[2]), result[5])
     except BaseException:
         remove_pictures(set(pictures) - existed, written, (save_vis, save_pred))
         for folder in created:
@@ -358,6 +434,8 @@ def _evaluate_pairs(pairs: Sequence[Pair], workers: Optional[int], save_vis: Opt
             except OSError:
                 pass
         raise
+    finally:
+        _worst_in_progress = None
     if no_overlay:
         warn("note: --save_vis wrote no overlay for {} of {} images ({}{})".format(
             len(no_overlay), len(pairs), sorted(no_overlay)[0], ", ..." if len(no_overlay) > 1 else ""))

@@ -34,6 +34,7 @@ from hrnetseg.evaluation.multiscale import (
     scale_runs,
 )
 from hrnetseg.evaluation.postprocess import logits_shape
+from hrnetseg.evaluation.report import WorstImages
 from hrnetseg.evaluation.upsample_argmax import logits_to_labels
 from hrnetseg.util.errors import UserError
 
@@ -116,12 +117,16 @@ class StreamingEvaluation(object):
     Decode worker w takes images w, w + W, w + 2W, ... and has its own queue, so the infer stage reads them
     back in id order and makes the same batches as the bin runner. Every blocking step polls a stop flag:
     an exception in any stage stops the others and is raised again in the calling thread by run().
+    worst: the report's worst images, offered every image by the evaluate stage (the pictures made there, from
+    the photo on disk, only for an image that could enter the list).
     """
 
     def __init__(self, backend: Backend, samples: Sequence[cityscapes.Sample], dtype: str, size: Tuple[int, int],
                  batch: int, output_index: int, queue_size: int, decode_workers: int = 1, eval_workers: int = 1,
-                 on_evaluated: Optional[Callable[[int], None]] = None) -> None:
+                 on_evaluated: Optional[Callable[[int], None]] = None, worst: Optional[WorstImages] = None) -> None:
         self.backend, self.samples, self.dtype, self.size = backend, list(samples), dtype, tuple(size)
+        self.worst = worst
+        self._photos = {sample.id: sample.image for sample in self.samples}
         self.batch, self.output_index = batch, output_index
         self.decode_workers, self.eval_workers = decode_workers, eval_workers
         self.on_evaluated = on_evaluated
@@ -214,7 +219,10 @@ class StreamingEvaluation(object):
                 return
             sample_id, inferred, gt = item
             began = time.perf_counter()
-            counts = confusion(self.labels_of(sample_id, inferred, gt.shape), gt)
+            pred = self.labels_of(sample_id, inferred, gt.shape)
+            counts = confusion(pred, gt)
+            if self.worst is not None:
+                self.worst.consider(sample_id, counts, self._photos[sample_id], gt, pred)
             with self._lock:
                 self.matrix.add(counts, sample_id)
                 images = self.matrix.images
@@ -300,9 +308,10 @@ class AugmentedStreamingEvaluation(StreamingEvaluation):
 
     def __init__(self, backend: Backend, samples: Sequence[cityscapes.Sample], size: Tuple[int, int], batch: int,
                  output_index: int, queue_size: int, tta: TestTimeAugmentation, decode_workers: int = 1,
-                 eval_workers: int = 1, on_evaluated: Optional[Callable[[int], None]] = None) -> None:
+                 eval_workers: int = 1, on_evaluated: Optional[Callable[[int], None]] = None,
+                 worst: Optional[WorstImages] = None) -> None:
         super().__init__(backend, samples, "float32", size, batch, output_index, queue_size, decode_workers,
-                         eval_workers, on_evaluated)
+                         eval_workers, on_evaluated, worst)
         self.tta = tta
         self.run_main = main_output_runner(backend, output_index, batch)
 
