@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from hrnetseg.data.cityscapes import add_max_pixels_flag, set_max_pixels
+from hrnetseg.data.images import add_max_pixels_flag, set_max_pixels
 from hrnetseg.evaluation.postprocess import OUTPUT_DTYPES, evaluate_folder
 from hrnetseg.evaluation.report import add_report_flags
 from hrnetseg.util.cli import ArgumentParser, output_index, plain_name, positive_int, run_cli

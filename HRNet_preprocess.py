@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from hrnetseg.data.cityscapes import add_max_pixels_flag, set_max_pixels
+from hrnetseg.data.images import add_max_pixels_flag, set_max_pixels
 from hrnetseg.data.preprocess import DTYPES, preprocess
 from hrnetseg.util.cli import ArgumentParser, plain_name, positive_int, run_cli
 

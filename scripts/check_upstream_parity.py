@@ -223,7 +223,7 @@ def parity_image(args: argparse.Namespace):
     import numpy as np
 
     if args.image is not None:
-        from hrnetseg.data.cityscapes import read_image, unreadable_reason
+        from hrnetseg.data.images import read_image, unreadable_reason
 
         image = read_image(args.image, cv2.IMREAD_COLOR)
         if image is None:

@@ -163,10 +163,10 @@ def stub(monkeypatch):
 def default_pixel_budget():
     """The tools set the pixel budget for their whole process (--max_pixels): each test starts from the default."""
     yield
-    from hrnetseg.data import cityscapes
+    from hrnetseg.data import images
 
-    if cityscapes.max_pixels() != cityscapes.DEFAULT_MAX_PIXELS:
-        cityscapes.set_max_pixels(cityscapes.DEFAULT_MAX_PIXELS)
+    if images.max_pixels() != images.DEFAULT_MAX_PIXELS:
+        images.set_max_pixels(images.DEFAULT_MAX_PIXELS)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hrnetseg.backends import Backend, InputSpec
-from hrnetseg.data import cityscapes
+from hrnetseg.data import cityscapes, images
 
 from helpers import REPO, TINY_PRESET
 
@@ -26,7 +26,7 @@ def png_declaring(path, height: int, width: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    Path(path).write_bytes(cityscapes.PNG_SIGNATURE + chunk(b"IHDR", header) +
+    Path(path).write_bytes(images.PNG_SIGNATURE + chunk(b"IHDR", header) +
                            chunk(b"IDAT", zlib.compress(bytes(280000), 0)) + chunk(b"IEND", b""))
     return Path(path)
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg.data import cityscapes
+from hrnetseg.data import cityscapes, images
 from hrnetseg.util.errors import UserError
 
 from helpers import SAMPLE_IMAGES, TINY_IMAGES, load_script
@@ -113,15 +113,15 @@ def test_split_and_data_folder_names_are_literal(tiny_data_root, tmp_path):
 def test_damaged_pngs_are_refused_quietly(sample_data_root, tmp_path, capfd):
     sample = cityscapes.find_images(str(sample_data_root))[0]
     data = open(sample.image, "rb").read()
-    assert cityscapes.png_intact(data)
+    assert images.png_intact(data)
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x40
     for name, broken in (("cut.png", data[: len(data) // 2]), ("flip.png", bytes(flipped)), ("text.png", b"hello")):
         (tmp_path / name).write_bytes(broken)
-        assert cityscapes.read_image(str(tmp_path / name), cv2.IMREAD_COLOR) is None
-    assert cityscapes.read_image(str(tmp_path / "missing.png"), cv2.IMREAD_COLOR) is None
+        assert images.read_image(str(tmp_path / name), cv2.IMREAD_COLOR) is None
+    assert images.read_image(str(tmp_path / "missing.png"), cv2.IMREAD_COLOR) is None
     assert capfd.readouterr().err == ""
-    assert np.array_equal(cityscapes.read_image(sample.image, cv2.IMREAD_COLOR), cv2.imread(sample.image))
+    assert np.array_equal(images.read_image(sample.image, cv2.IMREAD_COLOR), cv2.imread(sample.image))
 
 
 def test_find_images_names_what_the_data_path_is(tmp_path, sample_data_root):
@@ -145,34 +145,34 @@ def test_a_label_that_is_not_a_regular_file_is_found_but_never_read(sample_data_
     os.remove(label)
     os.mkfifo(label)
     assert cityscapes.find_images(str(root))[0].label == label
-    assert cityscapes.read_image(label, cv2.IMREAD_UNCHANGED) is None and cityscapes.image_size(label) is None
-    assert cityscapes.unreadable_reason(label) == "is a FIFO, not a regular file"
+    assert images.read_image(label, cv2.IMREAD_UNCHANGED) is None and images.image_size(label) is None
+    assert images.unreadable_reason(label) == "is a FIFO, not a regular file"
 
 
 def test_unreadable_reason_says_permission_denied(sample_data_root, monkeypatch):
     image = cityscapes.find_images(str(sample_data_root))[0].image
-    assert cityscapes.unreadable_reason(image).startswith("cannot be decoded")
-    monkeypatch.setattr(cityscapes.os, "access", lambda path, mode: False)   # as a user without read access
-    assert cityscapes.unreadable_reason(image) == "cannot be read: permission denied"
+    assert images.unreadable_reason(image).startswith("cannot be decoded")
+    monkeypatch.setattr(images.os, "access", lambda path, mode: False)   # as a user without read access
+    assert images.unreadable_reason(image) == "cannot be read: permission denied"
 
 
 def test_a_png_declaring_more_pixels_than_the_budget_is_refused_from_its_header(tmp_path):
     """A 280 kB PNG declaring 12000 x 8000 pixels (23 GB once predicted): refused before anything is decoded."""
     big = str(png_declaring(tmp_path / "big.png", 8000, 12000))
     began = time.perf_counter()
-    assert cityscapes.image_size(big) is None
-    assert cityscapes.read_image(big, cv2.IMREAD_COLOR) is None
-    reason = cityscapes.unreadable_reason(big)
+    assert images.image_size(big) is None
+    assert images.read_image(big, cv2.IMREAD_COLOR) is None
+    reason = images.unreadable_reason(big)
     assert time.perf_counter() - began < 0.5
     assert reason == "declares 8000x12000 pixels (96.0 Mpx), above the limit of 50.0 Mpx (--max_pixels raises it)"
     huge = str(png_declaring(tmp_path / "huge.png", 20000, 20000))   # beyond PIL's own decompression-bomb limit
-    assert cityscapes.image_size(huge) is None and "above the limit of 50.0 Mpx" in cityscapes.unreadable_reason(huge)
+    assert images.image_size(huge) is None and "above the limit of 50.0 Mpx" in images.unreadable_reason(huge)
     try:
-        cityscapes.set_max_pixels(400000000)
-        assert cityscapes.image_size(big) == (8000, 12000) and cityscapes.image_size(huge) == (20000, 20000)
+        images.set_max_pixels(400000000)
+        assert images.image_size(big) == (8000, 12000) and images.image_size(huge) == (20000, 20000)
     finally:
-        cityscapes.set_max_pixels(cityscapes.DEFAULT_MAX_PIXELS)
-    assert cityscapes.image_size(big) is None
+        images.set_max_pixels(images.DEFAULT_MAX_PIXELS)
+    assert images.image_size(big) is None
 
 
 @pytest.mark.parametrize("script", ["HRNet_preprocess.py", "HRNet_postprocess.py", "hrnetseg.evaluate",
@@ -183,4 +183,4 @@ def test_every_tool_that_decodes_images_takes_max_pixels(script):
     module = load_script(script) if script.endswith(".py") else importlib.import_module(
         {"hrnetseg.evaluate": "hrnetseg.evaluation.cli", "hrnetseg.predict": "hrnetseg.prediction.cli"}[script])
     action = next(a for a in module.build_parser()._actions if a.dest == "max_pixels")
-    assert action.default == cityscapes.DEFAULT_MAX_PIXELS and "--max_pixels" in action.option_strings
+    assert action.default == images.DEFAULT_MAX_PIXELS and "--max_pixels" in action.option_strings

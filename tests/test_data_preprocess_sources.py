@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnetseg.data import cityscapes, preprocess
+from hrnetseg.data import cityscapes, images, preprocess
 from hrnetseg.data.manifest import MANIFEST, MANIFEST_VERSION, read_manifest, source_signature
 from hrnetseg.util.errors import UserError
 
@@ -199,7 +199,7 @@ def test_first_image_whose_header_reads_but_pixels_do_not(damage, data, tmp_path
         first.write_bytes(Path(find_images(data)[1].image).read_bytes()[:400])
     else:
         _pcx(first, TINY_HEIGHT, TINY_WIDTH)
-    assert cityscapes.image_size(str(first)) == (TINY_HEIGHT, TINY_WIDTH)
+    assert images.image_size(str(first)) == (TINY_HEIGHT, TINY_WIDTH)
     with pytest.raises(UserError, match="cannot use image {}: cannot be decoded".format(first)):
         preprocess.preprocess(str(data), str(tmp_path / "a"), workers=2, log=quiet)
     manifest = preprocess.preprocess(str(data), str(tmp_path / "b"), workers=2, skip_bad=True, log=quiet)

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hrnetseg.data import cityscapes
+from hrnetseg.data import cityscapes, images
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import atomic_path, remove_quietly
 
@@ -67,7 +67,7 @@ def png_matches(path: str, image: np.ndarray) -> bool:
         with open(path, "rb") as fh:
             data = fh.read()
         decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) \
-            if data and cityscapes.png_intact(data) else None
+            if data and images.png_intact(data) else None
     except (OSError, cv2.error):
         return False
     return decoded is not None and decoded.shape == image.shape and np.array_equal(decoded, image)
@@ -93,11 +93,11 @@ def save_pictures(pred: np.ndarray, sample_id: str, vis_dir: Optional[str], pred
     if vis_dir:
         color = color_picture(pred)
         save(os.path.join(vis_dir, sample_id + COLOR_SUFFIX), color)
-        photo = cityscapes.read_image(image_path, cv2.IMREAD_COLOR) if image_path else None
+        photo = images.read_image(image_path, cv2.IMREAD_COLOR) if image_path else None
         if image_path is None:
             no_overlay = "no leftImg8bit photo beside the label"
         elif photo is None:
-            no_overlay = "photo {} {}".format(image_path, cityscapes.unreadable_reason(image_path))
+            no_overlay = "photo {} {}".format(image_path, images.unreadable_reason(image_path))
         elif photo.shape != color.shape:
             no_overlay = "photo {} is {}x{}, the label {}x{}".format(image_path, photo.shape[0], photo.shape[1],
                                                                     color.shape[0], color.shape[1])

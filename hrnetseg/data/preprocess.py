@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from hrnetseg.data import cityscapes
+from hrnetseg.data import cityscapes, images
 from hrnetseg.data.manifest import (
     DTYPES,
     MANIFEST,
@@ -105,8 +105,8 @@ def read_rgb(path: str) -> Tuple[Optional[np.ndarray], str]:
 
     rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
     if rgb_flag is not None:
-        return cityscapes.read_image(path, rgb_flag), "RGB"
-    return cityscapes.read_image(path, cv2.IMREAD_COLOR), "BGR"
+        return images.read_image(path, rgb_flag), "RGB"
+    return images.read_image(path, cv2.IMREAD_COLOR), "BGR"
 
 
 def _write_bin(path: str, array: np.ndarray) -> None:
@@ -132,7 +132,7 @@ def _convert_one(task):
     sample_id, image_path, out_path, dtype, shape, reference = task
     image, order = read_rgb(image_path)
     if image is None:
-        return ("bad", sample_id, image_path, cityscapes.unreadable_reason(image_path))
+        return ("bad", sample_id, image_path, images.unreadable_reason(image_path))
     if image.shape[:2] != tuple(shape):
         return ("bad", sample_id, image_path, _size_mismatch(image, reference))
     try:
@@ -184,16 +184,16 @@ def common_shape(samples, skip_bad: bool) -> Tuple[Tuple[int, int], str]:
     first must not set it for all). Without skip_bad, an image whose header cannot be read or whose size
     differs stops the run here; with skip_bad those are left out by the conversion, which names them.
     """
-    sizes = [(sample, cityscapes.image_size(sample.image)) for sample in samples]
+    sizes = [(sample, images.image_size(sample.image)) for sample in samples]
     if not skip_bad:
         for sample, size in sizes:
             if size is None:
                 raise UserError("cannot use image {}: {}; --skip_bad skips such files".format(
-                    sample.image, cityscapes.unreadable_reason(sample.image)))
+                    sample.image, images.unreadable_reason(sample.image)))
     counts = collections.Counter(size for _, size in sizes if size is not None)
     if not counts:
         raise UserError("none of the {} images can be read (e.g. {}: {})".format(
-            len(samples), samples[0].image, cityscapes.unreadable_reason(samples[0].image)))
+            len(samples), samples[0].image, images.unreadable_reason(samples[0].image)))
     shape, count = counts.most_common(1)[0]   # ties: the size seen first
     reference = "{} of the {} images are {}x{}".format(count, len(samples), shape[0], shape[1])
     if not skip_bad:

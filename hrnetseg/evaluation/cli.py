@@ -32,7 +32,7 @@ from typing import List, Optional, Sequence, Tuple
 from hrnetseg.backends import backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.batching import batch_size_for, pad_batch
 from hrnetseg.backends.flags import backend_flags
-from hrnetseg.data import cityscapes
+from hrnetseg.data import cityscapes, images
 from hrnetseg.evaluation import report as html_report
 from hrnetseg.evaluation.metrics import ConfusionMatrix, format_table, write_result
 from hrnetseg.evaluation.multiscale import TestTimeAugmentation, check_memory
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_path", default=None, help="result.json to write (HRNet_postprocess.py's format)")
     parser.add_argument("--save_confusion", default=None, metavar="FILE.npz",
                         help="write the confusion matrix and image ids, for python -m hrnetseg.metrics merge")
-    cityscapes.add_max_pixels_flag(parser)
+    images.add_max_pixels_flag(parser)
     html_report.add_report_flags(parser)
     add_tta_flags(parser)
     add_ray_flags(parser, "; rounded up to whole --batchsize batches")
@@ -142,15 +142,15 @@ def check_outputs(save_path: Optional[str], save_confusion: Optional[str], model
 
 def first_image_size(samples: Sequence[cityscapes.Sample]) -> Tuple[int, int]:
     """The size every image must have (the model takes one), from the first image's header."""
-    size = cityscapes.image_size(samples[0].image)
+    size = images.image_size(samples[0].image)
     if size is None:
-        raise UserError("image {} {}".format(samples[0].image, cityscapes.unreadable_reason(samples[0].image)))
+        raise UserError("image {} {}".format(samples[0].image, images.unreadable_reason(samples[0].image)))
     return size
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    cityscapes.set_max_pixels(args.max_pixels)
+    images.set_max_pixels(args.max_pixels)
     tta = tta_from_args(args)
     model = args.onnx if args.onnx is not None else args.pth   # "" is a (bad) name, not "no model"
     if not model:
@@ -169,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not single_scale_from_args(args, *size):
         check_memory(tta, [size])   # also a scale that leaves no pixels: refused before anything is read
     for sample in samples:   # from the headers, before the model loads; decoding checks each label again
-        image = cityscapes.image_size(sample.image)
+        image = images.image_size(sample.image)
         if image is not None:   # an image that cannot be read is refused where it is decoded
             cityscapes.check_label_header(sample.label, image, "its image {}".format(sample.image))
     check_model_file(model)

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hrnetseg.data import cityscapes
+from hrnetseg.data import cityscapes, images
 from hrnetseg.data.cityscapes import check_label_header, read_train_ids
 from hrnetseg.data.manifest import MANIFEST, read_manifest
 from hrnetseg.data.pictures import picture_paths, remove_pictures, save_pictures
@@ -121,7 +121,7 @@ def label_image_size(label: str, made_from: Optional[MadeFrom]) -> Optional[Made
     if made_from is not None:
         return made_from
     photo = cityscapes.image_for_label(label)
-    size = cityscapes.image_size(photo) if photo is not None else None
+    size = images.image_size(photo) if photo is not None else None
     return (size, "its image {}".format(photo)) if size is not None else None
 
 

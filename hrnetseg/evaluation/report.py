@@ -28,7 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hrnetseg.data import cityscapes
+from hrnetseg.data import cityscapes, images
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import write_text_atomic
 from hrnetseg.util.structured import require_keys, require_list_of
@@ -165,7 +165,7 @@ def read_photo(path: Optional[str]) -> Optional[np.ndarray]:
     other pictures)."""
     import cv2
 
-    return cityscapes.read_image(path, cv2.IMREAD_COLOR) if path else None
+    return images.read_image(path, cv2.IMREAD_COLOR) if path else None
 
 
 def image_pictures(photo: Optional[np.ndarray], gt: np.ndarray, pred: np.ndarray,

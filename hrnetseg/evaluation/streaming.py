@@ -21,7 +21,7 @@ import numpy as np
 
 from hrnetseg.backends import Backend
 from hrnetseg.backends.batching import output_rows, pad_batch, shape_fits_input_spec
-from hrnetseg.data import cityscapes
+from hrnetseg.data import cityscapes, images
 from hrnetseg.data.preprocess import DTYPES, convert, read_rgb
 from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion
 from hrnetseg.evaluation.multiscale import (
@@ -104,7 +104,7 @@ def decode(sample: cityscapes.Sample, dtype: str, size: Tuple[int, int]) -> Tupl
     """(model input C x H x W, trainIds H x W) for one image and its label, as HRNet_preprocess.py makes them."""
     image, order = read_rgb(sample.image)
     if image is None:
-        raise UserError("image {} {}".format(sample.image, cityscapes.unreadable_reason(sample.image)))
+        raise UserError("image {} {}".format(sample.image, images.unreadable_reason(sample.image)))
     if image.shape[:2] != tuple(size):
         raise UserError("image {} is {}x{} but the first image is {}x{} (the model takes one size)".format(
             sample.image, image.shape[0], image.shape[1], size[0], size[1]))

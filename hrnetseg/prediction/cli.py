@@ -22,7 +22,7 @@ import numpy as np
 
 from hrnetseg.backends import backend_for_model, check_model_file, load_backend
 from hrnetseg.backends.flags import backend_flags
-from hrnetseg.data import cityscapes
+from hrnetseg.data import images
 from hrnetseg.data.videos import VideoInfo, remove_stale_video_temporaries
 from hrnetseg.evaluation.multiscale import check_memory, check_model_takes, main_output_runner
 from hrnetseg.evaluation.tta_flags import add_tta_flags, tta_from_args
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="write every output again (default: a rerun keeps the outputs made from the same input "
                              "with the same settings that decode whole; see predict_record.json)")
-    cityscapes.add_max_pixels_flag(parser)
+    images.add_max_pixels_flag(parser)
     add_tta_flags(parser)
     add_ray_flags(parser, "; images go to Ray, videos run in this process")
     return parser
@@ -202,7 +202,7 @@ def plan_outputs(args: argparse.Namespace, record: OutputRecord, settings: dict,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    cityscapes.set_max_pixels(args.max_pixels)
+    images.set_max_pixels(args.max_pixels)
     tta = tta_from_args(args)
     check_ray_flags(args)
     model, kind = model_path(args)

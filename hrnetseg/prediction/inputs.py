@@ -8,7 +8,7 @@ import os
 from collections import namedtuple
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from hrnetseg.data import cityscapes
+from hrnetseg.data import cityscapes, images
 from hrnetseg.data.videos import VIDEO_SUFFIXES, VideoInfo, probe
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import not_regular_reason
@@ -165,15 +165,15 @@ def look_at(item: Input) -> Tuple[Optional[Tuple[int, int]], Optional[VideoInfo]
     if item.video:
         info, reason = probe(item.path)
         return (None if info is None else (info.height, info.width)), info, reason
-    size = cityscapes.image_size(item.path)
+    size = images.image_size(item.path)
     if size is None:
-        reason = cityscapes.unreadable_reason(item.path)
+        reason = images.unreadable_reason(item.path)
         return None, None, "is empty" if not_regular_reason(item.path) is None and \
             os.path.getsize(item.path) == 0 else reason
     if _turned_by_exif(item.path):
         size = decoded_size(item.path)
         if size is None:
-            return None, None, cityscapes.unreadable_reason(item.path)
+            return None, None, images.unreadable_reason(item.path)
     return size, None, ""
 
 
@@ -193,7 +193,7 @@ def read_photo(path: str):
     orientation applied where OpenCV applies it), or None when it cannot be decoded."""
     import cv2
 
-    return cityscapes.read_image(path, cv2.IMREAD_COLOR)
+    return images.read_image(path, cv2.IMREAD_COLOR)
 
 
 def decoded_size(path: str) -> Optional[Tuple[int, int]]:

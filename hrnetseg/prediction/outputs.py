@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from hrnetseg.data import cityscapes
+from hrnetseg.data import images
 from hrnetseg.data.videos import VideoInfo, check_video_file, video_suffix
 from hrnetseg.prediction.inputs import Input
 from hrnetseg.util.errors import UserError
@@ -85,7 +85,7 @@ def _picture_sound(path: str, size: Tuple[int, int]) -> bool:
 
     if not_regular_reason(path) is not None:
         return False
-    picture = cityscapes.read_image(path, cv2.IMREAD_UNCHANGED)
+    picture = images.read_image(path, cv2.IMREAD_UNCHANGED)
     return picture is not None and picture.shape[:2] == tuple(size)
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hrnetseg.data import cityscapes
+from hrnetseg.data import images
 from hrnetseg.data.pictures import color_picture, label_ids_picture, overlay_picture, write_png
 from hrnetseg.data.preprocess import convert
 from hrnetseg.data.videos import VideoInfo, atomic_video, frames
@@ -90,7 +90,7 @@ def write_pictures(paths: Dict[str, str], train_ids: np.ndarray, photo: np.ndarr
 def _source(item: Input) -> Source:
     source = source_of(item.path)
     if source is None:
-        raise UnreadableInput(item.path, cityscapes.unreadable_reason(item.path))
+        raise UnreadableInput(item.path, images.unreadable_reason(item.path))
     return source
 
 
@@ -99,7 +99,7 @@ def predict_image_file(item: Input, output: str, kinds: Sequence[str], run_main,
     source = _source(item)
     photo = read_photo(item.path)
     if photo is None:
-        raise UnreadableInput(item.path, cityscapes.unreadable_reason(item.path))
+        raise UnreadableInput(item.path, images.unreadable_reason(item.path))
     return Outcome(write_pictures(image_outputs(output, item, kinds), predict_picture(photo, run_main, tta), photo),
                    1, source)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Tuple
 
-from hrnetseg.data.cityscapes import NUM_CLASSES, Sample, max_pixels
+from hrnetseg.data.cityscapes import NUM_CLASSES, Sample
+from hrnetseg.data.images import max_pixels
 from hrnetseg.scaleout.batches import Ledger, plan_batches
 from hrnetseg.scaleout.driver import (
     RayRun,

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hrnetseg.data.cityscapes import max_pixels, set_max_pixels
+from hrnetseg.data.images import max_pixels, set_max_pixels
 from hrnetseg.evaluation.multiscale import check_model_takes, main_output_runner
 from hrnetseg.prediction.inputs import Input
 from hrnetseg.prediction.outputs import OutputRecord, record_key
@@ -34,7 +34,7 @@ PredictionConfig = namedtuple("PredictionConfig", ["kind", "model", "device", "p
                                                    "batch_delay_s", "tta", "needed", "output", "skip_bad",
                                                    "max_pixels"])
 # needed: every model input size the images need (checked once per worker before any batch); max_pixels: the
-# driver's pixel budget (hrnetseg.data.cityscapes.set_max_pixels)
+# driver's pixel budget (hrnetseg.data.images.set_max_pixels)
 
 
 class PredictionWorker(RayWorker):

@@ -19,7 +19,8 @@ from typing import Dict, Optional, Sequence
 
 from hrnetseg.backends import load_backend
 from hrnetseg.backends.batching import batch_size_for, pad_batch
-from hrnetseg.data.cityscapes import DEFAULT_MAX_PIXELS, Sample, set_max_pixels
+from hrnetseg.data.cityscapes import Sample
+from hrnetseg.data.images import DEFAULT_MAX_PIXELS, set_max_pixels
 from hrnetseg.evaluation.streaming import (
     INTERRUPT_AFTER_ENV,
     AugmentedStreamingEvaluation,
@@ -33,7 +34,7 @@ WorkerConfig = namedtuple("WorkerConfig", ["kind", "model", "device", "precision
                                            "size", "batchsize", "output_index", "warmup", "threads",
                                            "batch_delay_s", "tta", "max_pixels"], defaults=(DEFAULT_MAX_PIXELS,))
 # tta: a multiscale.TestTimeAugmentation, or None for the single-scale path; max_pixels: the driver's pixel
-# budget (hrnetseg.data.cityscapes.set_max_pixels)
+# budget (hrnetseg.data.images.set_max_pixels)
 
 
 def node_address() -> str:
