@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--ohem_keep", type=fraction, default=d.ohem_keep,
                         help="> 0: average the loss over only this share of the hardest pixels (default {})"
                         .format(d.ohem_keep))
+    recipe.add_argument("--class_crops", type=fraction, default=d.class_crops,
+                        help="share of crops placed around a pixel of a class drawn uniformly from those in the "
+                             "scene (class-uniform sampling, for the thin classes; default {})".format(d.class_crops))
     recipe.add_argument("--seed", type=lambda t: whole_number(t, 0, 2 ** 32 - 1), default=d.seed,
                         help="seed of the initialisation, dropout and the augmentation (default {})".format(d.seed))
     recipe.add_argument("--threads", type=positive_int, default=d.threads,
@@ -151,7 +154,8 @@ def recipe_from_args(args: argparse.Namespace):
     return Recipe(iterations=args.iterations, batch=args.batch, scenes=args.scenes, scene_seed=args.scene_seed,
                   scene_size=tuple(args.scene_size), crop=tuple(args.crop), scale=tuple(args.scale),
                   optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                  class_weights=args.class_weights, ohem_keep=args.ohem_keep, seed=args.seed, threads=args.threads)
+                  class_weights=args.class_weights, ohem_keep=args.ohem_keep, class_crops=args.class_crops,
+                  seed=args.seed, threads=args.threads)
 
 
 def run_training(args: argparse.Namespace):

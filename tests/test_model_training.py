@@ -60,6 +60,15 @@ def test_augment_keeps_pixels_and_labels_together():
             assert np.array_equal(image, photo[:, ::-1]) and np.array_equal(label, train_ids[:, ::-1])
             seen.add("flipped")
     assert seen == {"plain", "flipped"}
+    held = 0
+    for seed in range(20):   # a crop around a pixel holds it (but for rounding at the crop's far edge)
+        rng = np.random.RandomState(seed)
+        row, col = training.class_pixel(train_ids, rng)
+        marked = train_ids.copy()
+        marked[row, col] = 254   # a label the scenes never hold
+        _, label = training.augment(photo, marked, (32, 48), (0.5, 2.0), rng, around=(row, col))
+        held += int((label == 254).any())
+    assert held >= 18
 
 def test_loss_falls_on_a_fixed_batch():
     recipe = training.Recipe(iterations=12, batch=2, scenes=1, scene_size=(64, 128), crop=(64, 128),

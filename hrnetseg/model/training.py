@@ -56,6 +56,7 @@ class Recipe:
     momentum: float = 0.9             # sgd only
     class_weights: str = "scenes"     # none | upstream | scenes (from the training scenes' pixel counts)
     ohem_keep: float = 0.0            # > 0: average the loss over this share of the hardest pixels only
+    class_crops: float = 0.0          # share of crops placed around a pixel of a class drawn uniformly
     seed: int = 0                     # torch initialisation and dropout
     threads: int = 2
 
@@ -120,17 +121,21 @@ def normalize(photos: np.ndarray) -> torch.Tensor:
 
 
 def augment(photo: np.ndarray, train_ids: np.ndarray, crop: Tuple[int, int], scale: Tuple[float, float],
-            rng: np.random.RandomState) -> Tuple[np.ndarray, np.ndarray]:
+            rng: np.random.RandomState, around: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Rescale by a random factor, cut a random crop (padding with the mean colour / ignore), flip at random.
 
-    One affine warp does all three, so only the crop's pixels are computed.
+    With `around` (row, column of a scene pixel) the crop holds that pixel, at a random place in it. One affine
+    warp does all three steps, so only the crop's pixels are computed.
     """
     crop_h, crop_w = crop
     height, width = train_ids.shape
     factor = float(rng.uniform(*scale))
-    scaled_h, scaled_w = height * factor, width * factor
-    top = float(rng.uniform(0, max(scaled_h - crop_h, 0)))
-    left = float(rng.uniform(0, max(scaled_w - crop_w, 0)))
+    room_y, room_x = max(height * factor - crop_h, 0), max(width * factor - crop_w, 0)
+    if around is None:
+        top, left = float(rng.uniform(0, room_y)), float(rng.uniform(0, room_x))
+    else:
+        top = min(max(around[0] * factor - float(rng.uniform(0, crop_h)), 0), room_y)
+        left = min(max(around[1] * factor - float(rng.uniform(0, crop_w)), 0), room_x)
     flip = bool(rng.randint(2))
     if flip:   # x_out = crop_w - 1 - (factor * x - left)
         matrix = np.array([[-factor, 0, crop_w - 1 + left], [0, factor, -top]], np.float64)
@@ -143,13 +148,24 @@ def augment(photo: np.ndarray, train_ids: np.ndarray, crop: Tuple[int, int], sca
     return image, label
 
 
+def class_pixel(train_ids: np.ndarray, rng: np.random.RandomState) -> Tuple[int, int]:
+    """A random pixel of a class drawn uniformly from the classes in the map (class-uniform sampling)."""
+    present = np.flatnonzero(np.bincount(train_ids.ravel(), minlength=256)[:NUM_CLASSES])
+    rows, cols = np.nonzero(train_ids == present[rng.randint(len(present))])
+    pick = rng.randint(len(rows))
+    return int(rows[pick]), int(cols[pick])
+
+
 def batch_for(iteration: int, recipe: Recipe, scenes: Scenes) -> Tuple[torch.Tensor, torch.Tensor]:
     """The batch of one iteration: scenes and augmentation drawn from RandomState([seed, iteration])."""
     rng = np.random.RandomState([recipe.seed, iteration])
     picks = rng.randint(0, len(scenes.photos), size=recipe.batch)
     images, labels = [], []
     for pick in picks:
-        image, label = augment(scenes.photos[pick], scenes.train_ids[pick], recipe.crop, recipe.scale, rng)
+        around = None
+        if recipe.class_crops > 0 and rng.uniform() < recipe.class_crops:
+            around = class_pixel(scenes.train_ids[pick], rng)
+        image, label = augment(scenes.photos[pick], scenes.train_ids[pick], recipe.crop, recipe.scale, rng, around)
         images.append(image)
         labels.append(label)
     return normalize(np.stack(images)), torch.from_numpy(np.stack(labels).astype(np.int64))
