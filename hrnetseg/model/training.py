@@ -43,7 +43,7 @@ class Recipe:
     """One training run, fully determined by these values (and the machine's floating-point behaviour)."""
 
     preset: str = "tiny_ocr"
-    iterations: int = 1000
+    iterations: int = 750
     batch: int = 8
     scenes: int = 300                 # training scenes: RandomState([scene_seed, i]) for i < scenes
     scene_seed: int = 1000            # the `generate` seed of the training scenes
@@ -51,12 +51,12 @@ class Recipe:
     crop: Tuple[int, int] = (256, 512)          # height, width of a training sample
     scale: Tuple[float, float] = (0.5, 2.0)     # random rescale of the scene before cropping
     optimizer: str = "adamw"          # adamw | sgd
-    lr: float = 2e-3
+    lr: float = 1e-2
     weight_decay: float = 1e-4
     momentum: float = 0.9             # sgd only
     class_weights: str = "scenes"     # none | upstream | scenes (from the training scenes' pixel counts)
     ohem_keep: float = 0.0            # > 0: average the loss over this share of the hardest pixels only
-    class_crops: float = 0.0          # share of crops placed around a pixel of a class drawn uniformly
+    class_crops: float = 0.5          # share of crops placed around a pixel of a class drawn uniformly
     seed: int = 0                     # torch initialisation and dropout
     threads: int = 2
 
