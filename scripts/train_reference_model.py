@@ -163,9 +163,8 @@ def run_training(args: argparse.Namespace):
     from hrnetseg.util.files import check_output_file, make_output_folder
     from hrnetseg.util.locks import output_lock
 
+    make_output_folder(os.path.dirname(os.path.abspath(args.save_path)))   # models/ in a fresh clone
     check_output_file(args.save_path, "--save_path")
-    folder = os.path.dirname(os.path.abspath(args.save_path))
-    make_output_folder(folder)
     recipe = recipe_from_args(args)
     with output_lock(args.save_path):
         print("recipe: {}".format(json.dumps(recipe.as_dict(), sort_keys=True)), flush=True)

@@ -80,7 +80,7 @@ def test_loss_falls_on_a_fixed_batch():
 
 
 def test_script_writes_an_official_checkpoint_that_exports(tmp_path, capsys):
-    pth = tmp_path / "ref.pth"
+    pth = tmp_path / "models" / "ref.pth"   # the folder made as in a fresh clone
     result = run_in_process(SCRIPT.main, ["--save_path", pth, "--iterations", "2", "--eval_scenes", "1",
                                           "--eval_sizes", "64x128", "--result", tmp_path / "r.json"] + TINY, capsys)
     assert result.returncode == 0, result.stderr
