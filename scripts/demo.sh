@@ -83,6 +83,7 @@ step bash "${REPO_ROOT}/scripts/eval_acc_perf.sh" "${eval_args[@]}"
 
 if [ "${reference}" = 1 ]; then
   echo "mIoU above: held-out synthetic scenes through the reference model trained on synthetic scenes (models/README.md); the official checkpoint gives 81.6% on Cityscapes val"
+  echo "(models/README.md records 92.89% for these 4 scenes at 1024x2048, the default size)"
 elif [ -z "${pth}" ]; then
   echo "note: random weights (no --pth): the mIoU above is meaningless; the pipeline and the timings are real"
 fi
