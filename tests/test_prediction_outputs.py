@@ -13,6 +13,7 @@ import pytest
 from hrnetseg.data import cityscapes
 from hrnetseg.util.errors import UserError
 
+from helpers import assert_user_error, run_in_process
 from media_helpers import (
     by_colour,
     full_disk_skip_reason,
@@ -174,3 +175,31 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_broken_in_place(tmp_path, ti
     assert errors == ["-c: error: no space left on the device while writing {}".format(disk / "a_overlay.png"),
                       "-c: error: cannot write video {}: OpenCV cannot start it (the disk is full: 0 bytes free)"
                       .format(disk / "clip_overlay.mp4")], result.stderr
+
+
+@pytest.mark.parametrize("record", [
+    "",                                                   # empty
+    '{"format": "hrnetseg-predict-record", "entries": {',  # cut short
+    "[" * 100000 + "]" * 100000,                          # nested beyond any record
+    '{"format": "hrnetseg-predict-record", "version": 1, "settings": {}, '
+    '"entries": {"b": {"kinds": 5}, "c": {"kinds": {"x": [1]}}}}',   # entries of other inputs, wrong types
+    '{"format": "hrnetseg-predict-record", "version": 1, "settings": {}, '
+    '"entries": {"a": {"kinds": {"overlay": [1]}, "frames": NaN}}}',
+], ids=["empty", "truncated", "deep", "wrong_types", "nan_and_lists"])
+def test_a_damaged_record_vouches_for_nothing_and_is_rewritten(tmp_path, tiny_pth_path, colour_model, capsys, record):
+    photo, out = tmp_path / "a.png", tmp_path / "out"
+    cv2.imwrite(str(photo), picture(4, 40, 64))
+    assert run_predict(tiny_pth_path, [photo], out, "--save", "overlay") == 0
+    (out / "predict_record.json").write_text(record)
+    capsys.readouterr()
+    assert run_predict(tiny_pth_path, [photo], out, "--save", "overlay") == 0
+    assert "predicted 1 image" in last_summary(capsys)   # made again: the record no longer vouches for it
+    assert json.loads((out / "predict_record.json").read_text())["entries"]["a"]["kinds"]["overlay"]
+
+
+def test_a_record_that_is_not_a_regular_file_is_one_line(tmp_path, tiny_pth_path, capsys):
+    photo, out = tmp_path / "a.png", tmp_path / "out"
+    cv2.imwrite(str(photo), picture(4, 40, 64))
+    (out / "predict_record.json").mkdir(parents=True)
+    result = run_in_process(lambda argv: run_predict(tiny_pth_path, [photo], out, "--save", "overlay"), [], capsys)
+    assert_user_error(result, "predict_record.json")

@@ -124,6 +124,11 @@ def _made_from(entry: Optional[dict], source: Optional[Source]) -> bool:
         [entry.get("source"), entry.get("size"), entry.get("mtime_ns")] == list(source)
 
 
+def _sound_entry(entry) -> bool:
+    kinds = entry.get("kinds") if isinstance(entry, dict) else None
+    return isinstance(kinds, dict) and all(isinstance(value, str) for value in kinds.values())
+
+
 class OutputRecord(object):
     """`<output>/predict_record.json`: per input (record_key), the source its outputs were made from and, per
     kind, the digest of the settings; the settings themselves by digest, for a reader."""
@@ -144,7 +149,8 @@ class OutputRecord(object):
         else:
             if data.get("format") == RECORD_FORMAT and data.get("version") == RECORD_VERSION and \
                     isinstance(data.get("entries"), dict) and isinstance(data.get("settings"), dict):
-                self.entries = {key: entry for key, entry in data["entries"].items() if isinstance(entry, dict)}
+                # an entry of another shape vouches for nothing (and would break the next save)
+                self.entries = {key: entry for key, entry in data["entries"].items() if _sound_entry(entry)}
                 self.settings = data["settings"]
                 return
             reason = "record {} is not a predict record of version {}".format(self.path, RECORD_VERSION)
