@@ -267,10 +267,9 @@ def summary_input_folder(folder: str) -> Optional[str]:
     """The folder the outputs' inputs were read from, as the summary beside the output folder records it: the
     runner's "input", else the folder of ais_bench's first filesinfo input file (a path as ais_bench was given it);
     None where no summary says. Read after summary_output_dtype, which refuses a summary that cannot be read."""
-    path = find_summary(folder)
-    if not os.path.lexists(path):
+    summary = read_summary(find_summary(folder))
+    if summary is None:
         return None
-    summary = read_json(path, "runner summary")
     if isinstance(summary.get(INPUT_KEY), str):
         return summary[INPUT_KEY]
     try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 import time
 import uuid
@@ -41,7 +40,7 @@ from hrnetseg.runner.inputs import (
     parse_indices,
     read_bin,
 )
-from hrnetseg.runner.layout import default_dirname, device_folder_name, device_list
+from hrnetseg.runner.layout import default_dirname, device_folder_name, device_ids, device_list
 from hrnetseg.runner.outputs import OUTPUT_DTYPE, RunOutputs, check_output_stems
 from hrnetseg.runner.summary import (
     DEVICE_KEY,
@@ -145,7 +144,7 @@ def run_model(args: argparse.Namespace, kind: str, inputs: Inputs, bins: Tuple[n
     threads = shard["threads"] if shard is not None else args.cpu_threads
     backend = load_backend(kind, args.model, device=device, precision=args.precision, preset=args.preset,
                            input_dtype=manifest["dtype"], compile=args.compile, threads=threads,
-                           cpu_fallback=device is not None and re.fullmatch(r"[0-9]+", device.strip()) is not None)
+                           cpu_fallback=device_ids(device) is not None)   # ais_bench's NPU ids: a CPU here
     check_bins_fit_model(manifest, backend, folder, dtype, shape)
     batch = batch_size_for(backend, args.batchsize)
     warmup = args.warmup_count
