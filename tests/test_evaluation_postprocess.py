@@ -12,7 +12,7 @@ import pytest
 
 from hrnetseg.bench.reference import reference_postprocess
 from hrnetseg.data import cityscapes
-from hrnetseg.evaluation import metrics, model_outputs, postprocess, upsample_argmax
+from hrnetseg.evaluation import metrics, model_outputs, postprocess, upsample_argmax, worst_images
 from hrnetseg.util.errors import UserError
 
 from helpers import SAMPLE_IMAGES, assert_user_error, output_ids, quiet, run_in_process, run_script
@@ -285,7 +285,7 @@ def test_process_workers_give_the_same_counts(cli_run, sample_data_root, sample_
 def test_report_and_the_worst_images_in_the_result(sample_data_root, sample_results_path, tmp_path):
     """--report writes the HTML page, --report_worst N puts the N worst images' ids and scores into the result
     (lowest per-image mIoU first, the figures of each image's own confusion matrix)."""
-    from hrnetseg.evaluation import report
+    from hrnetseg.evaluation import worst_images
 
     gt = _gt_dir(sample_data_root)
     page, out = tmp_path / "report.html", tmp_path / "result.json"
@@ -296,7 +296,7 @@ def test_report_and_the_worst_images_in_the_result(sample_data_root, sample_resu
     worst = json.loads(out.read_text())["worst_images"]
     outputs = model_outputs.find_outputs(str(sample_results_path))
     pairs, _, _ = postprocess.pair_outputs(outputs, 1, cityscapes.find_labels(str(gt)))
-    scored = sorted((report.image_scores(metrics.confusion(*postprocess.predicted_labels(pair))), pair.id)
+    scored = sorted((worst_images.image_scores(metrics.confusion(*postprocess.predicted_labels(pair))), pair.id)
                     for pair in pairs)
     assert worst == [{"id": sid, "mIoU": s.miou, "pixel_accuracy": s.pixel_accuracy} for s, sid in scored[:2]]
     html = page.read_text()
@@ -310,16 +310,15 @@ def test_forked_workers_make_pictures_only_for_images_that_could_be_among_the_wo
                                                                                       sample_results_path):
     """The worst list's bound lives in memory the forked workers inherit: a bound the parent lowers before the
     pool starts keeps every worker from making pictures; an open list gets every image's pictures."""
-    from hrnetseg.evaluation import report
     from hrnetseg.util.workers import parallel_results
 
     outputs = model_outputs.find_outputs(str(sample_results_path))
     pairs, _, _ = postprocess.pair_outputs(outputs, 1, cityscapes.find_labels(str(_gt_dir(sample_data_root))),
                                            want_images=True)
-    for full, expected in ((True, None), (False, list(report.PICTURE_NAMES))):
-        worst = report.WorstImages(1, shared=True)
+    for full, expected in ((True, None), (False, list(worst_images.PICTURE_NAMES))):
+        worst = worst_images.WorstImages(1, shared=True)
         if full:
-            worst.offer("perfectly_wrong", report.Scores(0.0, 0.0))   # no image can rank below it
+            worst.offer("perfectly_wrong", worst_images.Scores(0.0, 0.0))   # no image can rank below it
         postprocess._worst_in_progress = worst
         try:
             with parallel_results(postprocess._evaluate_task, [(p, None, None) for p in pairs], 2, "t",

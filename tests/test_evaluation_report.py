@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from hrnetseg.data import cityscapes
-from hrnetseg.evaluation import postprocess, report
+from hrnetseg.evaluation import postprocess, report, worst_images
 from hrnetseg.evaluation.metrics import confusion
 from hrnetseg.util.errors import UserError
 
@@ -43,17 +43,17 @@ def diagonal_counts(miou_like: float, pixels: int = 1000) -> np.ndarray:
 def test_per_image_scores_count_the_classes_of_the_image_only():
     gt = np.array([[0, 0, 1, 255]], dtype=np.uint8)
     pred = np.array([[0, 1, 1, 7]], dtype=np.uint8)
-    scores = report.image_scores(confusion(pred, gt))
+    scores = worst_images.image_scores(confusion(pred, gt))
     # road: 1 right of 2 (IoU 1/2); sidewalk: 1 right, 1 false positive (IoU 1/2); the ignored pixel counts nowhere
     assert scores.miou == pytest.approx(0.5) and scores.pixel_accuracy == pytest.approx(2 / 3)
-    assert report.image_scores(confusion(pred, np.full_like(gt, 255))) == (None, None)
+    assert worst_images.image_scores(confusion(pred, np.full_like(gt, 255))) == (None, None)
 
 
 def test_the_worst_list_keeps_the_n_lowest_and_makes_pictures_only_for_them(monkeypatch):
     made = []
-    monkeypatch.setattr(report, "image_pictures", lambda photo, gt, pred: made.append(1) or {"errors": b"png"})
-    monkeypatch.setattr(report, "read_photo", lambda path: None)
-    worst = report.WorstImages(3)
+    monkeypatch.setattr(worst_images, "image_pictures", lambda photo, gt, pred: made.append(1) or {"errors": b"png"})
+    monkeypatch.setattr(worst_images, "read_photo", lambda path: None)
+    worst = worst_images.WorstImages(3)
     dummy = np.zeros((1, 1), dtype=np.uint8)
     rng = np.random.default_rng(0)
     shares = rng.permutation(40) / 40.0
@@ -70,24 +70,24 @@ def test_the_worst_list_keeps_the_n_lowest_and_makes_pictures_only_for_them(monk
                                   "pixel_accuracy": entries[0].pixel_accuracy}
 
     made.clear()
-    best_first = report.WorstImages(2)
+    best_first = worst_images.WorstImages(2)
     for index in range(10):   # each image better than the last: after the first two, no picture is made
         best_first.consider("b{}".format(index), diagonal_counts(1 - index / 10.0), None, dummy, dummy)
     assert len(made) == 2 + 8 and [e.id for e in best_first.entries()] == ["b9", "b8"]
     made.clear()
-    worst_first = report.WorstImages(2)
+    worst_first = worst_images.WorstImages(2)
     for index in range(10):
         worst_first.consider("w{}".format(index), diagonal_counts(index / 10.0), None, dummy, dummy)
     assert len(made) == 2 and [e.id for e in worst_first.entries()] == ["w0", "w1"]
 
 
 def test_ties_and_images_without_evaluated_pixels():
-    worst = report.WorstImages(2)
+    worst = worst_images.WorstImages(2)
     for image_id in ("c", "a", "b"):
-        worst.offer(image_id, report.Scores(0.5, 0.9))
-    worst.offer("empty", report.Scores(None, None))
+        worst.offer(image_id, worst_images.Scores(0.5, 0.9))
+    worst.offer("empty", worst_images.Scores(None, None))
     assert [entry.id for entry in worst.entries()] == ["a", "b"] and worst.scored == 4
-    assert report.WorstImages(0).wants(0.0) is False
+    assert worst_images.WorstImages(0).wants(0.0) is False
 
 
 def test_pictures_are_downscaled_and_mark_the_errors():
@@ -100,20 +100,20 @@ def test_pictures_are_downscaled_and_mark_the_errors():
     pred[50:, :] = 0   # the car's lower half called road
     pred[:10] = 0
     photo = np.full((100, 1024, 3), 200, dtype=np.uint8)
-    pictures = report.image_pictures(photo, gt, pred)
-    assert list(pictures) == list(report.PICTURE_NAMES)
+    pictures = worst_images.image_pictures(photo, gt, pred)
+    assert list(pictures) == list(worst_images.PICTURE_NAMES)
     decoded = {name: cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR) for name, png in pictures.items()}
     assert all(image.shape == (25, 256, 3) for image in decoded.values())
     errors = decoded["errors"]
     # 4 x 4 pixels each: row r shows rows 4r..4r+3, column c columns 4c..4c+3
     assert tuple(errors[5, 50]) == (140, 140, 140)                 # right: the photo in grey, dimmed
-    assert tuple(errors[20, 200]) == report.WRONG_BGR              # car called road
-    assert tuple(errors[0, 10]) == report.IGNORED_BGR              # ignored
+    assert tuple(errors[20, 200]) == worst_images.WRONG_BGR              # car called road
+    assert tuple(errors[0, 10]) == worst_images.IGNORED_BGR              # ignored
     assert tuple(decoded["ground truth"][20, 250]) == tuple(int(v) for v in cityscapes.TRAIN_PALETTE[13][::-1])
     assert tuple(decoded["prediction"][20, 250]) == tuple(int(v) for v in cityscapes.TRAIN_PALETTE[0][::-1])
     # a photo of another size is left out (the other pictures stay); a narrow image keeps its size
-    assert "image" not in report.image_pictures(photo[:50], gt, pred)
-    small = report.image_pictures(None, gt[:, :100], pred[:, :100])
+    assert "image" not in worst_images.image_pictures(photo[:50], gt, pred)
+    small = worst_images.image_pictures(None, gt[:, :100], pred[:, :100])
     assert cv2.imdecode(np.frombuffer(small["prediction"], np.uint8), cv2.IMREAD_COLOR).shape == (100, 100, 3)
 
 
@@ -130,7 +130,7 @@ def small_result(per_class=None) -> dict:
 
 def test_the_page_is_self_contained_and_escapes_what_it_shows():
     hostile = '<img src="https://example.invalid/x.png" onerror="alert(1)">'
-    worst = [report.Worst(hostile, 0.25, 0.5, {"errors": b"\x89PNG-ish"})]
+    worst = [worst_images.Worst(hostile, 0.25, 0.5, {"errors": b"\x89PNG-ish"})]
     page = report.render(small_result(), title="t <b>", details=[("data", hostile)], worst=worst, worst_limit=6,
                          table=(("batch", "fps"), [("1", hostile)]), table_note="n")
     assert hostile not in page and "onerror=\"alert" not in page           # only ever escaped
@@ -147,7 +147,7 @@ def test_the_page_is_self_contained_and_escapes_what_it_shows():
 def test_a_run_without_worst_images_says_why_or_shows_no_section():
     result = small_result()
     assert 'id="worst"' not in report.run_page(result, "t", [], None)
-    assert 'id="worst"' not in report.run_page(result, "t", [], report.WorstImages(0))
+    assert 'id="worst"' not in report.run_page(result, "t", [], worst_images.WorstImages(0))
     assert "not per image" in report.run_page(result, "t", [], None, worst_note="one matrix per batch, not per image")
 
 
@@ -238,5 +238,5 @@ def test_the_report_in_a_headless_browser(chromium, sample_data_root, sample_res
     assert visible.shape[0] > 250, layout
     road = tuple(int(v) for v in cityscapes.TRAIN_PALETTE[0])
     assert colour_share(visible, road, 0) > 0.01       # the ground truth and prediction pictures
-    assert colour_share(visible, tuple(report.WRONG_BGR[::-1]), 0) > 0.0005     # the error map's wrong pixels
+    assert colour_share(visible, tuple(worst_images.WRONG_BGR[::-1]), 0) > 0.0005     # the error map's wrong pixels
     assert SAMPLE_IMAGES == 3 and "The 2 worst images" in text

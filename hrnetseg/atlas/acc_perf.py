@@ -49,6 +49,7 @@ from hrnetseg.atlas.figures import decimal_value, format_fps
 from hrnetseg.data.cityscapes import check_label_header, find_labels, image_for_label
 from hrnetseg.data.manifest import MANIFEST, read_manifest
 from hrnetseg.evaluation import report as html_report
+from hrnetseg.evaluation import worst_images
 from hrnetseg.evaluation.model_outputs import OUTPUT_DTYPES, shard_image_counts
 from hrnetseg.evaluation.postprocess import pictures_again, preprocess_image_size
 from hrnetseg.runner.layout import (
@@ -299,7 +300,7 @@ def write_run_report(path: str, rows: Sequence[str], result_path: str, res_path:
     check_outputs_apart({"--report": path}, {"a table row": rows, "the result": result_path})
     records = [read_record(row) for row in rows]
     result = html_report.check_result(read_json(result_path, "result"), "result", result_path)
-    worst_recorded = result.get(html_report.WORST_KEY)
+    worst_recorded = result.get(worst_images.WORST_KEY)
     worst = pictures_again(res_path, data_path, worst_recorded, output_dtype, prep) if worst_recorded else None
     table = [(str(r["batch"]), r["backend"], r["device"], format_fps(r["fps"]), "{:.2f}%".format(100.0 * r["miou"]))
              for r in records]
@@ -311,7 +312,7 @@ def write_run_report(path: str, rows: Sequence[str], result_path: str, res_path:
     details = [("results", result_path), ("model outputs", res_path), ("labels", data_path)]
     page = html_report.render(
         result, "Segmentation report: eval_acc_perf.sh", details, worst,
-        len(worst_recorded) if worst_recorded else html_report.DEFAULT_WORST,
+        len(worst_recorded) if worst_recorded else worst_images.DEFAULT_WORST,
         worst_note=None if worst_recorded is not None else "No worst images: {} lists none (HRNet_postprocess.py "
                                                            "--report_worst N records them).".format(result_path),
         table=(TABLE_HEADERS, table), table_note=note)

@@ -34,6 +34,7 @@ from hrnetseg.backends.batching import batch_size_for, pad_batch
 from hrnetseg.backends.flags import backend_flags
 from hrnetseg.data import cityscapes, images
 from hrnetseg.evaluation import report as html_report
+from hrnetseg.evaluation import worst_images
 from hrnetseg.evaluation.metrics import ConfusionMatrix, format_table, write_result
 from hrnetseg.evaluation.multiscale import TestTimeAugmentation, check_memory
 from hrnetseg.evaluation.streaming import (
@@ -261,13 +262,13 @@ def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[ci
 
 
 def report_and_save(args: argparse.Namespace, matrix: ConfusionMatrix, index: int, timing: List[str],
-                    passes: int = 0, engine: Optional[dict] = None, worst: Optional[html_report.WorstImages] = None,
+                    passes: int = 0, engine: Optional[dict] = None, worst: Optional[worst_images.WorstImages] = None,
                     details: Sequence[Tuple[str, str]] = (), worst_note: Optional[str] = None) -> None:
     """Print the mIoU table, the timing lines and (test-time augmentation) the forward passes; write
     --save_confusion, --save_path and --report."""
     matrix.ids.sort()
     matrix.output_index = index
-    result = html_report.add_to_result(matrix.compute(), worst)
+    result = worst_images.add_to_result(matrix.compute(), worst)
     print(format_table(result))
     print("\n".join(timing))
     if passes:

@@ -21,6 +21,7 @@ from hrnetseg.data.cityscapes import check_label_header, read_train_ids
 from hrnetseg.data.manifest import MANIFEST, read_manifest
 from hrnetseg.data.pictures import picture_paths, remove_pictures, save_pictures
 from hrnetseg.evaluation import report as html_report
+from hrnetseg.evaluation import worst_images
 from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion, format_table, write_result
 from hrnetseg.evaluation.model_outputs import (
     AIS_BENCH,
@@ -195,7 +196,7 @@ def predicted_labels(pair: Pair) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_pair(pair: Pair, vis_dir: Optional[str] = None, pred_dir: Optional[str] = None,
-                  worst: Optional[html_report.WorstImages] = None):
+                  worst: Optional[worst_images.WorstImages] = None):
     """(confusion matrix, files written, why there is no overlay or None, the report's pictures or None) for one
     output and its label; the pictures only when `worst` says the image could be one of the worst."""
     pred, gt = predicted_labels(pair)
@@ -203,14 +204,14 @@ def evaluate_pair(pair: Pair, vis_dir: Optional[str] = None, pred_dir: Optional[
         else ([], None)
     counts = confusion(pred, gt)
     pictures = None
-    if worst is not None and worst.wants(html_report.image_scores(counts).miou):
-        pictures = html_report.image_pictures(html_report.read_photo(pair.image), gt, pred)
+    if worst is not None and worst.wants(worst_images.image_scores(counts).miou):
+        pictures = worst_images.image_pictures(worst_images.read_photo(pair.image), gt, pred)
     return counts, written, no_overlay, pictures
 
 
 # The worst-images list of the run in progress, for _evaluate_task. A global, not a task field: its bound lives in
 # shared memory, which forked workers reach only by inheriting it (it cannot be pickled into a task).
-_worst_in_progress: Optional[html_report.WorstImages] = None
+_worst_in_progress: Optional[worst_images.WorstImages] = None
 
 
 def _evaluate_task(task):
@@ -224,9 +225,9 @@ def _evaluate_task(task):
 
 def pictures_again(res_path: str, data_path: str, worst: Sequence[dict], output_dtype: Optional[str] = None,
                    prep_path: Optional[str] = None, split: str = "val",
-                   output_index: Optional[int] = None) -> List[html_report.Worst]:
+                   output_index: Optional[int] = None) -> List[worst_images.Worst]:
     """The report's worst images with their pictures, made again from their outputs, labels and photos: `worst`
-    is the list an evaluation of res_path recorded (report.WORST_KEY: ids and scores), as eval_acc_perf.sh's
+    is the list an evaluation of res_path recorded (worst_images.WORST_KEY: ids and scores), as eval_acc_perf.sh's
     report takes it from a batch size's result. Each image's figures must be those recorded (else the result is
     not of these outputs)."""
     if not worst:
@@ -249,12 +250,12 @@ def pictures_again(res_path: str, data_path: str, worst: Sequence[dict], output_
     made = []
     for entry in worst:
         pred, gt = predicted_labels(by_id[entry["id"]])
-        scores = html_report.image_scores(confusion(pred, gt))
+        scores = worst_images.image_scores(confusion(pred, gt))
         if scores.miou is None or abs(scores.miou - entry["mIoU"]) > 1e-9:
             raise UserError("the result gives image {} an mIoU of {!r}, its output in {} {!r}: the result is not of "
                             "these outputs".format(entry["id"], entry["mIoU"], outputs.folder, scores.miou))
-        made.append(html_report.Worst(entry["id"], scores.miou, scores.pixel_accuracy, html_report.image_pictures(
-            html_report.read_photo(by_id[entry["id"]].image), gt, pred)))
+        made.append(worst_images.Worst(entry["id"], scores.miou, scores.pixel_accuracy, worst_images.image_pictures(
+            worst_images.read_photo(by_id[entry["id"]].image), gt, pred)))
     return made
 
 
@@ -305,8 +306,8 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
     prep_path: the preprocess folder the outputs were made from: every label must have its images' size (its
     manifest's); None: each label is held to its own photo's size where that is beside it (label_image_size).
     report: the HTML report to write (hrnetseg.evaluation.report); report_worst: how many of the worst images it
-    shows (default report.DEFAULT_WORST), their ids and scores also in the result (report.WORST_KEY), with or
-    without a report.
+    shows (default worst_images.DEFAULT_WORST), their ids and scores also in the result (worst_images.WORST_KEY),
+    with or without a report.
     Everything is checked before anything is computed; on an error nothing is written. The outputs are
     locked (`<output>.lock`) for the run: a second run writing one of them stops at once.
     """
@@ -344,7 +345,7 @@ def evaluate_folder(res_path: str, data_path: str, output_index: Optional[int] =
         matrix = _evaluate_pairs(pairs, workers, save_vis, save_pred, created, warn, worst)
         matrix.skipped = sorted(missing + list(left_out))
         matrix.output_index = file_index - (0 if outputs.naming == AIS_BENCH else 1)   # ais_bench's numbering
-        result = html_report.add_to_result(matrix.compute(), worst)
+        result = worst_images.add_to_result(matrix.compute(), worst)
         log(format_table(result))
         page = html_report.run_page(   # made before any file is written: a failure leaves none of them
             result, "Segmentation report: HRNet_postprocess.py",
@@ -400,7 +401,7 @@ def _report_left_out(pairs: Sequence[Pair], missing: Sequence[str], extra: Seque
 
 def _evaluate_pairs(pairs: Sequence[Pair], workers: Optional[int], save_vis: Optional[str],
                     save_pred: Optional[str], created: Sequence[str], warn: Callable[[str], None],
-                    worst: Optional[html_report.WorstImages] = None) -> ConfusionMatrix:
+                    worst: Optional[worst_images.WorstImages] = None) -> ConfusionMatrix:
     """The confusion matrix over all pairs, pictures written, every image offered to `worst`; on any failure the
     pictures this run made (and the folders it created, when empty) are removed."""
     global _worst_in_progress
@@ -425,7 +426,7 @@ def _evaluate_pairs(pairs: Sequence[Pair], workers: Optional[int], save_vis: Opt
                 if result[4]:
                     no_overlay.append(result[4])
                 if worst is not None:
-                    worst.offer(result[1], html_report.image_scores(result[2]), result[5])
+                    worst.offer(result[1], worst_images.image_scores(result[2]), result[5])
     except BaseException:
         remove_pictures(set(pictures) - existed, written, (save_vis, save_pred))
         for folder in created:

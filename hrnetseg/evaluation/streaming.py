@@ -34,8 +34,8 @@ from hrnetseg.evaluation.multiscale import (
     scale_runs,
 )
 from hrnetseg.evaluation.postprocess import logits_shape
-from hrnetseg.evaluation.report import WorstImages
 from hrnetseg.evaluation.upsample_argmax import logits_to_labels
+from hrnetseg.evaluation.worst_images import WorstImages
 from hrnetseg.util.errors import UserError
 
 POLL_S = 0.1          # how often a blocked stage looks at the stop flag
