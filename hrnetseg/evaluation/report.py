@@ -1,13 +1,13 @@
 """The evaluation report: one self-contained HTML page (`--report FILE.html` of python -m hrnetseg.evaluate,
 HRNet_postprocess.py and scripts/eval_acc_perf.sh) with the figures of a result dict (as result.json holds it).
 
-The page holds the summary (mIoU, pixel and mean accuracy, images), the per-class IoU as horizontal bars, the row-
-normalised confusion matrix as a heat map with the class names on both axes, the N worst images (photo, ground
+The page holds the summary (mIoU, pixel and mean accuracy, images), the per-class IoU as horizontal bars, the
+row-normalised confusion matrix as a heat map with the class names on both axes, the N worst images (photo, ground
 truth, prediction and error map side by side, as PNG data URIs downscaled to worst_images.PICTURE_WIDTH) and, from
 eval_acc_perf.sh, its table of throughput and mIoU per batch size. Everything is inline (CSS, SVG, a small script,
 the pictures): it opens from a disk, a mail or a CI artefact store without any network, and makes no request of its
-own. The script only adds what a static page cannot (hover read-out, sorting the bars) and marks <body data-report-
-ready="..."> when it has run, which the browser test reads.
+own. The script only adds what a static page cannot (hover read-out, sorting the bars) and marks <body
+data-report-ready="..."> when it has run, which the browser test reads.
 
 The worst images are found while the scorer runs (worst_images.py: a bounded list, so a run holds only N
 images' small pictures).
