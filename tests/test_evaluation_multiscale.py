@@ -322,9 +322,9 @@ def test_a_large_photo_never_gets_its_full_size_class_scores_at_once(monkeypatch
     """19 x H x W float32 would be 76 bytes per pixel; in bands, the full-size work is a few bands of rows."""
     import tracemalloc
 
-    from hrnetseg.evaluation import multiscale
+    from hrnetseg.evaluation import multiscale_merge
 
-    monkeypatch.setattr(multiscale, "BAND_BYTES", 1 << 20)
+    monkeypatch.setattr(multiscale_merge, "BAND_BYTES", 1 << 20)
     image = normalized_image(600, 800, 4)   # 5.8 MB itself
     tta = TestTimeAugmentation(scales=(0.5, 1.0), base_size=64, crop_size=(32, 48))
     run_main = main_output_runner(LinearModel())

@@ -30,7 +30,7 @@ import numpy as np
 from hrnetseg.backends import Backend, InputSpec
 from hrnetseg.backends.batching import output_rows, pad_batch, shape_fits_input_spec
 from hrnetseg.data.cityscapes import NUM_CLASSES
-from hrnetseg.evaluation.upsample_argmax import upsample_bilinear
+from hrnetseg.evaluation import multiscale_merge, multiscale_merge_torch
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.memory import available_memory, size_text
 
@@ -45,7 +45,6 @@ MAX_SIDE = 1 << 20
 FLOAT32 = 4                            # bytes
 WINDOW_OVERHEAD = 512                  # bytes per model input besides its pixels: its window, tuple and array views
 Window = Tuple[int, int, int, int]     # h0, h1, w0, w1
-BAND_BYTES = 16 << 20                  # full-size float32 class scores made at once (the work takes ~5 times that)
 
 
 @dataclass(frozen=True)
@@ -253,59 +252,29 @@ def scale_runs(image_hwc: np.ndarray, tta: TestTimeAugmentation) -> Iterator[Sca
 def scale_scores(run: ScaleRun, logits: np.ndarray, flip: bool) -> np.ndarray:
     """One scale's 19 x h x w map from the main output's logits for run.batch: per input, the logits
     upsampled to the input (flip-averaged, then exp: upstream's `inference`), the windows summed into a canvas
-    and divided by the windows covering each pixel."""
-    inputs = len(run.windows) * (2 if flip else 1)
-    if logits.ndim != 4 or logits.shape[0] != inputs or logits.shape[1] != NUM_CLASSES:
-        raise UserError("the model's main output is {} for {} inputs; expected {} x {} x h x w".format(
-            "x".join(map(str, logits.shape)), inputs, inputs, NUM_CLASSES))
-    new_h, new_w = run.size
-    whole = len(run.windows) == 1 and run.windows[0] == (0, new_h, 0, new_w)
-    if not whole:
-        canvas = np.zeros((NUM_CLASSES, new_h, new_w), dtype=np.float32)
-        count = np.zeros((1, new_h, new_w), dtype=np.float32)
-    for index, (h0, h1, w0, w1) in enumerate(run.windows):
-        pred = upsample_bilinear(logits[index], h1 - h0, w1 - w0)
-        if flip:
-            pred += upsample_bilinear(logits[len(run.windows) + index], h1 - h0, w1 - w0)[:, :, ::-1]
-            pred *= np.float32(0.5)
-        score = np.exp(pred)
-        if whole:
-            return score
-        canvas[:, h0:h1, w0:w1] += score
-        count[:, h0:h1, w0:w1] += 1
-    canvas /= count
-    return canvas
+    and divided by the windows covering each pixel (multiscale_merge.scale_scores)."""
+    return multiscale_merge.scale_scores(run, logits, flip)
 
 
 def combine_scales(height: int, width: int, runs: Iterable[Tuple[ScaleRun, np.ndarray]],
                    flip: bool) -> np.ndarray:
     """The 19 x H x W float32 sum over scales of each scale's map upsampled to the image's size, from
     (ScaleRun, its logits) pairs in the order of the scales (the runs' batches are not needed)."""
-    total = np.zeros((NUM_CLASSES, height, width), dtype=np.float32)
-    for run, logits in runs:
-        total += upsample_bilinear(scale_scores(run, logits, flip), height, width)
-    if not np.isfinite(total).all():
-        raise UserError("the summed scores are not finite (NaN or overflowing logits from the model)")
-    return total
+    return multiscale_merge.merged_scores(height, width, runs, flip)
 
 
 def labels_from_scales(height: int, width: int, runs: Iterable[Tuple[ScaleRun, np.ndarray]], flip: bool,
-                       band_rows: Optional[int] = None) -> np.ndarray:
-    """The H x W uint8 argmax of combine_scales, identical to it, made in bands of rows: the full-size class
-    scores exist BAND_BYTES at a time (19 x band x W float32), never 19 x H x W. Each scale's own map (its
-    size set by --base_size and the scale, not by the photo's) is kept until the last band."""
-    maps = [scale_scores(run, logits, flip) for run, logits in runs]
-    band_rows = band_rows or max(1, BAND_BYTES // (NUM_CLASSES * width * 4))
-    labels = np.empty((height, width), dtype=np.uint8)
-    for start in range(0, height, band_rows):
-        stop = min(start + band_rows, height)
-        total = np.zeros((NUM_CLASSES, stop - start, width), dtype=np.float32)
-        for scores in maps:
-            total += upsample_bilinear(scores, height, width, (start, stop))
-        if not np.isfinite(total).all():
-            raise UserError("the summed scores are not finite (NaN or overflowing logits from the model)")
-        labels[start:stop] = total.argmax(axis=0)
-    return labels
+                       band_rows: Optional[int] = None, device: str = "cpu") -> np.ndarray:
+    """The H x W uint8 argmax of combine_scales, made in bands of rows: the full-size class scores exist
+    BAND_BYTES at a time (19 x band x W float32), never 19 x H x W. Each scale's own map (its size set by
+    --base_size and the scale, not by the photo's) is kept until the last band.
+
+    device: where the backend ran (backend.device). On a CUDA device the merge runs there with torch
+    (multiscale_merge_torch, only the labels come back), where torch can use it; elsewhere with numpy."""
+    merge_device = multiscale_merge_torch.merge_device(device)
+    if merge_device is not None:
+        return multiscale_merge_torch.merged_labels(height, width, runs, flip, merge_device)
+    return multiscale_merge.merged_labels(height, width, runs, flip, band_rows)
 
 
 def summed_scores(image_hwc: np.ndarray, run_main: RunMain, tta: TestTimeAugmentation) -> np.ndarray:
@@ -323,7 +292,8 @@ def predict_train_ids(image_hwc: np.ndarray, run_main: RunMain, tta: TestTimeAug
     _check_image(image_hwc)
     height, width = image_hwc.shape[:2]
     return labels_from_scales(height, width, ((run.without_batch(), run_main(run.batch))
-                                              for run in scale_runs(image_hwc, tta)), tta.flip)
+                                              for run in scale_runs(image_hwc, tta)), tta.flip,
+                              device=getattr(run_main, "device", "cpu"))
 
 
 def main_output_index(requested: Optional[int], outputs: int) -> int:
@@ -340,7 +310,8 @@ def main_output_runner(backend: Backend, output_index: Optional[int] = None,
     """run_main(N x 3 x h x w float32) -> the chosen output's N x 19 x h' x w' float32 logits, from `backend`.
 
     The batch goes to the model in runs of its fixed batch size (a short last run zero-padded, the padding
-    dropped), else of `batch_size` (default: all at once). Non-finite logits are refused in one line."""
+    dropped), else of `batch_size` (default: all at once). Non-finite logits are refused in one line.
+    run_main.device is the backend's device: predict_train_ids merges on it (a GPU's, with torch)."""
     index = main_output_index(output_index, len(backend.output_names))
     fixed = backend.input.shape[0]
 
@@ -358,4 +329,5 @@ def main_output_runner(backend: Backend, output_index: Optional[int] = None,
             parts.append(logits)
         return np.concatenate(parts)
 
+    run_main.device = backend.device
     return run_main
