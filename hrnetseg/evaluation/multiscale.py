@@ -151,20 +151,18 @@ def memory_needed(tta: TestTimeAugmentation, height: int, width: int) -> int:
     """Bytes the multi-scale merge allocates for one height x width image, at its peak (float32 throughout).
 
     Counted for the whole image: the decoded image and its H x W x 3 copy, the 19 x H x W sum of the scales'
-    maps, and every scale's logits (19 x h/4 x w/4 per model input: the infer stage hands them on together).
-    Added to that, for the largest scale, what the infer stage holds (the resized h x w image and the batch of
-    windows, x 2 with flip, each window as the model takes it plus WINDOW_OVERHEAD) and what the merge holds (the
-    pipeline runs both at once, on two images): while the scale's 19 x h x w map is built, the map and its count
-    over the windows, and one window's upsampled map in the making (3 of its size: the result, a gathered copy
-    and a product; 4 with the flipped input's added), then its exp(); while the map is upsampled to H x W, the map,
-    the pass across (19 x h x W, 3 of them at once in the making) and then the result in the making (3 x 19 x H x
-    W) beside the pass across.
+    maps (combine_scales makes it whole; the labels' bands are far less) and every scale's logits (19 x h/4 x w/4
+    per model input: the infer stage hands them on together). Added to that, for the largest scale, what the infer
+    stage holds (the resized h x w image and the batch of windows, x 2 with flip, each window as the model takes it
+    plus WINDOW_OVERHEAD), and what the merge holds (the pipeline runs both at once, on two images):
+    multiscale_merge.merge_bytes, every scale's 19 x h x w map and the merge's bands.
     Not counted: the model's own working memory (it depends on the backend and the device) and the images the
     stages' queues hold besides.
     """
     full_map = NUM_CLASSES * height * width * FLOAT32
     whole_image = 2 * 3 * height * width * FLOAT32 + full_map
-    logits = infer = merge = 0
+    logits = infer = 0
+    scales = []
     for scale, (new_h, new_w) in zip(tta.scales, tta.scaled_sizes(height, width)):
         if scale <= 1.0:
             windows, (win_h, win_w) = 1, (new_h, new_w)
@@ -174,12 +172,8 @@ def memory_needed(tta: TestTimeAugmentation, height: int, width: int) -> int:
         inputs = windows * (2 if tta.flip else 1)
         logits += inputs * NUM_CLASSES * -(-win_h // 4) * -(-win_w // 4) * FLOAT32
         infer = max(infer, 3 * new_h * new_w * FLOAT32 + inputs * (3 * win_h * win_w * FLOAT32 + WINDOW_OVERHEAD))
-        scale_map = NUM_CLASSES * new_h * new_w * FLOAT32
-        window_maps = (4 if tta.flip else 3) * NUM_CLASSES * win_h * win_w * FLOAT32
-        building = window_maps if windows == 1 else scale_map + new_h * new_w * FLOAT32 + window_maps
-        across = NUM_CLASSES * new_h * width * FLOAT32
-        merge = max(merge, building, scale_map + max(3 * across, across + 3 * full_map))
-    return whole_image + logits + infer + merge
+        scales.append(((new_h, new_w), (win_h, win_w), windows > 1))
+    return whole_image + logits + infer + multiscale_merge.merge_bytes(height, width, scales, tta.flip)
 
 
 def check_memory(tta: TestTimeAugmentation, sizes: Sequence[Tuple[int, int]]) -> None:

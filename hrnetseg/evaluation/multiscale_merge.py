@@ -22,7 +22,7 @@ predict and the Ray workers share it; the GPU merge is multiscale_merge_torch.py
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -115,8 +115,9 @@ def averaged_logits(logits: np.ndarray, index: int, inputs: int, flip: bool) -> 
 
 
 def check_logits(run, logits: np.ndarray, flip: bool) -> None:
+    """Refuse, in one line, logits that are not 19 x h x w (h, w > 0) per input of the run."""
     inputs = len(run.windows) * (2 if flip else 1)
-    if logits.ndim != 4 or logits.shape[0] != inputs or logits.shape[1] != NUM_CLASSES:
+    if logits.ndim != 4 or logits.shape[0] != inputs or logits.shape[1] != NUM_CLASSES or not min(logits.shape[2:]):
         raise UserError("the model's main output is {} for {} inputs; expected {} x {} x h x w".format(
             "x".join(map(str, logits.shape)), inputs, inputs, NUM_CLASSES))
 
@@ -235,3 +236,34 @@ def merged_scores(height: int, width: int, runs: Iterable[Tuple[object, np.ndarr
     if not np.isfinite(total.max()):
         raise UserError(NOT_FINITE)
     return total
+
+
+def _rows_blended(n_in: int, n_out: int, rows: int) -> int:
+    """At most how many source rows `rows` consecutive output rows of an n_in -> n_out upsample blend."""
+    return min(n_in, -(-rows * max(n_in - 1, 0) // max(n_out - 1, 1)) + 2)
+
+
+def merge_bytes(height: int, width: int, scales: Sequence[Tuple[Tuple[int, int], Tuple[int, int], bool]],
+                flip: bool) -> int:
+    """Bytes merged_labels (and merged_scores, which holds one scale's map and the whole sum instead of every map and
+    a band) allocates at its peak for a height x width image, besides the logits it is given: every scale's map
+    (merged_labels keeps them to the last band), and the most of what making one map (its count, a band of window
+    rows and the rows it is made from) and the full-size bands (the sum, the scale being added, the rows they are
+    made from, the argmax) hold at once. scales: per scale ((h, w) of its map, (h, w) of its largest window, whether
+    it has several windows); the model's logits taken as a quarter of the input's size, as HRNet's are."""
+    maps = built = 0
+    for (new_h, new_w), (win_h, win_w), windowed in scales:
+        scale_map = NUM_CLASSES * new_h * new_w * FLOAT32
+        in_h, in_w = -(-win_h // 4), -(-win_w // 4)
+        rows = min(cache_rows(win_w), win_h)
+        source = _rows_blended(in_h, win_h, rows)
+        making = NUM_CLASSES * FLOAT32 * (source * (3 * win_w + in_w) + (in_h * in_w if flip else 0))
+        if windowed:
+            making += new_h * new_w * FLOAT32 + NUM_CLASSES * rows * win_w * FLOAT32
+        built = max(built, maps + scale_map + making)
+        maps += scale_map
+    rows = min(band_rows_for(width), height)
+    widest = max(new_w for (_, new_w), _, _ in scales)
+    source = max(_rows_blended(new_h, height, rows) for (new_h, _), _, _ in scales)
+    bands = NUM_CLASSES * FLOAT32 * (2 * rows * width + source * (3 * width + widest)) + rows * width * 8
+    return max(built, maps + bands) + height * width
