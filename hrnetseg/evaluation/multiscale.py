@@ -17,7 +17,8 @@ the upstream transform):
   (float32, from zeros, in the order of the scales) and the prediction is the argmax of the sum.
 
 numpy and OpenCV only (no torch): the evaluator, predict and the Ray workers share it. The model is reached
-through `run_main(batch) -> logits`, which `main_output_runner` makes from a backend.
+through `run_main(batch) -> logits`, which `main_output_runner` makes from a backend. The merge (the last three
+steps) is multiscale_merge.py on the CPU, multiscale_merge_torch.py where the backend runs on a CUDA device.
 """
 from __future__ import annotations
 
