@@ -253,14 +253,16 @@ def test_the_memory_estimate_covers_what_the_merge_allocates(tta):
     def run_main(batch):
         return np.ones((len(batch), 19, -(-batch.shape[2] // 4), -(-batch.shape[3] // 4)), np.float32)
 
-    tracemalloc.start()
-    try:
-        combine_scales(height, width, [(run.without_batch(), run_main(run.batch)) for run in scale_runs(image, tta)],
-                       tta.flip)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak <= memory_needed(tta, height, width) <= 2 * peak
+    peaks = []
+    for merge in (combine_scales, multiscale.labels_from_scales):   # the whole sum; every map and bands of the sum
+        tracemalloc.start()
+        try:
+            merge(height, width, [(run.without_batch(), run_main(run.batch)) for run in scale_runs(image, tta)],
+                  tta.flip)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert max(peaks) <= memory_needed(tta, height, width) <= 2 * max(peaks)
 
 
 def test_scales_that_need_more_memory_than_is_available_are_refused(monkeypatch):
@@ -322,9 +324,9 @@ def test_a_large_photo_never_gets_its_full_size_class_scores_at_once(monkeypatch
     """19 x H x W float32 would be 76 bytes per pixel; in bands, the full-size work is a few bands of rows."""
     import tracemalloc
 
-    from hrnetseg.evaluation import multiscale
+    from hrnetseg.evaluation import multiscale_merge
 
-    monkeypatch.setattr(multiscale, "BAND_BYTES", 1 << 20)
+    monkeypatch.setattr(multiscale_merge, "BAND_BYTES", 1 << 20)
     image = normalized_image(600, 800, 4)   # 5.8 MB itself
     tta = TestTimeAugmentation(scales=(0.5, 1.0), base_size=64, crop_size=(32, 48))
     run_main = main_output_runner(LinearModel())

@@ -17,7 +17,8 @@ the upstream transform):
   (float32, from zeros, in the order of the scales) and the prediction is the argmax of the sum.
 
 numpy and OpenCV only (no torch): the evaluator, predict and the Ray workers share it. The model is reached
-through `run_main(batch) -> logits`, which `main_output_runner` makes from a backend.
+through `run_main(batch) -> logits`, which `main_output_runner` makes from a backend. The merge (the last three
+steps) is multiscale_merge.py on the CPU, multiscale_merge_torch.py where the backend runs on a CUDA device.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import numpy as np
 from hrnetseg.backends import Backend, InputSpec
 from hrnetseg.backends.batching import output_rows, pad_batch, shape_fits_input_spec
 from hrnetseg.data.cityscapes import NUM_CLASSES
-from hrnetseg.evaluation.upsample_argmax import upsample_bilinear
+from hrnetseg.evaluation import multiscale_merge, multiscale_merge_torch
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.memory import available_memory, size_text
 
@@ -45,7 +46,6 @@ MAX_SIDE = 1 << 20
 FLOAT32 = 4                            # bytes
 WINDOW_OVERHEAD = 512                  # bytes per model input besides its pixels: its window, tuple and array views
 Window = Tuple[int, int, int, int]     # h0, h1, w0, w1
-BAND_BYTES = 16 << 20                  # full-size float32 class scores made at once (the work takes ~5 times that)
 
 
 @dataclass(frozen=True)
@@ -152,20 +152,18 @@ def memory_needed(tta: TestTimeAugmentation, height: int, width: int) -> int:
     """Bytes the multi-scale merge allocates for one height x width image, at its peak (float32 throughout).
 
     Counted for the whole image: the decoded image and its H x W x 3 copy, the 19 x H x W sum of the scales'
-    maps, and every scale's logits (19 x h/4 x w/4 per model input: the infer stage hands them on together).
-    Added to that, for the largest scale, what the infer stage holds (the resized h x w image and the batch of
-    windows, x 2 with flip, each window as the model takes it plus WINDOW_OVERHEAD) and what the merge holds (the
-    pipeline runs both at once, on two images): while the scale's 19 x h x w map is built, the map and its count
-    over the windows, and one window's upsampled map in the making (3 of its size: the result, a gathered copy
-    and a product; 4 with the flipped input's added), then its exp(); while the map is upsampled to H x W, the map,
-    the pass across (19 x h x W, 3 of them at once in the making) and then the result in the making (3 x 19 x H x
-    W) beside the pass across.
+    maps (combine_scales makes it whole; the labels' bands are far less) and every scale's logits (19 x h/4 x w/4
+    per model input: the infer stage hands them on together). Added to that, for the largest scale, what the infer
+    stage holds (the resized h x w image and the batch of windows, x 2 with flip, each window as the model takes it
+    plus WINDOW_OVERHEAD), and what the merge holds (the pipeline runs both at once, on two images):
+    multiscale_merge.merge_bytes, every scale's 19 x h x w map and the merge's bands.
     Not counted: the model's own working memory (it depends on the backend and the device) and the images the
     stages' queues hold besides.
     """
     full_map = NUM_CLASSES * height * width * FLOAT32
     whole_image = 2 * 3 * height * width * FLOAT32 + full_map
-    logits = infer = merge = 0
+    logits = infer = 0
+    scales = []
     for scale, (new_h, new_w) in zip(tta.scales, tta.scaled_sizes(height, width)):
         if scale <= 1.0:
             windows, (win_h, win_w) = 1, (new_h, new_w)
@@ -175,12 +173,8 @@ def memory_needed(tta: TestTimeAugmentation, height: int, width: int) -> int:
         inputs = windows * (2 if tta.flip else 1)
         logits += inputs * NUM_CLASSES * -(-win_h // 4) * -(-win_w // 4) * FLOAT32
         infer = max(infer, 3 * new_h * new_w * FLOAT32 + inputs * (3 * win_h * win_w * FLOAT32 + WINDOW_OVERHEAD))
-        scale_map = NUM_CLASSES * new_h * new_w * FLOAT32
-        window_maps = (4 if tta.flip else 3) * NUM_CLASSES * win_h * win_w * FLOAT32
-        building = window_maps if windows == 1 else scale_map + new_h * new_w * FLOAT32 + window_maps
-        across = NUM_CLASSES * new_h * width * FLOAT32
-        merge = max(merge, building, scale_map + max(3 * across, across + 3 * full_map))
-    return whole_image + logits + infer + merge
+        scales.append(((new_h, new_w), (win_h, win_w), windows > 1))
+    return whole_image + logits + infer + multiscale_merge.merge_bytes(height, width, scales, tta.flip)
 
 
 def check_memory(tta: TestTimeAugmentation, sizes: Sequence[Tuple[int, int]]) -> None:
@@ -253,59 +247,29 @@ def scale_runs(image_hwc: np.ndarray, tta: TestTimeAugmentation) -> Iterator[Sca
 def scale_scores(run: ScaleRun, logits: np.ndarray, flip: bool) -> np.ndarray:
     """One scale's 19 x h x w map from the main output's logits for run.batch: per input, the logits
     upsampled to the input (flip-averaged, then exp: upstream's `inference`), the windows summed into a canvas
-    and divided by the windows covering each pixel."""
-    inputs = len(run.windows) * (2 if flip else 1)
-    if logits.ndim != 4 or logits.shape[0] != inputs or logits.shape[1] != NUM_CLASSES:
-        raise UserError("the model's main output is {} for {} inputs; expected {} x {} x h x w".format(
-            "x".join(map(str, logits.shape)), inputs, inputs, NUM_CLASSES))
-    new_h, new_w = run.size
-    whole = len(run.windows) == 1 and run.windows[0] == (0, new_h, 0, new_w)
-    if not whole:
-        canvas = np.zeros((NUM_CLASSES, new_h, new_w), dtype=np.float32)
-        count = np.zeros((1, new_h, new_w), dtype=np.float32)
-    for index, (h0, h1, w0, w1) in enumerate(run.windows):
-        pred = upsample_bilinear(logits[index], h1 - h0, w1 - w0)
-        if flip:
-            pred += upsample_bilinear(logits[len(run.windows) + index], h1 - h0, w1 - w0)[:, :, ::-1]
-            pred *= np.float32(0.5)
-        score = np.exp(pred)
-        if whole:
-            return score
-        canvas[:, h0:h1, w0:w1] += score
-        count[:, h0:h1, w0:w1] += 1
-    canvas /= count
-    return canvas
+    and divided by the windows covering each pixel (multiscale_merge.scale_scores)."""
+    return multiscale_merge.scale_scores(run, logits, flip)
 
 
 def combine_scales(height: int, width: int, runs: Iterable[Tuple[ScaleRun, np.ndarray]],
                    flip: bool) -> np.ndarray:
     """The 19 x H x W float32 sum over scales of each scale's map upsampled to the image's size, from
     (ScaleRun, its logits) pairs in the order of the scales (the runs' batches are not needed)."""
-    total = np.zeros((NUM_CLASSES, height, width), dtype=np.float32)
-    for run, logits in runs:
-        total += upsample_bilinear(scale_scores(run, logits, flip), height, width)
-    if not np.isfinite(total).all():
-        raise UserError("the summed scores are not finite (NaN or overflowing logits from the model)")
-    return total
+    return multiscale_merge.merged_scores(height, width, runs, flip)
 
 
 def labels_from_scales(height: int, width: int, runs: Iterable[Tuple[ScaleRun, np.ndarray]], flip: bool,
-                       band_rows: Optional[int] = None) -> np.ndarray:
-    """The H x W uint8 argmax of combine_scales, identical to it, made in bands of rows: the full-size class
-    scores exist BAND_BYTES at a time (19 x band x W float32), never 19 x H x W. Each scale's own map (its
-    size set by --base_size and the scale, not by the photo's) is kept until the last band."""
-    maps = [scale_scores(run, logits, flip) for run, logits in runs]
-    band_rows = band_rows or max(1, BAND_BYTES // (NUM_CLASSES * width * 4))
-    labels = np.empty((height, width), dtype=np.uint8)
-    for start in range(0, height, band_rows):
-        stop = min(start + band_rows, height)
-        total = np.zeros((NUM_CLASSES, stop - start, width), dtype=np.float32)
-        for scores in maps:
-            total += upsample_bilinear(scores, height, width, (start, stop))
-        if not np.isfinite(total).all():
-            raise UserError("the summed scores are not finite (NaN or overflowing logits from the model)")
-        labels[start:stop] = total.argmax(axis=0)
-    return labels
+                       band_rows: Optional[int] = None, device: str = "cpu") -> np.ndarray:
+    """The H x W uint8 argmax of combine_scales, made in bands of rows: the full-size class scores exist
+    BAND_BYTES at a time (19 x band x W float32), never 19 x H x W. Each scale's own map (its size set by
+    --base_size and the scale, not by the photo's) is kept until the last band.
+
+    device: where the backend ran (backend.device). On a CUDA device the merge runs there with torch
+    (multiscale_merge_torch, only the labels come back), where torch can use it; elsewhere with numpy."""
+    merge_device = multiscale_merge_torch.merge_device(device)
+    if merge_device is not None:
+        return multiscale_merge_torch.merged_labels(height, width, runs, flip, merge_device)
+    return multiscale_merge.merged_labels(height, width, runs, flip, band_rows)
 
 
 def summed_scores(image_hwc: np.ndarray, run_main: RunMain, tta: TestTimeAugmentation) -> np.ndarray:
@@ -323,7 +287,8 @@ def predict_train_ids(image_hwc: np.ndarray, run_main: RunMain, tta: TestTimeAug
     _check_image(image_hwc)
     height, width = image_hwc.shape[:2]
     return labels_from_scales(height, width, ((run.without_batch(), run_main(run.batch))
-                                              for run in scale_runs(image_hwc, tta)), tta.flip)
+                                              for run in scale_runs(image_hwc, tta)), tta.flip,
+                              device=getattr(run_main, "device", "cpu"))
 
 
 def main_output_index(requested: Optional[int], outputs: int) -> int:
@@ -340,7 +305,8 @@ def main_output_runner(backend: Backend, output_index: Optional[int] = None,
     """run_main(N x 3 x h x w float32) -> the chosen output's N x 19 x h' x w' float32 logits, from `backend`.
 
     The batch goes to the model in runs of its fixed batch size (a short last run zero-padded, the padding
-    dropped), else of `batch_size` (default: all at once). Non-finite logits are refused in one line."""
+    dropped), else of `batch_size` (default: all at once). Non-finite logits are refused in one line.
+    run_main.device is the backend's device: predict_train_ids merges on it (a GPU's, with torch)."""
     index = main_output_index(output_index, len(backend.output_names))
     fixed = backend.input.shape[0]
 
@@ -358,4 +324,5 @@ def main_output_runner(backend: Backend, output_index: Optional[int] = None,
             parts.append(logits)
         return np.concatenate(parts)
 
+    run_main.device = backend.device
     return run_main

@@ -304,7 +304,8 @@ def tta_confusion(image: np.ndarray, labels: np.ndarray, backend: Backend, tta: 
 class AugmentedStreamingEvaluation(StreamingEvaluation):
     """The same stages with test-time augmentation: infer runs the model on every scale's inputs (one image
     at a time, --batchsize inputs per model run), evaluate resizes, sums and takes the argmax
-    (multiscale.labels_from_scales), so the model and the CPU work overlap as before."""
+    (multiscale.labels_from_scales: on the backend's GPU with torch where it runs on one, else numpy), so the model
+    and the merge overlap as before."""
 
     def __init__(self, backend: Backend, samples: Sequence[cityscapes.Sample], size: Tuple[int, int], batch: int,
                  output_index: int, queue_size: int, tta: TestTimeAugmentation, decode_workers: int = 1,
@@ -328,7 +329,7 @@ class AugmentedStreamingEvaluation(StreamingEvaluation):
             self._put(self.inferred, None)
 
     def labels_of(self, sample_id: str, inferred, shape: Tuple[int, int]) -> np.ndarray:
-        return labels_from_scales(shape[0], shape[1], inferred, self.tta.flip)
+        return labels_from_scales(shape[0], shape[1], inferred, self.tta.flip, device=self.run_main.device)
 
 
 # ---------------------------------------------------------------------------------------------- the report
