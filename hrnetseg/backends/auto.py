@@ -188,10 +188,10 @@ def explicit_choice(backend: Optional[str], precision: Optional[str], model: str
 def resolve(model: str, device: Optional[str] = None, precision: Optional[str] = None, *, preset: str = "w48_ocr",
             input_dtype: str = "float32", threads: Optional[int] = None,
             flags: Optional[Iterable[str]] = None, cache_dir: Optional[str] = None,
-            open_backend: Callable = load_backend) -> Choice:
+            open_backend: Optional[Callable] = None) -> Choice:
     """The fastest candidate for `model` on `device` that this machine has verified (precision: only candidates
     that run it). Runs the check of a reduced-precision candidate not yet verified here (and keeps the verdict);
-    a one-line UserError when no candidate fits."""
+    a one-line UserError when no candidate fits. open_backend: load_backend, or a stand-in."""
     from hrnetseg.backends import verdicts
     from hrnetseg.backends.probe import check_candidate
 
@@ -224,7 +224,7 @@ def resolve(model: str, device: Optional[str] = None, precision: Optional[str] =
                                    VERIFY_BOUNDS[candidate.precision])
         verdict = cache.get(key, VERIFY_BOUNDS[candidate.precision])
         if verdict is None:
-            verdict = check_candidate(model, candidate, reference, settings, open_backend, probe_state,
+            verdict = check_candidate(model, candidate, reference, settings, open_backend or load_backend, probe_state,
                                       VERIFY_BOUNDS[candidate.precision])
             cache.put(key, verdict)
         if verdict["passed"]:

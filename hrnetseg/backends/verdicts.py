@@ -98,7 +98,7 @@ class VerdictCache(object):
     def get(self, key: dict, bounds) -> Optional[dict]:
         """The kept verdict for `key`, or None (none kept, or one not to be trusted)."""
         path = self.path(key)
-        if not os.path.lexists(path):
+        if not os.path.lexists(path) or os.path.islink(path):   # a link could lead to any file: never followed
             return None
         try:
             data = require_keys(read_json(path, "cached backend verdict"), {"key": dict, "passed": bool,
