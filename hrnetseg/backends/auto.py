@@ -263,3 +263,34 @@ def choose(args, model: str, input_dtype: str = "float32", threads: Optional[int
     if args.backend != AUTO:
         return explicit_choice(args.backend, args.precision, model)
     return resolve(model, args.device, args.precision, preset=args.preset, input_dtype=input_dtype, threads=threads)
+
+
+def main(argv=None) -> int:
+    """python -m hrnetseg.backends.auto MODEL: what --backend auto picks here (checking it if need be), for the
+    shell scripts: the first line on stderr, "BACKEND PRECISION" on stdout."""
+    import sys
+
+    from hrnetseg.model.presets import DEFAULT_PRESET, PRESET_NAMES
+    from hrnetseg.util.cli import ArgumentParser
+
+    parser = ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("model", help="the .onnx or .pth file")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or N (default: a GPU if usable)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="only candidates that run it")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, help="the variant of a .pth")
+    args = parser.parse_args(argv)
+    from hrnetseg.backends import check_model_file
+
+    check_model_file(args.model)
+    choice = resolve(args.model, args.device, args.precision, preset=args.preset)
+    print(choice.first_line(), file=sys.stderr, flush=True)
+    print("{} {}".format(choice.backend, choice.precision))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from hrnetseg.util.cli import run_cli
+
+    run_cli(main, sys.argv[1:])
