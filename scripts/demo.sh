@@ -81,6 +81,48 @@ report="${output_dir}/report.html"
 eval_args+=(--report "${report}")
 step bash "${REPO_ROOT}/scripts/eval_acc_perf.sh" "${eval_args[@]}"
 
+# The auto path beside the runner's default: what --backend auto (predict's and evaluate's default) picks on this
+# machine for the same model, checked against ONNX Runtime fp32 the first time (hrnetseg.backends.auto), through the
+# same runner and postprocess at the first batch size, so both rows carry their fps and their mIoU on the same scenes. The
+# runner and eval_acc_perf.sh keep ONNX Runtime fp32 as their default.
+if [ "${backend}" = onnxruntime ] && [ "${precision}" = fp32 ]; then
+  read -r -a sizes <<< "${batch_sizes}"
+  bs="${sizes[0]}"
+  auto_flags=(--preset "${preset}")
+  [ -z "${device}" ] || auto_flags+=(--device "${device}")
+  log "${PYTHON} -m hrnetseg.backends.auto ${output_dir}/hrnet.onnx ${auto_flags[*]}"
+  choice="$("${PYTHON}" -m hrnetseg.backends.auto "${output_dir}/hrnet.onnx" "${auto_flags[@]}")" || exit $?
+  read -r auto_backend auto_precision <<< "${choice}"
+  auto_record="${output_dir}/results/bs${bs}_row.json"   # auto picked the reference path: the same run
+  if [ "${choice}" != "onnxruntime fp32" ]; then
+    auto_dir="${output_dir}/auto"
+    auto_record="${auto_dir}/results/bs${bs}_row.json"
+    auto_args=(--datasets_path "${datasets_path}" --model_dir "${output_dir}" --output_dir "${auto_dir}"
+               --batch_sizes "${bs}" --backend "${auto_backend}" --precision "${auto_precision}" --preset "${preset}"
+               --report "${auto_dir}/report.html")
+    [ -z "${limit}" ] || auto_args+=(--limit "${limit}")
+    [ -z "${device}" ] || auto_args+=(--device "${device}")
+    mkdir -p "${auto_dir}"
+    step bash "${REPO_ROOT}/scripts/eval_acc_perf.sh" "${auto_args[@]}"
+  fi
+  # one row per path from the rows eval_acc_perf.sh recorded (its --report keeps them)
+  auto_table="$("${PYTHON}" -c 'import sys
+from hrnetseg.atlas.acc_perf import format_fps
+from hrnetseg.util.structured import read_json
+for label, path, precision in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
+    row = read_json(path, "table row")
+    print("| {} | {} {} | {} | {} | {:.2f}% |".format(label, row["backend"], precision, row["device"],
+                                                      format_fps(row["fps"]), 100.0 * row["miou"]))' \
+    "runner default" "${output_dir}/results/bs${bs}_row.json" fp32 \
+    "--backend auto" "${auto_record}" "${auto_precision}")" || exit $?
+  echo
+  echo "The runner's default (python3 -m hrnetseg.infer, eval_acc_perf.sh) and --backend auto (predict's and evaluate's"
+  echo "default, checked against ONNX Runtime fp32 on this machine), batch ${bs}, the same model and scenes:"
+  echo "| path | backend | device | throughput (fps) | mIoU |"
+  echo "|---|---|---|---|---|"
+  echo "${auto_table}"
+fi
+
 if [ "${reference}" = 1 ]; then
   echo "mIoU above: held-out synthetic scenes through the reference model trained on synthetic scenes (models/README.md); the official checkpoint gives 81.6% on Cityscapes val"
   echo "(models/README.md records 92.89% for these 4 scenes at 1024x2048, the default size)"

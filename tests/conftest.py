@@ -159,6 +159,18 @@ def stub(monkeypatch):
     return backend
 
 
+@pytest.fixture(scope="session", autouse=True)
+def auto_backend_stand_in_machine(tmp_path_factory):
+    """--backend auto, the default of predict and evaluate, sees a CPU without bf16 (HRNETSEG_CPU_FLAGS) in every
+    test: it picks the reference paths (onnxruntime fp32, torch fp32) without a check, so the tests' exact figures
+    stay those of the reference path on any machine; its verdicts go to a private cache, never the user's.
+    tests/test_backends_auto.py sets its own stand-in flags."""
+    with pytest.MonkeyPatch.context() as patch:   # session-wide: the session fixtures run evaluate too
+        patch.setenv("HRNETSEG_CPU_FLAGS", "fpu sse2 avx2")
+        patch.setenv("HRNETSEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "hrnetseg-cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def default_pixel_budget():
     """The tools set the pixel budget for their whole process (--max_pixels): each test starts from the default."""

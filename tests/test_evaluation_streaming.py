@@ -76,11 +76,15 @@ def test_same_confusion_matrix_as_the_bin_pipeline(tmp_path, tiny_data_root, tin
         batch, model, flags, extra = 2, tiny_pth_path, ["--pth", tiny_pth_path], ["--preset", TINY_PRESET]
     bins_npz, bins_json = bin_pipeline(tmp_path, tiny_data_root, model, batch, capsys, extra)
     page = tmp_path / "report.html"
-    stream_npz, stream_json, result = run_streaming(tmp_path, tiny_data_root, flags, batch,
+    stream_npz, stream_json, result = run_streaming(tmp_path, tiny_data_root, flags + ["--backend", backend], batch,
                                                     extra + ["--report", page, "--report_worst", "2"])
     same_matrix(bins_npz, stream_npz)
-    # same result.json, same mIoU, and the same two worst images with the same per-image figures
-    assert json.loads(stream_json.read_text()) == json.loads(bins_json.read_text())
+    # same result.json, same mIoU, and the same two worst images with the same per-image figures; evaluate's
+    # result adds what ran (the bin pipeline's summary holds it)
+    streamed = json.loads(stream_json.read_text())
+    assert streamed.pop("backend") == {"backend": backend, "precision": "fp32", "device": "cpu",
+                                       "chosen_by": "--backend", "why": "--backend {}".format(backend)}
+    assert streamed == json.loads(bins_json.read_text())
     assert len(json.loads(stream_json.read_text())["worst_images"]) == 2
     html = page.read_text()
     assert "The 2 worst images" in html and html.count('src="data:image/png;base64,') == 8

@@ -9,13 +9,23 @@ def test_demo_runs_the_whole_pipeline_small(tools, tmp_path):
     tiny preset, as W48 would be slow to export in a test)."""
     _, env, _ = tools
     out = tmp_path / "demo"
+    # a CPU with bf16 as far as --backend auto knows: OpenVINO bf16 is checked for real (on a CPU without it,
+    # OpenVINO runs fp32, so the check refuses it and auto keeps ONNX Runtime fp32)
     result = bash("demo.sh", "--height", 64, "--width", 128, "--output_dir", out, "--device", "cpu",
-                  "--timing_preset", TINY_PRESET, env=dict(env, HRNETSEG_VENV="none"))
+                  "--timing_preset", TINY_PRESET, env=dict(env, HRNETSEG_VENV="none", HRNETSEG_CPU_FLAGS="avx512_bf16"))
     assert result.returncode == 0, result.stderr
+    paths = [[cell.strip() for cell in line.strip("|").split("|")] for line in result.stdout.splitlines()
+             if line.startswith(("| runner default |", "| --backend auto |"))]
+    assert [row[:3] for row in paths][0] == ["runner default", "onnxruntime fp32", "cpu"], paths
+    assert paths[1][0] == "--backend auto" and paths[1][1] in ("openvino bf16", "onnxruntime fp32"), paths
+    assert all(row[4].endswith("%") for row in paths)
+    assert (out / "auto" / "report.html").exists() == (paths[1][1] == "openvino bf16")
+    auto_run = [["1", "openvino", "cpu"]] if paths[1][1] == "openvino bf16" else []   # its own table's row
     rows = table_rows(result.stdout)
-    assert [r[:3] for r in rows] == [["1", "onnxruntime", "cpu"], ["4", "onnxruntime", "cpu"]] * 2
-    assert all(r[4].endswith("%") for r in rows[:2]), rows
-    assert [r[4] for r in rows[2:]] == ["n/a (random weights)"] * 2
+    assert [r[:3] for r in rows] == [["1", "onnxruntime", "cpu"], ["4", "onnxruntime", "cpu"]] + auto_run + \
+        [["1", "onnxruntime", "cpu"], ["4", "onnxruntime", "cpu"]]
+    assert all(r[4].endswith("%") for r in rows[:2 + len(auto_run)]), rows
+    assert [r[4] for r in rows[-2:]] == ["n/a (random weights)"] * 2
     assert ("reference model trained on synthetic scenes (models/README.md); the official checkpoint gives 81.6% on "
             "Cityscapes val") in result.stdout
     assert "random weights (timing only)" in result.stdout and "meaningless" not in result.stdout

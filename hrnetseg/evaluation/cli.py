@@ -30,6 +30,7 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 from hrnetseg.backends import backend_for_model, check_model_file, load_backend
+from hrnetseg.backends.auto import AUTO, Choice, choose
 from hrnetseg.backends.batching import batch_size_for, pad_batch
 from hrnetseg.backends.flags import backend_flags
 from hrnetseg.data import cityscapes, images
@@ -57,9 +58,12 @@ NOTICE_S = 1.0        # after Ctrl-C, how long to wait for the batch in flight b
 
 def build_parser() -> argparse.ArgumentParser:
     shared = backend_flags(
-        backend_help="default from the model: --onnx -> onnxruntime, --pth -> torch",
-        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU), as the bin runner",
-        warmup_help="untimed runs before the stages start (default: 1 on a GPU, 0 on the CPU)")
+        backend_help="auto (default): the fastest backend and precision this machine has verified for the model "
+                     "(hrnetseg.backends.auto; the first line says which and why); onnxruntime for --onnx and torch "
+                     "for --pth are the reference paths",
+        precision_help="with an explicit --backend: fp32 (default); bf16 (openvino or torch) or fp16 (torch on a "
+                       "GPU), as the bin runner. With --backend auto: only the candidates that run this precision",
+        warmup_help="untimed runs before the stages start (default: 1 on a GPU, 0 on the CPU)", auto=True)
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0],
                             parents=[shared])
     parser.add_argument("--datasets_path", required=True,
@@ -163,7 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "per-image figures); --report alone draws the bars and the heat map".format(args.report_worst))
     check_outputs(args.save_path, args.save_confusion, model, report=args.report)
     interrupt_after_count()
-    kind = args.backend or backend_for_model(model)
+    if args.backend in (None, AUTO):
+        backend_for_model(model)   # its one-line refusals (.om, an unknown suffix), before the data is listed
     samples = labelled_samples(args.datasets_path, args.split, args.limit)
     check_outputs(args.save_path, args.save_confusion, model, samples, args.report)
     size = first_image_size(samples)
@@ -176,19 +181,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_model_file(model)
     with output_locks(args.save_path, args.save_confusion, args.report):
         tta = None if single_scale_from_args(args, *size) else tta
+        choice = choose(args, model, input_dtype=args.input_dtype, threads=args.cpu_threads)
+        if choice.by_auto:
+            print(choice.first_line(), flush=True)
+        args.precision = choice.precision   # what runs: the result, the report and the Ray workers get it, never auto
         if args.ray is not None:
-            return run_on_ray(args, kind, model, samples, size, tta)
-        return run(args, kind, model, samples, size, tta)
+            return run_on_ray(args, choice, model, samples, size, tta)
+        return run(args, choice, model, samples, size, tta)
 
 
-def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscapes.Sample],
+def run(args: argparse.Namespace, choice: Choice, model: str, samples: List[cityscapes.Sample],
         size: Tuple[int, int], tta: Optional[TestTimeAugmentation] = None) -> int:
     """Evaluate `samples`: the single-scale path, or with tta (None: single scale) upstream's multi-scale one."""
     import cv2
 
     cv2.setNumThreads(1)   # the stages are the parallelism; OpenCV's own threads would only compete
     began = time.perf_counter()
-    backend = load_backend(kind, model, device=args.device, precision=args.precision, preset=args.preset,
+    backend = load_backend(choice.backend, model, device=args.device, precision=args.precision, preset=args.preset,
                            input_dtype=args.input_dtype, threads=args.cpu_threads)
     dtype, index = check_backend(backend, size, args.output_index, tta)
     augmented = tta is not None
@@ -229,22 +238,27 @@ def run(args: argparse.Namespace, kind: str, model: str, samples: List[cityscape
     report_and_save(args, pipeline.matrix, index, stage_report(pipeline.stages, pipeline.wall_s,
                                                                pipeline.matrix.images), passes if augmented else 0,
                     worst=worst, details=_report_details(args, model, backend.name, backend.device, backend.precision,
-                                                         tta))
+                                                         tta, choice),
+                    chosen=dict(choice.record(), backend=backend.name, device=backend.device,
+                                precision=backend.precision))
     return 0
 
 
 def _report_details(args: argparse.Namespace, model: str, backend: str, device: str, precision: str,
-                    tta: Optional[TestTimeAugmentation]) -> List[Tuple[str, str]]:
-    """The report's lines under its title: what was evaluated, on what."""
-    return [("model", model), ("backend", "{} on {} ({})".format(backend, device, precision)),
+                    tta: Optional[TestTimeAugmentation], choice: Choice) -> List[Tuple[str, str]]:
+    """The report's lines under its title: what was evaluated, on what (and why, when --backend auto chose)."""
+    return [("model", model), ("backend", "{} on {} ({}){}".format(backend, device, precision, "; " + choice.why
+                                                                   if choice.by_auto else "")),
             ("data", "{} ({} split)".format(args.datasets_path, args.split)),
             ("testing", tta.describe() if tta is not None else "single scale")]
 
 
-def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[cityscapes.Sample],
+def run_on_ray(args: argparse.Namespace, choice: Choice, model: str, samples: List[cityscapes.Sample],
                size: Tuple[int, int], tta: Optional[TestTimeAugmentation] = None) -> int:
     """The same evaluation on a Ray cluster (hrnetseg.scaleout): the same table and result.json, plus the
-    result's "engine" entry (workers, nodes, retried batches, per-worker images and busy time)."""
+    result's "engine" entry (workers, nodes, retried batches, per-worker images and busy time). --backend auto
+    was resolved here, on the driver: every worker runs that backend and precision (verified on this machine)."""
+    kind = choice.backend
     from hrnetseg.scaleout.driver import worker_report
     from hrnetseg.scaleout.evaluation import evaluate_on_ray
 
@@ -255,7 +269,8 @@ def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[ci
     passes = tta.forward_passes(*size) if tta is not None else 0
     report_and_save(args, ledger.matrix, evaluation.loaded["output_index"], worker_report(evaluation), passes,
                     engine=engine, details=_report_details(args, model, kind, args.device or "default device",
-                                                           args.precision, tta) + [("engine", "Ray")],
+                                                           args.precision, tta, choice) + [("engine", "Ray")],
+                    chosen=choice.record(),
                     worst_note="No worst images: the Ray workers return one confusion matrix per batch, not per "
                                "image (run without --ray for them).")
     return 0
@@ -263,12 +278,15 @@ def run_on_ray(args: argparse.Namespace, kind: str, model: str, samples: List[ci
 
 def report_and_save(args: argparse.Namespace, matrix: ConfusionMatrix, index: int, timing: List[str],
                     passes: int = 0, engine: Optional[dict] = None, worst: Optional[worst_images.WorstImages] = None,
-                    details: Sequence[Tuple[str, str]] = (), worst_note: Optional[str] = None) -> None:
+                    details: Sequence[Tuple[str, str]] = (), worst_note: Optional[str] = None,
+                    chosen: Optional[dict] = None) -> None:
     """Print the mIoU table, the timing lines and (test-time augmentation) the forward passes; write
-    --save_confusion, --save_path and --report."""
+    --save_confusion, --save_path and --report. chosen: the result's "backend" entry (what ran, chosen how)."""
     matrix.ids.sort()
     matrix.output_index = index
     result = worst_images.add_to_result(matrix.compute(), worst)
+    if chosen is not None:
+        result["backend"] = chosen
     print(format_table(result))
     print("\n".join(timing))
     if passes:

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hrnetseg.backends import backend_for_model, check_model_file, load_backend
+from hrnetseg.backends.auto import AUTO, choose
 from hrnetseg.backends.flags import backend_flags
 from hrnetseg.data import images
 from hrnetseg.data.videos import VideoInfo, remove_stale_video_temporaries
@@ -47,9 +48,12 @@ MAX_SIZES_SHOWN = 3   # image sizes whose forward passes the first lines name
 
 def build_parser() -> argparse.ArgumentParser:
     shared = backend_flags(
-        backend_help="default from the model file: .onnx -> onnxruntime, .pth -> torch",
-        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU)",
-        warmup_help="untimed model runs before the first input (default: 1 on a GPU, 0 on the CPU)")
+        backend_help="auto (default): the fastest backend and precision this machine has verified for the model "
+                     "(hrnetseg.backends.auto; the first line says which and why); onnxruntime for .onnx and torch "
+                     "for .pth are the reference paths",
+        precision_help="with an explicit --backend: fp32 (default); bf16 (openvino or torch) or fp16 (torch on a "
+                       "GPU). With --backend auto: only the candidates that run this precision",
+        warmup_help="untimed model runs before the first input (default: 1 on a GPU, 0 on the CPU)", auto=True)
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0],
                             parents=[shared])
     model = parser.add_mutually_exclusive_group(required=True)
@@ -90,9 +94,9 @@ def model_path(args: argparse.Namespace) -> Tuple[str, str]:
                                                          ("--model", args.model)) if value is not None)
     if not model:
         raise UserError("{} is an empty name: give the model file".format(flag))
-    kind = args.backend or backend_for_model(model)
+    kind = backend_for_model(model) if args.backend in (None, AUTO) else args.backend   # also: .om and others refused
     check_model_file(model)
-    return model, kind
+    return model, AUTO if args.backend == AUTO else kind
 
 
 def check_output(output: str, model: str) -> None:
@@ -176,6 +180,16 @@ def remove_leftovers(output: str) -> None:
         subfolders[:] = [name for name in subfolders if not name.endswith(".tmp")]
 
 
+def resolve_backend(args: argparse.Namespace, model: str) -> str:
+    """The backend to run, --backend auto resolved (its choice and why printed as the first line); args.precision
+    becomes the precision that runs, so the record and the Ray workers get the resolved choice, never "auto"."""
+    choice = choose(args, model)
+    if choice.by_auto:
+        print(choice.first_line(), flush=True)
+    args.precision = choice.precision
+    return choice.backend
+
+
 def run_settings(args: argparse.Namespace, kind: str, model: str, tta) -> dict:
     """What decides an output's pixels besides its source: the model file as it is now, how it is run, the
     test-time augmentation. An output made otherwise is made again."""
@@ -221,6 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with output_lock(args.output):
             remove_leftovers(args.output)
             refuse_blocked_outputs(args.output, inputs, args.save, videos, model)
+            kind = resolve_backend(args, model)
             record = OutputRecord(args.output)
             settings = run_settings(args, kind, model, tta)
             plan = plan_outputs(args, record, settings, inputs, videos, size_of)
