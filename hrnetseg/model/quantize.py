@@ -214,6 +214,9 @@ def quantize_onnx(model_path: str, output_path: str, calibration: Sequence[np.nd
     correction) and write the QDQ model to `output_path` atomically (nothing is written when it fails).
 
     calibration: images shaped C x H x W or 1 x C x H x W, of the model's input type (the preprocess bins).
+    fast_bias_correction: NNCF's; False asks for its full bias correction, which NNCF 3.4.0's ONNX backend fails on
+    this network's graph ("Failed to find node output": a one-line error here), so the command line offers only
+    the fast one.
     Returns {"calibration_images", "quantized_ops" (op type -> count), "ignored_nodes", "opset", "seconds"}.
     """
     _check_paths(model_path, output_path)
@@ -237,10 +240,26 @@ def quantize_onnx(model_path: str, output_path: str, calibration: Sequence[np.nd
 
 # --- quantisation under an mIoU budget -----------------------------------------------------------------
 
-def _session(model):
-    import onnxruntime as ort
+class SessionCache(object):
+    """The ONNX Runtime session of the last model validated. NNCF's accuracy restorer scores one candidate model
+    image by image (a validation_fn call per image); a session made per call cost most of the run. Keyed by the
+    model's bytes, not the object: a model changed in place gets a new session."""
 
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    def __init__(self) -> None:
+        self.key, self.session = None, None
+
+    def session_for(self, model):
+        import hashlib
+
+        import onnxruntime as ort
+
+        data = model.SerializeToString()
+        key = hashlib.sha256(data).digest()
+        if key != self.key:
+            self.key, self.session = None, None   # the old session is freed before the new one is made
+            self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+            self.key = key
+        return self.session
 
 
 def _image_miou(counts: np.ndarray) -> float:
@@ -250,15 +269,15 @@ def _image_miou(counts: np.ndarray) -> float:
     return 0.0 if value is None else float(value)
 
 
-def validation_miou(model, items: Iterable[Tuple[np.ndarray, np.ndarray]], input_name: str
-                    ) -> Tuple[float, List[float]]:
+def validation_miou(model, items: Iterable[Tuple[np.ndarray, np.ndarray]], input_name: str,
+                    sessions: Optional[SessionCache] = None) -> Tuple[float, List[float]]:
     """(mIoU over `items`, each item's own mIoU): the model's main output run in ONNX Runtime one image at a
     time, as python -m hrnetseg.evaluate runs it (batch 1), through the same upsample + argmax and confusion
     matrix. This is NNCF's validation_fn."""
     from hrnetseg.evaluation.metrics import ConfusionMatrix, confusion
     from hrnetseg.evaluation.upsample_argmax import logits_to_labels
 
-    session = _session(model)
+    session = (sessions or SessionCache()).session_for(model)
     matrix = ConfusionMatrix()
     per_item = []
     for image, labels in items:
@@ -317,15 +336,16 @@ def quantize_onnx_with_accuracy_control(model_path: str, output_path: str, calib
         calibration_set = nncf.Dataset(batches, lambda image: {name: image})
         validation_set = nncf.Dataset(pairs)
         restorer = AdvancedAccuracyRestorerParameters(intermediate_model_dir=scratch)
+        sessions = SessionCache()
         with _nncf_errors("NNCF's accuracy-controlled quantisation"):
             quantized = nncf.quantize_with_accuracy_control(
                 model, calibration_set, validation_set,
-                validation_fn=lambda candidate, items: validation_miou(candidate, items, name),
+                validation_fn=lambda candidate, items: validation_miou(candidate, items, name, sessions),
                 max_drop=max_drop_points / 100.0, drop_type=DropType.ABSOLUTE, subset_size=len(batches),
                 ignored_scope=scope, advanced_accuracy_restorer_parameters=restorer)
         first = load_onnx(os.path.join(scratch, "intermediate_model.onnx"))
-        fp32_miou = validation_miou(model, pairs, name)[0]
-        int8_miou = validation_miou(quantized, pairs, name)[0]
+        fp32_miou = validation_miou(model, pairs, name, sessions)[0]
+        int8_miou = validation_miou(quantized, pairs, name, sessions)[0]
         _write_model(quantized, output_path)
     before, after = sum(quantized_op_counts(first).values()), quantized_op_counts(quantized)
     return {"calibration_images": len(batches), "validation_images": len(pairs), "quantized_ops": after,

@@ -45,8 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "do not score)")
     parser.add_argument("--quantize_head", action="store_true",
                         help="quantise the OCR and aux heads too (default: they stay float; faster, less exact)")
-    parser.add_argument("--no_bias_correction", action="store_true",
-                        help="skip NNCF's fast bias correction (plain quantisation only)")
     control = parser.add_argument_group("accuracy control")
     control.add_argument("--accuracy_control", action="store_true",
                          help="put operations back to float until the int8 mIoU is within --max_drop of fp32's")
@@ -79,8 +77,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError("--accuracy_control needs --validation CITYSCAPES_ROOT (labelled images)")
     if args.validation and not args.accuracy_control:
         raise UserError("--validation is read only with --accuracy_control")
-    if args.accuracy_control and args.no_bias_correction:
-        raise UserError("--no_bias_correction applies to plain quantisation only")
     check_model_path(args.onnx)
     check_output_file(args.output, "--output")
     check_outputs_apart({"--output": args.output}, {"--onnx": args.onnx})
@@ -101,8 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                      max_drop_points=args.max_drop, keep_head_float=keep_head_float)
     else:
         print("quantising {}".format(args.onnx), flush=True)
-        report = quantize_onnx(args.onnx, args.output, calibration, keep_head_float=keep_head_float,
-                               fast_bias_correction=not args.no_bias_correction)
+        report = quantize_onnx(args.onnx, args.output, calibration, keep_head_float=keep_head_float)
     print_summary(args, report)
     return 0
 
