@@ -25,6 +25,7 @@ pytest.importorskip("nncf")   # the quantisation itself (the modules above impor
 
 REFERENCE_PTH = REPO / "models" / "reference_tiny_ocr.pth"
 CONTROL_HEIGHT, CONTROL_WIDTH, CONTROL_IMAGES = 128, 256, 4
+MAX_DROP = 2.0   # in mIoU points; the restorer's ranking costs the same whatever the budget
 
 
 def _ort_main_output(path, images):
@@ -86,10 +87,11 @@ def test_accuracy_control_keeps_the_drop_and_reports_what_evaluate_measures(tmp_
     pairs = read_validation_pairs(str(data), CONTROL_IMAGES, size=(CONTROL_HEIGHT, CONTROL_WIDTH))
     out = tmp_path / "int8.onnx"
     report = quantize_onnx_with_accuracy_control(str(model), str(out), [pairs[0][0], pairs[2][0]], pairs,
-                                                 max_drop_points=0.5)
-    assert report["validation_images"] == CONTROL_IMAGES and report["reverted_ops"] >= 0
+                                                 max_drop_points=MAX_DROP)
+    # the first int8 model misses the budget here (about 3 points down): NNCF ranks and reverts operations
+    assert report["validation_images"] == CONTROL_IMAGES and report["reverted_ops"] > 0
     assert report["fp32_miou"] > 30   # the reference model segments the scenes: a drop means something
-    assert report["drop_points"] <= 0.5
+    assert report["drop_points"] <= MAX_DROP
     assert report["drop_points"] == pytest.approx(report["fp32_miou"] - report["int8_miou"])
     for path, key in ((model, "fp32_miou"), (out, "int8_miou")):
         result = tmp_path / (key + ".json")
