@@ -149,11 +149,14 @@ def check_precision_fits_model(kind: str, model: str, precision: str) -> None:
             raise UserError("the torch backend runs no int8 model: quantise the ONNX export ({}) and run it with "
                             "--backend openvino or onnxruntime".format(QUANTIZE_COMMAND.format("hrnet.onnx")))
         return
-    if kind not in ("onnxruntime", "openvino"):
-        return
+    if kind not in ("onnxruntime", "openvino") or (kind == "openvino" and not model.lower().endswith(".onnx")):
+        return   # the openvino backend's own refusal names what it reads
     from hrnetseg.graph.quantized import is_quantized
 
-    quantized = is_quantized(model)
+    try:
+        quantized = is_quantized(model)
+    except UserError:   # not ONNX: the backend's own loading names the problem, in its words
+        return
     if quantized and precision != INT8:
         raise UserError("{} is an int8-quantised model: run it with --precision int8, not {}".format(model, precision))
     if not quantized and precision == INT8:
