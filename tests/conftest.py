@@ -71,6 +71,19 @@ def official_state():
 
 
 @pytest.fixture(scope="session")
+def tiny_int8_onnx_path(tmp_path_factory, tiny_onnx_path, tiny_prep_path) -> Path:
+    """tiny_onnx_path quantised to int8 (NNCF, QDQ ONNX, head kept float), calibrated on 2 of tiny_prep_path's
+    bins. Shared: copy it before changing it."""
+    pytest.importorskip("nncf")
+    from hrnetseg.model.calibration import read_bin_images
+    from hrnetseg.model.quantize import quantize_onnx
+
+    path = tmp_path_factory.mktemp("tiny_int8") / "hrnet_int8.onnx"
+    quantize_onnx(str(tiny_onnx_path), str(path), read_bin_images(str(tiny_prep_path), 2))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory) -> Path:
     """TINY_IMAGES synthetic scenes at TINY_HEIGHT x TINY_WIDTH in the ModelZoo scripts' ./data layout
     (root/cityscapes/...)."""

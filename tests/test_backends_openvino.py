@@ -57,7 +57,7 @@ def test_runner_writes_ais_bench_files(run, tmp_path, tiny_onnx_path, tiny_prep_
 
 @pytest.mark.parametrize("device,precision,model,fragment", [
     ("cuda", "bf16", "onnx", "runs on the CPU"),
-    ("cpu", "fp16", "onnx", "fp32 or bf16"),
+    ("cpu", "fp16", "onnx", "fp32, bf16 or int8"),
     ("cpu", "bf16", "pth", "reads the ONNX export"),
 ])
 def test_refusals(tiny_onnx_path, tiny_pth_path, device, precision, model, fragment):

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(hrnetseg.backends.auto; the first line says which and why); onnxruntime for --onnx and torch "
                      "for --pth are the reference paths",
         precision_help="with an explicit --backend: fp32 (default); bf16 (openvino or torch) or fp16 (torch on a "
-                       "GPU), as the bin runner. With --backend auto: only the candidates that run this precision",
+                       "GPU); int8 for an int8-quantised .onnx (python3 -m hrnetseg.quantize), as the bin runner. "
+                       "With --backend auto: only the candidates that run this precision",
         warmup_help="untimed runs before the stages start (default: 1 on a GPU, 0 on the CPU)", auto=True)
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0],
                             parents=[shared])
