@@ -21,7 +21,11 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import require_file
 
 BACKENDS = ("onnxruntime", "torch", "openvino")
-PRECISIONS = ("fp32", "fp16", "bf16")
+# int8: the model file is int8-quantised (python3 -m hrnetseg.quantize; graph/quantized.is_quantized), run by
+# onnxruntime or openvino as it is; a quantised model runs under no other precision name, a float one not under int8
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+INT8 = "int8"
+QUANTIZE_COMMAND = "python3 -m hrnetseg.quantize --onnx {} --output MODEL_int8.onnx --calibration FOLDER"
 MODEL_SUFFIXES = {".onnx": "onnxruntime", ".pth": "torch", ".pt": "torch"}
 
 
@@ -137,6 +141,26 @@ def load_backend(kind: str, model: str, device: Optional[str] = None, precision:
         return backend
 
 
+def check_precision_fits_model(kind: str, model: str, precision: str) -> None:
+    """--precision int8 for an int8-quantised ONNX model, and only for one (graph/quantized.is_quantized): the
+    precision word in summaries and records then says what ran. The torch backend runs no int8."""
+    if kind == "torch":
+        if precision == INT8:
+            raise UserError("the torch backend runs no int8 model: quantise the ONNX export ({}) and run it with "
+                            "--backend openvino or onnxruntime".format(QUANTIZE_COMMAND.format("hrnet.onnx")))
+        return
+    if kind not in ("onnxruntime", "openvino"):
+        return
+    from hrnetseg.graph.quantized import is_quantized
+
+    quantized = is_quantized(model)
+    if quantized and precision != INT8:
+        raise UserError("{} is an int8-quantised model: run it with --precision int8, not {}".format(model, precision))
+    if not quantized and precision == INT8:
+        raise UserError("{} is a float model; --precision int8 runs an int8-quantised one: quantise it first: {}"
+                        .format(model, QUANTIZE_COMMAND.format(model)))
+
+
 def _open_backend(kind: str, model: str, device: Optional[str], precision: str, preset: str, input_dtype: str,
                   compile: bool, threads: Optional[int]) -> Backend:
     if precision not in PRECISIONS:
@@ -144,6 +168,7 @@ def _open_backend(kind: str, model: str, device: Optional[str], precision: str, 
     require_file(model, "model")   # a FIFO, folder or link loop named as such, not "not found"
     if kind in ("onnxruntime", "openvino") and os.path.getsize(model) == 0:
         raise UserError("{} is not an ONNX model (an empty file)".format(model))   # as the ONNX tools say it
+    check_precision_fits_model(kind, model, precision)
     device_kind, index = parse_device(device)
     if compile and kind != "torch":
         raise UserError("--compile applies to the torch backend only")

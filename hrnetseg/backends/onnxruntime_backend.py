@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: the CUDA provider when onnxruntime-gpu is installed and a GPU is wanted, else the CPU."""
+"""ONNX Runtime backend: the CUDA provider when onnxruntime-gpu is installed and a GPU is wanted, else the CPU.
+
+It runs the ONNX file as it is: a float export as fp32, an int8-quantised (QDQ) one as int8 (ONNX Runtime fuses
+the QuantizeLinear/DequantizeLinear pairs into its int8 kernels). OpenVINO runs the int8 model faster (docs/int8.md).
+"""
 from __future__ import annotations
 
 import time
@@ -22,9 +26,9 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, path: str, device_kind: str, index: int, precision: str, threads: Optional[int] = None) -> None:
         import onnxruntime as ort
 
-        if precision != "fp32":
-            raise UserError("the onnxruntime backend runs the ONNX file as exported (fp32); "
-                            "for {} use --backend torch with the .pth".format(precision))
+        if precision not in ("fp32", "int8"):   # int8: a quantised model, run as it is (load_backend checks which)
+            raise UserError("the onnxruntime backend runs the ONNX file as exported (fp32, or int8 for a quantised "
+                            "one); for {} use --backend torch with the .pth, or --backend openvino".format(precision))
         available = ort.get_available_providers()
         if device_kind == "cuda" and CUDA not in available:
             raise DeviceUnavailable("this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu; or use "

@@ -58,7 +58,8 @@ NOTICE_S = 1.0        # after Ctrl-C, how long to wait for the batch in flight b
 def build_parser() -> argparse.ArgumentParser:
     shared = backend_flags(
         backend_help="default from the model: --onnx -> onnxruntime, --pth -> torch",
-        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU), as the bin runner",
+        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU); int8 for an int8-quantised "
+                       ".onnx (python3 -m hrnetseg.quantize), as the bin runner",
         warmup_help="untimed runs before the stages start (default: 1 on a GPU, 0 on the CPU)")
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0],
                             parents=[shared])

@@ -48,7 +48,8 @@ MAX_SIZES_SHOWN = 3   # image sizes whose forward passes the first lines name
 def build_parser() -> argparse.ArgumentParser:
     shared = backend_flags(
         backend_help="default from the model file: .onnx -> onnxruntime, .pth -> torch",
-        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU)",
+        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU); int8 for an int8-quantised "
+                       ".onnx (python3 -m hrnetseg.quantize; openvino or onnxruntime)",
         warmup_help="untimed model runs before the first input (default: 1 on a GPU, 0 on the CPU)")
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0],
                             parents=[shared])

@@ -40,7 +40,8 @@ def ais_bool(text: str) -> bool:
 def build_parser(description: str) -> argparse.ArgumentParser:
     shared = backend_flags(
         backend_help="default from the model file: .onnx -> onnxruntime, .pth -> torch",
-        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU); outputs are float32",
+        precision_help="fp32 (default); bf16 (openvino or torch) or fp16 (torch on a GPU); int8 for an int8-quantised "
+                       ".onnx (python3 -m hrnetseg.quantize; openvino or onnxruntime); outputs are float32",
         warmup_help="untimed runs of the first batch before timing (default 1, as ais_bench)",
         device_names=("--device", "-d"),
         device_help="cpu, cuda, cuda:N, a GPU number N (a GPU that cannot be used: the CPU, said in the first "
