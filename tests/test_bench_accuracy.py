@@ -1,5 +1,6 @@
 """python -m hrnetseg.bench --miou_scenes N: each case's mIoU on held-out synthetic scenes with the reference model,
-the same figure the streaming evaluation gives; refused on random weights; calibration scenes never held out."""
+the same figure the streaming evaluation gives, an int8 case's beside it; refused on random weights; calibration
+scenes never held out."""
 from __future__ import annotations
 
 import glob
@@ -10,10 +11,13 @@ import numpy as np
 import pytest
 from test_bench_main import table
 
+from hrnetseg.backends import PRECISIONS
 from hrnetseg.bench import scenes
 from hrnetseg.bench.__main__ import main as bench_main
+from hrnetseg.bench.cases import parse_case
 from hrnetseg.data.preprocess import convert
 from hrnetseg.data.sample_scenes import generate
+from hrnetseg.util.errors import UserError
 
 from helpers import REPO, assert_user_error, run_in_process, run_script
 
@@ -23,12 +27,20 @@ ACCURACY = ["--stages", "infer", "--preset", "tiny_ocr", "--pth", REFERENCE, "--
             "--repeats", "1", "--warmup", "0", "--miou_scenes", SCENES, "--no_record"]
 
 
+HAS_INT8 = "int8" in PRECISIONS
+OTHER_SPEC = "openvino:int8:1" if HAS_INT8 else "openvino:fp32:1"
+OTHER = parse_case(OTHER_SPEC).label
+needs_int8 = pytest.mark.skipif(not HAS_INT8, reason="the backends have no int8 precision yet")
+
+
 @pytest.fixture(scope="module")
 def accuracy_run(tmp_path_factory):
-    """The reference model, the baseline and OpenVINO fp32, scored on 2 held-out scenes at 128x256."""
+    """The reference model, the baseline and OpenVINO int8 (calibrated on 2 scenes), scored on 2 held-out scenes
+    at 128x256: one run for both (the calibration alone takes about 10 s)."""
     work = tmp_path_factory.mktemp("bench-accuracy") / "work"
     result = run_script(["-m", "hrnetseg.bench"] + [str(a) for a in ACCURACY] +
-                        ["--cases", "onnxruntime:fp32:1,openvino:fp32:1", "--workdir", str(work)], timeout=300)
+                        ["--cases", "onnxruntime:fp32:1," + OTHER_SPEC,
+                         "--calibration_images", "2", "--workdir", str(work)], timeout=300)
     assert result.returncode == 0, result.stderr
     return result, work
 
@@ -36,13 +48,32 @@ def accuracy_run(tmp_path_factory):
 def test_miou_columns_and_change_against_the_baseline(accuracy_run):
     result, _ = accuracy_run
     rows = {r[0]: r for r in table(result.stdout, "case")}
-    first, other, last = (rows["onnxruntime fp32 bs1 (baseline, first)"], rows["openvino fp32 bs1"],
+    first, other, last = (rows["onnxruntime fp32 bs1 (baseline, first)"], rows[OTHER],
                           rows["onnxruntime fp32 bs1 (baseline, last)"])
     assert first[8] == last[8] == "0 (baseline)" and first[7] == last[7]
     assert 20.0 < float(first[7]) < 100.0                 # a trained model: far above chance (5%)
     assert float(other[8]) == pytest.approx(float(other[7]) - float(first[7]), abs=0.011)
-    assert abs(float(other[8])) < 0.5                     # fp32 against fp32
+    assert abs(float(other[8])) < 10.0
     assert "{} held-out scene(s) of `sample_data --seed 0`".format(SCENES) in result.stdout
+
+
+@needs_int8
+def test_int8_case_end_to_end(accuracy_run):
+    """The int8 row: a model calibrated in this run (its time apart from the timed runs), errors of a quantised
+    model (not fp32's), the calibration scenes named."""
+    from hrnetseg.bench.calibration import check_int8_onnx
+
+    result, work = accuracy_run
+    row = {r[0]: r for r in table(result.stdout, "case")}[OTHER]
+    assert row[1] == "cpu" and float(row[2]) > 0 and float(row[10]) > 0   # calibration s
+    errors = [float(v) for v in row[6].split(" / ")]
+    assert all(1e-4 < e < 0.5 for e in errors), errors
+    assert "2 calibration scene(s) of `sample_data --seed {}` at 128x256".format(scenes.CALIBRATION_SET) \
+        in result.stdout
+    (int8,) = glob.glob(str(work / "model_tiny_ocr_128x256_*" / "int8_calibrated_on_2.onnx"))
+    check_int8_onnx(int8, HEIGHT, WIDTH)                  # what --int8_onnx takes
+    with pytest.raises(UserError, match="takes input .*x128x256, not N x 3 x 64 x 128"):
+        check_int8_onnx(int8, 64, 128)
 
 
 def test_baseline_miou_is_the_streaming_evaluations(accuracy_run, tmp_path, capsys):

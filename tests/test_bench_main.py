@@ -139,7 +139,7 @@ def test_failed_case_is_a_row_not_a_crash(run, tmp_path, tiny_run):
 @pytest.mark.parametrize("flags,fragment", [
     (["--cases", "torch:fp32"], "backend:precision:batch"),
     (["--cases", "tensorrt:fp16:1"], "unknown backend"),
-    (["--cases", "torch:int8:1"], "unknown precision"),
+    (["--cases", "torch:int4:1"], "unknown precision"),
     (["--cases", "torch:fp32:0"], "positive integer"),
     (["--cases", "torch:fp32:1:fast"], "unknown option"),
     (["--cases", ","], "empty"),
