@@ -63,7 +63,8 @@ def test_inference_table(tiny_run):
         ratio(row[5])
         errors = [float(v) for v in row[6].split(" / ")]
         assert len(errors) == 2 and all(e < 1e-5 for e in errors)   # fp32 everywhere: equal to the reference
-        assert float(row[9]) > 50                                   # peak RSS of the child, MiB
+        assert row[7:9] == ["-", "-"] and row[10] == "-"            # no mIoU (random weights), no calibration
+        assert float(row[12]) > 50                                  # peak RSS of the child, MiB
     torch_row = rows[1]
     assert abs(float(torch_row[2]) - 2000.0 / float(torch_row[4])) <= 0.01 * float(torch_row[2])   # batch / median
 
@@ -138,7 +139,7 @@ def test_failed_case_is_a_row_not_a_crash(run, tmp_path, tiny_run):
 @pytest.mark.parametrize("flags,fragment", [
     (["--cases", "torch:fp32"], "backend:precision:batch"),
     (["--cases", "tensorrt:fp16:1"], "unknown backend"),
-    (["--cases", "torch:int8:1"], "unknown precision"),
+    (["--cases", "torch:int4:1"], "unknown precision"),
     (["--cases", "torch:fp32:0"], "positive integer"),
     (["--cases", "torch:fp32:1:fast"], "unknown option"),
     (["--cases", ","], "empty"),

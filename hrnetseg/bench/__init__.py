@@ -6,6 +6,11 @@ Modules, in the order a run uses them:
 - cases: the inference cases (backend:precision:batch[:compile]) and the baseline case.
 - jobs: one child process per measurement: the parent's runner and the child's side.
 - infer_stage: the plain export and the fp32 PyTorch reference outputs, then every case against the baseline.
+- scenes: the synthetic scenes as model inputs (timed, held-out, calibration), and the check that no calibration
+  scene is a held-out one.
+- calibration: the int8 cases' model, calibrated from the bench's own scenes or given (--int8_onnx).
+- accuracy: each case's mIoU on held-out scenes (--miou_scenes, trained weights only) and its change against the
+  baseline.
 - data_stages: preprocess and postprocess, the reference method against ours, with the exactness checks.
 - reference: the reference methods (the ModelZoo scripts' preprocess and postprocess, restated).
 - machine: what the machine is and how loaded it is; the peak memory of a child.

@@ -2,12 +2,15 @@
 
     python -m hrnetseg.bench [--stages pre,infer,post] [--height 1024 --width 2048] [--images 8]
                              [--cases onnxruntime:fp32:1,torch:fp32:1,torch:bf16:1] [--repeats 3] [--warmup 1]
+                             [--calibration_images 16 | --int8_onnx MODEL] [--pth CKPT --miou_scenes 20]
 
 - pre / post: our preprocess and postprocess against the reference methods (the ModelZoo scripts' steps
   restated, hrnetseg.bench.reference) on the same synthetic data, ms/image, ratio, peak memory.
 - infer: images/s and latency per backend:precision:batch case against ONNX Runtime fp32 on the plain export
   (the baseline, run first and last to show drift), the relative error of both outputs against fp32
-  PyTorch on the same input, load and first-call (compile) time, peak memory.
+  PyTorch on the same input, load and first-call (compile) time, peak memory. An int8 case runs an int8 model
+  the bench calibrates from its own synthetic scenes (or --int8_onnx); with --miou_scenes N and trained weights,
+  each case's mIoU on N held-out synthetic scenes and its change against the baseline in points.
 
 Every measurement runs in its own child process (`python -m hrnetseg.bench --_child JOB.json`): peak
 memory (VmHWM) is per case and no case inherits another's caches, threads or allocator state. Prints the
@@ -24,7 +27,9 @@ import tempfile
 from typing import List, Optional, Sequence
 
 from hrnetseg.bench import DEFAULT_BENCHMARKS_MD
-from hrnetseg.bench.cases import BASELINE_SPEC, DEFAULT_CASES, parse_cases
+from hrnetseg.bench.accuracy import check_miou_request, miou_job
+from hrnetseg.bench.calibration import calibrate_job, check_int8_onnx
+from hrnetseg.bench.cases import BASELINE_SPEC, DEFAULT_CASES, INT8, parse_cases
 from hrnetseg.bench.data_stages import data_stage, data_step_job
 from hrnetseg.bench.infer_stage import infer_job, infer_stage, prepare_job
 from hrnetseg.bench.jobs import CHILD_FLAG, Runner, child_main
@@ -36,7 +41,8 @@ from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import check_output_file, make_output_folder, require_file
 
 STAGES = ("pre", "infer", "post")
-CHILD_JOBS = {"prepare": prepare_job, "infer": infer_job, "pre": data_step_job, "post": data_step_job}
+CHILD_JOBS = {"prepare": prepare_job, "infer": infer_job, "pre": data_step_job, "post": data_step_job,
+              "calibrate": calibrate_job, "miou": miou_job}
 
 
 def parse_stages(text: str) -> List[str]:
@@ -62,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
                         help="comma-separated backend:precision:batch[:compile] inference cases (default {}); the "
                              "baseline {} always runs first and last".format(",".join(DEFAULT_CASES), BASELINE_SPEC))
+    parser.add_argument("--calibration_images", type=positive_int, default=16,
+                        help="synthetic scenes the int8 cases' model is calibrated on, once per workdir (default 16; "
+                             "none of them a timed or held-out scene)")
+    parser.add_argument("--int8_onnx", default=None,
+                        help="an int8-quantised ONNX at the bench's size for the int8 cases, instead of calibrating "
+                             "one")
+    parser.add_argument("--miou_scenes", type=nonnegative_int, default=0,
+                        help="score each case on this many held-out synthetic scenes (models/README.md's, at the "
+                             "bench's size): mIoU and its change against the baseline; needs --pth (default 0: off)")
     parser.add_argument("--repeats", type=positive_int, default=3,
                         help="timed runs per inference case, rounds per pre/post method (default 3; min and median "
                              "reported)")
@@ -91,6 +106,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cases = parse_cases(args.cases)
     if args.pth is not None:
         require_file(args.pth, "checkpoint")
+    check_miou_request(args.miou_scenes, args.pth, stages)
+    if args.int8_onnx is not None:
+        if "infer" not in stages or not any(c.precision == INT8 for c in cases):
+            raise UserError("--int8_onnx is for int8 cases: add one (e.g. openvino:int8:1) to --cases and infer to "
+                            "--stages")
+        check_int8_onnx(args.int8_onnx, args.height, args.width)
     from hrnetseg.backends import parse_device
 
     parse_device(args.device)   # a bad --device is one line now, not a failed row per case after the export
@@ -113,10 +134,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           args.workers) if data_steps else {}
         if "infer" in stages:
             infer = infer_stage(cases, run, workdir, args.preset, args.pth, args.height, args.width, args.device,
-                                args.repeats, args.warmup)
+                                args.repeats, args.warmup, args.calibration_images, args.int8_onnx,
+                                args.miou_scenes)
             parts.append(format_infer(infer, args.preset, args.pth, args.height, args.width, args.repeats,
                                       args.warmup))
-            ok = ok and all("error" not in r for r in infer["results"])
+            ok = ok and all("error" not in r and "error" not in r.get("miou", {}) for r in infer["results"])
         if data:
             parts.append(format_data(data, args.images, args.height, args.width, args.repeats, args.warmup,
                                      args.workers))

@@ -11,6 +11,8 @@ from hrnetseg.util.errors import UserError
 BASELINE_SPEC = "onnxruntime:fp32:1"
 # Cheap defaults (1024x2048 on 2 cores: ~13 s, ~6.5 s, ~15 s and ~7.5 s per image), the recommended CPU setting second.
 DEFAULT_CASES = ("onnxruntime:fp32:1", "openvino:bf16:1", "torch:fp32:1", "torch:bf16:1")
+INT8 = "int8"   # an int8-quantised ONNX (bench/calibration makes or takes it)
+INT8_BACKENDS = ("onnxruntime", "openvino")   # those that run it; torch runs the checkpoint
 CASE_OPTIONS = ("compile",)   # optional 4th field: torch:bf16:1:compile -> load_backend(..., compile=True)
 
 
@@ -43,6 +45,9 @@ def parse_case(text: str) -> Case:
     if precision not in PRECISIONS:
         raise UserError("--cases {!r}: unknown precision {!r}; choose one of {}".format(
             text, precision, ", ".join(PRECISIONS)))
+    if precision == INT8 and backend not in INT8_BACKENDS:
+        raise UserError("--cases {!r}: int8 runs a quantised ONNX model, on {} (not {})".format(
+            text, " or ".join(INT8_BACKENDS), backend))
     try:
         size = positive_int(batch)
     except argparse.ArgumentTypeError:

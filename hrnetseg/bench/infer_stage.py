@@ -1,8 +1,9 @@
 """The inference stage: images/s and latency of every backend:precision:batch case against the baseline.
 
-A child makes the plain export and the fp32 PyTorch reference outputs once per (preset, size, weights); then
-each case runs in its own child on the same synthetic input rows, the baseline first and last (the two rows show
-the drift), and both outputs are compared with the reference.
+A child makes the plain export and the fp32 PyTorch reference outputs once per (preset, size, weights), and for
+int8 cases the int8 model (bench/calibration); then each case runs in its own child on the same synthetic input
+rows, the baseline first and last (the two rows show the drift), and both outputs are compared with the
+reference. With --miou_scenes, each distinct case is then scored on held-out scenes (bench/accuracy).
 """
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from hrnetseg.bench.cases import BASELINE_SPEC, Case, parse_case
+from hrnetseg.bench.accuracy import case_mious
+from hrnetseg.bench.calibration import int8_model
+from hrnetseg.bench.cases import BASELINE_SPEC, INT8, Case, parse_case
 from hrnetseg.bench.report import progress_note, three_figures
+from hrnetseg.bench.scenes import CALIBRATION_SET, HELD_OUT_SET, scene_rows
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import write_text_atomic
 
@@ -81,21 +85,8 @@ def infer_job(job: dict) -> dict:
 # ------------------------------------------------------------------------------------------ parent side
 
 def input_rows(workdir: str, count: int, height: int, width: int) -> List[str]:
-    """Model inputs: row i is synthetic scene i (as sample_data draws it), through our float32 transform."""
-    from hrnetseg.data.preprocess import convert
-    from hrnetseg.data.sample_scenes import scene_labels, scene_photo
-
-    folder = os.path.join(workdir, "inputs_{}x{}".format(height, width))
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for index in range(count):
-        path = os.path.join(folder, "row{}.npy".format(index))
-        if not os.path.isfile(path):
-            rng = np.random.RandomState([0, index])
-            np.save(path + ".tmp.npy", convert(scene_photo(scene_labels(height, width, rng), rng), "float32", "BGR"))
-            os.replace(path + ".tmp.npy", path)
-        paths.append(path)
-    return paths
+    """Model inputs: row i is held-out scene i (as sample_data draws it), through our float32 transform."""
+    return [row for row, _ in scene_rows(workdir, HELD_OUT_SET, count, height, width)]
 
 
 def _weights_tag(pth: Optional[str]) -> str:
@@ -130,27 +121,37 @@ def prepare_model(run: Callable[[dict], dict], workdir: str, row0: str, preset: 
 
 
 def infer_stage(cases: Sequence[Case], run: Callable[[dict], dict], workdir: str, preset: str, pth: Optional[str],
-                height: int, width: int, device: str, repeats: int, warmup: int) -> dict:
-    """Every case in its own child, the baseline first and last; speeds against the pooled baseline runs."""
+                height: int, width: int, device: str, repeats: int, warmup: int, calibration_images: int = 16,
+                int8_onnx: Optional[str] = None, miou_scenes: int = 0) -> dict:
+    """Every case in its own child, the baseline first and last; speeds against the pooled baseline runs.
+    int8 cases run the int8 model (calibrated here from calibration_images scenes unless int8_onnx is given);
+    with miou_scenes, each distinct case is then scored on that many held-out scenes."""
     from hrnetseg.util.numerics import relative_error
 
     baseline = parse_case(BASELINE_SPEC)
     others = [c for c in cases if c != baseline]
     order = [(baseline, "first")] + [(c, "") for c in others] + ([(baseline, "last")] if others else [])
     rows = input_rows(workdir, max(c.batch for c in [baseline] + others), height, width)
+    scenes = scene_rows(workdir, HELD_OUT_SET, miou_scenes, height, width, labels=True) if miou_scenes else []
     model = prepare_model(run, workdir, rows[0], preset, pth, height, width)
+    int8 = None
+    if any(c.precision == INT8 for c in others):
+        int8 = int8_model(run, workdir, model, height, width, calibration_images, int8_onnx,
+                          rows + [row for row, _ in scenes])
     references = [np.load(path) for path in model["reference"]]
-    results = []
+    results, jobs = [], []
     for index, (case, tag) in enumerate(order):
         progress_note("inference {}{} ...".format(case.label, " (baseline, {})".format(tag) if tag else ""))
         out_prefix = os.path.join(workdir, "outputs", "{:02d}_{}".format(index, case.spec.replace(":", "_")))
         os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
-        result = run({"job": "infer", "backend": case.backend, "precision": case.precision, "options": case.options,
-                      "preset": preset,
-                      "model": model["pth"] if case.backend == "torch" else model["onnx"], "device": device,
-                      "rows": rows[:case.batch], "warmup": warmup, "repeats": repeats,
-                      "out_prefix": out_prefix})
+        onnx = int8.get("path") if case.precision == INT8 else model["onnx"]
+        job = {"job": "infer", "backend": case.backend, "precision": case.precision, "options": case.options,
+               "preset": preset, "model": model["pth"] if case.backend == "torch" else onnx, "device": device,
+               "rows": rows[:case.batch], "warmup": warmup, "repeats": repeats, "out_prefix": out_prefix}
+        result = {"error": int8["error"], "load": (float("nan"),) * 2} if onnx is None else run(job)
         result.update(case=case, tag=tag)
+        if case.precision == INT8 and int8 is not None:
+            result["calibration"] = int8
         if "error" not in result:
             times = np.asarray(result["times_ms"])
             result["min_ms"], result["median_ms"] = float(times.min()), float(np.median(times))
@@ -159,6 +160,7 @@ def infer_stage(cases: Sequence[Case], run: Callable[[dict], dict], workdir: str
                                 for k, ref in enumerate(references)]
             progress_note("  {} ms/batch median, {} images/s".format(three_figures(result["median_ms"]),
                                                                      three_figures(result["images_per_s"])))
+            jobs.append((case, job))
         else:
             progress_note("  failed: " + result["error"])
         results.append(result)
@@ -167,4 +169,15 @@ def infer_stage(cases: Sequence[Case], run: Callable[[dict], dict], workdir: str
     for result in results:
         if "error" not in result:
             result["ratio"] = result["images_per_s"] / base_ips
-    return {"results": results, "baseline_images_per_s": base_ips, "model": model}
+    if scenes:
+        mious = case_mious(run, jobs, scenes)
+        base_miou = mious.get(baseline, {}).get("miou")
+        for result in results:
+            if result["case"] in mious:
+                result["miou"] = mious[result["case"]]
+                value = result["miou"].get("miou")
+                if value is not None and base_miou is not None:
+                    result["miou"]["delta_points"] = 100.0 * (value - base_miou)
+    return {"results": results, "baseline_images_per_s": base_ips, "model": model, "int8": int8,
+            "calibration_images": calibration_images, "calibration_set": CALIBRATION_SET,
+            "miou_scenes": len(scenes), "held_out_set": HELD_OUT_SET}

@@ -39,6 +39,54 @@ def load_change(load: Tuple[float, float]) -> str:
     return "{:.2f} -> {:.2f}".format(load[0], load[1])
 
 
+def _calibration_cell(result: dict) -> str:
+    """An int8 case's calibration time (made in this run), or where its model came from."""
+    int8 = result.get("calibration")
+    if not int8 or "error" in int8:
+        return "-"
+    return three_figures(int8["calibration_s"]) if int8["calibration_s"] is not None else int8["how"]
+
+
+def _miou_cells(result: dict) -> Tuple[str, str]:
+    """mIoU in percent and its change against the baseline in points ("-" when not measured)."""
+    miou = result.get("miou")
+    if miou is None:
+        return "-", "-"
+    if "error" in miou:
+        return "failed: " + miou["error"].replace("|", "/"), "-"
+    value = "n/a" if miou["miou"] is None else "{:.2f}".format(100.0 * miou["miou"])
+    delta = miou.get("delta_points")
+    if result["tag"]:
+        return value, "0 (baseline)"
+    return value, "-" if delta is None else "{:+.2f}".format(delta)
+
+
+def int8_sentence(infer: dict, height: int, width: int) -> str:
+    """How the int8 cases' model was made (the calibration set, its time) or that it was given."""
+    int8 = infer.get("int8")
+    if not int8:
+        return ""
+    if "error" in int8:
+        return " int8: the calibration failed ({}).".format(int8["error"])
+    if int8["how"] == "given":
+        return " int8: the quantised model given ({}; its calibration data unknown).".format(
+            os.path.basename(int8["path"]))
+    return (" int8: the plain export quantised (hrnetseg.model.quantize) with {} calibration scene(s) of "
+            "`sample_data --seed {}` at {}x{}, none of them a timed or held-out scene; {}."
+            .format(infer["calibration_images"], infer["calibration_set"], height, width,
+                    "calibration {} s, apart from the timed runs".format(three_figures(int8["calibration_s"]))
+                    if int8["calibration_s"] is not None else "the model calibrated by an earlier run in the workdir"))
+
+
+def miou_sentence(infer: dict, height: int, width: int) -> str:
+    if not infer.get("miou_scenes"):
+        return " mIoU: not measured (--miou_scenes N with trained weights, --pth)."
+    return (" mIoU: {} held-out scene(s) of `sample_data --seed {}` (models/README.md's) at {}x{}, the case's "
+            "backend on each, main output (output2) upsampled and argmaxed (logits_to_labels), our confusion "
+            "matrix; change against the baseline in points.".format(infer["miou_scenes"], infer["held_out_set"],
+                                                                   height, width))
+
+
 def format_infer(infer: dict, preset: str, pth: Optional[str], height: int, width: int, repeats: int,
                  warmup: int) -> str:
     model = infer["model"]
@@ -50,22 +98,27 @@ def format_infer(infer: dict, preset: str, pth: Optional[str], height: int, widt
              "{} timed run(s) per case after {} warm-up; baseline ONNX Runtime fp32 on the plain export ({}), run "
              "first and last, pooled: {} images/s. Errors: ||out - ref|| / ||ref|| of row 0 against fp32 PyTorch "
              "(eager) on the same input. Peak RSS: the whole child process (interpreter, libraries, model, input)."
+             "{}{}"
              .format(preset, height, width, weights, repeats, warmup, exported,
-                     three_figures(infer["baseline_images_per_s"])),
+                     three_figures(infer["baseline_images_per_s"]), int8_sentence(infer, height, width),
+                     miou_sentence(infer, height, width)),
              "",
              "| case | device | images/s | ms/batch min | ms/batch median | speed vs baseline "
-             "| rel. err output1 / output2 | load s | first call s | peak RSS MiB | load avg before -> after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| rel. err output1 / output2 | mIoU % | mIoU change, points | load s | calibration s | first call s "
+             "| peak RSS MiB | load avg before -> after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in infer["results"]:
         label = r["case"].label + (" (baseline, {})".format(r["tag"]) if r["tag"] else "")
         if "error" in r:
-            lines.append("| {} | failed: {} | | | | | | | | | {} |".format(label, r["error"].replace("|", "/"),
-                                                                            load_change(r["load"])))
+            lines.append("| {} | failed: {} | | | | | | | | | | | | {} |".format(
+                label, r["error"].replace("|", "/"), load_change(r["load"])))
             continue
-        lines.append("| {} | {} | {} | {} | {} | {}x | {:.1e} / {:.1e} | {} | {} | {} | {} |".format(
+        miou, delta = _miou_cells(r)
+        lines.append("| {} | {} | {} | {} | {} | {}x | {:.1e} / {:.1e} | {} | {} | {} | {} | {} | {} | {} |".format(
             label, r["device"], three_figures(r["images_per_s"]), three_figures(r["min_ms"]),
-            three_figures(r["median_ms"]), three_figures(r["ratio"]), r["errors"][0], r["errors"][1],
-            three_figures(r["load_s"]), three_figures(r["warmup_s"][0]) if r["warmup_s"] else "-",
+            three_figures(r["median_ms"]), three_figures(r["ratio"]), r["errors"][0], r["errors"][1], miou, delta,
+            three_figures(r["load_s"]), _calibration_cell(r),
+            three_figures(r["warmup_s"][0]) if r["warmup_s"] else "-",
             three_figures(r["peak_rss_mib"]), load_change(r["load"])))
     return "\n".join(lines)
 
