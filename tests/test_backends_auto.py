@@ -53,15 +53,13 @@ def test_candidates_follow_the_cpu_flags_and_the_packages(packages):
     assert candidates("pth", "cpu", frozenset(BF16))[0] == []
 
 
-def test_an_int8_model_runs_int8_once_the_backends_have_it(packages, monkeypatch):
-    found, missing = candidates("onnx", "cpu", frozenset(BF16), int8=True)
-    if "int8" not in auto.PRECISIONS:   # this build: a quantised model runs as fp32 through onnxruntime, said so
-        assert names(found) == ["onnxruntime fp32"] and "no int8 precision" in missing[0]
-    monkeypatch.setattr(auto, "PRECISIONS", auto.PRECISIONS + ("int8",) if "int8" not in auto.PRECISIONS
-                        else auto.PRECISIONS)
-    assert names(candidates("onnx", "cpu", frozenset(BF16), int8=True)[0]) == ["openvino int8", "onnxruntime int8"]
+def test_an_int8_model_runs_int8_on_the_cpu(packages):
+    found, missing = candidates("onnx", "cpu", frozenset(PLAIN), int8=True)
+    assert names(found) == ["openvino int8", "onnxruntime int8"] and missing == []
+    found, missing = candidates("onnx", "gpu", frozenset(BF16), int8=True)
+    assert names(found) == ["onnxruntime int8"] and "run on the CPU" in missing[0]
     packages.discard("openvino")
-    assert names(candidates("onnx", "cpu", frozenset(PLAIN), int8=True)[0]) == ["onnxruntime int8"]
+    assert names(candidates("onnx", "cpu", frozenset(BF16), int8=True)[0]) == ["onnxruntime int8"]
 
 
 def test_cpu_flags_from_the_environment_and_proc(monkeypatch):
@@ -302,3 +300,20 @@ def test_the_runner_default_stays_onnxruntime_fp32(tmp_path, model, tiny_prep_pa
     assert run_infer(model, tiny_prep_path, tmp_path / "res") == 0
     summary = json.loads((tmp_path / "res" / "bs_summary.json").read_text())
     assert (summary["backend"], summary["precision"]) == ("onnxruntime", "fp32")
+
+
+def test_predict_auto_runs_a_quantised_model_as_int8_on_openvino(tmp_path, tiny_int8_onnx_path, capsys):
+    """The real check (no stand-ins): an int8 model is run at int8, its outputs checked finite, and the choice said."""
+    pytest.importorskip("openvino")
+    from hrnetseg.prediction import cli as predict
+
+    result = run_in_process(predict.main, predict_args(tmp_path, str(tiny_int8_onnx_path)), capsys)
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("backend: openvino int8 on cpu (auto: fastest verified here, it ran here"), first
+    settings = list(json.loads((tmp_path / "out" / "predict_record.json").read_text())["settings"].values())
+    assert settings and all((s["backend"], s["precision"]) == ("openvino", "int8") for s in settings)
+    import cv2
+
+    saved = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (tmp_path / "out").rglob("*.png")]
+    assert len(saved) == 1 and saved[0].shape == (64, 128) and saved[0].max() < 19
