@@ -72,7 +72,7 @@ def official_state():
 
 @pytest.fixture(scope="session")
 def tiny_int8_onnx_path(tmp_path_factory, tiny_onnx_path, tiny_prep_path) -> Path:
-    """tiny_onnx_path quantised to int8 (NNCF, QDQ ONNX, head kept float), calibrated on 2 of tiny_prep_path's
+    """tiny_onnx_path quantised to int8 (NNCF, QDQ ONNX, the OCR attention float), calibrated on 2 of tiny_prep_path's
     bins. Shared: copy it before changing it."""
     pytest.importorskip("nncf")
     from hrnetseg.model.calibration import read_bin_images

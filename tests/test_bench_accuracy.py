@@ -70,7 +70,7 @@ def test_int8_case_end_to_end(accuracy_run):
     assert all(1e-4 < e < 0.5 for e in errors), errors
     assert "2 calibration scene(s) of `sample_data --seed {}` at 128x256".format(scenes.CALIBRATION_SET) \
         in result.stdout
-    (int8,) = glob.glob(str(work / "model_tiny_ocr_128x256_*" / "int8_calibrated_on_2.onnx"))
+    (int8,) = glob.glob(str(work / "model_tiny_ocr_128x256_*" / "int8_attention_float_calibrated_on_2.onnx"))
     check_int8_onnx(int8, HEIGHT, WIDTH)                  # what --int8_onnx takes
     with pytest.raises(UserError, match="takes input .*x128x256, not N x 3 x 64 x 128"):
         check_int8_onnx(int8, 64, 128)

@@ -1,5 +1,5 @@
 """hrnetseg.model.quantize and python3 -m hrnetseg.quantize: NNCF int8 quantisation of the ONNX export (a QDQ model,
-the head kept float by structure), the mIoU-budgeted mode, and the refusals before any work."""
+the OCR attention kept float by structure), the mIoU-budgeted mode, and the refusals before any work."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,7 @@ from hrnetseg.graph.quantized import is_quantized
 from hrnetseg.model import quantize_cli
 from hrnetseg.model.calibration import read_bin_images, read_validation_pairs
 from hrnetseg.model.quantize import (
+    float_node_names,
     head_node_names,
     quantize_onnx,
     quantize_onnx_with_accuracy_control,
@@ -41,29 +42,47 @@ def _dequantized_readers(model) -> set:
     return {node.name for node in model.graph.node if any(name in made for name in node.input)}
 
 
-def test_quantize_writes_a_qdq_model_with_the_head_float(tiny_int8_onnx_path, tiny_onnx_path, tiny_prep_path):
+def _head_ops(onnx_path) -> dict:
+    graph = onnx.load(str(onnx_path)).graph
+    head = set(head_node_names(graph))
+    return {node.name: node.op_type for node in graph.node if node.name in head}
+
+
+def test_quantize_writes_a_qdq_model_with_the_attention_float(tiny_int8_onnx_path, tiny_onnx_path, tiny_prep_path):
     model = onnx.load(str(tiny_int8_onnx_path))
     assert is_quantized(str(tiny_int8_onnx_path))
     counts = quantized_op_counts(model)
     assert counts.get("Conv", 0) > 10 and "Shape" not in counts
-    head = set(head_node_names(onnx.load(str(tiny_onnx_path)).graph))
-    assert head and not head & _dequantized_readers(model)   # nothing from the 4-way Concat on reads int8 data
-    assert _dequantized_readers(model) - head                 # the backbone does
+    head = _head_ops(tiny_onnx_path)
+    int8_readers = _dequantized_readers(model)
+    # every convolution of the head reads int8 data, none of its other operations (the attention's MatMuls)
+    assert {name for name, op in head.items() if op == "Conv"} <= int8_readers
+    assert "MatMul" in head.values() and not {name for name, op in head.items() if op != "Conv"} & int8_readers
+    assert int8_readers - set(head)                            # the backbone does
     images = read_bin_images(str(tiny_prep_path), 5)
     want, got = _ort_main_output(tiny_onnx_path, images), _ort_main_output(tiny_int8_onnx_path, images)
     error = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert 0 < error < 0.2, error   # int8 changes the numbers, but not beyond recognition
 
 
-def test_quantize_head_too_reports_what_it_quantised(tmp_path, tiny_onnx_path, tiny_prep_path):
-    out = tmp_path / "all_int8.onnx"
+@pytest.mark.parametrize("keep_float", ["head", "none"])
+def test_keep_float_head_or_none_reports_what_it_quantised(tmp_path, tiny_onnx_path, tiny_prep_path, keep_float):
+    out = tmp_path / "int8.onnx"
     report = quantize_onnx(str(tiny_onnx_path), str(out), read_bin_images(str(tiny_prep_path), 2),
-                           keep_head_float=False)
-    assert report["calibration_images"] == 2 and report["ignored_nodes"] == 0 and report["opset"] == 13
+                           keep_float=keep_float)
+    head = _head_ops(tiny_onnx_path)
+    assert report["calibration_images"] == 2 and report["opset"] == 13 and report["kept_float"] == keep_float
+    # the opset 13 conversion adds nodes of its own to the head
+    assert report["ignored_nodes"] >= len(head) if keep_float == "head" else report["ignored_nodes"] == 0
     model = onnx.load(str(out))
-    head = set(head_node_names(onnx.load(str(tiny_onnx_path)).graph))
-    assert head & _dequantized_readers(model)   # the head reads int8 data now
+    read_int8 = set(head) & _dequantized_readers(model)
+    if keep_float == "head":
+        assert not read_int8                                    # nothing from the 4-way Concat on reads int8 data
+    else:
+        assert {head[name] for name in read_int8} - {"Conv"}   # the attention's data paths too
     assert report["quantized_ops"] == quantized_op_counts(model)
+    with pytest.raises(ValueError, match="keep_float"):
+        float_node_names(onnx.load(str(tiny_onnx_path)).graph, "backbone")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +164,11 @@ def test_the_command_quantises_a_preprocess_folder_and_summarises(tmp_path, caps
                                                 tiny_prep_path, "--count", 2], capsys)
     assert result.returncode == 0, result.stderr
     assert "calibration: 2 image(s)" in result.stdout and "Conv" in result.stdout
-    assert "kept float: the OCR and aux heads" in result.stdout and is_quantized(str(out))
+    assert "kept float: the OCR head's object attention" in result.stdout and is_quantized(str(out))
+    parse = quantize_cli.build_parser().parse_args
+    base = ["--onnx", "m.onnx", "--output", "o.onnx", "--calibration", "c"]
+    assert parse(base).keep_float == "attention" and parse(base + ["--keep_float", "head"]).keep_float == "head"
+    assert parse(base + ["--quantize_head"]).keep_float == "none"     # the old flag
 
 
 @pytest.mark.parametrize("change, message", [

@@ -15,6 +15,7 @@ import numpy as np
 
 from hrnetseg.bench.report import progress_note
 from hrnetseg.bench.scenes import CALIBRATION_SET, check_disjoint, scene_rows
+from hrnetseg.model.quantize import DEFAULT_KEEP_FLOAT
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import write_text_atomic
 
@@ -58,7 +59,8 @@ def int8_model(run: Callable[[dict], dict], workdir: str, model: dict, height: i
         return {"path": os.path.abspath(int8_onnx), "calibration_s": None, "how": "given"}
     rows: List[str] = [row for row, _ in scene_rows(workdir, CALIBRATION_SET, count, height, width)]
     check_disjoint(rows, held_out)
-    path = os.path.join(model["folder"], "int8_calibrated_on_{}.onnx".format(count))
+    # named by what it depends on beyond the model folder's key, so a run with other settings never reuses it
+    path = os.path.join(model["folder"], "int8_{}_float_calibrated_on_{}.onnx".format(DEFAULT_KEEP_FLOAT, count))
     done = path[:-len(".onnx")] + ".json"
     if os.path.isfile(done) and os.path.isfile(path):
         with open(done) as fh:

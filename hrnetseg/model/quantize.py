@@ -9,10 +9,15 @@ quantised operations (NNCF's ONNX backend). Why this format and not OpenVINO IR:
   than the IR NNCF's OpenVINO backend writes (1.58x); ONNX Runtime on the same file is slower than OpenVINO
   bf16, so OpenVINO is the backend to run it with.
 
-keep_head_float (the default) leaves everything from the backbone's 4-way Concat on (the OCR head and the aux
-head) in float: found by structure (graph/structure.head_resize_nodes finds the Concat), never by the exporter's
-node names. In the probe, quantising the head too cost a relative error of ~0.2 on the main output; keeping it
-float, 4.8e-2 (docs/int8.md has the figures, and those of the tiny model).
+keep_float says which part of the network stays float, found by structure (graph/structure.head_resize_nodes
+finds the backbone's 4-way Concat; the head is everything its output reaches), never by the exporter's node names:
+- "attention" (the default): the head's convolutions are quantised, the rest of the head (the object attention's
+  MatMul and Softmax, its Concat, Reshape and Transpose) stays float. The head's convolutions are over 40% of the
+  network's multiply-adds (the 3x3 720->512 one alone about a third: 109 of ~320 GMAC for W48 at 512x1024), so
+  keeping them float caps the gain; the attention's MatMuls are what int8 spoils (W48, random weights: the whole
+  network quantised, ~10x the relative error of the attention kept float; docs/int8.md has the figures);
+- "head": everything from the Concat on (the OCR and aux heads);
+- "none": nothing, the whole network quantised.
 
 An opset 11 export (what atc reads) is converted to opset 13 first: NNCF quantises weights per output channel
 only from opset 13 on (per-tensor before), and the int8 model never goes to atc.
@@ -95,6 +100,13 @@ def prepared_model(model):
     return model
 
 
+# what --keep_float leaves float (the module docstring says why), in words for the summary
+KEEP_FLOAT = {"attention": "the OCR head's object attention (every convolution int8)",
+              "head": "the OCR and aux heads",
+              "none": "nothing"}
+DEFAULT_KEEP_FLOAT = "attention"
+
+
 def head_node_names(graph) -> List[str]:
     """The names of the nodes from the backbone's 4-way Concat on (the Concat, the OCR head, the aux head):
     everything the Concat's output reaches. UserError when the graph has no such Concat."""
@@ -104,7 +116,7 @@ def head_node_names(graph) -> List[str]:
                if node.op_type == "Concat"}
     if len(concats) != 1:
         raise UserError("cannot find the backbone's 4-way Concat in this graph (found {}), so cannot keep the head "
-                        "in float: pass --quantize_head to quantise the whole network".format(len(concats)))
+                        "in float: pass --keep_float none to quantise the whole network".format(len(concats)))
     seen, names, stack = set(), [], list(concats.values())
     while stack:
         node = stack.pop()
@@ -186,11 +198,22 @@ def _write_model(model, output_path: str) -> None:
         onnx.save(model, tmp)
 
 
-def _ignored_scope(nncf, model, keep_head_float: bool) -> Tuple[object, int]:
-    if not keep_head_float:
-        return None, 0
-    names = head_node_names(model.graph)
-    return nncf.IgnoredScope(names=names), len(names)
+def float_node_names(graph, keep_float: str) -> List[str]:
+    """The names of the nodes left float (module docstring): keep_float is one of KEEP_FLOAT."""
+    if keep_float not in KEEP_FLOAT:
+        raise ValueError("keep_float must be one of {}, not {!r}".format(tuple(KEEP_FLOAT), keep_float))
+    if keep_float == "none":
+        return []
+    head = head_node_names(graph)
+    if keep_float == "head":
+        return head
+    op_types = {node.name: node.op_type for node in graph.node}
+    return [name for name in head if op_types[name] != "Conv"]
+
+
+def _ignored_scope(nncf, model, keep_float: str) -> Tuple[object, int]:
+    names = float_node_names(model.graph, keep_float)
+    return (nncf.IgnoredScope(names=names) if names else None), len(names)
 
 
 @contextlib.contextmanager
@@ -209,7 +232,7 @@ def _nncf_errors(what: str):
 # --- plain post-training quantisation -------------------------------------------------------------------
 
 def quantize_onnx(model_path: str, output_path: str, calibration: Sequence[np.ndarray], *,
-                  keep_head_float: bool = True, fast_bias_correction: bool = True) -> dict:
+                  keep_float: str = DEFAULT_KEEP_FLOAT, fast_bias_correction: bool = True) -> dict:
     """Quantise the float ONNX model in `model_path` with NNCF (min-max ranges from `calibration`, then bias
     correction) and write the QDQ model to `output_path` atomically (nothing is written when it fails).
 
@@ -227,14 +250,14 @@ def quantize_onnx(model_path: str, output_path: str, calibration: Sequence[np.nd
     began = time.perf_counter()
     with output_lock(output_path):
         model = prepared_model(model)
-        scope, ignored = _ignored_scope(nncf, model, keep_head_float)
+        scope, ignored = _ignored_scope(nncf, model, keep_float)
         dataset = nncf.Dataset(batches, lambda image: {name: image})
         with _nncf_errors("NNCF's quantisation"):
             quantized = nncf.quantize(model, dataset, subset_size=len(batches), ignored_scope=scope,
                                       fast_bias_correction=fast_bias_correction)
         _write_model(quantized, output_path)
     return {"calibration_images": len(batches), "quantized_ops": quantized_op_counts(quantized),
-            "ignored_nodes": ignored, "opset": model_opset(quantized),
+            "ignored_nodes": ignored, "kept_float": keep_float, "opset": model_opset(quantized),
             "seconds": round(time.perf_counter() - began, 2)}
 
 
@@ -308,7 +331,7 @@ def checked_validation(validation: Sequence[Tuple[np.ndarray, np.ndarray]], dtyp
 
 def quantize_onnx_with_accuracy_control(model_path: str, output_path: str, calibration: Sequence[np.ndarray],
                                         validation: Sequence[Tuple[np.ndarray, np.ndarray]], *,
-                                        max_drop_points: float = 0.5, keep_head_float: bool = True) -> dict:
+                                        max_drop_points: float = 0.5, keep_float: str = DEFAULT_KEEP_FLOAT) -> dict:
     """Quantise as quantize_onnx, then let NNCF put operations back to float, the most harmful first, until the
     int8 model's mIoU on `validation` is at most `max_drop_points` mIoU points (absolute) below the float one.
 
@@ -332,7 +355,7 @@ def quantize_onnx_with_accuracy_control(model_path: str, output_path: str, calib
     began = time.perf_counter()
     with output_lock(output_path), tempfile.TemporaryDirectory(prefix="hrnetseg-int8-") as scratch:
         model = prepared_model(model)
-        scope, ignored = _ignored_scope(nncf, model, keep_head_float)
+        scope, ignored = _ignored_scope(nncf, model, keep_float)
         calibration_set = nncf.Dataset(batches, lambda image: {name: image})
         validation_set = nncf.Dataset(pairs)
         restorer = AdvancedAccuracyRestorerParameters(intermediate_model_dir=scratch)
@@ -349,7 +372,8 @@ def quantize_onnx_with_accuracy_control(model_path: str, output_path: str, calib
         _write_model(quantized, output_path)
     before, after = sum(quantized_op_counts(first).values()), quantized_op_counts(quantized)
     return {"calibration_images": len(batches), "validation_images": len(pairs), "quantized_ops": after,
-            "ignored_nodes": ignored, "opset": model_opset(quantized), "reverted_ops": before - sum(after.values()),
+            "ignored_nodes": ignored, "kept_float": keep_float, "opset": model_opset(quantized),
+            "reverted_ops": before - sum(after.values()),
             "fp32_miou": 100.0 * fp32_miou, "int8_miou": 100.0 * int8_miou,
             "drop_points": 100.0 * (fp32_miou - int8_miou), "max_drop_points": max_drop_points,
             "seconds": round(time.perf_counter() - began, 2)}

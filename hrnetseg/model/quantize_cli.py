@@ -16,7 +16,14 @@ import sys
 from typing import Optional, Sequence
 
 from hrnetseg.model.calibration import MAX_IMAGES, read_calibration, read_validation_pairs
-from hrnetseg.model.quantize import load_float_model, model_input, quantize_onnx, quantize_onnx_with_accuracy_control
+from hrnetseg.model.quantize import (
+    DEFAULT_KEEP_FLOAT,
+    KEEP_FLOAT,
+    load_float_model,
+    model_input,
+    quantize_onnx,
+    quantize_onnx_with_accuracy_control,
+)
 from hrnetseg.util.cli import ArgumentParser, decimal_number, plain_name, positive_int
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import check_output_file, check_outputs_apart
@@ -43,8 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", type=plain_name, default="train",
                         help="split of a Cityscapes --calibration root (default train: calibrate on images you "
                              "do not score)")
-    parser.add_argument("--quantize_head", action="store_true",
-                        help="quantise the OCR and aux heads too (default: they stay float; faster, less exact)")
+    parser.add_argument("--keep_float", choices=tuple(KEEP_FLOAT), default=DEFAULT_KEEP_FLOAT,
+                        help="what stays float: attention (default: the OCR head's object attention; every "
+                             "convolution is int8), head (the OCR and aux heads: slower, a little more exact), none "
+                             "(the whole network int8: about ten times the error)")
+    parser.add_argument("--quantize_head", dest="keep_float", action="store_const", const="none",
+                        help="the same as --keep_float none (kept for old command lines)")
     control = parser.add_argument_group("accuracy control")
     control.add_argument("--accuracy_control", action="store_true",
                          help="put operations back to float until the int8 mIoU is within --max_drop of fp32's")
@@ -86,7 +97,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     size = tuple(shape[2:]) if None not in shape[2:] else None
     print("reading {} calibration image(s) from {}".format(args.count, args.calibration), flush=True)
     calibration = read_calibration(args.calibration, args.count, dtype.name, args.split, size)
-    keep_head_float = not args.quantize_head
     if args.accuracy_control:
         print("reading {} validation image(s) from {}".format(args.validation_count, args.validation), flush=True)
         validation = read_validation_pairs(args.validation, args.validation_count, dtype.name,
@@ -94,10 +104,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("quantising {} with accuracy control (max drop {:g} mIoU points)".format(args.onnx, args.max_drop),
               flush=True)
         report = quantize_onnx_with_accuracy_control(args.onnx, args.output, calibration, validation,
-                                                     max_drop_points=args.max_drop, keep_head_float=keep_head_float)
+                                                     max_drop_points=args.max_drop, keep_float=args.keep_float)
     else:
         print("quantising {}".format(args.onnx), flush=True)
-        report = quantize_onnx(args.onnx, args.output, calibration, keep_head_float=keep_head_float)
+        report = quantize_onnx(args.onnx, args.output, calibration, keep_float=args.keep_float)
     print_summary(args, report)
     return 0
 
@@ -106,8 +116,7 @@ def print_summary(args: argparse.Namespace, report: dict) -> None:
     lines = ["wrote {} (int8 QDQ ONNX, opset {}) in {:.1f} s".format(args.output, report["opset"], report["seconds"]),
              "calibration: {} image(s) from {}".format(report["calibration_images"], args.calibration),
              "quantised operations: {}".format(describe_ops(report["quantized_ops"])),
-             "kept float: {}".format("the OCR and aux heads ({} nodes)".format(report["ignored_nodes"])
-                                     if report["ignored_nodes"] else "nothing (--quantize_head)")]
+             "kept float: {} ({} nodes)".format(KEEP_FLOAT[report["kept_float"]], report["ignored_nodes"])]
     if "fp32_miou" in report:
         lines += ["accuracy control: {} reverted to float; mIoU on {} validation image(s): fp32 {:.2f}, int8 {:.2f} "
                   "(drop {:.2f} points, allowed {:g})".format(report["reverted_ops"], report["validation_images"],
