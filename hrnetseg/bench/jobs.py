@@ -15,7 +15,7 @@ from typing import Callable, Dict
 from hrnetseg.bench.machine import one_minute_load, peak_rss_mib
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import require_file, write_text_atomic
-from hrnetseg.util.processes import env_for_python_children
+from hrnetseg.util.processes import env_for_python_children, exit_status_text
 
 CHILD_FLAG = "--_child"
 
@@ -59,7 +59,8 @@ class Runner:
         after = one_minute_load()
         if proc.returncode != 0 or not os.path.isfile(job["result"]):
             lines = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
-            error = lines[-1].split(": error: ", 1)[-1] if lines else "exit code {}".format(proc.returncode)
+            error = (exit_status_text(proc.returncode) if proc.returncode < 0 or not lines
+                     else lines[-1].split(": error: ", 1)[-1])
             return {"error": error, "load": (before, after)}
         with open(job["result"]) as fh:
             result = json.load(fh)

@@ -93,3 +93,15 @@ def env_for_python_children(env: Optional[Dict[str, str]] = None) -> Dict[str, s
     if os.path.realpath(root) not in {os.path.realpath(folder) for folder in site_folders if folder}:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
+
+
+def exit_status_text(returncode: int) -> str:
+    """A child's exit status in words: "exit code 3", or for one killed by a signal "killed by SIGKILL (out of
+    memory?)": the kernel's OOM killer sends SIGKILL, which a bare "exit code -9" hides."""
+    if returncode >= 0:
+        return "exit code {}".format(returncode)
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = "signal {}".format(-returncode)
+    return "killed by {}{}".format(name, " (out of memory?)" if -returncode == signal.SIGKILL else "")
