@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from test_bench_main import table
 
-from hrnetseg.backends import PRECISIONS
 from hrnetseg.bench import scenes
 from hrnetseg.bench.__main__ import main as bench_main
 from hrnetseg.bench.cases import parse_case
@@ -27,10 +26,8 @@ ACCURACY = ["--stages", "infer", "--preset", "tiny_ocr", "--pth", REFERENCE, "--
             "--repeats", "1", "--warmup", "0", "--miou_scenes", SCENES, "--no_record"]
 
 
-HAS_INT8 = "int8" in PRECISIONS
-OTHER_SPEC = "openvino:int8:1" if HAS_INT8 else "openvino:fp32:1"
+OTHER_SPEC = "openvino:int8:1"
 OTHER = parse_case(OTHER_SPEC).label
-needs_int8 = pytest.mark.skipif(not HAS_INT8, reason="the backends have no int8 precision yet")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +54,6 @@ def test_miou_columns_and_change_against_the_baseline(accuracy_run):
     assert "{} held-out scene(s) of `sample_data --seed 0`".format(SCENES) in result.stdout
 
 
-@needs_int8
 def test_int8_case_end_to_end(accuracy_run):
     """The int8 row: a model calibrated in this run (its time apart from the timed runs), errors of a quantised
     model (not fp32's), the calibration scenes named."""
@@ -74,6 +70,25 @@ def test_int8_case_end_to_end(accuracy_run):
     check_int8_onnx(int8, HEIGHT, WIDTH)                  # what --int8_onnx takes
     with pytest.raises(UserError, match="takes input .*x128x256, not N x 3 x 64 x 128"):
         check_int8_onnx(int8, 64, 128)
+
+
+def test_keep_float_script_on_the_bench_workdir(accuracy_run):
+    """scripts/bench_int8_keep_float.py reuses the bench's export, scenes and int8 model: with the backend's own hint
+    its int8 row has the bench's int8 errors."""
+    from hrnetseg.backends.openvino_backend import INT8_FLOAT_HINT
+
+    result, work = accuracy_run
+    bench_errors = [float(v) for v in {r[0]: r for r in table(result.stdout, "case")}[OTHER][6].split(" / ")]
+    script = run_script(["scripts/bench_int8_keep_float.py", "--workdir", str(work), "--height", HEIGHT, "--width",
+                         WIDTH, "--calibration_images", "2", "--keep_float", "attention", "--hints",
+                         INT8_FLOAT_HINT, "--repeats", "1"], timeout=120)
+    assert script.returncode == 0, script.stderr
+    rows = {r[0]: r for r in table(script.stdout, "model")}
+    assert rows["float export"][3] == "1 (baseline)" and rows["int8, attention float"][5] == "reused"
+    errors = [float(v) for v in rows["int8, attention float"][4].split(" / ")]
+    assert errors == pytest.approx(bench_errors, rel=0.05)
+    refused = run_script(["scripts/bench_int8_keep_float.py", "--workdir", str(work), "--keep_float", "backbone"])
+    assert_user_error(refused, "--keep_float: backbone not among attention, head, none")
 
 
 def test_baseline_miou_is_the_streaming_evaluations(accuracy_run, tmp_path, capsys):

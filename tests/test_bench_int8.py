@@ -6,14 +6,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from hrnetseg.backends import PRECISIONS
 from hrnetseg.bench.__main__ import main as bench_main
 from hrnetseg.bench.cases import parse_case, parse_cases
 from hrnetseg.util.errors import UserError
 
 from helpers import assert_user_error, make_special, run_in_process
 
-needs_int8 = pytest.mark.skipif("int8" not in PRECISIONS, reason="the backends have no int8 precision yet")
 INT8 = ["--stages", "infer", "--preset", "tiny_ocr", "--height", "64", "--width", "128",
         "--cases", "onnxruntime:fp32:1,openvino:int8:1", "--no_record"]
 
@@ -33,7 +31,6 @@ def small_onnx(path, height: int, width: int, quantized: bool = True) -> str:
     return str(path)
 
 
-@needs_int8
 def test_int8_cases_parse_on_the_onnx_backends_only():
     cases = parse_cases("onnxruntime:fp32:1,openvino:int8:1,onnxruntime:int8:2")
     assert [(c.backend, c.precision, c.batch) for c in cases] == [
@@ -51,7 +48,6 @@ def test_int8_onnx_without_an_int8_case_is_refused(tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
-@needs_int8
 def test_int8_onnx_refusals_one_line_before_any_work(tmp_path, capsys):
     plain = small_onnx(tmp_path / "plain.onnx", 64, 128, quantized=False)
     (tmp_path / "empty.onnx").write_bytes(b"")

@@ -35,6 +35,23 @@ def test_a_cityscapes_root_is_transformed_as_the_preprocess_does(tiny_data_root,
     assert pairs[0][0].dtype == np.uint8 and pairs[0][1].shape == (TINY_HEIGHT, TINY_WIDTH)
 
 
+def test_resize_to_shrinks_bins_and_photos_before_use(tiny_prep_path, tiny_data_root):
+    import cv2
+
+    bins = read_calibration(str(tiny_prep_path), 2, "float32", resize_to=(32, 64))
+    full = read_calibration(str(tiny_prep_path), 2, "float32")
+    assert [b.shape for b in bins] == [(3, 32, 64)] * 2 and all(np.isfinite(b).all() for b in bins)
+    want = cv2.resize(np.ascontiguousarray(full[0].transpose(1, 2, 0)), (64, 32), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(bins[0], want.transpose(2, 0, 1))
+    photos = read_calibration(str(tiny_data_root), 1, "float32", split="val", resize_to=(32, 64))
+    image, order = read_rgb(find_images(tiny_data_root)[0].image)
+    small = cv2.resize(image, (64, 32), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(photos[0], convert(small, "float32", order))
+    assert read_calibration(str(tiny_data_root), 1, "uint8", split="val", resize_to=(96, 192))[0].shape == (3, 96, 192)
+    with pytest.raises(ValueError, match="exclude each other"):
+        read_calibration(str(tiny_prep_path), 1, size=(TINY_HEIGHT, TINY_WIDTH), resize_to=(32, 64))
+
+
 @pytest.mark.parametrize("spoil, message", [
     ("truncate", "bytes; float32 3x64x128 needs"),
     ("nan", "holds NaN or inf"),

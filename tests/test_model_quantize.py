@@ -20,7 +20,7 @@ from hrnetseg.model.quantize import (
 )
 from hrnetseg.util.errors import UserError
 
-from helpers import REPO, assert_user_error, run_in_process, run_script
+from helpers import REPO, TINY_PRESET, assert_user_error, run_in_process, run_script
 
 pytest.importorskip("nncf")   # the quantisation itself (the modules above import it only when one runs)
 
@@ -169,6 +169,38 @@ def test_the_command_quantises_a_preprocess_folder_and_summarises(tmp_path, caps
     base = ["--onnx", "m.onnx", "--output", "o.onnx", "--calibration", "c"]
     assert parse(base).keep_float == "attention" and parse(base + ["--keep_float", "head"]).keep_float == "head"
     assert parse(base + ["--quantize_head"]).keep_float == "none"     # the old flag
+
+
+def test_an_open_size_export_calibrated_small_runs_at_full_size(tmp_path, capsys, tiny_pth_path, tiny_prep_path):
+    """--calibration_size: a --dynamic_hw export quantised on images shrunk to 32x64 (what keeps NNCF's statistics
+    pass in memory for W48 at full size), then run at the bins' 64x128; a fixed-size export refuses the flag."""
+    import onnxruntime as ort
+
+    from hrnetseg.model.export import export_onnx, load_model
+
+    dynamic = tmp_path / "dynamic.onnx"
+    export_onnx(load_model(TINY_PRESET, pth=str(tiny_pth_path)), str(dynamic), 64, 128, batch=None, dynamic_hw=True)
+    out = tmp_path / "int8.onnx"
+    result = run_in_process(quantize_cli.main, ["--onnx", dynamic, "--output", out, "--calibration", tiny_prep_path,
+                                                "--count", 2, "--calibration_size", "32x64"], capsys)
+    assert result.returncode == 0, result.stderr
+    assert "at 32x64" in result.stdout and "calibration: 2 image(s) of 32x64 from" in result.stdout
+    image = read_bin_images(str(tiny_prep_path), 1)[0][None]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    main = session.run(None, {session.get_inputs()[0].name: image})[1]
+    assert main.shape == (1, 19, 16, 32) and np.isfinite(main).all()
+
+
+@pytest.mark.parametrize("size, message", [
+    ("32x64", "takes 64x128 only; export it with --dynamic_hw"),
+    ("512", "expected HEIGHTxWIDTH in pixels"),
+    ("4x8", "both at least 8"),
+])
+def test_calibration_size_refusals(tmp_path, capsys, tiny_onnx_path, tiny_prep_path, size, message):
+    result = run_in_process(quantize_cli.main, ["--onnx", tiny_onnx_path, "--output", tmp_path / "o.onnx",
+                                                "--calibration", tiny_prep_path, "--calibration_size", size], capsys)
+    assert_user_error(result, message)
+    assert not (tmp_path / "o.onnx").exists()
 
 
 @pytest.mark.parametrize("change, message", [

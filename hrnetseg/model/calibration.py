@@ -58,10 +58,11 @@ def is_preprocess_folder(folder: str) -> bool:
     return os.path.lexists(os.path.join(folder, MANIFEST))
 
 
-def read_bin_images(folder: str, count: int, dtype: Optional[np.dtype] = None) -> List[np.ndarray]:
+def read_bin_images(folder: str, count: int, dtype: Optional[np.dtype] = None,
+                    resize_to: Optional[Tuple[int, int]] = None) -> List[np.ndarray]:
     """`count` bins of a preprocess folder (C x H x W each), evenly spread in the runner's order; every bin
     checked against the manifest before any is read. dtype: the model's input type, refused when the bins hold
-    another."""
+    another. resize_to: H x W each bin is resized to (bilinear, on the transformed values)."""
     from hrnetseg.runner.inputs import check_bins, list_inputs, read_bin
 
     inputs = list_inputs(folder)
@@ -70,8 +71,24 @@ def read_bin_images(folder: str, count: int, dtype: Optional[np.dtype] = None) -
     if dtype is not None and bin_dtype != np.dtype(dtype):
         raise UserError("the bins in {} are {} but the model takes {}: preprocess with --dtype {}".format(
             folder, bin_dtype.name, np.dtype(dtype).name, np.dtype(dtype).name))
-    _check_memory(len(paths), bin_dtype, shape, folder)
-    return [_finite(read_bin(path, bin_dtype, shape), path) for path in paths]
+    _check_memory(len(paths), bin_dtype, (shape[0],) + tuple(resize_to) if resize_to else shape, folder)
+    return [_resized_chw(_finite(read_bin(path, bin_dtype, shape), path), resize_to) for path in paths]
+
+
+def _resized(image: np.ndarray, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    """An H x W (x C) picture at `size` (H, W): area averaging to shrink, bilinear to enlarge; as it is without."""
+    import cv2
+
+    if size is None or image.shape[:2] == tuple(size):
+        return image
+    shrink = size[0] * size[1] < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _resized_chw(image: np.ndarray, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    if size is None:
+        return image
+    return np.ascontiguousarray(_resized(np.ascontiguousarray(image.transpose(1, 2, 0)), size).transpose(2, 0, 1))
 
 
 def _samples(root: str, split: str, count: int, need_labels: bool) -> List[cityscapes.Sample]:
@@ -85,7 +102,8 @@ def _samples(root: str, split: str, count: int, need_labels: bool) -> List[citys
     return chosen
 
 
-def _decoded(sample: cityscapes.Sample, dtype: str, size: Optional[Tuple[int, int]]) -> np.ndarray:
+def _decoded(sample: cityscapes.Sample, dtype: str, size: Optional[Tuple[int, int]],
+             resize_to: Optional[Tuple[int, int]] = None) -> np.ndarray:
     from hrnetseg.data import images
     from hrnetseg.data.preprocess import convert, read_rgb
 
@@ -95,7 +113,7 @@ def _decoded(sample: cityscapes.Sample, dtype: str, size: Optional[Tuple[int, in
     if size is not None and image.shape[:2] != tuple(size):
         raise UserError("image {} is {}x{} but the model takes {}x{}".format(
             sample.image, image.shape[0], image.shape[1], size[0], size[1]))
-    return convert(image, dtype, order)
+    return convert(_resized(image, resize_to), dtype, order)
 
 
 def _image_size(sample: cityscapes.Sample) -> Tuple[int, int]:
@@ -108,13 +126,15 @@ def _image_size(sample: cityscapes.Sample) -> Tuple[int, int]:
 
 
 def read_cityscapes_images(root: str, count: int, dtype: str = "float32", split: str = "train",
-                           size: Optional[Tuple[int, int]] = None) -> List[np.ndarray]:
+                           size: Optional[Tuple[int, int]] = None,
+                           resize_to: Optional[Tuple[int, int]] = None) -> List[np.ndarray]:
     """`count` photos of a Cityscapes-layout root's split, evenly spread, as model inputs (C x H x W of
-    `dtype`, the preprocess transform). size: the model's H x W when fixed (else the first image's)."""
+    `dtype`, the preprocess transform). size: the model's H x W when fixed (else the first image's); resize_to:
+    H x W each photo is resized to before the transform (a model with open height and width only)."""
     chosen = _samples(root, split, check_count(count), need_labels=False)
     size = size or _image_size(chosen[0])
-    _check_memory(len(chosen), np.dtype(dtype), (3,) + tuple(size), root)
-    return [_decoded(sample, dtype, size) for sample in chosen]
+    _check_memory(len(chosen), np.dtype(dtype), (3,) + tuple(resize_to or size), root)
+    return [_decoded(sample, dtype, None if resize_to else size, resize_to) for sample in chosen]
 
 
 def read_validation_pairs(root: str, count: int, dtype: str = "float32", split: str = "val",
@@ -128,13 +148,18 @@ def read_validation_pairs(root: str, count: int, dtype: str = "float32", split: 
 
 
 def read_calibration(folder: str, count: int, dtype: str = "float32", split: str = "train",
-                     size: Optional[Tuple[int, int]] = None) -> List[np.ndarray]:
-    """The calibration images of a preprocess folder (by its manifest.json) or a Cityscapes-layout root."""
+                     size: Optional[Tuple[int, int]] = None,
+                     resize_to: Optional[Tuple[int, int]] = None) -> List[np.ndarray]:
+    """The calibration images of a preprocess folder (by its manifest.json) or a Cityscapes-layout root.
+    size: the model's fixed H x W (checked); resize_to: H x W to resize to, for a model with open height and
+    width (a smaller size keeps NNCF's statistics pass, which holds every activation of an image, in memory)."""
+    if size is not None and resize_to is not None:
+        raise ValueError("size (a fixed-size model) and resize_to (an open-size one) exclude each other")
     require_folder(folder, "calibration folder")
     if is_preprocess_folder(folder):
-        images = read_bin_images(folder, count, np.dtype(dtype))
+        images = read_bin_images(folder, count, np.dtype(dtype), resize_to)
         if size is not None and images[0].shape[1:] != tuple(size):
             raise UserError("the bins in {} are {} but the model takes {}x{}".format(
                 folder, "x".join(map(str, images[0].shape)), size[0], size[1]))
         return images
-    return read_cityscapes_images(folder, count, dtype, split, size)
+    return read_cityscapes_images(folder, count, dtype, split, size, resize_to)

@@ -240,7 +240,8 @@ def quantize_onnx(model_path: str, output_path: str, calibration: Sequence[np.nd
     fast_bias_correction: NNCF's; False asks for its full bias correction, which NNCF 3.4.0's ONNX backend fails on
     this network's graph ("Failed to find node output": a one-line error here), so the command line offers only
     the fast one.
-    Returns {"calibration_images", "quantized_ops" (op type -> count), "ignored_nodes", "opset", "seconds"}.
+    Returns {"calibration_images", "calibration_size" ([H, W] of the first), "quantized_ops" (op type -> count),
+    "ignored_nodes", "kept_float", "opset", "seconds"}.
     """
     _check_paths(model_path, output_path)
     model = load_float_model(model_path)
@@ -256,7 +257,8 @@ def quantize_onnx(model_path: str, output_path: str, calibration: Sequence[np.nd
             quantized = nncf.quantize(model, dataset, subset_size=len(batches), ignored_scope=scope,
                                       fast_bias_correction=fast_bias_correction)
         _write_model(quantized, output_path)
-    return {"calibration_images": len(batches), "quantized_ops": quantized_op_counts(quantized),
+    return {"calibration_images": len(batches), "calibration_size": list(batches[0].shape[2:]),
+            "quantized_ops": quantized_op_counts(quantized),
             "ignored_nodes": ignored, "kept_float": keep_float, "opset": model_opset(quantized),
             "seconds": round(time.perf_counter() - began, 2)}
 
@@ -371,7 +373,8 @@ def quantize_onnx_with_accuracy_control(model_path: str, output_path: str, calib
         int8_miou = validation_miou(quantized, pairs, name, sessions)[0]
         _write_model(quantized, output_path)
     before, after = sum(quantized_op_counts(first).values()), quantized_op_counts(quantized)
-    return {"calibration_images": len(batches), "validation_images": len(pairs), "quantized_ops": after,
+    return {"calibration_images": len(batches), "calibration_size": list(batches[0].shape[2:]),
+            "validation_images": len(pairs), "quantized_ops": after,
             "ignored_nodes": ignored, "kept_float": keep_float, "opset": model_opset(quantized),
             "reverted_ops": before - sum(after.values()),
             "fp32_miou": 100.0 * fp32_miou, "int8_miou": 100.0 * int8_miou,

@@ -24,7 +24,7 @@ from hrnetseg.model.quantize import (
     quantize_onnx,
     quantize_onnx_with_accuracy_control,
 )
-from hrnetseg.util.cli import ArgumentParser, decimal_number, plain_name, positive_int
+from hrnetseg.util.cli import ArgumentParser, decimal_number, image_size, plain_name, positive_int
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import check_output_file, check_outputs_apart
 
@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=positive_int, default=DEFAULT_COUNT,
                         help="calibration images, evenly spread over the set (default {}, at most {})".format(
                             DEFAULT_COUNT, MAX_IMAGES))
+    parser.add_argument("--calibration_size", type=image_size, metavar="HxW",
+                        help="resize the calibration images to this size, for a model with open height and width "
+                             "(HRNet_pth2onnx.py --dynamic_hw): NNCF holds every activation of an image in memory, "
+                             "about 20 GB for W48 at 1024x2048, 6 GB at 512x1024")
     parser.add_argument("--split", type=plain_name, default="train",
                         help="split of a Cityscapes --calibration root (default train: calibrate on images you "
                              "do not score)")
@@ -95,8 +99,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _, dtype, shape = model_input(model)
     del model
     size = tuple(shape[2:]) if None not in shape[2:] else None
-    print("reading {} calibration image(s) from {}".format(args.count, args.calibration), flush=True)
-    calibration = read_calibration(args.calibration, args.count, dtype.name, args.split, size)
+    if size is not None and args.calibration_size not in (None, size):
+        raise UserError("--calibration_size {}x{}: {} takes {}x{} only; export it with --dynamic_hw "
+                        "(HRNet_pth2onnx.py) to calibrate at another size".format(
+                            args.calibration_size[0], args.calibration_size[1], args.onnx, size[0], size[1]))
+    print("reading {} calibration image(s) from {}{}".format(
+        args.count, args.calibration,
+        " at {}x{}".format(*args.calibration_size) if args.calibration_size else ""), flush=True)
+    calibration = read_calibration(args.calibration, args.count, dtype.name, args.split,
+                                   None if args.calibration_size else size, args.calibration_size)
     if args.accuracy_control:
         print("reading {} validation image(s) from {}".format(args.validation_count, args.validation), flush=True)
         validation = read_validation_pairs(args.validation, args.validation_count, dtype.name,
@@ -114,7 +125,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def print_summary(args: argparse.Namespace, report: dict) -> None:
     lines = ["wrote {} (int8 QDQ ONNX, opset {}) in {:.1f} s".format(args.output, report["opset"], report["seconds"]),
-             "calibration: {} image(s) from {}".format(report["calibration_images"], args.calibration),
+             "calibration: {} image(s) of {} from {}".format(report["calibration_images"],
+                                                             "x".join(map(str, report["calibration_size"])),
+                                                             args.calibration),
              "quantised operations: {}".format(describe_ops(report["quantized_ops"])),
              "kept float: {} ({} nodes)".format(KEEP_FLOAT[report["kept_float"]], report["ignored_nodes"])]
     if "fp32_miou" in report:

@@ -97,6 +97,15 @@ def nonnegative_int(text: str) -> int:
     return whole_number(text, 0, what="an integer >= 0")
 
 
+def image_size(text: str) -> Tuple[int, int]:
+    """argparse type body: an image size HEIGHTxWIDTH in pixels, both >= 8 ("512x1024")."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(re.fullmatch(r"[0-9]+", part) and int(part) >= 8 for part in parts):
+        raise argparse.ArgumentTypeError("expected HEIGHTxWIDTH in pixels, both at least 8 (512x1024), got {!r}".format(
+            text))
+    return int(parts[0]), int(parts[1])
+
+
 def output_index(text: str) -> int:
     """A model output number, ais_bench's 0-based numbering (0 = aux, 1 = main for HRNet-OCR)."""
     return whole_number(text, 0, what="an output number 0, 1, ...")
