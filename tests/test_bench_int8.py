@@ -70,3 +70,28 @@ def test_int8_onnx_refusals_one_line_before_any_work(tmp_path, capsys):
         assert result.stdout == "" and not (tmp_path / "w").exists()
     refused = run_in_process(bench_main, INT8 + ["--calibration_images", "0"], capsys)
     assert_user_error(refused, "--calibration_images")
+
+
+def test_calibration_size_quantises_an_open_size_export_of_the_same_weights(tmp_path, capsys):
+    """--calibration_size 32x64 at a 64x128 bench: the int8 case runs a --dynamic_hw export calibrated on 32x64
+    scenes, said in the report; the model is named by its calibration size so that the plain one is not reused."""
+    argv = INT8[:-1] + ["--no_record", "--repeats", "1", "--warmup", "0", "--calibration_images", "2",
+                        "--calibration_size", "32x64", "--workdir", str(tmp_path / "w")]
+    result = run_in_process(bench_main, argv, capsys)
+    assert result.returncode == 0, result.stderr
+    assert "int8: a --dynamic_hw export of the same weights (--calibration_size) quantised" in result.stdout
+    assert "2 calibration scene(s) of `sample_data --seed 2000` at 32x64" in result.stdout
+    row = [line for line in result.stdout.splitlines() if line.startswith("| openvino int8 bs1 |")][0]
+    errors = [float(v) for v in row.split("|")[7].split(" / ")]
+    assert all(1e-4 < e < 0.5 for e in errors), row
+    assert list((tmp_path / "w").glob("model_*/int8_attention_float_calibrated_on_2_at_32x64.onnx"))
+
+
+@pytest.mark.parametrize("extra", [["--cases", "openvino:bf16:1"], ["--int8_onnx", "q.onnx"]])
+def test_calibration_size_without_an_own_calibration_is_refused(tmp_path, capsys, extra):
+    if "--int8_onnx" in extra:
+        extra = ["--int8_onnx", small_onnx(tmp_path / "q.onnx", 64, 128)]
+    argv = INT8 + ["--calibration_size", "32x64", "--workdir", str(tmp_path / "w")] + extra
+    result = run_in_process(bench_main, argv, capsys)
+    assert_user_error(result, "--calibration_size is for the int8 cases' own calibration")
+    assert not (tmp_path / "w").exists()

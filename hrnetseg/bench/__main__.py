@@ -36,7 +36,7 @@ from hrnetseg.bench.jobs import CHILD_FLAG, Runner, child_main
 from hrnetseg.bench.machine import load_average_text
 from hrnetseg.bench.report import block_heading, format_data, format_infer, progress_note, record
 from hrnetseg.model.presets import DEFAULT_PRESET, PRESET_NAMES
-from hrnetseg.util.cli import ArgumentParser, nonnegative_int, positive_int, run_cli
+from hrnetseg.util.cli import ArgumentParser, image_size, nonnegative_int, positive_int, run_cli
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import check_output_file, make_output_folder, require_file
 
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration_images", type=positive_int, default=16,
                         help="synthetic scenes the int8 cases' model is calibrated on, once per workdir (default 16; "
                              "none of them a timed or held-out scene)")
+    parser.add_argument("--calibration_size", type=image_size, metavar="HxW", default=None,
+                        help="calibrate the int8 cases' model on scenes of this size, quantising a --dynamic_hw "
+                             "export of the same weights (default: the plain export at the bench's size; NNCF holds "
+                             "every activation of an image, so W48 at 1024x2048 needs 512x1024 on a 24 GB machine)")
     parser.add_argument("--int8_onnx", default=None,
                         help="an int8-quantised ONNX at the bench's size for the int8 cases, instead of calibrating "
                              "one")
@@ -112,6 +116,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError("--int8_onnx is for int8 cases: add one (e.g. openvino:int8:1) to --cases and infer to "
                             "--stages")
         check_int8_onnx(args.int8_onnx, args.height, args.width)
+    if args.calibration_size is not None and (args.int8_onnx is not None or "infer" not in stages or
+                                              not any(c.precision == INT8 for c in cases)):
+        raise UserError("--calibration_size is for the int8 cases' own calibration: add one (e.g. openvino:int8:1) "
+                        "to --cases and infer to --stages, without --int8_onnx")
     from hrnetseg.backends import parse_device
 
     parse_device(args.device)   # a bad --device is one line now, not a failed row per case after the export
@@ -135,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "infer" in stages:
             infer = infer_stage(cases, run, workdir, args.preset, args.pth, args.height, args.width, args.device,
                                 args.repeats, args.warmup, args.calibration_images, args.int8_onnx,
-                                args.miou_scenes)
+                                args.miou_scenes, args.calibration_size)
             parts.append(format_infer(infer, args.preset, args.pth, args.height, args.width, args.repeats,
                                       args.warmup))
             ok = ok and all("error" not in r and "error" not in r.get("miou", {}) for r in infer["results"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,34 +39,51 @@ def check_int8_onnx(path: str, height: int, width: int) -> None:
 
 
 def calibrate_job(job: dict) -> dict:
-    """Child side: quantise the plain export with the calibration rows; the time it took and the report's figures."""
+    """Child side: quantise the plain export with the calibration rows, or with "dynamic" a --dynamic_hw export of
+    the same weights (made here) with rows of another size; the time it took and the report's figures."""
     from hrnetseg.model.quantize import quantize_onnx
 
     rows = [np.load(path) for path in job["rows"]]
     began = time.perf_counter()
-    report = quantize_onnx(job["onnx"], job["int8"], rows)
+    source = job["onnx"]
+    if job.get("dynamic"):
+        from hrnetseg.model.export import export_onnx, load_model
+
+        source = job["dynamic"]
+        height, width = rows[0].shape[-2:]
+        export_onnx(load_model(job["preset"], pth=job["pth"]), source, height, width, batch=None, dynamic_hw=True)
+    report = quantize_onnx(source, job["int8"], rows)
     seconds = time.perf_counter() - began
     plain = {k: v for k, v in (report or {}).items() if isinstance(v, (bool, int, float, str))}
     return {"calibration_s": seconds, "report": plain}
 
 
 def int8_model(run: Callable[[dict], dict], workdir: str, model: dict, height: int, width: int, count: int,
-               int8_onnx: Optional[str], held_out: Sequence[str]) -> dict:
+               int8_onnx: Optional[str], held_out: Sequence[str], preset: str = "",
+               calibration_size: Optional[Tuple[int, int]] = None) -> dict:
     """The int8 model for the int8 cases: {"path", "calibration_s" (None when reused or given), "how"} or
     {"error"}. model: prepare_model's dict (the plain export and its folder); held_out: the rows the cases are
-    timed and scored on, which no calibration row may equal."""
+    timed and scored on, which no calibration row may equal. calibration_size: calibrate a --dynamic_hw export of
+    the same weights on scenes of this size instead of the plain export at the bench's size (NNCF's statistics
+    pass holds every activation of an image: W48 at 1024x2048 does not fit 24 GB)."""
     if int8_onnx is not None:
         return {"path": os.path.abspath(int8_onnx), "calibration_s": None, "how": "given"}
-    rows: List[str] = [row for row, _ in scene_rows(workdir, CALIBRATION_SET, count, height, width)]
+    size = tuple(calibration_size) if calibration_size and tuple(calibration_size) != (height, width) else None
+    rows: List[str] = [row for row, _ in scene_rows(workdir, CALIBRATION_SET, count, *(size or (height, width)))]
     check_disjoint(rows, held_out)
     # named by what it depends on beyond the model folder's key, so a run with other settings never reuses it
-    path = os.path.join(model["folder"], "int8_{}_float_calibrated_on_{}.onnx".format(DEFAULT_KEEP_FLOAT, count))
+    path = os.path.join(model["folder"], "int8_{}_float_calibrated_on_{}{}.onnx".format(
+        DEFAULT_KEEP_FLOAT, count, "_at_{}x{}".format(*size) if size else ""))
     done = path[:-len(".onnx")] + ".json"
     if os.path.isfile(done) and os.path.isfile(path):
         with open(done) as fh:
             return dict(json.load(fh), path=path, calibration_s=None, how="reused")
-    progress_note("calibrating the int8 model on {} scene(s) (once per workdir)".format(count))
-    result = run({"job": "calibrate", "onnx": model["onnx"], "int8": path, "rows": rows})
+    progress_note("calibrating the int8 model on {} scene(s){} (once per workdir)".format(
+        count, " of {}x{}, a --dynamic_hw export".format(*size) if size else ""))
+    job = {"job": "calibrate", "onnx": model["onnx"], "int8": path, "rows": rows}
+    if size:
+        job.update(dynamic=os.path.join(model["folder"], "dynamic_hw.onnx"), preset=preset, pth=model["pth"])
+    result = run(job)
     if "error" in result:
         progress_note("  calibration failed: " + result["error"])
         return {"error": "calibration: " + result["error"]}

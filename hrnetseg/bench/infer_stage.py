@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -122,7 +122,8 @@ def prepare_model(run: Callable[[dict], dict], workdir: str, row0: str, preset: 
 
 def infer_stage(cases: Sequence[Case], run: Callable[[dict], dict], workdir: str, preset: str, pth: Optional[str],
                 height: int, width: int, device: str, repeats: int, warmup: int, calibration_images: int = 16,
-                int8_onnx: Optional[str] = None, miou_scenes: int = 0) -> dict:
+                int8_onnx: Optional[str] = None, miou_scenes: int = 0,
+                calibration_size: Optional[Tuple[int, int]] = None) -> dict:
     """Every case in its own child, the baseline first and last; speeds against the pooled baseline runs.
     int8 cases run the int8 model (calibrated here from calibration_images scenes unless int8_onnx is given);
     with miou_scenes, each distinct case is then scored on that many held-out scenes."""
@@ -137,7 +138,7 @@ def infer_stage(cases: Sequence[Case], run: Callable[[dict], dict], workdir: str
     int8 = None
     if any(c.precision == INT8 for c in others):
         int8 = int8_model(run, workdir, model, height, width, calibration_images, int8_onnx,
-                          rows + [row for row, _ in scenes])
+                          rows + [row for row, _ in scenes], preset, calibration_size)
     references = [np.load(path) for path in model["reference"]]
     results, jobs = [], []
     for index, (case, tag) in enumerate(order):
@@ -180,4 +181,5 @@ def infer_stage(cases: Sequence[Case], run: Callable[[dict], dict], workdir: str
                     result["miou"]["delta_points"] = 100.0 * (value - base_miou)
     return {"results": results, "baseline_images_per_s": base_ips, "model": model, "int8": int8,
             "calibration_images": calibration_images, "calibration_set": CALIBRATION_SET,
+            "calibration_size": tuple(calibration_size or (height, width)),
             "miou_scenes": len(scenes), "held_out_set": HELD_OUT_SET}

@@ -71,9 +71,12 @@ def int8_sentence(infer: dict, height: int, width: int) -> str:
     if int8["how"] == "given":
         return " int8: the quantised model given ({}; its calibration data unknown).".format(
             os.path.basename(int8["path"]))
-    return (" int8: the plain export quantised (hrnetseg.model.quantize) with {} calibration scene(s) of "
+    size = tuple(infer.get("calibration_size") or (height, width))
+    what = ("the plain export" if size == (height, width) else
+            "a --dynamic_hw export of the same weights (--calibration_size)")
+    return (" int8: {} quantised (hrnetseg.model.quantize) with {} calibration scene(s) of "
             "`sample_data --seed {}` at {}x{}, none of them a timed or held-out scene; {}."
-            .format(infer["calibration_images"], infer["calibration_set"], height, width,
+            .format(what, infer["calibration_images"], infer["calibration_set"], size[0], size[1],
                     "calibration {} s, apart from the timed runs".format(three_figures(int8["calibration_s"]))
                     if int8["calibration_s"] is not None else "the model calibrated by an earlier run in the workdir"))
 
