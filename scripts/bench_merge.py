@@ -1,5 +1,6 @@
 """The multi-scale + flip merge against the model's inference, per image: the merge as first written
-(hrnetseg/evaluation/merge_reference.py) and the fast one (multiscale_merge.py), same logits, same run.
+(hrnetseg/evaluation/merge_reference.py), the fast one (multiscale_merge.py) and the GPU merge run on the CPU
+(multiscale_merge_torch.py), same logits, same run.
 
     python scripts/bench_merge.py --height 256 --width 512 --repeats 3
 
@@ -49,7 +50,9 @@ def main(argv=None) -> int:
         pth = write_official_checkpoint(os.path.join(folder, "tiny.pth"), "tiny_ocr", seed=2)
         backend = load_backend("torch", str(pth), device="cpu", preset="tiny_ocr", threads=1)
     run_main = main_output_runner(backend, batch_size=1)
-    times = {"inference": [], "reference merge": [], "fast merge": []}
+    from hrnetseg.evaluation import multiscale_merge_torch
+
+    times = {"inference": [], "reference merge": [], "fast merge": [], "torch merge (cpu)": []}
     for _ in range(args.repeats):
         began = time.perf_counter()
         runs = [(run.without_batch(), run_main(run.batch)) for run in scale_runs(image, tta)]
@@ -60,19 +63,25 @@ def main(argv=None) -> int:
         began = time.perf_counter()
         merged_labels(height, width, runs, True)
         times["fast merge"].append(time.perf_counter() - began)
+        began = time.perf_counter()
+        multiscale_merge_torch.merged_labels(height, width, runs, True, "cpu")
+        times["torch merge (cpu)"].append(time.perf_counter() - began)
     want = reference_summed_scores(height, width, runs, True)
     got = merged_scores(height, width, runs, True)
     labels = merged_labels(height, width, runs, True)
+    torch_labels = multiscale_merge_torch.merged_labels(height, width, runs, True, "cpu")
     best = {name: 1000 * min(values) for name, values in times.items()}
     print("{}x{}, tiny_ocr, {}, {} forward passes, 1 thread, best of {}; load average {}".format(
         height, width, tta.describe(), tta.forward_passes(height, width), args.repeats,
         " ".join("{:.2f}".format(v) for v in os.getloadavg())))
     for name, value in best.items():
         share = "" if name == "inference" else "  ({:.2f} x inference)".format(value / best["inference"])
-        print("{:<16} {:>10.1f} ms/image{}".format(name, value, share))
+        print("{:<18} {:>10.1f} ms/image{}".format(name, value, share))
     print("fast / reference merge: {:.2f}x faster".format(best["reference merge"] / best["fast merge"]))
     print("fast against reference: relative error {:.2e}, argmax agreement {:.4%}".format(
         float(np.linalg.norm(got - want) / np.linalg.norm(want)), float(np.mean(labels == want.argmax(0)))))
+    print("torch merge (the GPU merge, here on the CPU) against reference: argmax agreement {:.4%}".format(
+        float(np.mean(torch_labels == want.argmax(0)))))
     return 0
 
 
