@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration_size", type=image_size, metavar="HxW",
                         help="resize the calibration images to this size, for a model with open height and width "
                              "(HRNet_pth2onnx.py --dynamic_hw): NNCF holds every activation of an image in memory, "
-                             "about 20 GB for W48 at 1024x2048, 6 GB at 512x1024")
+                             "9 GiB for W48 at 512x1024, about four times that at 1024x2048")
     parser.add_argument("--split", type=plain_name, default="train",
                         help="split of a Cityscapes --calibration root (default train: calibrate on images you "
                              "do not score)")
