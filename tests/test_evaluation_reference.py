@@ -74,12 +74,15 @@ def _chain(reference, name: str, batch: int = 4, prep: Path = None, post_args=()
 
 
 def _evaluate(reference, name: str, *args) -> float:
-    """The streaming evaluation (in this process): its mIoU in points."""
+    """The streaming evaluation (in this process): its mIoU in points. The reference path of the model (onnxruntime
+    for .onnx, torch for .pth) unless args name a --backend: these figures are per backend, not --backend auto's."""
     from hrnetseg.evaluation import cli as evaluate
 
     result = reference["root"] / "evaluate_{}.json".format(name)
     if "--pth" not in args and "--onnx" not in args:
         args = ("--onnx", str(reference["onnx"])) + tuple(args)
+    if "--backend" not in args:
+        args = ("--backend", "torch" if "--pth" in args else "onnxruntime") + tuple(args)
     assert evaluate.main(["--datasets_path", str(reference["data"]), "--save_path", str(result),
                           *map(str, args)]) == 0
     return _miou(result)
