@@ -2,6 +2,7 @@
 refused in one line before any work. The int8 case end to end: tests/test_bench_accuracy.py (one run for both)."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -72,19 +73,34 @@ def test_int8_onnx_refusals_one_line_before_any_work(tmp_path, capsys):
     assert_user_error(refused, "--calibration_images")
 
 
-def test_calibration_size_quantises_an_open_size_export_of_the_same_weights(tmp_path, capsys):
-    """--calibration_size 32x64 at a 64x128 bench: the int8 case runs a --dynamic_hw export calibrated on 32x64
-    scenes, said in the report; the model is named by its calibration size so that the plain one is not reused."""
-    argv = INT8[:-1] + ["--no_record", "--repeats", "1", "--warmup", "0", "--calibration_images", "2",
-                        "--calibration_size", "32x64", "--workdir", str(tmp_path / "w")]
-    result = run_in_process(bench_main, argv, capsys)
-    assert result.returncode == 0, result.stderr
-    assert "int8: a --dynamic_hw export of the same weights (--calibration_size) quantised" in result.stdout
-    assert "2 calibration scene(s) of `sample_data --seed 2000` at 32x64" in result.stdout
-    row = [line for line in result.stdout.splitlines() if line.startswith("| openvino int8 bs1 |")][0]
-    errors = [float(v) for v in row.split("|")[7].split(" / ")]
-    assert all(1e-4 < e < 0.5 for e in errors), row
-    assert list((tmp_path / "w").glob("model_*/int8_attention_float_calibrated_on_2_at_32x64.onnx"))
+def test_calibration_size_quantises_an_open_size_export_of_the_same_weights(tmp_path, tiny_pth_path, tiny_onnx_path):
+    """--calibration_size 32x64 for a 64x128 bench: the calibration job (run here, not in a child) exports the same
+    weights with --dynamic_hw and calibrates it on 32x64 scenes; the model is named by that size (the plain one is
+    never reused for it), runs at the bench's size, and the report says how it was made."""
+    from hrnetseg.bench.calibration import calibrate_job, check_int8_onnx, int8_model
+    from hrnetseg.bench.report import int8_sentence
+    from hrnetseg.bench.scenes import CALIBRATION_SET, HELD_OUT_SET, scene_rows
+
+    work = str(tmp_path / "w")
+    model = {"folder": str(tmp_path), "onnx": str(tiny_onnx_path), "pth": str(tiny_pth_path)}
+    held_out = [row for row, _ in scene_rows(work, HELD_OUT_SET, 1, 64, 128)]
+    jobs = []
+
+    def run(job):
+        jobs.append(job)
+        return calibrate_job(job)
+
+    made = int8_model(run, work, model, 64, 128, 2, None, held_out, "tiny_ocr", (32, 64))
+    assert made["how"] == "calibrated" and made["path"].endswith("int8_attention_float_calibrated_on_2_at_32x64.onnx")
+    assert jobs[0]["dynamic"].endswith("dynamic_hw.onnx") and all(np.load(r).shape == (3, 32, 64)
+                                                                   for r in jobs[0]["rows"])
+    check_int8_onnx(made["path"], 64, 128)                       # open height and width: it takes the bench's size
+    sentence = int8_sentence({"int8": made, "calibration_images": 2, "calibration_set": CALIBRATION_SET,
+                              "calibration_size": (32, 64)}, 64, 128)
+    assert "a --dynamic_hw export of the same weights (--calibration_size) quantised" in sentence
+    assert "2 calibration scene(s) of `sample_data --seed {}` at 32x64".format(CALIBRATION_SET) in sentence
+    assert int8_model(run, work, model, 64, 128, 2, None, held_out, "tiny_ocr", (32, 64))["how"] == "reused"
+    assert len(jobs) == 1
 
 
 @pytest.mark.parametrize("extra", [["--cases", "openvino:bf16:1"], ["--int8_onnx", "q.onnx"]])
