@@ -6,7 +6,7 @@ The candidates, fastest expected first, come from facts, never from a guess at r
 |---|---|---|---|
 | ONNX, float | CPU | openvino bf16 (avx512_bf16 or amx_bf16), onnxruntime fp32 (else openvino fp32) | bf16 |
 | ONNX, float | GPU | onnxruntime fp32 (CUDA provider) | - |
-| ONNX, int8-quantised | CPU | openvino int8, onnxruntime int8 (once the backends run --precision int8) | int8 |
+| ONNX, int8-quantised | CPU | openvino int8, onnxruntime int8 | int8 |
 | .pth | CPU | torch bf16 (avx512_bf16 or amx_bf16), torch fp32 | bf16 |
 | .pth | GPU | torch fp16, torch fp32 | fp16 |
 
@@ -40,6 +40,7 @@ from typing import Callable, FrozenSet, Iterable, List, Optional, Tuple
 
 from hrnetseg.backends import PRECISIONS, backend_for_model, load_backend, parse_device, visible_gpu_count
 from hrnetseg.util.errors import UserError
+from hrnetseg.util.processes import cpu_flags_reported
 
 AUTO = "auto"
 CPU_FLAGS_ENV = "HRNETSEG_CPU_FLAGS"
@@ -90,14 +91,7 @@ def cpu_flags(override: Optional[Iterable[str]] = None) -> FrozenSet[str]:
     text = os.environ.get(CPU_FLAGS_ENV)
     if text is not None:
         return frozenset(text.replace(",", " ").split())
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return cpu_flags_reported() or frozenset()
 
 
 def importable(module: str) -> bool:
@@ -146,7 +140,7 @@ def candidates(family: str, device: str, flags: FrozenSet[str], int8: bool = Fal
         else:
             missing.append("no bf16 path: this CPU has neither {}".format(" nor ".join(BF16_FLAGS)))
         return found + [Candidate("torch", "fp32")], missing
-    if int8 and "int8" in PRECISIONS:
+    if int8:
         if device == "gpu":
             missing.append("the int8 backends run on the CPU")
         if have["openvino"] and device == "cpu":
@@ -156,9 +150,7 @@ def candidates(family: str, device: str, flags: FrozenSet[str], int8: bool = Fal
         return found, missing
     if device == "gpu":
         return ([Candidate("onnxruntime", "fp32")] if have["onnxruntime"] else []), []
-    if int8:
-        missing.append("an int8-quantised model: this build's backends have no int8 precision, so it runs as fp32")
-    elif not have["openvino"]:
+    if not have["openvino"]:
         missing.append("no openvino bf16: OpenVINO is not installed (pip install openvino)")
     elif not bf16_cpu:
         missing.append("no openvino bf16: this CPU has neither {}".format(" nor ".join(BF16_FLAGS)))

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from hrnetseg.util.processes import cpu_cores
+from hrnetseg.util.processes import cpu_cores, cpu_flags_reported
 
 
 def _proc_status_mib(field: str) -> Optional[float]:
@@ -71,11 +71,7 @@ INFERENCE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", 
 def cpu_features() -> str:
     """The inference-relevant instruction sets the CPU reports (Linux): INFERENCE_FLAGS and every amx_* flag,
     e.g. " (avx2, avx512f, avx512_vnni, avx512_bf16)"; "(none of ...)" where it reports none of them."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), None)
-    except OSError:
-        return ""
+    flags = cpu_flags_reported()
     if flags is None:
         return ""
     found = [f for f in INFERENCE_FLAGS if f in flags] + sorted(f for f in flags if f.startswith("amx_"))

@@ -1,5 +1,6 @@
-"""Processes: how many cores this process may use, how many workers to start for a number of tasks, whether a
-process runs or is one of ours, and children that die with their parent.
+"""Processes: how many cores this process may use and the CPU's feature flags, how many workers to start for a
+number of tasks, whether a process runs or is one of ours, a child's exit status in words, and children that die
+with their parent.
 
 Valid Python 3.7, standard library only.
 """
@@ -9,7 +10,7 @@ import os
 import signal
 import site
 import sys
-from typing import Dict, Optional
+from typing import Dict, FrozenSet, Optional
 
 _ANCESTOR_DEPTH = 64
 PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
@@ -21,6 +22,18 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:   # not Linux
         return os.cpu_count() or 1
+
+
+def cpu_flags_reported() -> Optional[FrozenSet[str]]:
+    """The feature flags of the first CPU in /proc/cpuinfo (Linux); None where there is no such line to read."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
 
 
 def default_workers(requested: Optional[int], tasks: int) -> int:
