@@ -18,24 +18,32 @@ from hrnetseg.bench.scenes import CALIBRATION_SET, check_disjoint, scene_rows
 from hrnetseg.model.quantize import DEFAULT_KEEP_FLOAT
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import write_text_atomic
+from hrnetseg.util.structured import read_json
 
 
 def check_int8_onnx(path: str, height: int, width: int) -> None:
     """--int8_onnx: an int8-quantised ONNX model (its quantisation operators) whose input fits the bench's size."""
     from hrnetseg.graph.quantized import quantization_op_counts
-    from hrnetseg.graph.structure import load_onnx
+    from hrnetseg.graph.structure import fed_inputs, load_onnx, tensor_dims
 
     model = load_onnx(path)   # the one-line refusals of a missing, non-regular or non-ONNX file
     if not quantization_op_counts(model):
         raise UserError("--int8_onnx {} is not int8-quantised (no quantisation operators): give a quantised model, "
                         "or leave the flag out and the bench calibrates one".format(path))
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    inputs = fed_inputs(model.graph)
     if len(inputs) != 1:
         raise UserError("--int8_onnx {} has {} inputs; the bench feeds one image input".format(path, len(inputs)))
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    dims = tensor_dims(inputs[0])
     if len(dims) != 4 or any(want is not None and want != got for want, got in zip(dims[2:], (height, width))):
         raise UserError("--int8_onnx {} takes input {}, not N x 3 x {} x {} (--height, --width)".format(
             path, "x".join("?" if d is None else str(d) for d in dims), height, width))
+
+
+def int8_model_name(keep_float: str, count: int, size: Optional[Tuple[int, int]] = None) -> str:
+    """The int8 model's file name in the model folder: named by what it depends on beyond the folder's key (the
+    preset, size and weights), so a run with other settings never reuses it. size: the calibration scenes' size
+    where it is not the bench's."""
+    return "int8_{}_float_calibrated_on_{}{}.onnx".format(keep_float, count, "_at_{}x{}".format(*size) if size else "")
 
 
 def calibrate_job(job: dict) -> dict:
@@ -71,13 +79,10 @@ def int8_model(run: Callable[[dict], dict], workdir: str, model: dict, height: i
     size = tuple(calibration_size) if calibration_size and tuple(calibration_size) != (height, width) else None
     rows: List[str] = [row for row, _ in scene_rows(workdir, CALIBRATION_SET, count, *(size or (height, width)))]
     check_disjoint(rows, held_out)
-    # named by what it depends on beyond the model folder's key, so a run with other settings never reuses it
-    path = os.path.join(model["folder"], "int8_{}_float_calibrated_on_{}{}.onnx".format(
-        DEFAULT_KEEP_FLOAT, count, "_at_{}x{}".format(*size) if size else ""))
+    path = os.path.join(model["folder"], int8_model_name(DEFAULT_KEEP_FLOAT, count, size))
     done = path[:-len(".onnx")] + ".json"
     if os.path.isfile(done) and os.path.isfile(path):
-        with open(done) as fh:
-            return dict(json.load(fh), path=path, calibration_s=None, how="reused")
+        return dict(read_json(done, "the bench's calibration record"), path=path, calibration_s=None, how="reused")
     progress_note("calibrating the int8 model on {} scene(s){} (once per workdir)".format(
         count, " of {}x{}, a --dynamic_hw export".format(*size) if size else ""))
     job = {"job": "calibrate", "onnx": model["onnx"], "int8": path, "rows": rows}

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from hrnetseg.graph.structure import format_shape
+from hrnetseg.graph.structure import fed_inputs, format_shape, tensor_dims
 from hrnetseg.util.errors import UserError, exception_line, one_line
 from hrnetseg.util.numerics import relative_error
 
@@ -20,14 +20,12 @@ UNKNOWN_DIM_DEFAULT = 256    # spatial size used for a random check input when t
 
 def check_input(model, seed: int = 0):
     """(input name, a random input for one image) matching the model's only input's type and shape."""
-    graph = model.graph
-    initialisers = {init.name for init in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initialisers]
+    inputs = fed_inputs(model.graph)
     if len(inputs) != 1:
         raise UserError("cannot check the rewrite: the model has {} inputs ({}) and the check feeds one image; "
                         "--no_verify skips it".format(len(inputs), ", ".join(i.name for i in inputs) or "none"))
     info = inputs[0]
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+    dims = tensor_dims(info)
     shape = [1 if i == 0 and d is None else (d or UNKNOWN_DIM_DEFAULT) for i, d in enumerate(dims)]
     dtype = numpy_dtype(info.type.tensor_type.elem_type)
     if dtype is None or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):

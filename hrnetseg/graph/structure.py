@@ -78,6 +78,18 @@ def uses_external_data(model) -> List[str]:
 
 # ---------------------------------------------------------------------------------------------- structure
 
+def fed_inputs(graph) -> List[object]:
+    """The graph's inputs that are not initialisers: the tensors a caller feeds."""
+    initialisers = {init.name for init in graph.initializer}
+    return [value for value in graph.input if value.name not in initialisers]
+
+
+def tensor_dims(value) -> List[Optional[int]]:
+    """A value_info's dimensions, None where open (symbolic, or unset)."""
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in value.type.tensor_type.shape.dim]
+
+
 def producers(graph) -> Dict[str, Tuple[object, int]]:
     """tensor name -> (node, output index) for every node output."""
     found = {}

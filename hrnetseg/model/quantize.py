@@ -36,7 +36,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hrnetseg.graph.quantized import quantization_op_counts
-from hrnetseg.graph.structure import consumers, head_resize_nodes, load_onnx, uses_external_data
+from hrnetseg.graph.structure import (
+    consumers,
+    fed_inputs,
+    head_resize_nodes,
+    load_onnx,
+    tensor_dims,
+    uses_external_data,
+)
 from hrnetseg.util.errors import UserError, exception_line
 from hrnetseg.util.files import atomic_path, check_output_file, check_outputs_apart
 from hrnetseg.util.locks import output_lock
@@ -147,16 +154,14 @@ ONNX_INPUT_TYPES = {1: np.float32, 2: np.uint8, 10: np.float16}   # TensorProto 
 
 def model_input(model) -> Tuple[str, np.dtype, Tuple[Optional[int], ...]]:
     """(name, dtype, N x C x H x W with None where open) of the model's one image input."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in initializers]
+    inputs = fed_inputs(model.graph)
     if len(inputs) != 1:
         raise UserError("the model has {} inputs; the quantisation feeds one image input".format(len(inputs)))
     tensor = inputs[0].type.tensor_type
     if tensor.elem_type not in ONNX_INPUT_TYPES:
         raise UserError("the model's input has ONNX element type {}, not float32, float16 or uint8".format(
             tensor.elem_type))
-    shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
-    return inputs[0].name, np.dtype(ONNX_INPUT_TYPES[tensor.elem_type]), shape
+    return inputs[0].name, np.dtype(ONNX_INPUT_TYPES[tensor.elem_type]), tuple(tensor_dims(inputs[0]))
 
 
 def checked_images(images: Sequence[np.ndarray], dtype: np.dtype, shape: Sequence[Optional[int]],
