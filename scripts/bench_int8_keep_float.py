@@ -4,8 +4,9 @@ hrnetseg.model.quantize against OpenVINO bf16 on the float export, same input, s
     python -m hrnetseg.bench --stages infer --height 512 --width 1024 --cases openvino:int8:1 --workdir /tmp/w48
     python scripts/bench_int8_keep_float.py --workdir /tmp/w48 --height 512 --width 1024
 
-Reads what the bench left in --workdir (the float export, its calibration scenes `sample_data --seed 2000`, the
-held-out scene `--seed 0` and the fp32 PyTorch reference outputs on it); quantises the export once per choice on
+Reads what the bench left in --workdir (the float export and the fp32 PyTorch reference outputs on held-out scene 0
+of `sample_data --seed 0`), with the bench's scenes (hrnetseg.bench.scenes: the held-out one and the calibration
+scenes of `--seed 2000`, made where missing); quantises the export once per choice on
 --calibration_images of the calibration scenes (kept in the workdir); compiles each model in OpenVINO under each
 --hints value and prints ms per image (best of --repeats after one warm-up), the speed against OpenVINO bf16 on
 the float export, and the relative error of both outputs against the fp32 reference.
@@ -25,21 +26,23 @@ from hrnetseg.util.cli import ArgumentParser, positive_int, run_cli  # noqa: E40
 from hrnetseg.util.errors import UserError  # noqa: E402
 
 
-def bench_files(workdir: str, height: int, width: int) -> dict:
-    """The bench's files for this size; a one-line error when the bench has not prepared them."""
+def bench_files(workdir: str, height: int, width: int, calibration_images: int) -> dict:
+    """The bench's export and fp32 reference for this size, its held-out scene 0 and calibration scenes (made as
+    the bench makes them where missing); a one-line error when the bench has not exported the model."""
+    from hrnetseg.bench.scenes import CALIBRATION_SET, HELD_OUT_SET, scene_rows
+
     models = sorted(glob.glob(os.path.join(workdir, "model_*_{}x{}_*".format(height, width), "plain.onnx")))
-    calibration = sorted(glob.glob(os.path.join(workdir, "scenes_2000_{}x{}".format(height, width), "row*.npy")),
-                         key=lambda p: int(os.path.basename(p)[3:-4]))
-    held_out = os.path.join(workdir, "scenes_0_{}x{}".format(height, width), "row0.npy")
-    if len(models) != 1 or not calibration or not os.path.isfile(held_out):
+    if len(models) != 1:
         raise UserError("{} holds no bench run at {}x{} with an int8 case (found {} export(s)): run the bench's "
                         "command in this script's help first".format(workdir, height, width, len(models)))
     folder = os.path.dirname(models[0])
     references = [os.path.join(folder, "reference_{}.npy".format(i)) for i in range(2)]
     if not all(os.path.isfile(p) for p in references):
         raise UserError("{} has no fp32 reference outputs: run the bench once more".format(folder))
-    return {"onnx": models[0], "folder": folder, "calibration": calibration, "held_out": held_out,
-            "references": references}
+    return {"onnx": models[0], "folder": folder, "references": references,
+            "held_out": scene_rows(workdir, HELD_OUT_SET, 1, height, width)[0][0],
+            "calibration": [row for row, _ in scene_rows(workdir, CALIBRATION_SET, calibration_images, height,
+                                                         width)]}
 
 
 def timed(path: str, hint: str, image: np.ndarray, repeats: int):
@@ -57,6 +60,7 @@ def timed(path: str, hint: str, image: np.ndarray, repeats: int):
 
 
 def main(argv=None) -> int:
+    from hrnetseg.bench.calibration import int8_model_name
     from hrnetseg.model.quantize import KEEP_FLOAT, quantize_onnx
 
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
@@ -73,10 +77,7 @@ def main(argv=None) -> int:
     if unknown or not choices:
         raise UserError("--keep_float: {} not among {}".format(", ".join(unknown) or "nothing",
                                                                ", ".join(KEEP_FLOAT)))
-    files = bench_files(args.workdir, args.height, args.width)
-    if args.calibration_images > len(files["calibration"]):
-        raise UserError("--calibration_images {}: the workdir holds {} calibration scene(s)".format(
-            args.calibration_images, len(files["calibration"])))
+    files = bench_files(args.workdir, args.height, args.width, args.calibration_images)
     image = np.load(files["held_out"])[None]
     references = [np.load(p) for p in files["references"]]
 
@@ -89,10 +90,9 @@ def main(argv=None) -> int:
           "| quantised in s |".format(args.repeats))
     print("|---|---|---:|---:|---|---:|")
     print("| float export | bf16 | {:.0f} | 1 (baseline) | {} | - |".format(1e3 * base_s, errors(base_out)))
-    rows = [np.load(p) for p in files["calibration"][:args.calibration_images]]
+    rows = [np.load(p) for p in files["calibration"]]
     for choice in choices:
-        path = os.path.join(files["folder"], "int8_{}_float_calibrated_on_{}.onnx".format(choice,
-                                                                                          args.calibration_images))
+        path = os.path.join(files["folder"], int8_model_name(choice, args.calibration_images))
         seconds = "reused"
         if not os.path.isfile(path):
             seconds = "{:.0f}".format(quantize_onnx(files["onnx"], path, rows, keep_float=choice)["seconds"])

@@ -22,6 +22,7 @@ from hrnetseg.bench.report import progress_note, three_figures
 from hrnetseg.bench.scenes import CALIBRATION_SET, HELD_OUT_SET, scene_rows
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import write_text_atomic
+from hrnetseg.util.structured import read_json
 
 # ------------------------------------------------------------------------------------- child side: the jobs
 
@@ -108,8 +109,7 @@ def prepare_model(run: Callable[[dict], dict], workdir: str, row0: str, preset: 
     paths = {"folder": folder, "onnx": os.path.join(folder, "plain.onnx"), "pth": pth,
              "reference": [os.path.join(folder, "reference_{}.npy".format(k)) for k in range(2)]}
     if os.path.isfile(done):
-        with open(done) as fh:
-            return dict(json.load(fh), cached=True, **paths)
+        return dict(read_json(done, "the bench's export record"), cached=True, **paths)
     progress_note("exporting {} at {}x{} and computing the fp32 PyTorch reference (once per workdir)".format(
         preset, height, width))
     result = run({"job": "prepare", "preset": preset, "pth": pth, "row0": row0, "folder": folder,

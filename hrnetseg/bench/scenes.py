@@ -13,6 +13,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from hrnetseg.util.files import atomic_path
+
 # The held-out scenes of models/README.md (sample_data --seed 0; the reference model was trained on those of
 # 1000). The timed rows are these scenes too: any scene times the same.
 HELD_OUT_SET = 0
@@ -46,8 +48,10 @@ def scene_rows(workdir: str, scene_set: int, count: int, height: int, width: int
 
 
 def _save(path: str, array: np.ndarray) -> None:
-    np.save(path + ".tmp.npy", array)   # whole or absent: a killed run leaves no half row for the next to reuse
-    os.replace(path + ".tmp.npy", path)
+    """Whole or absent (util/files.atomic_path): a killed run leaves no half row for the next to reuse."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
 
 
 def fingerprint(path: str) -> str:
