@@ -104,6 +104,15 @@ def test_a_failed_device_fails_the_run_and_removes_the_other_parts(run, tmp_path
         "bs1", "bs1/device1", "bs1/device1/another_0.bin"]
 
 
+def test_a_device_killed_by_a_signal_is_named_with_its_kill(monkeypatch, tiny_prep_path, capsys):
+    """A device process the kernel killed (the OOM killer's SIGKILL) printed nothing: the last line says so."""
+    report = {"throughput": 10.0, "start_time": 1.0, "end_time": 2.0}
+    monkeypatch.setattr(multi_device, "_run_parts", lambda *args, **kwargs: [(0, (0, report)), (1, (-9, None))])
+    with pytest.raises(UserError, match=r"^device 1 \(killed by SIGKILL \(out of memory\?\)\) failed \(see above\)$"):
+        multi_device.run_devices(str(tiny_prep_path), "0,1", [0, 1], None, None, None, "onnxruntime", [])
+    assert "1 of 2 devices done" in capsys.readouterr().out
+
+
 def test_the_failure_message_says_what_was_removed_and_only_that(tmp_path):
     """Nothing finished: no removal claimed; a listed file that cannot be removed (here a folder in its place) is
     named, not claimed removed."""

@@ -40,7 +40,7 @@ from hrnetseg.runner.summary import device_line, listed_outfiles, print_lines, s
 from hrnetseg.util.errors import UserError
 from hrnetseg.util.files import make_output_folder, remove_quietly, write_target, write_text_atomic
 from hrnetseg.util.locks import output_lock
-from hrnetseg.util.processes import cpu_cores, die_with_parent, env_for_python_children
+from hrnetseg.util.processes import cpu_cores, die_with_parent, env_for_python_children, exit_status_text
 from hrnetseg.util.structured import read_json, require_keys, require_list_of
 
 POLL_S = 0.05
@@ -137,9 +137,11 @@ def run_devices(input_spec: str, device: str, devices: List[int], output: Option
             throughputs.append(report["throughput"])
     print_lines(*lines + [summary_throughput_line(throughputs)])
     if failed:
+        codes = dict(finished)
         raise UserError("device{} {} failed (see above){}".format(
-            "s" if len(failed) > 1 else "", ", ".join(str(devices[i]) for i in failed),
-            removal_note(removed, kept)), exit_code=1)
+            "s" if len(failed) > 1 else "", ", ".join(
+                str(devices[i]) + (" ({})".format(exit_status_text(codes[i][0])) if codes[i][0] < 0 else "")
+                for i in failed), removal_note(removed, kept)), exit_code=1)
     return 0
 
 
