@@ -1,6 +1,6 @@
 """--backend auto's check of one reduced-precision candidate against the reference path, on one probe input.
 
-The probe: a seeded, image-like picture (sky, buildings, road, a few objects, sensor noise), through the upstream
+The probe: a seeded synthetic street scene (hrnetseg.data.sample_scenes), through the upstream
 transform for a float32 input or as raw pixels for a uint8 one, at the size the model takes: its fixed height and
 width, or PROBE_SIZE (256x512, a Cityscapes-shaped quarter of 1024x2048 that a dynamic model runs in about a
 second) where they are open; batch 1 unless the model fixes another. The main output (1 of 2) of the candidate
@@ -21,19 +21,12 @@ PROBE_SEED = 20240
 
 
 def probe_picture(height: int, width: int, seed: int = PROBE_SEED) -> np.ndarray:
-    """height x width x 3 uint8 BGR: a street-like scene, the same for every run with the same seed."""
-    rng = np.random.default_rng(seed)
-    rows = np.linspace(0.0, 1.0, height)[:, None]
-    picture = np.empty((height, width, 3), np.float64)
-    picture[:] = np.array([235.0, 190.0, 150.0]) * (1.0 - 0.4 * rows[..., None])   # sky, darker downwards
-    horizon = height // 2
-    picture[horizon:] = np.array([95.0, 100.0, 105.0])                                # road
-    for _ in range(12):                                                              # buildings, cars, signs
-        top, left = rng.integers(0, height - 8), rng.integers(0, width - 8)
-        picture[top:top + rng.integers(8, max(9, height // 3)), left:left + rng.integers(8, max(9, width // 5))] = \
-            rng.integers(20, 240, size=3)
-    picture += rng.normal(0.0, 6.0, size=picture.shape)
-    return np.clip(picture, 0, 255).astype(np.uint8)
+    """height x width x 3 uint8 BGR: a synthetic street scene of the project's generator (hrnetseg.data.sample_scenes,
+    the demo's and the bench's scenes), the same for every run with the same seed."""
+    from hrnetseg.data.sample_scenes import scene_labels, scene_photo
+
+    rng = np.random.RandomState([seed])
+    return scene_photo(scene_labels(height, width, rng), rng)
 
 
 def probe_batch(shape: Tuple[Optional[int], ...], dtype) -> np.ndarray:

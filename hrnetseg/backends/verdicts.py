@@ -27,7 +27,7 @@ from hrnetseg.util.structured import read_json, require_keys
 
 CACHE_ENV = "HRNETSEG_CACHE_DIR"
 FOLDER = "backend-verdicts"
-SCHEME = 1   # raised when what a check does changes: every older verdict becomes foreign
+SCHEME = 2   # raised when what a check does changes (2: the probe is a sample_scenes scene): older verdicts are foreign
 DISTRIBUTIONS = {"numpy": ("numpy",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
                  "openvino": ("openvino",), "torch": ("torch",), "onnx": ("onnx",)}
 
